@@ -1,0 +1,63 @@
+"""The one console script, `smsgw`: a thin dispatcher to each subcommand's `main(argv) -> int`.
+
+Subcommands are imported lazily so `smsgw --help` and small commands stay fast, and so a daemon
+imports only what it runs. systemd runs `smsgw <daemon>` directly (no shell wrapper).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, function, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "receiver": ("services.receiver.__main__", "main", "run the receiver daemon (HTTP API, webhooks, SMPP MO)"),
+    "processor": ("services.processor.__main__", "main", "run the processor daemon (rules, callbacks)"),
+    "sender": ("services.sender.__main__", "main", "run the sender daemon (SMPP submit, receipts)"),
+    "smsc-sim": ("services.smsc_sim.__main__", "main", "run the SMSC simulator (SMPP server for tests and demos)"),
+    "migrate": ("services.admin.migrate", "main", "apply database migrations"),
+    "up": ("services.admin.up", "main", "run everything locally (embedded Postgres, all daemons, simulator)"),
+    "check-config": ("services.admin.checkconfig", "main", "validate the configuration and exit"),
+    "accounts": ("services.admin.accounts", "main", "manage accounts and API keys"),
+    "rules": ("services.processor.rules_cli", "main", "import/export/list/test processor rules"),
+    "status": ("services.admin.status", "main", "queue depths, rates, binds"),
+    "trace": ("services.admin.trace", "main", "a message's whole history"),
+    "requeue": ("services.admin.requeue", "main", "requeue dead rows"),
+    "send": ("services.admin.send", "main", "send one test MT"),
+    "erase": ("services.admin.erase", "main", "erase a number's messages, keep a hashed suppression"),
+    "bench": ("services.bench.__main__", "main", "benchmarks: queue, smpp, mt, sendsms, mo, promo, intake"),
+    "fuzz": ("services.bench.fuzz", "main", "fuzz runs: smpp, http"),
+    "chaos": ("services.bench.chaos", "main", "reliability suite (kill -9, Postgres restart, ...)"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: smsgw COMMAND [options]   (smsgw COMMAND --help for each)", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch `smsgw COMMAND ARGS…` to the command's `main(ARGS)`."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        sys.stdout.write(_usage() + "\n")
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        sys.stderr.write(f"smsgw: unknown command {name!r}\n\n{_usage()}\n")
+        return 2
+    module_name, func, _ = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            sys.stderr.write(f"smsgw: command {name!r} is not available in this build\n")
+            return 2
+        raise
+    return int(getattr(module, func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

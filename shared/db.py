@@ -1,0 +1,160 @@
+"""Database access shared by every daemon: pool creation, migrations and the schema check.
+
+Migrations are numbered, forward-only `.sql` files in the `migrations` package
+(`0001_queue.sql`, ...). `migrate()` applies the missing ones in order under a session advisory
+lock, so several daemons starting at once are safe, and records each in `schema_migrations`.
+A file whose first line is `-- smsgw: no-transaction` runs statement by statement outside a
+transaction (for `CREATE INDEX CONCURRENTLY`); the others run in one transaction each.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from shared.errors import SchemaVersionError
+
+MIGRATION_LOCK_KEY = 0x736D7367_0001  # 'smsg' + 1: the advisory lock held while migrating
+# A daemon accepts a schema up to this many versions newer than its own newest migration:
+# migrations are written expand-then-contract, so the previous release keeps running while the
+# next one's expand steps are applied. A contract step that breaks old daemons must raise the
+# floor by shipping a migration that old daemons do not know AND documenting it in the README.
+SCHEMA_COMPATIBLE_AHEAD = 10
+_NAME_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One migration file: its version number, name and SQL."""
+
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def transactional(self) -> bool:
+        """False when the file asks to run outside a transaction."""
+        return not self.sql.lstrip().startswith("-- smsgw: no-transaction")
+
+
+def load_migrations() -> list[Migration]:
+    """Read the migration files shipped in the `migrations` package, in version order."""
+    found = []
+    for entry in importlib.resources.files("migrations").iterdir():
+        m = _NAME_RE.match(entry.name)
+        if m:
+            found.append(Migration(int(m.group(1)), entry.name, entry.read_text("utf-8")))
+    found.sort(key=lambda mig: mig.version)
+    return found
+
+
+def schema_needed() -> int:
+    """The schema version this code needs: its newest migration."""
+    migrations = load_migrations()
+    return migrations[-1].version if migrations else 0
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb/json columns go in and out as Python objects, encoded with orjson (fast, strict).
+    for typ in ("jsonb", "json"):
+        await conn.set_type_codec(
+            typ, encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
+            schema="pg_catalog",
+        )
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
+                      **kwargs: Any) -> asyncpg.Pool:
+    """Open an asyncpg pool whose connections decode json/jsonb with orjson.
+
+    `min_size`/`max_size` bound the connections this process holds; the pool size is a limit
+    (acquire waits), never an unbounded queue.
+    """
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+                                     init=_init_connection, **kwargs)
+
+
+async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
+    """Open one dedicated connection with the same codecs as the pool."""
+    conn = await asyncpg.connect(dsn, **kwargs)
+    await _init_connection(conn)
+    return conn
+
+
+async def current_version(conn: asyncpg.Connection) -> int:
+    """The highest applied migration, 0 on an empty database."""
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    if not exists:
+        return 0
+    return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
+
+
+async def migrate(dsn: str, *, target: int | None = None) -> list[str]:
+    """Apply the missing migrations (up to `target`, default all); return the names applied.
+
+    Runs under a session advisory lock so concurrent callers wait for each other; the second
+    caller then finds nothing left to do.
+    """
+    conn = await asyncpg.connect(dsn)
+    applied: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())")
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for mig in load_migrations():
+            if mig.version in done or (target is not None and mig.version > target):
+                continue
+            await _apply(conn, mig)
+            applied.append(mig.name)
+    finally:
+        try:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        finally:
+            await conn.close()
+    return applied
+
+
+async def _apply(conn: asyncpg.Connection, mig: Migration) -> None:
+    record = "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)"
+    if mig.transactional:
+        async with conn.transaction():
+            await conn.execute(mig.sql)
+            await conn.execute(record, mig.version, mig.name)
+        return
+    # Non-transactional: one statement at a time (CREATE INDEX CONCURRENTLY refuses a
+    # transaction block). Statements are separated by a line holding only ';'-terminated SQL.
+    for stmt in _split_statements(mig.sql):
+        await conn.execute(stmt)
+    await conn.execute(record, mig.version, mig.name)
+
+
+def _split_statements(sql: str) -> list[str]:
+    body = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
+    return [s.strip() for s in body.split(";") if s.strip()]
+
+
+async def check_schema(conn: asyncpg.Connection, daemon: str) -> int:
+    """Refuse to run on a schema older than needed or newer than declared compatible.
+
+    Returns the current version; raises `SchemaVersionError` with an operator-facing message.
+    """
+    have = await current_version(conn)
+    need = schema_needed()
+    newest_ok = need + SCHEMA_COMPATIBLE_AHEAD
+    if have < need:
+        raise SchemaVersionError(
+            f"{daemon}: database schema is at version {have}, this release needs {need}; "
+            f"run `smsgw migrate` first")
+    if have > newest_ok:
+        raise SchemaVersionError(
+            f"{daemon}: database schema is at version {have}, newer than this release supports "
+            f"(up to {newest_ok}); upgrade smsgw")
+    return have
