@@ -1,0 +1,1 @@
+"""Operator commands: migrate, check-config, up, status, trace, requeue, send, erase."""

@@ -1,0 +1,143 @@
+"""What the admin commands (status, trace, requeue, send, erase) share: finding the database,
+running one async body, printing human text or JSON.
+
+The database URL comes from, in order: `--database-url`, `SMSGW_DATABASE_URL` / the config file
+(`--config`, default `smsgw.toml` when present; loaded with `shared.config.load_shared`, so the
+same validation as the daemons), and last the config `smsgw up` wrote into its data folder
+(`--data-dir`, default `./.smsgw`) — so `smsgw trace 42` works next to a running `smsgw up`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from shared import db
+from shared.config import load_shared
+from shared.errors import ConfigError
+
+DEFAULT_DATA_DIR = ".smsgw"
+UP_CONFIG_NAME = "smsgw.toml"  # the config `smsgw up` writes into its data folder
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 78
+
+
+class UsageError(Exception):
+    """A command-line mistake; main() prints it and exits 2."""
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    """Add --config, --database-url, --data-dir (and --json) to a command's parser."""
+    parser.add_argument("--config", help="config file (default: smsgw.toml when present)")
+    parser.add_argument("--database-url", help="Postgres URL (overrides the config)")
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                        help="`smsgw up` data folder, used when no database is configured "
+                             "(default: %(default)s)")
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+
+
+def database_url(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> str:
+    """Resolve the database URL for an admin command (see the module docstring)."""
+    if args.database_url:
+        return str(args.database_url)
+    shared = load_shared(args.config, env)
+    if shared.database.url:
+        return shared.database.url
+    up_config = Path(args.data_dir) / UP_CONFIG_NAME
+    if args.config is None and up_config.is_file():
+        url = load_shared(str(up_config), env).database.url
+        if url:
+            return url
+    raise ConfigError(["database.url: not configured (use --database-url, SMSGW_DATABASE_URL, "
+                       "[database] url, or run next to `smsgw up`'s data folder)"])
+
+
+def run(body: Callable[[asyncpg.Connection], Awaitable[int]], args: argparse.Namespace) -> int:
+    """Connect, run `body(conn)`, close; map config and connection errors to exit codes."""
+    try:
+        url = database_url(args)
+    except ConfigError as exc:
+        for err in exc.errors:
+            sys.stderr.write(f"{err}\n")
+        return EXIT_CONFIG
+
+    async def main() -> int:
+        conn = await db.connect(url, timeout=10)
+        try:
+            return await body(conn)
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(main())
+    except UsageError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_USAGE
+    except (OSError, asyncpg.PostgresError) as exc:
+        sys.stderr.write(f"error: database: {exc}\n")
+        return EXIT_FAILURE
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Decimal):
+        return float(obj)
+    if isinstance(obj, bytes | memoryview):
+        return bytes(obj).decode("utf-8", "replace")
+    if isinstance(obj, dt.timedelta):
+        return obj.total_seconds()
+    raise TypeError(type(obj).__name__)
+
+
+def dump_json(data: Any) -> None:
+    """Write `data` as indented JSON (datetimes as ISO 8601) to stdout."""
+    sys.stdout.write(orjson.dumps(data, default=_default,
+                                  option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
+    sys.stdout.write("\n")
+
+
+def fmt_age(seconds: float | None) -> str:
+    """A short human age: 4s, 3m12s, 2h05m, 3d04h; '-' for None."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def fmt_time(value: dt.datetime | None) -> str:
+    """A timestamp as UTC with milliseconds, '-' for None."""
+    if value is None:
+        return "-"
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    """Left-aligned text table with a header line."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+              for r in rows]
+    return "\n".join(lines)
+
+
+def record_dict(rec: asyncpg.Record | None) -> dict[str, Any] | None:
+    """An asyncpg record as a plain dict (None stays None)."""
+    return None if rec is None else dict(rec.items())

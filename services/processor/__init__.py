@@ -1,0 +1,1 @@
+"""The processor daemon: applies rules to inbound messages (`smsgw processor`)."""

@@ -1,0 +1,20 @@
+"""`smsgw processor` / `python -m services.processor`: parse args, load config, run the daemon.
+
+Everything else lives in `app.py` (the composition root) and `shared.daemon.Daemon`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from services.processor.app import ProcessorDaemon
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the processor until SIGTERM; returns the exit code (0, 1, 78 bad config)."""
+    return ProcessorDaemon.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

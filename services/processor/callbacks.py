@@ -1,0 +1,359 @@
+"""Delivery of the `callbacks` queue to applications: forwarded MO and MT status reports.
+
+Lease claims (DESIGN.md guarantee 3): a claim takes at most the free concurrency, marks the
+rows `sending` with our lease, and every write-back is fenced by `lease_owner`, so a late
+result never overwrites a row another instance took over after our lease expired
+(`lease_s` > `timeout_s`, checked by the settings). Expired leases of dead instances are
+reclaimed by the claim itself.
+
+Each request:
+- URL guard at send time: `shared.urlguard.check_url` refuses non-http(s), credentials and
+  literal loopback/private/link-local addresses, and the `GuardedResolver` refuses names that
+  resolve to such addresses now (DNS rebinding); `[webhooks] allow_private_urls` lifts both
+  (tests). A refused URL is permanent: the row ends `dead` at once.
+- redirects are not followed (a 3xx is "not 2xx": retried, then dead);
+- bounded concurrency: `concurrency` rows in flight in this process, `per_host` per host (a
+  semaphore per host, taken before the request's timeout starts, so waiting for a slow host's
+  slot never times a request out);
+- signed when the row's `secret_ref` resolves ('account:<id>' -> accounts.callback_secret,
+  'rule:<id>:<action>' -> the forward action's `secret_env`): headers
+  `X-Smsgw-Timestamp: <unix>` and `X-Smsgw-Signature: sha256=<hex HMAC-SHA256(secret,
+  "<ts>." + body)>`;
+- 2xx -> done; anything else (status, timeout, connection error) -> retry with exponential
+  backoff and jitter (`retry_base_s` .. `retry_max_s`), dead after `max_attempts`. No response
+  body convention is required of the application; the body is not read.
+
+Results are written back in batches (one statement per outcome kind per loop turn), not one
+round trip per callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import aiohttp
+import asyncpg
+import structlog
+
+from services.processor.metrics import ProcessorMetrics
+from services.processor.options import CallbackSettings
+from shared.metrics import smsgw_version
+from shared.queue import store
+from shared.queue.records import Callback
+from shared.urlguard import UnsafeUrl, check_url, guarded_connector_kwargs
+
+log = structlog.get_logger("smsgw.processor.callbacks")
+
+ACCOUNT_SECRETS: Final = """
+-- account_secrets: callback secrets of the accounts $1
+SELECT id, callback_secret FROM accounts WHERE id = ANY($1::int8[])
+"""
+RULE_ACTIONS: Final = """
+-- rule_actions: the actions of rules $1 (forward secrets are named there)
+SELECT id, actions FROM rules WHERE id = ANY($1::int8[])
+"""
+ALL_QUERIES: Final = {"account_secrets": ACCOUNT_SECRETS, "rule_actions": RULE_ACTIONS}
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of one delivery attempt."""
+
+    id: int
+    kind: str
+    outcome: str  # done, retry, refused
+    error: str | None = None
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The `X-Smsgw-Signature` value: sha256=<hex HMAC-SHA256(secret, "<ts>." + body)>."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+class SecretResolver:
+    """Resolves `secret_ref`s of a claimed batch with at most two queries."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self.env = os.environ if env is None else env
+
+    async def resolve(self, conn: asyncpg.Pool | asyncpg.Connection,
+                      refs: set[str]) -> dict[str, str | None]:
+        """Map each ref to its secret, or None when it names nothing (the call is unsigned)."""
+        accounts = {int(r.split(":")[1]) for r in refs if _is_ref(r, "account")}
+        rules = {int(r.split(":")[1]) for r in refs if _is_ref(r, "rule")}
+        out: dict[str, str | None] = dict.fromkeys(refs)
+        if accounts:
+            for row in await conn.fetch(ACCOUNT_SECRETS, list(accounts)):
+                out[f"account:{row['id']}"] = row["callback_secret"]
+        if rules:
+            actions = {row["id"]: row["actions"] for row in
+                       await conn.fetch(RULE_ACTIONS, list(rules))}
+            for ref in refs:
+                if _is_ref(ref, "rule"):
+                    out[ref] = self._rule_secret(ref, actions)
+        return out
+
+    def _rule_secret(self, ref: str, actions: Mapping[int, Any]) -> str | None:
+        parts = ref.split(":")
+        found = actions.get(int(parts[1])) or []
+        if len(parts) > 2 and parts[2].isdigit() and int(parts[2]) < len(found):
+            candidates = [found[int(parts[2])]]
+        else:
+            candidates = [a for a in found if a.get("type") == "forward"]
+        for action in candidates:
+            env_name = action.get("secret_env")
+            if env_name:
+                return self.env.get(env_name)
+        return None
+
+
+def _is_ref(ref: str, kind: str) -> bool:
+    parts = ref.split(":")
+    return len(parts) >= 2 and parts[0] == kind and parts[1].isdigit()
+
+
+class CallbackDelivery:
+    """Claims callbacks with leases and delivers them (see the module docstring).
+
+    `pool`, `settings`, `owner` (the lease owner name) and `allow_private` are injected; call
+    `start()` inside the running loop (the HTTP session is opened there), `run(stop)` as a
+    worker, and `release()` after the drain to give back leases still held.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, settings: CallbackSettings, *, owner: str,
+                 allow_private: bool, metrics: ProcessorMetrics | None = None,
+                 secrets: SecretResolver | None = None, poll_s: float = 5.0) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.owner = owner
+        self.allow_private = allow_private
+        self.metrics = metrics
+        self.secrets = secrets or SecretResolver()
+        self.poll_s = poll_s
+        self.user_agent = f"smsgw/{smsgw_version()}"
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[Result]] = set()
+        self._hosts: dict[str, asyncio.Semaphore] = {}
+
+    async def start(self) -> None:
+        """Open the HTTP session (connection pool sized to the concurrency)."""
+        s = self.settings
+        connector = aiohttp.TCPConnector(
+            limit=s.concurrency, limit_per_host=s.per_host, ttl_dns_cache=30,
+            **guarded_connector_kwargs(allow_private=self.allow_private))
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=s.timeout_s, connect=s.connect_timeout_s))
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def release(self) -> int:
+        """Give every lease this owner still holds back to the queue (attempt not counted)."""
+        return await store.release(self.pool, "callbacks", self.owner)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, wake: asyncio.Event | None = None) -> None:
+        """Deliver until `stop` is set, then finish what is in flight and write it back.
+
+        Woken by `wake` (the listener's callbacks channel event), by a finished request, or
+        every `poll_s` (retries whose run_after has come).
+        """
+        try:
+            while not stop.is_set():
+                claimed = await self._turn()
+                if stop.is_set():
+                    break
+                if claimed == 0 or len(self._tasks) >= self.settings.concurrency:
+                    await self._wait(stop, wake)
+            if self._tasks:
+                await asyncio.wait(self._tasks)
+        finally:
+            await self._finish()
+
+    async def _turn(self) -> int:
+        """Write back finished results, then claim into the free capacity."""
+        try:
+            await self._flush()
+            free = self.settings.concurrency - len(self._tasks)
+            if free <= 0:
+                return 0
+            return await self.deliver_batch(min(free, self.settings.batch))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            # loop boundary: the database is away; results stay buffered, retry next turn
+            log.warning("callbacks_turn_failed", error=str(exc)[:200])
+            await asyncio.sleep(1.0)
+            return 0
+
+    async def _wait(self, stop: asyncio.Event, wake: asyncio.Event | None) -> None:
+        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
+        if wake is not None:
+            waiters.add(asyncio.ensure_future(wake.wait()))
+        try:
+            await asyncio.wait(waiters | self._tasks, timeout=self.poll_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        if wake is not None and wake.is_set():
+            wake.clear()
+
+    async def _finish(self) -> None:
+        # On cancellation (drain deadline) the unfinished requests are cancelled; their rows
+        # stay leased to us and `release()` hands them back. Finished ones are written now.
+        for t in self._tasks:
+            t.cancel()
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            await self._flush()
+
+    async def deliver_batch(self, limit: int) -> int:
+        """Claim up to `limit` callbacks and start delivering them; return how many."""
+        rows: list[Callback] = await store.claim_leased(
+            self.pool, "callbacks", limit=limit, owner=self.owner,
+            lease_s=self.settings.lease_s)
+        if not rows:
+            return 0
+        refs = {r.secret_ref for r in rows if r.secret_ref}
+        secrets = await self.secrets.resolve(self.pool, refs) if refs else {}
+        for row in rows:
+            task = asyncio.create_task(self._deliver(row, secrets.get(row.secret_ref or "")),
+                                       name=f"processor.callback.{row.id}")
+            self._tasks.add(task)
+        if self.metrics:
+            self.metrics.callbacks_in_flight.set(len(self._tasks))
+        return len(rows)
+
+    # -- one request --------------------------------------------------------------------------
+
+    def _host_slot(self, url: str) -> asyncio.Semaphore:
+        host = (urlsplit(url).hostname or "").lower()
+        sem = self._hosts.get(host)
+        if sem is None:
+            if len(self._hosts) > 10_000:  # bounded: drop idle hosts' semaphores
+                self._hosts = {h: s for h, s in self._hosts.items() if s.locked()}
+            sem = self._hosts[host] = asyncio.Semaphore(self.settings.per_host)
+        return sem
+
+    def _headers(self, row: Callback, secret: str | None) -> dict[str, str]:
+        headers = {str(k): str(v) for k, v in (row.headers or {}).items()}
+        headers.setdefault("User-Agent", self.user_agent)
+        ts = int(time.time())
+        headers["X-Smsgw-Timestamp"] = str(ts)
+        if secret:
+            headers["X-Smsgw-Signature"] = sign(secret, ts, row.body or b"")
+        return headers
+
+    async def _deliver(self, row: Callback, secret: str | None) -> Result:
+        try:
+            check_url(row.url, allow_private=self.allow_private)
+        except UnsafeUrl as exc:
+            return Result(row.id, row.kind, "refused", f"url refused: {exc}")
+        if row.secret_ref and secret is None:
+            return Result(row.id, row.kind, "retry", f"secret {row.secret_ref} unresolved")
+        async with self._host_slot(row.url):
+            started = time.perf_counter()
+            result = await self._request(row, secret)
+            if self.metrics:
+                self.metrics.callback_duration.observe(time.perf_counter() - started)
+        return result
+
+    async def _request(self, row: Callback, secret: str | None) -> Result:
+        assert self._session is not None, "start() first"
+        try:
+            async with self._session.request(
+                    row.method, row.url, data=row.body if row.method == "POST" else None,
+                    headers=self._headers(row, secret), allow_redirects=False) as resp:
+                status = resp.status
+        except UnsafeUrl as exc:
+            return Result(row.id, row.kind, "refused", f"url refused: {exc}")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return Result(row.id, row.kind, "retry", f"{type(exc).__name__}: {exc}"[:300])
+        if 200 <= status < 300:
+            return Result(row.id, row.kind, "done")
+        return Result(row.id, row.kind, "retry", f"HTTP {status}")
+
+    # -- write-back ---------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        done = [t for t in self._tasks if t.done()]
+        if not done:
+            return
+        results = [t.result() for t in done if not t.cancelled() and t.exception() is None]
+        for t in done:
+            if not t.cancelled() and t.exception() is not None:
+                log.error("callback_task_crashed", error=repr(t.exception()))
+        await self.write_back(results)
+        self._tasks.difference_update(done)
+        if self.metrics:
+            self.metrics.callbacks_in_flight.set(len(self._tasks))
+
+    async def write_back(self, results: list[Result]) -> None:
+        """Record results fenced by our lease: done, retried (or dead at the limit), refused."""
+        s = self.settings
+        by_error: dict[str, list[Result]] = {}
+        for r in results:
+            if r.outcome == "retry":
+                by_error.setdefault(r.error or "error", []).append(r)
+        async with self.pool.acquire() as conn, conn.transaction():
+            done = [r for r in results if r.outcome == "done"]
+            if done:
+                await store.ack(conn, "callbacks", [r.id for r in done], owner=self.owner)
+            refused = [r for r in results if r.outcome == "refused"]
+            for r in refused:  # rare: one statement each keeps each error
+                await store.fail(conn, "callbacks", [r.id], owner=self.owner, status="dead",
+                                 error=r.error or "refused")
+            dead: set[int] = set()
+            for error, group in by_error.items():
+                _, died = await store.retry(
+                    conn, "callbacks", [r.id for r in group], owner=self.owner, error=error,
+                    max_attempts=s.max_attempts, base_s=s.retry_base_s, cap_s=s.retry_max_s)
+                dead.update(died)
+            await store.log_events(conn, [
+                ("callbacks", r.id, _label(r, dead), {"error": r.error} if r.error else None)
+                for r in results], "processor")
+        self._count(results, dead)
+
+    def _count(self, results: list[Result], dead: set[int]) -> None:
+        for r in results:
+            label = _label(r, dead)
+            if self.metrics:
+                self.metrics.callbacks.labels(kind=r.kind, outcome=label).inc()
+            if label != "done":
+                log.warning("callback_failed", callback_id=r.id, outcome=label,
+                            error=(r.error or "")[:200])
+
+
+def _label(r: Result, dead: set[int]) -> str:
+    if r.outcome == "done":
+        return "done"
+    if r.outcome == "refused":
+        return "refused"
+    return "dead" if r.id in dead else "retried"
+
+
+async def deliver_until_idle(delivery: CallbackDelivery, *, timeout_s: float,
+                             idle: Callable[[], Awaitable[bool]]) -> None:
+    """Run a delivery loop until `idle()` is true (tests and the benchmark)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(delivery.run(stop), name="processor.callbacks.until_idle")
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not await idle():
+                await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await task

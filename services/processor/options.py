@@ -1,0 +1,107 @@
+"""The `[processor]` keys (env `SMSGW_PROCESSOR__<KEY>`), beyond the common daemon keys.
+
+    [processor]
+    batch = 200                      # inbound rows claimed per transaction
+    max_attempts = 5                 # a message failing this often ends `dead`
+    retry_base_s = 1.0               # backoff floor; doubles per attempt up to retry_max_s
+    retry_max_s = 300.0
+    outbound_high_watermark = 100000 # pause claiming while outbound queued is above this ...
+    outbound_low_watermark = 80000   # ... until it is back below this
+    flood_max = 20                   # messages per number per flood_window_s answered; 0 = off
+    flood_window_s = 60.0
+    events = true                    # one `events` row per message (what `smsgw trace` shows)
+
+    [processor.optout]               # see services/processor/optout.py
+    [processor.callbacks]            # delivery of the callbacks queue
+    concurrency = 64                 # requests in flight in this process
+    per_host = 8                     # ... and per destination host
+    timeout_s = 10.0                 # whole request
+    connect_timeout_s = 3.0
+    max_attempts = 10                # then `dead`
+    retry_base_s = 5.0
+    retry_max_s = 3600.0
+    lease_s = 60.0                   # must exceed timeout_s + drain_s
+    batch = 100
+    [processor.jobs]                 # periodic jobs (each once per period across instances)
+    mo_fragment_timeout_s = 300.0    # incomplete concatenated MO -> failed inbound row
+    mo_fragment_interval_s = 30.0
+    receipt_orphan_after_s = 600.0   # unmatched receipts -> orphan
+    receipt_orphan_interval_s = 30.0
+    flood_cleanup_interval_s = 300.0
+    (the retention move runs every `[retention] interval_s`)
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.processor.optout import OptOutSettings
+from shared.config import DaemonSection
+
+
+class _Sub(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CallbackSettings(_Sub):
+    """`[processor.callbacks]`: delivery of the callbacks queue to applications."""
+
+    concurrency: int = Field(default=64, ge=1, le=10_000)
+    per_host: int = Field(default=8, ge=1)
+    timeout_s: float = Field(default=10.0, gt=0)
+    connect_timeout_s: float = Field(default=3.0, gt=0)
+    max_attempts: int = Field(default=10, ge=1)
+    retry_base_s: float = Field(default=5.0, ge=0)
+    retry_max_s: float = Field(default=3600.0, ge=0)
+    lease_s: float = Field(default=60.0, gt=0)
+    batch: int = Field(default=100, ge=1)
+
+    @model_validator(mode="after")
+    def _lease_outlasts_request(self) -> Self:
+        if self.lease_s <= self.timeout_s:
+            raise ValueError("lease_s must be longer than timeout_s (a lease may not expire "
+                             "while its request can still succeed)")
+        return self
+
+
+class JobSettings(_Sub):
+    """`[processor.jobs]`: the periodic jobs the processor runs."""
+
+    mo_fragment_timeout_s: float = Field(default=300.0, gt=0)
+    mo_fragment_interval_s: float = Field(default=30.0, gt=0)
+    receipt_orphan_after_s: float = Field(default=600.0, gt=0)
+    receipt_orphan_interval_s: float = Field(default=30.0, gt=0)
+    flood_cleanup_interval_s: float = Field(default=300.0, gt=0)
+
+
+class ProcessorKeys(DaemonSection):
+    """The processor's own keys (the section model of `[processor]` inherits these)."""
+
+    batch: int = Field(default=200, ge=1, le=5000)
+    max_attempts: int = Field(default=5, ge=1)
+    retry_base_s: float = Field(default=1.0, ge=0)
+    retry_max_s: float = Field(default=300.0, ge=0)
+    outbound_high_watermark: int = Field(default=100_000, ge=1)
+    outbound_low_watermark: int | None = Field(default=None, ge=0)
+    flood_max: int = Field(default=20, ge=0)
+    flood_window_s: float = Field(default=60.0, gt=0)
+    events: bool = True
+    optout: OptOutSettings = Field(default_factory=OptOutSettings)
+    callbacks: CallbackSettings = Field(default_factory=CallbackSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+
+    @model_validator(mode="after")
+    def _watermarks_ordered(self) -> Self:
+        if (self.outbound_low_watermark is not None
+                and self.outbound_low_watermark > self.outbound_high_watermark):
+            raise ValueError("outbound_low_watermark must not exceed outbound_high_watermark")
+        return self
+
+    @property
+    def low_watermark(self) -> int:
+        """The resume threshold (default 80 % of the high watermark)."""
+        if self.outbound_low_watermark is not None:
+            return self.outbound_low_watermark
+        return int(self.outbound_high_watermark * 0.8)

@@ -1,0 +1,1 @@
+"""The receiver daemon: HTTP submit API, provider webhooks, SMPP MO (`smsgw receiver`)."""

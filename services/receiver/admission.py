@@ -1,0 +1,72 @@
+"""Admission control: each intake checks its own queue in the depth/age snapshot.
+
+DESIGN.md "Backpressure, end to end": the MT API pairs with `outbound`, MO (HTTP and SMPP) with
+`inbound`, receipts only with `receipts` — never refuse receipts because outbound is deep, that
+starts SMSC retry storms. Above a queue's high watermark, or when its oldest queued row is older
+than `max_queued_age_s`, intake is refused (HTTP 503 + Retry-After, SMPP the connector's
+transient status). The numbers come from the `queue_stats` snapshot that one instance refreshes
+every few hundred milliseconds (`shared.daemon`); `read` re-reads it on a timer, so a request
+costs a dict lookup, never a COUNT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from services.receiver.options import ReceiverOptions
+from shared.queue import store
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSnapshot:
+    """Depth and oldest queued age of one queue, as of the snapshot's own time."""
+
+    depth: int
+    oldest_age_s: float
+
+
+class Admission:
+    """Decides, from the last snapshot, whether an intake may take more work."""
+
+    def __init__(self, options: ReceiverOptions) -> None:
+        self._options = options
+        self._queues: dict[str, QueueSnapshot] = {}
+        self.updated_at: datetime | None = None
+
+    def update_options(self, options: ReceiverOptions) -> None:
+        """Apply reloaded watermarks."""
+        self._options = options
+
+    async def read(self, conn: asyncpg.Connection) -> None:
+        """Re-read the `queue_stats` snapshot (a periodic job, every `stats_read_s`)."""
+        queues: dict[str, QueueSnapshot] = {}
+        for stat in await store.read_queue_stats(conn):
+            if stat.status != "queued":
+                continue
+            age = (stat.updated_at - stat.oldest_at).total_seconds() if stat.oldest_at else 0.0
+            queues[stat.queue] = QueueSnapshot(stat.depth, max(0.0, age))
+            self.updated_at = stat.updated_at
+        self._queues = queues
+
+    def set_snapshot(self, queue: str, depth: int, oldest_age_s: float = 0.0) -> None:
+        """Set one queue's numbers directly (tools and tests that have no refresher)."""
+        self._queues[queue] = QueueSnapshot(depth, oldest_age_s)
+
+    def check(self, queue: str) -> str | None:
+        """None when `queue` may take more, else the rejection reason (a metric label)."""
+        snap = self._queues.get(queue)
+        if snap is None:
+            return None
+        opts = self._options
+        watermark = {"outbound": opts.outbound_high_watermark,
+                     "inbound": opts.inbound_high_watermark,
+                     "receipts": opts.receipts_high_watermark}.get(queue)
+        if watermark is not None and snap.depth >= watermark:
+            return f"{queue}_watermark"
+        # Receipts wait for matching on purpose (run_after in the future): depth only.
+        if queue != "receipts" and snap.oldest_age_s > opts.max_queued_age_s:
+            return f"{queue}_age"
+        return None

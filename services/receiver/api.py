@@ -1,0 +1,321 @@
+"""The MT submit API: `POST /v1/messages`, `GET /v1/messages/{id}`.
+
+Order of checks for a submit: authentication (401) → admission against the outbound snapshot
+(503) → body size (413) → JSON (400) → every field (422, all errors at once, each naming its
+field) → account rate limit (429) → group commit → 202 once the rows are durable.
+Idempotency: a repeated `client_ref` with the same content answers the original id
+(`status: duplicate`), with different content 409; in a batch, the repeats are marked and only
+the new messages stored.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from services.receiver.auth import bearer_key
+from services.receiver.context import CONTEXT, ReceiverContext
+from services.receiver.models import BatchIn, MessageIn, field_errors
+from services.receiver.responses import error, json_response, unavailable, unavailable_reason
+from services.receiver.store import MtItem, MtOutcome, MtResult, find_message
+from shared.apikeys import Account
+from shared.errors import DatabaseUnavailable
+from shared.groupcommit import CONNECTION_ERRORS, IntakeClosed, IntakeFull
+from shared.numbers import InvalidNumber, normalise, normalise_sender
+from shared.smpp.text import estimate
+from shared.urlguard import UnsafeUrl, check_url
+
+
+MAX_SCHEDULE_AHEAD = timedelta(days=30)
+_ALLOWED_ENCODINGS: dict[str | None, tuple[Any, ...]] = {
+    None: ("gsm7", "ucs2"), "auto": ("gsm7", "ucs2"), "gsm7": ("gsm7",),
+    "latin1": ("latin1",), "ucs2": ("ucs2",)}
+
+
+class Rejected(Exception):
+    """A request answered early with `response` (raised inside helpers, caught by handlers)."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+# -- shared request steps (also used by sendsms and webhooks) -------------------------------------
+
+async def require_account(request: web.Request, ctx: ReceiverContext) -> Account:
+    """The account of the request's bearer key; raise `Rejected` (401) otherwise."""
+    key = bearer_key(request.headers.get("Authorization"))
+    account = await _lookup(ctx, key) if key else None
+    if account is None:
+        ctx.metrics.requests_rejected.labels(reason="unauthorized").inc()
+        raise Rejected(error(401, "unauthorized",
+                             "a valid API key is required (Authorization: Bearer <key>)",
+                             headers={"WWW-Authenticate": 'Bearer realm="smsgw"'}))
+    return account
+
+
+async def _lookup(ctx: ReceiverContext, key: str) -> Account | None:
+    try:
+        return await ctx.auth.authenticate(key)
+    except CONNECTION_ERRORS as exc:  # the database is down: ask the client to retry, do not 401
+        raise Rejected(unavailable("database_unavailable", ctx.options.retry_after_s)) from exc
+
+
+def admit(ctx: ReceiverContext, queue: str) -> None:
+    """Raise `Rejected` (503 + Retry-After) when `queue` is over its watermark or age."""
+    reason = ctx.admission.check(queue)
+    if reason is not None:
+        ctx.metrics.backpressure_rejections.labels(reason=reason).inc()
+        raise Rejected(unavailable(reason, ctx.options.retry_after_s))
+
+
+async def read_body(request: web.Request, ctx: ReceiverContext) -> bytes:
+    """The request body; raise `Rejected` (413) past `max_body_bytes`."""
+    limit = ctx.options.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        ctx.metrics.requests_rejected.labels(reason="too_large").inc()
+        raise Rejected(error(413, "too_large", f"request body larger than {limit} bytes"))
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        ctx.metrics.requests_rejected.labels(reason="too_large").inc()
+        raise Rejected(error(413, "too_large", f"request body larger than {limit} bytes")) \
+            from exc
+
+
+def unavailable_for(ctx: ReceiverContext, exc: BaseException) -> web.Response:
+    """503 for an intake that could not commit (database down, buffer full, shutting down)."""
+    reason = unavailable_reason(exc)
+    ctx.metrics.backpressure_rejections.labels(reason=reason).inc()
+    return unavailable(reason, ctx.options.retry_after_s)
+
+
+def invalid(ctx: ReceiverContext, errors: list[dict[str, str]],
+            code: str = "validation_failed") -> Rejected:
+    """422 listing every invalid field."""
+    ctx.metrics.requests_rejected.labels(reason="validation").inc()
+    first = errors[0]
+    return Rejected(error(422, code, f"{first['field']}: {first['message']}", errors=errors))
+
+
+# -- POST /v1/messages ---------------------------------------------------------------------------
+
+async def post_messages(request: web.Request) -> web.StreamResponse:
+    """Accept one MT or a batch; 202 when every new row is committed."""
+    ctx = request.app[CONTEXT]
+    started = time.perf_counter()
+    try:
+        account = await require_account(request, ctx)
+        admit(ctx, "outbound")
+        raw = await read_body(request, ctx)
+        messages, batch = _parse(ctx, raw)
+        items, estimates = _build_items(ctx, account, messages, batch)
+        _check_rate(ctx, account, len(items))
+        results = await ctx.mt.submit_many(items)
+    except Rejected as exc:
+        return exc.response
+    except (DatabaseUnavailable, IntakeFull, IntakeClosed) as exc:
+        return unavailable_for(ctx, exc)
+    finally:
+        ctx.metrics.request_duration.labels(source="api").observe(time.perf_counter() - started)
+    for r in results:
+        ctx.metrics.mt_messages.labels(source="api", outcome=_outcome_label(r)).inc()
+    if batch:
+        return json_response(_batch_answer(items, results, estimates), 202)
+    return _single_answer(items[0], results[0], estimates[0])
+
+
+def _parse(ctx: ReceiverContext, raw: bytes) -> tuple[list[MessageIn], bool]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        ctx.metrics.requests_rejected.labels(reason="invalid_json").inc()
+        raise Rejected(error(400, "invalid_json", "the body is not valid JSON",
+                             errors=[{"field": "body", "message": "not valid JSON"}])) from exc
+    if not isinstance(data, dict):
+        raise invalid(ctx, [{"field": "body", "message": "expected a JSON object"}])
+    batch = "messages" in data
+    try:
+        if batch:
+            messages = BatchIn.model_validate(data).messages
+        else:
+            messages = [MessageIn.model_validate(data)]
+    except ValidationError as exc:
+        raise invalid(ctx, field_errors(exc)) from exc
+    if len(messages) > ctx.options.max_batch:
+        raise invalid(ctx, [{"field": "messages",
+                             "message": f"at most {ctx.options.max_batch} messages"}])
+    return messages, batch
+
+
+def _build_items(ctx: ReceiverContext, account: Account, messages: list[MessageIn],
+                 batch: bool) -> tuple[list[MtItem], list[tuple[str, int]]]:
+    items: list[MtItem] = []
+    estimates: list[tuple[str, int]] = []
+    errors: list[dict[str, str]] = []
+    now = datetime.now(UTC)
+    for i, msg in enumerate(messages):
+        prefix = f"messages[{i}]." if batch else ""
+        try:
+            item, est = mt_item(ctx, account, msg, now)
+        except FieldInvalid as exc:
+            errors.append({"field": prefix + exc.field, "message": exc.message})
+            continue
+        items.append(item)
+        estimates.append(est)
+    if errors:
+        raise invalid(ctx, errors)
+    return items, estimates
+
+
+class FieldInvalid(ValueError):
+    """One field failed a check beyond the schema (number, sender, length, URL)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def mt_item(ctx: ReceiverContext, account: Account, msg: MessageIn,
+            now: datetime) -> tuple[MtItem, tuple[str, int]]:
+    """Turn a validated `MessageIn` into a storable `MtItem` (+ encoding/parts estimate)."""
+    opts = ctx.options
+    to_addr = _number("to", msg.to, opts.default_country)
+    from_addr = sender_id(account, msg.from_, opts.default_country)
+    encoding, parts = _estimate(msg.text, msg.encoding, opts.max_parts)
+    callback_url = None
+    if msg.callback_url is not None:
+        try:
+            callback_url = check_url(msg.callback_url,
+                                     allow_private=ctx.webhooks.allow_private_urls)
+        except UnsafeUrl as exc:
+            raise FieldInvalid("callback_url", str(exc)) from exc
+    send_at = msg.send_at
+    if send_at is not None and send_at - now > MAX_SCHEDULE_AHEAD:
+        raise FieldInvalid("send_at", "at most 30 days ahead")
+    start = max(send_at, now) if send_at is not None else now
+    valid_until = start + timedelta(seconds=msg.validity) if msg.validity else None
+    item = MtItem(
+        account_id=account.id, source="api", from_addr=from_addr, to_addr=to_addr,
+        body=msg.text, category=msg.category or account.default_category,
+        priority=msg.priority,
+        encoding=None if msg.encoding in (None, "auto") else msg.encoding,
+        client_ref=msg.client_ref, callback_url=callback_url, send_at=send_at,
+        valid_until=valid_until,
+        meta={"callback_style": "json"} if callback_url else None)
+    return item, (encoding, parts)
+
+
+def _number(field: str, value: str, country: str | None) -> str:
+    try:
+        number = normalise(value, default_country=country)
+    except InvalidNumber as exc:
+        raise FieldInvalid(field, str(exc)) from exc
+    if not number.startswith("+"):  # an MT goes to a phone, not a short code or a name
+        raise FieldInvalid(field, "must be a phone number (E.164, or national with the "
+                                  "default country)")
+    return number
+
+
+def sender_id(account: Account, value: str, country: str | None) -> str:
+    """Normalise a sender id and check it against the account's allowed senders."""
+    try:
+        sender = normalise_sender(value, default_country=country)
+    except InvalidNumber as exc:
+        raise FieldInvalid("from", str(exc)) from exc
+    if account.allowed_senders is not None and sender not in account.allowed_senders:
+        raise FieldInvalid("from", "sender id not allowed for this account")
+    return sender
+
+
+def _estimate(text: str, encoding: str | None, max_parts: int) -> tuple[str, int]:
+    allowed = _ALLOWED_ENCODINGS[encoding]
+    try:
+        enc, parts = estimate(text, allowed)
+    except ValueError as exc:
+        raise FieldInvalid("text", f"cannot be encoded as {encoding}") from exc
+    if parts > max_parts:
+        raise FieldInvalid("text", f"needs {parts} parts, more than the {max_parts} allowed")
+    return enc, parts
+
+
+def _check_rate(ctx: ReceiverContext, account: Account, n: int) -> None:
+    wait = ctx.ratelimit.try_acquire(account.id, account.rate_per_s, n)
+    if wait is not None:
+        ctx.metrics.requests_rejected.labels(reason="rate_limited").inc()
+        raise Rejected(error(429, "rate_limited",
+                             f"account rate limit of {account.rate_per_s}/s exceeded",
+                             headers={"Retry-After": str(int(wait))}))
+
+
+def _outcome_label(result: MtResult) -> str:
+    return {MtOutcome.CREATED: "accepted", MtOutcome.DUPLICATE: "duplicate",
+            MtOutcome.CONFLICT: "conflict"}[result.outcome]
+
+
+def _status(result: MtResult) -> str:
+    return {MtOutcome.CREATED: "queued", MtOutcome.DUPLICATE: "duplicate",
+            MtOutcome.CONFLICT: "conflict"}[result.outcome]
+
+
+def _single_answer(item: MtItem, result: MtResult, est: tuple[str, int]) -> web.Response:
+    if result.outcome is MtOutcome.CONFLICT:
+        return error(409, "client_ref_conflict",
+                     "client_ref was already used for a different message",
+                     errors=[{"field": "client_ref",
+                              "message": "already used for a different message"}],
+                     id=result.id)
+    return json_response({"id": result.id, "status": _status(result), "parts": est[1],
+                          "encoding": est[0], "client_ref": item.client_ref}, 202)
+
+
+def _batch_answer(items: list[MtItem], results: list[MtResult],
+                  estimates: list[tuple[str, int]]) -> dict[str, Any]:
+    out = []
+    for i, (item, res, est) in enumerate(zip(items, results, estimates, strict=True)):
+        entry: dict[str, Any] = {"index": i, "id": res.id, "status": _status(res),
+                                 "parts": est[1], "encoding": est[0],
+                                 "client_ref": item.client_ref}
+        if res.outcome is MtOutcome.CONFLICT:
+            entry["error"] = "client_ref_conflict"
+        out.append(entry)
+    return {"messages": out,
+            "accepted": sum(r.outcome is MtOutcome.CREATED for r in results),
+            "duplicates": [i for i, r in enumerate(results) if r.outcome is MtOutcome.DUPLICATE],
+            "conflicts": [i for i, r in enumerate(results) if r.outcome is MtOutcome.CONFLICT]}
+
+
+# -- GET /v1/messages/{id} -------------------------------------------------------------------------
+
+async def get_message(request: web.Request) -> web.StreamResponse:
+    """One of the account's messages with its parts and receipts; 404 for anyone else's."""
+    ctx = request.app[CONTEXT]
+    try:
+        account = await require_account(request, ctx)
+    except Rejected as exc:
+        return exc.response
+    raw_id = request.match_info["id"]
+    if not raw_id.isdigit() or len(raw_id) > 18:
+        ctx.metrics.requests_rejected.labels(reason="validation").inc()
+        return error(422, "validation_failed", "id: must be a message id (digits)",
+                     errors=[{"field": "id", "message": "must be a message id (digits)"}])
+    try:
+        found = await find_message(ctx.pool, account.id, int(raw_id))
+    except CONNECTION_ERRORS as exc:
+        return unavailable_for(ctx, DatabaseUnavailable(str(exc)))
+    if found is None:
+        ctx.metrics.requests_rejected.labels(reason="not_found").inc()
+        return error(404, "not_found", "no such message")
+    return json_response(found)
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the MT API routes."""
+    app.router.add_post("/v1/messages", post_messages)
+    app.router.add_get("/v1/messages/{id}", get_message)

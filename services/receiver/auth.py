@@ -1,0 +1,63 @@
+"""Bearer-key authentication with a short in-process cache.
+
+A request presents `Authorization: Bearer <key>`; the key's HMAC-SHA256 under the server
+secret is looked up in `api_keys` (`shared.apikeys`). Results are cached for `cache_s`
+seconds (keyed by the hash, never the key), so a busy client costs one HMAC per request and
+one query per few seconds; a revoked key stops working within `cache_s`. Failures are cached
+for one second so a client retrying a bad key cannot turn into a query per request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import asyncpg
+
+from shared.apikeys import LOOKUP_ACCOUNT_BY_KEY_HASH, Account, hash_key
+
+NEGATIVE_CACHE_S = 1.0
+MAX_CACHE_ENTRIES = 10_000
+MAX_KEY_LENGTH = 200
+
+
+class Authenticator:
+    """Resolve API keys to accounts (see the module docstring)."""
+
+    def __init__(self, pool: asyncpg.Pool, server_secret: bytes, *, cache_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._pool = pool
+        self._secret = server_secret
+        self._cache_s = cache_s
+        self._clock = clock
+        self._cache: dict[bytes, tuple[Account | None, float]] = {}
+
+    async def authenticate(self, key: str) -> Account | None:
+        """The account the key belongs to, or None (unknown, revoked, disabled account)."""
+        if not key or len(key) > MAX_KEY_LENGTH:
+            return None
+        digest = hash_key(self._secret, key)
+        now = self._clock()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        rec = await self._pool.fetchrow(LOOKUP_ACCOUNT_BY_KEY_HASH, digest)
+        account = Account.from_record(rec) if rec is not None else None
+        if len(self._cache) >= MAX_CACHE_ENTRIES:
+            self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
+            if len(self._cache) >= MAX_CACHE_ENTRIES:
+                self._cache.clear()
+        ttl = self._cache_s if account is not None else min(self._cache_s, NEGATIVE_CACHE_S)
+        if ttl > 0:
+            self._cache[digest] = (account, now + ttl)
+        return account
+
+
+def bearer_key(header: str | None) -> str | None:
+    """The key from an `Authorization: Bearer <key>` header, or None."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip() or None

@@ -1,0 +1,101 @@
+"""What the receiver's handlers need, built once by the composition root and passed down.
+
+`ReceiverContext` holds the pool, the options, the group committers, admission control, the
+authenticator, the rate limiter and the metrics. Handlers read it through `CONTEXT`
+(`web.AppKey`). `options` and `webhooks` are swapped together on SIGHUP (`reload`); everything
+else lives as long as the daemon.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from services.receiver.admission import Admission
+from services.receiver.auth import Authenticator
+from services.receiver.metrics import ReceiverMetrics
+from services.receiver.options import ReceiverOptions
+from services.receiver.ratelimit import AccountRateLimiter
+from services.receiver.store import MtItem, MtResult, flush_mt
+from shared.config import WebhooksSettings
+from shared.groupcommit import GroupCommitter
+from shared.intake import (
+    DeliverIntake,
+    FragmentWrite,
+    InboundResult,
+    InboundWrite,
+    ReceiptWrite,
+    flush_inbound,
+    flush_receipts,
+)
+
+
+@dataclass(slots=True, eq=False)
+class ReceiverContext:
+    """The receiver's runtime objects (see the module docstring)."""
+
+    pool: asyncpg.Pool
+    options: ReceiverOptions
+    webhooks: WebhooksSettings
+    auth: Authenticator
+    ratelimit: AccountRateLimiter
+    admission: Admission
+    metrics: ReceiverMetrics
+    mt: GroupCommitter[MtItem, MtResult]
+    inbound: GroupCommitter[InboundWrite | FragmentWrite, InboundResult]
+    receipts: GroupCommitter[ReceiptWrite, int]
+    intake: DeliverIntake
+    clock: Callable[[], float] = time.time
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def reload(self, options: ReceiverOptions, webhooks: WebhooksSettings) -> None:
+        """Apply reloaded options (watermarks, limits) and webhook settings as a unit."""
+        self.options = options
+        self.webhooks = webhooks
+        self.admission.update_options(options)
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Flush what the committers hold (callers get their answers), then stop them."""
+        for committer in (self.mt, self.inbound, self.receipts):
+            await committer.close(timeout_s)
+
+
+CONTEXT = web.AppKey("receiver_context", ReceiverContext)
+
+
+def build_context(pool: asyncpg.Pool, options: ReceiverOptions, webhooks: WebhooksSettings, *,
+                  server_secret: bytes, registry: CollectorRegistry | None = None,
+                  metrics: ReceiverMetrics | None = None,
+                  clock: Callable[[], float] = time.time) -> ReceiverContext:
+    """Create the context and start its group committers (call inside the running loop)."""
+    metrics = metrics or ReceiverMetrics.create(registry or CollectorRegistry())
+    admission = Admission(options)
+
+    def committer(name: str, flush: Any) -> GroupCommitter[Any, Any]:
+        return GroupCommitter(pool, flush, name=name, max_batch=options.commit_max_batch,
+                              max_inflight=options.commit_max_inflight,
+                              max_pending=options.intake_max_pending,
+                              linger_s=options.commit_linger_s,
+                              on_commit=metrics.commit_observer(name))
+
+    mt = committer("outbound", lambda c, items: flush_mt(c, items,
+                                                         ttl_s=options.client_ref_ttl_s))
+    inbound = committer("inbound", lambda c, items: flush_inbound(
+        c, items, ttl_s=options.webhook_dedupe_ttl_s,
+        replay_window_s=options.mo_fragment_timeout_s))
+    receipts = committer("receipts", flush_receipts)
+    for c in (mt, inbound, receipts):
+        c.start()
+    intake = DeliverIntake(inbound=inbound, receipts=receipts, admit=admission.check,
+                           observer=metrics)
+    return ReceiverContext(
+        pool=pool, options=options, webhooks=webhooks,
+        auth=Authenticator(pool, server_secret, cache_s=options.auth_cache_s),
+        ratelimit=AccountRateLimiter(pool, clock=clock), admission=admission, metrics=metrics,
+        mt=mt, inbound=inbound, receipts=receipts, intake=intake, clock=clock)

@@ -1,0 +1,182 @@
+"""Request and response models of the HTTP API (validation and the OpenAPI schemas).
+
+Validation happens once, at the edge, with pydantic (`extra="forbid"`: an unknown field is an
+error naming it). Errors become `{"error": ..., "errors": [{"field": ..., "message": ...}]}`
+where `field` is a dotted path (`messages[2].to`), never a stack trace.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+Category = Literal["transactional", "marketing"]
+EncodingName = Literal["auto", "gsm7", "latin1", "ucs2"]
+
+MAX_TEXT_CHARS = 10_000  # before the parts check (max_parts), to bound the work per request
+
+
+class MessageIn(BaseModel):
+    """One MT to send (`POST /v1/messages`, alone or in `messages`)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    to: str = Field(min_length=1, max_length=32,
+                    description="Recipient: E.164 (+447700900123), or national with the "
+                                "configured default country.")
+    from_: str = Field(alias="from", min_length=1, max_length=32,
+                       description="Sender id: a number, a short code, or alphanumeric "
+                                   "(up to 11 characters).")
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    category: Category | None = Field(default=None,
+                                      description="Default: the account's category.")
+    client_ref: str | None = Field(default=None, min_length=1, max_length=128,
+                                   description="Idempotency key, unique per account.")
+    callback_url: str | None = Field(default=None, min_length=1, max_length=2048,
+                                     description="http(s) URL for status callbacks.")
+    priority: int = Field(default=0, ge=0, le=9, description="Higher is sent first.")
+    validity: int | None = Field(default=None, ge=60, le=7 * 86400,
+                                 description="Seconds the message stays deliverable.")
+    send_at: AwareDatetime | None = Field(default=None,
+                                          description="Schedule (RFC 3339, with offset).")
+    encoding: EncodingName | None = Field(default=None,
+                                          description="Default auto: the cheapest that fits.")
+
+
+class BatchIn(BaseModel):
+    """Several MTs in one request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[MessageIn] = Field(min_length=1)
+
+
+class FieldError(BaseModel):
+    """One invalid field."""
+
+    field: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx/5xx body."""
+
+    error: str
+    message: str | None = None
+    errors: list[FieldError] | None = None
+    id: int | None = None
+
+
+class AcceptedOut(BaseModel):
+    """202 for one message (also each entry of a batch answer)."""
+
+    id: int
+    status: Literal["queued", "duplicate", "conflict"]
+    parts: int
+    encoding: str
+    client_ref: str | None = None
+    index: int | None = None
+    error: str | None = None
+
+
+class BatchAcceptedOut(BaseModel):
+    """202 for a batch: one entry per message, in request order."""
+
+    messages: list[AcceptedOut]
+    accepted: int
+    duplicates: list[int]
+    conflicts: list[int]
+
+
+class PartOut(BaseModel):
+    """One submitted part of an MT."""
+
+    part_no: int
+    parts_total: int
+    status: str
+    connector: str | None
+    smsc_id: str | None
+    command_status: int | None
+    err: str | None
+    submitted_at: str | None
+    done_at: str | None
+
+
+class ReceiptOut(BaseModel):
+    """One delivery receipt matched to a part."""
+
+    part_no: int | None
+    stat: str | None
+    state: str | None
+    final: bool
+    err: str | None
+    done_date: str | None
+    received_at: str | None
+
+
+class MessageOut(BaseModel):
+    """`GET /v1/messages/{id}`."""
+
+    id: int
+    status: str
+    to: str
+    from_: str = Field(alias="from")
+    category: str
+    priority: int
+    encoding: str | None
+    client_ref: str | None
+    parts_total: int | None
+    connector: str | None
+    error_code: int | None
+    error: str | None
+    attempts: int
+    send_at: str | None
+    valid_until: str | None
+    submitted_at: str | None
+    done_at: str | None
+    created_at: str | None
+    updated_at: str | None
+    parts: list[PartOut]
+    receipts: list[ReceiptOut]
+
+
+class GenericInboundIn(BaseModel):
+    """`POST /v1/inbound/generic`: one MO from a generic HTTP provider."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    id: str = Field(min_length=1, max_length=128, description="The provider's message id.")
+    from_: str = Field(alias="from", min_length=1, max_length=32)
+    to: str = Field(min_length=1, max_length=32)
+    text: str = Field(max_length=MAX_TEXT_CHARS)
+    meta: dict[str, Any] | None = None
+
+
+class InboundOut(BaseModel):
+    """Answer to a generic webhook."""
+
+    id: int | None
+    duplicate: bool
+    complete: bool
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """Dotted field path of a pydantic error location (`messages[2].from`)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            name = "from" if part == "from_" else part
+            out += f".{name}" if out else name
+    return out or "body"
+
+
+def field_errors(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[dict[str, str]]:
+    """Pydantic errors as `[{"field", "message"}]` (no input values echoed back)."""
+    out = []
+    for err in exc.errors(include_url=False, include_input=False):
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        out.append({"field": field_path(prefix + tuple(err["loc"])), "message": msg})
+    return out

@@ -1,0 +1,52 @@
+"""The receiver's own `[receiver]` keys (the runtime's `DaemonSection` keys come on top).
+
+Kept apart from `settings.py` so the API, intake and admission modules (and their tests) can
+take exactly these options as an argument; `ReceiverSettings` inherits them.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RECEIVER_HTTP_PORT_BASE = 8080
+
+
+class ReceiverOptions(BaseModel):
+    """`[receiver]` keys for the API, intake, group commit and admission control."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # HTTP API site; port None = 8080 + (instance - 1) (0 = any free port, for tests)
+    http_host: str = "127.0.0.1"
+    http_port: int | None = Field(default=None, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)  # larger bodies → 413
+    max_batch: int = Field(default=1000, ge=1)  # messages per POST /v1/messages
+    max_parts: int = Field(default=10, ge=1, le=255)  # text longer than this many parts → 422
+    max_recipients: int = Field(default=100, ge=1)  # /cgi-bin/sendsms `to` list
+    default_country: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$")
+    client_ref_ttl_s: float = Field(default=86400 * 2, gt=0)  # idempotency keys remembered
+    webhook_dedupe_ttl_s: float = Field(default=86400 * 2, gt=0)  # provider ids remembered
+    # group commit (shared/groupcommit.py)
+    commit_max_batch: int = Field(default=1000, ge=1)
+    commit_max_inflight: int = Field(default=3, ge=1)
+    commit_linger_s: float = Field(default=0.002, ge=0)
+    intake_max_pending: int = Field(default=20000, ge=1)
+    # admission control: each intake checks its own queue's snapshot (queue_stats)
+    outbound_high_watermark: int = Field(default=200_000, ge=1)
+    inbound_high_watermark: int = Field(default=200_000, ge=1)
+    receipts_high_watermark: int = Field(default=500_000, ge=1)
+    max_queued_age_s: float = Field(default=900, gt=0)  # oldest queued row older → 503
+    stats_read_s: float = Field(default=0.25, gt=0)  # how often the snapshot is re-read
+    retry_after_s: int = Field(default=2, ge=1)
+    # accounts
+    auth_cache_s: float = Field(default=5.0, ge=0)  # revocation takes effect within this
+    ratelimit_sync_s: float = Field(default=0.2, gt=0)
+    # SMPP receiver (rx) binds and the per-connector transient error for deliver_sm_resp
+    smpp_binds: bool = True
+    mo_fragment_timeout_s: float = Field(default=600, gt=0)
+
+    def resolved_http_port(self, instance: int) -> int:
+        """The API port: configured, else 8080 + (instance - 1)."""
+        if self.http_port is not None:
+            return self.http_port
+        return RECEIVER_HTTP_PORT_BASE + instance - 1

@@ -1,0 +1,82 @@
+"""JSON error answers and the error middleware: every failure is a JSON body, never a trace."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from shared.errors import DatabaseUnavailable
+from shared.groupcommit import IntakeClosed, IntakeFull
+
+log = structlog.get_logger("receiver.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None
+                  ) -> web.Response:
+    """A JSON answer encoded with orjson."""
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def error(status: int, code: str, message: str | None = None, *,
+          errors: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None,
+          **extra: Any) -> web.Response:
+    """`{"error": code, "message": …, "errors": [{"field", "message"}]}` with `status`."""
+    body: dict[str, Any] = {"error": code}
+    if message is not None:
+        body["message"] = message
+    if errors is not None:
+        body["errors"] = errors
+    body.update(extra)
+    return json_response(body, status, headers)
+
+
+def field_error(status: int, code: str, field: str, message: str) -> web.Response:
+    """An error naming one field."""
+    return error(status, code, f"{field}: {message}",
+                 errors=[{"field": field, "message": message}])
+
+
+def unavailable(reason: str, retry_after_s: int) -> web.Response:
+    """503 + Retry-After: the peer should retry (watermark, full buffer, database down)."""
+    return error(503, "unavailable", f"try again later ({reason})",
+                 headers={"Retry-After": str(retry_after_s)}, reason=reason)
+
+
+def unavailable_reason(exc: BaseException) -> str:
+    """The backpressure reason label for an intake exception."""
+    if isinstance(exc, DatabaseUnavailable):
+        return "database_unavailable"
+    if isinstance(exc, IntakeFull | IntakeClosed):
+        return "intake_full"
+    return "database_unavailable"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn aiohttp's HTTP errors into JSON and any unexpected exception into a bare 500."""
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, "too_large", "request body too large")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        return error(exc.status, code, exc.reason, headers=_allowed(exc))
+    except (DatabaseUnavailable, IntakeFull, IntakeClosed) as exc:
+        return unavailable(unavailable_reason(exc), 2)
+    except Exception:  # request boundary: log it, tell the client nothing about internals
+        log.exception("request_failed", path=request.path, method=request.method)
+        return error(500, "internal_error", "internal error")
+
+
+def _allowed(exc: web.HTTPException) -> dict[str, str] | None:
+    allow = exc.headers.get("Allow") if exc.headers else None
+    return {"Allow": allow} if allow else None

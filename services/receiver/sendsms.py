@@ -1,0 +1,197 @@
+"""Kannel-compatible `GET|POST /cgi-bin/sendsms`, so applications written for Kannel switch over
+without code changes.
+
+Parameters as Kannel's smsbox takes them (query string, or a form-encoded POST body):
+`username` (the account name), `password` (one of its API keys), `from`, `to` (several
+recipients separated by spaces), `text`, `charset` (of `text`; Kannel's default is UTF-8, or
+UTF-16BE with `coding=2`), `coding` (0 7-bit, 1 8-bit, 2 UCS-2), `dlr-mask`, `dlr-url` (a
+template with Kannel's `%d %p %P %t %A …` escapes, rendered by the sender with
+`shared.kannel.render_dlr_url`), `smsc` (a route hint), `priority` (0–3), `validity` and
+`deferred` (minutes). Unknown parameters are ignored, as Kannel does.
+
+Answers as Kannel does: `202 0: Accepted for delivery`; `403 Authorization failed for sendsms`;
+`4xx` with a plain-text reason naming the parameter; `503` with `Retry-After` when we cannot
+commit. Numbers and sender ids go through the same normalisation and checks as the JSON API.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from services.receiver.api import (
+    FieldInvalid,
+    Rejected,
+    admit,
+    read_body,
+    sender_id,
+    unavailable_for,
+)
+from services.receiver.context import CONTEXT, ReceiverContext
+from services.receiver.store import MtItem
+from shared.apikeys import Account
+from shared.errors import DatabaseUnavailable
+from shared.groupcommit import CONNECTION_ERRORS, IntakeClosed, IntakeFull
+from shared.numbers import InvalidNumber, normalise
+from shared.smpp.text import estimate
+from shared.urlguard import UnsafeUrl, check_url
+
+ACCEPTED = "0: Accepted for delivery"
+AUTH_FAILED = "Authorization failed for sendsms"
+_CODING_ENCODING = {0: ("gsm7", "ucs2"), 1: ("latin1",), 2: ("ucs2",)}
+
+
+def _text(status: int, body: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=body, headers=headers)
+
+
+def _bad(ctx: ReceiverContext, field: str, message: str) -> Rejected:
+    ctx.metrics.requests_rejected.labels(reason="validation").inc()
+    return Rejected(_text(400, f"Invalid parameter {field}: {message}"))
+
+
+async def _params(request: web.Request, ctx: ReceiverContext) -> dict[str, bytes]:
+    """Every parameter as raw bytes (query first, then a form body), decoded later per field:
+    `text` is in `charset`, the others in UTF-8."""
+    pairs = parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True,
+                      encoding="latin-1")
+    if request.method == "POST" and request.content_type in (
+            "application/x-www-form-urlencoded", ""):
+        body = await read_body(request, ctx)
+        pairs += parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+    params: dict[str, bytes] = {}
+    for name, value in pairs:
+        params.setdefault(name, value.encode("latin-1"))
+    return params
+
+
+def _str(params: dict[str, bytes], name: str) -> str | None:
+    raw = params.get(name)
+    return None if raw is None else raw.decode("utf-8", "replace").strip()
+
+
+def _int(ctx: ReceiverContext, params: dict[str, bytes], name: str, lo: int,
+         hi: int) -> int | None:
+    value = _str(params, name)
+    if value is None or value == "":
+        return None
+    if not value.lstrip("-").isdigit() or not lo <= int(value) <= hi:
+        raise _bad(ctx, name, f"must be an integer from {lo} to {hi}")
+    return int(value)
+
+
+async def _account(ctx: ReceiverContext, params: dict[str, bytes]) -> Account:
+    username, password = _str(params, "username"), _str(params, "password")
+    account = await ctx.auth.authenticate(password) if username and password else None
+    if account is None or account.name != username:
+        ctx.metrics.requests_rejected.labels(reason="unauthorized").inc()
+        raise Rejected(_text(403, AUTH_FAILED))
+    return account
+
+
+def _message_text(ctx: ReceiverContext, params: dict[str, bytes], coding: int) -> str:
+    raw = params.get("text")
+    if raw is None or raw == b"":
+        raise _bad(ctx, "text", "missing")
+    charset = _str(params, "charset") or ("UTF-16BE" if coding == 2 else "UTF-8")
+    try:
+        return raw.decode(charset)
+    except LookupError as exc:
+        raise _bad(ctx, "charset", "unknown charset") from exc
+    except UnicodeDecodeError as exc:
+        raise _bad(ctx, "text", f"not valid {charset}") from exc
+
+
+def _recipients(ctx: ReceiverContext, params: dict[str, bytes]) -> list[str]:
+    to = _str(params, "to")
+    if not to:
+        raise _bad(ctx, "to", "missing receiver number")
+    numbers = to.split()
+    if len(numbers) > ctx.options.max_recipients:
+        raise _bad(ctx, "to", f"at most {ctx.options.max_recipients} recipients")
+    out = []
+    for number in numbers:
+        try:
+            e164 = normalise(number, default_country=ctx.options.default_country)
+        except InvalidNumber as exc:
+            raise _bad(ctx, "to", f"{exc}") from exc
+        if not e164.startswith("+"):
+            raise _bad(ctx, "to", f"{number!r} is not a phone number")
+        out.append(e164)
+    return out
+
+
+def _items(ctx: ReceiverContext, account: Account, params: dict[str, bytes]) -> list[MtItem]:
+    coding = _int(ctx, params, "coding", 0, 2) or 0
+    text = _message_text(ctx, params, coding)
+    sender = _str(params, "from")
+    if not sender:
+        raise _bad(ctx, "from", "missing sender")
+    try:
+        from_addr = sender_id(account, sender, ctx.options.default_country)
+    except FieldInvalid as exc:
+        raise _bad(ctx, "from", exc.message) from exc
+    try:
+        encoding, parts = estimate(text, _CODING_ENCODING[coding])
+    except ValueError as exc:
+        raise _bad(ctx, "text", "cannot be encoded with this coding") from exc
+    if parts > ctx.options.max_parts:
+        raise _bad(ctx, "text", f"needs {parts} parts, more than {ctx.options.max_parts}")
+    dlr_mask = _int(ctx, params, "dlr-mask", 0, 31)
+    dlr_url = _str(params, "dlr-url") or None
+    if dlr_url is not None:
+        try:
+            check_url(dlr_url, allow_private=ctx.webhooks.allow_private_urls)
+        except UnsafeUrl as exc:
+            raise _bad(ctx, "dlr-url", str(exc)) from exc
+    priority = _int(ctx, params, "priority", 0, 3) or 0
+    validity = _int(ctx, params, "validity", 1, 7 * 24 * 60)
+    deferred = _int(ctx, params, "deferred", 0, 30 * 24 * 60)
+    now = datetime.now(UTC)
+    send_at = now + timedelta(minutes=deferred) if deferred else None
+    valid_until = (send_at or now) + timedelta(minutes=validity) if validity else None
+    meta = {"callback_style": "kannel", "username": account.name, "coding": coding}
+    return [MtItem(account_id=account.id, source="sendsms", from_addr=from_addr, to_addr=to,
+                   body=text, category=account.default_category, priority=priority,
+                   encoding=None if coding == 0 else encoding, callback_url=dlr_url,
+                   dlr_mask=dlr_mask if dlr_url else None, send_at=send_at,
+                   valid_until=valid_until, route_hint=_str(params, "smsc") or None, meta=meta)
+            for to in _recipients(ctx, params)]
+
+
+async def sendsms(request: web.Request) -> web.StreamResponse:
+    """Kannel's sendsms interface (see the module docstring)."""
+    ctx = request.app[CONTEXT]
+    started = time.perf_counter()
+    try:
+        params = await _params(request, ctx)
+        account = await _account(ctx, params)
+        admit(ctx, "outbound")
+        items = _items(ctx, account, params)
+        wait = ctx.ratelimit.try_acquire(account.id, account.rate_per_s, len(items))
+        if wait is not None:
+            ctx.metrics.requests_rejected.labels(reason="rate_limited").inc()
+            return _text(429, "Rate limit exceeded", {"Retry-After": str(int(wait))})
+        await ctx.mt.submit_many(items)
+    except Rejected as exc:
+        if exc.response.status == 503:
+            return _text(503, "Sending failed.",
+                         {"Retry-After": exc.response.headers.get("Retry-After", "2")})
+        return exc.response
+    except (DatabaseUnavailable, IntakeFull, IntakeClosed, *CONNECTION_ERRORS) as exc:
+        resp = unavailable_for(ctx, exc)
+        return _text(503, "Sending failed.", {"Retry-After": resp.headers["Retry-After"]})
+    finally:
+        ctx.metrics.request_duration.labels(source="sendsms").observe(
+            time.perf_counter() - started)
+    ctx.metrics.mt_messages.labels(source="sendsms", outcome="accepted").inc(len(items))
+    return _text(202, ACCEPTED)
+
+
+def add_routes(app: web.Application) -> None:
+    """Register `/cgi-bin/sendsms` for GET and POST."""
+    app.router.add_get("/cgi-bin/sendsms", sendsms)
+    app.router.add_post("/cgi-bin/sendsms", sendsms)

@@ -1,0 +1,1 @@
+"""The sender daemon: leases outbound rows and submits them over SMPP (`smsgw sender`)."""

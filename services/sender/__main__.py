@@ -1,0 +1,20 @@
+"""`smsgw sender` / `python -m services.sender`: parse args, load config, run the daemon.
+
+Everything else lives in `app.py` (the composition root) and `shared.daemon.Daemon`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from services.sender.app import SenderDaemon
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the sender until SIGTERM; returns the exit code (0, 1, 78 bad config)."""
+    return SenderDaemon.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The sender's metrics, on the per-process registry the composition root passes in.
+
+Names and labels follow DESIGN.md / STYLE §3.6 (labels only from the fixed set: connector,
+bind, outcome, reason, state, status). Every expected label set is initialised per connector
+by `init_connector`, so `rate()` starts at zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+SUBMIT_OUTCOMES = ("ok", "throttled", "rejected", "timeout", "not_sent", "retry")
+MESSAGE_OUTCOMES = ("submitted", "rejected", "retry", "dead", "submit_unknown", "expired",
+                    "suppressed")
+WAIT_REASONS = ("no_bind", "no_route", "quiet_hours")
+DLR_OUTCOMES = ("matched", "retry", "orphan")
+
+
+@dataclass(frozen=True, slots=True)
+class SenderMetrics:
+    """Every metric the sender exports."""
+
+    submits: Counter
+    submit_duration: Histogram
+    messages: Counter
+    possible_duplicates: Counter
+    waiting: Counter
+    session_up: Gauge
+    window_in_use: Gauge
+    claimed: Counter
+    writeback_batch: Histogram
+    dlr_matched: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> SenderMetrics:
+        """Register the sender's metrics on `registry`."""
+        return cls(
+            # One per submit_sm answered or given up, by outcome (ok, throttled, rejected, ...).
+            submits=Counter("smsgw_sender_submits_total", "submit_sm results by outcome.",
+                            ["connector", "outcome"], registry=registry),
+            # Time from writing submit_sm to its submit_sm_resp (window wait excluded).
+            submit_duration=Histogram(
+                "smsgw_sender_submit_duration_seconds", "submit_sm round trip.",
+                ["connector"], registry=registry,
+                buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)),
+            # Messages leaving the submit stage, by outcome (submitted, rejected, retry, ...).
+            messages=Counter("smsgw_sender_messages_total", "MT messages by submit outcome.",
+                             ["outcome"], registry=registry),
+            # Every submit whose outcome is unknown and that may be sent twice (guarantee 4).
+            possible_duplicates=Counter(
+                "smsgw_possible_duplicates_total",
+                "Submits that may have reached the SMSC twice (no response, lease takeover).",
+                ["connector"], registry=registry),
+            # Messages put back to wait, by reason (no bound connector, no route, quiet hours).
+            waiting=Counter("smsgw_sender_waiting_total",
+                            "Claimed messages deferred without an attempt, by reason.",
+                            ["reason"], registry=registry),
+            # Bound sessions per connector and bind mode (0 when down).
+            session_up=Gauge("smsgw_smpp_session_up", "Bound SMPP sessions.",
+                             ["connector", "bind"], registry=registry),
+            # submit_sm written and not yet answered, per connector.
+            window_in_use=Gauge("smsgw_smpp_window_in_use", "Outstanding submit_sm.",
+                                ["connector"], registry=registry),
+            # Rows leased per claim (fresh and reclaimed).
+            claimed=Counter("smsgw_sender_claimed_total", "Outbound rows claimed.",
+                            ["outcome"], registry=registry),
+            # Messages per write-back statement (batching efficiency).
+            writeback_batch=Histogram(
+                "smsgw_sender_writeback_batch_rows", "Messages per write-back statement.",
+                registry=registry, buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)),
+            # Receipts processed by the matcher, by outcome (matched, retry, orphan).
+            dlr_matched=Counter("smsgw_dlr_matched_total", "Receipts by matching outcome.",
+                                ["outcome"], registry=registry),
+        )
+
+    def init_connector(self, name: str, bind: str) -> None:
+        """Create every label set of one connector at zero."""
+        for outcome in SUBMIT_OUTCOMES:
+            self.submits.labels(connector=name, outcome=outcome)
+        self.submit_duration.labels(connector=name)
+        self.possible_duplicates.labels(connector=name)
+        self.session_up.labels(connector=name, bind=bind).set(0)
+        self.window_in_use.labels(connector=name).set(0)
+
+    def init_static(self) -> None:
+        """Create the connector-independent label sets at zero."""
+        for outcome in MESSAGE_OUTCOMES:
+            self.messages.labels(outcome=outcome)
+        for reason in WAIT_REASONS:
+            self.waiting.labels(reason=reason)
+        for outcome in ("fresh", "reclaimed"):
+            self.claimed.labels(outcome=outcome)
+        for outcome in DLR_OUTCOMES:
+            self.dlr_matched.labels(outcome=outcome)

@@ -1,0 +1,130 @@
+"""Routing: which connector takes an MT.
+
+Order of precedence for one message:
+
+1. a connector forced on the message (`outbound.connector`, or `route_hint` = Kannel `smsc=`);
+2. the ported-number override table (`ported_numbers`: number → ordered connectors);
+3. the account's own `[[routes]]` (those with `account = <account name>`), longest prefix;
+4. the global `[[routes]]` (no `account`), longest prefix (`prefix = ""` is the default route).
+
+A route is an ordered list of connectors. Without `weights`, the first connector that has a
+bound session takes the message (failover, and back as soon as the first is bound again).
+With `weights`, the bound connectors share the load in proportion to their weights (a weight
+of 0 makes a connector a pure standby, used only when no weighted one is bound). When no
+connector of the route is bound, `pick` returns None: the message waits (the submitter defers
+it and counts it), it is never failed.
+
+The `Router` is immutable: SIGHUP builds a new one and swaps it in one assignment.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One `[[routes]]` entry: E.164 digit prefix, ordered connectors, optional weights."""
+
+    prefix: str
+    connectors: tuple[str, ...]
+    weights: tuple[int, ...] | None = None
+    account: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """The route chosen for a message: where it may go, in order (`pick` chooses among them)."""
+
+    connectors: tuple[str, ...]
+    weights: tuple[int, ...] | None
+    source: str  # forced, ported, account, prefix — for logs and tests
+
+
+def _digits(number: str) -> str:
+    return number[1:] if number.startswith("+") else number
+
+
+class Router:
+    """Longest-prefix routes with per-account routes, forced connectors and ported numbers."""
+
+    def __init__(self, routes: Iterable[Route], known_connectors: Iterable[str]) -> None:
+        self.known = frozenset(known_connectors)
+        self.routes = tuple(routes)
+        self._global: dict[str, Route] = {}
+        self._per_account: dict[str, dict[str, Route]] = {}
+        for route in self.routes:
+            table = (self._global if route.account is None
+                     else self._per_account.setdefault(route.account, {}))
+            table.setdefault(route.prefix, route)  # the first definition of a prefix wins
+        self._lengths = sorted({len(p) for p in self._all_prefixes()}, reverse=True)
+
+    @classmethod
+    def from_settings(cls, routes: Sequence[object], connectors: Sequence[object]) -> Router:
+        """Build from the `[[routes]]` and `[[connectors]]` config models."""
+        built = [Route(prefix=getattr(r, "prefix", ""), connectors=tuple(r.connectors),  # type: ignore[attr-defined]
+                       weights=tuple(r.weights) if getattr(r, "weights", None) else None,  # type: ignore[attr-defined]
+                       account=getattr(r, "account", None)) for r in routes]
+        names = [c.name for c in connectors]  # type: ignore[attr-defined]
+        if not built and names:
+            # No routes configured: everything goes through the connectors in config order.
+            built = [Route(prefix="", connectors=tuple(names))]
+        return cls(built, names)
+
+    def _all_prefixes(self) -> Iterable[str]:
+        yield from self._global
+        for table in self._per_account.values():
+            yield from table
+
+    def unknown_connectors(self) -> list[str]:
+        """Connectors named by routes but not configured (a config error to report)."""
+        return sorted({c for r in self.routes for c in r.connectors} - self.known)
+
+    def _longest(self, table: Mapping[str, Route], digits: str) -> Route | None:
+        for n in self._lengths:
+            if n <= len(digits):
+                route = table.get(digits[:n])
+                if route is not None:
+                    return route
+        return None
+
+    def choose(self, to_addr: str, *, account: str | None = None, forced: str | None = None,
+               ported: Sequence[str] | None = None) -> Choice | None:
+        """The route for one message; None when no route matches (a configuration gap)."""
+        if forced:
+            return Choice((forced,), None, "forced")
+        if ported:
+            return Choice(tuple(ported), None, "ported")
+        digits = _digits(to_addr)
+        if account is not None and account in self._per_account:
+            route = self._longest(self._per_account[account], digits)
+            if route is not None:
+                return Choice(route.connectors, route.weights, "account")
+        route = self._longest(self._global, digits)
+        if route is None:
+            return None
+        return Choice(route.connectors, route.weights, "prefix")
+
+
+def pick(choice: Choice, is_up: Callable[[str], bool],
+         rng: Callable[[], float] = random.random) -> str | None:
+    """The connector that takes the message now, or None when none of the route is bound.
+
+    Without weights: the first bound connector in order (failover). With weights: a weighted
+    random choice among the bound connectors with weight > 0, else the first bound standby.
+    """
+    if choice.weights is None:
+        return next((c for c in choice.connectors if is_up(c)), None)
+    live = [(c, w) for c, w in zip(choice.connectors, choice.weights, strict=True) if is_up(c)]
+    weighted = [(c, w) for c, w in live if w > 0]
+    if not weighted:
+        return live[0][0] if live else None
+    total = sum(w for _, w in weighted)
+    point = rng() * total
+    for connector, weight in weighted:
+        point -= weight
+        if point < 0:
+            return connector
+    return weighted[-1][0]

@@ -1,0 +1,525 @@
+"""The base every smsgw daemon builds on: config, logging, pool, listener, health site, drain.
+
+A daemon is a subclass of `Daemon` in `services/<daemon>/app.py` (the composition root)::
+
+    class SenderDaemon(Daemon[SenderSettings]):
+        name = "sender"
+        settings_model = SenderSettings
+        listen_channels = (CHANNEL_OUTBOUND,)
+
+        async def setup(self) -> None:             # before READY=1: add workers, jobs, sites
+            self.add_worker("submit_loop", self.submit_loop)
+            self.add_periodic("reap", 5.0, reap_job)
+            port = await self.add_site("api", app, host, port)
+
+        async def on_reload(self, new: AppConfig[SenderSettings]) -> None: ...  # SIGHUP
+        async def release(self) -> None: ...       # after the drain: release leases
+
+    def main(argv): return SenderDaemon.main(argv)  # services/sender/__main__.py
+
+`Daemon.main(argv)` parses `--config/--instance/--log-level`, validates the whole config before
+any I/O (a `ConfigError` prints every `path: message` to stderr and returns 78), configures JSON
+logging, and runs the daemon on uvloop:
+
+1. open the pool (retrying with backoff while Postgres is down, logging each attempt), check
+   the schema version, start the LISTEN listener and the `/metrics` `/healthz` `/readyz` site;
+2. call `setup()` (the daemon adds workers, periodic jobs and extra HTTP sites);
+3. send `READY=1` and run every worker and helper (reload, watchdog, periodic jobs) in one
+   `TaskGroup`: a worker that crashes cancels the others and the daemon exits 1 after
+   logging the exception once (`daemon_crashed`), and systemd restarts it;
+4. SIGHUP: `RELOADING=1`+`MONOTONIC_USEC` -> reload and validate the whole config -> apply the
+   log level and `on_reload(new)` -> swap `self.config` -> `READY=1`; a bad file is logged as
+   `config_reload_failed` and the old config stays;
+5. SIGTERM/SIGINT: `STOPPING=1`, `stop` is set, extra sites close, workers get `drain_s` to
+   finish (then are cancelled: exit 1), `release()` runs, then the listener, health site and
+   pool close in reverse order of opening (AsyncExitStack).
+
+Workers are coroutine functions without arguments that return when `self.stop` is set; they
+wait for work with `await self.wait_for_work(channel)` (NOTIFY, `poll_s` fallback, or stop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from contextlib import AsyncExitStack
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
+
+import asyncpg
+import stamina
+import uvloop
+from aiohttp import web
+
+from shared import db, lifecycle, systemd
+from shared.config import AppConfig, DaemonSection, load_config
+from shared.errors import ConfigError, DatabaseUnavailable, SchemaVersionError
+from shared.logging import configure_logging, get_logger, set_level
+from shared.metrics import HttpSite, RuntimeMetrics, create_registry, health_app
+from shared.periodic import Job, run_periodic
+from shared.queue import store
+from shared.queue.listener import Listener, consume
+
+S = TypeVar("S", bound=DaemonSection)
+T = TypeVar("T")
+WorkerFn = Callable[[], Coroutine[Any, Any, None]]
+# Postgres is starting, restarting or briefly unreachable: worth retrying at start-up.
+_DB_START_ERRORS: tuple[type[Exception], ...] = (
+    OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError)
+_ENV_HELP = """\
+environment (overrides the file; unknown SMSGW_* names are errors):
+  SMSGW_DATABASE_URL           [database] url
+  SMSGW_INSTANCE               instance number (like --instance)
+  SMSGW_<SECTION>__<KEY>       any key, `__` per nesting level, e.g. SMSGW_{upper}__DRAIN_S=10
+  NOTIFY_SOCKET, WATCHDOG_USEC systemd notify / watchdog (set by systemd)
+
+exit codes: 0 drained and stopped; 1 crashed, schema mismatch or drain deadline passed;
+78 invalid configuration (every problem is printed as `path: message`); 130 second SIGINT.
+signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the log level{reload}.
+"""
+
+
+class Daemon(Generic[S]):
+    """Base class of the receiver, processor and sender (see the module docstring).
+
+    Attributes for daemon code: `config` (swapped on reload), `settings` (its own section),
+    `pool`, `listener` (None when `listen_channels` is empty), `registry`, `metrics`, `log`,
+    `stop`, `instance`, `worker_id` (the lease owner name).
+    """
+
+    name: ClassVar[str]
+    settings_model: ClassVar[type[DaemonSection]]
+    listen_channels: ClassVar[tuple[str, ...]] = ()
+    reload_help: ClassVar[str] = ""  # what else SIGHUP reloads, for --help
+    extra_sites: ClassVar[int] = 0  # HTTP sites added with add_site (for the stop budget)
+    # Dotted config paths whose change needs a restart (SIGHUP warns); `connectors[].name`
+    # means "the set of connector names" (adding/removing a connector needs a restart).
+    restart_only_keys: ClassVar[tuple[str, ...]] = (
+        "database", "instance", "daemon.metrics_host", "daemon.metrics_port",
+        "connectors[].name")
+
+    pool: asyncpg.Pool
+
+    def __init__(self, config: AppConfig[S], *, config_path: str | None = None,
+                 cli_log_level: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.cli_log_level = cli_log_level
+        self.instance = config.instance
+        self.worker_id = f"{self.name}@{self.instance}:{socket.gethostname()}:{os.getpid()}"
+        self.stop = asyncio.Event()
+        self.registry = create_registry(self.name)
+        self.metrics = RuntimeMetrics.create(self.registry)
+        self.log = get_logger("smsgw." + self.name)
+        self.listener: Listener | None = None
+        self.health_port: int | None = None
+        self._signals = lifecycle.SignalEvents(stop=self.stop)
+        self._workers: list[tuple[str, WorkerFn]] = []
+        self._helpers: list[tuple[str, WorkerFn]] = []
+        self._sites: list[HttpSite] = []
+        self._stopping = False
+
+    # -- hooks for subclasses ------------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Add workers, periodic jobs and extra sites; runs before READY=1."""
+
+    async def on_reload(self, new: AppConfig[S]) -> None:
+        """Apply the reloadable part of `new` (rates, routes, rules); raise to refuse it.
+
+        Called on SIGHUP after `new` was validated, before `self.config` is swapped to it.
+        """
+
+    async def release(self) -> None:
+        """Give back what this instance holds (leases) after the drain; the pool is open.
+
+        Runs on every exit after start-up, also after a crash or a passed deadline, bounded
+        by `lifecycle.RELEASE_TIMEOUT_S`.
+        """
+
+    @classmethod
+    def extra_close_s(cls, settings: S) -> float:
+        """Seconds this daemon's own teardown adds to the stop budget beyond `drain_s` and
+        the runtime's close timeouts (e.g. an SMPP unbind timeout); override it."""
+        return 0.0
+
+    @classmethod
+    def stop_budget_s(cls, settings: S) -> float:
+        """Worst case from SIGTERM to exit with these settings; must stay below the unit's
+        `TimeoutStopSec=` (tests/runtime/test_shutdown_budget.py checks every unit)."""
+        return lifecycle.stop_budget_s(
+            settings.drain_s, extra_close_s=cls.extra_close_s(settings),
+            sites=1 + cls.extra_sites)
+
+    # -- API for subclasses ----------------------------------------------------------------
+
+    @property
+    def settings(self) -> S:
+        """This daemon's own section of the current config."""
+        return self.config.daemon
+
+    def add_worker(self, name: str, fn: WorkerFn) -> None:
+        """Run `fn()` as a worker task named `<daemon>.<name>`; it must return once `stop` is
+        set (within `drain_s`). Call from `setup()`."""
+        self._workers.append((name, fn))
+
+    def add_periodic(self, name: str, interval_s: float | Callable[[], float], job: Job, *,
+                     mode: Literal["xact", "session"] = "xact",
+                     lock_key: int | None = None, locked: bool = True) -> None:
+        """Run `job(conn)` every `interval_s` under an advisory lock (one instance at a time
+        across all daemons); see `shared.periodic.run_periodic`. Call from `setup()`.
+
+        `interval_s` may be a callable (e.g. `lambda: self.settings.x_s`) so reloads apply.
+        """
+        async def loop() -> None:
+            await run_periodic(name, interval_s, job, pool=self.pool, stop=self.stop,
+                               lock_key=lock_key, metrics=self.metrics, mode=mode,
+                               locked=locked)
+        self._helpers.append((f"periodic.{name}", loop))
+
+    async def add_site(self, name: str, app: web.Application, host: str, port: int, *,
+                       access_log: bool = True) -> int:
+        """Serve `app` on host:port now (before READY=1); return the real port (port 0 = any).
+
+        The site stops accepting as soon as the drain starts (in-flight requests finish).
+        """
+        site = HttpSite(name, app, host, port, access_log=access_log)
+        real = await site.start()
+        self._sites.append(site)
+        self.log.info("http_site_started", site=name, host=host, port=real)
+        return real
+
+    def set_status(self, text: str) -> None:
+        """Tell systemd a one-line status (`systemctl status` shows it)."""
+        systemd.notify(systemd.status_message(text))
+
+    async def consume(self, channel: str, claim_pass: Callable[[], Awaitable[int]]) -> None:
+        """Run `claim_pass()` until it returns 0, then wait for a NOTIFY on `channel` (or the
+        `poll_s` fallback timer), until `stop` is set; see `shared.queue.listener.consume`.
+
+        `claim_pass` claims, processes and writes back one batch and returns how many rows it
+        claimed; its exceptions are logged, and the loop backs off and goes on.
+        """
+        assert self.listener is not None, "consume() needs listen_channels"
+        await consume(self.listener, channel, claim_pass, stop=self.stop,
+                      poll_s=self.settings.poll_s)
+
+    async def wait_for_work(self, channel: str, timeout_s: float | None = None) -> bool:
+        """Wait for a NOTIFY on `channel`, the `poll_s` fallback timer, or `stop`.
+
+        Returns True when woken by a notification. Claim until the queue is empty, then call
+        this; never sleep-poll.
+        """
+        timeout = self.settings.poll_s if timeout_s is None else timeout_s
+        if self.stop.is_set():
+            return False
+        if self.listener is None:
+            await _wait_event(self.stop, timeout)
+            return False
+        waiter = asyncio.ensure_future(self.listener.wait(channel, timeout))
+        stopper = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (waiter, stopper):
+                fut.cancel()
+        return bool(waiter.done() and not waiter.cancelled() and waiter.result())
+
+    # -- entry point ---------------------------------------------------------------------
+
+    @classmethod
+    def main(cls, argv: Sequence[str] | None = None) -> int:
+        """`smsgw <daemon> [--config PATH] [--instance N] [--log-level L]` -> exit code."""
+        try:
+            args = cls._parser().parse_args(argv)
+        except SystemExit as exc:  # --help or a usage error: argparse already printed
+            return int(exc.code or 0)
+        try:
+            config = load_config(cls.name, cls.settings_model, path=args.config,
+                                 env=os.environ, instance=args.instance)
+        except ConfigError as exc:
+            for line in exc.errors:
+                sys.stderr.write(f"smsgw {cls.name}: config error: {line}\n")
+            return lifecycle.EXIT_CONFIG
+        configure_logging(args.log_level or config.daemon.log_level, cls.name, config.instance)
+        daemon = cls(cast(AppConfig[S], config), config_path=args.config,
+                     cli_log_level=args.log_level)
+        try:
+            return uvloop.run(daemon.run())
+        except KeyboardInterrupt:
+            daemon.log.warning("interrupted_exit_now")
+            return lifecycle.EXIT_INTERRUPTED
+
+    @classmethod
+    def _parser(cls) -> argparse.ArgumentParser:
+        reload = f", {cls.reload_help}" if cls.reload_help else ""
+        parser = argparse.ArgumentParser(
+            prog=f"smsgw {cls.name}", formatter_class=argparse.RawDescriptionHelpFormatter,
+            description=f"Run the smsgw {cls.name} daemon (one instance; systemd Type=notify).",
+            epilog=_ENV_HELP.format(upper=cls.name.upper(), reload=reload))
+        parser.add_argument("--config", metavar="PATH",
+                            help="TOML config file (default: ./smsgw.toml if it exists)")
+        parser.add_argument("--instance", type=int, metavar="N",
+                            help="instance number, sets default ports (default: "
+                                 "$SMSGW_INSTANCE or 1)")
+        parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                            help="override the configured log level (also over reloads)")
+        return parser
+
+    async def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT, drain, stop; return the exit code."""
+        self._signals.install(asyncio.get_running_loop())
+        try:
+            async with AsyncExitStack() as stack:
+                if not await self._start(stack):
+                    return lifecycle.EXIT_OK  # stopped during start-up: nothing to drain
+                return await self._serve()
+        except SchemaVersionError as exc:
+            self.log.error("schema_version_mismatch", error=str(exc))
+            return lifecycle.EXIT_FAILURE
+        except Exception:
+            # One event with the whole traceback (a TaskGroup's ExceptionGroup included).
+            self.log.exception("daemon_crashed")
+            return lifecycle.EXIT_FAILURE
+        finally:
+            self._signals.uninstall()
+
+    # -- start-up ------------------------------------------------------------------------
+
+    async def _start(self, stack: AsyncExitStack) -> bool:
+        """Open resources in dependency order; each registers its close on `stack`, so they
+        close in reverse: health site, listener, release(), pool."""
+        self.log.info("config_loaded", config=self.config.redacted_dump(),
+                      worker_id=self.worker_id)
+        self.metrics.config_last_reload_success.set(time.time())
+        self.set_status("connecting to the database")
+        pool = await self._until_stopped(self._open_pool())
+        if pool is None:
+            return False
+        self.pool = pool
+        stack.push_async_callback(self._close_pool)
+        async with self.pool.acquire() as conn:
+            version = await db.check_schema(conn, self.name)
+        self.log.info("schema_checked", version=version)
+        # Registered after the pool so that it runs before the pool closes.
+        stack.push_async_callback(self._release)
+        if self.listen_channels and not await self._start_listener(stack):
+            return False
+        await self._start_health_site(stack)
+        stack.push_async_callback(self._close_sites)
+        self._add_queue_stats_jobs()
+        await self.setup()
+        return True
+
+    def _add_queue_stats_jobs(self) -> None:
+        """The depth/age snapshot: one instance refreshes it (advisory lock), every daemon
+        reads it into its gauges. Admission control reads the same snapshot, never a COUNT."""
+        interval = lambda: self.settings.queue_stats_s  # noqa: E731 - follows reloads
+        self.add_periodic("queue_stats_refresh", interval, store.refresh_queue_stats,
+                          lock_key=store.STATS_LOCK_KEY)
+        self.add_periodic("queue_stats_read", interval, self._read_queue_stats, locked=False)
+
+    async def _read_queue_stats(self, conn: asyncpg.Connection) -> None:
+        for stat in await store.read_queue_stats(conn):
+            self.metrics.queue_messages.labels(queue=stat.queue, status=stat.status).set(
+                stat.depth)
+            if stat.status == "queued":
+                age = (stat.updated_at - stat.oldest_at).total_seconds() if stat.oldest_at \
+                    else 0.0
+                self.metrics.queue_oldest_age.labels(queue=stat.queue).set(max(0.0, age))
+
+    async def _open_pool(self) -> asyncpg.Pool:
+        cfg = self.config.database
+        assert cfg.url is not None  # load_config requires it
+        async for attempt in stamina.retry_context(
+                on=_DB_START_ERRORS, attempts=None, timeout=None, wait_initial=0.5,
+                wait_max=10.0):
+            with attempt:
+                if attempt.num > 1:
+                    self.log.warning("database_connect_retry", attempt=attempt.num)
+                return await db.create_pool(
+                    cfg.url, min_size=cfg.pool_min_size, max_size=cfg.pool_max_size,
+                    timeout=cfg.connect_timeout_s, command_timeout=cfg.command_timeout_s)
+        raise AssertionError("unreachable: retry_context retries forever")
+
+    async def _until_stopped(self, coro: Awaitable[T]) -> T | None:
+        """Await `coro` unless `stop` is set first (SIGTERM while Postgres is down)."""
+        task = asyncio.ensure_future(coro)
+        stopper = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait((task, stopper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return None
+
+    async def _start_listener(self, stack: AsyncExitStack) -> bool:
+        assert self.config.database.url is not None
+        listener = Listener(self.config.database.url, list(self.listen_channels),
+                            on_reconnect=self._on_listener_reconnect)
+        if not await self._until_stopped(self._start_with_retry(listener)):
+            return False
+        self.listener = listener
+        stack.push_async_callback(self._close_listener)
+        self.log.info("listener_started", channels=list(self.listen_channels))
+        return True
+
+    async def _start_with_retry(self, listener: Listener) -> bool:
+        async for attempt in stamina.retry_context(
+                on=DatabaseUnavailable, attempts=None, timeout=None, wait_initial=0.5,
+                wait_max=10.0):
+            with attempt:
+                if attempt.num > 1:
+                    self.log.warning("listener_connect_retry", attempt=attempt.num)
+                await listener.start()
+        return True
+
+    def _on_listener_reconnect(self, *_args: object) -> None:
+        self.metrics.listener_reconnects.inc()
+        self.log.warning("listener_reconnected")
+
+    async def _start_health_site(self, stack: AsyncExitStack) -> None:
+        checks = {"database": self._database_ok}
+        if self.listener is not None:
+            checks["listener"] = self._listener_ok
+        app = health_app(self.registry, checks, is_stopping=lambda: self._stopping)
+        site = HttpSite("health", app, self.settings.metrics_host,
+                        self.settings.metrics_port or 0, access_log=False)
+        self.health_port = await site.start()
+        stack.push_async_callback(site.close)
+        self.log.info("http_site_started", site="health", host=site.host, port=site.port)
+
+    async def _database_ok(self) -> bool:
+        async with self.pool.acquire(timeout=1.0) as conn:
+            return bool(await conn.fetchval("SELECT 1"))
+
+    async def _listener_ok(self) -> bool:
+        return self.listener is not None and bool(self.listener.connected)
+
+    # -- serving and drain ---------------------------------------------------------------
+
+    async def _serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        async with asyncio.TaskGroup() as tg:
+            helpers = [tg.create_task(fn(), name=f"{self.name}.{n}") for n, fn in
+                       self._helper_tasks()]
+            workers = [tg.create_task(fn(), name=f"{self.name}.{n}") for n, fn in
+                       self._workers]
+            systemd.notify(systemd.READY)
+            self.set_status(f"ready; {len(workers)} workers")
+            self.log.info("daemon_ready", workers=[n for n, _ in self._workers],
+                          health_port=self.health_port)
+            await self.stop.wait()
+            deadline = loop.time() + self.settings.drain_s
+            self._stopping = True
+            systemd.notify(systemd.STOPPING)
+            self.set_status("draining")
+            self.log.info("drain_started", signal=(self._signals.received or ["?"])[0],
+                          drain_s=self.settings.drain_s)
+            for task in helpers:
+                task.cancel()
+            await self._close_sites()
+            drained = await lifecycle.wait_drained(workers, max(0.0, deadline - loop.time()))
+        if not drained:
+            self.log.error("drain_deadline_exceeded", drain_s=self.settings.drain_s)
+            return lifecycle.EXIT_FAILURE
+        self.log.info("drained")
+        return lifecycle.EXIT_OK
+
+    def _helper_tasks(self) -> list[tuple[str, WorkerFn]]:
+        helpers = [("reload_on_hup", self._reload_loop), *self._helpers]
+        interval = systemd.watchdog_interval_s()
+        if interval and self.settings.watchdog:
+            helpers.append(("watchdog", lambda: lifecycle.watchdog_loop(interval)))
+        return helpers
+
+    async def _release(self) -> None:
+        try:
+            async with asyncio.timeout(lifecycle.RELEASE_TIMEOUT_S):
+                await self.release()
+        except TimeoutError:
+            self.log.error("release_timeout", timeout_s=lifecycle.RELEASE_TIMEOUT_S)
+
+    async def _close_sites(self) -> None:
+        for site in reversed(self._sites):
+            await site.close()
+
+    async def _close_listener(self) -> None:
+        assert self.listener is not None
+        try:
+            async with asyncio.timeout(lifecycle.LISTENER_CLOSE_TIMEOUT_S):
+                await self.listener.close()
+        except TimeoutError:
+            self.log.warning("listener_close_timeout")
+
+    async def _close_pool(self) -> None:
+        try:
+            async with asyncio.timeout(lifecycle.POOL_CLOSE_TIMEOUT_S):
+                await self.pool.close()
+        except TimeoutError:
+            self.log.warning("pool_close_timeout")
+            self.pool.terminate()
+
+    # -- reload ----------------------------------------------------------------------------
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._signals.reload.wait()
+            self._signals.reload.clear()
+            await self.reload_config()
+
+    async def reload_config(self) -> bool:
+        """SIGHUP: re-read and validate the whole config, apply the reloadable part, swap.
+
+        Always ends with READY=1: after a failure the daemon keeps running on the old config.
+        """
+        return await lifecycle.reload_with_notify(self._load_again, self._apply_reload,
+                                                  metrics=self.metrics, log=self.log)
+
+    def _load_again(self) -> AppConfig[S]:
+        return cast(AppConfig[S], load_config(
+            self.name, self.settings_model, path=self.config_path, env=os.environ,
+            instance=self.instance))
+
+    async def _apply_reload(self, new: AppConfig[S]) -> None:
+        changed = restart_only_changes(self.config, new, self.restart_only_keys)
+        if changed:
+            self.log.warning("config_restart_required", keys=changed)
+        await self.on_reload(new)
+        set_level(self.cli_log_level or new.daemon.log_level)
+        self.config = new  # one attribute swap
+        self.log.info("config_reloaded", log_level=new.daemon.log_level)
+
+
+def restart_only_changes(old: AppConfig[Any], new: AppConfig[Any],
+                         keys: Sequence[str]) -> list[str]:
+    """The dotted keys among `keys` whose value differs between `old` and `new`."""
+    a, b = old.model_dump(mode="json"), new.model_dump(mode="json")
+    return [key for key in keys if _dig(a, key) != _dig(b, key)]
+
+
+def _dig(data: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if part.endswith("[]"):
+            items = data.get(part[:-2]) or [] if isinstance(data, Mapping) else []
+            rest = dotted.split(part + ".", 1)[1]
+            return sorted(str(_dig(item, rest)) for item in items)
+        data = data.get(part) if isinstance(data, Mapping) else None
+    return data
+
+
+async def _wait_event(event: asyncio.Event, within_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), within_s)
+
+
+__all__ = ["Daemon", "WorkerFn", "restart_only_changes"]

@@ -1,0 +1,260 @@
+"""Wake-ups: a dedicated LISTEN connection that turns NOTIFYs into per-channel asyncio Events.
+
+Producers send one NOTIFY per transaction (`store.enqueue(notify=True)` / `store.notify`);
+consumers claim until the queue is empty, then `wait` for the next notification or a fallback
+timer — the timer also picks up retries whose `run_after` has come and anything missed while
+the listener was reconnecting. No sleep-polling.
+
+The connection is not taken from a pool: asyncpg resets a pooled connection with `UNLISTEN *`
+when it is released. A dead connection is noticed by asyncpg's termination callback or by the
+periodic `SELECT 1` health check; the listener then reconnects with capped, jittered
+exponential backoff (stamina) and sets every channel's event, so each consumer runs a claim
+pass and catches up on what it missed.
+
+Usage::
+
+    listener = Listener(dsn, [CHANNELS["outbound"]], health_check_s=5)
+    await listener.start()                      # raises DatabaseUnavailable if it cannot connect
+    await consume(listener, CHANNELS["outbound"], claim_pass, stop=stop, poll_s=5)
+    await listener.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import asyncpg
+import stamina
+import structlog
+
+from shared.errors import DatabaseUnavailable
+
+log = structlog.get_logger(__name__)
+
+CHANNELS: Final[dict[str, str]] = {
+    "inbound": "smsgw_inbound",
+    "outbound": "smsgw_outbound",
+    "receipts": "smsgw_receipts",
+    "callbacks": "smsgw_callbacks",
+    "rules": "smsgw_rules",
+}
+"""Queue/topic → NOTIFY channel. The queue tables' channels carry an empty payload."""
+
+_CONNECTION_ERRORS: Final = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                             TimeoutError)
+
+
+class Listener:
+    """LISTEN on `channels` over one dedicated connection; see the module docstring.
+
+    `on_reconnect` is called (synchronously, keep it short) after every successful reconnect;
+    `health_check_s` is the interval of the `SELECT 1` check (also its timeout).
+    `reconnects` counts reconnects; `connected` tells whether the connection is up now.
+    `application_name` shows the connection in pg_stat_activity.
+    """
+
+    def __init__(self, dsn: str, channels: list[str], *,
+                 on_reconnect: Callable[[], None] | None = None,
+                 health_check_s: float = 5.0, reconnect_max_s: float = 5.0,
+                 application_name: str = "smsgw_listener") -> None:
+        self._dsn = dsn
+        self._app_name = application_name
+        self._events = {ch: asyncio.Event() for ch in channels}
+        self._on_reconnect = on_reconnect
+        self._health_check_s = health_check_s
+        self._reconnect_max_s = reconnect_max_s
+        self._conn: asyncpg.Connection | None = None
+        self._lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.reconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        """True while the LISTEN connection is open (it may still die before the next check)."""
+        return self._conn is not None and not self._conn.is_closed()
+
+    @property
+    def channels(self) -> list[str]:
+        """The channels this listener subscribes to."""
+        return list(self._events)
+
+    async def start(self) -> None:
+        """Connect and LISTEN, then supervise the connection in a background task.
+
+        Raises `DatabaseUnavailable` when the first connection fails (the daemon is not ready).
+        """
+        try:
+            await self._connect()
+        except _CONNECTION_ERRORS as exc:
+            raise DatabaseUnavailable(f"listener cannot connect: {exc}") from exc
+        self._task = asyncio.create_task(self._supervise(), name="queue.listener")
+
+    async def close(self) -> None:
+        """Stop supervising and close the connection."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._disconnect()
+
+    def raise_if_failed(self) -> None:
+        """Re-raise the error that ended the supervising task, if it died (a bug: it retries
+        connection errors forever). `consume` calls it on every loop, so a dead listener ends
+        the consumer — and the daemon — instead of hiding behind a running process."""
+        task = self._task
+        if task is not None and task.done() and not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                raise exc
+
+    def event(self, channel: str) -> asyncio.Event:
+        """The event set by notifications on `channel` (and after every reconnect)."""
+        return self._events[channel]
+
+    async def wait(self, channel: str, timeout_s: float) -> bool:
+        """Wait for a notification on `channel`: True when notified, False when `timeout_s`
+        passed first. Clears the event, so the next wait blocks until the next notification
+        (one that arrived during the caller's claim pass makes it return at once)."""
+        ev = self._events[channel]
+        try:
+            async with asyncio.timeout(timeout_s):
+                await ev.wait()
+        except TimeoutError:
+            return False
+        ev.clear()
+        return True
+
+    # -- connection management -------------------------------------------------------------
+
+    def _notified(self, _conn: Any, _pid: int, channel: str, _payload: str) -> None:
+        ev = self._events.get(channel)
+        if ev is not None:
+            ev.set()
+
+    def _terminated(self, _conn: Any) -> None:
+        self._lost.set()
+
+    async def _connect(self) -> None:
+        conn = await asyncpg.connect(self._dsn, timeout=self._health_check_s + 5,
+                                     server_settings={"application_name": self._app_name})
+        try:
+            for ch in self._events:
+                await conn.add_listener(ch, self._notified)
+        except BaseException:
+            conn.terminate()
+            raise
+        conn.add_termination_listener(self._terminated)
+        self._lost.clear()
+        self._conn = conn
+
+    async def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None or conn.is_closed():
+            return
+        conn.remove_termination_listener(self._terminated)
+        try:
+            await asyncio.wait_for(conn.close(), timeout=2.0)
+        except (*_CONNECTION_ERRORS, asyncio.TimeoutError):
+            conn.terminate()
+
+    async def _healthy(self) -> bool:
+        """Wait up to one health-check period; False as soon as the connection is known dead."""
+        try:
+            async with asyncio.timeout(self._health_check_s):
+                await self._lost.wait()
+            return False
+        except TimeoutError:
+            pass
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            return False
+        try:
+            await conn.fetchval("SELECT 1", timeout=self._health_check_s)
+        except _CONNECTION_ERRORS:
+            return False
+        return True
+
+    async def _supervise(self) -> None:
+        while True:
+            if await self._healthy():
+                continue
+            log.warning("listener_connection_lost", channels=self.channels)
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.terminate()
+            await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        async for attempt in stamina.retry_context(
+                on=_CONNECTION_ERRORS, attempts=None, timeout=None, wait_initial=0.05,
+                wait_max=self._reconnect_max_s, wait_jitter=0.1):
+            with attempt:
+                await self._connect()
+        self.reconnects += 1
+        log.info("listener_reconnected", channels=self.channels, reconnects=self.reconnects)
+        # Anything notified while we were away is lost: make every consumer run a claim pass.
+        for ev in self._events.values():
+            ev.set()
+        if self._on_reconnect is not None:
+            self._on_reconnect()
+
+
+async def consume(listener: Listener, channel: str, claim_pass: Callable[[], Awaitable[int]], *,
+                  stop: asyncio.Event, poll_s: float,
+                  on_fallback: Callable[[], None] | None = None,
+                  on_error: Callable[[BaseException], None] | None = None,
+                  error_backoff_s: float = 1.0) -> None:
+    """Run `claim_pass` until it returns 0, then wait for a NOTIFY on `channel`, the fallback
+    timer `poll_s` (which also serves retries whose run_after has come) or `stop`; repeat until
+    `stop` is set.
+
+    `claim_pass` claims, processes and writes back one batch and returns how many rows it
+    claimed. An exception from it is this loop's boundary: logged as `claim_pass_failed`,
+    reported to `on_error` (a counter), then the loop waits `error_backoff_s` (or `stop`) and
+    tries again — a database outage does not end the consumer. `on_fallback` is called when the
+    timer, not a notification, ended a wait.
+    """
+    stop_task = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            listener.raise_if_failed()
+            try:
+                while not stop.is_set() and await claim_pass() > 0:
+                    pass
+            except Exception as exc:  # loop boundary: log, count, back off, continue
+                log.exception("claim_pass_failed", channel=channel)
+                if on_error is not None:
+                    on_error(exc)
+                await _wait_either(stop_task, None, error_backoff_s)
+                continue
+            if stop.is_set():
+                break
+            if not await _wait_either(stop_task, listener.event(channel), poll_s) \
+                    and on_fallback is not None:
+                on_fallback()
+    finally:
+        stop_task.cancel()
+
+
+async def _wait_either(stop_task: asyncio.Future[Any], event: asyncio.Event | None,
+                       timeout_s: float) -> bool:
+    """Wait for `event`, `stop_task` or the timeout; True unless the timeout ended it."""
+    if event is None:
+        done, _ = await asyncio.wait({stop_task}, timeout=timeout_s)
+        return bool(done)
+    if event.is_set():
+        event.clear()
+        return True
+    ev_task = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait({stop_task, ev_task}, timeout=timeout_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ev_task.cancel()
+    if ev_task in done:
+        event.clear()
+    return bool(done)

@@ -1,0 +1,89 @@
+"""A token bucket that says how long to wait, instead of being polled.
+
+It is the generic cell rate algorithm (GCRA): the bucket keeps one number, the theoretical
+arrival time `tat` of the next send. `reserve()` takes a token and returns the delay after
+which the caller may send; callers that reserve while others wait line up behind them at
+1/rate intervals, so nobody sleeps in a loop. In any window of length t at most
+`rate * t + capacity` sends are allowed, where capacity is `burst` (burst 0 means 1: strictly
+spaced sends).
+
+The clock is injected (`time.monotonic` in production) so tests can drive it; `set_rate()`
+changes rate and burst in place for SIGHUP reloads; `pause()` pushes the next send out (used
+when the SMSC answers ESME_RTHROTTLED).
+"""
+
+import asyncio
+import time
+from collections.abc import Callable
+
+__all__ = ["TokenBucket"]
+
+
+class TokenBucket:
+    """Rate limiter for one bind (or one connector share).
+
+    `rate` is sends per second (None or <= 0: unlimited); `burst` how many sends may go
+    back-to-back after an idle period (0 = strictly spaced); `clock` returns seconds.
+    """
+
+    __slots__ = ("_clock", "_interval", "_tat", "_tau", "burst", "rate")
+
+    def __init__(
+        self,
+        rate: float | None,
+        burst: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._tat = clock()
+        self.rate: float | None = None
+        self.burst = 0
+        self._interval = 0.0
+        self._tau = 0.0
+        self.set_rate(rate, burst)
+
+    def set_rate(self, rate: float | None, burst: int | None = None) -> None:
+        """Change the rate (and, if given, the burst) without losing the current schedule."""
+        if burst is not None:
+            if burst < 0:
+                raise ValueError("burst must be >= 0")
+            self.burst = burst
+        self.rate = rate if rate and rate > 0 else None
+        self._interval = 1.0 / self.rate if self.rate else 0.0
+        self._tau = max(self.burst - 1, 0) * self._interval
+        # A lower rate must not leave a schedule far in the future from the old one, nor a
+        # higher rate keep a stale one: restart from now if tat is in the past.
+        now = self._clock()
+        if self._tat < now:
+            self._tat = now
+
+    def reserve(self) -> float:
+        """Take one token; return the seconds to wait before using it (0.0: send now)."""
+        if self.rate is None:
+            return 0.0
+        now = self._clock()
+        tat = self._tat if self._tat > now else now
+        allowed_at = tat - self._tau
+        self._tat = tat + self._interval
+        delay = allowed_at - now
+        return delay if delay > 0.0 else 0.0
+
+    def refund(self) -> None:
+        """Give back a token reserved but not used (e.g. the waiter was cancelled)."""
+        if self.rate is not None:
+            self._tat = max(self._tat - self._interval, self._clock())
+
+    def pause(self, seconds: float) -> None:
+        """Allow no send for `seconds` from now (an SMSC asked us to slow down)."""
+        now = self._clock()
+        self._tat = max(self._tat, now + seconds + self._tau)
+
+    async def acquire(self) -> None:
+        """Wait until one send is allowed (returns at once when a token is available)."""
+        delay = self.reserve()
+        if delay > 0.0:
+            try:
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:
+                self.refund()
+                raise

@@ -1,0 +1,290 @@
+"""Delivery receipts: tell them from MO, parse them tolerantly, map them to part states.
+
+The receipt text format is "SMSC vendor specific" (SMPP 3.4 Appendix B); the parser accepts
+the deviations listed in PROTOCOL-NOTES.md: ids up to 65 characters, hex or decimal ids,
+10- or 12-digit dates, `text:`/`Text:`, missing `sub`/`dlvrd`. The TLVs receipted_message_id
+(0x001E), message_state (0x0427) and network_error_code (0x0423) win over the text when present
+(as Kannel does). Dates carry no zone: they are read in the connector's configured zone.
+"""
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from shared.smpp.pdu import Tag, Tlvs
+
+PartState = Literal[
+    "delivered", "undeliverable", "expired", "rejected", "unknown_receipt", "enroute", "accepted"
+]
+INTERMEDIATE_STATES: frozenset[str] = frozenset({"enroute", "accepted"})
+
+__all__ = [
+    "DEFAULT_STAT_MAP",
+    "ID_MODES",
+    "INTERMEDIATE_STATES",
+    "Receipt",
+    "is_intermediate_notification",
+    "is_receipt",
+    "map_stat",
+    "normalise_id",
+    "parse_receipt",
+    "parse_receipt_text",
+]
+
+# stat text → our part state. From PROTOCOL-NOTES.md's table (SMPP 3.4 5.2.28 message_state,
+# Kannel `handle_dlr`, Vumi's processor). ACCEPTD is intermediate here (Kannel: buffered) and
+# UNKNOWN ends unknown_receipt; both are commonly overridden per connector.
+DEFAULT_STAT_MAP: Mapping[str, PartState] = {
+    "DELIVRD": "delivered",
+    "DELIVERED": "delivered",
+    "EXPIRED": "expired",
+    "DELETED": "undeliverable",
+    "UNDELIV": "undeliverable",
+    "UNDELIVERABLE": "undeliverable",
+    "FAILED": "undeliverable",
+    "SKIPPED": "undeliverable",
+    "REJECTD": "rejected",
+    "REJECTED": "rejected",
+    "UNKNOWN": "unknown_receipt",
+    "ENROUTE": "enroute",
+    "SCHEDULED": "enroute",
+    "BUFFRED": "enroute",
+    "BUFFERD": "enroute",
+    "BUFFERED": "enroute",
+    "ACKED": "enroute",
+    "ACCEPTD": "accepted",
+    "ACCEPTED": "accepted",
+}
+
+# message_state TLV values (SMPP 3.4 5.3.2.35; 0 and 9 are SMPP 5.0) → stat text.
+_MESSAGE_STATES = {0: "SCHEDULED", 1: "ENROUTE", 2: "DELIVRD", 3: "EXPIRED", 4: "DELETED",
+                   5: "UNDELIV", 6: "ACCEPTD", 7: "UNKNOWN", 8: "REJECTD", 9: "SKIPPED"}  # fmt: skip
+
+# esm_class message-type bits (5..2), SMPP 3.4 5.2.12.
+_MT_MASK = 0x3C
+_MT_SMSC_RECEIPT = 0x04
+_MT_SME_DELIVERY_ACK = 0x08
+_MT_INTERMEDIATE = 0x20
+
+
+def is_receipt(esm_class: int) -> bool:
+    """True when a deliver_sm/data_sm is a receipt by its esm_class message type.
+
+    SMSC delivery receipt (0x04), SME delivery acknowledgement (0x08) and intermediate
+    delivery notification (0x20) are receipts; anything else is MO, whatever its text says.
+    """
+    return (esm_class & _MT_MASK) in (_MT_SMSC_RECEIPT, _MT_SME_DELIVERY_ACK, _MT_INTERMEDIATE)
+
+
+def is_intermediate_notification(esm_class: int) -> bool:
+    """True for esm_class 'intermediate delivery notification' (never a final receipt)."""
+    return (esm_class & _MT_MASK) == _MT_INTERMEDIATE
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A parsed receipt.
+
+    `message_id` is the SMSC id as received (TLV preferred), `normalised_id` after the
+    connector's normalisation; `stat` the status word (from the TLV's message_state when
+    present); `state` our part state; `final` False for intermediate receipts; `err` the text
+    error code; `network_error` (network type, error code) from the TLV; `submit_date` and
+    `done_date` are aware datetimes in the connector's zone; `text` the text field.
+    """
+
+    message_id: str
+    normalised_id: str
+    stat: str | None
+    state: PartState
+    final: bool
+    err: str | None = None
+    network_error: tuple[int, int] | None = None
+    message_state: int | None = None
+    submit_date: datetime | None = None
+    done_date: datetime | None = None
+    sub: int | None = None
+    dlvrd: int | None = None
+    text: str | None = None
+
+
+_KEY_RE = re.compile(
+    r"(?:^|(?<=\s))(id|sub|dlvrd|submit[ _]?date|done[ _]?date|stat|err|text)\s*:",
+    re.IGNORECASE,
+)
+
+
+def parse_receipt_text(text: str) -> dict[str, str]:
+    """Split receipt text into {field: value} with lower-case keys and '_' for spaces.
+
+    Values run to the next known key; `text` runs to the end. Unknown words are ignored, so
+    vendor additions do not break parsing.
+    """
+    fields: dict[str, str] = {}
+    matches = list(_KEY_RE.finditer(text))
+    for i, m in enumerate(matches):
+        key = re.sub(r"[ _]?date", "_date", m.group(1).lower())
+        end = len(text) if key == "text" or i + 1 == len(matches) else matches[i + 1].start()
+        value = text[m.end() : end]
+        fields.setdefault(key, value if key == "text" else value.strip())
+        if key == "text":
+            break
+    return fields
+
+
+def _parse_date(value: str | None, tz: ZoneInfo) -> datetime | None:
+    if not value:
+        return None
+    digits = value.strip()
+    formats = {10: "%y%m%d%H%M", 12: "%y%m%d%H%M%S", 14: "%Y%m%d%H%M%S"}
+    fmt = formats.get(len(digits))
+    if fmt is None or not digits.isdigit():
+        return None
+    try:
+        return datetime.strptime(digits, fmt).replace(tzinfo=tz)
+    except ValueError:
+        return None
+
+
+def _int_or_none(value: str | None) -> int | None:
+    if value is None:
+        return None
+    value = value.strip()
+    return int(value) if value.isdigit() else None
+
+
+def map_stat(
+    stat: str | None, overrides: Mapping[str, str] | None = None
+) -> tuple[PartState, bool]:
+    """Map a stat word to (part state, final).
+
+    `overrides` is the connector's table (stat word → state), consulted before the default;
+    an unknown word maps to unknown_receipt (final). "enroute" and "accepted" are not final.
+    """
+    key = (stat or "").strip().upper()
+    state: Any = None
+    if overrides:
+        state = overrides.get(key) or overrides.get(stat or "")
+    if state is None:
+        state = DEFAULT_STAT_MAP.get(key, "unknown_receipt")
+    return state, state not in INTERMEDIATE_STATES
+
+
+ID_MODES = ("as_is", "lower", "upper", "strip_zeros", "hex_to_dec", "dec_to_hex", "dec_to_hex_upper")
+
+
+def _apply_mode(value: str, mode: str) -> str:
+    if mode == "as_is":
+        return value
+    if mode == "lower":
+        return value.lower()
+    if mode == "upper":
+        return value.upper()
+    if mode == "strip_zeros":
+        return value.lstrip("0") or ("0" if value else value)
+    try:
+        if mode == "hex_to_dec":
+            return str(int(value, 16))
+        if mode == "dec_to_hex":
+            return format(int(value, 10), "x")
+        if mode == "dec_to_hex_upper":
+            return format(int(value, 10), "X")
+    except ValueError:
+        # Not a number in the expected base: keep it; matching fails visibly (orphan).
+        return value
+    raise ValueError(f"unknown id normalisation mode {mode!r}")
+
+
+def normalise_id(raw: str, mode: str = "as_is") -> str:
+    """Normalise an SMSC message id for matching.
+
+    `mode` is one of ID_MODES or several joined by commas, applied in order (e.g.
+    "hex_to_dec" on submit_sm_resp ids of an SMSC that reports decimal ids in receipts, or
+    "strip_zeros,lower"). Surrounding whitespace and NULs are always removed.
+    """
+    value = raw.strip().strip("\0").strip()
+    for step in mode.split(","):
+        value = _apply_mode(value, step.strip())
+    return value
+
+
+def _tlv_map(tlvs: Tlvs) -> dict[int, bytes]:
+    found: dict[int, bytes] = {}
+    for tag, value in tlvs:
+        found.setdefault(tag, value)
+    return found
+
+
+def _receipt_text(short_message: bytes, tlvs: dict[int, bytes], data_coding: int) -> str:
+    payload = short_message or tlvs.get(Tag.MESSAGE_PAYLOAD, b"")
+    if data_coding == 8:
+        return payload.decode("utf-16-be", "replace")
+    return payload.decode("latin-1")
+
+
+def parse_receipt(
+    short_message: bytes,
+    tlvs: Tlvs = (),
+    esm_class: int = _MT_SMSC_RECEIPT,
+    *,
+    data_coding: int = 0,
+    tz: str | ZoneInfo = "UTC",
+    stat_map: Mapping[str, str] | None = None,
+    id_mode: str = "as_is",
+) -> Receipt:
+    """Parse a receipt deliver_sm/data_sm (check `is_receipt(esm_class)` first).
+
+    `short_message`, `tlvs`, `esm_class` and `data_coding` are the PDU's fields; `tz` the
+    connector's zone for the undated receipt timestamps; `stat_map` the connector's stat
+    overrides; `id_mode` its id normalisation (see normalise_id). Never raises on odd text:
+    missing fields come back as None and an unknown stat as unknown_receipt.
+    """
+    zone = tz if isinstance(tz, ZoneInfo) else ZoneInfo(tz)
+    found = _tlv_map(tlvs)
+    fields = parse_receipt_text(_receipt_text(short_message, found, data_coding))
+    message_id = fields.get("id", "")
+    if Tag.RECEIPTED_MESSAGE_ID in found:
+        message_id = found[Tag.RECEIPTED_MESSAGE_ID].split(b"\0", 1)[0].decode("latin-1")
+    stat = fields.get("stat") or None
+    state_tlv = found.get(Tag.MESSAGE_STATE)
+    message_state = state_tlv[0] if state_tlv else None
+    if message_state is not None and message_state in _MESSAGE_STATES:
+        stat = _MESSAGE_STATES[message_state]
+    nec = found.get(Tag.NETWORK_ERROR_CODE)
+    network_error = (nec[0], int.from_bytes(nec[1:3], "big")) if nec and len(nec) == 3 else None
+    state, final = map_stat(stat, stat_map)
+    if is_intermediate_notification(esm_class):
+        final = False
+    return Receipt(
+        message_id=message_id,
+        normalised_id=normalise_id(message_id, id_mode),
+        stat=stat,
+        state=state,
+        final=final,
+        err=fields.get("err") or None,
+        network_error=network_error,
+        message_state=message_state,
+        submit_date=_parse_date(fields.get("submit_date"), zone),
+        done_date=_parse_date(fields.get("done_date"), zone),
+        sub=_int_or_none(fields.get("sub")),
+        dlvrd=_int_or_none(fields.get("dlvrd")),
+        text=fields.get("text"),
+    )
+
+
+def format_receipt_text(
+    message_id: str,
+    stat: str,
+    submit_date: datetime,
+    done_date: datetime,
+    err: str = "000",
+    text: str = "",
+) -> str:
+    """Build receipt text in the SMPP 3.4 Appendix B layout (used by the simulator)."""
+    return (
+        f"id:{message_id} sub:001 dlvrd:{'001' if stat == 'DELIVRD' else '000'} "
+        f"submit date:{submit_date:%y%m%d%H%M} done date:{done_date:%y%m%d%H%M} "
+        f"stat:{stat} err:{err} text:{text[:20]}"
+    )

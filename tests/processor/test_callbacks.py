@@ -1,0 +1,180 @@
+"""Callback delivery against a real local aiohttp application: retries, signature, dead, guard."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from services.processor.callbacks import CallbackDelivery, SecretResolver, deliver_until_idle
+from services.processor.options import CallbackSettings
+from shared.queue import store
+
+
+@dataclass
+class App:
+    """The application standing in for a customer's endpoint."""
+
+    fail_first: int = 0
+    seen: list[dict] = field(default_factory=list)
+    server: TestServer | None = None
+
+    def url(self, path: str = "/hook") -> str:
+        assert self.server is not None
+        return str(self.server.make_url(path))
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[App]:
+    state = App()
+
+    async def hook(request: web.Request) -> web.StreamResponse:
+        state.seen.append({"method": request.method, "body": await request.read(),
+                           "headers": dict(request.headers), "query": dict(request.query)})
+        if len(state.seen) <= state.fail_first:
+            return web.Response(status=503)
+        return web.Response(status=204)
+
+    async def redirect(_request: web.Request) -> web.StreamResponse:
+        state.seen.append({"method": "redirect"})
+        raise web.HTTPFound("/hook")
+
+    web_app = web.Application()
+    web_app.router.add_route("*", "/hook", hook)
+    web_app.router.add_route("*", "/redirect", redirect)
+    state.server = TestServer(web_app, host="127.0.0.1", port=0)
+    await state.server.start_server()
+    try:
+        yield state
+    finally:
+        await state.server.close()
+
+
+def delivery(pool: asyncpg.Pool, *, allow_private: bool = True, max_attempts: int = 5,
+             env: dict[str, str] | None = None) -> CallbackDelivery:
+    s = CallbackSettings(max_attempts=max_attempts, retry_base_s=0.02, retry_max_s=0.05,
+                         timeout_s=2, lease_s=10, per_host=2, concurrency=8)
+    return CallbackDelivery(pool, s, owner="test-proc", allow_private=allow_private,
+                            secrets=SecretResolver(env or {}), poll_s=0.05)
+
+
+async def run_until_final(pool: asyncpg.Pool, d: CallbackDelivery, timeout_s: float = 10) -> None:
+    async def idle() -> bool:
+        return await pool.fetchval(
+            "SELECT count(*) FROM callbacks WHERE status IN ('queued', 'sending')") == 0
+    await d.start()
+    try:
+        await deliver_until_idle(d, timeout_s=timeout_s, idle=idle)
+    finally:
+        await d.close()
+
+
+async def test_retried_until_2xx_and_signed(pool, app) -> None:
+    """1. an account with a callback secret; a status callback to the app; 2. the app answers
+    503 twice, then 204; 3. the row ends done after 3 attempts and the last request carries a
+    valid signature over "<ts>.<body>"."""
+    acct = await pool.fetchval("INSERT INTO accounts (name, callback_secret) "
+                               "VALUES ('a', 's3cret') RETURNING id")
+    app.fail_first = 2
+    body = b'{"id": 1, "status": "delivered"}'
+    await store.enqueue(pool, "callbacks", [{
+        "kind": "status", "account_id": acct, "url": app.url(), "body": body,
+        "headers": {"Content-Type": "application/json"}, "secret_ref": f"account:{acct}"}])
+    await run_until_final(pool, delivery(pool))
+    row = await pool.fetchrow("SELECT status, attempts FROM callbacks")
+    assert (row["status"], row["attempts"]) == ("done", 2)  # two failed tries counted
+    assert len(app.seen) == 3
+    last = app.seen[-1]
+    ts = last["headers"]["X-Smsgw-Timestamp"]
+    want = "sha256=" + hmac.new(b"s3cret", f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+    assert last["headers"]["X-Smsgw-Signature"] == want
+    assert last["body"] == body and last["headers"]["Content-Type"] == "application/json"
+
+
+async def test_dead_after_limit(pool, app) -> None:
+    """The app always fails: the row is tried max_attempts times and ends dead."""
+    app.fail_first = 10**6
+    await store.enqueue(pool, "callbacks", [{"kind": "mo", "url": app.url(), "body": b"{}"}])
+    await run_until_final(pool, delivery(pool, max_attempts=3))
+    row = await pool.fetchrow("SELECT status, attempts, last_error FROM callbacks")
+    assert (row["status"], row["attempts"], row["last_error"]) == ("dead", 3, "HTTP 503")
+    assert len(app.seen) == 3
+
+
+async def test_redirect_not_followed(pool, app) -> None:
+    """A 302 is not followed (the app sees no request on /hook) and counts as a failure."""
+    await store.enqueue(pool, "callbacks", [{"kind": "mo", "url": app.url("/redirect"),
+                                             "method": "GET"}])
+    await run_until_final(pool, delivery(pool, max_attempts=2))
+    assert [s["method"] for s in app.seen] == ["redirect", "redirect"]
+    assert await pool.fetchval("SELECT last_error FROM callbacks") == "HTTP 302"
+
+
+async def test_private_address_refused_unless_allowed(pool, app) -> None:
+    """Without allow_private a loopback URL is refused before any request: dead at once."""
+    await store.enqueue(pool, "callbacks", [{"kind": "mo", "url": app.url(), "body": b"{}"}])
+    await run_until_final(pool, delivery(pool, allow_private=False))
+    row = await pool.fetchrow("SELECT status, attempts, last_error FROM callbacks")
+    assert row["status"] == "dead" and "refused" in row["last_error"]
+    assert app.seen == []
+
+
+async def test_forward_signed_with_rule_secret(pool, app, make_engine) -> None:
+    """MO forward end to end: rule -> callbacks row -> POST signed with the env secret."""
+    from .conftest import add_mo, drain, mo, set_rules
+    await set_rules(pool, [{"name": "fwd", "actions": [
+        {"type": "forward", "url": app.url(), "secret_env": "FWD_SECRET"}]}])
+    await add_mo(pool, [mo("+447700900001", "hello app")])
+    await drain(make_engine())
+    await run_until_final(pool, delivery(pool, env={"FWD_SECRET": "k"}))
+    [req] = app.seen
+    ts = req["headers"]["X-Smsgw-Timestamp"]
+    want = "sha256=" + hmac.new(b"k", f"{ts}.".encode() + req["body"], hashlib.sha256).hexdigest()
+    assert req["headers"]["X-Smsgw-Signature"] == want
+    assert b'"text":"hello app"' in req["body"]
+
+
+async def test_late_result_does_not_overwrite_a_taken_over_row(pool, app) -> None:
+    """1. a row is leased to us; 2. another worker takes it over (lease owner changes);
+    3. our write-back of 'done' changes nothing."""
+    from services.processor.callbacks import Result
+    [res] = await store.enqueue(pool, "callbacks", [{"kind": "mo", "url": app.url()}])
+    d = delivery(pool)
+    await store.claim_leased(pool, "callbacks", limit=1, owner="test-proc", lease_s=10)
+    await pool.execute("UPDATE callbacks SET lease_owner = 'other'")
+    await d.write_back([Result(res.id, "mo", "done")])
+    assert await pool.fetchval("SELECT status FROM callbacks") == "sending"
+
+
+async def test_concurrency_per_host_is_bounded(pool) -> None:
+    """20 callbacks to one slow host with per_host=2: never more than 2 requests at once."""
+    active = peak = 0
+
+    async def slow(_request: web.Request) -> web.StreamResponse:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.05)
+        active -= 1
+        return web.Response(status=200)
+
+    web_app = web.Application()
+    web_app.router.add_post("/slow", slow)
+    server = TestServer(web_app, host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        url = str(server.make_url("/slow"))
+        await store.enqueue(pool, "callbacks", [{"kind": "mo", "url": url, "body": b"{}"}
+                                                for _ in range(20)])
+        await run_until_final(pool, delivery(pool))
+    finally:
+        await server.close()
+    assert peak == 2
+    assert await pool.fetchval("SELECT count(*) FROM callbacks WHERE status = 'done'") == 20

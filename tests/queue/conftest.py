@@ -1,0 +1,38 @@
+"""Factories for the queue tests: rows to enqueue, dedicated connections."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from shared import db
+
+
+def inbound_row(from_addr: str = "+4915100000001", body: str = "hello", **kw: Any) -> dict[str, Any]:
+    """One inbound row as the receiver would enqueue it."""
+    return {"channel": "http", "provider": "generic", "from_addr": from_addr, "to_addr": "12345",
+            "body": body, **kw}
+
+
+def outbound_row(to_addr: str = "+4915100000002", body: str = "hi", **kw: Any) -> dict[str, Any]:
+    """One outbound row as the API would enqueue it."""
+    return {"from_addr": "SMSGW", "to_addr": to_addr, "body": body, **kw}
+
+
+@pytest.fixture
+async def connect(db_url: str) -> AsyncIterator[Callable[[], Awaitable[asyncpg.Connection]]]:
+    """Open dedicated connections (closed or terminated by the test, or at teardown)."""
+    opened: list[asyncpg.Connection] = []
+
+    async def open_one() -> asyncpg.Connection:
+        conn = await db.connect(db_url)
+        opened.append(conn)
+        return conn
+
+    yield open_one
+    for conn in opened:
+        if not conn.is_closed():
+            await conn.close()

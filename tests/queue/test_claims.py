@@ -1,0 +1,284 @@
+"""Both claim modes under concurrency, leases, fencing, retries and dead rows (real Postgres)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+
+import asyncpg
+
+from shared.queue import store
+
+from .conftest import inbound_row, outbound_row
+
+
+async def _fill(pool: asyncpg.Pool, table: str, n: int, chunk: int = 1000) -> None:
+    row = inbound_row if table == "inbound" else outbound_row
+    for start in range(0, n, chunk):
+        await store.enqueue(pool, table, [row(body=str(i)) for i in range(start, min(n, start + chunk))],
+                            notify=False)
+
+
+async def test_tx_mode_no_row_claimed_twice(pool: asyncpg.Pool) -> None:
+    """1. 3000 inbound rows; 6 consumers claim batches of 25 in transactions and ack them.
+    2. Every row is claimed exactly once and ends done."""
+    await _fill(pool, "inbound", 3000)
+    seen: list[int] = []
+
+    async def consumer() -> None:
+        async with pool.acquire() as conn:
+            while True:
+                async with conn.transaction():
+                    rows = await store.claim_tx(conn, "inbound", limit=25)
+                    if not rows:
+                        return
+                    seen.extend(r.id for r in rows)
+                    assert await store.ack(conn, "inbound", [r.id for r in rows]) == len(rows)
+
+    await asyncio.gather(*(consumer() for _ in range(6)))
+    assert len(seen) == 3000
+    assert len(set(seen)) == 3000
+    assert await pool.fetchval("SELECT count(*) FROM inbound WHERE status = 'done'") == 3000
+
+
+async def test_leases_no_row_claimed_twice(pool: asyncpg.Pool) -> None:
+    """1. 3000 outbound rows; 6 workers lease batches of 25 and ack them, fenced by owner.
+    2. Every row is leased exactly once; every fenced ack succeeds; all end submitted."""
+    await _fill(pool, "outbound", 3000)
+    seen: list[int] = []
+
+    async def worker(n: int) -> None:
+        while True:
+            rows = await store.claim_leased(pool, "outbound", limit=25, owner=f"w{n}", lease_s=60)
+            if not rows:
+                return
+            assert all(r.lease_owner == f"w{n}" and r.status == "sending" for r in rows)
+            seen.extend(r.id for r in rows)
+            assert await store.ack(pool, "outbound", [r.id for r in rows], owner=f"w{n}") == len(rows)
+
+    await asyncio.gather(*(worker(n) for n in range(6)))
+    assert len(seen) == 3000
+    assert len(set(seen)) == 3000
+    assert await pool.fetchval(
+        "SELECT count(*) FROM outbound WHERE status = 'submitted' AND submitted_at IS NOT NULL") == 3000
+
+
+async def test_claim_never_exceeds_limit_under_8_claimers(pool: asyncpg.Pool, connect) -> None:  # type: ignore[no-untyped-def]
+    """1. 2000 rows; 8 connections claim (lease, with reclaim) with limit 7, released together.
+    2. 30 rounds: no claim returns more than 7 rows and no row goes to two claimers;
+       same for transaction mode on inbound."""
+    await _fill(pool, "outbound", 2000)
+    await _fill(pool, "inbound", 2000)
+    conns = [await connect() for _ in range(8)]
+    leased: Counter[int] = Counter()
+    locked: Counter[int] = Counter()
+    for _ in range(30):
+        results = await asyncio.gather(*(
+            store.claim_leased(c, "outbound", limit=7, owner=f"c{i}", lease_s=60)
+            for i, c in enumerate(conns)))
+        assert all(len(r) <= 7 for r in results)
+        leased.update(m.id for r in results for m in r)
+
+        async def tx_claim(c: asyncpg.Connection) -> list[int]:
+            async with c.transaction():
+                rows = await store.claim_tx(c, "inbound", limit=7)
+                await store.ack(c, "inbound", [r.id for r in rows])
+                return [r.id for r in rows]
+
+        tx = await asyncio.gather(*(tx_claim(c) for c in conns))
+        assert all(len(r) <= 7 for r in tx)
+        locked.update(i for r in tx for i in r)
+    assert max(leased.values()) == 1 and max(locked.values()) == 1
+    assert len(leased) == 30 * 8 * 7  # plenty of rows: every claim got its full limit
+
+
+async def test_killed_consumer_rows_reclaimed_after_lease(pool: asyncpg.Pool, connect) -> None:  # type: ignore[no-untyped-def]
+    """1. A worker on its own connection leases 5 of 10 rows for 1 s, then its connection is
+       closed without release (the process died).
+    2. Another worker gets only the other 5 rows at once: the dead worker's rows are leased.
+    3. After the lease expires the other worker reclaims them, marked reclaimed, with the lost
+       attempt counted; a claim without reclaim would not have taken them."""
+    await _fill(pool, "outbound", 10)
+    dying = await connect()
+    taken = await store.claim_leased(dying, "outbound", limit=5, owner="dead", lease_s=1.0)
+    assert len(taken) == 5
+    dying.terminate()
+
+    rest = await store.claim_leased(pool, "outbound", limit=10, owner="alive", lease_s=60)
+    assert {r.id for r in rest}.isdisjoint(r.id for r in taken) and len(rest) == 5
+    assert await store.claim_leased(pool, "outbound", limit=10, owner="alive", lease_s=60) == []
+
+    await asyncio.sleep(1.1)
+    assert await store.claim_leased(pool, "outbound", limit=10, owner="alive", lease_s=60,
+                                    reclaim=False) == []
+    back = await store.claim_leased(pool, "outbound", limit=10, owner="alive", lease_s=60)
+    assert sorted(r.id for r in back) == sorted(r.id for r in taken)
+    assert all(r.reclaimed and r.attempts == 1 and r.lease_owner == "alive" for r in back)
+
+
+async def test_tx_mode_killed_consumer_rows_return_at_once(pool: asyncpg.Pool, connect) -> None:  # type: ignore[no-untyped-def]
+    """1. A consumer claims 5 rows in a transaction; another consumer then sees the other 5.
+    2. The first consumer's connection dies: its row locks vanish with it and the rows are
+       claimable again at once, still queued with no attempt counted."""
+    await _fill(pool, "inbound", 10)
+    dying = await connect()
+    tx = dying.transaction()
+    await tx.start()
+    first = await store.claim_tx(dying, "inbound", limit=5)
+    async with pool.acquire() as conn, conn.transaction():
+        second = await store.claim_tx(conn, "inbound", limit=10)
+    assert len(second) == 5 and {r.id for r in second}.isdisjoint(r.id for r in first)
+    dying.terminate()
+    await asyncio.sleep(0.2)  # the backend notices the closed socket and rolls back
+    async with pool.acquire() as conn, conn.transaction():
+        again = await store.claim_tx(conn, "inbound", limit=10)
+    assert len(again) == 10 and all(r.attempts == 0 for r in again)
+
+
+async def test_late_writeback_after_takeover_changes_nothing(pool: asyncpg.Pool) -> None:
+    """1. Worker A leases 3 rows for 0.2 s and stalls; B reclaims them after expiry.
+    2. Every write-back of A (ack, retry, fail, update_many, release, extend) changes nothing;
+       the rows stay leased to B, and B's own write-backs work."""
+    await _fill(pool, "outbound", 3)
+    a = await store.claim_leased(pool, "outbound", limit=3, owner="A", lease_s=0.2)
+    ids = [r.id for r in a]
+    await asyncio.sleep(0.3)
+    b = await store.claim_leased(pool, "outbound", limit=3, owner="B", lease_s=60)
+    assert sorted(r.id for r in b) == sorted(ids)
+
+    assert await store.ack(pool, "outbound", ids, owner="A") == 0
+    assert await store.retry(pool, "outbound", ids, owner="A", error="late", max_attempts=5,
+                             base_s=1, cap_s=2) == ([], [])
+    assert await store.fail(pool, "outbound", ids, owner="A", status="rejected", error="x") == 0
+    assert await store.update_many(pool, "outbound", [(i, "submit_unknown", "t") for i in ids],
+                                   owner="A") == []
+    assert await store.release(pool, "outbound", "A") == 0
+    assert await store.extend_lease(pool, "outbound", ids, owner="A", lease_s=60) == 0
+    rows = await pool.fetch("SELECT status, lease_owner, last_error FROM outbound")
+    assert {(r["status"], r["lease_owner"], r["last_error"]) for r in rows} == {("sending", "B", None)}
+
+    done = await store.update_many(pool, "outbound", [(ids[0], "submitted", None),
+                                                      (ids[1], "rejected", "ESME_RINVDSTADR"),
+                                                      (ids[2], "submit_unknown", "timeout")],
+                                   owner="B")
+    assert sorted(done) == sorted(ids)
+    got = {r["id"]: (r["status"], r["last_error"], r["lease_owner"]) for r in
+           await pool.fetch("SELECT id, status, last_error, lease_owner FROM outbound")}
+    assert got == {ids[0]: ("submitted", None, None), ids[1]: ("rejected", "ESME_RINVDSTADR", None),
+                   ids[2]: ("submit_unknown", "timeout", None)}
+
+
+async def test_retry_waits_backoff_then_dead_then_requeue(pool: asyncpg.Pool) -> None:
+    """1. A leased callback fails: retry with base 0.4 s puts it back with run_after ≥ 0.4 s.
+    2. It is not claimable before run_after, and is after.
+    3. The third failure (max_attempts 3) makes it dead with the error kept.
+    4. requeue_dead: a dry run counts it, a filter that does not match leaves it, a matching
+       one requeues it with attempts reset."""
+    res = await store.enqueue(pool, "callbacks", [{"kind": "mo", "url": "http://127.0.0.1/x"}])
+    cid = res[0].id
+    for attempt in (1, 2):
+        [cb] = await store.claim_leased(pool, "callbacks", limit=5, owner="w", lease_s=30)
+        assert cb.id == cid and cb.attempts == attempt - 1
+        assert await store.retry(pool, "callbacks", [cid], owner="w", error=f"HTTP 503 #{attempt}",
+                                 max_attempts=3, base_s=0.4, cap_s=0.5) == ([cid], [])
+        wait = await pool.fetchval("SELECT extract(epoch FROM run_after - now())::float8 FROM callbacks")
+        assert 0.35 <= wait <= 0.5
+        assert await store.claim_leased(pool, "callbacks", limit=5, owner="w", lease_s=30) == []
+        await asyncio.sleep(wait + 0.02)
+    [cb] = await store.claim_leased(pool, "callbacks", limit=5, owner="w", lease_s=30)
+    assert await store.retry(pool, "callbacks", [cid], owner="w", error="HTTP 503 #3",
+                             max_attempts=3, base_s=0.4, cap_s=0.5) == ([], [cid])
+    row = await pool.fetchrow("SELECT status, attempts, last_error, lease_owner FROM callbacks")
+    assert tuple(row) == ("dead", 3, "HTTP 503 #3", None)
+    assert await store.claim_leased(pool, "callbacks", limit=5, owner="w", lease_s=30) == []
+
+    assert await store.requeue_dead(pool, "callbacks", dry_run=True) == 1
+    assert await store.requeue_dead(pool, "callbacks", error_like="HTTP 404%") == 0
+    assert await store.requeue_dead(pool, "callbacks", older_than_s=3600) == 0
+    assert await store.requeue_dead(pool, "callbacks", ids=[cid], error_like="HTTP 503%") == 1
+    [cb] = await store.claim_leased(pool, "callbacks", limit=5, owner="w", lease_s=30)
+    assert (cb.id, cb.attempts, cb.last_error) == (cid, 0, "HTTP 503 #3")
+
+
+async def test_release_returns_rows_without_attempt(pool: asyncpg.Pool) -> None:
+    """A drained worker releases its leases: rows queued again, attempts unchanged."""
+    await _fill(pool, "outbound", 4)
+    rows = await store.claim_leased(pool, "outbound", limit=4, owner="w", lease_s=60)
+    assert await store.release(pool, "outbound", "w", ids=[rows[0].id]) == 1
+    assert await store.release(pool, "outbound", "w") == 3
+    again = await store.claim_leased(pool, "outbound", limit=4, owner="v", lease_s=60)
+    assert len(again) == 4 and all(r.attempts == 0 and not r.reclaimed for r in again)
+
+
+async def test_head_of_line_keeps_per_number_order(pool: asyncpg.Pool, connect) -> None:  # type: ignore[no-untyped-def]
+    """1. Number A has rows a1 < a2 < a3, number B has b1.
+    2. A claim hands out a1 and b1 only; while a1 is locked by that transaction, a second
+       consumer gets nothing (a2 waits behind a1).
+    3. a1 fails transiently (retry with a 0.3 s backoff): a2 is still not claimable while
+       a1 waits for its retry, even though a2 is due.
+    4. After the backoff a1 comes back first; once it is done, a2, then a3."""
+    ids = [r.id for r in await store.enqueue(pool, "inbound", [
+        inbound_row("A", "a1"), inbound_row("A", "a2"), inbound_row("B", "b1"),
+        inbound_row("A", "a3")])]
+    a1, a2, b1, a3 = ids
+    c1, c2 = await connect(), await connect()
+    tx = c1.transaction()
+    await tx.start()
+    got = await store.claim_tx(c1, "inbound", limit=10, hol_column="from_addr")
+    assert sorted(r.id for r in got) == [a1, b1]
+    async with c2.transaction():
+        assert await store.claim_tx(c2, "inbound", limit=10, hol_column="from_addr") == []
+    await store.retry(c1, "inbound", [a1], error="db busy", max_attempts=5, base_s=0.3, cap_s=0.3)
+    await store.ack(c1, "inbound", [b1])
+    await tx.commit()
+
+    async def claim() -> list[int]:
+        async with c2.transaction():
+            rows = await store.claim_tx(c2, "inbound", limit=10, hol_column="from_addr")
+            await store.ack(c2, "inbound", [r.id for r in rows])
+            return [r.id for r in rows]
+
+    assert await claim() == []  # a1 waits for its retry; a2 and a3 wait behind it
+    await asyncio.sleep(0.35)
+    assert await claim() == [a1]
+    assert await claim() == [a2]
+    assert await claim() == [a3]
+
+
+async def test_head_of_line_order_with_concurrent_processors(pool: asyncpg.Pool) -> None:
+    """1. 20 numbers × 25 messages interleaved; 5 processors claim with the head-of-line
+       condition, and about 10% of claims fail once and retry after 20–40 ms.
+    2. Each number's messages are processed exactly once, strictly in id order."""
+    rows = [inbound_row(f"N{i % 20}", str(i)) for i in range(500)]
+    res = await store.enqueue(pool, "inbound", rows)
+    by_id = {r.id: rows[r.index]["from_addr"] for r in res}
+    processed: dict[str, list[int]] = {}
+    failed_once: set[int] = set()
+    rng = random.Random(7)
+
+    async def processor() -> None:
+        idle = 0
+        async with pool.acquire() as conn:
+            while idle < 5:
+                async with conn.transaction():
+                    batch = await store.claim_tx(conn, "inbound", limit=8, hol_column="from_addr")
+                    flaky = [m.id for m in batch if m.id not in failed_once and rng.random() < 0.1]
+                    failed_once.update(flaky)
+                    ok = [m.id for m in batch if m.id not in flaky]
+                    for m in batch:
+                        if m.id in ok:
+                            processed.setdefault(m.from_addr, []).append(m.id)
+                    await store.ack(conn, "inbound", ok)
+                    await store.retry(conn, "inbound", flaky, error="x", max_attempts=5,
+                                      base_s=0.02, cap_s=0.04)
+                idle = 0 if batch else idle + 1
+                if not batch:
+                    await asyncio.sleep(0.03)  # a test consumer without a listener
+
+    await asyncio.gather(*(processor() for _ in range(5)))
+    assert failed_once
+    assert sum(len(v) for v in processed.values()) == 500
+    for number, seq in processed.items():
+        assert seq == sorted(seq), number
+        assert all(by_id[i] == number for i in seq)

@@ -1,0 +1,111 @@
+"""The retention move and purges, lookups after the move, and the queue_stats snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from shared.queue import store
+from shared.queue.records import DedupeKey
+
+from .conftest import inbound_row, outbound_row
+
+
+async def _count(pool: asyncpg.Pool, table: str) -> int:
+    return int(await pool.fetchval(f"SELECT count(*) FROM {table}"))
+
+
+async def test_retention_keeps_hot_table_small_and_history_working(pool: asyncpg.Pool) -> None:
+    """1. 6000 MTs with dedupe keys are enqueued, leased and finished (delivered/rejected), one
+       is left queued and one dead; the first message gets events.
+    2. run_retention (finished_s=0, batches of 1000) moves every finished row: the hot table
+       keeps only the queued and the (recent) dead row; history has the rest.
+    3. Afterwards: resubmitting the first key still dedupes to the original id, its events are
+       still readable, and find_outbound reads it from history with its data."""
+    keys = [DedupeKey(scope="mt:1", key=f"ref{i}", fingerprint=f"h{i}", ttl_s=3600)
+            for i in range(6000)]
+    ids: list[int] = []
+    for start in range(0, 6000, 2000):
+        res = await store.enqueue(pool, "outbound",
+                                  [outbound_row(body=f"b{i}", client_ref=f"ref{i}")
+                                   for i in range(start, start + 2000)],
+                                  dedupe=keys[start:start + 2000], notify=False)
+        ids += [r.id for r in res]
+    await store.log_events(pool, [("outbound", ids[0], "accepted", {"via": "api"}),
+                                  ("outbound", ids[0], "submitted", None)], "test")
+    while rows := await store.claim_leased(pool, "outbound", limit=1000, owner="w", lease_s=60):
+        leased = [r.id for r in rows if r.id not in (ids[-1], ids[-2])]
+        await store.update_many(pool, "outbound",
+                                [(i, "delivered" if i % 7 else "rejected", None) for i in leased],
+                                owner="w")
+        await store.release(pool, "outbound", "w", ids=[ids[-1]])
+        await store.retry(pool, "outbound", [ids[-2]], owner="w", error="x", max_attempts=1,
+                          base_s=1, cap_s=1)
+        if len(rows) <= 2:
+            break
+
+    counts = await store.run_retention(
+        pool, store.RetentionSettings(finished_s=0, dead_s=3600, batch=1000))
+    assert counts is not None and counts["outbound_moved"] == 5998
+    assert await _count(pool, "outbound") == 2
+    assert await _count(pool, "outbound_history") == 5998
+    assert await pool.fetchval("SELECT count(*) FROM dedupe_keys") == 6000  # not expired yet
+
+    [again] = await store.enqueue(pool, "outbound", [outbound_row(body="b0")], dedupe=[keys[0]])
+    assert (again.id, again.duplicate, again.fingerprint_match) == (ids[0], True, True)
+    assert [e.event for e in await store.read_events(pool, "outbound", ids[0])] == [
+        "accepted", "submitted"]
+    moved = await store.find_outbound(pool, ids[0])
+    assert moved is not None and (moved.body, moved.status) == ("b0", "delivered")
+    assert (await store.find_outbound(pool, ids[-1])).status == "queued"  # type: ignore[union-attr]
+    assert await store.find_outbound(pool, 10**9) is None
+
+
+async def test_retention_purges_only_what_expired(pool: asyncpg.Pool) -> None:
+    """1. Two dedupe keys (one with a 0.1 s ttl), one done MO with events and a body.
+    2. Retention with long ages moves the MO but purges nothing else; after the ttl it purges
+       only the expired key; with body_after_s=0 the moved body is dropped but the row stays.
+    3. A second instance's run is skipped while the advisory lock is held."""
+    res = await store.enqueue(pool, "inbound", [inbound_row(body="secret"), inbound_row()],
+                              dedupe=[DedupeKey(scope="mo:x", key="short", ttl_s=0.1),
+                                      DedupeKey(scope="mo:x", key="long", ttl_s=3600)])
+    mo = res[0].id
+    await store.log_events(pool, [("inbound", mo, "processed", None)], "test")
+    async with pool.acquire() as conn, conn.transaction():
+        await store.ack(conn, "inbound", [mo])
+    keep = store.RetentionSettings(finished_s=0, body_after_s=3600, events_s=3600)
+    counts = await store.run_retention(pool, keep)
+    assert counts is not None and counts["inbound_moved"] == 1
+    assert counts["dedupe_keys_purged"] == 0 and counts["events_purged"] == 0
+    await asyncio.sleep(0.15)
+    counts = await store.run_retention(pool, store.RetentionSettings(finished_s=0, body_after_s=0))
+    assert counts is not None
+    assert (counts["dedupe_keys_purged"], counts["inbound_bodies_purged"]) == (1, 1)
+    assert await pool.fetchval("SELECT key FROM dedupe_keys") == "long"
+    moved = await store.find_inbound(pool, mo)
+    assert moved is not None and moved.body is None and moved.status == "done"
+    assert len(await store.read_events(pool, "inbound", mo)) == 1
+
+    async with pool.acquire() as holder:
+        assert await store.try_advisory_lock(holder, store.RETENTION_LOCK_KEY)
+        assert await store.run_retention(pool, keep) is None
+        await store.advisory_unlock(holder, store.RETENTION_LOCK_KEY)
+
+
+async def test_queue_stats_snapshot(pool: asyncpg.Pool) -> None:
+    """1. 30 queued MOs, 12 queued MTs of which 5 are then leased.
+    2. refresh_queue_stats + read_queue_stats report those depths (capped at the cap) and the
+       oldest queued row's age; empty queues report depth 0."""
+    await store.enqueue(pool, "inbound", [inbound_row() for _ in range(30)])
+    await store.enqueue(pool, "outbound", [outbound_row() for _ in range(12)])
+    await store.claim_leased(pool, "outbound", limit=5, owner="w", lease_s=60)
+    await store.refresh_queue_stats(pool, cap=20)
+    stats = {(s.queue, s.status): s for s in await store.read_queue_stats(pool)}
+    assert stats[("inbound", "queued")].depth == 20  # capped
+    assert stats[("outbound", "queued")].depth == 7
+    assert stats[("outbound", "sending")].depth == 5
+    assert stats[("callbacks", "queued")].depth == 0
+    assert stats[("callbacks", "queued")].oldest_at is None
+    oldest = await pool.fetchval("SELECT min(created_at) FROM inbound")
+    assert stats[("inbound", "queued")].oldest_at == oldest

@@ -1,0 +1,77 @@
+"""Kannel-compatible /cgi-bin/sendsms over real HTTP, and dlr-url rendering."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+import asyncpg
+
+from shared.kannel import DLR_MASK_FINAL, render_dlr_url, wants_dlr
+
+from .conftest import AccountFactory, Receiver
+
+
+async def test_sendsms_get_two_recipients_with_dlr(receiver: Receiver,
+                                                   account_factory: AccountFactory,
+                                                   pool: asyncpg.Pool) -> None:
+    """1. GET with two recipients (space-separated), dlr-mask 19 and a dlr-url template
+    2. `202 0: Accepted for delivery`; two rows with the template and mask, kannel style."""
+    _, key = await account_factory("kannel_app")
+    dlr = "http://127.0.0.1:9999/dlr?id=42&status=%d&to=%p&at=%t"
+    qs = (f"username=kannel_app&password={quote(key)}&from=MyBrand"
+          f"&to={quote('+447700900123 07700900124')}&text={quote('Héllo wörld')}"
+          f"&dlr-mask=19&dlr-url={quote(dlr)}&smsc=vodafone&priority=1")
+    status, body = await receiver.get("/cgi-bin/sendsms?" + qs)
+    assert (status, body) == (202, "0: Accepted for delivery")
+    rows = await pool.fetch("SELECT * FROM outbound ORDER BY id")
+    assert [r["to_addr"] for r in rows] == ["+447700900123", "+447700900124"]
+    assert all(r["callback_url"] == dlr and r["dlr_mask"] == 19 for r in rows)
+    assert rows[0]["meta"]["callback_style"] == "kannel" and rows[0]["source"] == "sendsms"
+    assert rows[0]["body"] == "Héllo wörld" and rows[0]["route_hint"] == "vodafone"
+
+
+async def test_sendsms_post_form_and_charset(receiver: Receiver, account_factory: AccountFactory,
+                                             pool: asyncpg.Pool) -> None:
+    """A form POST with text in ISO-8859-1 (charset=ISO-8859-1) is decoded with that charset."""
+    _, key = await account_factory("latin_app")
+    body = (f"username=latin_app&password={quote(key)}&from=Shop&to=%2B447700900123"
+            f"&charset=ISO-8859-1&text=caf%E9").encode()
+    status, text = await receiver.post(
+        "/cgi-bin/sendsms", data=body,
+        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 202, text
+    assert await pool.fetchval("SELECT body FROM outbound") == "café"
+
+
+async def test_sendsms_errors_as_kannel(receiver: Receiver, account_factory: AccountFactory,
+                                        pool: asyncpg.Pool) -> None:
+    """Wrong password → 403 Kannel text; missing/invalid parameters → 400 naming them."""
+    _, key = await account_factory("app3")
+    base = f"username=app3&password={quote(key)}&from=Shop&text=hi"
+    status, body = await receiver.get("/cgi-bin/sendsms?username=app3&password=x&to=1&text=a")
+    assert (status, body) == (403, "Authorization failed for sendsms")
+    status, body = await receiver.get("/cgi-bin/sendsms?" + base.replace("app3&", "app4&", 1)
+                                      + "&to=%2B447700900123")
+    assert status == 403
+    for extra, field in (("", "to"), ("&to=abc", "to"), ("&to=%2B447700900123&coding=7",
+                                                          "coding"),
+                         ("&to=%2B447700900123&dlr-url=ftp://x", "dlr-url"),
+                         ("&to=%2B447700900123&dlr-mask=99", "dlr-mask")):
+        status, body = await receiver.get("/cgi-bin/sendsms?" + base + extra)
+        assert status == 400 and field in body, (extra, body)
+    assert await pool.fetchval("SELECT count(*) FROM outbound") == 0
+
+
+def test_render_dlr_url_kannel_escapes() -> None:
+    """Kannel escapes are substituted and URL-encoded; unknown escapes stay as they are."""
+    url = render_dlr_url(
+        "http://app/dlr?type=%d&to=%p&from=%P&at=%t&ts=%T&reply=%A&smsc=%i&id=%I&err=%F&x=%Z",
+        dlr=1, to="+447700900123", from_addr="My Brand",
+        at=datetime(2026, 11, 27, 12, 30, 5, tzinfo=UTC), smsc_reply="id:1 stat:DELIVRD",
+        connector="vf1", message_id=42, err="000")
+    assert url == ("http://app/dlr?type=1&to=%2B447700900123&from=My%20Brand"
+                   "&at=2026-11-27%2012%3A30%3A05&ts=1795782605&reply=id%3A1%20stat%3ADELIVRD"
+                   "&smsc=vf1&id=42&err=000&x=%Z")
+    assert wants_dlr(DLR_MASK_FINAL, "delivered") and not wants_dlr(DLR_MASK_FINAL, "submitted")
+    assert wants_dlr(8, "submitted") and not wants_dlr(None, "delivered")

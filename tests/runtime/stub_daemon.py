@@ -1,0 +1,41 @@
+"""A test daemon on the real runtime whose worker misbehaves on purpose (run as a script).
+
+`STUB_MODE=stubborn`: the worker ignores `stop` (in-flight work outliving the drain deadline);
+`STUB_MODE=crash`: the worker raises once the daemon is ready. `release()` logs `release_ran`.
+This is not a mock: it is one more daemon built on `shared.daemon.Daemon`, like the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from shared.config import DaemonSection
+from shared.daemon import Daemon
+from shared.queue.listener import CHANNELS
+
+
+class StubDaemon(Daemon[DaemonSection]):
+    name = "stub"  # config section [stub], env SMSGW_STUB__*
+    settings_model = DaemonSection
+    listen_channels = (CHANNELS["outbound"],)
+
+    async def setup(self) -> None:
+        mode = os.environ["STUB_MODE"]
+        self.add_worker(mode, self.stubborn if mode == "stubborn" else self.crash)
+
+    async def stubborn(self) -> None:
+        self.log.info("stubborn_working")
+        await asyncio.sleep(3600)  # ignores stop on purpose
+
+    async def crash(self) -> None:
+        self.log.info("about_to_crash")
+        raise RuntimeError("boom: worker failed")
+
+    async def release(self) -> None:
+        self.log.info("release_ran")
+
+
+if __name__ == "__main__":
+    sys.exit(StubDaemon.main(sys.argv[1:]))

@@ -1,0 +1,190 @@
+"""The daemon contract at process level: READY, reload, drain with leases, bad config -> 78.
+
+Each test starts real `smsgw <daemon>` processes against a real migrated database, with
+NOTIFY_SOCKET pointing at a test socket (systemd is not needed), on port 0 everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from shared import lifecycle
+from shared.config import ENV_PREFIX
+from shared.queue import store
+
+# (`notify_socket`, `spawn` and `clean_env` are fixtures of tests/runtime/conftest.py.)
+NotifySocket = Any
+
+DAEMONS = ("receiver", "processor", "sender")
+
+
+def daemon_env(daemon: str, db_url: str, notify: NotifySocket, **extra: str) -> dict[str, str]:
+    upper = daemon.upper()
+    env = _clean_env(SMSGW_DATABASE_URL=db_url, NOTIFY_SOCKET=notify.address,
+                    **{f"SMSGW_{upper}__METRICS_PORT": "0", f"SMSGW_{upper}__DRAIN_S": "5"})
+    if daemon == "receiver":
+        env["SMSGW_RECEIVER__HTTP_PORT"] = "0"
+    env.update(extra)
+    return env
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """os.environ without SMSGW_*/NOTIFY_*/WATCHDOG_* variables, plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith((ENV_PREFIX, "NOTIFY_", "WATCHDOG_"))}
+    env.update(extra)
+    return env
+
+
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}{path}") as r:
+        return r.status, await r.text()
+
+
+@pytest.mark.parametrize("daemon", DAEMONS)
+async def test_daemon_ready_serves_health_and_stops(daemon: str, db_url: str, spawn: Any,
+                                                    notify_socket: NotifySocket) -> None:
+    """1. start the daemon; 2. READY=1 arrives; 3. /readyz (database + listener) is 200,
+    /healthz 200, /metrics has build info and the queue snapshot gauges; 4. SIGTERM ->
+    STOPPING=1 and exit 0."""
+    proc = await spawn(daemon, env=daemon_env(daemon, db_url, notify_socket))
+    await notify_socket.expect("READY")
+    port = await proc.port("health")
+    status, body = await http_get(port, "/readyz")
+    assert status == 200, body
+    assert '"database": true' in body
+    assert (await http_get(port, "/healthz"))[0] == 200
+    _, metrics = await http_get(port, "/metrics")
+    assert f'smsgw_build_info{{daemon="{daemon}"' in metrics
+    assert "process_open_fds" in metrics
+    if daemon == "receiver":
+        assert (await http_get(await proc.port("api"), "/v1/ping"))[0] == 200
+    proc.signal(signal.SIGTERM)
+    await notify_socket.expect("STOPPING")
+    assert await proc.exit_code() == 0
+    assert (await proc.named("drained"))["event"] == "drained"
+
+
+async def test_sighup_reload_applies_log_level_and_survives_broken_file(
+        db_url: str, spawn: Any, notify_socket: NotifySocket, tmp_path: Path) -> None:
+    """1. start the processor at log level info: no debug lines;
+    2. change the file to debug (and a restart-only key), SIGHUP: RELOADING=1 with
+       MONOTONIC_USEC in one datagram, then READY=1, `config_reloaded`, a warning naming the
+       restart-only key, and debug lines start to appear;
+    3. break the file, SIGHUP: RELOADING=1, READY=1, `config_reload_failed` naming the bad
+       key; the old config (debug) stays in force and the failure is counted."""
+    cfg = tmp_path / "smsgw.toml"
+    cfg.write_text('[processor]\nlog_level = "info"\nqueue_stats_s = 0.2\n')
+    proc = await spawn("processor", "--config", str(cfg),
+                       env=daemon_env("processor", db_url, notify_socket))
+    await notify_socket.expect("READY")
+    port = await proc.port("health")
+    assert not [e for e in proc.events if e.get("level") == "debug"]
+
+    cfg.write_text('[processor]\nlog_level = "debug"\nqueue_stats_s = 0.2\n'
+                   '[database]\npool_max_size = 9\n')
+    proc.signal(signal.SIGHUP)
+    reloading = await notify_socket.expect("RELOADING")
+    assert int(reloading["MONOTONIC_USEC"]) > 0
+    await notify_socket.expect("READY")
+    mark = len(proc.events)
+    await proc.named("config_reloaded", log_level="debug")
+    assert (await proc.named("config_restart_required"))["keys"] == ["database"]
+    await proc.wait_event(lambda e: e.get("level") == "debug", start=mark)
+
+    cfg.write_text('[processor]\nlog_levle = "error"\n')
+    proc.signal(signal.SIGHUP)
+    await notify_socket.expect("RELOADING")
+    await notify_socket.expect("READY")
+    failed = await proc.named("config_reload_failed")
+    assert any("processor.log_levle: unknown key" in e for e in failed["errors"])
+    mark = len(proc.events)
+    await proc.wait_event(lambda e: e.get("level") == "debug", start=mark)  # still debug
+    _, metrics = await http_get(port, "/metrics")
+    assert 'smsgw_config_reloads_total{outcome="failed"} 1.0' in metrics
+    assert 'smsgw_config_reloads_total{outcome="ok"} 1.0' in metrics
+    proc.signal(signal.SIGTERM)
+    assert await proc.exit_code() == 0
+
+
+async def test_sigterm_releases_sender_leases(db_url: str, spawn: Any,
+                                              notify_socket: NotifySocket,
+                                              pool: asyncpg.Pool) -> None:
+    """1. queue 30 outbound rows; 2. start the sender: it leases all 30 (status sending,
+    lease_owner = its worker id); 3. SIGTERM: STOPPING=1, exit 0 within the drain deadline;
+    4. every row is back to queued with the lease cleared and no attempt counted."""
+    await store.enqueue(pool, "outbound", [
+        {"from_addr": "TEST", "to_addr": f"+4479111{i:05d}", "body": "hi"} for i in range(30)])
+    proc = await spawn("sender", env=daemon_env("sender", db_url, notify_socket))
+    await notify_socket.expect("READY")
+    await proc.wait_event(lambda e: e.get("event") == "outbound_leased" and e["held"] == 30)
+    rows = await pool.fetch("SELECT status, lease_owner FROM outbound")
+    assert {r["status"] for r in rows} == {"sending"}
+    assert {r["lease_owner"].split(":")[0] for r in rows} == {"sender@1"}
+
+    started = time.monotonic()
+    proc.signal(signal.SIGTERM)
+    await notify_socket.expect("STOPPING")
+    assert await proc.exit_code() == 0
+    assert time.monotonic() - started < 5 + lifecycle.RELEASE_TIMEOUT_S  # drain_s = 5
+    assert (await proc.named("leases_released"))["count"] == 30
+    rows = await pool.fetch("SELECT status, lease_owner, lease_until, attempts FROM outbound")
+    assert len(rows) == 30
+    assert all(r["status"] == "queued" and r["lease_owner"] is None
+               and r["lease_until"] is None and r["attempts"] == 0 for r in rows)
+
+
+async def test_processor_consumes_notified_inbound(db_url: str, spawn: Any,
+                                                   notify_socket: NotifySocket,
+                                                   pool: asyncpg.Pool) -> None:
+    """1. start the processor (poll_s 60, so only NOTIFY can wake it); 2. enqueue 5 inbound
+    rows with one NOTIFY; 3. all 5 end `done`."""
+    env = daemon_env("processor", db_url, notify_socket, SMSGW_PROCESSOR__POLL_S="60",
+                     SMSGW_PROCESSOR__LOG_LEVEL="debug")
+    proc = await spawn("processor", env=env)
+    await notify_socket.expect("READY")
+    await store.enqueue(pool, "inbound", [
+        {"channel": "http", "provider": "test", "from_addr": f"+4479111{i:05d}",
+         "to_addr": "12345", "body": "hi"} for i in range(5)])
+    await proc.named("inbound_processed", count=5)
+    assert await pool.fetchval("SELECT count(*) FROM inbound WHERE status = 'done'") == 5
+    proc.signal(signal.SIGTERM)
+    assert await proc.exit_code() == 0
+
+
+@pytest.mark.parametrize(("setup", "named"), [
+    ({"file": "[sender]\ndrian_s = 3\n"}, "sender.drian_s: unknown key"),
+    ({"env": {"SMSGW_SENDER_DRAIN_S": "3"}}, "SMSGW_SENDER_DRAIN_S: unknown environment"),
+    ({"env": {"SMSGW_SENDER__DRAIN_S": "soon"}}, "SMSGW_SENDER__DRAIN_S (sender.drain_s)"),
+])
+async def test_bad_config_exits_78_naming_it(setup: dict[str, Any], named: str, spawn: Any,
+                                             tmp_path: Path) -> None:
+    """A bad key in the file or an unknown/invalid SMSGW_* variable: exit 78 before any I/O
+    (the database URL points nowhere), with the culprit named on stderr."""
+    env = _clean_env(SMSGW_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none",
+                    **setup.get("env", {}))
+    args = ["sender"]
+    if "file" in setup:
+        (tmp_path / "bad.toml").write_text(setup["file"])
+        args += ["--config", str(tmp_path / "bad.toml")]
+    proc = await spawn(*args, env=env)
+    assert await proc.exit_code() == 78
+    assert named in proc.stderr.decode()
+    assert proc.events == []  # nothing started: no log lines at all
+
+
+async def test_help_explains_itself(spawn: Any) -> None:
+    proc = await spawn("sender", "--help", env=_clean_env())
+    assert await proc.exit_code() == 0
+    text = "".join(e.get("raw", "") for e in proc.events)
+    for needle in ("--config", "--instance", "--log-level", "SMSGW_DATABASE_URL",
+                   "SMSGW_SENDER__DRAIN_S", "78"):
+        assert needle in text
