@@ -268,7 +268,8 @@ class Daemon(Generic[S]):
         parser.add_argument("--instance", type=int, metavar="N",
                             help="instance number, sets default ports (default: "
                                  "$SMSGW_INSTANCE or 1)")
-        parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+        parser.add_argument("--log-level",
+                            choices=["debug", "info", "warning", "error", "critical"],
                             help="override the configured log level (also over reloads)")
         return parser
 

@@ -1,4 +1,4 @@
-"""Group commit: coalesce concurrent writes into one multi-row transaction, answer each when durable.
+"""Group commit: coalesce concurrent writes into one transaction; answer each when durable.
 
 Every HTTP request and every `deliver_sm` the receiver takes must be committed before it is
 acknowledged (DESIGN.md guarantee 1). One transaction per message costs one WAL flush per

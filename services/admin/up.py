@@ -446,9 +446,13 @@ def daemon_argv(daemon: str, instance: int, config: Path) -> list[str]:
     return cli_argv(daemon, "--config", str(config), "--instance", str(instance))
 
 
+SIM_RECEIPT_DELAY_S = "0.5"  # the demo SMSC answers every submit with a DELIVRD receipt
+
+
 def sim_argv(opts: Options) -> list[str]:
-    """The simulator's command line."""
-    return cli_argv("smsc-sim", "--host", "127.0.0.1", "--port", str(opts.smpp_port))
+    """The simulator's command line (docker-compose runs the same, on 0.0.0.0)."""
+    return cli_argv("smsc-sim", "--host", "127.0.0.1", "--port", str(opts.smpp_port),
+                    "--receipt-delay", SIM_RECEIPT_DELAY_S)
 
 
 def build_children(opts: Options, plan: Plan, env: Mapping[str, str]) -> list[Child]:

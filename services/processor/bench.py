@@ -88,13 +88,17 @@ async def _drain(engine: Engine, counted: list[int]) -> None:
         counted[0] += n
 
 
+def _cpu_model() -> str:
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
+                platform.processor())
+
+
 async def _conditions(pool: asyncpg.Pool, embedded: bool) -> list[str]:
     s = {r["name"]: r["setting"] for r in await pool.fetch(
         "SELECT name, setting FROM pg_settings WHERE name = ANY($1)",
         ["fsync", "synchronous_commit", "server_version", "shared_buffers"])}
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
+    model = _cpu_model()
     load = os.getloadavg()
     return [
         f"machine: {os.cpu_count()} cores ({model}), load average {load[0]:.2f} {load[1]:.2f} "

@@ -352,7 +352,7 @@ async def deliver_until_idle(delivery: CallbackDelivery, *, timeout_s: float,
     task = asyncio.create_task(delivery.run(stop), name="processor.callbacks.until_idle")
     try:
         async with asyncio.timeout(timeout_s):
-            while not await idle():
+            while not await idle():  # noqa: ASYNC110 - test/bench helper: polls the DB
                 await asyncio.sleep(0.02)
     finally:
         stop.set()

@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 import asyncpg
@@ -436,7 +436,7 @@ async def quota_counts(conn: asyncpg.Connection | asyncpg.Pool,
 def flood_window(at: datetime, window_s: float) -> datetime:
     """The start of the fixed flood window an arrival time falls in."""
     ts = at.timestamp()
-    return datetime.fromtimestamp(math.floor(ts / window_s) * window_s, timezone.utc)
+    return datetime.fromtimestamp(math.floor(ts / window_s) * window_s, UTC)
 
 
 async def flood_check(conn: asyncpg.Connection, messages: Sequence[Message], *,
@@ -611,7 +611,8 @@ class Engine:
             return []
         return await self.apply(conn, rows)
 
-    async def apply(self, conn: asyncpg.Connection, rows: Sequence[InboundMessage]) -> list[Outcome]:
+    async def apply(self, conn: asyncpg.Connection,
+                    rows: Sequence[InboundMessage]) -> list[Outcome]:
         """Evaluate and write `rows` (already locked by this transaction); return outcomes."""
         rules = await self.ensure_rules(conn)
         s = self.settings

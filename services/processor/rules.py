@@ -60,7 +60,7 @@ import string
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -344,7 +344,8 @@ def rule_from_row(row: Mapping[str, Any]) -> Rule:
 
 # --- matching ----------------------------------------------------------------------------------
 
-_STRIP = string.punctuation + "¡¿«»“”‘’…"
+# ASCII punctuation plus inverted marks, guillemets, curly quotes and the ellipsis.
+_STRIP = string.punctuation + "\u00a1\u00bf\u00ab\u00bb\u201c\u201d\u2018\u2019\u2026"
 
 
 def fold(word: str) -> str:
@@ -512,7 +513,7 @@ def period_key(quota: Quota | None, window: Window | None, at: datetime) -> str:
 
 def utcnow() -> datetime:
     """The current time, aware (UTC)."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 __all__ = [

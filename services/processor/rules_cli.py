@@ -29,7 +29,7 @@ import sys
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -190,7 +190,7 @@ async def test_message(conn: asyncpg.Connection | asyncpg.Pool, *, text: str, se
     rules = await engine.load_rules(conn)
     keywords = OptOutKeywords.build(settings.optout)
     msg = Message(id=0, from_addr=sender, to_addr=to, text=text, channel=channel,
-                  connector=connector, at=at or datetime.now(timezone.utc))
+                  connector=connector, at=at or datetime.now(UTC))
     decisions = engine.decide([msg], rules, keywords)
     keys = engine.quota_keys(decisions)
     counts = await engine.quota_counts(conn, keys.values())
@@ -300,7 +300,7 @@ async def _dispatch(conn: asyncpg.Connection, args: argparse.Namespace,
     if args.cmd == "export":
         text = json.dumps({"rules": await export_rules(conn)}, indent=2, ensure_ascii=False)
         if args.output:
-            Path(args.output).write_text(text + "\n", "utf-8")
+            Path(args.output).write_text(text + "\n", "utf-8")  # noqa: ASYNC240 - a CLI
         else:
             out.write(text + "\n")
         return 0
@@ -318,7 +318,7 @@ async def _dispatch(conn: asyncpg.Connection, args: argparse.Namespace,
         return 0 if found else 1
     at = datetime.fromisoformat(args.at) if args.at else None
     if at is not None and at.tzinfo is None:
-        at = at.replace(tzinfo=timezone.utc)
+        at = at.replace(tzinfo=UTC)
     result = await test_message(conn, text=args.text, sender=args.sender, to=args.to,
                                 channel=args.channel, connector=args.connector, at=at,
                                 settings=settings)

@@ -30,7 +30,6 @@ from shared.numbers import InvalidNumber, normalise, normalise_sender
 from shared.smpp.text import estimate
 from shared.urlguard import UnsafeUrl, check_url
 
-
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
 _ALLOWED_ENCODINGS: dict[str | None, tuple[Any, ...]] = {
     None: ("gsm7", "ucs2"), "auto": ("gsm7", "ucs2"), "gsm7": ("gsm7",),

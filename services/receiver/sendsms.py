@@ -6,7 +6,7 @@ Parameters as Kannel's smsbox takes them (query string, or a form-encoded POST b
 recipients separated by spaces), `text`, `charset` (of `text`; Kannel's default is UTF-8, or
 UTF-16BE with `coding=2`), `coding` (0 7-bit, 1 8-bit, 2 UCS-2), `dlr-mask`, `dlr-url` (a
 template with Kannel's `%d %p %P %t %A …` escapes, rendered by the sender with
-`shared.kannel.render_dlr_url`), `smsc` (a route hint), `priority` (0–3), `validity` and
+`shared.kannel.render_dlr_url`), `smsc` (a route hint), `priority` (0-3), `validity` and
 `deferred` (minutes). Unknown parameters are ignored, as Kannel does.
 
 Answers as Kannel does: `202 0: Accepted for delivery`; `403 Authorization failed for sendsms`;

@@ -170,7 +170,8 @@ class Progress:
         return overall, sustained
 
 
-async def _run_sender(url: str, port: int, args: argparse.Namespace) -> dict[str, Any]:
+async def _run_sender(url: str, port: int, args: argparse.Namespace,
+                      datadir: Path | None) -> dict[str, Any]:
     conn_cfg = ConnectorSettings(name="bench", host="127.0.0.1", port=port, system_id="bench",
                                  binds=args.binds, window=args.window, enquire_link_s=0,
                                  response_timeout_s=30,
@@ -204,7 +205,7 @@ async def _run_sender(url: str, port: int, args: argparse.Namespace) -> dict[str
         tasks.append(asyncio.create_task(run_matcher(
             pool, MatchSettings.from_connectors([conn_cfg]), stop=stop, limit=args.match_batch,
             wait_for_work=lambda: asyncio.sleep(0.01), on_result=on_match)))
-    t0, cpu0 = time.monotonic(), time.process_time()
+    t0, cpu0, pg0 = time.monotonic(), time.process_time(), _pg_cpu_s(datadir)
     deadline = t0 + args.timeout_s
     while time.monotonic() < deadline:
         await asyncio.sleep(0.25)
@@ -213,6 +214,9 @@ async def _run_sender(url: str, port: int, args: argparse.Namespace) -> dict[str
         if done and (not args.receipts or matched_n >= args.messages):
             break
     elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    # Backends' CPU is only visible while they live: read it before the pool closes.
+    pg1 = _pg_cpu_s(datadir)
+    pg_cpu = None if pg0 is None or pg1 is None else pg1 - pg0
     stop.set()
     await asyncio.gather(tasks[1], *tasks[2:], return_exceptions=True)
     manager_stop.set()
@@ -221,7 +225,7 @@ async def _run_sender(url: str, port: int, args: argparse.Namespace) -> dict[str
         await gc.close()
     await pool.close()
     return {"submitted": submitted, "matched": matched, "ok": sub.results_ok,
-            "matched_n": matched_n, "elapsed": elapsed, "cpu_s": cpu}
+            "matched_n": matched_n, "elapsed": elapsed, "cpu_s": cpu, "pg_cpu_s": pg_cpu}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -257,14 +261,13 @@ async def _bench(args: argparse.Namespace, admin_url: str, datadir: Path | None)
             target=_sim_main, args=(child, args.receipts, args.receipt_delay_s), daemon=True)
         proc.start()
         port = parent.recv()
-        before, pg0 = await _db_counters(url, stmts), _pg_cpu_s(datadir)
-        result = await _run_sender(url, port, args)
-        after, pg1 = await _db_counters(url, stmts), _pg_cpu_s(datadir)
+        before = await _db_counters(url, stmts)
+        result = await _run_sender(url, port, args, datadir)
+        after = await _db_counters(url, stmts)
         parent.send("stop")
         sim = parent.recv()
         proc.join(10)
-        _report(args, result, before, after, sim, None if pg0 is None or pg1 is None
-                else pg1 - pg0, datadir is not None)
+        _report(args, result, before, after, sim, result["pg_cpu_s"], datadir is not None)
         ok = result["ok"] >= args.messages and (
             not args.receipts or result["matched_n"] >= args.messages)
         return 0 if ok else 1
@@ -289,7 +292,8 @@ def _report(args: argparse.Namespace, r: dict[str, Any], before: dict[str, float
         f"(delay {args.receipt_delay_s}s), binds {args.binds}, window {args.window}/bind, "
         f"claim batch {args.batch}, write-back batch {args.flush}, "
         f"deliver_sm handlers/bind {args.handler_concurrency}",
-        f"  accepted submit_sm: {r['ok']}  matched receipts: {r['matched_n']}  "
+        f"  accepted submit_sm: {r['ok']} (simulator counted {sim['submits']}, sent "
+        f"{sim['receipts_sent']} receipts)  matched receipts: {r['matched_n']}  "
         f"elapsed {r['elapsed']:.1f}s",
         f"  submit_sm/s: overall {s_all:,.0f}, sustained (10-90%) {s_sus:,.0f}",
     ]

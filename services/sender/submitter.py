@@ -196,8 +196,9 @@ def concat_ref(msg_id: int, method: str) -> int:
     return msg_id & (0xFF if method == "udh8" else 0xFFFF)
 
 
-def build_parts(row: Claimed, connector: Any) -> list[tuple[int, P.SubmitSm]]:
-    """Split a message for `connector` into (part_no, submit_sm), skipping done parts.
+def build_parts(row: Claimed, connector: Any) -> tuple[int, list[tuple[int, P.SubmitSm]]]:
+    """Split a message for `connector`: (parts in total, [(part_no, submit_sm)]), skipping
+    the parts an earlier attempt already got accepted.
 
     Raises ValueError/TextTooLong/UnicodeEncodeError when the text cannot be sent (the
     caller rejects the message).
@@ -205,7 +206,7 @@ def build_parts(row: Claimed, connector: Any) -> list[tuple[int, P.SubmitSm]]:
     text = row.body or ""
     if connector.transliterate:
         text = transliterate(text)
-    allowed = list(connector.encodings)
+    allowed = connector.encodings
     enc = row.encoding if row.encoding in allowed else choose_encoding(
         text, allowed, connector.long_message)
     if enc == "gsm7" and connector.gsm7_packed:
@@ -224,17 +225,7 @@ def build_parts(row: Claimed, connector: Any) -> list[tuple[int, P.SubmitSm]]:
             destination_addr=dest, esm_class=0x40 if piece.udhi else 0,
             registered_delivery=connector.registered_delivery, data_coding=dc,
             short_message=piece.short_message, tlvs=piece.tlvs)))
-    return out
-
-
-def count_parts(row: Claimed, connector: Any) -> int:
-    """How many parts the message has in total on `connector`."""
-    text = row.body or ""
-    if connector.transliterate:
-        text = transliterate(text)
-    enc = row.encoding if row.encoding in connector.encodings else choose_encoding(
-        text, list(connector.encodings), connector.long_message)
-    return len(split(text, enc, connector.long_message, 0))
+    return len(pieces), out
 
 
 @lru_cache(maxsize=4096)
@@ -500,6 +491,8 @@ class Lane:
         self.draining = False
         self.in_flight = 0
         self._workers: list[asyncio.Task[None]] = []
+        self._cached: Sequence[Any] = ()
+        self._cached_at = -1.0
 
     @property
     def capacity(self) -> int:
@@ -523,9 +516,17 @@ class Lane:
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
 
+    def _bound(self) -> Sequence[Any]:
+        # The bound-session list is rebuilt at most every 20 ms (it is read once per submit);
+        # a session that died meanwhile answers NOT_SENT and the part is retried.
+        now = time.monotonic()
+        if now - self._cached_at > 0.02:
+            self._cached, self._cached_at = self.sessions(), now
+        return self._cached
+
     def _pick_session(self) -> Any | None:
         best, best_load = None, None
-        for s in self.sessions():
+        for s in self._bound():
             session = s.client.session
             load = session.outstanding if session is not None else 0
             if best_load is None or load < best_load:
@@ -738,8 +739,7 @@ class Submitter:
 
     def _enqueue(self, row: Claimed, lane: Lane) -> None:
         try:
-            parts = build_parts(row, lane.connector)
-            total = count_parts(row, lane.connector)
+            total, parts = build_parts(row, lane.connector)
         except (ValueError, TextTooLong, UnicodeError) as exc:
             self.flusher.add(Outcome(msg_id=row.id, status="rejected", row=row,
                                      error=f"cannot encode: {exc}", connector=lane.name,

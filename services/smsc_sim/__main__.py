@@ -143,7 +143,7 @@ def main(argv: list[str]) -> int:
         await serve(args, stop)
 
     try:
-        import uvloop  # noqa: PLC0415 - optional speed-up, only for the CLI
+        import uvloop
 
         uvloop.run(run())
     except OSError as exc:

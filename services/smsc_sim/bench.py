@@ -43,7 +43,7 @@ RECEIPT = P.encode(
 def conditions() -> dict[str, Any]:
     """What the numbers were measured on."""
     try:
-        import uvloop  # noqa: PLC0415
+        import uvloop
 
         loop = f"uvloop {uvloop.__version__}"
     except ImportError:
@@ -191,7 +191,7 @@ async def bench_network(port: int, runs: int, seconds: float, sim_total: int) ->
 
 
 async def _in_process_network(runs: int, seconds: float, sim_total: int) -> dict[str, Any]:
-    from services.smsc_sim.server import SimConfig, Simulator  # noqa: PLC0415
+    from services.smsc_sim.server import SimConfig, Simulator
 
     async with Simulator(SimConfig(keep_submits=False)) as sim:
         return await bench_network(sim.port, runs, seconds, sim_total)
@@ -210,12 +210,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--codec-only", action="store_true", help="skip the network figures")
     args = parser.parse_args(argv)
 
-    print(json.dumps({"conditions": conditions()}))  # noqa: T201 - a CLI report
-    print(json.dumps({"codec": _rounded(bench_codec(args.runs, args.codec_number))}))  # noqa: T201
+    print(json.dumps({"conditions": conditions()}))
+    print(json.dumps({"codec": _rounded(bench_codec(args.runs, args.codec_number))}))
     if args.codec_only:
         return 0
     try:
-        import uvloop  # noqa: PLC0415
+        import uvloop
 
         runner: Callable[[Any], Any] = uvloop.run
     except ImportError:
@@ -231,7 +231,7 @@ def main(argv: list[str]) -> int:
             proc.terminate()
             proc.wait(10)
         where = "child process"
-    print(json.dumps({"network": _rounded(net), "simulator": where}))  # noqa: T201
+    print(json.dumps({"network": _rounded(net), "simulator": where}))
     return 0
 
 

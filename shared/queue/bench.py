@@ -181,13 +181,18 @@ async def run_once(pool: asyncpg.Pool, dsn: str, cpu: ServerCpu, *, mode: str, b
     return Result(messages, wall, client, server)
 
 
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
 async def _conditions(pool: asyncpg.Pool, embedded: bool) -> list[str]:
     settings = {r["name"]: r["setting"] for r in await pool.fetch(
         "SELECT name, setting FROM pg_settings WHERE name = ANY($1)",
         ["fsync", "synchronous_commit", "full_page_writes", "shared_buffers", "server_version"])}
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
+    model = _cpu_model()
     load = os.getloadavg()
     return [
         f"machine: {os.cpu_count()} cores ({model}), load average {load[0]:.2f} {load[1]:.2f}",
@@ -201,10 +206,6 @@ async def _conditions(pool: asyncpg.Pool, embedded: bool) -> list[str]:
 
 
 async def _bench(args: argparse.Namespace, dsn: str, postmaster: int | None) -> None:
-    try:
-        import uvloop  # noqa: F401  (only to report it; asyncio.run below already uses it)
-    except ImportError:
-        pass
     pool = await db.create_pool(dsn, min_size=args.producers + args.consumers + 1,
                                 max_size=args.producers + args.consumers + 2)
     try:

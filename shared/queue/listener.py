@@ -158,7 +158,7 @@ class Listener:
         conn.remove_termination_listener(self._terminated)
         try:
             await asyncio.wait_for(conn.close(), timeout=2.0)
-        except (*_CONNECTION_ERRORS, asyncio.TimeoutError):
+        except (TimeoutError, *_CONNECTION_ERRORS):
             conn.terminate()
 
     async def _healthy(self) -> bool:

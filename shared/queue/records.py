@@ -100,7 +100,7 @@ def _builder(cls: type) -> Any:
         lines.append(f"    _set(o, {f.name!r}, {get})")
     lines.append("    return o")
     ns: dict[str, Any] = {"cls": cls, "_new": object.__new__, "_set": object.__setattr__}
-    exec("\n".join(lines), ns)  # noqa: S102 - field names come from our own dataclasses
+    exec("\n".join(lines), ns)
     return ns["build"]
 
 
@@ -294,6 +294,7 @@ class MoPart(_FromRecord):
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+    meta: Any  # added by migration 0003
 
 
 # -- results of store functions -----------------------------------------------------------------

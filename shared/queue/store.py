@@ -73,7 +73,8 @@ class _Table:
 
 
 _QUEUE_COLS: Final = {
-    "status": ("text", "'queued'"), "attempts": ("int4", "0"), "run_after": ("timestamptz", "now()"),
+    "status": ("text", "'queued'"), "attempts": ("int4", "0"),
+    "run_after": ("timestamptz", "now()"),
     "last_error": ("text", None), "created_at": ("timestamptz", "now()"),
 }
 
@@ -121,7 +122,7 @@ TABLES: Final[Mapping[str, _Table]] = {
         {"connector": ("text", None), "from_addr": ("text", None), "to_addr": ("text", None),
          "ref": ("int4", None), "total": ("int2", None), "seq": ("int2", None),
          "body": ("text", None), "raw": ("bytea", None), "data_coding": ("int2", None),
-         "inbound_id": ("int8", None), **_QUEUE_COLS}),
+         "inbound_id": ("int8", None), "meta": ("jsonb", None), **_QUEUE_COLS}),
 }
 
 # Head-of-line keys a claim may use, per table (identifiers, whitelisted).
@@ -439,13 +440,13 @@ async def read_events(conn: Conn, message_table: str, message_id: int) -> list[E
     return [Event.from_record(r) for r in rows]
 
 
-async def find_inbound(conn: Conn, id: int) -> InboundMessage | None:  # noqa: A002
+async def find_inbound(conn: Conn, id: int) -> InboundMessage | None:
     """An MO by id from `inbound`, else `inbound_history`; None when neither has it."""
     rec = await conn.fetchrow(_q("find_message", "inbound"), id)
     return None if rec is None else InboundMessage.from_record(rec)
 
 
-async def find_outbound(conn: Conn, id: int) -> OutboundMessage | None:  # noqa: A002
+async def find_outbound(conn: Conn, id: int) -> OutboundMessage | None:
     """An MT by id from `outbound`, else `outbound_history`; None when neither has it."""
     rec = await conn.fetchrow(_q("find_message", "outbound"), id)
     return None if rec is None else OutboundMessage.from_record(rec)
@@ -553,7 +554,8 @@ _STATS: Final = (
 def _stats_sql() -> LiteralString:
     parts = []
     for table, status, order in _STATS:
-        depth = f"(SELECT count(*) FROM (SELECT 1 FROM {table} WHERE status = '{status}' LIMIT $1) c)"
+        depth = (f"(SELECT count(*) FROM (SELECT 1 FROM {table} "
+                 f"WHERE status = '{status}' LIMIT $1) c)")
         if order:
             oldest = (f"(SELECT min(created_at) FROM (SELECT created_at FROM {table} "
                       f"WHERE status = '{status}' ORDER BY {order} LIMIT 1) o)")

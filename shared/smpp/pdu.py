@@ -384,7 +384,7 @@ def _generated_init(cls: type[Any]) -> Callable[..., None]:
     for f in fields:
         namespace[f"_d_{f.name}"] = f.default
         namespace[f"_s_{f.name}"] = getattr(cls, f.name).__set__
-    exec("\n".join(lines), namespace)  # noqa: S102 - generated from our own field names
+    exec("\n".join(lines), namespace)
     return namespace["__init__"]  # type: ignore[no-any-return]
 
 
@@ -775,7 +775,7 @@ def _fast_constructor(cls: type[Any]) -> Callable[..., Any]:
     lines.append("    return o")
     namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
     namespace.update({f"_s_{n}": getattr(cls, n).__set__ for n in names})
-    exec("\n".join(lines), namespace)  # noqa: S102 - generated from our own field names
+    exec("\n".join(lines), namespace)
     return namespace["make"]  # type: ignore[no-any-return]
 
 

@@ -23,11 +23,11 @@ import contextlib
 import logging
 import random
 import ssl
-from ssl import SSLContext
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from ssl import SSLContext
 from typing import Any
 
 from shared.errors import SmppBindRejected, SmppError, SmppProtocolError

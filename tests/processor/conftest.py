@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import CollectorRegistry
 
 from services.processor import rules_cli
 from services.processor.engine import Engine
@@ -14,7 +15,6 @@ from services.processor.metrics import ProcessorMetrics
 from services.processor.options import ProcessorKeys
 from services.processor.rules import parse_rules
 from shared.queue import store
-from prometheus_client import CollectorRegistry
 
 SHORT = "80080"
 

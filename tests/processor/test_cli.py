@@ -113,5 +113,5 @@ async def test_cli_change_applies_to_running_engine_next_batch(db_url, pool, mak
 
 async def wait_for(pool, sql: str, timeout_s: float = 10) -> None:
     async with asyncio.timeout(timeout_s):
-        while not await pool.fetchval(sql):
+        while not await pool.fetchval(sql):  # noqa: ASYNC110 - polls the DB
             await asyncio.sleep(0.02)

@@ -59,7 +59,8 @@ async def test_jobs_do_their_work(pool) -> None:
     settings = ProcessorKeys(jobs=JobSettings(receipt_orphan_after_s=1, mo_fragment_timeout_s=1))
     retention = RetentionSettings(finished_after_s=0)
     await pool.execute("""
-        INSERT INTO receipts (connector, smsc_id, created_at) VALUES ('c', 'x1', now() - interval '1 hour');
+        INSERT INTO receipts (connector, smsc_id, created_at)
+             VALUES ('c', 'x1', now() - interval '1 hour');
         INSERT INTO mo_parts (connector, from_addr, to_addr, ref, total, seq, body, created_at)
              VALUES ('c', '+447700900001', '80080', 7, 2, 1, 'part one', now() - interval '1 hour');
         INSERT INTO inbound (channel, provider, from_addr, to_addr, body, status, updated_at)

@@ -66,7 +66,7 @@ async def test_two_processors_keep_each_numbers_order(pool, make_engine) -> None
     workers = [asyncio.create_task(run_engine(make_engine(), done)) for _ in range(2)]
     try:
         async with asyncio.timeout(60):
-            while await pool.fetchval(
+            while await pool.fetchval(  # noqa: ASYNC110
                     "SELECT count(*) FROM inbound WHERE status <> 'done'") > 0:
                 await asyncio.sleep(0.1)
     finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,7 +16,7 @@ from services.processor.rules import (
     rule_from_row,
 )
 
-AT = datetime(2026, 12, 10, 12, 0, tzinfo=timezone.utc)
+AT = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
 
 
 def ruleset(*rules: dict) -> RuleSet:
@@ -127,7 +127,7 @@ def test_quota_period_keys_use_the_zone() -> None:
                            "actions": [{"type": "campaign_entry", "campaign": "c",
                                         "quota": {"per": "day", "max": 1}}]}])
     quota = rule.actions[0].quota
-    late = datetime(2026, 12, 11, 3, 0, tzinfo=timezone.utc)  # still 10 Dec in New York
+    late = datetime(2026, 12, 11, 3, 0, tzinfo=UTC)  # still 10 Dec in New York
     assert period_key(quota, rule.match.window, late) == "2026-12-10"
     assert period_key(None, None, late) == "campaign"
 

@@ -10,8 +10,11 @@ import pytest
 
 from shared import db
 
+Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
-def inbound_row(from_addr: str = "+4915100000001", body: str = "hello", **kw: Any) -> dict[str, Any]:
+
+def inbound_row(from_addr: str = "+4915100000001", body: str = "hello",
+                **kw: Any) -> dict[str, Any]:
     """One inbound row as the receiver would enqueue it."""
     return {"channel": "http", "provider": "generic", "from_addr": from_addr, "to_addr": "12345",
             "body": body, **kw}
@@ -23,7 +26,7 @@ def outbound_row(to_addr: str = "+4915100000002", body: str = "hi", **kw: Any) -
 
 
 @pytest.fixture
-async def connect(db_url: str) -> AsyncIterator[Callable[[], Awaitable[asyncpg.Connection]]]:
+async def connect(db_url: str) -> AsyncIterator[Connect]:
     """Open dedicated connections (closed or terminated by the test, or at teardown)."""
     opened: list[asyncpg.Connection] = []
 

@@ -7,17 +7,18 @@ import random
 from collections import Counter
 
 import asyncpg
+import pytest
 
 from shared.queue import store
 
-from .conftest import inbound_row, outbound_row
+from .conftest import Connect, inbound_row, outbound_row
 
 
 async def _fill(pool: asyncpg.Pool, table: str, n: int, chunk: int = 1000) -> None:
     row = inbound_row if table == "inbound" else outbound_row
     for start in range(0, n, chunk):
-        await store.enqueue(pool, table, [row(body=str(i)) for i in range(start, min(n, start + chunk))],
-                            notify=False)
+        rows = [row(body=str(i)) for i in range(start, min(n, start + chunk))]
+        await store.enqueue(pool, table, rows, notify=False)
 
 
 async def test_tx_mode_no_row_claimed_twice(pool: asyncpg.Pool) -> None:
@@ -55,16 +56,18 @@ async def test_leases_no_row_claimed_twice(pool: asyncpg.Pool) -> None:
                 return
             assert all(r.lease_owner == f"w{n}" and r.status == "sending" for r in rows)
             seen.extend(r.id for r in rows)
-            assert await store.ack(pool, "outbound", [r.id for r in rows], owner=f"w{n}") == len(rows)
+            acked = await store.ack(pool, "outbound", [r.id for r in rows], owner=f"w{n}")
+            assert acked == len(rows)
 
     await asyncio.gather(*(worker(n) for n in range(6)))
     assert len(seen) == 3000
     assert len(set(seen)) == 3000
-    assert await pool.fetchval(
-        "SELECT count(*) FROM outbound WHERE status = 'submitted' AND submitted_at IS NOT NULL") == 3000
+    assert await pool.fetchval("SELECT count(*) FROM outbound "
+                               "WHERE status = 'submitted' AND submitted_at IS NOT NULL") == 3000
 
 
-async def test_claim_never_exceeds_limit_under_8_claimers(pool: asyncpg.Pool, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_claim_never_exceeds_limit_under_8_claimers(
+        pool: asyncpg.Pool, connect: Connect) -> None:
     """1. 2000 rows; 8 connections claim (lease, with reclaim) with limit 7, released together.
     2. 30 rounds: no claim returns more than 7 rows and no row goes to two claimers;
        same for transaction mode on inbound."""
@@ -93,7 +96,8 @@ async def test_claim_never_exceeds_limit_under_8_claimers(pool: asyncpg.Pool, co
     assert len(leased) == 30 * 8 * 7  # plenty of rows: every claim got its full limit
 
 
-async def test_killed_consumer_rows_reclaimed_after_lease(pool: asyncpg.Pool, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_killed_consumer_rows_reclaimed_after_lease(
+        pool: asyncpg.Pool, connect: Connect) -> None:
     """1. A worker on its own connection leases 5 of 10 rows for 1 s, then its connection is
        closed without release (the process died).
     2. Another worker gets only the other 5 rows at once: the dead worker's rows are leased.
@@ -117,7 +121,8 @@ async def test_killed_consumer_rows_reclaimed_after_lease(pool: asyncpg.Pool, co
     assert all(r.reclaimed and r.attempts == 1 and r.lease_owner == "alive" for r in back)
 
 
-async def test_tx_mode_killed_consumer_rows_return_at_once(pool: asyncpg.Pool, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_tx_mode_killed_consumer_rows_return_at_once(
+        pool: asyncpg.Pool, connect: Connect) -> None:
     """1. A consumer claims 5 rows in a transaction; another consumer then sees the other 5.
     2. The first consumer's connection dies: its row locks vanish with it and the rows are
        claimable again at once, still queued with no attempt counted."""
@@ -156,7 +161,7 @@ async def test_late_writeback_after_takeover_changes_nothing(pool: asyncpg.Pool)
     assert await store.release(pool, "outbound", "A") == 0
     assert await store.extend_lease(pool, "outbound", ids, owner="A", lease_s=60) == 0
     rows = await pool.fetch("SELECT status, lease_owner, last_error FROM outbound")
-    assert {(r["status"], r["lease_owner"], r["last_error"]) for r in rows} == {("sending", "B", None)}
+    assert {tuple(r) for r in rows} == {("sending", "B", None)}
 
     done = await store.update_many(pool, "outbound", [(ids[0], "submitted", None),
                                                       (ids[1], "rejected", "ESME_RINVDSTADR"),
@@ -182,7 +187,8 @@ async def test_retry_waits_backoff_then_dead_then_requeue(pool: asyncpg.Pool) ->
         assert cb.id == cid and cb.attempts == attempt - 1
         assert await store.retry(pool, "callbacks", [cid], owner="w", error=f"HTTP 503 #{attempt}",
                                  max_attempts=3, base_s=0.4, cap_s=0.5) == ([cid], [])
-        wait = await pool.fetchval("SELECT extract(epoch FROM run_after - now())::float8 FROM callbacks")
+        wait = await pool.fetchval(
+            "SELECT extract(epoch FROM run_after - now())::float8 FROM callbacks")
         assert 0.35 <= wait <= 0.5
         assert await store.claim_leased(pool, "callbacks", limit=5, owner="w", lease_s=30) == []
         await asyncio.sleep(wait + 0.02)
@@ -211,7 +217,8 @@ async def test_release_returns_rows_without_attempt(pool: asyncpg.Pool) -> None:
     assert len(again) == 4 and all(r.attempts == 0 and not r.reclaimed for r in again)
 
 
-async def test_head_of_line_keeps_per_number_order(pool: asyncpg.Pool, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_head_of_line_keeps_per_number_order(
+        pool: asyncpg.Pool, connect: Connect) -> None:
     """1. Number A has rows a1 < a2 < a3, number B has b1.
     2. A claim hands out a1 and b1 only; while a1 is locked by that transaction, a second
        consumer gets nothing (a2 waits behind a1).
@@ -247,8 +254,8 @@ async def test_head_of_line_keeps_per_number_order(pool: asyncpg.Pool, connect) 
 
 
 async def test_head_of_line_order_with_concurrent_processors(pool: asyncpg.Pool) -> None:
-    """1. 20 numbers × 25 messages interleaved; 5 processors claim with the head-of-line
-       condition, and about 10% of claims fail once and retry after 20–40 ms.
+    """1. 20 numbers x 25 messages interleaved; 5 processors claim with the head-of-line
+       condition, and about 10% of claims fail once and retry after 20 to 40 ms.
     2. Each number's messages are processed exactly once, strictly in id order."""
     rows = [inbound_row(f"N{i % 20}", str(i)) for i in range(500)]
     res = await store.enqueue(pool, "inbound", rows)
@@ -282,3 +289,34 @@ async def test_head_of_line_order_with_concurrent_processors(pool: asyncpg.Pool)
     for number, seq in processed.items():
         assert seq == sorted(seq), number
         assert all(by_id[i] == number for i in seq)
+
+
+async def test_write_backs_validate_and_never_leave_terminal_states(pool: asyncpg.Pool) -> None:
+    """1. fail() refuses a non-terminal status, ack()/update_many() an unknown one, a lease
+       claim a table without leases.
+    2. A row failed as rejected keeps its error; a later ack or retry does not change it.
+    3. extend_lease moves the owner's lease forward."""
+    await _fill(pool, "outbound", 2)
+    a, b = await store.claim_leased(pool, "outbound", limit=2, owner="w", lease_s=5)
+    with pytest.raises(ValueError, match="terminal"):
+        await store.fail(pool, "outbound", [a.id], owner="w", status="sending", error="x")
+    with pytest.raises(ValueError, match="status"):
+        await store.ack(pool, "outbound", [a.id], owner="w", status="sent")
+    with pytest.raises(ValueError, match="status"):
+        await store.update_many(pool, "outbound", [(a.id, "bogus", None)], owner="w")
+    with pytest.raises(ValueError, match="not a queue table here"):
+        await store.claim_leased(pool, "inbound", limit=1, owner="w", lease_s=5)
+
+    assert await store.fail(pool, "outbound", [a.id], owner="w", status="rejected",
+                            error="ESME_RINVDSTADR") == 1
+    assert await store.ack(pool, "outbound", [a.id]) == 0
+    assert await store.retry(pool, "outbound", [a.id], error="x", max_attempts=3, base_s=1,
+                             cap_s=1) == ([], [])
+    row = await pool.fetchrow("SELECT status, last_error, done_at IS NOT NULL AS done "
+                              "FROM outbound WHERE id = $1", a.id)
+    assert tuple(row) == ("rejected", "ESME_RINVDSTADR", True)
+
+    assert await store.extend_lease(pool, "outbound", [b.id], owner="w", lease_s=120) == 1
+    left = await pool.fetchval("SELECT extract(epoch FROM lease_until - now())::float8 "
+                               "FROM outbound WHERE id = $1", b.id)
+    assert 110 < left <= 120

@@ -10,7 +10,7 @@ import pytest
 from shared.queue import store
 from shared.queue.records import DedupeKey
 
-from .conftest import inbound_row, outbound_row
+from .conftest import Connect, inbound_row, outbound_row
 
 
 async def test_enqueue_batch_returns_ids_in_input_order(pool: asyncpg.Pool) -> None:
@@ -60,7 +60,8 @@ async def test_dedupe_in_batch_across_batches_and_fingerprints(pool: asyncpg.Poo
     assert not other[0].duplicate
 
 
-async def test_dedupe_concurrent_enqueues_one_row_per_key(pool: asyncpg.Pool, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_dedupe_concurrent_enqueues_one_row_per_key(pool: asyncpg.Pool,
+                                                         connect: Connect) -> None:
     """1. Eight connections each open a transaction and enqueue the same 20 keys (shuffled order
        differs per connection, so they race on every key).
     2. No unique violation reaches any caller; every key has exactly one row, and every
@@ -89,7 +90,7 @@ async def test_dedupe_concurrent_enqueues_one_row_per_key(pool: asyncpg.Pool, co
         assert res == by_key
 
 
-async def test_enqueue_notifies_once_per_call(pool: asyncpg.Pool, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_enqueue_notifies_once_per_call(pool: asyncpg.Pool, connect: Connect) -> None:
     """1. LISTEN on the outbound channel.
     2. Enqueue 100 rows in one call, then a duplicate-only call (nothing inserted) and a
        notify=False call: exactly one notification arrives."""

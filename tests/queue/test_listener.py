@@ -51,7 +51,8 @@ async def _listener_pid(pool: asyncpg.Pool) -> int:
     raise AssertionError("listener connection not found")
 
 
-async def test_notify_wakes_idle_consumer_with_60s_fallback(pool: asyncpg.Pool, db_url: str) -> None:
+async def test_notify_wakes_idle_consumer_with_60s_fallback(pool: asyncpg.Pool,
+                                                            db_url: str) -> None:
     """1. A consumer with a 60 s fallback timer drains the empty queue and waits.
     2. A producer enqueues 30 rows (one NOTIFY at commit).
     3. The consumer claims all 30 within 5 s: only the notification can explain it (the timer
@@ -134,7 +135,8 @@ async def test_killed_listener_reconnects_and_catches_up(pool: asyncpg.Pool, db_
     assert not listener.connected
 
 
-async def test_wait_returns_true_on_notify_false_on_timeout(pool: asyncpg.Pool, db_url: str) -> None:
+async def test_wait_returns_true_on_notify_false_on_timeout(pool: asyncpg.Pool,
+                                                            db_url: str) -> None:
     """1. wait() with nothing notified times out with False.
     2. store.notify inside a transaction is delivered only at commit; wait() then returns True
        and clears the event, so the next wait times out again."""

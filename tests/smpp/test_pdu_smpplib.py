@@ -239,8 +239,10 @@ def test_message_payload_both_ways(seq, fields, payload):
 
 
 @given(
-    seq=st.integers(1, 0x7FFFFFFF), service_type=cstr(6), ton=u8, npi=u8, source=cstr(65),
-    dest=cstr(65), esm=u8, reg=u8, dc=u8, payload=st.binary(min_size=1, max_size=200),
+    # SMPP 3.4 allows 64-character data_sm addresses, but smpplib's DataSM declares 21 and
+    # truncates, so the cross-check stays within what both accept (ours: test_pdu_properties).
+    seq=st.integers(1, 0x7FFFFFFF), service_type=cstr(6), ton=u8, npi=u8, source=cstr(21),
+    dest=cstr(21), esm=u8, reg=u8, dc=u8, payload=st.binary(min_size=1, max_size=200),
 )  # fmt: skip
 @settings(max_examples=25, deadline=None)
 def test_data_sm_both_ways(seq, service_type, ton, npi, source, dest, esm, reg, dc, payload):

@@ -1,0 +1,221 @@
+"""tests/ops fixtures: run `smsgw up` as a subprocess for the end-to-end tests (free ports, an
+own data folder, its output collected), helpers to wait for it and read what it wrote, and the
+opt-in switch of the `prometheus` tests (run them with `-m prometheus`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_block(offsets: list[int]) -> int:
+    """A base port such that base + each offset is free now."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000, 10)
+        if all(port_free(base + o) for o in offsets):
+            return base
+    raise RuntimeError("no free port block")
+
+
+def clean_env() -> dict[str, str]:
+    """Our environment without SMSGW_* (so the embedded default is used) and systemd's vars."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("SMSGW_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+
+
+def wait_for(cond: Callable[[], Any], timeout_s: float, what: str, step_s: float = 0.2) -> Any:
+    """Poll `cond` until it returns something truthy; fail with `what` after the timeout."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        value = cond()
+        if value:
+            return value
+        time.sleep(step_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@dataclass
+class Up:
+    """One `smsgw up` process."""
+
+    data_dir: Path
+    extra: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=clean_env)
+    proc: subprocess.Popen[str] | None = None
+    out: list[str] = field(default_factory=list)
+    err: list[str] = field(default_factory=list)
+    base: int = 0
+
+    def start(self) -> None:
+        # offsets from the base: API 80, metrics 100 + 1..3 (+10 per instance), SMPP 75
+        self.base = free_block([80, 81, 75, 101, 102, 103, 111, 112, 113])
+        argv = [sys.executable, "-m", "services.cli", "up", "--data-dir", str(self.data_dir),
+                "--api-port", str(self.base + 80), "--metrics-port-base", str(self.base + 100),
+                "--smpp-port", str(self.base + 75), "--stop-timeout", "30", *self.extra]
+        self.proc = subprocess.Popen(argv, env=self.env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, cwd=self.data_dir.parent)
+        for stream, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
+            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(stream: Any, sink: list[str]) -> None:
+        for line in stream:
+            sink.append(line.rstrip("\n"))
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.base + 80}"
+
+    def text(self) -> str:
+        return "\n".join(self.out) + "\n--- stderr ---\n" + "\n".join(self.err)
+
+    def wait_up(self, timeout_s: float = 150) -> None:
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"smsgw up exited {self.proc.returncode}:\n{self.text()}")
+            return any(line == "smsgw is up." for line in self.out)
+        wait_for(ready, timeout_s, "smsgw up to print its banner")
+
+    def curl_line(self) -> str:
+        for line in self.out:
+            if line.strip().startswith("curl "):
+                return line.strip()
+        raise AssertionError(f"no curl line in the banner:\n{self.text()}")
+
+    def endpoints(self) -> dict[str, Any]:
+        return json.loads((self.data_dir / "endpoints.json").read_text())
+
+    def smsgw(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run an admin command next to this `up` (it finds the data folder's config)."""
+        return subprocess.run([sys.executable, "-m", "services.cli", *args, "--data-dir",
+                               str(self.data_dir)], env=self.env, capture_output=True,
+                              text=True, timeout=timeout, cwd=self.data_dir.parent)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout_s: float = 120) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout_s)
+
+    def kill(self) -> None:
+        """Last-resort cleanup: kill up, its children and its Postgres."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        with contextlib.suppress(Exception):
+            for pid in self.endpoints()["children"].values():
+                with contextlib.suppress(ProcessLookupError, TypeError):
+                    os.kill(pid, signal.SIGKILL)
+        pg = self.data_dir / "pg"
+        if (pg / "postmaster.pid").exists():
+            from shared.embedded_pg import EmbeddedPostgres
+            EmbeddedPostgres(pg, port=1).stop(mode="immediate")
+
+
+def curl_equivalent(line: str) -> tuple[str, dict[str, str], bytes]:
+    """(URL, headers, body) of the banner's `curl -X POST URL -H … -d …` line."""
+    words = shlex.split(line)
+    url = next(w for w in words if w.startswith("http"))
+    headers = {}
+    body = b""
+    for i, w in enumerate(words):
+        if w == "-H":
+            k, v = words[i + 1].split(":", 1)
+            headers[k.strip()] = v.strip()
+        elif w == "-d":
+            body = words[i + 1].encode()
+    return url, headers, body
+
+
+def log_events(path: Path) -> list[dict[str, Any]]:
+    """The JSON log lines of one child's log file."""
+    events = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            events.append(json.loads(line))
+    return events
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is gone for our purpose.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return re.search(r"\) (\S)", stat).group(1) != "Z"  # type: ignore[union-attr]
+    return False
+
+
+# --- fixtures -----------------------------------------------------------------------------
+
+@pytest.fixture
+def up_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Make `Up` runners (each with its own data folder under tmp); all cleaned up after."""
+    made: list[Up] = []
+
+    def make(extra: list[str] | None = None, data_dir: Path | None = None) -> Up:
+        up = Up(data_dir or tmp_path / f"up{len(made)}" / "data", extra=list(extra or []))
+        up.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        made.append(up)
+        return up
+
+    yield make
+    for up in made:
+        up.kill()
+
+
+@pytest.fixture
+def ops() -> types.SimpleNamespace:
+    """The helper functions of this folder."""
+    return types.SimpleNamespace(wait_for=wait_for, curl_equivalent=curl_equivalent,
+                                 log_events=log_events, pid_alive=pid_alive,
+                                 port_free=port_free, free_block=free_block, clean_env=clean_env)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`prometheus` tests are opt-in: they run only when selected with `-m prometheus`."""
+    selected = config.getoption("-m") or ""
+    if "prometheus" in selected and "not prometheus" not in selected:
+        return
+    skip = pytest.mark.skip(reason="opt-in: run with -m prometheus")
+    for item in items:
+        if "prometheus" in item.keywords:
+            item.add_marker(skip)

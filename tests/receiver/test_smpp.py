@@ -1,0 +1,169 @@
+"""SMPP intake over real sockets: rx binds through global bind slots, MO, fragments, receipts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+import pytest
+
+from services.receiver.context import ReceiverContext, build_context
+from services.receiver.options import ReceiverOptions
+from services.receiver.smpp_intake import SmppIntake
+from services.smsc_sim.server import Simulator
+from shared import db
+from shared.smpp import pdu as P
+from shared.smpp.connector import ConnectorSettings
+
+from .conftest import SERVER_SECRET, webhook_settings
+
+
+def connector(port: int, binds: int, name: str = "rx1") -> ConnectorSettings:
+    return ConnectorSettings(name=name, port=port, system_id="smsgw", bind_mode="receiver",
+                             binds=binds, default_country="GB", reconnect_min_s=0.05,
+                             reconnect_max_s=0.2, enquire_link_s=0)
+
+
+@dataclass
+class Instance:
+    """One receiver instance's SMPP side: its context, intake and bound-session count."""
+
+    ctx: ReceiverContext
+    intake: SmppIntake
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+    pool: asyncpg.Pool
+    bound: dict[str, int] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait_bound(self, n: int) -> None:
+        """Wait (≤ 10 s) until this instance has `n` bound rx sessions."""
+        await wait_total([self], n)
+
+    async def shutdown(self) -> None:
+        """Stop as the daemon does: unbind (handlers finish first), then flush and close."""
+        self.stop.set()
+        await self.task
+        await self.ctx.close(timeout_s=2)
+        await self.pool.close()
+
+
+StartInstance = Callable[[list[ConnectorSettings]], "asyncio.Future[Instance]"]
+
+
+@pytest.fixture
+async def start_instance(db_url: str) -> AsyncIterator[Callable[..., object]]:
+    """Start receiver instances (own pool, own committers, own rx binds) on the test DB."""
+    running: list[Instance] = []
+
+    async def start(connectors: list[ConnectorSettings]) -> Instance:
+        pool = await db.create_pool(db_url, min_size=1, max_size=4)
+        ctx = build_context(pool, ReceiverOptions(default_country="GB"), webhook_settings(),
+                            server_secret=SERVER_SECRET)
+        holder: dict[str, Instance] = {}
+
+        def on_up(name: str, mode: str, n: int) -> None:
+            inst = holder["i"]
+            inst.bound[name] = n
+            inst.changed.set()
+
+        intake = SmppIntake(connectors, db_url, ctx.intake, on_up=on_up, retry_s=0.1,
+                            check_s=0.2, grace_s=0.05)
+        stop = asyncio.Event()
+        inst = Instance(ctx, intake, stop, asyncio.get_running_loop().create_task(
+            intake.run(stop)), pool)
+        holder["i"] = inst
+        running.append(inst)
+        return inst
+
+    yield start
+    for inst in running:
+        if not inst.stop.is_set():
+            with contextlib.suppress(Exception):
+                await inst.shutdown()
+
+
+async def test_two_receivers_share_one_bind_slot(start_instance, pool: asyncpg.Pool) -> None:  # type: ignore[no-untyped-def]
+    """1. two receiver instances on a connector with binds=1
+    2. the simulator counts one bind, also after the loser retried several times
+    3. an MO goes through the one bind and is committed before ESME_ROK."""
+    async with Simulator() as sim:
+        conns = [connector(sim.port, binds=1)]
+        a = await start_instance(conns)
+        b = await start_instance(conns)
+        await wait_total([a, b], 1)
+        await asyncio.sleep(1.0)  # ~10 acquisition retries of the other instance
+        assert sim.bind_count == 1 and sim.counters.binds == 1
+        assert sum(a.bound.values()) + sum(b.bound.values()) == 1
+        status = await sim.send_mo("STOP", source_addr="447700900123")
+        assert status == P.SMPP_ESME_ROK
+        row = await pool.fetchrow("SELECT * FROM inbound")
+        assert row["from_addr"] == "+447700900123" and row["body"] == "STOP"
+        assert row["channel"] == "smpp" and row["connector"] == "rx1"
+
+
+def _fragment(ref: int, total: int, seq: int, text: str) -> bytes:
+    return bytes([5, 0, 3, ref, total, seq]) + text.encode("ascii")
+
+
+async def test_fragments_over_two_instances_and_a_restart(start_instance,  # type: ignore[no-untyped-def]
+                                                          pool: asyncpg.Pool) -> None:
+    """1. instance A holds both binds of a binds=2 connector; B waits for a slot
+    2. fragment 2 of 3 arrives at A; A restarts (stops; a new A' starts)
+    3. B takes the freed slots; fragments 1 and 3 arrive there (one of them twice)
+    4. exactly one inbound message with the text in order; fragments all done."""
+    async with Simulator() as sim:
+        conns = [connector(sim.port, binds=2)]
+        a = await start_instance(conns)
+        await a.wait_bound(2)
+        b = await start_instance(conns)
+        assert await sim.send_mo(_fragment(42, 3, 2, "lo wo"), esm_class=0x40,
+                                 source_addr="447700900123") == P.SMPP_ESME_ROK
+        assert await pool.fetchval("SELECT count(*) FROM inbound") == 0
+        await a.shutdown()
+        await b.wait_bound(2)
+        a2 = await start_instance(conns)
+        for frag in (_fragment(42, 3, 1, "hel"), _fragment(42, 3, 3, "rld"),
+                     _fragment(42, 3, 3, "rld")):
+            assert await sim.send_mo(frag, esm_class=0x40,
+                                     source_addr="447700900123") == P.SMPP_ESME_ROK
+        rows = await pool.fetch("SELECT * FROM inbound")
+        assert len(rows) == 1 and rows[0]["body"] == "hello world"
+        assert rows[0]["meta"]["concat"]["received"] == [1, 2, 3]
+        assert await pool.fetchval(
+            "SELECT count(*) FROM mo_parts WHERE status = 'done'") == 4  # 3 + the re-send
+        assert sum(a2.bound.values()) == 0
+
+
+async def test_receipt_stored_for_matching(start_instance, pool: asyncpg.Pool) -> None:  # type: ignore[no-untyped-def]
+    """A receipt deliver_sm (esm_class 0x04) becomes a queued receipts row, never an MO."""
+    async with Simulator() as sim:
+        inst = await start_instance([connector(sim.port, binds=1)])
+        await inst.wait_bound(1)
+        text = (b"id:0A1B2C sub:001 dlvrd:001 submit date:2611271200 done date:2611271201"
+                b" stat:DELIVRD err:000 text:hello")
+        status = await sim.deliver(P.DeliverSm(source_addr="447700900123",
+                                               destination_addr="MyBrand", esm_class=0x04,
+                                               short_message=text))
+        assert status == P.SMPP_ESME_ROK
+        row = await pool.fetchrow("SELECT * FROM receipts")
+        assert row["smsc_id"] == "0A1B2C" and row["state"] == "delivered" and row["final"]
+        assert row["status"] == "queued" and row["done_date"] is not None
+        assert await pool.fetchval("SELECT count(*) FROM inbound") == 0
+
+
+async def wait_total(instances: list[Instance], n: int) -> None:
+    """Wait (≤ 10 s) until the instances together have `n` bound sessions."""
+    async with asyncio.timeout(10):
+        while sum(sum(i.bound.values()) for i in instances) != n:
+            for i in instances:
+                i.changed.clear()
+            waiters = [asyncio.ensure_future(i.changed.wait()) for i in instances]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
