@@ -1,4 +1,6 @@
-"""Write grafana/dashboards/overview.json and connector.json (run: python grafana/build_dashboards.py).
+"""Write grafana/dashboards/overview.json and connector.json.
+
+Run: python grafana/build_dashboards.py
 
 The dashboards are generated so that every panel follows the same conventions (datasource uid,
 `$__rate_interval`, units) and use only metric names the daemons export (STYLE §3.6: keep the
@@ -173,7 +175,7 @@ def overview() -> dict[str, Any]:
     p.append(panel(g, "Daemons up", [('up{job=~"smsgw-.*"}', "{{job}} {{instance}}")],
                    kind="stat", w=12, h=5))
     p.append(panel(g, "Config reloads", [
-        (f"sum by (outcome) (increase(smsgw_config_reloads_total[1h]))", "{{outcome}}")],
+        ("sum by (outcome) (increase(smsgw_config_reloads_total[1h]))", "{{outcome}}")],
         kind="stat", w=12, h=5))
     return dashboard("smsgw-overview", "smsgw overview", p)
 

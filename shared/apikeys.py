@@ -107,7 +107,7 @@ def generate_key() -> str:
 
 def hash_key(server_secret: bytes, key: str) -> bytes:
     """HMAC-SHA256 of the key under the server secret: what `api_keys.key_hash` stores."""
-    return hmac.new(server_secret, key.encode("utf-8"), hashlib.sha256).digest()
+    return hmac.digest(server_secret, key.encode("utf-8"), hashlib.sha256)
 
 
 def listing_prefix(key: str) -> str:

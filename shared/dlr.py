@@ -49,8 +49,9 @@ FINAL_PART_STATES: Final = frozenset(
 # - `sib`: receipt connector → connectors whose parts it may match (same operator group),
 #   from the config arrays $2 (names) and $3 (operator groups).
 # - `picked`: due queued receipts, oldest first, locked (SKIP LOCKED: matchers never block).
-# - `matched`: each receipt's newest part with its normalised id on a sibling connector,
-#   created at most $4 seconds before the receipt.
+# - `res`: each receipt with its newest part (NULL when none) that has its normalised id on a
+#   sibling connector and was created at most $4 seconds before the receipt. The updates
+#   below join this one CTE only (joining two CTEs made the planner nest loops over both).
 # - `winner`: several receipts for one part in a batch — a final one beats an intermediate
 #   one, then the newest.
 # - `parts`: final receipts set the part's state; every receipt keeps its err.
@@ -62,28 +63,32 @@ WITH sib AS (
       FROM unnest($2::text[], $3::text[]) AS a(connector, grp)
       JOIN unnest($2::text[], $3::text[]) AS b(connector, grp) ON a.grp = b.grp
 ), picked AS MATERIALIZED (
-    SELECT r.id, r.connector, r.smsc_id, r.state, r.final, r.err, r.created_at, r.attempts
+    SELECT r.id, r.connector, r.smsc_id, r.state, r.final, r.err, r.created_at
       FROM receipts r
      WHERE r.status = 'queued' AND r.run_after <= now()
      ORDER BY r.run_after, r.id
      LIMIT $1
        FOR UPDATE SKIP LOCKED
-), matched AS MATERIALIZED (
-    SELECT pk.id AS receipt_id, pk.state, pk.final, pk.err, m.part_id, m.outbound_id
+), res AS MATERIALIZED (
+    -- one row per picked receipt with its part (NULL when none): the part lookup is one
+    -- index probe on (smsc_id, connector) per receipt, the allowed connectors an array
+    SELECT pk.id, pk.state, pk.final, pk.err, m.part_id
       FROM picked pk
-      CROSS JOIN LATERAL (
-          SELECT p.id AS part_id, p.outbound_id
+      LEFT JOIN LATERAL (
+          SELECT p.id AS part_id
             FROM outbound_part p
            WHERE p.smsc_id = pk.smsc_id
-             AND (p.connector = pk.connector
-                  OR p.connector IN (SELECT s.pc FROM sib s WHERE s.rc = pk.connector))
+             AND p.connector = ANY(coalesce(
+                     (SELECT array_agg(s.pc) FROM sib s WHERE s.rc = pk.connector),
+                     ARRAY[pk.connector]))
              AND p.created_at >= pk.created_at - make_interval(secs => $4::float8)
            ORDER BY p.id DESC
-           LIMIT 1) m
+           LIMIT 1) m ON true
 ), winner AS (
     SELECT DISTINCT ON (part_id) part_id, state, final, err
-      FROM matched
-     ORDER BY part_id, final DESC, receipt_id DESC
+      FROM res
+     WHERE part_id IS NOT NULL
+     ORDER BY part_id, final DESC, id DESC
 ), parts AS (
     UPDATE outbound_part AS p
        SET status = CASE WHEN w.final AND w.state IN ('delivered', 'undeliverable', 'expired',
@@ -97,20 +102,20 @@ WITH sib AS (
     RETURNING p.outbound_id, w.final
 ), rcpt AS (
     UPDATE receipts AS r
-       SET status = CASE WHEN m.part_id IS NOT NULL THEN 'matched'
+       SET status = CASE WHEN res.part_id IS NOT NULL THEN 'matched'
                          WHEN r.attempts + 1 >= $6::int THEN 'orphan'
                          ELSE 'queued' END,
-           outbound_part_id = m.part_id,
-           attempts = r.attempts + (m.part_id IS NULL)::int,
-           run_after = CASE WHEN m.part_id IS NULL
+           outbound_part_id = res.part_id,
+           attempts = r.attempts + (res.part_id IS NULL)::int,
+           run_after = CASE WHEN res.part_id IS NULL
                             THEN now() + make_interval(
                                      secs => $5::float8 * power(2, least(r.attempts, 12)))
                             ELSE r.run_after END,
-           last_error = CASE WHEN m.part_id IS NULL THEN 'no part with this smsc id'
+           last_error = CASE WHEN res.part_id IS NULL THEN 'no part with this smsc id'
                              ELSE r.last_error END,
            updated_at = now()
-      FROM picked pk LEFT JOIN matched m ON m.receipt_id = pk.id
-     WHERE r.id = pk.id
+      FROM res
+     WHERE r.id = res.id
     RETURNING r.status
 )
 SELECT coalesce((SELECT array_agg(DISTINCT outbound_id) FROM parts WHERE final), '{}')

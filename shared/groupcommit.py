@@ -68,9 +68,13 @@ class GroupCommitter(Generic[T, R]):
     def __init__(self, pool: asyncpg.Pool, flush: FlushFn[T, R], *, name: str,
                  max_batch: int = 500, max_inflight: int = 2, max_pending: int = 20000,
                  linger_s: float = 0.001, acquire_timeout_s: float = 2.0,
-                 on_commit: CommitObserver | None = None) -> None:
-        """`flush(conn, items)` writes the items inside an open transaction and returns one
-        result per item, in order. `on_commit(rows, seconds)` observes each committed batch."""
+                 on_commit: CommitObserver | None = None, transactional: bool = True) -> None:
+        """`flush(conn, items)` writes the items and returns one result per item, in order.
+
+        With `transactional` (the default) the committer wraps each flush in a transaction;
+        with False the flush manages its own (e.g. one autocommitted statement, which saves
+        the BEGIN and COMMIT round trips). Either way the flush has committed when it
+        returns. `on_commit(rows, seconds)` observes each committed batch."""
         self._pool = pool
         self._flush = flush
         self.name = name
@@ -80,6 +84,7 @@ class GroupCommitter(Generic[T, R]):
         self._linger_s = linger_s
         self._acquire_timeout_s = acquire_timeout_s
         self._on_commit = on_commit
+        self._transactional = transactional
         self._pending: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._wake = asyncio.Event()
         self._batch_ready = asyncio.Event()
@@ -138,6 +143,8 @@ class GroupCommitter(Generic[T, R]):
         if len(self._pending) >= self._max_batch:
             self._batch_ready.set()
         self._wake.set()
+        if len(futures) == 1:
+            return [await futures[0]]
         # gather keeps waiting for the others if one fails; the first error is raised after.
         results = await asyncio.gather(*futures, return_exceptions=True)
         for r in results:
@@ -205,16 +212,19 @@ class GroupCommitter(Generic[T, R]):
                 fut.set_result(result)
 
     async def _write(self, items: list[T]) -> Sequence[R]:
-        async with self._pool.acquire(timeout=self._acquire_timeout_s) as conn, \
-                conn.transaction():
-            results = await self._flush(conn, items)
+        async with self._pool.acquire(timeout=self._acquire_timeout_s) as conn:
+            if self._transactional:
+                async with conn.transaction():
+                    results = await self._flush(conn, items)
+            else:
+                results = await self._flush(conn, items)
         if len(results) != len(items):
             raise RuntimeError(f"{self.name}: flush returned {len(results)} results "
                                f"for {len(items)} items")
         return results
 
 
-def _fail_all(batch: list[tuple[object, asyncio.Future[R]]], exc: BaseException) -> None:
+def _fail_all(batch: Sequence[tuple[object, asyncio.Future[R]]], exc: BaseException) -> None:
     for _, fut in batch:
         if not fut.done():
             fut.set_exception(exc)

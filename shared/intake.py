@@ -230,12 +230,18 @@ HAVING min(created_at) < now() - make_interval(secs => $1)
  LIMIT $2
 """
 
-# insert_receipts_batch: store a batch of receipts for the sender to match.
+# insert_receipts_batch: store a batch of receipts for the sender to match and wake it, in one
+# statement (autocommit: one round trip). RETURNING follows the input order (plain insert).
 INSERT_RECEIPTS_BATCH = """
-INSERT INTO receipts (connector, smsc_id, raw_id, stat, state, final, err, done_date, body)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::boolean[], $7::text[], $8::timestamptz[], $9::text[])
-RETURNING id
+WITH ins AS (
+    -- the receipts, in input order
+    INSERT INTO receipts (connector, smsc_id, raw_id, stat, state, final, err, done_date, body)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::boolean[], $7::text[], $8::timestamptz[], $9::text[])
+    RETURNING id
+)
+-- one NOTIFY for the statement (delivered at commit)
+SELECT ins.id FROM ins CROSS JOIN (SELECT pg_notify($10, '')) AS wake
 """
 
 NOTIFY = "SELECT pg_notify($1, '')"
@@ -357,13 +363,15 @@ async def _write_message(conn: asyncpg.Connection, frag: FragmentWrite,
 
 
 async def flush_receipts(conn: asyncpg.Connection, items: Sequence[ReceiptWrite]) -> list[int]:
-    """Group-commit flush for receipts: one INSERT, one NOTIFY; returns the receipt ids."""
+    """Group-commit flush for receipts: one statement (INSERT + NOTIFY); returns the ids.
+
+    Needs no surrounding transaction (run the committer with `transactional=False`).
+    """
     rows = await conn.fetch(
         INSERT_RECEIPTS_BATCH, [r.connector for r in items], [r.smsc_id for r in items],
         [r.raw_id for r in items], [r.stat for r in items], [r.state for r in items],
         [r.final for r in items], [r.err for r in items], [r.done_date for r in items],
-        [r.body for r in items])
-    await conn.execute(NOTIFY, CHANNELS["receipts"])
+        [r.body for r in items], CHANNELS["receipts"])
     return [int(r["id"]) for r in rows]
 
 
@@ -498,10 +506,24 @@ def _mo_item(connector: Any, pdu: Any) -> InboundWrite | FragmentWrite:
                              from_addr=from_addr, to_addr=to_addr, ref=c.reference,
                              total=c.total, seq=c.seq, body=decoded.text, raw=decoded.raw,
                              data_coding=pdu.data_coding)
+    # SMPP 3.4 MO carries no message id: dedupe only where the connector names a TLV that
+    # holds one (`mo_id_tlv`, a vendor extension); otherwise MO is at-least-once.
+    mo_id = _tlv_text(pdu.tlvs, getattr(connector, "mo_id_tlv", None))
     return InboundWrite(channel="smpp", provider=connector.name, connector=connector.name,
                         from_addr=from_addr, to_addr=to_addr, body=decoded.text,
-                        raw=decoded.raw, data_coding=pdu.data_coding,
-                        meta={"encoding": decoded.encoding, "esm_class": pdu.esm_class})
+                        raw=decoded.raw, data_coding=pdu.data_coding, provider_message_id=mo_id,
+                        meta={"encoding": decoded.encoding, "esm_class": pdu.esm_class},
+                        dedupe_scope=f"mo:smpp:{connector.name}" if mo_id else None,
+                        dedupe_key=mo_id)
+
+
+def _tlv_text(tlvs: Any, tag: int | None) -> str | None:
+    if tag is None:
+        return None
+    for t, value in tlvs:
+        if t == tag:
+            return bytes(value).split(b"\0", 1)[0].decode("latin-1") or None
+    return None
 
 
 def _receipt_item(connector: Any, pdu: Any) -> ReceiptWrite:

@@ -32,6 +32,7 @@ SHORT_CODE_MAX_LEN = 6
 SENDER_ALNUM_MAX_LEN = 11  # GSM 03.40 TP-OA: 11 characters of GSM 7-bit in 7 octets
 _SEPARATORS_RE = re.compile(r"[\s().\-/]")
 _DIGITS_RE = re.compile(r"^\d+$")
+_LETTER_RE = re.compile(r"[^\W\d_]")  # any letter, in any script
 # GSM 7-bit default alphabet characters that operators accept in an alphanumeric sender id
 _ALNUM_SENDER_RE = re.compile(r"^[A-Za-z0-9 ._\-&@!#%*+/:;=?'\"(),]+$")
 
@@ -86,7 +87,7 @@ def normalise_sender(sender: str, *, default_country: str | None = None,
 
 def _is_alphanumeric(value: str) -> bool:
     # A letter anywhere makes it an alphanumeric id ("+" and separators do not count).
-    return any(ch.isalpha() for ch in value)
+    return _LETTER_RE.search(value) is not None
 
 
 def _apply_prefix_rules(value: str, rules: Sequence[tuple[str, str]] | None) -> str:

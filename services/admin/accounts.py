@@ -75,22 +75,26 @@ async def _account_id(conn: asyncpg.Connection, name: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smsgw accounts", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    dbcli.add_common_args(parser)
-    parser.add_argument("--actor", default=None, help="who makes the change (audit log)")
+    # The common options go on every subcommand, so they may follow it (`create X --json`).
+    common = argparse.ArgumentParser(add_help=False)
+    dbcli.add_common_args(common)
+    common.add_argument("--actor", default=None, help="who makes the change (audit log)")
     sub = parser.add_subparsers(dest="command", required=True)
-    create = sub.add_parser("create", help="create an account and print its first key")
+    create = sub.add_parser("create", parents=[common],
+                            help="create an account and print its first key")
     create.add_argument("name")
     create.add_argument("--category", choices=["transactional", "marketing"],
                         default="transactional")
     create.add_argument("--rate", type=float, default=None, help="messages per second")
     create.add_argument("--allowed-sender", action="append", default=None,
                         help="allowed sender id (repeat; default: any)")
-    add = sub.add_parser("add-key", help="add a key to an account and print it")
+    add = sub.add_parser("add-key", parents=[common], help="add a key to an account and print it")
     add.add_argument("name")
-    revoke = sub.add_parser("revoke-key", help="revoke a key by id or listing prefix")
+    revoke = sub.add_parser("revoke-key", parents=[common],
+                            help="revoke a key by id or listing prefix")
     revoke.add_argument("name")
     revoke.add_argument("key")
-    sub.add_parser("list", help="list accounts")
+    sub.add_parser("list", parents=[common], help="list accounts")
     return parser
 
 
@@ -166,10 +170,11 @@ async def _list(conn: asyncpg.Connection, args: argparse.Namespace) -> None:
     if args.json:
         dbcli.dump_json(out)
         return
-    header = ["id", "name", "category", "rate/s", "valid keys", "key prefixes"]
+    header = ["id", "name", "category", "rate/s", "valid keys", "keys (id:prefix)"]
     lines = [[str(a["id"]), a["name"], a["default_category"], str(a["rate_per_s"] or "-"),
               str(a["valid_keys"]),
-              " ".join(k["prefix"] for k in a["keys"] if not k["revoked"]) or "-"]
+              " ".join(f"{k['id']}:{k['prefix']}" for k in a["keys"] if not k["revoked"])
+              or "-"]
              for a in out]
     sys.stdout.write(dbcli.table(lines, header) + "\n")
 

@@ -1,8 +1,9 @@
 """`smsgw status`: queue depths and oldest age per queue, rates, SMPP binds, dead counts.
 
 Depths are live counts of the hot tables per status (the daemons' `queue_stats` snapshot holds
-only the claimable statuses; its age is shown, telling whether a daemon is refreshing it). Rates are rows per second over the last minute, read from the hot tables (rows
-move to history only after `[retention] finished_after_s`, an hour by default). Binds come from
+only the claimable statuses; its age is shown, telling whether a daemon is refreshing it).
+Rates are rows per second over the last minute, read from the hot tables (rows move to history
+only after `[retention] finished_after_s`, an hour by default). Binds come from
 each daemon's `/metrics` (`smsgw_smpp_session_up`), because only the daemon knows its sockets.
 """
 
@@ -45,14 +46,18 @@ SELECT status, count(*) AS depth,
 # Rows per stage in the last $1 seconds (hot tables only; see the module docstring).
 SQL_RATES = """
 SELECT
-  (SELECT count(*) FROM inbound   WHERE created_at   > now() - make_interval(secs => $1)) AS mo_received,
-  (SELECT count(*) FROM outbound  WHERE created_at   > now() - make_interval(secs => $1)) AS mt_accepted,
-  (SELECT count(*) FROM outbound_part WHERE submitted_at > now() - make_interval(secs => $1)) AS parts_submitted,
-  (SELECT count(*) FROM receipts  WHERE created_at   > now() - make_interval(secs => $1)) AS receipts_received,
-  (SELECT count(*) FROM outbound  WHERE status = 'delivered'
-                                    AND done_at      > now() - make_interval(secs => $1)) AS mt_delivered,
+  (SELECT count(*) FROM inbound WHERE created_at > now() - make_interval(secs => $1))
+      AS mo_received,
+  (SELECT count(*) FROM outbound WHERE created_at > now() - make_interval(secs => $1))
+      AS mt_accepted,
+  (SELECT count(*) FROM outbound_part WHERE submitted_at > now() - make_interval(secs => $1))
+      AS parts_submitted,
+  (SELECT count(*) FROM receipts WHERE created_at > now() - make_interval(secs => $1))
+      AS receipts_received,
+  (SELECT count(*) FROM outbound WHERE status = 'delivered'
+      AND done_at > now() - make_interval(secs => $1)) AS mt_delivered,
   (SELECT count(*) FROM callbacks WHERE status = 'done'
-                                    AND updated_at   > now() - make_interval(secs => $1)) AS callbacks_done
+      AND updated_at > now() - make_interval(secs => $1)) AS callbacks_done
 """
 
 

@@ -121,8 +121,7 @@ async def run_mo(sim: Simulator, run: MoRun, stop: asyncio.Event) -> None:
         while not stop.is_set():
             run.attempts += 1
             try:
-                status = await sim.send_mo(text, source_addr=source, destination_addr=run.to,
-                                           timeout=10.0)
+                status = await sim.send_mo(text, source_addr=source, destination_addr=run.to)
             except ConnectionError:
                 run.no_bind += 1
                 await asyncio.sleep(0.2)
@@ -256,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    import uvloop  # noqa: PLC0415 - the same loop as the daemons
+    import uvloop
 
     uvloop.run(serve(args))
     return 0

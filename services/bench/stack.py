@@ -62,6 +62,7 @@ class StackOptions:
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # [receiver] etc.
     rules: list[dict[str, Any]] | None = None
     log_level: str = "warning"
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for the daemons
     say: Callable[[str], None] = field(default=lambda m: None)
 
 
@@ -135,7 +136,7 @@ class Stack:
         """Current pid of each child (and `postgres`: the postmaster when embedded)."""
         out = {c.name: c.proc.pid for c in self.children if c.proc and c.proc.returncode is None}
         if self.pg is not None:
-            from services.bench.procstats import postmaster_pid  # noqa: PLC0415
+            from services.bench.procstats import postmaster_pid
 
             pid = postmaster_pid(self.pg.datadir)
             if pid:
@@ -185,15 +186,15 @@ class Stack:
                 await conn.close()
 
     async def _account(self, secret_file: Path) -> None:
-        from shared import apikeys  # noqa: PLC0415
+        from shared import apikeys
 
-        secret = secret_file.read_text("utf-8").rstrip("\r\n").encode()
+        secret = (await asyncio.to_thread(secret_file.read_text, "utf-8")).rstrip("\r\n")
         conn = await db.connect(self.dsn)
         try:
             self.account_id = await conn.fetchval(
                 "INSERT INTO accounts (name) VALUES ($1) ON CONFLICT (name) DO UPDATE"
                 " SET updated_at = now() RETURNING id", BENCH_ACCOUNT)
-            self.api_key, _ = await apikeys.create_key(conn, secret, self.account_id,
+            self.api_key, _ = await apikeys.create_key(conn, secret.encode(), self.account_id,
                                                        actor="smsgw bench")
         finally:
             await conn.close()
@@ -230,6 +231,7 @@ class Stack:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("SMSGW_") or k == "SMSGW_TEST_DATABASE_URL"}
         env.pop("SMSGW_TEST_DATABASE_URL", None)
+        env.update(self.opts.env)
         sim = [sys.executable, "-m", "services.bench.simctl", "--port", str(self.smpp_port),
                "--control-port", str(self.control_port),
                "--receipt-stats", self.opts.receipt_stats]

@@ -88,13 +88,16 @@ class SecretResolver:
 
     async def resolve(self, conn: asyncpg.Pool | asyncpg.Connection,
                       refs: set[str]) -> dict[str, str | None]:
-        """Map each ref to its secret, or None when it names nothing (the call is unsigned)."""
+        """Map each ref to its secret: '' when the call goes unsigned (an account without a
+        `callback_secret`), None when the ref cannot be resolved (a rule's `secret_env` that is
+        not set, a rule or account that is gone): the call is then retried, never sent
+        unsigned to an application that expects a signature."""
         accounts = {int(r.split(":")[1]) for r in refs if _is_ref(r, "account")}
         rules = {int(r.split(":")[1]) for r in refs if _is_ref(r, "rule")}
         out: dict[str, str | None] = dict.fromkeys(refs)
         if accounts:
             for row in await conn.fetch(ACCOUNT_SECRETS, list(accounts)):
-                out[f"account:{row['id']}"] = row["callback_secret"]
+                out[f"account:{row['id']}"] = row["callback_secret"] or ""
         if rules:
             actions = {row["id"]: row["actions"] for row in
                        await conn.fetch(RULE_ACTIONS, list(rules))}
@@ -143,7 +146,9 @@ class CallbackDelivery:
         self.user_agent = f"smsgw/{smsgw_version()}"
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Result]] = set()
+        self._ids: dict[asyncio.Task[Result], int] = {}
         self._hosts: dict[str, asyncio.Semaphore] = {}
+        self._extended = time.monotonic()
 
     async def start(self) -> None:
         """Open the HTTP session (connection pool sized to the concurrency)."""
@@ -189,6 +194,7 @@ class CallbackDelivery:
         """Write back finished results, then claim into the free capacity."""
         try:
             await self._flush()
+            await self._extend_leases()
             free = self.settings.concurrency - len(self._tasks)
             if free <= 0:
                 return 0
@@ -199,12 +205,23 @@ class CallbackDelivery:
             await asyncio.sleep(1.0)
             return 0
 
+    async def _extend_leases(self) -> None:
+        # A request may wait for its host's slot behind slow requests; keep the leases of
+        # everything in flight alive so no other instance takes a row over meanwhile.
+        now = time.monotonic()
+        if not self._tasks or now - self._extended < self.settings.lease_s / 3:
+            return
+        self._extended = now
+        await store.extend_lease(self.pool, "callbacks", list(self._ids.values()),
+                                 owner=self.owner, lease_s=self.settings.lease_s)
+
     async def _wait(self, stop: asyncio.Event, wake: asyncio.Event | None) -> None:
         waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
         if wake is not None:
             waiters.add(asyncio.ensure_future(wake.wait()))
         try:
-            await asyncio.wait(waiters | self._tasks, timeout=self.poll_s,
+            await asyncio.wait(waiters | self._tasks,
+                               timeout=min(self.poll_s, self.settings.lease_s / 3),
                                return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waiters:
@@ -233,6 +250,7 @@ class CallbackDelivery:
             task = asyncio.create_task(self._deliver(row, secrets.get(row.secret_ref or "")),
                                        name=f"processor.callback.{row.id}")
             self._tasks.add(task)
+            self._ids[task] = row.id
         if self.metrics:
             self.metrics.callbacks_in_flight.set(len(self._tasks))
         return len(rows)
@@ -262,7 +280,7 @@ class CallbackDelivery:
             check_url(row.url, allow_private=self.allow_private)
         except UnsafeUrl as exc:
             return Result(row.id, row.kind, "refused", f"url refused: {exc}")
-        if row.secret_ref and secret is None:
+        if row.secret_ref and secret is None:  # see SecretResolver.resolve
             return Result(row.id, row.kind, "retry", f"secret {row.secret_ref} unresolved")
         async with self._host_slot(row.url):
             started = time.perf_counter()
@@ -298,6 +316,8 @@ class CallbackDelivery:
                 log.error("callback_task_crashed", error=repr(t.exception()))
         await self.write_back(results)
         self._tasks.difference_update(done)
+        for t in done:
+            self._ids.pop(t, None)
         if self.metrics:
             self.metrics.callbacks_in_flight.set(len(self._tasks))
 

@@ -525,9 +525,15 @@ class OutboundGate:
 _DB_ERRORS: Final = (asyncpg.PostgresError,)
 
 
-def _is_connection_error(exc: BaseException) -> bool:
-    return isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.InterfaceError | OSError
-                      | asyncpg.AdminShutdownError | asyncpg.CannotConnectNowError)
+# SQLSTATE classes that say nothing about the messages: connection (08), insufficient
+# resources (53, e.g. disk full), operator intervention (57, e.g. shutdown), system error (58).
+# They go to the loop boundary (back off, try again) instead of costing the messages attempts.
+_SYSTEMIC_CLASSES: Final = ("08", "53", "57", "58")
+
+
+def _is_systemic(exc: BaseException) -> bool:
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return isinstance(exc, asyncpg.InterfaceError | OSError) or sqlstate[:2] in _SYSTEMIC_CLASSES
 
 
 class Engine:
@@ -590,7 +596,7 @@ class Engine:
                 async with conn.transaction():
                     outcomes = await self._batch(conn)
             except _DB_ERRORS as exc:
-                if _is_connection_error(exc):
+                if _is_systemic(exc):
                     raise
                 log.warning("batch_failed", error=str(exc)[:300], sqlstate=exc.sqlstate)
                 if self.metrics:
@@ -640,7 +646,7 @@ class Engine:
                 async with conn.transaction():  # a savepoint
                     outcomes += await self.apply(conn, [row])
             except _DB_ERRORS as exc:
-                if _is_connection_error(exc):
+                if _is_systemic(exc):
                     raise
                 blocked.add(row.from_addr)
                 outcomes.append(await self._retry(conn, row, exc))

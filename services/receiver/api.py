@@ -121,9 +121,9 @@ async def post_messages(request: web.Request) -> web.StreamResponse:
     except (DatabaseUnavailable, IntakeFull, IntakeClosed) as exc:
         return unavailable_for(ctx, exc)
     finally:
-        ctx.metrics.request_duration.labels(source="api").observe(time.perf_counter() - started)
+        ctx.metrics.duration("api", time.perf_counter() - started)
     for r in results:
-        ctx.metrics.mt_messages.labels(source="api", outcome=_outcome_label(r)).inc()
+        ctx.metrics.mt("api", _outcome_label(r))
     if batch:
         return json_response(_batch_answer(items, results, estimates), 202)
     return _single_answer(items[0], results[0], estimates[0])

@@ -77,19 +77,23 @@ def build_context(pool: asyncpg.Pool, options: ReceiverOptions, webhooks: Webhoo
     metrics = metrics or ReceiverMetrics.create(registry or CollectorRegistry())
     admission = Admission(options)
 
-    def committer(name: str, flush: Any) -> GroupCommitter[Any, Any]:
+    def committer(name: str, flush: Any, transactional: bool) -> GroupCommitter[Any, Any]:
         return GroupCommitter(pool, flush, name=name, max_batch=options.commit_max_batch,
                               max_inflight=options.commit_max_inflight,
                               max_pending=options.intake_max_pending,
                               linger_s=options.commit_linger_s,
-                              on_commit=metrics.commit_observer(name))
+                              on_commit=metrics.commit_observer(name),
+                              transactional=transactional)
 
+    # flush_mt and flush_receipts open a transaction only when a batch needs several
+    # statements (one autocommitted statement saves the BEGIN/COMMIT round trips).
     mt = committer("outbound", lambda c, items: flush_mt(c, items,
-                                                         ttl_s=options.client_ref_ttl_s))
+                                                         ttl_s=options.client_ref_ttl_s),
+                   transactional=False)
     inbound = committer("inbound", lambda c, items: flush_inbound(
         c, items, ttl_s=options.webhook_dedupe_ttl_s,
-        replay_window_s=options.mo_fragment_timeout_s))
-    receipts = committer("receipts", flush_receipts)
+        replay_window_s=options.mo_fragment_timeout_s), transactional=True)
+    receipts = committer("receipts", flush_receipts, transactional=False)
     for c in (mt, inbound, receipts):
         c.start()
     intake = DeliverIntake(inbound=inbound, receipts=receipts, admit=admission.check,

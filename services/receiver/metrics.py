@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Rows per group commit: 1, 2, 4 … 2048 (a mean near 1 under load means no coalescing).
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -31,6 +31,10 @@ class ReceiverMetrics:
     commit_batch_rows: Histogram
     commit_duration: Histogram
     request_duration: Histogram
+    smpp_session_up: Gauge
+    # pre-resolved children for the hot path (labels() costs a lock and a dict lookup)
+    mt_children: dict[tuple[str, str], Counter]
+    duration_children: dict[str, Histogram]
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ReceiverMetrics:
@@ -69,13 +73,29 @@ class ReceiverMetrics:
             request_duration=Histogram("smsgw_receiver_request_duration_seconds",
                                        "HTTP intake request duration.", ["source"],
                                        buckets=_LATENCY_BUCKETS, registry=registry),
+            # bound rx sessions per connector (the sender exports its tx/trx binds)
+            smpp_session_up=Gauge("smsgw_smpp_session_up",
+                                  "Bound SMPP sessions of this daemon, by connector and bind.",
+                                  ["connector", "bind"], registry=registry),
+            mt_children={}, duration_children={},
         )
         for reason in REASONS:
             m.backpressure_rejections.labels(reason=reason)
         for source in ("api", "sendsms"):
             for outcome in ("accepted", "duplicate", "conflict"):
-                m.mt_messages.labels(source=source, outcome=outcome)
+                m.mt_children[(source, outcome)] = m.mt_messages.labels(source=source,
+                                                                        outcome=outcome)
+        for source in ("api", "sendsms", "twilio", "vonage", "generic"):
+            m.duration_children[source] = m.request_duration.labels(source=source)
         return m
+
+    def mt(self, source: str, outcome: str, n: int = 1) -> None:
+        """Count MTs taken by `source` with `outcome`."""
+        self.mt_children[(source, outcome)].inc(n)
+
+    def duration(self, source: str, seconds: float) -> None:
+        """Observe one intake request's duration."""
+        self.duration_children[source].observe(seconds)
 
     def commit_observer(self, queue: str):  # type: ignore[no-untyped-def]
         """An `on_commit(rows, seconds)` callback for the group committer of `queue`."""

@@ -59,7 +59,7 @@ _SENDSMS_RESPONSES = {
 
 
 def _paths() -> dict[str, Any]:
-    bearer = [{"bearerAuth": []}]
+    bearer: list[dict[str, list[str]]] = [{"bearerAuth": []}]
     return {
         "/v1/messages": {"post": {
             "summary": "Submit one MT message or a batch",

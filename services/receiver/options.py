@@ -28,8 +28,8 @@ class ReceiverOptions(BaseModel):
     webhook_dedupe_ttl_s: float = Field(default=86400 * 2, gt=0)  # provider ids remembered
     # group commit (shared/groupcommit.py)
     commit_max_batch: int = Field(default=1000, ge=1)
-    commit_max_inflight: int = Field(default=3, ge=1)
-    commit_linger_s: float = Field(default=0.002, ge=0)
+    commit_max_inflight: int = Field(default=2, ge=1)
+    commit_linger_s: float = Field(default=0.0, ge=0)  # measured: lingering lost throughput
     intake_max_pending: int = Field(default=20000, ge=1)
     # admission control: each intake checks its own queue's snapshot (queue_stats)
     outbound_high_watermark: int = Field(default=200_000, ge=1)

@@ -36,12 +36,13 @@ from shared.apikeys import Account
 from shared.errors import DatabaseUnavailable
 from shared.groupcommit import CONNECTION_ERRORS, IntakeClosed, IntakeFull
 from shared.numbers import InvalidNumber, normalise
-from shared.smpp.text import estimate
+from shared.smpp.text import Encoding, estimate
 from shared.urlguard import UnsafeUrl, check_url
 
 ACCEPTED = "0: Accepted for delivery"
 AUTH_FAILED = "Authorization failed for sendsms"
-_CODING_ENCODING = {0: ("gsm7", "ucs2"), 1: ("latin1",), 2: ("ucs2",)}
+_CODING_ENCODING: dict[int, tuple[Encoding, ...]] = {0: ("gsm7", "ucs2"), 1: ("latin1",),
+                                                      2: ("ucs2",)}
 
 
 def _text(status: int, body: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -181,13 +182,15 @@ async def sendsms(request: web.Request) -> web.StreamResponse:
             return _text(503, "Sending failed.",
                          {"Retry-After": exc.response.headers.get("Retry-After", "2")})
         return exc.response
-    except (DatabaseUnavailable, IntakeFull, IntakeClosed, *CONNECTION_ERRORS) as exc:
+    except (DatabaseUnavailable, IntakeFull, IntakeClosed) as exc:
+        resp = unavailable_for(ctx, exc)
+        return _text(503, "Sending failed.", {"Retry-After": resp.headers["Retry-After"]})
+    except CONNECTION_ERRORS as exc:
         resp = unavailable_for(ctx, exc)
         return _text(503, "Sending failed.", {"Retry-After": resp.headers["Retry-After"]})
     finally:
-        ctx.metrics.request_duration.labels(source="sendsms").observe(
-            time.perf_counter() - started)
-    ctx.metrics.mt_messages.labels(source="sendsms", outcome="accepted").inc(len(items))
+        ctx.metrics.duration("sendsms", time.perf_counter() - started)
+    ctx.metrics.mt("sendsms", "accepted", len(items))
     return _text(202, ACCEPTED)
 
 

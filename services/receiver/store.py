@@ -25,7 +25,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-NOTIFY_OUTBOUND = "outbound"  # channel the senders LISTEN on (shared.queue.listener.CHANNELS)
+from shared.queue.listener import CHANNELS
+
+NOTIFY_OUTBOUND = CHANNELS["outbound"]  # the channel the senders LISTEN on
 
 
 class MtOutcome(StrEnum):
@@ -118,6 +120,31 @@ SELECT n.ord, n.id, (i.id IS NOT NULL) AS created
  ORDER BY n.ord
 """
 
+# insert_mt_plain: insert MTs without a client_ref and wake the senders, in ONE statement
+# (autocommit: one round trip, durable when it returns). RETURNING yields the rows in the
+# order the SELECT produced them (a plain insert from unnest), which is the input order.
+INSERT_MT_PLAIN = """
+WITH ins AS (
+    -- the rows, in input order
+    INSERT INTO outbound (account_id, source, from_addr, to_addr, body, category, priority,
+                          encoding, callback_url, dlr_mask, send_at, valid_until, route_hint,
+                          meta, run_after)
+    SELECT account_id, source, from_addr, to_addr, body, category, priority, encoding,
+           callback_url, dlr_mask, send_at, valid_until, route_hint, meta::jsonb,
+           coalesce(send_at, now())
+      FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                  $7::smallint[], $8::text[], $9::text[], $10::text[], $11::smallint[],
+                  $12::timestamptz[], $13::timestamptz[], $14::text[], $15::text[],
+                  $16::text[])
+               AS t(account_id, source, from_addr, to_addr, body, category, priority,
+                    encoding, client_ref, callback_url, dlr_mask, send_at, valid_until,
+                    route_hint, meta, fingerprint)
+    RETURNING id
+)
+-- one NOTIFY for the statement (delivered at commit)
+SELECT ins.id FROM ins CROSS JOIN (SELECT pg_notify($17, '')) AS wake
+"""
+
 # find_dedupe_targets: the stored row id and fingerprint of each (scope, key).
 FIND_DEDUPE_TARGETS = """
 SELECT d.scope, d.key, d.target_id, d.fingerprint
@@ -133,32 +160,47 @@ async def flush_mt(conn: asyncpg.Connection, items: Sequence[MtItem], *,
                    ttl_s: float) -> list[MtResult]:
     """Group-commit flush: store the batch's new MTs; resolve repeats of a client_ref.
 
-    Runs inside the committer's transaction. Within one batch only the first item with a
-    given client_ref is inserted; later ones are answered from the first (a batch is one
-    statement, and ON CONFLICT cannot touch the same key twice in one statement).
+    A batch without client_refs is one autocommitted statement (insert + NOTIFY: one round
+    trip). Otherwise it runs in one transaction; within it only the first item with a given
+    client_ref is inserted, later ones are answered from the first (ON CONFLICT cannot touch
+    the same key twice in one statement).
     """
+    if all(it.client_ref is None for it in items):
+        rows = await conn.fetch(INSERT_MT_PLAIN, *_columns(items, [None] * len(items)),
+                                NOTIFY_OUTBOUND)
+        return [MtResult(row["id"], MtOutcome.CREATED) for row in rows]
+    async with conn.transaction():
+        return await _flush_mt_keyed(conn, items, ttl_s)
+
+
+async def _flush_mt_keyed(conn: asyncpg.Connection, items: Sequence[MtItem],
+                          ttl_s: float) -> list[MtResult]:
+    results: list[MtResult | None] = [None] * len(items)
+    plain = [i for i, it in enumerate(items) if it.client_ref is None]
+    if plain:
+        rows = await conn.fetch(INSERT_MT_PLAIN, *_columns([items[i] for i in plain],
+                                                           [None] * len(plain)),
+                                NOTIFY_OUTBOUND)
+        for pos, row in zip(plain, rows, strict=True):
+            results[pos] = MtResult(row["id"], MtOutcome.CREATED)
     firsts: dict[tuple[int, str], int] = {}
     leaders: list[int] = []
     for i, item in enumerate(items):
-        if item.client_ref is None:
-            leaders.append(i)
-            continue
-        key = (item.account_id, item.client_ref)
-        if key not in firsts:
-            firsts[key] = i
+        if item.client_ref is not None and (item.account_id, item.client_ref) not in firsts:
+            firsts[(item.account_id, item.client_ref)] = i
             leaders.append(i)
     fingerprints = [it.fingerprint() if it.client_ref is not None else None for it in items]
-    rows = await conn.fetch(INSERT_MT_BATCH, *_columns([items[i] for i in leaders],
-                                                       [fingerprints[i] for i in leaders]),
-                            ttl_s)
-    results: list[MtResult | None] = [None] * len(items)
     repeats: list[int] = []
-    for pos, row in zip(leaders, rows, strict=True):
-        if row["created"]:
-            results[pos] = MtResult(row["id"], MtOutcome.CREATED)
-        else:
-            repeats.append(pos)
-    if any(r is not None for r in results):
+    if leaders:
+        rows = await conn.fetch(INSERT_MT_BATCH, *_columns([items[i] for i in leaders],
+                                                           [fingerprints[i] for i in leaders]),
+                                ttl_s)
+        for pos, row in zip(leaders, rows, strict=True):
+            if row["created"]:
+                results[pos] = MtResult(row["id"], MtOutcome.CREATED)
+            else:
+                repeats.append(pos)
+    if any(r is not None for r in results) and not plain:
         await conn.execute(NOTIFY, NOTIFY_OUTBOUND)
     stored = await _stored_keys(conn, items, repeats)
     return _resolve_repeats(items, fingerprints, results, firsts, stored)

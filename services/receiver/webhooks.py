@@ -26,7 +26,7 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -42,6 +42,8 @@ from shared.errors import DatabaseUnavailable
 from shared.groupcommit import IntakeClosed, IntakeFull
 from shared.intake import FragmentWrite, InboundResult, InboundWrite
 from shared.numbers import InvalidNumber, normalise
+
+Handler = Callable[[web.Request, ReceiverContext], Awaitable[web.StreamResponse]]
 
 TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 _VONAGE_DIGESTS = {"md5": hashlib.md5, "sha1": hashlib.sha1, "sha256": hashlib.sha256,
@@ -155,7 +157,7 @@ def _public_url(request: web.Request, ctx: ReceiverContext) -> str:
     return f"{request.scheme}://{request.host}{request.raw_path}"
 
 
-async def _run(request: web.Request, provider: str, body: Any) -> web.StreamResponse:
+async def _run(request: web.Request, provider: str, body: Handler) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     started = time.perf_counter()
     try:
@@ -165,8 +167,7 @@ async def _run(request: web.Request, provider: str, body: Any) -> web.StreamResp
     except (DatabaseUnavailable, IntakeFull, IntakeClosed) as exc:
         return unavailable_for(ctx, exc)
     finally:
-        ctx.metrics.request_duration.labels(source=provider).observe(
-            time.perf_counter() - started)
+        ctx.metrics.duration(provider, time.perf_counter() - started)
 
 
 # -- Twilio --------------------------------------------------------------------------------------
@@ -292,8 +293,8 @@ async def generic(request: web.Request) -> web.StreamResponse:
 
 
 async def _generic(request: web.Request, ctx: ReceiverContext) -> web.StreamResponse:
-    source = request.match_info.get("source") or request.headers.get("X-Smsgw-Source",
-                                                                      "default")
+    source = request.match_info.get("source") or request.headers.get("X-Smsgw-Source") \
+        or "default"
     settings = ctx.webhooks.generic.get(source)
     if settings is None:
         return error(404, "not_found", "unknown webhook source")

@@ -121,6 +121,20 @@ async def _enable_statements(url: str) -> bool:
         await conn.close()
 
 
+async def _print_top(url: str, n: int) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT calls, round(total_exec_time::numeric, 1) AS ms, rows, "
+            "left(regexp_replace(query, '\\s+', ' ', 'g'), 90) AS q FROM pg_stat_statements s "
+            "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = current_database() "
+            "ORDER BY total_exec_time DESC LIMIT $1", n)
+    finally:
+        await conn.close()
+    for r in rows:
+        sys.stdout.write(f"  {r['ms']:>10} ms {r['calls']:>7} calls {r['rows']:>8} rows  {r['q']}\n")
+
+
 def _pg_cpu_s(datadir: Path | None) -> float | None:
     """CPU seconds of the embedded cluster's postmaster and its children (None if unknown)."""
     if datadir is None:
@@ -242,6 +256,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--match-batch", type=int, default=2000)
     p.add_argument("--handler-concurrency", type=int, default=64,
                    help="deliver_sm handlers in flight per bind (the connector setting)")
+    p.add_argument("--top", type=int, default=0, help="print the N costliest statements")
     p.add_argument("--timeout-s", type=float, default=600)
     return p
 
@@ -264,6 +279,8 @@ async def _bench(args: argparse.Namespace, admin_url: str, datadir: Path | None)
         before = await _db_counters(url, stmts)
         result = await _run_sender(url, port, args, datadir)
         after = await _db_counters(url, stmts)
+        if stmts and args.top:
+            await _print_top(url, args.top)
         parent.send("stop")
         sim = parent.recv()
         proc.join(10)

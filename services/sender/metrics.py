@@ -32,6 +32,9 @@ class SenderMetrics:
     claimed: Counter
     writeback_batch: Histogram
     dlr_matched: Counter
+    dlr_received: Counter
+    inbound: Counter
+    backpressure: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> SenderMetrics:
@@ -73,6 +76,16 @@ class SenderMetrics:
             # Receipts processed by the matcher, by outcome (matched, retry, orphan).
             dlr_matched=Counter("smsgw_dlr_matched_total", "Receipts by matching outcome.",
                                 ["outcome"], registry=registry),
+            # Receipts stored from this daemon's transceiver binds, by mapped state.
+            dlr_received=Counter("smsgw_dlr_received_total", "Delivery receipts received.",
+                                 ["connector", "state"], registry=registry),
+            # MO stored from this daemon's transceiver binds (same name as the receiver's).
+            inbound=Counter("smsgw_inbound_messages_total", "MO messages received.",
+                            ["channel", "provider", "outcome"], registry=registry),
+            # deliver_sm answered with a transient error instead of being stored.
+            backpressure=Counter("smsgw_backpressure_rejections_total",
+                                 "Intake refused for backpressure, by reason.", ["reason"],
+                                 registry=registry),
         )
 
     def init_connector(self, name: str, bind: str) -> None:

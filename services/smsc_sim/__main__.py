@@ -53,29 +53,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system-id", default=None, help="required system_id (default: any)")
     p.add_argument("--password", default=None, help="required password (default: any)")
     p.add_argument("--max-binds", type=int, default=None, help="concurrent bind limit")
-    p.add_argument("--id-format", choices=("hex", "dec"), default="hex",
-                   help="base of submit_sm_resp message ids")
-    p.add_argument("--receipt-id-format", choices=("same", "hex", "dec"), default="same",
-                   help="base of the ids inside receipts")
-    p.add_argument("--receipt-delay", type=float, default=None, metavar="SECONDS",
-                   help="send receipts this long after submits that ask for one (off if unset)")
-    p.add_argument("--receipt-stats", default="DELIVRD=1", metavar="STAT=W,...",
-                   help="stat mix of receipts, e.g. DELIVRD=0.9,UNDELIV=0.08,EXPIRED=0.02")
-    p.add_argument("--no-receipt-tlvs", action="store_true",
-                   help="send receipt text only (no receipted_message_id/message_state TLVs)")
-    p.add_argument("--mo-rate", type=float, default=0.0, metavar="PER_S",
-                   help="MO messages per second per receiver/transceiver bind")
+    p.add_argument(
+        "--id-format",
+        choices=("hex", "dec"),
+        default="hex",
+        help="base of submit_sm_resp message ids",
+    )
+    p.add_argument(
+        "--receipt-id-format",
+        choices=("same", "hex", "dec"),
+        default="same",
+        help="base of the ids inside receipts",
+    )
+    p.add_argument(
+        "--receipt-delay",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="send receipts this long after submits that ask for one (off if unset)",
+    )
+    p.add_argument(
+        "--receipt-stats",
+        default="DELIVRD=1",
+        metavar="STAT=W,...",
+        help="stat mix of receipts, e.g. DELIVRD=0.9,UNDELIV=0.08,EXPIRED=0.02",
+    )
+    p.add_argument(
+        "--no-receipt-tlvs",
+        action="store_true",
+        help="send receipt text only (no receipted_message_id/message_state TLVs)",
+    )
+    p.add_argument(
+        "--mo-rate",
+        type=float,
+        default=0.0,
+        metavar="PER_S",
+        help="MO messages per second per receiver/transceiver bind",
+    )
     p.add_argument("--mo-text", default="Hello from the simulator", help="MO message text")
-    p.add_argument("--throttle-fraction", type=float, default=0.0,
-                   help="answer this fraction of submits with ESME_RTHROTTLED")
-    p.add_argument("--error-fraction", type=float, default=0.0,
-                   help="answer this fraction of submits with --error-status")
-    p.add_argument("--error-status", type=lambda s: int(s, 0), default=P.SMPP_ESME_RSYSERR,
-                   help="command_status for injected errors (e.g. 0x45)")
-    p.add_argument("--response-delay", type=float, default=0.0, metavar="SECONDS",
-                   help="delay every submit_sm_resp")
-    p.add_argument("--keep-submits", action="store_true",
-                   help="keep every submit in memory (tests; grows without bound)")
+    p.add_argument(
+        "--throttle-fraction",
+        type=float,
+        default=0.0,
+        help="answer this fraction of submits with ESME_RTHROTTLED",
+    )
+    p.add_argument(
+        "--error-fraction",
+        type=float,
+        default=0.0,
+        help="answer this fraction of submits with --error-status",
+    )
+    p.add_argument(
+        "--error-status",
+        type=lambda s: int(s, 0),
+        default=P.SMPP_ESME_RSYSERR,
+        help="command_status for injected errors (e.g. 0x45)",
+    )
+    p.add_argument(
+        "--response-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="delay every submit_sm_resp",
+    )
+    p.add_argument(
+        "--keep-submits",
+        action="store_true",
+        help="keep every submit in memory (tests; grows without bound)",
+    )
     p.add_argument("--stats-s", type=float, default=10.0, help="counter log period (0: off)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p

@@ -105,7 +105,10 @@ def feed_stream(stream: bytes, rng: random.Random, stats: FuzzStats, max_length:
 
 
 def run(
-    n: int, seed: int = 0, max_length: int = 4096, progress: Callable[[FuzzStats], None] | None = None
+    n: int,
+    seed: int = 0,
+    max_length: int = 4096,
+    progress: Callable[[FuzzStats], None] | None = None,
 ) -> FuzzStats:
     """Fuzz `n` streams from `seed`; `progress` is called every 100,000 streams."""
     rng = random.Random(seed)

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from ssl import SSLContext
 from typing import Any, Literal, Self
 
 from shared.smpp import pdu as P
@@ -44,7 +45,8 @@ class SimConfig:
     None disables receipts, otherwise they follow submits that ask for one
     (registered_delivery bit 0) after that delay, with a stat drawn from `receipt_stats`
     (weights); `mo_rate` MO messages per second per rx/trx bind (0: none); `max_binds`
-    limits concurrent binds; `keep_submits` records every submit in `Simulator.submits`.
+    limits concurrent binds; `keep_submits` records every submit in `Simulator.submits`;
+    `ssl` (a server context) makes it an SMPP-over-TLS endpoint.
     """
 
     host: str = "127.0.0.1"
@@ -64,6 +66,7 @@ class SimConfig:
     max_binds: int | None = None
     keep_submits: bool = True
     seed: int | None = None
+    ssl: SSLContext | None = None
 
 
 @dataclass(slots=True)
@@ -174,9 +177,9 @@ class _Connection(asyncio.Protocol):
             except P.SmppPduError as exc:
                 # The bad frame is consumed; answer it (never a response) and read on.
                 self.sim.counters.protocol_errors += 1
-                if not exc.command_id & 0x80000000:
-                    self.sim.counters.generic_nacks_sent += 1
-                    self.queue(P.GenericNack(exc.sequence_number, exc.status))
+                answer = P.error_response(exc)
+                if answer is not None:
+                    self.queue(answer)
                 continue
             except P.SmppFramingError:
                 self.sim.counters.protocol_errors += 1
@@ -231,6 +234,8 @@ class _Connection(asyncio.Protocol):
             self.queue(P.GenericNack(pdu.sequence_number, P.SMPP_ESME_RINVCMDID))
         elif cls is P.DataSm:
             self.on_submit(pdu)
+        elif cls is P.QuerySm:
+            self.queue(self.sim.query(pdu))
         else:
             self.queue(P.response_for(pdu, P.SMPP_ESME_RINVBNDSTS))
 
@@ -295,7 +300,7 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(P.encode(pdu))
 
-    async def deliver(self, pdu: P.DeliverSm | P.DataSm, timeout: float = 10.0) -> Any:
+    async def deliver(self, pdu: P.DeliverSm | P.DataSm, wait_s: float = 10.0) -> Any:
         """Send a deliver_sm/data_sm to this ESME and wait for its response PDU."""
         seq = next(self.seq)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -304,7 +309,7 @@ class _Connection(asyncio.Protocol):
             raise ConnectionError("connection closed")
         self.transport.write(P.encode(pdu, seq))
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(wait_s):
                 return await fut
         finally:
             self.pending.pop(seq, None)
@@ -328,7 +333,7 @@ class Simulator:
         self.stray_responses: list[Any] = []  # responses to nothing we sent (client answers)
         self.connections: set[_Connection] = set()
         self.receipt_handles: set[asyncio.TimerHandle] = set()
-        self._ids = itertools.count(self.config.first_id)
+        self._next_id = self.config.first_id
         self._conn_ids = itertools.count(1)
         self._rng = random.Random(self.config.seed)
         self._server: asyncio.Server | None = None
@@ -344,6 +349,7 @@ class Simulator:
             lambda: _Connection(self, next(self._conn_ids)),
             self.config.host,
             self.config.port,
+            ssl=self.config.ssl,
         )
         log.info("smsc_sim_listening", extra={"host": self.config.host, "port": self.port})
 
@@ -428,7 +434,7 @@ class Simulator:
         data_coding: int = 0,
         esm_class: int = 0,
         tlvs: P.Tlvs = (),
-        timeout: float = 10.0,
+        wait_s: float = 10.0,
     ) -> int:
         """Send one MO deliver_sm to a bound receiver; return the ESME's command_status.
 
@@ -443,15 +449,15 @@ class Simulator:
             destination_addr=destination_addr or self.config.mo_destination,
             esm_class=esm_class, data_coding=data_coding, short_message=payload, tlvs=tlvs,
         )  # fmt: skip
-        return await self.deliver(pdu, timeout=timeout)
+        return await self.deliver(pdu, wait_s=wait_s)
 
-    async def deliver(self, pdu: P.DeliverSm | P.DataSm, timeout: float = 10.0) -> int:
+    async def deliver(self, pdu: P.DeliverSm | P.DataSm, wait_s: float = 10.0) -> int:
         """Send any deliver_sm/data_sm to one bound receiver; return its response status."""
         receivers = self._bound_receivers()
         if not receivers:
             raise ConnectionError("no receiver or transceiver bind")
         conn = self._rng.choice(receivers)
-        resp = await conn.deliver(pdu, timeout)
+        resp = await conn.deliver(pdu, wait_s)
         self.counters.mo_sent += 1
         return int(resp.command_status)
 
@@ -482,7 +488,8 @@ class Simulator:
         if f.no_response_next > 0:
             f.no_response_next -= 1
             return "silent"
-        if f.throttle_next > 0 or (f.throttle_fraction and self._rng.random() < f.throttle_fraction):
+        rng = self._rng
+        if f.throttle_next > 0 or (f.throttle_fraction and rng.random() < f.throttle_fraction):
             f.throttle_next = max(f.throttle_next - 1, 0)
             self.counters.throttled += 1
             return P.SMPP_ESME_RTHROTTLED
@@ -493,9 +500,25 @@ class Simulator:
         self.counters.submit_ok += 1
         return P.SMPP_ESME_ROK
 
+    def query(self, pdu: P.QuerySm) -> P.QuerySmResp:
+        """Answer query_sm: ids this simulator issued are DELIVERED, others unknown."""
+        base = 16 if self.config.id_format == "hex" else 10
+        try:
+            issued = self.config.first_id <= int(pdu.message_id, base) < self._peek_next_id()
+        except ValueError:
+            issued = False
+        if not issued:
+            return P.QuerySmResp(pdu.sequence_number, P.SMPP_ESME_RINVMSGID, pdu.message_id)
+        final = datetime.now(UTC).strftime("%y%m%d%H%M%S000+")
+        return P.QuerySmResp(pdu.sequence_number, 0, pdu.message_id, final, 2, 0)
+
+    def _peek_next_id(self) -> int:
+        return self._next_id
+
     def next_message_id(self) -> str:
         """A unique id in the configured base."""
-        n = next(self._ids)
+        n = self._next_id
+        self._next_id += 1
         return format(n, "x") if self.config.id_format == "hex" else str(n)
 
     def record(self, conn: _Connection, pdu: P.SubmitSm, message_id: str | None) -> None:

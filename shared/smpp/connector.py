@@ -35,7 +35,8 @@ class ConnectorSettings(BaseModel):
     it per held bind slot), `burst` the token bucket capacity (0 = strictly spaced), `window`
     the outstanding submits per bind. Text: `data_coding_0` is what data_coding 0 means on
     this SMSC, `encodings` the allowed encodings in order of preference (the cheapest that
-    holds the text wins), `transliterate` replaces look-alikes (’ “ – … NBSP) so they stay GSM,
+    holds the text wins), `transliterate` replaces look-alikes (smart quotes, dashes, ellipsis,
+    NBSP) so they stay GSM,
     `long_message` the concatenation method. Receipts: `submit_id_mode`/`receipt_id_mode`
     normalise the ids on each side (e.g. "hex_to_dec" on submit ids when receipts carry
     decimal), `stat_map` overrides the stat → state table, `time_zone` is the zone of the

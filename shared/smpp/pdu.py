@@ -4,7 +4,8 @@ No sockets and no asyncio here. `Decoder.feed()` takes whatever the transport de
 `Decoder.next_pdu()` returns complete PDUs one at a time (None when it needs more bytes);
 `encode(pdu, seq)` returns the wire bytes.
 
-PDUs are frozen slotted dataclasses and are *valid by construction*: a generated `__init__` checks the
+PDUs are frozen slotted dataclasses and are *valid by construction*: a generated `__init__`
+checks the
 C-octet string fields against their SMPP 3.4 maximum lengths (the maximum includes the
 terminating NUL, as in the specification's tables), so `encode` does no validation on the hot
 path. The decoder checks the same limits while parsing and builds PDUs through a generated
@@ -58,6 +59,8 @@ __all__ = [
     "classify_status",
     "decode_frame",
     "encode",
+    "encode_submit_sm",
+    "error_response",
     "get_tlv",
     "response_for",
     "status_name",
@@ -175,7 +178,9 @@ _TRANSIENT = frozenset(
         SMPP_ESME_RX_T_APPN,
     }
 )
-_BIND = frozenset({SMPP_ESME_RALYBND, SMPP_ESME_RBINDFAIL, SMPP_ESME_RINVPASWD, SMPP_ESME_RINVSYSID})
+_BIND = frozenset(
+    {SMPP_ESME_RALYBND, SMPP_ESME_RBINDFAIL, SMPP_ESME_RINVPASWD, SMPP_ESME_RINVSYSID}
+)
 _AMBIGUOUS = frozenset({SMPP_ESME_RSUBMITFAIL, SMPP_ESME_RDELIVERYFAILURE, SMPP_ESME_RUNKNOWNERR})
 
 
@@ -346,7 +351,7 @@ def _validate(obj: Any) -> None:
         value = getattr(obj, name)
         if kind == _CSTR:
             if not isinstance(value, str) or len(value) >= max_len or "\0" in value:
-                raise SmppEncodeError(f"{name}={value!r} does not fit a C-octet string of {max_len}")
+                raise SmppEncodeError(f"{name}={value!r} does not fit C-octet string[{max_len}]")
             if not (value.isascii() or max(value) <= "\xff"):
                 raise SmppEncodeError(f"{name}={value!r} is not Latin-1")
         elif kind == _SM and (not isinstance(value, bytes) or len(value) > max_len):
@@ -751,6 +756,18 @@ def response_for(request: Any, command_status: int = SMPP_ESME_ROK, **fields: An
     return cls(request.sequence_number, command_status, **fields)
 
 
+def error_response(error: "SmppPduError") -> Any:
+    """The PDU answering an undecodable request: its own response type carrying
+    `error.status` when the command is known, generic_nack otherwise; None for a response
+    (responses are never answered)."""
+    if error.command_id & 0x80000000:
+        return None
+    cls = _RESPONSE_CLASS.get(PDU_CLASSES.get(error.command_id))  # type: ignore[arg-type]
+    if cls is None:
+        return GenericNack(error.sequence_number, error.status)
+    return cls(error.sequence_number, error.status)
+
+
 def get_tlv(pdu: Any, tag: int) -> bytes | None:
     """Return the value of the first TLV with `tag` in `pdu` (None if the PDU has none)."""
     for t, value in getattr(pdu, "tlvs", ()):
@@ -1049,7 +1066,9 @@ def decode_frame(frame: bytes) -> Any:
         raise SmppPduError(str(exc), command_id, seq, exc.status) from None
     except (IndexError, ValueError, struct.error) as exc:
         # A mandatory field runs past the end of the frame.
-        raise SmppPduError(f"truncated body: {exc}", command_id, seq, SMPP_ESME_RINVCMDLEN) from None
+        raise SmppPduError(
+            f"truncated body: {exc}", command_id, seq, SMPP_ESME_RINVCMDLEN
+        ) from None
 
 
 class Decoder:

@@ -2,8 +2,8 @@
 
 It is the generic cell rate algorithm (GCRA): the bucket keeps one number, the theoretical
 arrival time `tat` of the next send. `reserve()` takes a token and returns the delay after
-which the caller may send; callers that reserve while others wait line up behind them at
-1/rate intervals, so nobody sleeps in a loop. In any window of length t at most
+which the caller may send, so nobody sleeps in a loop; `acquire()` lets async callers take
+turns at 1/rate intervals. In any window of length t at most
 `rate * t + capacity` sends are allowed, where capacity is `burst` (burst 0 means 1: strictly
 spaced sends).
 
@@ -26,7 +26,7 @@ class TokenBucket:
     back-to-back after an idle period (0 = strictly spaced); `clock` returns seconds.
     """
 
-    __slots__ = ("_clock", "_interval", "_tat", "_tau", "burst", "rate")
+    __slots__ = ("_clock", "_interval", "_lock", "_tat", "_tau", "burst", "rate")
 
     def __init__(
         self,
@@ -40,6 +40,7 @@ class TokenBucket:
         self.burst = 0
         self._interval = 0.0
         self._tau = 0.0
+        self._lock: asyncio.Lock | None = None
         self.set_rate(rate, burst)
 
     def set_rate(self, rate: float | None, burst: int | None = None) -> None:
@@ -78,12 +79,37 @@ class TokenBucket:
         now = self._clock()
         self._tat = max(self._tat, now + seconds + self._tau)
 
-    async def acquire(self) -> None:
-        """Wait until one send is allowed (returns at once when a token is available)."""
-        delay = self.reserve()
-        if delay > 0.0:
+    async def acquire(self, abort: asyncio.Event | None = None) -> bool:
+        """Wait until one send is allowed (returns at once when a token is available).
+
+        `abort`, when set while waiting, ends the wait early: the token is given back and
+        the result is False (a closing session must not sit out its queue). True otherwise.
+
+        Waiters take turns: each reserves only after the previous one has been released, so
+        every reservation is made at the real current time. Had they all reserved up front,
+        an event-loop stall would release every overdue waiter at once when it ends — a
+        burst far above `burst` on the wire.
+        """
+        if self.rate is None:
+            return True
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if abort is not None and abort.is_set():
+                return False
+            delay = self.reserve()
+            if delay <= 0.0:
+                return True
             try:
-                await asyncio.sleep(delay)
+                if abort is None:
+                    await asyncio.sleep(delay)
+                    return True
+                async with asyncio.timeout(delay):
+                    await abort.wait()
+            except TimeoutError:
+                return True
             except asyncio.CancelledError:
                 self.refund()
                 raise
+            self.refund()
+            return False

@@ -60,8 +60,10 @@ DEFAULT_STAT_MAP: Mapping[str, PartState] = {
 }
 
 # message_state TLV values (SMPP 3.4 5.3.2.35; 0 and 9 are SMPP 5.0) → stat text.
-_MESSAGE_STATES = {0: "SCHEDULED", 1: "ENROUTE", 2: "DELIVRD", 3: "EXPIRED", 4: "DELETED",
-                   5: "UNDELIV", 6: "ACCEPTD", 7: "UNKNOWN", 8: "REJECTD", 9: "SKIPPED"}  # fmt: skip
+_MESSAGE_STATES = {
+    0: "SCHEDULED", 1: "ENROUTE", 2: "DELIVRD", 3: "EXPIRED", 4: "DELETED",
+    5: "UNDELIV", 6: "ACCEPTD", 7: "UNKNOWN", 8: "REJECTD", 9: "SKIPPED",
+}  # fmt: skip
 
 # esm_class message-type bits (5..2), SMPP 3.4 5.2.12.
 _MT_MASK = 0x3C
@@ -172,7 +174,9 @@ def map_stat(
     return state, state not in INTERMEDIATE_STATES
 
 
-ID_MODES = ("as_is", "lower", "upper", "strip_zeros", "hex_to_dec", "dec_to_hex", "dec_to_hex_upper")
+ID_MODES = (
+    "as_is", "lower", "upper", "strip_zeros", "hex_to_dec", "dec_to_hex", "dec_to_hex_upper",
+)  # fmt: skip
 
 
 def _apply_mode(value: str, mode: str) -> str:

@@ -146,7 +146,7 @@ def gsm_septets(text: str) -> int:
 
 
 def transliterate(text: str) -> str:
-    """Replace typographic look-alikes (’ “ – … NBSP …) by GSM characters."""
+    """Replace typographic look-alikes (smart quotes, dashes, ellipsis, NBSP) by GSM ones."""
     return text.translate(_TRANSLIT)
 
 
@@ -415,9 +415,7 @@ def split_bytes(data: bytes, method: Method = "udh8", ref: int = 0) -> list[Part
         raise TextTooLong(f"{len(pieces)} parts exceed {MAX_PARTS}")
     if method == "sar":
         return [Part(p, tlvs=_sar(ref, len(pieces), i)) for i, p in enumerate(pieces, 1)]
-    return [
-        Part(_udh(method, ref, len(pieces), i) + p, udhi=True) for i, p in enumerate(pieces, 1)
-    ]
+    return [Part(_udh(method, ref, len(pieces), i) + p, udhi=True) for i, p in enumerate(pieces, 1)]
 
 
 # --- MO decoding ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -188,3 +189,23 @@ async def test_send_direct_enqueues_one_mt(pool: asyncpg.Pool, db_url: str,
     assert (row["source"], row["to_addr"], row["status"]) == ("cli", NUMBER, "queued")
     bad = smsgw(["send", "--direct", "--to", "nope!", "--text", "x"], db_url, tmp_path)
     assert bad.returncode == 2
+
+
+def test_status_watch_refreshes_until_ctrl_c(db_url: str, tmp_path: Path) -> None:
+    """1. `smsgw status --watch --interval 0.2` prints a fresh view again and again.
+    2. SIGINT (Ctrl-C) ends it with exit 0.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMSGW_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "status", "--watch", "--interval", "0.2",
+         "--metrics", "http://127.0.0.1:9/metrics", "--database-url", db_url],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    seen = 0
+    for line in proc.stdout:
+        seen += line.startswith("smsgw status")
+        if seen == 3:
+            break
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+    assert seen == 3

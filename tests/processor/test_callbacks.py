@@ -178,3 +178,40 @@ async def test_concurrency_per_host_is_bounded(pool) -> None:
         await server.close()
     assert peak == 2
     assert await pool.fetchval("SELECT count(*) FROM callbacks WHERE status = 'done'") == 20
+
+
+async def test_timeout_counts_as_failure(pool) -> None:
+    """An application slower than timeout_s: each attempt times out; dead after the limit."""
+    async def slow(_request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(1.0)
+        return web.Response(status=200)
+
+    web_app = web.Application()
+    web_app.router.add_post("/slow", slow)
+    server = TestServer(web_app, host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        await store.enqueue(pool, "callbacks", [{"kind": "mo", "url": str(server.make_url(
+            "/slow")), "body": b"{}"}])
+        s = CallbackSettings(max_attempts=2, retry_base_s=0.01, retry_max_s=0.01,
+                             timeout_s=0.2, lease_s=5)
+        d = CallbackDelivery(pool, s, owner="t", allow_private=True,
+                             secrets=SecretResolver({}), poll_s=0.05)
+        await run_until_final(pool, d)
+    finally:
+        await server.close()
+    row = await pool.fetchrow("SELECT status, attempts, last_error FROM callbacks")
+    assert (row["status"], row["attempts"]) == ("dead", 2)
+    assert "Timeout" in row["last_error"]
+
+
+async def test_account_without_secret_is_sent_unsigned(pool, app) -> None:
+    """A status callback for an account with no callback_secret goes out unsigned, once."""
+    acct = await pool.fetchval("INSERT INTO accounts (name) VALUES ('b') RETURNING id")
+    await store.enqueue(pool, "callbacks", [{"kind": "status", "account_id": acct,
+                                             "url": app.url(), "body": b"{}",
+                                             "secret_ref": f"account:{acct}"}])
+    await run_until_final(pool, delivery(pool))
+    assert await pool.fetchval("SELECT status FROM callbacks") == "done"
+    [req] = app.seen
+    assert "X-Smsgw-Signature" not in req["headers"] and "X-Smsgw-Timestamp" in req["headers"]

@@ -115,3 +115,39 @@ async def wait_for(pool, sql: str, timeout_s: float = 10) -> None:
     async with asyncio.timeout(timeout_s):
         while not await pool.fetchval(sql):  # noqa: ASYNC110 - polls the DB
             await asyncio.sleep(0.02)
+
+
+async def test_every_rule_account_and_suppression_change_is_audited(pool, make_engine) -> None:
+    """1. a rule is created, changed and deleted; 2. an account is created (the accounts
+    command's own function) and gets a second key; 3. a STOP and a START change suppressions;
+    4. the audit log holds one row per change, each naming its actor and object."""
+    from services.admin.accounts import create_account
+    from shared.apikeys import create_key
+
+    from .conftest import set_rules
+    await set_rules(pool, [{"name": "r", "actions": [{"type": "reply", "template": "a"}]}],
+                    actor="ops")
+    await set_rules(pool, [{"name": "r", "actions": [{"type": "reply", "template": "b"}]}],
+                    actor="ops")
+    await set_rules(pool, [{"name": "s", "actions": [{"type": "reply", "template": "c"}]}],
+                    actor="ops")
+    async with pool.acquire() as conn:
+        account_id, _ = await create_account(conn, b"secret", "acme", actor="ops")
+        await create_key(conn, b"secret", account_id, actor="ops")
+    await add_mo(pool, [mo("+447700900001", "STOP")])
+    await make_engine().run_batch()
+    await add_mo(pool, [mo("+447700900001", "START")])
+    await make_engine().run_batch()
+    rows = await pool.fetch("SELECT actor, action, object_type, object_id FROM audit_log "
+                            "ORDER BY id")
+    got = [(r["object_type"], r["action"]) for r in rows]
+    assert [g for g in got if g[0] == "rule"] == [
+        ("rule", "rule_create"), ("rule", "rule_update"), ("rule", "rule_create"),
+        ("rule", "rule_delete")]
+    assert [g for g in got if g[0] == "suppression"] == [
+        ("suppression", "suppression_add"), ("suppression", "suppression_remove")]
+    account_rows = [r for r in rows if r["object_type"] in ("account", "api_key")]
+    assert len(account_rows) >= 2  # the account and its second key
+    assert all(r["actor"] == "ops" for r in rows if r["object_type"] != "suppression")
+    assert all(r["actor"] == "processor" for r in rows if r["object_type"] == "suppression")
+    assert all(r["object_id"] for r in rows)

@@ -140,3 +140,18 @@ def test_templates_refuse_attribute_access() -> None:
                                    text="win  big", keyword="WIN", rest="big", at=AT, smsc="s",
                                    message_id=7, service="r")
     assert url == "http://a/?t=win%20big&p=%2B44%201&k=WIN"
+
+
+def test_toml_rule_file(tmp_path) -> None:
+    """Rule files may be TOML ([[rules]] tables) as well as JSON."""
+    from services.processor.rules_cli import read_rule_file
+    path = tmp_path / "rules.toml"
+    path.write_text('''
+[[rules]]
+name = "win"
+priority = 5
+match = { to = ["80080"], keyword = ["WIN"] }
+actions = [{ type = "reply", template = "Thanks {from}" }]
+''')
+    [rule] = read_rule_file(str(path))
+    assert rule.name == "win" and rule.priority == 5 and rule.match.keyword == ["WIN"]

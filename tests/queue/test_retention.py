@@ -8,6 +8,7 @@ import asyncpg
 
 from shared.queue import store
 from shared.queue.records import DedupeKey
+from shared.queue.sql import QUERIES
 
 from .conftest import inbound_row, outbound_row
 
@@ -109,3 +110,41 @@ async def test_queue_stats_snapshot(pool: asyncpg.Pool) -> None:
     assert stats[("callbacks", "queued")].oldest_at is None
     oldest = await pool.fetchval("SELECT min(created_at) FROM inbound")
     assert stats[("inbound", "queued")].oldest_at == oldest
+
+
+async def test_stats_refresh_reanalyzes_a_queue_the_planner_thinks_empty(
+        pool: asyncpg.Pool) -> None:
+    """1. inbound is analyzed while empty (an idle queue), then 3000 MOs arrive.
+    2. The head-of-line claim's plan now sorts every queued row (the planner believes the
+       table empty) — except as claim_tx runs it, pinned to the index for that one statement.
+    3. refresh_queue_stats notices depth >> the planner's estimate and analyzes inbound (not
+       twice within analyze_every_s): the claim walks the claim index again, without a sort;
+       a further refresh does nothing."""
+    claim = store._q("claim_tx", "inbound", "from_addr")
+
+    async def plan(pinned: bool = False) -> str:
+        async with pool.acquire() as conn, conn.transaction():
+            if pinned:
+                await conn.execute(QUERIES["pin_claim_plan"])
+            rows = await conn.fetch("EXPLAIN (COSTS OFF) " + claim, 100)
+        return "\n".join(r[0] for r in rows)
+
+    await pool.execute("ANALYZE inbound")
+    for start in range(0, 3000, 1000):
+        await store.enqueue(pool, "inbound", [inbound_row(f"+49{i}") for i in
+                                              range(start, start + 1000)], notify=False)
+    assert "Sort" in await plan()
+    # claim_tx pins its plan: even with these statistics it walks the claim index ...
+    pinned = await plan(pinned=True)
+    assert "Sort" not in pinned and "inbound_claim_idx" in pinned
+    async with pool.acquire() as conn, conn.transaction():
+        assert len(await store.claim_tx(conn, "inbound", limit=100, hol_column="from_addr")) == 100
+        # ... and unpins it for the caller's own queries in the same transaction
+        assert await conn.fetchval("SHOW enable_sort") == "on"
+        assert await conn.fetchval("SHOW enable_bitmapscan") == "on"
+    # (the ANALYZE of step 1 was just now: the default 10 s between analyzes would wait)
+    assert await store.refresh_queue_stats(pool) == []
+    assert await store.refresh_queue_stats(pool, analyze_every_s=0) == ["inbound"]
+    after = await plan()
+    assert "Sort" not in after and "inbound_claim_idx" in after
+    assert await store.refresh_queue_stats(pool, analyze_every_s=0) == []  # estimate is right

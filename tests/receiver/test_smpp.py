@@ -167,3 +167,23 @@ async def wait_total(instances: list[Instance], n: int) -> None:
             finally:
                 for w in waiters:
                     w.cancel()
+
+
+async def test_inbound_watermark_answers_transient_but_receipts_pass(  # type: ignore[no-untyped-def]
+        start_instance, pool: asyncpg.Pool) -> None:
+    """1. the inbound queue is over its watermark (snapshot)
+    2. an MO deliver_sm gets the connector's transient status (0x64) and is not stored
+    3. a receipt still gets ESME_ROK: receipts check only their own queue."""
+    async with Simulator() as sim:
+        inst = await start_instance([connector(sim.port, binds=1)])
+        await inst.wait_bound(1)
+        inst.ctx.admission.set_snapshot("inbound", depth=10**9)
+        inst.ctx.admission.set_snapshot("outbound", depth=10**9)
+        assert await sim.send_mo("hello") == 0x64
+        receipt = P.DeliverSm(source_addr="447700900123", destination_addr="X", esm_class=0x04,
+                              short_message=b"id:77 stat:DELIVRD err:000 text:x")
+        assert await sim.deliver(receipt) == P.SMPP_ESME_ROK
+        assert await pool.fetchval("SELECT count(*) FROM inbound") == 0
+        assert await pool.fetchval("SELECT count(*) FROM receipts") == 1
+        metric = inst.ctx.metrics.backpressure_rejections.labels(reason="inbound_watermark")
+        assert metric._value.get() == 1

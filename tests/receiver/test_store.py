@@ -50,3 +50,24 @@ async def test_group_committer_coalesces_concurrent_submits(pool: asyncpg.Pool) 
     assert all(r.id for r in results)
     assert await pool.fetchval("SELECT count(*) FROM outbound") == 100 + 20
     assert max(batches) > 1 and sum(batches) == 200
+
+
+async def test_one_notify_per_commit_on_the_senders_channel(db_url: str,
+                                                            pool: asyncpg.Pool) -> None:
+    """A committed batch wakes the senders once on smsgw_outbound (after the commit)."""
+    from shared import db
+    from shared.queue.listener import CHANNELS
+
+    got: list[str] = []
+    woke = asyncio.Event()
+    listener = await db.connect(db_url)
+    await listener.add_listener(CHANNELS["outbound"],
+                                lambda *args: (got.append(args[2]), woke.set()))
+    try:
+        async with pool.acquire() as conn:
+            await flush_mt(conn, [_mt(None), _mt(None), _mt("k")], ttl_s=60)
+        await asyncio.wait_for(woke.wait(), 5)
+        await asyncio.sleep(0.1)  # any second notification would arrive by now
+    finally:
+        await listener.close()
+    assert got == [CHANNELS["outbound"]]

@@ -192,3 +192,27 @@ async def test_generic_webhook(receiver: Receiver, pool: asyncpg.Pool) -> None:
     assert status == 422 and got["errors"][0]["field"] == "z"
     rows = await pool.fetch("SELECT to_addr, body FROM inbound")
     assert [(r["to_addr"], r["body"]) for r in rows] == [("60060", "STOP")]
+
+
+async def test_provider_id_dedupe_survives_the_retention_move(receiver: Receiver,
+                                                              pool: asyncpg.Pool) -> None:
+    """1. a Twilio webhook is stored; the processor finishes it; retention moves it to history
+    2. Twilio redelivers it → 200, and there is still exactly one message (hot + history)."""
+    from shared.queue import store
+
+    receiver.ctx.webhooks = webhook_settings(public_base_url=PUBLIC)
+    form = twilio_form("SMretained")
+    sig = twilio_reference_signature(TWILIO_TOKEN, PUBLIC + "/v1/inbound/twilio",
+                                     {k: [v] for k, v in form.items()})
+    status, _ = await receiver.post("/v1/inbound/twilio", data=form,
+                                    headers={"X-Twilio-Signature": sig})
+    assert status == 200
+    await pool.execute("UPDATE inbound SET status = 'done', updated_at = now() - interval '2h'")
+    async with pool.acquire() as conn:
+        assert await store.move_finished(conn, "inbound", older_than_s=60, batch=100) == 1
+    status, _ = await receiver.post("/v1/inbound/twilio", data=form,
+                                    headers={"X-Twilio-Signature": sig})
+    assert status == 200
+    total = await pool.fetchval("SELECT (SELECT count(*) FROM inbound)"
+                                " + (SELECT count(*) FROM inbound_history)")
+    assert total == 1

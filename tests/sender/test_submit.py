@@ -54,6 +54,7 @@ async def test_window_and_tps_are_never_exceeded(db_url: str, pool: asyncpg.Pool
         await wait_until(lambda: all_final(pool, ids, {"submitted"}), timeout=30)
         client = stack.managers["c1"].sessions()[0].client
         assert 1 <= client.counters.max_outstanding <= 4
+    assert 2 <= sim.counters.max_unanswered <= 4  # the SMSC's own view of the window
     assert max_in_window(sim.timestamps()) <= 40
 
 

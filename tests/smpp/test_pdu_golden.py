@@ -69,7 +69,8 @@ VECTORS = [
      "000000084024232125262F3A000E0001010006000101", P.DeliverSm,
      {"sequence_number": 3, "source_addr_ton": 2, "source_addr_npi": 1,
       "source_addr": "87654321", "dest_addr_ton": 4, "dest_addr_npi": 9,
-      "destination_addr": "40404", "esm_class": 0, "short_message": bytes.fromhex("4024232125262f3a"),
+      "destination_addr": "40404", "esm_class": 0,
+      "short_message": bytes.fromhex("4024232125262f3a"),
       "tlvs": ((P.Tag.SOURCE_NETWORK_TYPE, b"\x01"), (P.Tag.DEST_NETWORK_TYPE, b"\x01"))}, True),
     (CH, "decodeDeliverSmAsDeliveryReceipt",
      "000000BA00000005000000000000000200010134343935313336313932300001013430343034000400000000"
@@ -185,8 +186,9 @@ def test_cloudhopper_partial_stream_needs_more_data():
 def test_cloudhopper_unknown_command_is_skipped_and_next_pdu_decodes():
     """CH decodeBadPduButSkipAllDataInBuffer: an unknown command id consumes its frame."""
     decoder = P.Decoder()
-    decoder.feed(bytes.fromhex(
-        "0000001100000110000000000a342ee70F0000001000000015000000000a342ee7"))
+    decoder.feed(
+        bytes.fromhex("0000001100000110000000000a342ee70F0000001000000015000000000a342ee7")
+    )
     first = decoder.next_pdu()
     assert isinstance(first, P.UnknownPdu) and first.command_id == 0x110
     second = decoder.next_pdu()

@@ -12,7 +12,8 @@ from shared.smpp import pdu as P
 
 def cstr(max_len: int) -> st.SearchStrategy[str]:
     # Latin-1 without NUL: what a C-octet string can carry byte for byte.
-    return st.text(alphabet=st.characters(min_codepoint=1, max_codepoint=0xFF), max_size=max_len - 1)
+    latin1 = st.characters(min_codepoint=1, max_codepoint=0xFF)
+    return st.text(alphabet=latin1, max_size=max_len - 1)
 
 
 u8 = st.integers(0, 255)

@@ -128,6 +128,7 @@ def test_bind_resp_both_ways(cls, name, seq, system_id, version):
 
 # --- message ids --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("cls", "name"),
     [(P.SubmitSmResp, "submit_sm_resp"), (P.DeliverSmResp, "deliver_sm_resp"),
@@ -227,7 +228,9 @@ def test_short_message_pdus_both_ways(cls, name, seq, fields, sar):
     assert ours == cls(seq, 0, tlvs=ours.tlvs, **fields)
 
 
-@given(seq=st.integers(1, 0x7FFFFFFF), fields=SM_FIELDS, payload=st.binary(min_size=1, max_size=300))
+@given(
+    seq=st.integers(1, 0x7FFFFFFF), fields=SM_FIELDS, payload=st.binary(min_size=1, max_size=300)
+)
 @settings(max_examples=20, deadline=None)
 def test_message_payload_both_ways(seq, fields, payload):
     fields = {**fields, "short_message": b""}

@@ -6,6 +6,9 @@ in for the external SMSC and counts what arrives with its own clock.
 
 import asyncio
 import random
+import shutil
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -14,6 +17,7 @@ import pytest
 from services.smsc_sim.server import SimConfig, Simulator
 from shared.errors import SmppBindRejected
 from shared.smpp import pdu as P
+from shared.smpp.connector import ConnectorSettings
 from shared.smpp.session import (
     BindMode,
     Client,
@@ -56,10 +60,10 @@ async def session_factory(sim: Simulator) -> AsyncIterator[Callable[..., Awaitab
         await session.close(1.0)
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+async def wait_until(predicate: Callable[[], bool], wait_s: float = 5.0) -> None:
     """Wait for a condition driven by socket traffic (bounded; the loop keeps running)."""
     loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
+    end = loop.time() + wait_s
     while not predicate():
         if loop.time() > end:
             raise AssertionError("condition not reached")
@@ -72,7 +76,10 @@ async def test_bind_modes_and_submit(sim, session_factory):
     rx = await session_factory(bind_mode=BindMode.RECEIVER)
     trx = await session_factory()
     assert (tx.state, rx.state, trx.state) == (
-        SessionState.BOUND_TX, SessionState.BOUND_RX, SessionState.BOUND_TRX)
+        SessionState.BOUND_TX,
+        SessionState.BOUND_RX,
+        SessionState.BOUND_TRX,
+    )
     assert sim.bind_count == 3
     first, second = await tx.submit(SM), await trx.submit(SM)
     assert first.outcome is SubmitOutcome.OK and second.outcome is SubmitOutcome.OK
@@ -111,6 +118,8 @@ async def test_deliver_sm_resp_only_after_handler_returns(sim, session_factory):
             return P.SMPP_ESME_ROK
         if pdu.short_message == b"busy":
             return P.SMPP_ESME_RX_T_APPN
+        if pdu.short_message == b"none":
+            return None  # a handler bug: answered transient, never ESME_ROK
         raise RuntimeError("boom")
 
     await session_factory(handler, bind_mode=BindMode.RECEIVER)
@@ -122,6 +131,7 @@ async def test_deliver_sm_resp_only_after_handler_returns(sim, session_factory):
     assert await mo == P.SMPP_ESME_ROK
     assert await sim.send_mo(b"busy") == P.SMPP_ESME_RX_T_APPN
     assert await sim.send_mo(b"boom") == P.SMPP_ESME_RX_T_APPN
+    assert await sim.send_mo(b"none") == P.SMPP_ESME_RX_T_APPN
 
 
 async def test_receipts_reach_the_handler(sim, session_factory):
@@ -335,3 +345,90 @@ async def test_fuzz_live_session(sim, session_factory):
     assert (await session.submit(SM)).outcome in (SubmitOutcome.OK, SubmitOutcome.NOT_SENT)
     fresh = await session_factory(handler)
     assert (await fresh.submit(SM)).outcome is SubmitOutcome.OK
+
+
+async def test_mo_traffic_at_a_rate():
+    """The simulator generates MO at mo_rate per rx/trx bind; the handler sees it."""
+    got = []
+
+    async def handler(pdu):
+        got.append(pdu)
+        return 0
+
+    async with Simulator(SimConfig(mo_rate=100, mo_text="ping")) as sim:
+        cfg = SessionConfig("127.0.0.1", sim.port, "x", bind_mode=BindMode.RECEIVER,
+                            enquire_link_s=0)  # fmt: skip
+        session = Session(cfg, handler)
+        await session.open()
+        await wait_until(lambda: len(got) >= 10)
+        await session.close(1.0)
+    assert got[0].short_message == b"ping" and got[0].esm_class == 0
+    assert sim.counters.deliver_resp_ok >= 10
+
+
+async def test_set_rate_on_a_live_session(sim, session_factory):
+    """SIGHUP-style reload: the bucket of a bound session changes rate in place."""
+    session = await session_factory(tps=1000, burst=1)
+    session.bucket.set_rate(20, burst=1)
+    await asyncio.gather(*(session.submit(SM) for _ in range(11)))
+    times = sim.timestamps()
+    assert times[-1] - times[0] >= 0.45  # 10 intervals of 50 ms
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_tls_bind_and_submit(tls_files):
+    """1. the simulator serves SMPP over TLS with a self-signed cert; 2. a connector with
+    tls=true and that cert as CA binds, verifies the host, and submits."""
+    cert, key = tls_files
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    async with Simulator(SimConfig(ssl=server_ctx)) as sim:
+        connector = ConnectorSettings(
+            name="tls", system_id="esme", port=sim.port, tls=True, tls_ca_file=str(cert),
+            enquire_link_s=0,
+        )  # fmt: skip
+        session = Session(connector.session_config())
+        await session.open()
+        assert (await session.submit(SM)).outcome is SubmitOutcome.OK
+        assert await session.close(2.0)
+        untrusted = ConnectorSettings(name="tls2", system_id="esme", port=sim.port, tls=True)
+        with pytest.raises(ssl.SSLError):
+            await Session(untrusted.session_config()).open()
+
+
+async def test_close_does_not_sit_out_the_rate_queue(sim, session_factory):
+    """1. tps 1, window 5, five submits queued; 2. close(); 3. the ones still waiting for a
+    token end NOT_SENT at once instead of after 4 s of rate limiting."""
+    session = await session_factory(tps=1, burst=1, window=5)
+    tasks = [asyncio.create_task(session.submit(SM)) for _ in range(5)]
+    await wait_until(lambda: sim.counters.submits == 1)
+    start = time.monotonic()
+    assert await session.close(2.0)
+    results = await asyncio.gather(*tasks)
+    assert time.monotonic() - start < 1.0
+    assert [r.outcome for r in results].count(SubmitOutcome.OK) == 1
+    assert [r.outcome for r in results].count(SubmitOutcome.NOT_SENT) == 4
+
+
+async def test_query_sm_and_data_sm(sim, session_factory):
+    session = await session_factory()
+    result = await session.submit(P.DataSm(source_addr="1", destination_addr="2",
+                                           tlvs=((P.Tag.MESSAGE_PAYLOAD, b"hi"),)))  # fmt: skip
+    assert result.outcome is SubmitOutcome.OK
+    known = await session.request(P.QuerySm(message_id=result.message_id, source_addr="1"))
+    assert known.command_status == 0 and known.message_state == 2
+    unknown = await session.request(P.QuerySm(message_id="fffff", source_addr="1"))
+    assert unknown.command_status == P.SMPP_ESME_RINVMSGID

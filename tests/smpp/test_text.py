@@ -26,7 +26,7 @@ def test_smpplib_gsm_vectors(text, encoded):
 
 def test_smpplib_multipart_vector():
     """python-smpplib test_make_parts_multiple: '@' * 306 with reference 0x42 → two parts of
-    05 00 03 42 02 0n + 153 × 0x00."""
+    05 00 03 42 02 0n + 153 * 0x00."""
     parts = T.split("@" * 306, "gsm7", "udh8", ref=0x42)
     assert [p.short_message for p in parts] == [
         b"\x05\x00\x03\x42\x02\x01" + b"\x00" * 153,
@@ -36,7 +36,7 @@ def test_smpplib_multipart_vector():
 
 
 def test_smpplib_part_count_vector():
-    """python-smpplib test_part_number: 'Привет мир!\\n' × 10 is two UCS-2 parts."""
+    """python-smpplib test_part_number: 'Привет мир!\\n' * 10 is two UCS-2 parts."""
     assert T.estimate("Привет мир!\n" * 10) == ("ucs2", 2)
 
 
@@ -84,7 +84,7 @@ def test_udh16_and_sar_limits():
 
 def test_transliteration_keeps_promotions_single_part():
     """One smart quote turns GSM into UCS-2 (three parts here); transliterated it is one."""
-    promo = "Don’t miss our sale – 50% off everything… ends today! " * 2
+    promo = "Don\u2019t miss our sale \u2013 50% off everything\u2026 ends today! " * 2
     assert T.estimate(promo)[0] == "ucs2"
     assert T.estimate(promo, translit=True) == ("gsm7", 1)
     assert T.transliterate("“quoted”\u00a0text") == '"quoted" text'
@@ -211,7 +211,8 @@ def test_decode_mo_data_codings():
 
 def test_decode_mo_concat_udh_and_sar():
     m = T.decode_message(b"\x05\x00\x03\x42\x03\x02hello", 0, esm_class=0x40)
-    assert m.concat == T.Concat(0x42, 3, 2) and m.text == "hello" and m.udh == b"\x05\x00\x03\x42\x03\x02"
+    assert m.concat == T.Concat(0x42, 3, 2) and m.text == "hello"
+    assert m.udh == b"\x05\x00\x03\x42\x03\x02"
     m16 = T.decode_message(b"\x06\x08\x04\x12\x34\x02\x01hi", 0, esm_class=0x40)
     assert m16.concat == T.Concat(0x1234, 2, 1)
     sar = ((Tag.SAR_MSG_REF_NUM, b"\x00\x09"), (Tag.SAR_TOTAL_SEGMENTS, b"\x02"),

@@ -83,6 +83,16 @@ SELECT m.*
  LIMIT $1
    FOR UPDATE OF m SKIP LOCKED
 
+-- name: pin_claim_plan
+-- Before claim_tx, in the caller's transaction: forbid the sort/bitmap plans, so the claim walks
+-- its index in order and stops at the limit whatever the statistics say (a queue's row count
+-- swings from 0 to millions; a plan chosen while it looked empty sorted the whole queue).
+SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off
+
+-- name: unpin_claim_plan
+-- After claim_tx: the caller's own queries in the same transaction plan normally again.
+RESET enable_sort; RESET enable_bitmapscan
+
 -- name: claim_leased
 -- Lease up to $1 due queued rows to owner $2 for $3 seconds (status 'sending'). The ids are
 -- picked in a MATERIALIZED CTE, so the UPDATE can never touch more than $1 rows even when the
@@ -294,6 +304,18 @@ INSERT INTO queue_stats (queue, status, depth, oldest_at, updated_at)
 SELECT queue, status, depth, oldest_at, now() FROM snap
 ON CONFLICT (queue, status) DO UPDATE
    SET depth = EXCLUDED.depth, oldest_at = EXCLUDED.oldest_at, updated_at = EXCLUDED.updated_at
+RETURNING queue, status, depth
+
+-- name: planner_stats
+-- What the planner believes about queue tables $1: row estimate (-1: never analyzed) and when
+-- statistics were last gathered.
+SELECT c.relname::text AS queue, c.reltuples::float8 AS reltuples,
+       greatest(s.last_analyze, s.last_autoanalyze) AS analyzed_at,
+       greatest(s.last_analyze, s.last_autoanalyze) < now() - make_interval(secs => $2)
+           OR greatest(s.last_analyze, s.last_autoanalyze) IS NULL AS may_analyze
+  FROM pg_class c
+  JOIN pg_stat_user_tables s ON s.relid = c.oid
+ WHERE c.relname = ANY($1::text[]) AND c.relnamespace = to_regnamespace(current_schema())
 
 -- name: read_queue_stats
 -- The last snapshot of every queue/status.

@@ -1,0 +1,253 @@
+"""The sender's moving parts, built from the config and run as the daemon's workers.
+
+`SenderEngine` is what `app.py` (the composition root) creates once the pool and listener are
+open. It builds, per `[[connectors]]` entry with a transmitter or transceiver bind mode, a
+`BindManager` (global bind slots, one SMPP session per held slot, rate = TPS ÷ binds) whose
+sessions hand `deliver_sm` to the shared intake, plus a `Lane`; then the `Submitter` (claim,
+route, split, submit, batched write-back) and the receipt matcher.
+
+Worker order on drain (SIGTERM sets `stop`): the submitter stops claiming, lets queued parts
+resolve as not sent, waits for outstanding responses, flushes, releases unsent claims — and
+only then are the binds unbound (`manager_stop`), so no response is lost to our own unbind.
+The matcher stops at `stop` (its transaction either commits or rolls back). The intake's
+group committers close last, after the binds are gone.
+
+SIGHUP (`reload`): connector rates (TPS, burst, window is restart-only) are applied in place to
+every bound session without rebinding; routes are rebuilt and swapped in one assignment; the
+operator groups used for receipt matching are swapped too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import time as dtime
+from typing import Any
+
+import asyncpg
+import structlog
+from prometheus_client import CollectorRegistry
+
+from services.sender.metrics import SenderMetrics
+from services.sender.routing import Router
+from services.sender.submitter import Lane, SubmitSettings, Submitter
+from shared.bindslots import BindManager, bind_label
+from shared.dlr import MatchResult, MatchSettings, run_matcher
+from shared.groupcommit import GroupCommitter
+from shared.intake import DeliverIntake, flush_inbound, flush_receipts
+from shared.queue.listener import CHANNELS
+from shared.smpp.session import BindMode
+
+log = structlog.get_logger("smsgw.sender")
+
+WorkerFn = Callable[[], Coroutine[Any, Any, None]]
+SENDER_BIND_MODES = (BindMode.TRANSMITTER, BindMode.TRANSCEIVER)
+ACCOUNTS_SQL = "SELECT id, name FROM accounts"
+
+
+def _opt(settings: Any, name: str, default: Any) -> Any:
+    # The [sender] model may be older than this module during a rolling change: fall back.
+    return getattr(settings, name, default)
+
+
+def _quiet_hours(settings: Any) -> tuple[dtime, dtime] | None:
+    start, end = _opt(settings, "quiet_hours_start", None), _opt(settings, "quiet_hours_end", None)
+    if not start or not end:
+        return None
+    return dtime.fromisoformat(str(start)), dtime.fromisoformat(str(end))
+
+
+def submit_settings(settings: Any, owner: str) -> SubmitSettings:
+    """SubmitSettings from the `[sender]` section."""
+    return SubmitSettings(
+        owner=owner, lease_s=settings.lease_s, batch=settings.batch,
+        max_accounts=_opt(settings, "max_accounts", 100),
+        flush_size=_opt(settings, "flush_size", 500), flush_s=_opt(settings, "flush_s", 0.05),
+        max_attempts=_opt(settings, "max_attempts", 10),
+        retry_base_s=_opt(settings, "retry_base_s", 1.0),
+        retry_max_s=_opt(settings, "retry_max_s", 300.0),
+        throttle_retry_s=_opt(settings, "throttle_retry_s", 2.0),
+        not_sent_retry_s=_opt(settings, "not_sent_retry_s", 1.0),
+        no_bind_wait_s=_opt(settings, "no_bind_wait_s", 5.0),
+        no_response_policy=_opt(settings, "no_response_policy", "resubmit"),
+        quiet_hours=_quiet_hours(settings),
+        default_time_zone=_opt(settings, "default_time_zone", "UTC"),
+        events=_opt(settings, "events", True))
+
+
+def match_settings(config: Any) -> MatchSettings:
+    """MatchSettings from the connectors (operator groups) and `[sender]`."""
+    s = config.daemon
+    return MatchSettings.from_connectors(
+        config.connectors, window_s=_opt(s, "receipt_window_s", 3 * 86400.0),
+        retry_base_s=_opt(s, "receipt_retry_base_s", 0.5),
+        max_attempts=_opt(s, "receipt_max_attempts", 12))
+
+
+class _IntakeMetrics:
+    """The intake's observer: what arrives on the sender's transceiver binds."""
+
+    def __init__(self, metrics: SenderMetrics | None) -> None:
+        self.m = metrics
+
+    def mo(self, channel: str, provider: str, outcome: str) -> None:
+        if self.m is not None:
+            self.m.inbound.labels(channel=channel, provider=provider, outcome=outcome).inc()
+
+    def receipt(self, connector: str, state: str) -> None:
+        if self.m is not None:
+            self.m.dlr_received.labels(connector=connector, state=state).inc()
+
+    def rejected(self, reason: str) -> None:
+        if self.m is not None:
+            self.m.backpressure.labels(reason=reason).inc()
+
+
+class SenderEngine:
+    """Builds and runs the sender's parts (see the module docstring).
+
+    `wait_for_work(channel)` returns after a NOTIFY on `channel` or the fallback timer (the
+    daemon's `wait_for_work`). `registry` None runs without metrics (tests, benchmarks).
+    """
+
+    def __init__(self, config: Any, pool: asyncpg.Pool, dsn: str, owner: str, *,
+                 wait_for_work: Callable[[str], Awaitable[Any]],
+                 registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.pool = pool
+        self.dsn = dsn
+        self.owner = owner
+        self.wait_for_work = wait_for_work
+        self.metrics = SenderMetrics.create(registry) if registry is not None else None
+        self.manager_stop = asyncio.Event()
+        self.committers = [GroupCommitter(pool, flush_inbound, name="sender.inbound"),
+                           GroupCommitter(pool, flush_receipts, name="sender.receipts",
+                                          max_batch=2000)]
+        self.intake = DeliverIntake(inbound=self.committers[0], receipts=self.committers[1],
+                                    observer=_IntakeMetrics(self.metrics))
+        connectors = [c for c in config.connectors if c.bind_mode in SENDER_BIND_MODES]
+        self.managers = {c.name: self._manager(c) for c in connectors}
+        self.lanes = {c.name: Lane(c, self.managers[c.name].sessions, lambda *a: None)
+                      for c in connectors}
+        self.submitter = Submitter(
+            pool, self.lanes, self._router(config), submit_settings(config.daemon, owner),
+            metrics=self.metrics,
+            wait_for_work=lambda: self.wait_for_work(CHANNELS["outbound"]))
+        self.match = match_settings(config)
+        if self.metrics is not None:
+            self.metrics.init_static()
+            for c in connectors:
+                self.metrics.init_connector(c.name, bind_label(c.bind_mode))
+
+    def _manager(self, c: Any) -> BindManager:
+        s = self.config.daemon
+        on_up = None
+        if self.metrics is not None:
+            gauge = self.metrics.session_up
+
+            def on_up(mode: str, n: int, name: str = c.name) -> None:
+                gauge.labels(connector=name, bind=mode).set(n)
+        return BindManager(c, c.bind_mode, self.dsn, handler=self.intake.handler_for(c),
+                           on_up=on_up, retry_s=_opt(s, "bind_retry_s", 2.0),
+                           check_s=_opt(s, "bind_check_s", 1.0),
+                           grace_s=_opt(s, "bind_grace_s", None))
+
+    @staticmethod
+    def _router(config: Any) -> Router:
+        router = Router.from_settings(config.routes, config.connectors)
+        unknown = router.unknown_connectors()
+        if unknown:
+            raise ValueError(f"routes name connectors that are not configured: {unknown}")
+        return router
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def workers(self, stop: asyncio.Event) -> list[tuple[str, WorkerFn]]:
+        """(name, coroutine function) of every worker; each returns once drained."""
+        out: list[tuple[str, WorkerFn]] = [
+            ("submit_loop", lambda: self._run_submitter(stop)),
+            ("receipt_matcher", lambda: self._run_matcher(stop)),
+            ("gauges", lambda: self._gauges(stop)),
+        ]
+        for name, manager in self.managers.items():
+            out.append((f"binds.{name}", lambda m=manager: m.run(self.manager_stop)))
+        return out
+
+    async def start(self) -> None:
+        """Start the intake's committers and load account names (before the workers)."""
+        for gc in self.committers:
+            gc.start()
+        await self.load_accounts()
+
+    async def load_accounts(self) -> None:
+        """Account id → name, for per-account routes (at start and on SIGHUP)."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(ACCOUNTS_SQL)
+        self.submitter.account_names = {r["id"]: r["name"] for r in rows}
+
+    async def _run_submitter(self, stop: asyncio.Event) -> None:
+        try:
+            await self.submitter.run(stop)
+        finally:
+            # Unbind only after every outstanding response was waited for and written back.
+            self.manager_stop.set()
+
+    async def _run_matcher(self, stop: asyncio.Event) -> None:
+        await run_matcher(self.pool, self.match, stop=stop,
+                          limit=_opt(self.config.daemon, "receipt_batch", 1000),
+                          wait_for_work=lambda: self.wait_for_work(CHANNELS["receipts"]),
+                          on_result=self._count_match)
+
+    def _count_match(self, res: MatchResult) -> None:
+        if self.metrics is None:
+            return
+        for outcome, n in (("matched", res.matched), ("retry", res.retried),
+                           ("orphan", res.orphaned)):
+            if n:
+                self.metrics.dlr_matched.labels(outcome=outcome).inc(n)
+
+    async def _gauges(self, stop: asyncio.Event) -> None:
+        """Window in use per connector, once a second (a gauge, read on scrape)."""
+        while not stop.is_set():
+            if self.metrics is not None:
+                for name, manager in self.managers.items():
+                    used = sum(s.client.session.outstanding for s in manager.sessions()
+                               if getattr(s, "client", None) is not None
+                               and s.client.session is not None)
+                    self.metrics.window_in_use.labels(connector=name).set(used)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+
+    # -- reload and release -----------------------------------------------------------------
+
+    async def reload(self, new: Any) -> None:
+        """SIGHUP: new rates on the live binds, new routes and operator groups (no rebind)."""
+        router = self._router(new)  # validate first: a bad route keeps the old config
+        by_name = {c.name: c for c in new.connectors}
+        for name, manager in self.managers.items():
+            if name in by_name:
+                manager.update_connector(by_name[name])
+                self.lanes[name].connector = by_name[name]
+        self.submitter.router = router
+        self.match = match_settings(new)
+        self.config = new
+        await self.load_accounts()
+        log.info("sender_reloaded", connectors=sorted(by_name), routes=len(router.routes))
+
+    async def release(self) -> None:
+        """After the drain: give back any row still leased to us, close the intake."""
+        await self.submitter.release_all()
+        self.manager_stop.set()
+        for gc in self.committers:
+            await gc.close()
+
+    def status_line(self) -> str:
+        """`connector: bound/binds` for every connector (systemd STATUS=)."""
+        return ", ".join(f"{n}: {m.up()}/{m.connector.binds}" for n, m in self.managers.items())
+
+
+def connector_names(connectors: Sequence[Any]) -> list[str]:
+    """The names of the connectors the sender binds (transmitter or transceiver)."""
+    return [c.name for c in connectors if c.bind_mode in SENDER_BIND_MODES]

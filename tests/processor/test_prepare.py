@@ -1,0 +1,29 @@
+"""Every named query of the processor PREPAREs against the migrated schema (column typos fail)."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from services.processor import callbacks, engine, jobs, rules_cli
+from shared import suppression
+
+QUERIES = {
+    **{f"engine.{k}": v for k, v in engine.ALL_QUERIES.items()},
+    **{f"rules_cli.{k}": v for k, v in rules_cli.ALL_QUERIES.items()},
+    **{f"callbacks.{k}": v for k, v in callbacks.ALL_QUERIES.items()},
+    **{f"jobs.{k}": v for k, v in jobs.ALL_QUERIES.items()},
+    "suppression.is_suppressed": suppression.IS_SUPPRESSED,
+    "suppression.add_suppressions": suppression.ADD_SUPPRESSIONS,
+    "suppression.remove_suppressions": suppression.REMOVE_SUPPRESSIONS,
+}
+
+
+async def test_every_query_prepares(pool) -> None:
+    failed = {}
+    async with pool.acquire() as conn:
+        for name, sql in sorted(QUERIES.items()):
+            try:
+                await conn.prepare(sql)
+            except asyncpg.PostgresError as exc:
+                failed[name] = str(exc)
+    assert failed == {}

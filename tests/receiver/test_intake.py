@@ -1,0 +1,112 @@
+"""Shared intake writers: MO dedupe, fragment timeout, and the group committer's error paths."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from shared import db
+from shared.groupcommit import GroupCommitter
+from shared.intake import FragmentWrite, InboundWrite, expire_mo_fragments, flush_inbound
+
+
+def _frag(seq: int, total: int = 3, ref: int = 9) -> FragmentWrite:
+    return FragmentWrite(channel="smpp", provider="c1", connector="c1",
+                         from_addr="+447700900123", to_addr="60060", ref=ref, total=total,
+                         seq=seq, body=f"part{seq} ")
+
+
+async def test_incomplete_fragments_expire_into_a_failed_message(pool: asyncpg.Pool) -> None:
+    """1. parts 1 and 3 of 3 arrive; part 2 never does
+    2. before the timeout nothing happens; after it, one failed inbound row holds what came,
+       with the error saying what is missing; the fragments are kept (failed)."""
+    async with pool.acquire() as conn, conn.transaction():
+        res = await flush_inbound(conn, [_frag(1), _frag(3)])
+    assert [r.complete for r in res] == [False, False]
+    async with pool.acquire() as conn:
+        assert await expire_mo_fragments(conn, 60) == 0
+        await conn.execute("UPDATE mo_parts SET created_at = now() - interval '1 hour'")
+        assert await expire_mo_fragments(conn, 60) == 1
+    row = await pool.fetchrow("SELECT * FROM inbound")
+    assert row["status"] == "failed" and row["body"] == "part1 part3 "
+    assert "2 of 3" in row["last_error"] and row["meta"]["concat"]["received"] == [1, 3]
+    assert await pool.fetchval("SELECT count(*) FROM mo_parts WHERE status = 'failed'"
+                               " AND inbound_id = $1", row["id"]) == 2
+
+
+async def test_concurrent_last_fragments_make_one_message(db_url: str, pool: asyncpg.Pool) -> None:
+    """Two instances (two pools) store the last two fragments of one message at the same time:
+    the advisory lock makes exactly one of them write the message."""
+    async with pool.acquire() as conn, conn.transaction():
+        await flush_inbound(conn, [_frag(1)])
+    other = await db.create_pool(db_url, min_size=1, max_size=2)
+    try:
+        async def store(p: asyncpg.Pool, seq: int) -> bool:
+            async with p.acquire() as conn, conn.transaction():
+                return (await flush_inbound(conn, [_frag(seq)]))[0].complete
+        done = await asyncio.gather(store(pool, 2), store(other, 3))
+    finally:
+        await other.close()
+    assert sorted(done) == [False, True]
+    assert await pool.fetchval("SELECT count(*) FROM inbound") == 1
+
+
+async def test_provider_id_dedupe_within_a_batch(pool: asyncpg.Pool) -> None:
+    """The same provider id twice in one batch and once more later: one row."""
+    item = InboundWrite(channel="http", provider="twilio", connector=None,
+                        from_addr="+447700900123", to_addr="+447700900999", body="hi",
+                        provider_message_id="SM1", dedupe_scope="mo:twilio", dedupe_key="SM1")
+    async with pool.acquire() as conn, conn.transaction():
+        first = await flush_inbound(conn, [item, item])
+    async with pool.acquire() as conn, conn.transaction():
+        later = await flush_inbound(conn, [item])
+    assert [r.duplicate for r in first + later] == [False, True, True]
+    assert len({r.inbound_id for r in first + later}) == 1
+    assert await pool.fetchval("SELECT count(*) FROM inbound") == 1
+
+
+async def test_one_bad_item_does_not_fail_its_batch(pool: asyncpg.Pool) -> None:
+    """A batch where one item violates a constraint: the others commit, that caller fails."""
+    async def flush(conn: asyncpg.Connection, items: list[str]) -> list[int]:
+        rows = await conn.fetch(
+            "INSERT INTO inbound (channel, provider, from_addr, to_addr)"
+            " SELECT c, 'p', 'a', 'b' FROM unnest($1::text[]) AS c RETURNING id", items)
+        return [r["id"] for r in rows]
+    gc: GroupCommitter[str, int] = GroupCommitter(pool, flush, name="t", linger_s=0.01)
+    gc.start()
+    try:
+        results = await asyncio.gather(*(gc.submit(c) for c in ("http", "bogus", "smpp")),
+                                       return_exceptions=True)
+    finally:
+        await gc.close()
+    assert isinstance(results[1], asyncpg.CheckViolationError)
+    assert all(isinstance(r, int) for r in (results[0], results[2]))
+    assert await pool.fetchval("SELECT count(*) FROM inbound") == 2
+
+
+async def test_full_buffer_refuses_at_once(pool: asyncpg.Pool) -> None:
+    """Past max_pending, submit raises IntakeFull instead of queueing without limit."""
+    from shared.groupcommit import IntakeFull
+
+    gate = asyncio.Event()
+
+    async def slow(conn: asyncpg.Connection, items: list[int]) -> list[int]:
+        await gate.wait()
+        return items
+    gc: GroupCommitter[int, int] = GroupCommitter(pool, slow, name="t", max_pending=2,
+                                                  max_inflight=1, max_batch=1)
+    gc.start()
+    try:
+        first = asyncio.ensure_future(gc.submit(1))
+        await asyncio.sleep(0)  # the worker takes item 1 and waits in the flush
+        waiting = [asyncio.ensure_future(gc.submit(i)) for i in (2, 3)]
+        await asyncio.sleep(0)
+        with pytest.raises(IntakeFull):
+            await gc.submit(4)
+        gate.set()
+        assert await first == 1 and [await w for w in waiting] == [2, 3]
+    finally:
+        gate.set()
+        await gc.close()
