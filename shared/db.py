@@ -9,6 +9,7 @@ transaction (for `CREATE INDEX CONCURRENTLY`); the others run in one transaction
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 import re
 from dataclasses import dataclass
@@ -103,7 +104,7 @@ async def migrate(dsn: str, *, target: int | None = None) -> list[str]:
     conn = await asyncpg.connect(dsn)
     applied: list[str] = []
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        await _take_migration_lock(conn)
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL,"
@@ -120,6 +121,16 @@ async def migrate(dsn: str, *, target: int | None = None) -> list[str]:
         finally:
             await conn.close()
     return applied
+
+
+async def _take_migration_lock(conn: asyncpg.Connection) -> None:
+    # Not pg_advisory_lock(): a session blocked inside it has an open transaction snapshot,
+    # and a `CREATE INDEX CONCURRENTLY` in the lock holder's migration waits for every such
+    # snapshot -> deadlock. Trying between short pauses keeps the waiter out of a transaction.
+    delay = 0.05
+    while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY):
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 async def _apply(conn: asyncpg.Connection, mig: Migration) -> None:

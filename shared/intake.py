@@ -189,12 +189,14 @@ ON CONFLICT (connector, from_addr, to_addr, ref, total, seq) WHERE status = 'que
 RETURNING id
 """
 
-# recently_reassembled: was this seq part of a message completed within the window?
-# (An SMSC that did not see our deliver_sm_resp sends the fragment again.)
+# recently_reassembled: was this very fragment (same key, seq and content) part of a message
+# completed within the window? An SMSC that did not see our deliver_sm_resp sends it again; a
+# new message reusing the reference differs in content (or comes after the window).
 RECENTLY_REASSEMBLED = """
 SELECT inbound_id FROM mo_parts
  WHERE connector = $1 AND from_addr = $2 AND to_addr = $3 AND ref = $4 AND total = $5
    AND seq = $6 AND status = 'done' AND updated_at > now() - make_interval(secs => $7)
+   AND body IS NOT DISTINCT FROM $8 AND raw IS NOT DISTINCT FROM $9 AND id <> $10
  ORDER BY id DESC LIMIT 1
 """
 
@@ -251,7 +253,7 @@ NOTIFY = "SELECT pg_notify($1, '')"
 
 async def flush_inbound(conn: asyncpg.Connection, items: Sequence[InboundWrite | FragmentWrite],
                         *, ttl_s: float = DEFAULT_DEDUPE_TTL_S,
-                        replay_window_s: float = 3600.0) -> list[InboundResult]:
+                        replay_window_s: float = 120.0) -> list[InboundResult]:
     """Group-commit flush for MO: whole messages in one INSERT, then fragments; one NOTIFY.
 
     `ttl_s` is how long provider ids are remembered; `replay_window_s` how long a re-sent
@@ -333,7 +335,8 @@ async def _store_fragment(conn: asyncpg.Connection, frag: FragmentWrite, ttl_s: 
                                   frag.data_coding, meta)
     if part_id is None:  # the same seq is already waiting: a re-send
         return InboundResult(None, duplicate=True, complete=False)
-    done_id = await conn.fetchval(RECENTLY_REASSEMBLED, *key, frag.seq, replay_window_s)
+    done_id = await conn.fetchval(RECENTLY_REASSEMBLED, *key, frag.seq, replay_window_s,
+                                  frag.body, frag.raw, part_id)
     if done_id is not None:  # a re-send of a fragment of a message we already reassembled
         await conn.execute(FINISH_FRAGMENTS, [part_id], "done", done_id)
         return InboundResult(done_id, duplicate=True)

@@ -43,14 +43,17 @@ class InvalidNumber(SmsGatewayError, ValueError):
 
 def normalise(number: str, *, default_country: str | None = None, ton: int | None = None,
               npi: int | None = None, prefix_rules: Sequence[tuple[str, str]] | None = None,
-              short_code_max_len: int = SHORT_CODE_MAX_LEN) -> str:
+              short_code_max_len: int = SHORT_CODE_MAX_LEN,
+              assume_international: bool = False) -> str:
     """Return `number` as E.164 (`+<digits>`), or unchanged if it is a short code/alphanumeric.
 
     `default_country` (ISO 3166 alpha-2, e.g. "GB") is the region national numbers are read in;
     `ton`/`npi` are the SMPP address type (international numbers may arrive without '+');
     `prefix_rules` are (prefix, replacement) rewrites applied first, the first match wins (e.g.
-    ("0", "+44") for an SMSC that sends national numbers with TON unknown). Raises
-    `InvalidNumber` with a message fit for an API error.
+    ("0", "+44") for an SMSC that sends national numbers with TON unknown).
+    `assume_international` reads bare digits without a national trunk prefix ("4915112345678")
+    as international, as Kannel-era applications send them (otherwise they are read as national
+    numbers of `default_country`). Raises `InvalidNumber` with a message fit for an API error.
     """
     del npi  # ISDN (E.164) is the only numbering plan we route; kept for the contract's signature
     raw = number.strip()
@@ -66,8 +69,11 @@ def normalise(number: str, *, default_country: str | None = None, ton: int | Non
         value = "+" + value.removeprefix("00")
     elif value.startswith("00"):
         value = "+" + value[2:]
-    if not value.startswith("+") and _DIGITS_RE.match(value) and len(value) <= short_code_max_len:
-        return value
+    if not value.startswith("+") and _DIGITS_RE.match(value):
+        if len(value) <= short_code_max_len:
+            return value
+        if assume_international and not value.startswith("0"):
+            value = "+" + value
     return _to_e164(value, (default_country or "").upper() or None)
 
 

@@ -11,13 +11,22 @@ costs a dict lookup, never a COUNT.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+import structlog
 
 from services.receiver.options import ReceiverOptions
 from shared.queue import store
+
+log = structlog.get_logger("receiver.admission")
+# A snapshot nobody has refreshed for this long is ignored (fail open): a dead refresher must
+# not keep refusing intake on numbers from the past. The database being down is caught at
+# commit time anyway.
+STALE_AFTER_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +40,13 @@ class QueueSnapshot:
 class Admission:
     """Decides, from the last snapshot, whether an intake may take more work."""
 
-    def __init__(self, options: ReceiverOptions) -> None:
+    def __init__(self, options: ReceiverOptions, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._options = options
+        self._clock = clock
         self._queues: dict[str, QueueSnapshot] = {}
         self.updated_at: datetime | None = None
+        self._fresh_at = clock()  # local time the snapshot last changed
 
     def update_options(self, options: ReceiverOptions) -> None:
         """Apply reloaded watermarks."""
@@ -43,22 +55,27 @@ class Admission:
     async def read(self, conn: asyncpg.Connection) -> None:
         """Re-read the `queue_stats` snapshot (a periodic job, every `stats_read_s`)."""
         queues: dict[str, QueueSnapshot] = {}
+        newest = self.updated_at
         for stat in await store.read_queue_stats(conn):
             if stat.status != "queued":
                 continue
             age = (stat.updated_at - stat.oldest_at).total_seconds() if stat.oldest_at else 0.0
             queues[stat.queue] = QueueSnapshot(stat.depth, max(0.0, age))
-            self.updated_at = stat.updated_at
+            newest = stat.updated_at if newest is None else max(newest, stat.updated_at)
+        if newest != self.updated_at:
+            self.updated_at = newest
+            self._fresh_at = self._clock()
         self._queues = queues
 
     def set_snapshot(self, queue: str, depth: int, oldest_age_s: float = 0.0) -> None:
         """Set one queue's numbers directly (tools and tests that have no refresher)."""
         self._queues[queue] = QueueSnapshot(depth, oldest_age_s)
+        self._fresh_at = self._clock()
 
     def check(self, queue: str) -> str | None:
         """None when `queue` may take more, else the rejection reason (a metric label)."""
         snap = self._queues.get(queue)
-        if snap is None:
+        if snap is None or self._clock() - self._fresh_at > STALE_AFTER_S:
             return None
         opts = self._options
         watermark = {"outbound": opts.outbound_high_watermark,

@@ -24,7 +24,7 @@ MAX_KEY_LENGTH = 200
 class Authenticator:
     """Resolve API keys to accounts (see the module docstring)."""
 
-    def __init__(self, pool: asyncpg.Pool, server_secret: bytes, *, cache_s: float = 5.0,
+    def __init__(self, pool: asyncpg.Pool, server_secret: bytes | None, *, cache_s: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._pool = pool
         self._secret = server_secret
@@ -33,8 +33,9 @@ class Authenticator:
         self._cache: dict[bytes, tuple[Account | None, float]] = {}
 
     async def authenticate(self, key: str) -> Account | None:
-        """The account the key belongs to, or None (unknown, revoked, disabled account)."""
-        if not key or len(key) > MAX_KEY_LENGTH:
+        """The account the key belongs to, or None (unknown, revoked, disabled account; or no
+        server secret configured, when no key can be checked)."""
+        if not key or len(key) > MAX_KEY_LENGTH or self._secret is None:
             return None
         digest = hash_key(self._secret, key)
         now = self._clock()

@@ -1,6 +1,6 @@
 """Receiver intake benchmark: committed messages/s through the HTTP API and /cgi-bin/sendsms.
 
-    smsgw bench intake-api [--database-url URL] [--duration 10] [--clients 64]
+    smsgw bench receiver [--database-url URL] [--duration 10] [--clients 64]
                            [--mode api|sendsms|both] [--batch 1] [--server-procs 1]
 
 Starts its own Postgres (initdb into a temp dir, **fsync on**, settings printed) unless
@@ -169,7 +169,8 @@ async def _prepare(url: str, secret: bytes) -> tuple[str, str]:
         await admin.execute(f'CREATE DATABASE "{name}"')
         settings = {r["name"]: r["setting"] for r in await admin.fetch(
             "SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit',"
-            " 'wal_sync_method', 'shared_buffers', 'max_connections', 'full_page_writes')")}
+            " 'wal_sync_method', 'shared_buffers', 'max_connections', 'full_page_writes',"
+            " 'server_version')")}
     finally:
         await admin.close()
     parts = urlsplit(url)
@@ -181,6 +182,8 @@ async def _prepare(url: str, secret: bytes) -> tuple[str, str]:
     finally:
         await conn.close()
     print("postgres settings:", json.dumps(settings))
+    print(f"machine: {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f} at start, "
+          f"python {sys.version.split()[0]}")
     return bench_url, key
 
 
@@ -247,11 +250,11 @@ async def _run_mode(mode: str, url: str, key: str, args: argparse.Namespace,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`smsgw bench intake-api …` → 0 when every acknowledged message is stored."""
+    """`smsgw bench receiver …` → 0 when every acknowledged message is stored."""
     args_in = list(sys.argv[1:] if argv is None else argv)
     if args_in[:1] == ["--serve"]:
         return _serve_main(args_in[1:])
-    parser = argparse.ArgumentParser(prog="smsgw bench intake-api", description=__doc__,
+    parser = argparse.ArgumentParser(prog="smsgw bench receiver", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", help="use this server instead of an embedded one")
     parser.add_argument("--duration", type=float, default=10.0)

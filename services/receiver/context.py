@@ -70,10 +70,14 @@ CONTEXT = web.AppKey("receiver_context", ReceiverContext)
 
 
 def build_context(pool: asyncpg.Pool, options: ReceiverOptions, webhooks: WebhooksSettings, *,
-                  server_secret: bytes, registry: CollectorRegistry | None = None,
+                  server_secret: bytes | None, registry: CollectorRegistry | None = None,
                   metrics: ReceiverMetrics | None = None,
                   clock: Callable[[], float] = time.time) -> ReceiverContext:
-    """Create the context and start its group committers (call inside the running loop)."""
+    """Create the context and start its group committers (call inside the running loop).
+
+    `server_secret` None (not configured) leaves the API keys uncheckable: every bearer key
+    and sendsms password is refused with 401/403; webhooks and SMPP intake still work.
+    """
     metrics = metrics or ReceiverMetrics.create(registry or CollectorRegistry())
     admission = Admission(options)
 
@@ -92,7 +96,7 @@ def build_context(pool: asyncpg.Pool, options: ReceiverOptions, webhooks: Webhoo
                    transactional=False)
     inbound = committer("inbound", lambda c, items: flush_inbound(
         c, items, ttl_s=options.webhook_dedupe_ttl_s,
-        replay_window_s=options.mo_fragment_timeout_s), transactional=True)
+        replay_window_s=options.mo_fragment_replay_s), transactional=True)
     receipts = committer("receipts", flush_receipts, transactional=False)
     for c in (mt, inbound, receipts):
         c.start()

@@ -24,6 +24,9 @@ class ReceiverOptions(BaseModel):
     max_parts: int = Field(default=10, ge=1, le=255)  # text longer than this many parts → 422
     max_recipients: int = Field(default=100, ge=1)  # /cgi-bin/sendsms `to` list
     default_country: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$")
+    # sendsms: bare digits without a trunk prefix ("4915112345678") are international, as
+    # Kannel applications send them; the JSON API always reads them as national numbers
+    sendsms_assume_international: bool = True
     client_ref_ttl_s: float = Field(default=86400 * 2, gt=0)  # idempotency keys remembered
     webhook_dedupe_ttl_s: float = Field(default=86400 * 2, gt=0)  # provider ids remembered
     # group commit (shared/groupcommit.py)
@@ -31,10 +34,12 @@ class ReceiverOptions(BaseModel):
     commit_max_inflight: int = Field(default=2, ge=1)
     commit_linger_s: float = Field(default=0.0, ge=0)  # measured: lingering lost throughput
     intake_max_pending: int = Field(default=20000, ge=1)
-    # admission control: each intake checks its own queue's snapshot (queue_stats)
-    outbound_high_watermark: int = Field(default=200_000, ge=1)
-    inbound_high_watermark: int = Field(default=200_000, ge=1)
-    receipts_high_watermark: int = Field(default=500_000, ge=1)
+    # admission control: each intake checks its own queue's snapshot (queue_stats). The
+    # snapshot counts at most 100,000 rows per queue (shared.queue.store.refresh_queue_stats),
+    # so a watermark must stay below that to ever trigger.
+    outbound_high_watermark: int = Field(default=50_000, ge=1, lt=100_000)
+    inbound_high_watermark: int = Field(default=50_000, ge=1, lt=100_000)
+    receipts_high_watermark: int = Field(default=90_000, ge=1, lt=100_000)
     max_queued_age_s: float = Field(default=900, gt=0)  # oldest queued row older → 503
     stats_read_s: float = Field(default=0.25, gt=0)  # how often the snapshot is re-read
     retry_after_s: int = Field(default=2, ge=1)
@@ -43,7 +48,9 @@ class ReceiverOptions(BaseModel):
     ratelimit_sync_s: float = Field(default=0.2, gt=0)
     # SMPP receiver (rx) binds and the per-connector transient error for deliver_sm_resp
     smpp_binds: bool = True
-    mo_fragment_timeout_s: float = Field(default=600, gt=0)
+    # a fragment re-sent within this window after its message was reassembled (same content)
+    # is a duplicate, not the start of a new message
+    mo_fragment_replay_s: float = Field(default=120, gt=0)
 
     def resolved_http_port(self, instance: int) -> int:
         """The API port: configured, else 8080 + (instance - 1)."""

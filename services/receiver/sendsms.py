@@ -116,7 +116,8 @@ def _recipients(ctx: ReceiverContext, params: dict[str, bytes]) -> list[str]:
     out = []
     for number in numbers:
         try:
-            e164 = normalise(number, default_country=ctx.options.default_country)
+            e164 = normalise(number, default_country=ctx.options.default_country,
+                             assume_international=ctx.options.sendsms_assume_international)
         except InvalidNumber as exc:
             raise _bad(ctx, "to", f"{exc}") from exc
         if not e164.startswith("+"):

@@ -254,7 +254,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--flush", type=int, default=1000)
     p.add_argument("--match-batch", type=int, default=2000)
-    p.add_argument("--handler-concurrency", type=int, default=64,
+    p.add_argument("--handler-concurrency", type=int, default=1000,
                    help="deliver_sm handlers in flight per bind (the connector setting)")
     p.add_argument("--top", type=int, default=0, help="print the N costliest statements")
     p.add_argument("--timeout-s", type=float, default=600)

@@ -42,6 +42,8 @@ WITH RECURSIVE accts(category, acct) AS (
 ), stale AS MATERIALIZED (
     SELECT id FROM outbound
      WHERE status = 'sending' AND lease_until < now()
+       -- never our own: an outcome of ours may still be waiting for its write-back
+       AND lease_owner IS DISTINCT FROM $1::text
      ORDER BY lease_until
      LIMIT $3
        FOR UPDATE SKIP LOCKED

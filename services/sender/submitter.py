@@ -287,6 +287,12 @@ def _is_permanent(res: SubmitResult) -> bool:
 
 def decide(msg: InFlight, settings: SubmitSettings, now: datetime) -> Outcome:
     """The write-back for a message whose parts are all answered (or given up)."""
+    if len(msg.results) == 1 and msg.parts_total == 1:
+        (no, res), = msg.results.items()
+        if res.outcome is SubmitOutcome.OK:  # the common case, without the general walk
+            return Outcome(msg_id=msg.row.id, status="submitted", parts_total=1,
+                           connector=msg.connector, row=msg.row,
+                           parts=((no, msg.smsc_ids.get(no), res.command_status, "submitted"),))
     base = {"msg_id": msg.row.id, "parts_total": msg.parts_total, "connector": msg.connector,
             "parts": _part_rows(msg), "row": msg.row}
     results = list(msg.results.values())

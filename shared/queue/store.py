@@ -509,6 +509,8 @@ async def run_retention(pool: Conn, settings: RetentionSettings) -> dict[str, in
     Moves finished rows of inbound/outbound/receipts/callbacks to their history tables and
     purges expired dedupe keys, old outbound parts, old events, old MO fragments and old bodies,
     each in batches (short statements, no long transaction). Returns counts per step.
+    Pass a pool or a connection outside any transaction: each batch must commit on its own
+    (inside one transaction the moved rows stay locked and the work is lost on error).
     """
     async with _acquire(pool) as conn:
         if not await conn.fetchval(QUERIES["try_lock"], RETENTION_LOCK_KEY):

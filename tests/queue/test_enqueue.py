@@ -104,3 +104,27 @@ async def test_enqueue_notifies_once_per_call(pool: asyncpg.Pool, connect: Conne
     await listener.fetchval("SELECT 1")  # a round trip: pending notifications are delivered
     await asyncio.sleep(0.05)
     assert got == ["smsgw_outbound"]
+
+
+async def test_dedupe_key_committed_while_waiting(pool: asyncpg.Pool, connect: Connect) -> None:
+    """1. Transaction A enqueues key K (fingerprint f) and keeps its transaction open.
+    2. B enqueues K too (fingerprints f and g in two rows of one batch): its INSERT waits in
+       ON CONFLICT for A.
+    3. A commits: B returns without an error, both rows duplicates of A's row (the original read
+       back after the statement, since it is not in B's snapshot), fingerprints compared."""
+    a, b = await connect(), await connect()
+    tx = a.transaction()
+    await tx.start()
+    [orig] = await store.enqueue(a, "inbound", [inbound_row()],
+                                 dedupe=[DedupeKey(scope="mo:t", key="K", fingerprint="f")])
+    waiting = asyncio.create_task(store.enqueue(
+        b, "inbound", [inbound_row(), inbound_row()],
+        dedupe=[DedupeKey(scope="mo:t", key="K", fingerprint="f"),
+                DedupeKey(scope="mo:t", key="K", fingerprint="g")]))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()  # blocked on A's uncommitted key
+    await tx.commit()
+    res = await asyncio.wait_for(waiting, 5)
+    assert [(r.id, r.duplicate, r.fingerprint_match) for r in res] == [
+        (orig.id, True, True), (orig.id, True, False)]
+    assert await pool.fetchval("SELECT count(*) FROM inbound") == 1

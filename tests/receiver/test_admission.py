@@ -74,3 +74,16 @@ async def test_account_rate_limit_holds_across_instances(receiver_factory: Recei
     assert (await a.post("/v1/messages", key=key, json=MSG))[0] == 202
     assert await pool.fetchval("SELECT count(*) FROM outbound") == 5
     assert await pool.fetchval("SELECT sum(count) FROM account_rate_windows") == 4
+
+
+def test_a_stale_snapshot_is_ignored() -> None:
+    """A snapshot that stopped changing (its refresher died) no longer refuses intake."""
+    from services.receiver.admission import STALE_AFTER_S, Admission
+
+    now = [100.0]
+    admission = Admission(ReceiverOptions(outbound_high_watermark=10), clock=lambda: now[0])
+    admission.set_snapshot("outbound", depth=50)
+    assert admission.check("outbound") == "outbound_watermark"
+    assert admission.check("inbound") is None
+    now[0] += STALE_AFTER_S + 1
+    assert admission.check("outbound") is None

@@ -110,3 +110,19 @@ async def test_full_buffer_refuses_at_once(pool: asyncpg.Pool) -> None:
     finally:
         gate.set()
         await gc.close()
+
+
+async def test_resent_fragment_is_a_duplicate_but_a_reused_reference_is_not(
+        pool: asyncpg.Pool) -> None:
+    """1. a 2-part message is reassembled
+    2. its part 2 is re-sent (same content) → duplicate, still one message
+    3. a new message with the same reference but other text → a second message."""
+    def frag(seq: int, text: str) -> FragmentWrite:
+        return FragmentWrite(channel="smpp", provider="c1", connector="c1",
+                             from_addr="+447700900123", to_addr="60060", ref=5, total=2,
+                             seq=seq, body=text)
+    for batch in ([frag(1, "a"), frag(2, "b")], [frag(2, "b")], [frag(1, "c"), frag(2, "d")]):
+        async with pool.acquire() as conn, conn.transaction():
+            await flush_inbound(conn, batch)
+    bodies = [r["body"] for r in await pool.fetch("SELECT body FROM inbound ORDER BY id")]
+    assert bodies == ["ab", "cd"]

@@ -17,6 +17,10 @@ from shared.urlguard import UnsafeUrl, check_url
     ("60060", {}, "60060"),
     ("MyBank", {}, "MyBank"),
     ("7700900123", {"prefix_rules": [("7", "+447")]}, "+447700900123"),
+    ("4915112345678", {"default_country": "DE", "assume_international": True},
+     "+4915112345678"),
+    ("015112345678", {"default_country": "DE", "assume_international": True},
+     "+4915112345678"),
 ])
 def test_normalise(raw: str, kw: dict[str, object], expected: str) -> None:
     """National, international, prefixed, short code and alphanumeric forms."""
