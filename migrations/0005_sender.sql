@@ -1,5 +1,5 @@
 -- smsgw: no-transaction
--- 0005: sender additions (claim lanes, receipt wake-up, ported numbers). Additive only: no
+-- 0005: sender additions (claim lanes, ported numbers). Additive only: no
 -- column is added to outbound, so `INSERT INTO outbound_history SELECT * FROM outbound` (the
 -- retention move) keeps working. Indexes are built CONCURRENTLY: outbound is hot on a live
 -- system, and a plain CREATE INDEX would block every writer while it builds.
@@ -12,15 +12,6 @@
 -- range instead of being re-scanned by every claim.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS outbound_lane_idx
     ON outbound (category, (coalesce(account_id, 0)), run_after, id) WHERE status = 'queued';
-
--- Receipts waiting for their part (it may be recorded after the receipt arrived): the sender's
--- write-back re-wakes them by smsc id when it records parts.
-CREATE INDEX CONCURRENTLY IF NOT EXISTS receipts_waiting_idx
-    ON receipts (smsc_id) WHERE status = 'queued';
-
--- Orphaning sweeps queued receipts by age.
-CREATE INDEX CONCURRENTLY IF NOT EXISTS receipts_age_idx
-    ON receipts (created_at) WHERE status = 'queued';
 
 -- Ported numbers: an E.164 number that moved to another operator is sent through the
 -- connectors named here, ahead of the prefix routes (the sender reads the table per batch).

@@ -262,6 +262,8 @@ class BindManager:
         self._runs: dict[int, _SlotRun] = {}
         self._wake = asyncio.Event()
         self._closed = False
+        self._next_try = 0.0  # clock time of the next scan for free slots
+        self._next_check = 0.0  # clock time of the next slot-connection ping
 
     # -- public view -----------------------------------------------------------------------
 
@@ -331,7 +333,7 @@ class BindManager:
     async def _acquire_free(self) -> None:
         total = int(self.connector.binds)
         now = self.clock()
-        if len(self._runs) >= total or now < getattr(self, "_next_try", 0.0):
+        if len(self._runs) >= total or now < self._next_try:
             return
         self._next_try = now + self.retry_s
         try:
@@ -356,7 +358,12 @@ class BindManager:
             await asyncio.wait_for(slot.lost.wait(), timeout=self.grace_s)
         if slot.lost.is_set():
             return
-        session = self.session_factory(self.connector, slot.index, self.rate_per_s)
+        try:
+            session = self.session_factory(self.connector, slot.index, self.rate_per_s)
+        except ValueError as exc:  # e.g. the password's variable or file is missing
+            log.error("bind_session_config_error", connector=self.name, error=str(exc))
+            slot.mark_lost("config_error")
+            return
         run.session = session
         runner = asyncio.create_task(session.run(), name=f"smpp.{self.name}.{slot.index}")
         lost = asyncio.create_task(slot.lost.wait())
@@ -376,12 +383,12 @@ class BindManager:
             await asyncio.wait_for(session.close(), timeout=8.0)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - loop boundary: a failed unbind must not stop the manager
+        except Exception:
             log.exception("bind_session_close_failed", connector=self.name)
 
     async def _check_slots(self) -> None:
         now = self.clock()
-        if now < getattr(self, "_next_check", 0.0):
+        if now < self._next_check:
             return
         self._next_check = now + self.check_s
         runs = [r for r in self._runs.values() if not r.slot.lost.is_set()]

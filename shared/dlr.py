@@ -9,8 +9,9 @@ I/O in between: `FOR UPDATE SKIP LOCKED`, match, write, commit — a crash rolls
   created no earlier than `window_s` before the receipt (ids get reused; the window keeps an
   old part from taking a new receipt).
 - Whichever arrives first: a receipt may come before its `submit_sm_resp` was recorded. An
-  unmatched receipt is retried with exponential backoff (`retry_base_s` · 2^attempts), and the
-  sender's write-back makes waiting receipts due at once when it records their part. After
+  receipt is first tried `min_age_s` after it arrived (by then the part's write-back has
+  normally landed); an unmatched one is retried with exponential backoff
+  (`retry_base_s` · 2^attempts). After
   `max_attempts` tries it ends `orphan`; `orphan_receipts` (the processor's periodic job) also
   orphans receipts older than a cut-off, whoever runs.
 - Intermediate receipts (ENROUTE, ACCEPTD unless mapped final, esm_class intermediate) update
@@ -48,7 +49,10 @@ FINAL_PART_STATES: Final = frozenset(
 # Match up to $1 due receipts in one statement (run inside the caller's transaction):
 # - `sib`: receipt connector → connectors whose parts it may match (same operator group),
 #   from the config arrays $2 (names) and $3 (operator groups).
-# - `picked`: due queued receipts, oldest first, locked (SKIP LOCKED: matchers never block).
+# - `picked`: due queued receipts, oldest first, locked (SKIP LOCKED: matchers never block);
+#   a receipt is first tried $7 seconds after it arrived, by when the submit_sm_resp of its
+#   part has normally been written back (a receipt racing its own response is common with
+#   fast SMSCs, and every premature try is a wasted row update).
 # - `res`: each receipt with its newest part (NULL when none) that has its normalised id on a
 #   sibling connector and was created at most $4 seconds before the receipt. The updates
 #   below join this one CTE only (joining two CTEs made the planner nest loops over both).
@@ -65,7 +69,7 @@ WITH sib AS (
 ), picked AS MATERIALIZED (
     SELECT r.id, r.connector, r.smsc_id, r.state, r.final, r.err, r.created_at
       FROM receipts r
-     WHERE r.status = 'queued' AND r.run_after <= now()
+     WHERE r.status = 'queued' AND r.run_after <= now() - make_interval(secs => $7::float8)
      ORDER BY r.run_after, r.id
      LIMIT $1
        FOR UPDATE SKIP LOCKED
@@ -120,6 +124,8 @@ WITH sib AS (
 )
 SELECT coalesce((SELECT array_agg(DISTINCT outbound_id) FROM parts WHERE final), '{}')
            AS finals,
+       coalesce((SELECT array_agg(DISTINCT outbound_id) FROM parts WHERE NOT final), '{}')
+           AS intermediates,
        (SELECT count(*) FROM rcpt WHERE status = 'matched') AS matched,
        (SELECT count(*) FROM rcpt WHERE status = 'queued') AS retried,
        (SELECT count(*) FROM rcpt WHERE status = 'orphan') AS orphaned
@@ -192,12 +198,13 @@ SELECT count(*) AS n,
 
 # name: orphan_receipts
 # Periodic job: receipts still unmatched $1 seconds after they arrived end orphan (at most
-# $2 per run, oldest first, on receipts_age_idx).
+# $2 per run). It walks the queued receipts on receipts_claim_idx (few: most match within a
+# second) rather than keeping an index by age that every receipt insert would pay for.
 ORPHAN_RECEIPTS: Final[LiteralString] = """
 WITH old AS (
     SELECT id FROM receipts
      WHERE status = 'queued' AND created_at < now() - make_interval(secs => $1::float8)
-     ORDER BY created_at
+     ORDER BY run_after, id
      LIMIT $2
        FOR UPDATE SKIP LOCKED
 )
@@ -208,7 +215,25 @@ UPDATE receipts AS r
  WHERE r.id = old.id
 """
 
+# name: buffered_watchers
+# Of messages $1 that got an intermediate receipt, those whose application asked for Kannel
+# "queued on SMSC" reports (dlr-mask bit 4), wherever the row lives.
+BUFFERED_WATCHERS: Final[LiteralString] = """
+SELECT id, 'enroute' AS status, account_id, from_addr, to_addr, client_ref, callback_url,
+       dlr_mask, meta, parts_total, connector, error_code, last_error, 0 AS delivered
+  FROM outbound
+ WHERE id = ANY($1::bigint[]) AND callback_url IS NOT NULL AND dlr_mask & 4 <> 0
+   AND meta->>'callback_style' = 'kannel'
+UNION ALL
+SELECT id, 'enroute', account_id, from_addr, to_addr, client_ref, callback_url,
+       dlr_mask, meta, parts_total, connector, error_code, last_error, 0
+  FROM outbound_history
+ WHERE id = ANY($1::bigint[]) AND callback_url IS NOT NULL AND dlr_mask & 4 <> 0
+   AND meta->>'callback_style' = 'kannel'
+"""
+
 QUERIES: Final[dict[str, LiteralString]] = {
+    "buffered_watchers": BUFFERED_WATCHERS,
     "match_receipts": MATCH_RECEIPTS,
     "finalize_outbound": FINALIZE_OUTBOUND,
     "insert_callbacks": INSERT_CALLBACKS,
@@ -226,7 +251,8 @@ class MatchSettings:
 
     `operators` maps connector name → operator group (siblings share a group; a connector
     missing from the map matches only its own parts); `window_s` bounds how old a matching
-    part may be; unmatched receipts retry after `retry_base_s` · 2^attempts until
+    part may be; a receipt is first tried `min_age_s` after it arrived (its part's write-back
+    normally lands before); unmatched receipts retry after `retry_base_s` · 2^attempts until
     `max_attempts`, then end orphan.
     """
 
@@ -234,6 +260,7 @@ class MatchSettings:
     window_s: float = 3 * 86400.0
     retry_base_s: float = 0.5
     max_attempts: int = 12
+    min_age_s: float = 0.5
 
     @classmethod
     def from_connectors(cls, connectors: Iterable[Any], **kwargs: Any) -> MatchSettings:
@@ -354,14 +381,19 @@ async def match_batch(conn: asyncpg.Connection, settings: MatchSettings, *,
     names, groups = _operator_arrays(settings)
     async with conn.transaction():
         row = await conn.fetchrow(MATCH_RECEIPTS, limit, names, groups, settings.window_s,
-                                  settings.retry_base_s, settings.max_attempts)
+                                  settings.retry_base_s, settings.max_attempts,
+                                  settings.min_age_s)
         assert row is not None
         finals: Sequence[int] = row["finals"]
         changes: list[StatusChange] = []
         if finals:
             changes = [StatusChange.from_record(r)
                        for r in await conn.fetch(FINALIZE_OUTBOUND, list(finals))]
-        n_callbacks = await insert_callbacks(conn, changes) if changes else 0
+        notify = list(changes)
+        if row["intermediates"]:
+            notify += [StatusChange.from_record(r) for r in await conn.fetch(
+                BUFFERED_WATCHERS, list(row["intermediates"]))]
+        n_callbacks = await insert_callbacks(conn, notify) if notify else 0
     return MatchResult(matched=int(row["matched"]), retried=int(row["retried"]),
                        orphaned=int(row["orphaned"]), finalized=len(changes),
                        callbacks=n_callbacks)

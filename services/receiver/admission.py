@@ -3,7 +3,7 @@
 DESIGN.md "Backpressure, end to end": the MT API pairs with `outbound`, MO (HTTP and SMPP) with
 `inbound`, receipts only with `receipts` — never refuse receipts because outbound is deep, that
 starts SMSC retry storms. Above a queue's high watermark, or when its oldest queued row is older
-than `max_queued_age_s`, intake is refused (HTTP 503 + Retry-After, SMPP the connector's
+than `<queue>_max_queued_age_s`, intake is refused (HTTP 503 + Retry-After, SMPP the connector's
 transient status). The numbers come from the `queue_stats` snapshot that one instance refreshes
 every few hundred milliseconds (`shared.daemon`); `read` re-reads it on a timer, so a request
 costs a dict lookup, never a COUNT.
@@ -84,6 +84,8 @@ class Admission:
         if watermark is not None and snap.depth >= watermark:
             return f"{queue}_watermark"
         # Receipts wait for matching on purpose (run_after in the future): depth only.
-        if queue != "receipts" and snap.oldest_age_s > opts.max_queued_age_s:
+        max_age = {"outbound": opts.outbound_max_queued_age_s,
+                   "inbound": opts.inbound_max_queued_age_s}.get(queue)
+        if max_age is not None and snap.oldest_age_s > max_age:
             return f"{queue}_age"
         return None

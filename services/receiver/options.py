@@ -40,7 +40,10 @@ class ReceiverOptions(BaseModel):
     outbound_high_watermark: int = Field(default=50_000, ge=1, lt=100_000)
     inbound_high_watermark: int = Field(default=50_000, ge=1, lt=100_000)
     receipts_high_watermark: int = Field(default=90_000, ge=1, lt=100_000)
-    max_queued_age_s: float = Field(default=900, gt=0)  # oldest queued row older → 503
+    # oldest queued row older than this → 503. Off for outbound by default: scheduled MTs
+    # (send_at) and MTs waiting out a retry backoff sit in `queued` legitimately for long.
+    inbound_max_queued_age_s: float | None = Field(default=900, gt=0)
+    outbound_max_queued_age_s: float | None = Field(default=None, gt=0)
     stats_read_s: float = Field(default=0.25, gt=0)  # how often the snapshot is re-read
     retry_after_s: int = Field(default=2, ge=1)
     # accounts

@@ -9,7 +9,7 @@ real parts in this process on uvloop — bind slots, lanes, submitter, write-bac
 intake for receipts arriving on the transceiver binds, and the receipt matcher.
 
 Measured and printed:
-- submit_sm/s: accepted submit_sm_resp per second, overall and sustained (the 10%–90% span);
+- submit_sm/s: accepted submit_sm_resp per second, overall and sustained (the 10%-90% span);
 - matched receipts/s: receipts matched to parts per second, overall and sustained;
 - database statements per message (pg_stat_statements when available, over the bench
   database) and transactions per message (pg_stat_database xact_commit);
@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -132,7 +131,8 @@ async def _print_top(url: str, n: int) -> None:
     finally:
         await conn.close()
     for r in rows:
-        sys.stdout.write(f"  {r['ms']:>10} ms {r['calls']:>7} calls {r['rows']:>8} rows  {r['q']}\n")
+        sys.stdout.write(
+            f"  {r['ms']:>10} ms {r['calls']:>7} calls {r['rows']:>8} rows  {r['q']}\n")
 
 
 def _pg_cpu_s(datadir: Path | None) -> float | None:
@@ -162,7 +162,7 @@ def _pg_cpu_s(datadir: Path | None) -> float | None:
 
 
 class Progress:
-    """Timestamps of progress, for overall and sustained (10%–90%) rates."""
+    """Timestamps of progress, for overall and sustained (10%-90%) rates."""
 
     def __init__(self, total: int) -> None:
         self.total = total

@@ -20,6 +20,7 @@ operator groups used for receipt matching are swapped too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import time as dtime
 from typing import Any
@@ -81,7 +82,8 @@ def match_settings(config: Any) -> MatchSettings:
     return MatchSettings.from_connectors(
         config.connectors, window_s=_opt(s, "receipt_window_s", 3 * 86400.0),
         retry_base_s=_opt(s, "receipt_retry_base_s", 0.5),
-        max_attempts=_opt(s, "receipt_max_attempts", 12))
+        max_attempts=_opt(s, "receipt_max_attempts", 12),
+        min_age_s=_opt(s, "receipt_min_age_s", 0.5))
 
 
 class _IntakeMetrics:
@@ -215,10 +217,8 @@ class SenderEngine:
                                if getattr(s, "client", None) is not None
                                and s.client.session is not None)
                     self.metrics.window_in_use.labels(connector=name).set(used)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
 
     # -- reload and release -----------------------------------------------------------------
 

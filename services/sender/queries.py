@@ -113,8 +113,9 @@ RETURNING m.id, m.account_id, m.source, m.from_addr, m.to_addr, m.body, m.catego
 #   run_after = now + their backoff.
 # - `parts`: insert each answered part (smsc id, command_status) of the owned messages; a
 #   resubmitted part replaces the earlier attempt's row.
-# - `wake`: receipts that arrived before their part was recorded become due now (the matcher
-#   retries them with backoff otherwise), and the receipts channel is notified once.
+# Receipts that arrived before their part was recorded are not woken here: the matcher tries
+# a receipt only after a short minimum age and retries unmatched ones with backoff, which
+# costs less than probing the receipts for every recorded part.
 WRITE_BACK: Final[LiteralString] = """
 WITH msg AS (
     SELECT * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::float8[],
@@ -157,17 +158,9 @@ WITH msg AS (
            status = EXCLUDED.status, submitted_at = EXCLUDED.submitted_at,
            done_at = EXCLUDED.done_at, attempts = p.attempts + 1, updated_at = now()
     RETURNING p.smsc_id
-), wake AS (
-    UPDATE receipts AS r
-       SET run_after = now(), updated_at = now()
-     WHERE r.status = 'queued' AND r.run_after > now()
-       AND r.smsc_id IN (SELECT smsc_id FROM parts WHERE smsc_id IS NOT NULL)
-    RETURNING r.id
 )
 SELECT coalesce((SELECT array_agg(id) FROM owned), '{}') AS owned,
-       (SELECT count(*) FROM parts) AS parts,
-       CASE WHEN EXISTS (SELECT 1 FROM wake) THEN pg_notify($17::text, '') END IS NULL
-           AS woke
+       (SELECT count(*) FROM parts) AS parts
 """
 
 # name: defer_outbound

@@ -10,7 +10,7 @@ Flow, with the bounds that keep memory flat and the SMSC window full:
    quiet period; the route picks a bound connector (none bound: deferred and counted, never
    failed); the text is split with `shared.smpp.text` into parts (parts an earlier attempt
    already got accepted are skipped).
-3. **Submit**: one bounded queue per connector, drained by `window × binds` workers; each
+3. **Submit**: one bounded queue per connector, drained by `window x binds` workers; each
    worker submits on the least busy bound session (the session enforces window, per-slot TPS
    and throttling pauses).
 4. **Write back** (`Flusher`): when every part of a message is answered, its outcome joins a
@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -47,7 +47,7 @@ from phonenumbers import timezone as pn_timezone
 from services.sender import queries as Q
 from services.sender.metrics import SenderMetrics
 from services.sender.routing import Router, pick
-from shared.dlr import RECEIPTS_CHANNEL, StatusChange, insert_callbacks
+from shared.dlr import StatusChange, insert_callbacks
 from shared.smpp import pdu as P
 from shared.smpp.receipts import normalise_id
 from shared.smpp.session import SubmitOutcome, SubmitResult
@@ -177,7 +177,7 @@ def source_ton_npi(addr: str, connector: Any) -> tuple[int, int, str]:
     """TON/NPI and on-the-wire form of a sender id.
 
     Alphanumeric → the connector's alphanumeric TON/NPI (5/0); a short code (listed in the
-    connector's `short_codes`, or 3–8 digits without '+') → 3/0 (network specific); an
+    connector's `short_codes`, or 3-8 digits without '+') → 3/0 (network specific); an
     international number (+E.164) → 1/1 without the '+'; anything else → the connector's
     default source TON/NPI.
     """
@@ -250,7 +250,7 @@ def recipient_zone(to_addr: str, default: str = "UTC") -> ZoneInfo:
 def quiet_delay_s(now: datetime, zone: ZoneInfo, quiet: tuple[dtime, dtime]) -> float:
     """Seconds until the quiet period ends in `zone`, or 0 when `now` is outside it.
 
-    `quiet` = (start, end) local times; start > end spans midnight (21:00–08:00).
+    `quiet` = (start, end) local times; start > end spans midnight (21:00-08:00).
     """
     start, end = quiet
     local = now.astimezone(zone)
@@ -293,42 +293,41 @@ def decide(msg: InFlight, settings: SubmitSettings, now: datetime) -> Outcome:
             return Outcome(msg_id=msg.row.id, status="submitted", parts_total=1,
                            connector=msg.connector, row=msg.row,
                            parts=((no, msg.smsc_ids.get(no), res.command_status, "submitted"),))
-    base = {"msg_id": msg.row.id, "parts_total": msg.parts_total, "connector": msg.connector,
-            "parts": _part_rows(msg), "row": msg.row}
+    mk = partial(Outcome, msg_id=msg.row.id, parts_total=msg.parts_total,
+                 connector=msg.connector, parts=_part_rows(msg), row=msg.row)
     results = list(msg.results.values())
     rejected = next((r for r in results if r.outcome is SubmitOutcome.REJECTED
                      and _is_permanent(r)), None)
     if rejected is not None:
-        return Outcome(status="rejected", error_code=rejected.command_status,
-                       error=rejected.reason, attempts_inc=1, **base)
+        return mk(status="rejected", error_code=rejected.command_status,
+                  error=rejected.reason, attempts_inc=1)
     if any(r.outcome is SubmitOutcome.UNKNOWN for r in results):
         reason = next(r.reason for r in results if r.outcome is SubmitOutcome.UNKNOWN)
         if settings.no_response_policy == "submit_unknown":
-            return Outcome(status="submit_unknown", error=reason, attempts_inc=1, **base)
+            return mk(status="submit_unknown", error=reason, attempts_inc=1)
         lease_left = (msg.row.lease_until - now).total_seconds() if msg.row.lease_until else 0
-        out = _retry(msg, settings, f"no response: {reason}", max(0.0, lease_left), 1, base)
+        out = _retry(msg, settings, mk, f"no response: {reason}", max(0.0, lease_left), 1)
         return replace(out, possible_duplicate=True)
     transient = [r for r in results if r.outcome is not SubmitOutcome.OK]
     if not transient:
-        return Outcome(status="submitted", **base)
+        return mk(status="submitted")
     if all(r.outcome is SubmitOutcome.NOT_SENT for r in transient):
-        return _retry(msg, settings, transient[0].reason or "not sent",
-                      settings.not_sent_retry_s, 0, base)
+        return _retry(msg, settings, mk, transient[0].reason or "not sent",
+                      settings.not_sent_retry_s, 0)
     if all(r.outcome is SubmitOutcome.NOT_SENT or r.command_status in _THROTTLE
            for r in transient):
-        return _retry(msg, settings, "throttled", settings.throttle_retry_s, 0, base)
+        return _retry(msg, settings, mk, "throttled", settings.throttle_retry_s, 0)
     first = next(r for r in transient if r.outcome is SubmitOutcome.REJECTED)
-    return _retry(msg, settings, first.reason or "transient error",
-                  _backoff(settings, msg.row.attempts), 1, base, first.command_status)
+    return _retry(msg, settings, mk, first.reason or "transient error",
+                  _backoff(settings, msg.row.attempts), 1, first.command_status)
 
 
-def _retry(msg: InFlight, settings: SubmitSettings, error: str, delay_s: float,
-           attempts_inc: int, base: dict[str, Any], error_code: int | None = None) -> Outcome:
+def _retry(msg: InFlight, settings: SubmitSettings, mk: Callable[..., Outcome], error: str,
+           delay_s: float, attempts_inc: int, error_code: int | None = None) -> Outcome:
     if attempts_inc and msg.row.attempts + attempts_inc >= settings.max_attempts:
-        return Outcome(status="dead", error=error, error_code=error_code,
-                       attempts_inc=attempts_inc, **base)
-    return Outcome(status="queued", error=error, error_code=error_code, delay_s=delay_s,
-                   attempts_inc=attempts_inc, **base)
+        return mk(status="dead", error=error, error_code=error_code, attempts_inc=attempts_inc)
+    return mk(status="queued", error=error, error_code=error_code, delay_s=delay_s,
+              attempts_inc=attempts_inc)
 
 
 def status_change(o: Outcome) -> StatusChange | None:
@@ -367,7 +366,7 @@ def _write_back_args(owner: str, outcomes: Sequence[Outcome]) -> list[Any]:
             [o.error_code for o in outcomes], [o.error for o in outcomes],
             [o.delay_s for o in outcomes], [o.attempts_inc for o in outcomes],
             [o.parts_total for o in outcomes], [o.connector for o in outcomes],
-            *pcols, RECEIPTS_CHANNEL]
+            *pcols]
 
 
 async def write_back(conn: asyncpg.Connection, owner: str, outcomes: Sequence[Outcome], *,
@@ -399,7 +398,7 @@ class Flusher:
     """Buffers outcomes and writes them in batches, on size (`flush_size`) or time (`flush_s`).
 
     The buffer is bounded by the submitter's claim budget (it stops claiming while the buffer
-    holds more than `4 × flush_size`). A failed flush keeps the batch and retries after a
+    holds more than `4 x flush_size`). A failed flush keeps the batch and retries after a
     second: the rows stay leased meanwhile, and the write-back stays fenced.
     """
 
@@ -441,7 +440,7 @@ class Flusher:
             await self.flush_once()
 
     async def flush_once(self) -> None:
-        """Write the current buffer (up to 4 × flush_size) in one transaction."""
+        """Write the current buffer (up to 4 x flush_size) in one transaction."""
         self._full.clear()
         batch = self.buffer[: self.settings.flush_size * 4]
         try:
@@ -467,10 +466,10 @@ def _outcome_label(status: str) -> str:
     return "retry" if status == "queued" else status
 
 
-async def _wait_any(event: asyncio.Event, stop: asyncio.Event, timeout: float | None) -> None:
+async def _wait_any(event: asyncio.Event, stop: asyncio.Event, max_s: float | None) -> None:
     waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
     try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiters, timeout=max_s, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for w in waiters:
             w.cancel()
@@ -480,7 +479,7 @@ async def _wait_any(event: asyncio.Event, stop: asyncio.Event, timeout: float | 
 
 
 class Lane:
-    """One connector's submit queue and its workers (window × binds of them).
+    """One connector's submit queue and its workers (window x binds of them).
 
     `sessions()` returns the bound sessions (objects with `.client.submit` and
     `.client.session.outstanding`); each worker takes the next part and submits it on the
@@ -502,7 +501,7 @@ class Lane:
 
     @property
     def capacity(self) -> int:
-        """Parts this connector can have outstanding now: window × bound sessions."""
+        """Parts this connector can have outstanding now: window x bound sessions."""
         return int(self.connector.window) * len(self.sessions())
 
     def up(self) -> bool:
@@ -510,7 +509,7 @@ class Lane:
         return bool(self.sessions())
 
     def start(self) -> None:
-        """Start the workers (window × configured binds)."""
+        """Start the workers (window x configured binds)."""
         n = int(self.connector.window) * int(self.connector.binds)
         self._workers = [asyncio.create_task(self._work(), name=f"sender.lane.{self.name}.{i}")
                          for i in range(n)]
@@ -560,7 +559,8 @@ class Lane:
         session = self._pick_session()
         if session is None:
             return SubmitResult(SubmitOutcome.NOT_SENT, reason="no bound session")
-        return await session.client.submit(job.pdu)
+        result: SubmitResult = await session.client.submit(job.pdu)
+        return result
 
 
 # --- the submitter -----------------------------------------------------------------------------
@@ -684,7 +684,8 @@ class Submitter:
             await conn.execute(Q.LOG_EVENTS, [e[0] for e in evs], [e[1] for e in evs],
                                [e[2] for e in evs], "sender")
 
-    async def _ported(self, conn: asyncpg.Connection, rows: Sequence[Claimed]) -> dict[str, list[str]]:
+    async def _ported(self, conn: asyncpg.Connection,
+                      rows: Sequence[Claimed]) -> dict[str, list[str]]:
         # One lookup per batch; skipped entirely while the table is empty (the common case).
         if not rows or not self.ported_enabled:
             return {}

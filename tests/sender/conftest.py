@@ -52,7 +52,8 @@ async def statuses(pool: asyncpg.Pool, ids: Sequence[int] | None = None) -> dict
     return {r["id"]: r["status"] for r in rows if ids is None or r["id"] in ids}
 
 
-async def wait_until(pred: Callable[[], Any], timeout: float = 20.0, every: float = 0.05) -> Any:
+async def wait_until(pred: Callable[[], Any], timeout: float = 20.0,  # noqa: ASYNC109
+                     every: float = 0.05) -> Any:
     """Poll an (async) predicate until truthy; fail the test after `timeout` seconds."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
@@ -87,7 +88,8 @@ class Stack:
         self.stop.set()
         await asyncio.wait_for(asyncio.gather(*self.tasks, return_exceptions=True), 30)
 
-    async def wait_bound(self, n_per_connector: int = 1, timeout: float = 10.0) -> None:
+    async def wait_bound(self, n_per_connector: int = 1,
+                         timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Wait until every connector has `n_per_connector` bound sessions."""
         await wait_until(lambda: all(m.up() >= n_per_connector
                                      for m in self.managers.values()), timeout)
@@ -123,8 +125,8 @@ async def start_stack(db_url: str, pool: asyncpg.Pool, connectors: Sequence[Conn
 
     async def run_intake_and_matcher() -> None:
         if receipts:
-            await run_matcher(pool, match or MatchSettings.from_connectors(connectors,
-                                                                         retry_base_s=0.2),
+            await run_matcher(pool, match or MatchSettings.from_connectors(
+                connectors, retry_base_s=0.2, min_age_s=0.2),
                               stop=stop, wait_for_work=lambda: asyncio.sleep(0.05))
         await manager_stop.wait()
         for gc in committers:

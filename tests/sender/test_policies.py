@@ -71,7 +71,7 @@ def test_routing_prefix_account_ported_weights() -> None:
 
 
 def test_quiet_hours_in_the_recipients_zone() -> None:
-    """21:00–08:00 quiet: 23:30 in New York waits until 08:00 there; noon sends now."""
+    """21:00-08:00 quiet: 23:30 in New York waits until 08:00 there; noon sends now."""
     ny = recipient_zone("+12125551234")
     assert ny == ZoneInfo("America/New_York")
     quiet = (dtime(21, 0), dtime(8, 0))

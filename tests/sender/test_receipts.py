@@ -45,6 +45,7 @@ async def test_mixed_part_states_end_undeliverable(db_url: str, pool: asyncpg.Po
     for r in rows:
         want = "delivered" if set(r["parts"]) == {"delivered"} else "undeliverable"
         assert r["status"] == want, r
+    assert {r["status"] for r in rows} == {"delivered", "undeliverable"}  # both cases ran
 
 
 async def test_hex_submit_ids_decimal_receipts(db_url: str, pool: asyncpg.Pool) -> None:
@@ -85,11 +86,15 @@ async def test_sibling_intermediate_and_orphans(pool: asyncpg.Pool) -> None:
     does not match, retries, and the periodic job orphans it."""
     sib = await _seed_part(pool, "a1", "111")
     inter = await _seed_part(pool, "a1", "222")
+    await pool.execute("UPDATE outbound SET callback_url='http://127.0.0.1:9/d?t=%d',"
+                       " dlr_mask=7, meta='{\"callback_style\": \"kannel\"}' WHERE id=$1",
+                       inter)
     other = await _seed_part(pool, "b1", "333")
     await _receipt(pool, "a2", "111")
     await _receipt(pool, "a1", "222", state="enroute", final=False)
     await _receipt(pool, "c9", "333")
-    settings = dlr.MatchSettings(operators={"a1": "opA", "a2": "opA", "b1": "b1", "c9": "c9"})
+    settings = dlr.MatchSettings(operators={"a1": "opA", "a2": "opA", "b1": "b1", "c9": "c9"},
+                                 min_age_s=0)
     async with pool.acquire() as conn:
         res = await dlr.match_batch(conn, settings)
         assert (res.matched, res.retried, res.finalized) == (2, 1, 1)
@@ -98,6 +103,9 @@ async def test_sibling_intermediate_and_orphans(pool: asyncpg.Pool) -> None:
         assert await dlr.orphan_receipts(conn, older_than_s=600) == 1
     assert await statuses(pool, [sib, inter, other]) == {
         sib: "delivered", inter: "submitted", other: "submitted"}
+    # Kannel mask bit 4 asked for "queued on SMSC": the intermediate receipt reports it
+    assert await pool.fetchval("SELECT url FROM callbacks WHERE outbound_id=$1",
+                               inter) == "http://127.0.0.1:9/d?t=4"
 
 
 async def test_receipt_after_retention_move_and_callbacks(pool: asyncpg.Pool) -> None:
@@ -116,7 +124,7 @@ async def test_receipt_after_retention_move_and_callbacks(pool: asyncpg.Pool) ->
     await _receipt(pool, "c1", "aaa")
     await _receipt(pool, "c1", "bbb")
     async with pool.acquire() as conn:
-        res = await dlr.match_batch(conn, dlr.MatchSettings())
+        res = await dlr.match_batch(conn, dlr.MatchSettings(min_age_s=0))
     assert (res.matched, res.finalized, res.callbacks) == (2, 2, 2)
     assert await statuses(pool, [json_id, kannel_id]) == {json_id: "delivered",
                                                          kannel_id: "delivered"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -68,11 +67,14 @@ async def test_permanent_errors_end_rejected(db_url: str, pool: asyncpg.Pool,
         await stack.wait_bound()
         for code in codes:
             sim.inject(error_next=1, error_status=code)
-            (mid,) = await add_mt(pool, 1)
+            (mid,) = await add_mt(pool, 1, callback_url="http://127.0.0.1:9/dlr?t=%d&e=%F",
+                                  dlr_mask=16 + 8, meta={"callback_style": "kannel"})
             await wait_until(lambda mid=mid: all_final(pool, [mid], {"rejected"}))
             row = await pool.fetchrow("SELECT error_code, attempts FROM outbound WHERE id=$1",
                                       mid)
             assert row["error_code"] == code
+            url = await pool.fetchval("SELECT url FROM callbacks WHERE outbound_id=$1", mid)
+            assert url == f"http://127.0.0.1:9/dlr?t=16&e={code}"  # Kannel: SMSC rejected
     assert len(sim.submits) == len(codes)
 
 
@@ -119,7 +121,8 @@ async def test_suppressed_marketing_is_never_submitted(db_url: str, pool: asyncp
     await pool.execute(
         "INSERT INTO suppressions (number_hash, number, scope, source) "
         "VALUES (sha256(convert_to($1, 'UTF8')), $1, 'global', 'stop')", "+447700900777")
-    (mkt,) = await add_mt(pool, 1, to_addr="+447700900777", category="marketing", body="promo")
+    (mkt,) = await add_mt(pool, 1, to_addr="+447700900777", category="marketing", body="promo",
+                          callback_url="http://127.0.0.1:9/status", client_ref="m-1")
     (txn,) = await add_mt(pool, 1, to_addr="+447700900777", body="otp")
     (other,) = await add_mt(pool, 1, to_addr="+447700900778", category="marketing",
                             body="promo2")
@@ -129,6 +132,9 @@ async def test_suppressed_marketing_is_never_submitted(db_url: str, pool: asyncp
         await wait_until(lambda: all_final(pool, [mkt], {"suppressed"}))
     assert b"promo" not in [r.pdu.short_message for r in sim.submits]
     assert len(sim.submits) == 2
+    cb = await pool.fetchrow("SELECT url, method, body FROM callbacks WHERE outbound_id=$1", mkt)
+    assert cb["method"] == "POST" and b'"status":"suppressed"' in cb["body"]
+    assert b'"client_ref":"m-1"' in cb["body"]
 
 
 async def test_failover_and_back(db_url: str, pool: asyncpg.Pool) -> None:
@@ -157,3 +163,37 @@ async def test_failover_and_back(db_url: str, pool: asyncpg.Pool) -> None:
         by_id = {r["id"]: r["connector"] for r in rows}
         assert {by_id[i] for i in ids} == {"backup"}
         assert {by_id[i] for i in ids2} == {"primary"}
+
+
+async def test_long_message_methods_and_encodings(db_url: str, pool: asyncpg.Pool) -> None:
+    """1. connector A splits with SAR TLVs, connector B sends message_payload (the SMSC
+    splits)  2. a 300-char GSM text and a 100-char Cyrillic text to each  3. A gets 2 + 2
+    SAR parts (UCS-2, data_coding 8, for the Cyrillic one), B one PDU per message; the
+    alphanumeric sender goes as TON 5 / NPI 0, the destination without '+' as 1/1."""
+    from services.sender.routing import Route, Router
+
+    async with Simulator() as a, Simulator() as b:
+        conns = [connector("sar", a.port, long_message="sar"),
+                 connector("pay", b.port, long_message="payload")]
+        router = Router([Route("4477009", ("sar",)), Route("4477008", ("pay",))],
+                        ["sar", "pay"])
+        ids = [*await add_mt(pool, 1, to_addr="+447700900001", body="g" * 300),
+               *await add_mt(pool, 1, to_addr="+447700900002", body="Ж" * 100),
+               *await add_mt(pool, 1, to_addr="+447700800001", body="g" * 300),
+               *await add_mt(pool, 1, to_addr="+447700800002", body="Ж" * 100)]
+        async with running(db_url, pool, conns, routes=router) as stack:
+            await stack.wait_bound()
+            await wait_until(lambda: all_final(pool, ids, {"submitted"}))
+        sar = [r.pdu for r in a.submits]
+        assert len(sar) == 4 and all(p.esm_class & 0x40 == 0 for p in sar)
+        assert all(any(tag == 0x020C for tag, _ in p.tlvs) for p in sar)  # sar_msg_ref_num
+        assert sorted(p.data_coding for p in sar) == [0, 0, 8, 8]
+        pay = [r.pdu for r in b.submits]
+        assert len(pay) == 2 and all(p.short_message == b"" for p in pay)
+        assert all(any(tag == 0x0424 for tag, _ in p.tlvs) for p in pay)  # message_payload
+        first = sar[0]
+        assert (first.source_addr_ton, first.source_addr_npi, first.source_addr) == (5, 0, "SMSGW")
+        assert (first.dest_addr_ton, first.dest_addr_npi) == (1, 1)
+        assert first.destination_addr.startswith("4477009")
+    parts = await pool.fetch("SELECT outbound_id, count(*) FROM outbound_part GROUP BY 1")
+    assert sorted(r["count"] for r in parts) == [1, 1, 2, 2]
