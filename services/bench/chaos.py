@@ -372,9 +372,7 @@ def main(argv: list[str]) -> int:
     unknown = [c for c in a.cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
-    import uvloop
-
-    try:
-        return int(uvloop.run(_main(a)))
+    try:  # the standard loop: uvloop's subprocess_exec rejects up.Child's process_group
+        return int(asyncio.run(_main(a)))
     except KeyboardInterrupt:
         return 130

@@ -1,53 +1,107 @@
 """The processor's composition root: wires the runtime to the processor's workers.
 
-SKELETON (issue 2): no rules yet. The processor claims inbound rows in transaction mode with the
-head-of-line condition on `from_addr` (per-subscriber order, DESIGN.md guarantee 7) and marks
-them done in the same transaction, and runs the retention move (DESIGN.md: the processor runs
-it). The rules engine replaces `_claim_pass`.
+Workers (each returns when `stop` is set; the daemon base drains them within `drain_s`):
+- `inbound_loop`: the rules engine's batch loop (`engine.Engine.run_batch`), woken by NOTIFY on
+  'smsgw_inbound' (or the `poll_s` fallback, which also picks up retries that came due). While
+  outbound is above its high watermark it re-checks the queue snapshot every `queue_stats_s`
+  instead of claiming.
+- `callbacks_loop`: lease-claimed delivery of the `callbacks` queue (`callbacks.py`), woken by
+  NOTIFY on 'smsgw_callbacks'.
+- `rules_watch`: NOTIFY on 'smsgw_rules' (sent by the `rules` trigger on every change, and by
+  `smsgw rules import`) reloads the rule set at once; each batch also checks the stored rules
+  version in its own transaction, so a change applies to the next batch even before the NOTIFY.
+
+Periodic jobs (`jobs.py`), each under an advisory lock and once per period across instances:
+the retention move, the MO-fragment timeout, receipt orphaning, flood-counter cleanup.
+
+SIGHUP reloads the log level, the `[processor]` keys (opt-out lists, flood control,
+watermarks, callback limits) and the rules. At drain, the current batch transaction commits or
+rolls back (nothing is lost), in-flight callbacks finish within the deadline, and leases still
+held are released.
 """
 
 from __future__ import annotations
 
-import asyncpg
+import asyncio
+import contextlib
 
+from services.processor.callbacks import CallbackDelivery
+from services.processor.engine import Engine
+from services.processor.jobs import processor_jobs
+from services.processor.metrics import ProcessorMetrics
 from services.processor.settings import ProcessorSettings
+from shared.config import AppConfig
 from shared.daemon import Daemon
-from shared.queue import store
 from shared.queue.listener import CHANNELS
-
-INBOUND = "inbound"
 
 
 class ProcessorDaemon(Daemon[ProcessorSettings]):
-    """`smsgw processor`: consumes inbound rows (see the module docstring)."""
+    """`smsgw processor`: rules, replies, campaign entries, opt-outs and callbacks."""
 
     name = "processor"
     settings_model = ProcessorSettings
-    listen_channels = (CHANNELS[INBOUND],)
+    listen_channels = (CHANNELS["inbound"], CHANNELS["callbacks"], CHANNELS["rules"])
+    reload_help = "the [processor] keys and the rules (rules also on every `smsgw rules` change)"
+
+    engine: Engine
+    callbacks: CallbackDelivery
 
     async def setup(self) -> None:
-        """One inbound consumer and the retention job."""
-        self.add_worker("inbound_loop", lambda: self.consume(CHANNELS[INBOUND], self._claim_pass))
-        # run_retention takes its own advisory lock (session mode, batch by batch).
-        self.add_periodic("retention", lambda: self.config.retention.interval_s,
-                          self._retention, locked=False)
+        """Build the engine and callback delivery, load the rules, add workers and jobs."""
+        pmetrics = ProcessorMetrics.create(self.registry)
+        self.engine = Engine(self.pool, self.settings, metrics=pmetrics)
+        async with self.pool.acquire() as conn:
+            await self.engine.ensure_rules(conn)  # rules loaded before READY=1
+        self.callbacks = CallbackDelivery(
+            self.pool, self.settings.callbacks, owner=self.worker_id,
+            allow_private=self.config.webhooks.allow_private_urls, metrics=pmetrics,
+            poll_s=self.settings.poll_s)
+        await self.callbacks.start()
+        self.add_worker("inbound_loop", lambda: self.consume(CHANNELS["inbound"], self._claim_pass))
+        self.add_worker("callbacks_loop", self._callbacks_loop)
+        self.add_worker("rules_watch", self._rules_watch)
+        for spec in processor_jobs(lambda: self.settings, lambda: self.config.retention,
+                                   owner=self.worker_id):
+            self.add_periodic(spec.name, spec.interval_s, spec.job, mode="session")
 
     async def _claim_pass(self) -> int:
-        # Claim, process and ack in one transaction: a crash rolls back and the row locks go
-        # with the connection (transaction mode, DESIGN.md guarantee 3).
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await store.claim_tx(conn, INBOUND, limit=self.settings.batch,
-                                        hol_column="from_addr")
-            if rows:
-                await store.ack(conn, INBOUND, [r.id for r in rows])
-        if rows:
-            self.log.debug("inbound_processed", count=len(rows))
-        return len(rows)
+        claimed = await self.engine.run_batch()
+        if claimed == 0 and self.engine.gate.paused:
+            # Paused by the outbound watermark: look at the snapshot again at its own refresh
+            # rate (returning 1 keeps the consume loop from waiting for an inbound NOTIFY).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), self.engine.gate.refresh_s)
+            return 0 if self.stop.is_set() else 1
+        return claimed
 
-    async def _retention(self, conn: asyncpg.Connection) -> None:
-        r = self.config.retention
-        counts = await store.run_retention(conn, store.RetentionSettings(
-            finished_s=r.finished_after_s, parts_s=r.parts_s, events_s=r.events_s,
-            body_after_s=r.body_after_s, batch=r.batch))
-        if counts and any(counts.values()):
-            self.log.info("retention_done", **counts)
+    async def _callbacks_loop(self) -> None:
+        assert self.listener is not None
+        await self.callbacks.run(self.stop, self.listener.event(CHANNELS["callbacks"]))
+
+    async def _rules_watch(self) -> None:
+        while not self.stop.is_set():
+            if not await self.wait_for_work(CHANNELS["rules"], timeout_s=3600.0):
+                continue
+            try:
+                async with self.pool.acquire() as conn:
+                    await self.engine.ensure_rules(conn)
+            except (TimeoutError, OSError) as exc:  # the next batch reloads anyway
+                self.log.warning("rules_reload_failed", error=str(exc)[:200])
+            except Exception:  # loop boundary: log and go on (the next batch checks again)
+                self.log.exception("rules_reload_failed")
+
+    async def on_reload(self, new: AppConfig[ProcessorSettings]) -> None:
+        """SIGHUP: new [processor] keys, a fresh rule set, the callback limits."""
+        self.engine.update_settings(new.daemon)
+        async with self.pool.acquire() as conn:
+            await self.engine.ensure_rules(conn)
+        self.callbacks.settings = new.daemon.callbacks
+        self.callbacks.allow_private = new.webhooks.allow_private_urls
+
+    async def release(self) -> None:
+        """After the drain: hand back callback leases still held, close the HTTP session."""
+        if hasattr(self, "callbacks"):
+            released = await self.callbacks.release()
+            if released:
+                self.log.info("callbacks_released", count=released)
+            await self.callbacks.close()

@@ -37,6 +37,7 @@ from services.processor.rules import parse_rules
 from services.processor.rules_cli import import_rules
 from shared import db
 from shared.embedded_pg import EmbeddedPostgres
+from shared.logging import configure_logging
 from shared.queue import store
 from shared.queue.bench import ServerCpu
 
@@ -166,6 +167,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the processor benchmark; prints its conditions and figures."""
     args = _parse(list(sys.argv[1:] if argv is None else argv))
+    configure_logging("warning", "processor", 1)  # the figures, not a log line per batch
     try:
         import uvloop
         runner: Callable[[Any], Any] = uvloop.run

@@ -86,12 +86,14 @@ ON CONFLICT (number, window_start) DO UPDATE SET count = f.count + EXCLUDED.coun
 RETURNING number, window_start, count
 """
 QUOTA_COUNTS: Final = """
--- quota_counts: entries already recorded per (campaign, number, period)
-SELECT e.campaign, e.number, e.period_key, count(*)::int AS n
+-- quota_counts: entries already recorded per (campaign, number, period). A correlated count
+-- per key, so each is one probe of campaign_entries_quota_idx whatever the table's size (a
+-- join may be planned as a hash join over the whole, growing table).
+SELECT u.campaign, u.number, u.period_key,
+       (SELECT count(*) FROM campaign_entries e
+         WHERE e.campaign = u.campaign AND e.number = u.number
+           AND e.period_key = u.period_key)::int AS n
   FROM unnest($1::text[], $2::text[], $3::text[]) AS u(campaign, number, period_key)
-  JOIN campaign_entries e
-    ON e.campaign = u.campaign AND e.number = u.number AND e.period_key = u.period_key
- GROUP BY 1, 2, 3
 """
 INSERT_ENTRIES: Final = """
 -- insert_entries: the batch's campaign entries in one statement
@@ -603,7 +605,10 @@ class Engine:
                     self.metrics.batch_failures.inc()
                 async with conn.transaction():
                     outcomes = await self._one_by_one(conn)
-        self._count(outcomes, time.perf_counter() - started)
+        duration = time.perf_counter() - started
+        self._count(outcomes, duration)
+        if outcomes:  # one line per batch (debug): per-message lines would dwarf the work
+            log.debug("inbound_processed", count=len(outcomes), duration_s=round(duration, 4))
         return len(outcomes)
 
     async def _claim(self, conn: asyncpg.Connection) -> list[InboundMessage]:

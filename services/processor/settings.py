@@ -1,13 +1,14 @@
-"""`[processor]` settings (env `SMSGW_PROCESSOR__<KEY>`): the common keys plus the processor's."""
+"""`[processor]` settings (env `SMSGW_PROCESSOR__<KEY>`): the common keys plus the processor's.
+
+The processor's own keys and their defaults are documented in `services/processor/options.py`
+(`ProcessorKeys`: batch, retries, outbound watermarks, flood control, `[processor.optout]`,
+`[processor.callbacks]`, `[processor.jobs]`).
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
-
-from shared.config import DaemonSection
+from services.processor.options import ProcessorKeys
 
 
-class ProcessorSettings(DaemonSection):
-    """The processor's section."""
-
-    batch: int = Field(default=100, ge=1)  # inbound rows claimed per transaction
+class ProcessorSettings(ProcessorKeys):
+    """The processor's section: `DaemonSection` keys plus `ProcessorKeys`."""

@@ -206,7 +206,7 @@ def mt_item(ctx: ReceiverContext, account: Account, msg: MessageIn,
         priority=msg.priority,
         encoding=None if msg.encoding in (None, "auto") else msg.encoding,
         client_ref=msg.client_ref, callback_url=callback_url, send_at=send_at,
-        valid_until=valid_until,
+        valid_until=valid_until, validity_s=msg.validity,
         meta={"callback_style": "json"} if callback_url else None)
     return item, (encoding, parts)
 

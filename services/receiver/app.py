@@ -1,36 +1,91 @@
-"""The receiver's composition root: wires the runtime to the receiver's HTTP API.
+"""The receiver's composition root: wires the runtime to the API, webhooks and SMPP intake.
 
-SKELETON (issue 2): the API site is up (on `http_host:http_port`, started before READY=1 and
-closed first at the drain) with no endpoints yet beyond `GET /v1/ping`; the MT API and the
-webhooks plug into `_api_app`.
+`shared.daemon.Daemon` opens the pool, the health/metrics site and the periodic queue_stats
+refresh; `setup()` adds the receiver's parts in dependency order:
+
+1. the metrics and the `ReceiverContext` (group committers started on the open pool);
+2. periodic jobs: re-read the queue snapshot for admission control, sync the account rate
+   counts across instances (neither needs a lock: every instance does both);
+3. the API site on `http_host:http_port` (8080 + instance - 1 by default), before READY=1;
+4. the SMPP rx binds of connectors with `bind_mode = "receiver"` (a worker; an SMSC that is
+   down does not delay READY=1).
+
+Drain (SIGTERM): the runtime closes the API site first (in-flight requests finish: each waits
+for its commit), the rx binds unbind after their deliver_sm handlers have committed and
+answered, then `release()` flushes and stops the committers while the pool is still open.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from services.receiver.context import ReceiverContext, build_context
+from services.receiver.metrics import ReceiverMetrics
 from services.receiver.settings import ReceiverSettings
+from services.receiver.smpp_intake import SmppIntake, receiver_connectors
+from services.receiver.web import create_api_app
+from shared.config import AppConfig
 from shared.daemon import Daemon
+
+COMMITTER_CLOSE_S = 4.0  # inside the runtime's RELEASE_TIMEOUT_S (5 s) for release()
 
 
 class ReceiverDaemon(Daemon[ReceiverSettings]):
-    """`smsgw receiver`: the HTTP intake (see the module docstring)."""
+    """`smsgw receiver`: HTTP submit API, provider webhooks, SMPP MO and receipts."""
 
     name = "receiver"
     settings_model = ReceiverSettings
-    restart_only_keys = (*Daemon.restart_only_keys, "daemon.http_host", "daemon.http_port")
-    extra_sites = 1  # the API site
+    reload_help = "watermarks, limits, webhook secrets and connector rates"
+    restart_only_keys = (*Daemon.restart_only_keys, "daemon.http_host", "daemon.http_port",
+                         "daemon.smpp_binds")
+    extra_sites = 1  # the API site (for the stop budget)
+
+    ctx: ReceiverContext
+    smpp: SmppIntake | None = None
+    api_port: int = 0
 
     async def setup(self) -> None:
-        """Start the API site; its real port is in `self.api_port`."""
+        """Build the context, add the periodic jobs, start the API site and the rx binds."""
+        secret = self.config.server_secret
+        if secret is None:
+            # Webhooks and SMPP intake work without it; the submit API refuses every key.
+            self.log.warning("server_secret_missing",
+                             hint="set [security] server_secret_env or server_secret_file; "
+                                  "until then every API key is refused")
+        self.receiver_metrics = ReceiverMetrics.create(self.registry)
+        self.ctx = build_context(
+            self.pool, self.settings, self.config.webhooks,
+            server_secret=secret.get_secret_value().encode() if secret is not None else None,
+            metrics=self.receiver_metrics)
+        self.add_periodic("admission_read", lambda: self.settings.stats_read_s,
+                          self.ctx.admission.read, locked=False)
+        self.add_periodic("ratelimit_sync", lambda: self.settings.ratelimit_sync_s,
+                          self.ctx.ratelimit.sync, locked=False)
         self.api_port = await self.add_site("api", self._api_app(), self.settings.http_host,
-                                            self.settings.http_port or 0)
+                                            self.settings.resolved_http_port(self.instance),
+                                            access_log=False)
+        if self.settings.smpp_binds and receiver_connectors(self.config.connectors):
+            assert self.config.database.url is not None
+            self.smpp = SmppIntake(self.config.connectors, self.config.database.url,
+                                   self.ctx.intake, on_up=self._bind_gauge)
+            smpp = self.smpp
+            self.add_worker("smpp_rx", lambda: smpp.run(self.stop))
 
     def _api_app(self) -> web.Application:
-        async def ping(_request: web.Request) -> web.StreamResponse:
-            return web.json_response({"ok": True, "daemon": self.name,
-                                      "instance": self.instance})
+        return create_api_app(self.ctx)
 
-        app = web.Application()
-        app.router.add_get("/v1/ping", ping)
-        return app
+    def _bind_gauge(self, connector: str, mode: str, n: int) -> None:
+        self.receiver_metrics.smpp_session_up.labels(connector=connector, bind=mode).set(n)
+        if self.smpp is not None:
+            self.set_status(f"ready; {self.smpp.bound()} rx binds up")
+
+    async def on_reload(self, new: AppConfig[ReceiverSettings]) -> None:
+        """SIGHUP: new watermarks/limits and webhook secrets at once; connector rates."""
+        self.ctx.reload(new.daemon, new.webhooks)
+        if self.smpp is not None:
+            self.smpp.update_connectors(new.connectors)
+
+    async def release(self) -> None:
+        """After the drain: flush whatever the committers still hold, then stop them."""
+        if hasattr(self, "ctx"):
+            await self.ctx.close(COMMITTER_CLOSE_S)

@@ -1,19 +1,20 @@
-"""`[receiver]` settings (env `SMSGW_RECEIVER__<KEY>`): the common keys plus the receiver's."""
+"""`[receiver]` settings (env `SMSGW_RECEIVER__<KEY>`): the common keys plus the receiver's.
+
+The receiver's own keys (API limits, group commit, admission watermarks, rate-limit sync, SMPP
+rx binds) are declared in `services/receiver/options.py` so the API and intake modules can take
+them as one argument; `ReceiverSettings` is both.
+"""
 
 from __future__ import annotations
 
 from typing import Self
 
-from pydantic import Field
-
+from services.receiver.options import ReceiverOptions
 from shared.config import RECEIVER_HTTP_PORT_BASE, DaemonSection
 
 
-class ReceiverSettings(DaemonSection):
+class ReceiverSettings(DaemonSection, ReceiverOptions):
     """The receiver's section. `http_port` None means DESIGN.md's 8080 + (instance - 1)."""
-
-    http_host: str = "127.0.0.1"
-    http_port: int | None = Field(default=None, ge=0, le=65535)
 
     def resolve_defaults(self, daemon: str, instance: int) -> Self:
         """Also fill in the API port from the instance number."""

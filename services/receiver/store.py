@@ -57,13 +57,18 @@ class MtItem:
     valid_until: datetime | None = None
     route_hint: str | None = None
     meta: dict[str, Any] | None = None
+    validity_s: int | None = None  # as requested (valid_until is computed from "now")
 
     def fingerprint(self) -> str:
-        """Content hash telling a retry (same content) from a reused client_ref."""
+        """Content hash telling a retry (same content) from a reused client_ref.
+
+        Made of what the client sent (normalised), never of values computed at intake: a retry
+        a minute later has a later `valid_until` but the same `validity_s`.
+        """
         content = (self.from_addr, self.to_addr, self.body, self.category, self.priority,
                    self.encoding, self.callback_url, self.dlr_mask,
-                   self.send_at.isoformat() if self.send_at else None,
-                   self.valid_until.isoformat() if self.valid_until else None, self.route_hint)
+                   self.send_at.isoformat() if self.send_at else None, self.validity_s,
+                   self.route_hint)
         return hashlib.sha256(orjson.dumps(content)).hexdigest()[:32]
 
 

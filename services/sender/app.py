@@ -1,62 +1,67 @@
-"""The sender's composition root: wires the runtime to the sender's workers.
+"""The sender's composition root: the runtime (`shared.daemon.Daemon`) plus `SenderEngine`.
 
-SKELETON (issue 2): there is no SMPP yet, so the sender only takes part in the queue work that
-exists — it leases queued outbound rows (up to `batch`), keeps their leases alive, and gives
-them back at the drain (`release`), which is exactly what a draining sender does with rows it
-claimed but never submitted. The SMPP submit loop replaces `_claim_pass`.
+The runtime opens the pool, the LISTEN connection (outbound and receipts channels) and the
+health site; `setup()` builds the engine (bind slots and SMPP sessions per connector, lanes,
+submitter, receipt matcher) and registers its workers. SIGHUP applies connector rates and
+routes in place (`on_reload`, no rebind); the drain is the submitter's (stop claiming, wait for
+outstanding responses, write back, release unsent claims), then the binds unbind; `release()`
+gives back anything still leased if the deadline cut the drain short.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
 
+from services.sender.engine import SenderEngine
 from services.sender.settings import SenderSettings
 from shared.config import AppConfig
 from shared.daemon import Daemon
-from shared.queue import store
 from shared.queue.listener import CHANNELS
 
-OUTBOUND = "outbound"
+# shared/bindslots.py bounds one session's drain + unbind at 8 s, sessions close in parallel
+UNBIND_CLOSE_S = 8.0
 
 
 class SenderDaemon(Daemon[SenderSettings]):
-    """`smsgw sender`: leases outbound rows (see the module docstring)."""
+    """`smsgw sender`: submits outbound messages over SMPP and matches their receipts."""
 
     name = "sender"
     settings_model = SenderSettings
-    listen_channels = (CHANNELS[OUTBOUND],)
-
-    def __init__(self, config: AppConfig[SenderSettings], **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self.held: set[int] = set()  # ids leased to this instance and not yet written back
+    listen_channels = (CHANNELS["outbound"], CHANNELS["receipts"])
+    reload_help = "connector rates (tps, burst) and routes, without dropping binds"
+    engine: SenderEngine
 
     async def setup(self) -> None:
-        """One lease loop, plus a job that keeps the held leases from expiring."""
-        self.add_worker("lease_loop", lambda: self.consume(CHANNELS[OUTBOUND], self._claim_pass))
-        self.add_periodic("sender_extend_leases", lambda: self.settings.lease_s / 3,
-                          self._extend_leases, locked=False)
+        """Build the engine, start the intake committers, register every worker."""
+        assert self.config.database.url is not None
+        self._check_lease(self.config)
+        self.engine = SenderEngine(self.config, self.pool, self.config.database.url,
+                                   self.worker_id, wait_for_work=self.wait_for_work,
+                                   registry=self.registry)
+        await self.engine.start()
+        for name, fn in self.engine.workers(self.stop):
+            self.add_worker(name, fn)
+        self.add_periodic("sender_status", 5.0, self._status, locked=False)
 
-    async def _claim_pass(self) -> int:
-        free = self.settings.batch - len(self.held)
-        if free <= 0:
-            return 0
-        rows = await store.claim_leased(self.pool, OUTBOUND, limit=free, owner=self.worker_id,
-                                        lease_s=self.settings.lease_s)
-        if rows:
-            self.held.update(r.id for r in rows)
-            self.log.info("outbound_leased", count=len(rows), held=len(self.held))
-            self.set_status(f"ready; holding {len(self.held)} leased outbound rows")
-        return len(rows)
+    def _check_lease(self, config: AppConfig[SenderSettings]) -> None:
+        worst = max((c.response_timeout_s for c in config.connectors), default=0.0)
+        if config.daemon.lease_s <= worst + config.daemon.drain_s:
+            self.log.warning("lease_shorter_than_drain", lease_s=config.daemon.lease_s,
+                             needed_s=worst + config.daemon.drain_s)
 
-    async def _extend_leases(self, conn: asyncpg.Connection) -> None:
-        if self.held:
-            await store.extend_lease(conn, OUTBOUND, sorted(self.held), owner=self.worker_id,
-                                     lease_s=self.settings.lease_s)
+    async def _status(self, _conn: asyncpg.Connection) -> None:
+        self.set_status(f"binds {self.engine.status_line()}")
+
+    async def on_reload(self, new: AppConfig[SenderSettings]) -> None:
+        """SIGHUP: connector rates and routes, applied in place (binds stay up)."""
+        self._check_lease(new)
+        await self.engine.reload(new)
 
     async def release(self) -> None:
-        """Give every row still leased to this instance back to `queued` (attempts unchanged)."""
-        released = await store.release(self.pool, OUTBOUND, self.worker_id)
-        self.held.clear()
-        self.log.info("leases_released", queue=OUTBOUND, count=released)
+        """Give back every row still leased to this instance; close the intake."""
+        await self.engine.release()
+
+    @classmethod
+    def extra_close_s(cls, settings: SenderSettings) -> float:
+        """SMPP drain + unbind time added to the stop budget (sessions close in parallel)."""
+        return UNBIND_CLOSE_S

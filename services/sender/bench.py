@@ -218,7 +218,7 @@ async def _run_sender(url: str, port: int, args: argparse.Namespace,
     if args.receipts:
         tasks.append(asyncio.create_task(run_matcher(
             pool, MatchSettings.from_connectors([conn_cfg]), stop=stop, limit=args.match_batch,
-            wait_for_work=lambda: asyncio.sleep(0.01), on_result=on_match)))
+            wait_for_work=lambda: asyncio.sleep(args.match_pause_s), on_result=on_match)))
     t0, cpu0, pg0 = time.monotonic(), time.process_time(), _pg_cpu_s(datadir)
     deadline = t0 + args.timeout_s
     while time.monotonic() < deadline:
@@ -254,6 +254,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--flush", type=int, default=1000)
     p.add_argument("--match-batch", type=int, default=2000)
+    p.add_argument("--match-pause-s", type=float, default=0.01,
+                   help="matcher wait after a batch that was not full (the daemon waits for a "
+                        "NOTIFY or poll_s instead)")
     p.add_argument("--handler-concurrency", type=int, default=1000,
                    help="deliver_sm handlers in flight per bind (the connector setting)")
     p.add_argument("--top", type=int, default=0, help="print the N costliest statements")

@@ -44,6 +44,7 @@ log = structlog.get_logger("smsgw.sender")
 WorkerFn = Callable[[], Coroutine[Any, Any, None]]
 SENDER_BIND_MODES = (BindMode.TRANSMITTER, BindMode.TRANSCEIVER)
 ACCOUNTS_SQL = "SELECT id, name FROM accounts"
+ACCOUNTS_REFRESH_S = 30.0
 
 
 def _opt(settings: Any, name: str, default: Any) -> Any:
@@ -169,7 +170,7 @@ class SenderEngine:
         out: list[tuple[str, WorkerFn]] = [
             ("submit_loop", lambda: self._run_submitter(stop)),
             ("receipt_matcher", lambda: self._run_matcher(stop)),
-            ("gauges", lambda: self._gauges(stop)),
+            ("gauges", lambda: self._gauges(stop)),  # and the account-name refresh
         ]
         for name, manager in self.managers.items():
             out.append((f"binds.{name}", lambda m=manager: m.run(self.manager_stop)))
@@ -209,8 +210,16 @@ class SenderEngine:
                 self.metrics.dlr_matched.labels(outcome=outcome).inc(n)
 
     async def _gauges(self, stop: asyncio.Event) -> None:
-        """Window in use per connector, once a second (a gauge, read on scrape)."""
+        """Window in use per connector, once a second (a gauge, read on scrape); account
+        names every ACCOUNTS_REFRESH_S (new accounts' own routes apply without a SIGHUP)."""
+        next_accounts = asyncio.get_running_loop().time() + ACCOUNTS_REFRESH_S
         while not stop.is_set():
+            if asyncio.get_running_loop().time() >= next_accounts:
+                next_accounts += ACCOUNTS_REFRESH_S
+                try:
+                    await self.load_accounts()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                    log.warning("accounts_refresh_failed")
             if self.metrics is not None:
                 for name, manager in self.managers.items():
                     used = sum(s.client.session.outstanding for s in manager.sessions()

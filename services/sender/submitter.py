@@ -64,6 +64,7 @@ log = structlog.get_logger("smsgw.sender")
 NoResponsePolicy = Literal["resubmit", "submit_unknown"]
 _THROTTLE = frozenset({P.SMPP_ESME_RTHROTTLED, P.SMPP_ESME_RMSGQFUL})
 _TERMINAL_CALLBACK = frozenset({"submitted", "rejected", "submit_unknown", "dead"})
+MAX_LANE_WORKERS = 4096  # submit coroutines per connector (each holds one window slot)
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,8 +510,9 @@ class Lane:
         return bool(self.sessions())
 
     def start(self) -> None:
-        """Start the workers (window x configured binds)."""
-        n = int(self.connector.window) * int(self.connector.binds)
+        """Start the workers: window x configured binds (capped at MAX_LANE_WORKERS; a
+        larger window needs a restart to get more workers, as does a larger `binds`)."""
+        n = min(MAX_LANE_WORKERS, int(self.connector.window) * int(self.connector.binds))
         self._workers = [asyncio.create_task(self._work(), name=f"sender.lane.{self.name}.{i}")
                          for i in range(n)]
 

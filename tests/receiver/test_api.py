@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 
@@ -61,7 +63,8 @@ async def test_get_shows_parts_and_receipts(receiver: Receiver, account_factory:
 
 async def test_client_ref_idempotent_also_after_retention(
         receiver: Receiver, account_factory: AccountFactory, pool: asyncpg.Pool) -> None:
-    """1. submit with client_ref r1 twice → the same id, one row
+    """1. submit with client_ref r1 twice → the same id, one row (also with a validity, whose
+       computed expiry differs between the two)
     2. same client_ref, other text → 409 naming client_ref
     3. the message finishes and is moved to history by the retention move
     4. the retry still answers the original id, still one row; GET still finds it."""
@@ -69,6 +72,12 @@ async def test_client_ref_idempotent_also_after_retention(
     s1, b1 = await receiver.post("/v1/messages", key=key, json={**MSG, "client_ref": "r1"})
     s2, b2 = await receiver.post("/v1/messages", key=key, json={**MSG, "client_ref": "r1"})
     assert (s1, s2) == (202, 202) and b1["id"] == b2["id"] and b2["status"] == "duplicate"
+    s5, b5 = await receiver.post("/v1/messages", key=key,
+                                 json={**MSG, "client_ref": "v1", "validity": 3600})
+    await asyncio.sleep(0.01)  # the retry's valid_until (now + validity) differs
+    s6, b6 = await receiver.post("/v1/messages", key=key,
+                                 json={**MSG, "client_ref": "v1", "validity": 3600})
+    assert (s5, s6) == (202, 202) and b6["id"] == b5["id"] and b6["status"] == "duplicate"
     s3, b3 = await receiver.post("/v1/messages", key=key,
                                  json={**MSG, "text": "other", "client_ref": "r1"})
     assert s3 == 409 and b3["errors"][0]["field"] == "client_ref" and b3["id"] == b1["id"]
@@ -80,7 +89,7 @@ async def test_client_ref_idempotent_also_after_retention(
     assert s4 == 202 and b4["id"] == b1["id"] and b4["status"] == "duplicate"
     count = await pool.fetchval("SELECT (SELECT count(*) FROM outbound)"
                                 " + (SELECT count(*) FROM outbound_history)")
-    assert count == 1
+    assert count == 2  # r1 and v1
     status, got = await receiver.get(f"/v1/messages/{b1['id']}", key=key)
     assert status == 200 and got["status"] == "delivered"
 

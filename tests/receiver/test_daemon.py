@@ -28,13 +28,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def start_daemon(db_url: str, port: int) -> asyncio.subprocess.Process:
+async def start_daemon(db_url: str, port: int, **extra_env: str) -> asyncio.subprocess.Process:
     """Start `smsgw receiver` on `port` and wait for its `daemon_ready` log event."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMSGW_")}
     env.update({"SMSGW_DATABASE_URL": db_url, "SMSGW_RECEIVER__HTTP_PORT": str(port),
                 "SMSGW_RECEIVER__METRICS_PORT": "0", "SMSGW_RECEIVER__DEFAULT_COUNTRY": "GB",
                 "SMSGW_SECURITY__SERVER_SECRET_ENV": "RECEIVER_TEST_SECRET",
-                "RECEIVER_TEST_SECRET": SERVER_SECRET.decode()})
+                "RECEIVER_TEST_SECRET": SERVER_SECRET.decode(), **extra_env})
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.cli", "receiver", cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -132,3 +132,30 @@ async def test_sigterm_drains_and_exits_zero(db_url: str, pool: asyncpg.Pool,
             await proc.wait()
     stored = {r["id"] for r in await pool.fetch("SELECT id FROM outbound")}
     assert set(acked) <= stored
+
+
+async def test_daemon_binds_rx_and_stores_mo(db_url: str, pool: asyncpg.Pool,
+                                             daemon_port: int) -> None:
+    """1. the daemon with a `bind_mode = "receiver"` connector binds to the simulator
+    2. an MO deliver_sm is answered ESME_ROK and stored; 3. SIGTERM unbinds, exit 0."""
+    from services.smsc_sim.server import Simulator
+
+    async with Simulator() as sim:
+        connectors = orjson.dumps([{
+            "name": "rx1", "port": sim.port, "system_id": "smsgw", "bind_mode": "receiver",
+            "binds": 1, "default_country": "GB", "enquire_link_s": 0}]).decode()
+        proc = await start_daemon(db_url, daemon_port, SMSGW_CONNECTORS=connectors)
+        try:
+            async with asyncio.timeout(20):
+                while sim.bind_count < 1:  # noqa: ASYNC110 - another process binds; no event to wait on
+                    await asyncio.sleep(0.05)
+            assert await sim.send_mo("hello", source_addr="447700900123") == 0
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+            assert sim.counters.unbinds == 1
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    row = await pool.fetchrow("SELECT * FROM inbound")
+    assert row["from_addr"] == "+447700900123" and row["connector"] == "rx1"

@@ -163,3 +163,47 @@ async def test_rate_reload_keeps_binds(db_url: str, pool: asyncpg.Pool, sim: Sim
     assert slow <= 20
     assert 40 <= fast <= 60
     assert (await statuses(pool, ids)).keys() == set(ids)
+
+
+async def test_transient_errors_retry_with_backoff_then_dead(db_url: str, pool: asyncpg.Pool,
+                                                             sim: Simulator) -> None:
+    """1. the SMSC answers ESME_RSYSERR (transient) to everything  2. max_attempts 3
+    3. the message is retried with backoff, then ends dead after exactly 3 submits."""
+    from shared.smpp import pdu as P
+
+    sim.inject(error_fraction=1.0, error_status=P.SMPP_ESME_RSYSERR)
+    (mid,) = await add_mt(pool, 1)
+    async with running(db_url, pool, [connector("c1", sim.port)], max_attempts=3,
+                       retry_base_s=0.05, retry_max_s=0.2) as stack:
+        await stack.wait_bound()
+        await wait_until(lambda: all_final(pool, [mid], {"dead"}), timeout=20)
+    row = await pool.fetchrow("SELECT attempts, error_code, last_error FROM outbound "
+                              "WHERE id = $1", mid)
+    assert row["attempts"] == 3 and row["error_code"] == P.SMPP_ESME_RSYSERR
+    assert sim.counters.submits == 3
+
+
+async def test_marketing_waits_out_quiet_hours(db_url: str, pool: asyncpg.Pool,
+                                               sim: Simulator) -> None:
+    """1. quiet hours = the hour around now in New York  2. a marketing and a transactional
+    MT to a New York number  3. the transactional one is sent; the marketing one is queued
+    again, unsent, with run_after at the end of the quiet hours there (never dropped)."""
+    from datetime import timedelta
+
+    ny = ZoneInfo("America/New_York")
+    now = datetime.now(ny)
+    start, end = (now - timedelta(minutes=30)).time(), (now + timedelta(minutes=30)).time()
+    start, end = start.replace(second=0, microsecond=0), end.replace(second=0, microsecond=0)
+    (mkt,) = await add_mt(pool, 1, to_addr="+12125550100", category="marketing", body="sale")
+    (txn,) = await add_mt(pool, 1, to_addr="+12125550100", body="code")
+    async with running(db_url, pool, [connector("c1", sim.port)], quiet_hours=(start, end),
+                       ) as stack:
+        await stack.wait_bound()
+        await wait_until(lambda: all_final(pool, [txn], {"submitted"}))
+        await wait_until(lambda: pool.fetchval(
+            "SELECT run_after > now() + interval '20 minutes' FROM outbound WHERE id=$1", mkt))
+    row = await pool.fetchrow("SELECT status, attempts, run_after FROM outbound WHERE id=$1", mkt)
+    assert row["status"] == "queued" and row["attempts"] == 0
+    local_end = row["run_after"].astimezone(ny)
+    assert (local_end.hour, local_end.minute) == (end.hour, end.minute)
+    assert [r.pdu.short_message for r in sim.submits] == [b"code"]
