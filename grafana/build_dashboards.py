@@ -124,7 +124,7 @@ def overview() -> dict[str, Any]:
                    quantiles("smsgw_processor_batch_duration_seconds"), unit="s", w=8))
     p.append(panel(g, "Stage latency: intake commit",
                    quantiles("smsgw_receiver_commit_duration_seconds", "queue"), unit="s", w=8))
-    p.append(panel(g, "End-to-end: API request (accept after commit)",
+    p.append(panel(g, "Stage latency: API request (202 after commit)",
                    quantiles("smsgw_receiver_request_duration_seconds", "source"), unit="s",
                    w=12))
     p.append(panel(g, "Callback delivery", quantiles("smsgw_callback_duration_seconds"),

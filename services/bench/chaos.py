@@ -143,6 +143,7 @@ async def check(stack: Stack, load: Load, *, drain_s: float = 60.0) -> CaseResul
     problems += await recovered(stack)
     details = {"acked": load.acked, "rows": mt["rows"], "states": mt["states"],
                "sim_duplicates": sim["duplicates"], "possible_duplicates_total": possible,
+               "sim_receipt_retries": sim.get("receipt_retries"),
                "driver_retries": run.driver.retries, "driver_errors": run.driver.errors,
                "restarts": {c.name: c.restarts for c in stack.children}}
     return CaseResult("", not problems, problems, details)

@@ -111,6 +111,9 @@ def build_parser(scenario: str) -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--json", type=Path, default=None, help="write the results here too")
     out.add_argument("--quiet", action="store_true", help="no progress lines")
+    out.add_argument("--statements", action="store_true",
+                     help="load pg_stat_statements and print the top statements by server "
+                          "time (embedded Postgres only)")
     out.add_argument("--profile", type=Path, default=None, metavar="DIR",
                      help="py-spy every daemon during the load; collapsed stacks and a summary "
                           "of the top functions go to DIR (profiling costs CPU: do not quote "
@@ -191,6 +194,9 @@ def stack_options(scenario: str, a: argparse.Namespace, sink_url: str | None) ->
         sections.setdefault("webhooks", {}).setdefault("generic", {})["bench"] = {
             "secret_env": WEBHOOK_SECRET_ENV}
     pg_conf = dict(kv.split("=", 1) for kv in a.pg_conf)
+    if a.statements:
+        pg_conf["shared_preload_libraries"] = "pg_stat_statements"
+        pg_conf["pg_stat_statements.track"] = "all"
     return StackOptions(
         receivers=a.receivers, processors=a.processors, senders=a.senders,
         data_dir=a.data_dir, keep=a.keep, database_url=a.database_url,
@@ -598,6 +604,9 @@ async def _measure(run: Run, index: int) -> dict[str, Any]:
              f"(fsync={cond['pg_settings'].get('fsync')}, synchronous_commit="
              f"{cond['pg_settings'].get('synchronous_commit')}, "
              f"unlogged={cond['unlogged_tables']})")
+        if a.statements:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            await conn.execute("SELECT pg_stat_statements_reset()")
         sim0 = await stack.sim_stats()
         cpu0 = cpu_snapshot(stack)
         stop_progress = asyncio.Event()
@@ -702,6 +711,7 @@ async def _results(run: Run, conn: asyncpg.Connection, cond: dict[str, Any],
         "http_latency": stage(d.latencies) if d.latencies else None,
     }
     cpu = cpu_report(cpu0, cpu1, acked, run.stack)
+    statements = await top_statements(conn, acked) if run.args.statements else []
     verdict = verify(run, checks, sim1, sim_delta, possible_dups, drained)
     return {"scenario": run.scenario, "tag": run.tag, "conditions": cond, "figures": figures,
             "cpu": cpu, "checks": checks, "simulator": {"delta": sim_delta,
@@ -709,7 +719,19 @@ async def _results(run: Run, conn: asyncpg.Connection, cond: dict[str, Any],
                                                         "mo": sim1.get("mo")},
             "driver": {"sent": d.sent, "retries": d.retries, "errors": d.errors},
             "possible_duplicates_total": possible_dups, "drained": drained, "verdict": verdict,
-            "profile": profile_summary(run)}
+            "profile": profile_summary(run), "statements": statements}
+
+
+async def top_statements(conn: asyncpg.Connection, messages: int) -> list[dict[str, Any]]:
+    """The statements with the most server time (pg_stat_statements), per message."""
+    rows = await conn.fetch(
+        "SELECT calls, rows, total_exec_time, mean_exec_time, query FROM pg_stat_statements"
+        " ORDER BY total_exec_time DESC LIMIT 15")
+    total = await conn.fetchval("SELECT sum(total_exec_time) FROM pg_stat_statements")
+    return [{"ms_total": round(r["total_exec_time"], 1), "calls": r["calls"], "rows": r["rows"],
+             "us_per_msg": round(r["total_exec_time"] * 1000 / max(messages, 1), 1),
+             "share_pct": round(r["total_exec_time"] * 100 / total, 1) if total else None,
+             "query": " ".join(r["query"].split())[:160]} for r in rows]
 
 
 def a_senders(run: Run) -> int:
@@ -825,6 +847,11 @@ def render(results: list[dict[str, Any]], summary: dict[str, Any]) -> str:
             f"{fn} {share}%" for fn, share in prof.get("self", [])[:8]))
         lines.append(f"profile {name} (inclusive): " + ", ".join(
             f"{fn} {share}%" for fn, share in prof.get("inclusive", [])[:10]))
+    if r0.get("statements"):
+        lines.append("top statements by server time (last run):")
+        for st in r0["statements"][:12]:
+            lines.append(f"  {st['share_pct']:>5}% {st['us_per_msg']:>7} us/msg {st['calls']:>7} "
+                         f"calls {st['rows']:>7} rows  {st['query'][:110]}")
     lines.append("checks:")
     for r in results:
         v = r["verdict"]

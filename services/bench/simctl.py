@@ -32,6 +32,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -40,6 +41,7 @@ from services.smsc_sim.server import SimConfig, Simulator, parse_stats
 from shared.smpp import pdu as P
 
 log = logging.getLogger("smsgw.bench.simctl")
+RECEIPT_ATTEMPTS = 40  # about 3 minutes of redelivery with the backoff below
 
 
 class CountingSimulator(Simulator):
@@ -51,6 +53,8 @@ class CountingSimulator(Simulator):
 
     def __init__(self, config: SimConfig) -> None:
         super().__init__(config)
+        self.receipt_retries = 0  # receipt deliveries repeated (error status, timeout, no bind)
+        self.receipts_abandoned = 0
         self.seen: set[bytes] = set()
         self.duplicates = 0
         self.first_submit_at: float | None = None
@@ -74,6 +78,37 @@ class CountingSimulator(Simulator):
             self.duplicates += 1
         else:
             self.seen.add(digest)
+
+
+    async def _send_receipt(self, conn: Any, submit: P.SubmitSm, message_id: str,
+                            submitted: datetime) -> None:
+        """Deliver a receipt until the ESME answers ESME_ROK, as an SMSC does.
+
+        The base simulator sends a receipt once and forgets it when the connection is gone or
+        the answer is an error; a real SMSC keeps it and redelivers (on any rx/trx bind) with
+        backoff. Without this, a receipt sent while a sender is being killed, or answered
+        with a transient error while Postgres restarts, would be lost by the simulator and the
+        message would wait for it forever.
+        """
+        pdu = self.receipt_for(submit, message_id, submitted)
+        delay = 0.2
+        for _ in range(RECEIPT_ATTEMPTS):
+            target = conn if conn.bind_mode == "transceiver" else None
+            if target is None or target.transport is None or target.transport.is_closing():
+                receivers = self._bound_receivers()
+                target = self._rng.choice(receivers) if receivers else None
+            if target is not None:
+                try:
+                    resp = await target.deliver(pdu)
+                except (ConnectionError, TimeoutError):
+                    resp = None
+                if resp is not None and resp.command_status == P.SMPP_ESME_ROK:
+                    self.counters.receipts_sent += 1
+                    return
+            self.receipt_retries += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        self.receipts_abandoned += 1
 
 
 @dataclass(slots=True)
@@ -163,7 +198,9 @@ class Control:
     def stats(self) -> dict[str, Any]:
         """Counters as JSON."""
         return {"counters": asdict(self.sim.counters), "accepted_distinct": len(self.sim.seen),
-                "duplicates": self.sim.duplicates, "first_submit_at": self.sim.first_submit_at,
+                "duplicates": self.sim.duplicates, "receipt_retries": self.sim.receipt_retries,
+                "receipts_abandoned": self.sim.receipts_abandoned,
+                "first_submit_at": self.sim.first_submit_at,
                 "last_submit_at": self.sim.last_submit_at,
                 "mo": asdict(self.mo) if self.mo else None}
 

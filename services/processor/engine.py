@@ -56,7 +56,6 @@ from services.processor.rules import (
     RuleSet,
     period_key,
     rule_from_row,
-    utcnow,
 )
 from shared import suppression
 from shared.queue import store
@@ -64,7 +63,6 @@ from shared.queue.records import InboundMessage, QueueStat
 from shared.suppression import SuppressionChange
 
 log = structlog.get_logger("smsgw.processor.engine")
-Clock = Callable[[], datetime]
 DAEMON: Final = "processor"
 
 RULES_VERSION: Final = """
@@ -541,17 +539,18 @@ def _is_systemic(exc: BaseException) -> bool:
 class Engine:
     """Claims and applies inbound batches; holds the current rule set and settings.
 
-    `pool`, `settings`, `metrics` and `clock` are injected; nothing is global, so tests run
-    engines side by side in one process. Not safe for concurrent `run_batch` calls on one
-    instance (run several engines for that, as several processes would).
+    `pool`, `settings` and `metrics` are injected; nothing is global, so tests run engines
+    side by side in one process. No clock is needed: windows, quotas and flood control all
+    use each message's arrival time (`created_at`), so a backlog is judged as it arrived.
+    Not safe for concurrent `run_batch` calls on one instance (run several engines for that,
+    as several processes would).
     """
 
     def __init__(self, pool: asyncpg.Pool, settings: ProcessorKeys, *,
-                 metrics: ProcessorMetrics | None = None, clock: Clock = utcnow) -> None:
+                 metrics: ProcessorMetrics | None = None) -> None:
         self.pool = pool
         self.settings = settings
         self.metrics = metrics
-        self.clock = clock
         self.rules = RuleSet.build([], version=-1)
         self.keywords = OptOutKeywords.build(settings.optout)
         self.gate = OutboundGate(settings.outbound_high_watermark, settings.low_watermark,

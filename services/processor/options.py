@@ -20,7 +20,7 @@
     max_attempts = 10                # then `dead`
     retry_base_s = 5.0
     retry_max_s = 3600.0
-    lease_s = 60.0                   # must exceed timeout_s + drain_s
+    lease_s = 60.0                   # must exceed timeout_s + drain_s (checked)
     batch = 100
     [processor.jobs]                 # periodic jobs (each once per period across instances)
     mo_fragment_timeout_s = 300.0    # incomplete concatenated MO -> failed inbound row
@@ -97,6 +97,12 @@ class ProcessorKeys(DaemonSection):
         if (self.outbound_low_watermark is not None
                 and self.outbound_low_watermark > self.outbound_high_watermark):
             raise ValueError("outbound_low_watermark must not exceed outbound_high_watermark")
+        # A callback lease must outlast a request plus the drain that waits for it, or another
+        # instance could take the row over while this one's request can still succeed.
+        if self.callbacks.lease_s <= self.callbacks.timeout_s + self.drain_s:
+            raise ValueError(f"callbacks.lease_s ({self.callbacks.lease_s}) must be longer "
+                             f"than callbacks.timeout_s + drain_s "
+                             f"({self.callbacks.timeout_s + self.drain_s})")
         return self
 
     @property

@@ -30,9 +30,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
 from functools import lru_cache, partial
@@ -64,7 +65,11 @@ log = structlog.get_logger("smsgw.sender")
 NoResponsePolicy = Literal["resubmit", "submit_unknown"]
 _THROTTLE = frozenset({P.SMPP_ESME_RTHROTTLED, P.SMPP_ESME_RMSGQFUL})
 _TERMINAL_CALLBACK = frozenset({"submitted", "rejected", "submit_unknown", "dead"})
+# Basic GSM 03.38 characters that cost one septet (no escapes), for the one-part fast path.
+_PLAIN_GSM = re.compile(
+    "[@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,\\-./0-9:;<=>?¡A-ZÄÖÑÜ§¿a-zäöñüà]*")
 MAX_LANE_WORKERS = 4096  # submit coroutines per connector (each holds one window slot)
+MAX_LANE_QUEUE = 100_000  # parts waiting in memory per connector (the budget stays below)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,17 +121,23 @@ class Claimed:
     done_parts: tuple[int, ...]
 
     @classmethod
-    def from_record(cls, r: Mapping[str, Any]) -> Claimed:
-        """From a claim_outbound row."""
-        return cls(id=r["id"], account_id=r["account_id"], source=r["source"],
-                   from_addr=r["from_addr"], to_addr=r["to_addr"], body=r["body"],
-                   category=r["category"], priority=r["priority"], encoding=r["encoding"],
-                   connector=r["connector"], route_hint=r["route_hint"],
-                   client_ref=r["client_ref"], callback_url=r["callback_url"],
-                   dlr_mask=r["dlr_mask"], meta=r["meta"], attempts=r["attempts"],
-                   status=r["status"], lease_until=r["lease_until"],
-                   valid_until=r["valid_until"], reclaimed=r["reclaimed"],
-                   done_parts=tuple(r["done_parts"] or ()))
+    def from_record(cls, r: Any) -> Claimed:
+        """From a claim_outbound row (positional: the RETURNING list has the field order,
+        checked once against the column names)."""
+        if not _CLAIM_COLUMNS_CHECKED:
+            _check_claim_columns(list(r.keys()))
+        values = tuple(r)
+        return cls(*values[:-1], tuple(values[-1] or ()))
+
+
+_CLAIM_COLUMNS_CHECKED: list[bool] = []
+
+
+def _check_claim_columns(names: list[str]) -> None:
+    expected = [f.name for f in fields(Claimed)]
+    if names != expected:
+        raise RuntimeError(f"claim_outbound returns {names}, Claimed expects {expected}")
+    _CLAIM_COLUMNS_CHECKED.append(True)
 
 
 @dataclass(slots=True, eq=False)
@@ -208,8 +219,12 @@ def build_parts(row: Claimed, connector: Any) -> tuple[int, list[tuple[int, P.Su
     if connector.transliterate:
         text = transliterate(text)
     allowed = connector.encodings
-    enc = row.encoding if row.encoding in allowed else choose_encoding(
-        text, allowed, connector.long_message)
+    if row.encoding in allowed:
+        enc = row.encoding
+    elif allowed[0] == "gsm7" and len(text) <= 160 and _PLAIN_GSM.fullmatch(text):
+        enc = "gsm7"  # one part of basic GSM characters: nothing can beat it
+    else:
+        enc = choose_encoding(text, allowed, connector.long_message)
     if enc == "gsm7" and connector.gsm7_packed:
         enc = "gsm7_packed"
     pieces = split(text, enc, connector.long_message, concat_ref(row.id, connector.long_message))
@@ -493,7 +508,8 @@ class Lane:
         self.name: str = connector.name
         self.sessions = sessions
         self.on_result = on_result
-        self.queue: asyncio.Queue[PartJob] = asyncio.Queue()
+        # Bounded as a safety net: the claim budget keeps it far below this.
+        self.queue: asyncio.Queue[PartJob] = asyncio.Queue(maxsize=MAX_LANE_QUEUE)
         self.draining = False
         self.in_flight = 0
         self._workers: list[asyncio.Task[None]] = []
@@ -503,11 +519,11 @@ class Lane:
     @property
     def capacity(self) -> int:
         """Parts this connector can have outstanding now: window x bound sessions."""
-        return int(self.connector.window) * len(self.sessions())
+        return int(self.connector.window) * len(self._bound())
 
     def up(self) -> bool:
         """True when at least one session of this connector is bound."""
-        return bool(self.sessions())
+        return bool(self._bound())
 
     def start(self) -> None:
         """Start the workers: window x configured binds (capped at MAX_LANE_WORKERS; a
@@ -738,7 +754,8 @@ class Submitter:
         name = pick(choice, lambda c: c in self.lanes and self.lanes[c].up())
         if name is None:
             return self.settings.no_bind_wait_s, "no bound connector on route", "no_bind"
-        self._enqueue(row, self.lanes[name])
+        if not self._enqueue(row, self.lanes[name]):
+            return self.settings.no_bind_wait_s, "connector queue full", "no_bind"
         return None
 
     def _possible_duplicate(self, row: Claimed, connector: str | None, reason: str) -> None:
@@ -746,22 +763,27 @@ class Submitter:
             self.metrics.possible_duplicates.labels(connector=connector or "unknown").inc()
         log.warning("possible_duplicate", msg_id=row.id, reason=reason, connector=connector)
 
-    def _enqueue(self, row: Claimed, lane: Lane) -> None:
+    def _enqueue(self, row: Claimed, lane: Lane) -> bool:
+        """Queue the message's parts on `lane`; False when the lane's queue cannot take them
+        (the caller defers the message). A text that cannot be encoded is rejected here."""
         try:
             total, parts = build_parts(row, lane.connector)
         except (ValueError, TextTooLong, UnicodeError) as exc:
             self.flusher.add(Outcome(msg_id=row.id, status="rejected", row=row,
                                      error=f"cannot encode: {exc}", connector=lane.name,
                                      error_code=P.SMPP_ESME_RINVMSGLEN, attempts_inc=1))
-            return
+            return True
+        if lane.queue.qsize() + len(parts) > MAX_LANE_QUEUE:
+            return False
         msg = InFlight(row=row, connector=lane.name, parts_total=total, pending=len(parts))
         if not parts:  # every part was accepted by an earlier attempt
             self.flusher.add(decide(msg, self.settings, datetime.now(UTC)))
-            return
+            return True
         self.in_flight[row.id] = msg
         for no, pdu in parts:
             self.queued_parts += 1
             lane.queue.put_nowait(PartJob(msg, no, pdu))
+        return True
 
     async def _defer(self, deferred: list[tuple[int, float, str, str]]) -> None:
         async with self.pool.acquire() as conn:

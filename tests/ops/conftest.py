@@ -73,6 +73,8 @@ class Up:
     err: list[str] = field(default_factory=list)
     base: int = 0
 
+    _pumps: list[threading.Thread] = field(default_factory=list)
+
     def start(self) -> None:
         # offsets from the base: API 80, metrics 100 + 1..3 (+10 per instance), SMPP 75
         self.base = free_block([80, 81, 75, 101, 102, 103, 111, 112, 113])
@@ -82,7 +84,9 @@ class Up:
         self.proc = subprocess.Popen(argv, env=self.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, cwd=self.data_dir.parent)
         for stream, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
-            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
+            pump = threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
+            pump.start()
+            self._pumps.append(pump)
 
     @staticmethod
     def _pump(stream: Any, sink: list[str]) -> None:
@@ -125,7 +129,18 @@ class Up:
 
     def wait_exit(self, timeout_s: float = 120) -> int:
         assert self.proc is not None
-        return self.proc.wait(timeout=timeout_s)
+        code = self.proc.wait(timeout=timeout_s)
+        self._close_pipes()
+        return code
+
+    def _close_pipes(self) -> None:
+        """Let the pumps read to EOF, then close both pipes (no ResourceWarning)."""
+        for pump in self._pumps:
+            pump.join(timeout=10)
+        assert self.proc is not None
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
 
     def kill(self) -> None:
         """Last-resort cleanup: kill up, its children and its Postgres."""
@@ -138,6 +153,7 @@ class Up:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+        self._close_pipes()
         with contextlib.suppress(Exception):
             for pid in self.endpoints()["children"].values():
                 with contextlib.suppress(ProcessLookupError, TypeError):

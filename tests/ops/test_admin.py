@@ -207,5 +207,6 @@ def test_status_watch_refreshes_until_ctrl_c(db_url: str, tmp_path: Path) -> Non
         if seen == 3:
             break
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+    _out, err = proc.communicate(timeout=30)  # reads to EOF and closes both pipes
+    assert proc.returncode == 0, err
     assert seen == 3

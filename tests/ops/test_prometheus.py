@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -109,12 +110,24 @@ def _send(api: str, key: str, n: int) -> list[int]:
     return ids
 
 
+def _send_unauthorised(api: str) -> None:
+    req = urllib.request.Request(f"{api}/v1/messages", data=b"{}", method="POST",
+                                 headers={"Authorization": "Bearer smsgw_wrong"})
+    try:
+        urllib.request.urlopen(req, timeout=30).close()
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401
+    else:
+        raise AssertionError("a wrong key was accepted")
+
+
 def test_every_panel_and_alert_against_a_real_prometheus(up_factory: Any, ops: Any,
                                                          tmp_path: Path) -> None:
     """1. Start an SMSC simulator (receipts 80 % DELIVRD, MO traffic) and `smsgw up` with a
        connector `sim` pointing at it; start Prometheus scraping the three daemons every second
        with the alert rules (their `for:` set to 0s).
-    2. Send messages through the API and wait until they are delivered.
+    2. Send messages through the API (and one with a wrong key), SIGHUP `up` (which passes it
+       to every daemon: a config reload), and wait until the messages have receipts.
     3. Every dashboard query, `$__rate_interval` and `$connector` substituted, returns at
        least one series; the `$connector` variable's query lists `sim`.
     4. Every alert rule is loaded and healthy, and its expression without the threshold
@@ -144,6 +157,8 @@ def test_every_panel_and_alert_against_a_real_prometheus(up_factory: Any, ops: A
         ops.wait_for(prom.ready, 60, "prometheus to be ready")
         key = (up.data_dir / "demo-api-key").read_text().strip()
         ids = _send(up.api, key, 20)
+        _send_unauthorised(up.api)  # one 401: the HTTP error panel has a reason to show
+        up.signal(signal.SIGHUP)    # up passes it on: every daemon reloads its config
         ops.wait_for(lambda: all(
             json.loads(up.smsgw("trace", str(i), "--mt", "--json").stdout or "[{}]")[0]
             .get("receipts") for i in ids[-3:]), 90, "receipts for the messages")
