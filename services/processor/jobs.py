@@ -72,9 +72,7 @@ def processor_jobs(settings: Callable[[], ProcessorKeys],
 
     async def retention_move(conn: asyncpg.Connection) -> None:
         r = retention()
-        counts = await store.run_retention(conn, store.RetentionSettings(
-            finished_s=r.finished_after_s, parts_s=r.parts_s, events_s=r.events_s,
-            body_after_s=r.body_after_s, batch=r.batch))
+        counts = await store.run_retention(conn, r.for_store())
         if counts and any(counts.values()):
             log.info("retention_done", **counts)
 
