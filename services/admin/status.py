@@ -210,7 +210,11 @@ def render(st: Status) -> str:
     out.append("daemons: " + (", ".join(f"{k} {'up' if v else 'DOWN'}"
                                         for k, v in st.daemons.items()) or "none found"))
     if st.binds:
-        brows = [[f"{b.daemon}@{b.instance}", b.connector, b.bind, "up" if b.up else "DOWN",
+        # The bind limit is global: an instance without a bind slot reports 0 while another
+        # instance holds the connector's binds. Only a connector bound nowhere is DOWN.
+        bound = {b.connector for b in st.binds if b.up}
+        brows = [[f"{b.daemon}@{b.instance}", b.connector, b.bind,
+                  "up" if b.up else ("no slot" if b.connector in bound else "DOWN"),
                   "-" if b.window_in_use is None else f"{b.window_in_use:g}"] for b in st.binds]
         out += ["", "binds", dbcli.table(brows, ["daemon", "connector", "bind", "state",
                                                  "window in use"])]

@@ -214,8 +214,14 @@ def up_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
         return up
 
     yield make
-    for up in made:
-        up.kill()
+    errors = []
+    for up in reversed(made):  # newest first: a later run may hold the shared data folder
+        try:
+            up.kill()
+        except Exception as exc:  # noqa: BLE001 - clean up every run, then report
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 @pytest.fixture

@@ -210,3 +210,19 @@ def test_status_watch_refreshes_until_ctrl_c(db_url: str, tmp_path: Path) -> Non
     _out, err = proc.communicate(timeout=30)  # reads to EOF and closes both pipes
     assert proc.returncode == 0, err
     assert seen == 3
+
+
+def test_status_tells_a_standby_instance_from_a_down_connector() -> None:
+    """With the global bind limit, a sender without a slot reports 0: `status` shows it as
+    "no slot" while another instance is bound, and DOWN only when no instance is bound."""
+    from services.admin.status import Bind, QueueStatus, Status, render
+
+    def view(binds: list[Bind]) -> str:
+        return render(Status("live", [QueueStatus("outbound")], {"mt_accepted": 0.0}, binds,
+                             {"sender@1": True, "sender@2": True}))
+
+    up1 = Bind("sender", 1, "sim", "trx", True, 0.0)
+    idle2 = Bind("sender", 2, "sim", "trx", False, 0.0)
+    assert "no slot" in view([up1, idle2]) and "DOWN" not in view([up1, idle2])
+    down1 = Bind("sender", 1, "sim", "trx", False, 0.0)
+    assert "DOWN" in view([down1, idle2])
