@@ -102,6 +102,13 @@ class CountingSimulator(Simulator):
                     resp = await target.deliver(pdu)
                 except (ConnectionError, TimeoutError):
                     resp = None
+                except asyncio.CancelledError:
+                    # the base connection cancels its pending futures when the link drops;
+                    # only a cancellation of this task itself (shutdown) ends the redelivery
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+                    resp = None
                 if resp is not None and resp.command_status == P.SMPP_ESME_ROK:
                     self.counters.receipts_sent += 1
                     return
