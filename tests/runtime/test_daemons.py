@@ -6,6 +6,7 @@ NOTIFY_SOCKET pointing at a test socket (systemd is not needed), on port 0 every
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -118,28 +119,46 @@ async def test_sighup_reload_applies_log_level_and_survives_broken_file(
 async def test_sigterm_releases_sender_leases(db_url: str, spawn: Any,
                                               notify_socket: NotifySocket,
                                               pool: asyncpg.Pool) -> None:
-    """1. queue 30 outbound rows; 2. start the sender: it leases all 30 (status sending,
-    lease_owner = its worker id); 3. SIGTERM: STOPPING=1, exit 0 within the drain deadline;
-    4. every row is back to queued with the lease cleared and no attempt counted."""
+    """1. queue 30 outbound rows; 2. start the sender against the SMSC simulator at 2 submits/s
+    with window 1, so it leases a batch it cannot send yet; 3. once some are submitted and the
+    rest are still leased to it (status sending, lease_owner = its worker id), SIGTERM;
+    4. STOPPING=1 and exit 0 within the drain deadline; 5. every row it had not submitted is
+    back to queued with the lease cleared and no attempt counted, the submitted ones stay
+    submitted, and the simulator saw exactly the submitted ones."""
+    from services.smsc_sim.server import SimConfig, Simulator
+
     await store.enqueue(pool, "outbound", [
         {"from_addr": "TEST", "to_addr": f"+4479111{i:05d}", "body": "hi"} for i in range(30)])
-    proc = await spawn("sender", env=daemon_env("sender", db_url, notify_socket))
-    await notify_socket.expect("READY")
-    await proc.wait_event(lambda e: e.get("event") == "outbound_leased" and e["held"] == 30)
-    rows = await pool.fetch("SELECT status, lease_owner FROM outbound")
-    assert {r["status"] for r in rows} == {"sending"}
-    assert {r["lease_owner"].split(":")[0] for r in rows} == {"sender@1"}
+    async with Simulator(SimConfig()) as sim:
+        connector = ('[{"name": "sim", "host": "127.0.0.1", "port": %d, "system_id": "smsgw",'
+                     ' "binds": 1, "window": 1, "tps": 2, "burst": 0, "enquire_link_s": 0}]'
+                     % sim.port)
+        env = daemon_env("sender", db_url, notify_socket, SMSGW_CONNECTORS=connector,
+                         SMSGW_SENDER__BIND_GRACE_S="0.1", SMSGW_SENDER__LEASE_S="30")
+        proc = await spawn("sender", env=env)
+        await notify_socket.expect("READY")
+        async with asyncio.timeout(20):
+            while await pool.fetchval(
+                    "SELECT count(*) FROM outbound WHERE status = 'submitted'") < 2:
+                await asyncio.sleep(0.1)
+        leased = await pool.fetch("SELECT lease_owner FROM outbound WHERE status = 'sending'")
+        assert len(leased) >= 10, "the sender should hold leased rows it has not sent yet"
+        assert {r["lease_owner"].split(":")[0] for r in leased} == {"sender@1"}
 
-    started = time.monotonic()
-    proc.signal(signal.SIGTERM)
-    await notify_socket.expect("STOPPING")
-    assert await proc.exit_code() == 0
-    assert time.monotonic() - started < 5 + lifecycle.RELEASE_TIMEOUT_S  # drain_s = 5
-    assert (await proc.named("leases_released"))["count"] == 30
-    rows = await pool.fetch("SELECT status, lease_owner, lease_until, attempts FROM outbound")
-    assert len(rows) == 30
-    assert all(r["status"] == "queued" and r["lease_owner"] is None
-               and r["lease_until"] is None and r["attempts"] == 0 for r in rows)
+        started = time.monotonic()
+        proc.signal(signal.SIGTERM)
+        await notify_socket.expect("STOPPING")
+        assert await proc.exit_code() == 0
+        assert time.monotonic() - started < 5 + lifecycle.RELEASE_TIMEOUT_S + 8  # drain + unbind
+        rows = await pool.fetch("SELECT status, lease_owner, lease_until, attempts FROM outbound")
+        assert len(rows) == 30
+        submitted = [r for r in rows if r["status"] == "submitted"]
+        queued = [r for r in rows if r["status"] == "queued"]
+        assert len(submitted) + len(queued) == 30
+        assert len(queued) >= 10
+        assert all(r["lease_owner"] is None and r["lease_until"] is None and r["attempts"] == 0
+                   for r in queued)
+        assert sim.counters.submit_ok == len(submitted)
 
 
 async def test_processor_consumes_notified_inbound(db_url: str, spawn: Any,
