@@ -3,6 +3,7 @@
 Prints the conditions first (machine, cores, load, Python, event loop) because the figures only
 mean something next to them, then medians of several runs:
 - codec: encode submit_sm, decode submit_sm_resp, decode a deliver_sm receipt;
+- receipts: `parse_receipt` on the simulator's own receipt, text only and with its TLVs;
 - round trips: our Session against the simulator at window 1, 10 and 100;
 - simulator: submit_sm/s it answers for a raw pipelined client (so it is never the bottleneck).
 The simulator runs in a child process by default, so client and server each get a core.
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shared.smpp import pdu as P
+from shared.smpp.receipts import parse_receipt
 from shared.smpp.session import Session, SessionConfig, SubmitOutcome
 
 SUBMIT = P.SubmitSm(
@@ -92,6 +94,47 @@ def bench_codec(runs: int, number: int) -> dict[str, float]:
         "decode_deliver_sm_receipt_per_s": _rate(lambda: P.decode_frame(RECEIPT), number, runs),
         "build_submit_sm_per_s": _rate(_build_submit, number // 2, runs),
     }
+
+
+def receipt_samples() -> dict[str, P.DeliverSm]:
+    """The simulator's DELIVRD receipt for one submit: text only, and with its TLVs.
+
+    Built by the simulator itself (receipted_message_id + message_state; no
+    network_error_code for DELIVRD), so the figure follows whatever it really sends, then
+    encoded and decoded so the fields have the types the intake sees.
+    """
+    from datetime import UTC, datetime
+
+    from services.smsc_sim.server import SimConfig, Simulator
+
+    submitted = datetime(2026, 1, 1, 12, 0, 5, tzinfo=UTC)
+    out = {}
+    for name, tlvs in (("text", False), ("tlvs", True)):
+        sim = Simulator(SimConfig(receipt_tlvs=tlvs))
+        pdu = sim.receipt_for(SUBMIT, "0b1c2d3e4f5a6b7c", submitted, "DELIVRD")
+        out[name] = P.decode_frame(P.encode(pdu))
+    return out
+
+
+def _intake_call(parse: Callable[..., Any], pdu: Any, zone: Any) -> Callable[[], Any]:
+    sm, tlvs, esm, dc = pdu.short_message, pdu.tlvs, pdu.esm_class, pdu.data_coding
+    return lambda: parse(sm, tlvs, esm, data_coding=dc, tz=zone, stat_map={}, id_mode="as_is")
+
+
+def bench_receipts(
+    runs: int, number: int, parse: Callable[..., Any] = parse_receipt
+) -> dict[str, float]:
+    """Median receipts/s and µs/receipt of `parse` as the intake calls it (zone as ZoneInfo,
+    no stat overrides, id mode as_is), for the text-only and the TLV receipt."""
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo("Europe/Berlin")
+    out: dict[str, float] = {}
+    for name, pdu in receipt_samples().items():
+        rate = _rate(_intake_call(parse, pdu, zone), number, runs)
+        out[f"parse_receipt_{name}_per_s"] = rate
+        out[f"parse_receipt_{name}_us"] = 1e6 / rate
+    return out
 
 
 async def _round_trips(port: int, window: int, seconds: float) -> float:
@@ -214,11 +257,16 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="run the simulator in this process (one core for both sides)",
     )
+    parser.add_argument(
+        "--receipt-number", type=int, default=50_000, help="receipts parsed per run"
+    )
     parser.add_argument("--codec-only", action="store_true", help="skip the network figures")
     args = parser.parse_args(argv)
 
     print(json.dumps({"conditions": conditions()}))
     print(json.dumps({"codec": _rounded(bench_codec(args.runs, args.codec_number))}))
+    receipts = bench_receipts(args.runs, args.receipt_number)
+    print(json.dumps({"receipts": _rounded_receipts(receipts)}))
     if args.codec_only:
         return 0
     try:
@@ -244,6 +292,10 @@ def main(argv: list[str]) -> int:
 
 def _rounded(figures: dict[str, float]) -> dict[str, int]:
     return {k: round(v) for k, v in figures.items()}
+
+
+def _rounded_receipts(figures: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 2) if k.endswith("_us") else round(v) for k, v in figures.items()}
 
 
 if __name__ == "__main__":
