@@ -140,10 +140,13 @@ class EmbeddedPostgres:
 
     def restart(self, mode: str = "fast") -> None:
         """Restart the server (`mode='immediate'` is a crash restart, for reliability tests)."""
+        # `-l`: without a log file the server inherits pg_ctl's stdout, and capturing that
+        # pipe would wait for the server to exit.
         subprocess.run(
             self._cmd([find_pg_bin("pg_ctl"), "-D", str(self.datadir), "-m", mode,
-                       "-o", self._options(), "-w", "restart"]),
-            check=True, capture_output=True, text=True)
+                       "-l", str(self.datadir / "server.log"), "-o", self._options(), "-w",
+                       "restart"]),
+            check=True, capture_output=True, text=True, timeout=120)
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server; a no-op when it is not running."""
