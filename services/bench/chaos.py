@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -41,7 +42,7 @@ import asyncpg
 
 from services.bench import e2e, procstats
 from services.bench.stack import Stack, StackOptions
-from shared.embedded_pg import EmbeddedPostgres
+from shared.embedded_pg import EmbeddedPostgres, find_pg_bin
 
 CASES = ("kill", "pgrestart", "smsc", "watermark")
 # Short leases and timeouts so a killed sender's rows come back within seconds (the lease must
@@ -192,11 +193,25 @@ async def fault_kill(stack: Stack, load: Load, names: tuple[str, ...] = DAEMONS,
     return out
 
 
+def restart_immediate(pg: EmbeddedPostgres, timeout_s: int = 60) -> None:
+    """`pg_ctl restart -m immediate`, with the server's output going to its log file.
+
+    Not `EmbeddedPostgres.restart`: it captures pg_ctl's output without `-l`, so the new
+    postmaster inherits the pipe and `subprocess.run` waits for it forever.
+    """
+    log = pg.datadir / "server.log"
+    subprocess.run(
+        pg._cmd([find_pg_bin("pg_ctl"), "-D", str(pg.datadir), "-m", "immediate", "-l", str(log),
+                 "-o", pg._options(), "-w", "-t", str(timeout_s), "restart"]),
+        check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, timeout=timeout_s + 10)
+
+
 async def fault_pgrestart(stack: Stack, load: Load, settle_s: float = 4.0) -> dict[str, Any]:
     """`pg_ctl restart -m immediate` (crash recovery) while the load runs."""
     assert stack.pg is not None, "the pgrestart case needs an embedded Postgres"
     t0 = time.monotonic()
-    await asyncio.to_thread(stack.pg.restart, "immediate")
+    await asyncio.to_thread(restart_immediate, stack.pg)
     took = round(time.monotonic() - t0, 2)
     _say(f"postgres restarted (-m immediate) in {took}s")
     before = load.acked
