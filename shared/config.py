@@ -385,7 +385,7 @@ class _Loader:
                 self.errors.append("--instance: must be a positive integer")
             return given
         raw = self.env.get(ENV_INSTANCE, "1")
-        if not raw.isdigit() or int(raw) < 1:
+        if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
             self.errors.append(f"{ENV_INSTANCE}: must be a positive integer, got {raw!r}")
             return None
         return int(raw)

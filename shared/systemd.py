@@ -64,9 +64,9 @@ def watchdog_interval_s(env: Mapping[str, str] | None = None) -> float | None:
     """
     env = os.environ if env is None else env
     usec, pid = env.get("WATCHDOG_USEC"), env.get("WATCHDOG_PID")
-    if not usec or not usec.isdigit() or int(usec) == 0:
+    if not usec or not (usec.isascii() and usec.isdigit()) or int(usec) == 0:
         return None
-    if pid and (not pid.isdigit() or int(pid) != os.getpid()):
+    if pid and (not (pid.isascii() and pid.isdigit()) or int(pid) != os.getpid()):
         return None
     return int(usec) / 1_000_000
 

@@ -229,7 +229,9 @@ async def fault_smsc(stack: Stack, load: Load, settle_s: float = 3.0) -> dict[st
     await asyncio.sleep(settle_s)
     await stack.sim("/inject", {"throttle_next": 300})
     await asyncio.sleep(settle_s)
-    await stack.sim("/inject", {"error_next": 100, "error_status": 0x08})  # ESME_RSYSERR
+    # throttle_next is checked before error_next: end the throttling burst first
+    await stack.sim("/inject", {"throttle_next": 0, "error_next": 100,
+                                "error_status": 0x08})  # ESME_RSYSERR, transient
     await asyncio.sleep(settle_s)
     await stack.sim("/clear")
     stats = await stack.sim_stats()

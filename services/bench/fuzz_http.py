@@ -220,7 +220,7 @@ async def schemathesis_run(api: str, key: str, max_examples: int, max_time: int,
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT)
     out, _ = await proc.communicate()
-    return int(proc.returncode or 0), out.decode(errors="replace")[-4000:]
+    return int(proc.returncode or 0), out.decode(errors="replace")
 
 
 async def document_fuzz(session: aiohttp.ClientSession, api: str, key: str, n: int, seed: int,
@@ -303,7 +303,7 @@ async def _fuzz(a: argparse.Namespace, api: str, key: str, seed: int,
     sys.stdout.write(f"fuzz http (seed {seed}):\n")
     if use_st:
         sys.stdout.write(f"  schemathesis: exit {st_rc}\n" + "".join(
-            f"    {line}\n" for line in st_out.strip().splitlines()[-25:]))
+            f"    {line}\n" for line in _st_report(st_out)))
     statuses = dict(sorted(found.statuses.items()))
     sys.stdout.write(f"  requests: {found.requests}, statuses: {statuses}\n")
     sys.stdout.write(f"  receiver alive: {alive}, same process: {same}\n")
@@ -312,6 +312,15 @@ async def _fuzz(a: argparse.Namespace, api: str, key: str, seed: int,
     ok = st_rc == 0 and not found.failures and alive and same
     sys.stdout.write("  OK\n" if ok else "  FAILED\n")
     return 0 if ok else 1
+
+
+def _st_report(out: str) -> list[str]:
+    """The failures section (reproducible curl commands) and the summary of a schemathesis run."""
+    lines = [ln for ln in out.strip().splitlines() if "%]" not in ln]  # drop progress lines
+    start = next((i for i, ln in enumerate(lines) if "FAILURES" in ln), None)
+    if start is None:
+        return lines[-25:]
+    return lines[start:start + 80] + ["..."] + lines[-12:]
 
 
 def _has_schemathesis() -> bool:

@@ -300,7 +300,7 @@ async def get_message(request: web.Request) -> web.StreamResponse:
     except Rejected as exc:
         return exc.response
     raw_id = request.match_info["id"]
-    if not raw_id.isdigit() or len(raw_id) > 18:
+    if not (raw_id.isascii() and raw_id.isdigit()) or len(raw_id) > 18:
         ctx.metrics.requests_rejected.labels(reason="validation").inc()
         return error(422, "validation_failed", "id: must be a message id (digits)",
                      errors=[{"field": "id", "message": "must be a message id (digits)"}])

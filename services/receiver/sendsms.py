@@ -79,7 +79,7 @@ def _int(ctx: ReceiverContext, params: dict[str, bytes], name: str, lo: int,
     value = _str(params, name)
     if value is None or value == "":
         return None
-    if not value.lstrip("-").isdigit() or not lo <= int(value) <= hi:
+    if not (value.isascii() and value.lstrip("-").isdigit()) or not lo <= int(value) <= hi:
         raise _bad(ctx, name, f"must be an integer from {lo} to {hi}")
     return int(value)
 

@@ -230,3 +230,15 @@ async def test_allowed_senders(receiver: Receiver, account_factory: AccountFacto
     status, _ = await receiver.post("/v1/messages", key=key,
                                     json={**MSG, "from": "07700900999"})
     assert status == 202
+
+
+@pytest.mark.parametrize("raw_id", ["%C2%B20", "12a", "-1", "1234567890123456789"])
+async def test_get_with_a_bad_id_is_422_not_500(receiver: Receiver,
+                                                account_factory: AccountFactory,
+                                                raw_id: str) -> None:
+    """A non-ASCII digit ('²', which str.isdigit() accepts but int() refuses — found by the
+    schemathesis run), letters, a sign or an over-long id: 422 naming the field, never a 500."""
+    _, key = await account_factory()
+    status, body = await receiver.get(f"/v1/messages/{raw_id}", key=key)
+    assert status == 422, body
+    assert body["errors"][0]["field"] == "id"
