@@ -27,6 +27,7 @@ I/O in between: `FOR UPDATE SKIP LOCKED`, match, write, commit — a crash rolls
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -437,8 +438,14 @@ async def run_matcher(pool: asyncpg.Pool, settings: MatchSettings, *, stop: asyn
         waiter = asyncio.ensure_future(wait_for_work())
         stopper = asyncio.ensure_future(stop.wait())
         try:
-            await asyncio.wait((waiter, stopper), timeout=None if result else 1.0,
-                               return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait((waiter, stopper),
+                                         timeout=None if result is not None else 1.0,
+                                         return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
             stopper.cancel()
+        if waiter in done and not stop.is_set() and settings.min_age_s > 0:
+            # The receipts that woke us are first due `min_age_s` after they arrived: wait that
+            # long (interruptibly) instead of missing them until the fallback timer.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.min_age_s)
