@@ -800,6 +800,22 @@ def medians(results: list[dict[str, Any]]) -> dict[str, Any]:
             "runs": len(results), "all_ok": all(r["verdict"]["ok"] for r in results)}
 
 
+def _latency_lines(r0: dict[str, Any]) -> list[str]:
+    """Latency per stage of the last run (ms p50 / p95 / p99)."""
+    lines: list[str] = []
+    lines.append("latency (last run; ms p50 / p95 / p99):")
+    for group, chk in r0["checks"].items():
+        lat = chk.get("latency") or (chk.get("mo_received_to_reply_submitted") and {
+            "mo_received_to_reply_submitted": chk["mo_received_to_reply_submitted"]}) or {}
+        for st, v in lat.items():
+            lines.append(f"  {group}.{st:<28} {v['p50_ms']} / {v['p95_ms']} / {v['p99_ms']} "
+                         f"(n={v['n']})")
+    if r0["figures"].get("http_latency"):
+        h = r0["figures"]["http_latency"]
+        lines.append(f"  http request->2xx{'':<19} {h['p50_ms']} / {h['p95_ms']} / {h['p99_ms']}")
+    return lines
+
+
 def render(results: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     """The human-readable report (the same data as --json)."""
     r0 = results[-1]
@@ -826,16 +842,7 @@ def render(results: list[dict[str, Any]], summary: dict[str, Any]) -> str:
                 "sustained_s"):
         if f.get(key) is not None:
             lines.append(f"  {key:<24} {f[key]}")
-    lines.append("latency (last run; ms p50 / p95 / p99):")
-    for group, chk in r0["checks"].items():
-        lat = chk.get("latency") or (chk.get("mo_received_to_reply_submitted") and {
-            "mo_received_to_reply_submitted": chk["mo_received_to_reply_submitted"]}) or {}
-        for st, v in lat.items():
-            lines.append(f"  {group}.{st:<28} {v['p50_ms']} / {v['p95_ms']} / {v['p99_ms']} "
-                         f"(n={v['n']})")
-    if r0["figures"].get("http_latency"):
-        h = r0["figures"]["http_latency"]
-        lines.append(f"  http request->2xx{'':<19} {h['p50_ms']} / {h['p95_ms']} / {h['p99_ms']}")
+    lines += _latency_lines(r0)
     lines.append("CPU (median seconds, CPU-us per message; peak RSS of the last run):")
     for name, v in summary["cpu"].items():
         rss = r0["cpu"]["peak_rss_kb"].get(name)

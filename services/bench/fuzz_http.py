@@ -320,7 +320,7 @@ def _st_report(out: str) -> list[str]:
     start = next((i for i, ln in enumerate(lines) if "FAILURES" in ln), None)
     if start is None:
         return lines[-25:]
-    return lines[start:start + 80] + ["..."] + lines[-12:]
+    return [*lines[start:start + 80], "...", *lines[-12:]]
 
 
 def _has_schemathesis() -> bool:
