@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (AwareDatetime, BaseModel, ConfigDict, Field, ValidationError,
+                      field_validator)
 
 Category = Literal["transactional", "marketing"]
 EncodingName = Literal["auto", "gsm7", "latin1", "ucs2"]
@@ -42,6 +43,14 @@ class MessageIn(BaseModel):
                                           description="Schedule (RFC 3339, with offset).")
     encoding: EncodingName | None = Field(default=None,
                                           description="Default auto: the cheapest that fits.")
+
+    @field_validator("to", "from_", "text", "client_ref", "callback_url")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        # Postgres text cannot hold U+0000; refuse it here rather than fail at the insert.
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain the NUL character")
+        return value
 
 
 class BatchIn(BaseModel):

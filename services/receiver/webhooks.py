@@ -22,6 +22,8 @@ admission check against the inbound queue (503 + Retry-After when it is over its
 
 from __future__ import annotations
 
+import dataclasses
+
 import base64
 import hashlib
 import hmac
@@ -143,8 +145,25 @@ def _missing(ctx: ReceiverContext, field: str) -> Rejected:
                           errors=[{"field": field, "message": "field required"}]))
 
 
+def _without_nul(item: InboundWrite | FragmentWrite) -> InboundWrite | FragmentWrite:
+    # Postgres text and jsonb cannot hold U+0000 (found by the webhook fuzzer: a signed Twilio
+    # webhook with NUL in Body was a 500). A provider would retry a refusal for a day, so the
+    # message is kept with each NUL replaced by U+FFFD, as a decoder does with bad bytes.
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(item):
+        value = getattr(item, f.name)
+        if isinstance(value, str) and "\x00" in value:
+            changes[f.name] = value.replace("\x00", "\ufffd")
+        elif isinstance(value, dict) and any("\x00" in f"{k}{v}" for k, v in value.items()):
+            changes[f.name] = {str(k).replace("\x00", "\ufffd"):
+                               v.replace("\x00", "\ufffd") if isinstance(v, str) else v
+                               for k, v in value.items()}
+    return dataclasses.replace(item, **changes) if changes else item
+
+
 async def _store(ctx: ReceiverContext, provider: str,
                  item: InboundWrite | FragmentWrite) -> InboundResult:
+    item = _without_nul(item)
     result: InboundResult = await ctx.inbound.submit(item)
     ctx.metrics.mo("http", provider, "duplicate" if result.duplicate else "accepted")
     return result

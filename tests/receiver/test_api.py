@@ -242,3 +242,14 @@ async def test_get_with_a_bad_id_is_422_not_500(receiver: Receiver,
     status, body = await receiver.get(f"/v1/messages/{raw_id}", key=key)
     assert status == 422, body
     assert body["errors"][0]["field"] == "id"
+
+
+async def test_nul_character_in_text_is_422(receiver: Receiver,
+                                            account_factory: AccountFactory,
+                                            pool: asyncpg.Pool) -> None:
+    """U+0000 cannot be stored by Postgres: the API refuses it naming the field, stores nothing."""
+    _, key = await account_factory()
+    status, body = await receiver.post("/v1/messages", key=key, json={**MSG, "text": "a\x00b"})
+    assert status == 422, body
+    assert body["errors"][0]["field"] == "text"
+    assert await pool.fetchval("SELECT count(*) FROM outbound") == 0

@@ -216,3 +216,20 @@ async def test_provider_id_dedupe_survives_the_retention_move(receiver: Receiver
     total = await pool.fetchval("SELECT (SELECT count(*) FROM inbound)"
                                 " + (SELECT count(*) FROM inbound_history)")
     assert total == 1
+
+
+async def test_twilio_nul_character_is_stored_not_a_500(receiver_factory: ReceiverFactory,
+                                                        pool: asyncpg.Pool) -> None:
+    """Found by the webhook fuzzer: a correctly signed Twilio webhook with U+0000 in Body and
+    in an extra parameter was a 500 (Postgres text/jsonb cannot hold NUL).
+    1. post it signed → 200 TwiML; 2. one row, NUL replaced by U+FFFD in body and meta."""
+    receiver = await _twilio_receiver(receiver_factory)
+    form = {**twilio_form("SMNUL"), "Body": "WIN\x00now", "FromCity": "LON\x00DON"}
+    sig = twilio_reference_signature(TWILIO_TOKEN, PUBLIC + "/v1/inbound/twilio",
+                                     {k: [v] for k, v in form.items()})
+    status, body = await receiver.post("/v1/inbound/twilio", data=form,
+                                       headers={"X-Twilio-Signature": sig})
+    assert status == 200 and "<Response/>" in body
+    row = await pool.fetchrow("SELECT body, meta FROM inbound")
+    assert row["body"] == "WIN\ufffdnow"
+    assert row["meta"]["FromCity"] == "LON\ufffdDON"
