@@ -130,11 +130,11 @@ def test_render_replaces_paths_and_user(tmp_path: Path) -> None:
 @needs_systemd
 def test_security_scores_are_documented(tmp_path: Path) -> None:
     """1. Run `systemd-analyze security --offline=true` on each rendered service.
-    2. Each exposure is at most 2.0 ("OK") and README-ops.md shows the measured score.
+    2. Each exposure is at most 2.0 ("OK") and the README shows the measured score.
     """
     out = tmp_path / "units"
     render_all(out, _layout(tmp_path))
-    doc = (REPO / "services/admin/README-ops.md").read_text()
+    doc = (REPO / "README.md").read_text()
     for unit in sorted(out.glob("*.service")):
         if "@" in unit.name:
             continue
