@@ -59,6 +59,8 @@ class SimConfig:
     receipt_delay_s: float | None = None
     receipt_stats: dict[str, float] = field(default_factory=lambda: {"DELIVRD": 1.0})
     receipt_tlvs: bool = True
+    receipt_retries: int = 10  # redeliveries of a receipt not answered with ESME_ROK
+    receipt_retry_s: float = 2.0
     mo_rate: float = 0.0
     mo_source: str = "447700900001"
     mo_destination: str = "12345"
@@ -110,6 +112,8 @@ class SimCounters:
     generic_nacks_sent: int = 0
     protocol_errors: int = 0
     receipts_sent: int = 0
+    receipts_redelivered: int = 0
+    receipts_given_up: int = 0
     mo_sent: int = 0
     deliver_resp_ok: int = 0
     deliver_resp_error: int = 0
@@ -578,16 +582,29 @@ class Simulator:
     async def _send_receipt(
         self, conn: _Connection, submit: P.SubmitSm, message_id: str, submitted: datetime
     ) -> None:
-        # Prefer the connection that submitted; any rx/trx bind will do (as real SMSCs do).
-        target = conn if conn.bind_mode == "transceiver" else None
-        if target is None:
-            receivers = self._bound_receivers()
-            if not receivers:
+        # Like a real SMSC, a receipt that was not acknowledged with ESME_ROK (an error status,
+        # no answer, no bind) is delivered again later, up to `receipt_retries` times: an ESME
+        # answers a transient error while its database is down and relies on this.
+        pdu = self.receipt_for(submit, message_id, submitted)
+        for attempt in range(self.config.receipt_retries + 1):
+            if attempt:
+                self.counters.receipts_redelivered += 1
+                await asyncio.sleep(self.config.receipt_retry_s)
+            # Prefer the connection that submitted; any rx/trx bind will do (as SMSCs do).
+            target = conn if conn.bind_mode == "transceiver" else None
+            if target is None:
+                receivers = self._bound_receivers()
+                if not receivers:
+                    continue
+                target = self._rng.choice(receivers)
+            try:
+                resp = await target.deliver(pdu)
+            except (ConnectionError, TimeoutError):
+                continue
+            if int(resp.command_status) == 0:
+                self.counters.receipts_sent += 1
                 return
-            target = self._rng.choice(receivers)
-        with contextlib.suppress(ConnectionError, TimeoutError, asyncio.CancelledError):
-            await target.deliver(self.receipt_for(submit, message_id, submitted))
-            self.counters.receipts_sent += 1
+        self.counters.receipts_given_up += 1
 
     async def mo_loop(self, conn: _Connection) -> None:
         """Send MO at config.mo_rate to one bind until it goes away."""

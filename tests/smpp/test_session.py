@@ -150,6 +150,26 @@ async def test_receipts_reach_the_handler(sim, session_factory):
     assert P.get_tlv(receipts[0], P.Tag.RECEIPTED_MESSAGE_ID) == result.message_id.encode() + b"\0"
 
 
+async def test_receipt_not_acknowledged_is_redelivered(sim, session_factory):
+    """1. the ESME answers the first receipt with a transient error (its database is down);
+    2. the simulator delivers it again, as an SMSC does; 3. the second one is acknowledged."""
+    sim.config.receipt_delay_s = 0.01
+    sim.config.receipt_retry_s = 0.05
+    answers = [P.SMPP_ESME_RX_T_APPN, 0]
+    seen = []
+
+    async def handler(pdu):
+        seen.append(pdu)
+        return answers[min(len(seen) - 1, 1)]
+
+    session = await session_factory(handler)
+    await session.submit(P.SubmitSm(source_addr="1", destination_addr="2",
+                                    registered_delivery=1))  # fmt: skip
+    await wait_until(lambda: sim.counters.receipts_sent == 1)
+    assert len(seen) == 2 and seen[0].short_message == seen[1].short_message
+    assert sim.counters.receipts_redelivered == 1 and sim.counters.receipts_given_up == 0
+
+
 async def test_window_never_exceeded(sim, session_factory):
     """1. window 5, SMSC answers after 50 ms; 2. 40 concurrent submits; 3. the SMSC never
     holds more than 5 unanswered, and the client never had more than 5 outstanding."""
