@@ -11,12 +11,16 @@ import sys
 
 # name -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "receiver": ("services.receiver.__main__", "main", "run the receiver daemon (HTTP API, webhooks, SMPP MO)"),
-    "processor": ("services.processor.__main__", "main", "run the processor daemon (rules, callbacks)"),
+    "receiver": ("services.receiver.__main__", "main",
+                 "run the receiver daemon (HTTP API, webhooks, SMPP MO)"),
+    "processor": ("services.processor.__main__", "main",
+                  "run the processor daemon (rules, callbacks)"),
     "sender": ("services.sender.__main__", "main", "run the sender daemon (SMPP submit, receipts)"),
-    "smsc-sim": ("services.smsc_sim.__main__", "main", "run the SMSC simulator (SMPP server for tests and demos)"),
+    "smsc-sim": ("services.smsc_sim.__main__", "main",
+                 "run the SMSC simulator (SMPP server for tests and demos)"),
     "migrate": ("services.admin.migrate", "main", "apply database migrations"),
-    "up": ("services.admin.up", "main", "run everything locally (embedded Postgres, all daemons, simulator)"),
+    "up": ("services.admin.up", "main",
+           "run everything locally (embedded Postgres, all daemons, simulator)"),
     "check-config": ("services.admin.checkconfig", "main", "validate the configuration and exit"),
     "accounts": ("services.admin.accounts", "main", "manage accounts and API keys"),
     "rules": ("services.processor.rules_cli", "main", "import/export/list/test processor rules"),
@@ -24,8 +28,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "trace": ("services.admin.trace", "main", "a message's whole history"),
     "requeue": ("services.admin.requeue", "main", "requeue dead rows"),
     "send": ("services.admin.send", "main", "send one test MT"),
-    "erase": ("services.admin.erase", "main", "erase a number's messages, keep a hashed suppression"),
-    "bench": ("services.bench.__main__", "main", "benchmarks: queue, smpp, mt, sendsms, mo, promo, intake"),
+    "erase": ("services.admin.erase", "main",
+              "erase a number's messages, keep a hashed suppression"),
+    "bench": ("services.bench.__main__", "main",
+              "benchmarks: queue, smpp, mt, sendsms, mo, promo, intake"),
     "fuzz": ("services.bench.fuzz", "main", "fuzz runs: smpp, http"),
     "chaos": ("services.bench.chaos", "main", "reliability suite (kill -9, Postgres restart, ...)"),
 }

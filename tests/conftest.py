@@ -108,7 +108,8 @@ async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 def pg_cluster(pg_server: dict[str, object]) -> EmbeddedPostgres:
-    """The embedded cluster, for tests that restart or stop Postgres (skipped on an external one)."""
+    """The embedded cluster, for tests that restart or stop Postgres (skipped on an external
+    one)."""
     cluster = pg_server["cluster"]
     if cluster is None:
         pytest.skip("needs the embedded test cluster (SMSGW_TEST_DATABASE_URL is set)")

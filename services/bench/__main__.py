@@ -13,8 +13,10 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     # component benchmarks
     "queue": ("shared.queue.bench", "queue core alone: enqueue -> claim -> ack, batch 1/10/100"),
     "smpp": ("services.smsc_sim.bench", "SMPP codec ops/s and pipelined submit_sm round trips"),
-    "receiver": ("services.receiver.bench", "receiver alone: POST /v1/messages and /cgi-bin/sendsms"),
-    "processor": ("services.processor.bench", "processor alone: prefilled inbound queue with rules"),
+    "receiver": ("services.receiver.bench",
+                 "receiver alone: POST /v1/messages and /cgi-bin/sendsms"),
+    "processor": ("services.processor.bench",
+                  "processor alone: prefilled inbound queue with rules"),
     "sender": ("services.sender.bench", "sender alone: prefilled outbound queue to the simulator"),
     # end-to-end scenarios (issue 8)
     "mt": ("services.bench.e2e", "HTTP POST /v1/messages -> submit_sm -> receipt -> delivered"),

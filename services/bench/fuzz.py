@@ -7,7 +7,8 @@ import sys
 
 TARGETS: dict[str, tuple[str, str]] = {
     "smpp": ("services.smsc_sim.fuzz", "random and mutated byte streams into the SMPP decoder"),
-    "http": ("services.bench.fuzz_http", "the HTTP API from its OpenAPI document, and the webhooks"),
+    "http": ("services.bench.fuzz_http",
+             "the HTTP API from its OpenAPI document, and the webhooks"),
 }
 
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import (AwareDatetime, BaseModel, ConfigDict, Field, ValidationError,
-                      field_validator)
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 Category = Literal["transactional", "marketing"]
 EncodingName = Literal["auto", "gsm7", "latin1", "ucs2"]

@@ -22,9 +22,8 @@ admission check against the inbound queue (503 + Retry-After when it is over its
 
 from __future__ import annotations
 
-import dataclasses
-
 import base64
+import dataclasses
 import hashlib
 import hmac
 import time

@@ -13,7 +13,6 @@ bottleneck (it must take well over 20,000 submit_sm/s from one pipelined client)
 """
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import random

@@ -130,15 +130,15 @@ async def test_sigterm_releases_sender_leases(db_url: str, spawn: Any,
     await store.enqueue(pool, "outbound", [
         {"from_addr": "TEST", "to_addr": f"+4479111{i:05d}", "body": "hi"} for i in range(30)])
     async with Simulator(SimConfig()) as sim:
-        connector = ('[{"name": "sim", "host": "127.0.0.1", "port": %d, "system_id": "smsgw",'
-                     ' "binds": 1, "window": 1, "tps": 2, "burst": 0, "enquire_link_s": 0}]'
-                     % sim.port)
+        connector = ('[{"name": "sim", "host": "127.0.0.1", "port": ' + str(sim.port) +
+                     ', "system_id": "smsgw", "binds": 1, "window": 1, "tps": 2, "burst": 0,'
+                     ' "enquire_link_s": 0}]')
         env = daemon_env("sender", db_url, notify_socket, SMSGW_CONNECTORS=connector,
                          SMSGW_SENDER__BIND_GRACE_S="0.1", SMSGW_SENDER__LEASE_S="30")
         proc = await spawn("sender", env=env)
         await notify_socket.expect("READY")
         async with asyncio.timeout(20):
-            while await pool.fetchval(
+            while await pool.fetchval(  # noqa: ASYNC110 - polling the database's state
                     "SELECT count(*) FROM outbound WHERE status = 'submitted'") < 2:
                 await asyncio.sleep(0.1)
         leased = await pool.fetch("SELECT lease_owner FROM outbound WHERE status = 'sending'")

@@ -1,4 +1,5 @@
-"""Migrations: applied once, recorded, safe to run concurrently; schema checks refuse bad versions."""
+"""Migrations: applied once, recorded, safe to run concurrently; the schema check refuses
+versions that are too old or too new."""
 
 import asyncio
 
