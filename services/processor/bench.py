@@ -23,7 +23,6 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from services.processor.options import ProcessorKeys
 from services.processor.rules import parse_rules
 from services.processor.rules_cli import import_rules
 from shared import db
+from shared.aio import loop_runner
 from shared.embedded_pg import EmbeddedPostgres
 from shared.logging import configure_logging
 from shared.queue import store
@@ -168,11 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the processor benchmark; prints its conditions and figures."""
     args = _parse(list(sys.argv[1:] if argv is None else argv))
     configure_logging("warning", "processor", 1)  # the figures, not a log line per batch
-    try:
-        import uvloop
-        runner: Callable[[Any], Any] = uvloop.run
-    except ImportError:
-        runner = asyncio.run
+    runner = loop_runner()
     if args.database_url:
         runner(db.migrate(args.database_url))
         runner(_bench(args, args.database_url, None))

@@ -22,6 +22,7 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
+from shared.aio import loop_runner
 from shared.smpp import pdu as P
 from shared.smpp.receipts import parse_receipt
 from shared.smpp.session import Session, SessionConfig, SubmitOutcome
@@ -269,12 +270,7 @@ def main(argv: list[str]) -> int:
     print(json.dumps({"receipts": _rounded_receipts(receipts)}))
     if args.codec_only:
         return 0
-    try:
-        import uvloop
-
-        runner: Callable[[Any], Any] = uvloop.run
-    except ImportError:
-        runner = asyncio.run
+    runner = loop_runner()
     if args.in_process:
         net = runner(_in_process_network(args.runs, args.seconds, args.sim_total))
         where = "in-process"

@@ -34,6 +34,7 @@ from typing import Any
 import asyncpg
 
 from shared import db
+from shared.aio import loop_runner
 from shared.embedded_pg import EmbeddedPostgres
 from shared.queue import store
 from shared.queue.listener import CHANNELS, Listener, consume
@@ -294,11 +295,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     """Run the queue micro-benchmark; prints conditions and a table of medians."""
     args = _parse(argv)
-    try:
-        import uvloop
-        runner: Callable[[Any], Any] = uvloop.run
-    except ImportError:
-        runner = asyncio.run
+    runner = loop_runner()
     if args.database_url:
         runner(db.migrate(args.database_url))
         runner(_bench(args, args.database_url, None))
