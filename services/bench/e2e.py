@@ -40,13 +40,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote_plus, urlencode, urlsplit
 
 import aiohttp
 import asyncpg
 from aiohttp import web
 
 from services.bench import procstats
+from services.bench.leanhttp import LeanClient, LeanHTTPError, LeanSink
 from services.bench.profile import Profiler, summarise
 from services.bench.stack import Stack, StackOptions
 
@@ -80,6 +81,10 @@ def build_parser(scenario: str) -> argparse.ArgumentParser:
     load.add_argument("--client-ref", action="store_true",
                       help="mt: send a client_ref, so a retry after a lost answer stores once")
     load.add_argument("--runs", type=int, default=1, help="repeat; figures are medians")
+    load.add_argument("--http-client", choices=("lean", "aiohttp"), default="lean",
+                      help="the driver's HTTP client and the MO sink's server: 'lean' (asyncio "
+                           "protocols, services/bench/leanhttp.py: least CPU taken from the "
+                           "gateway on a shared box) or 'aiohttp' (the earlier driver)")
     load.add_argument("--drain-timeout", type=float, default=180.0,
                       help="seconds to wait for every message to reach a final state")
     stack = p.add_argument_group("stack")
@@ -212,15 +217,26 @@ def stack_options(scenario: str, a: argparse.Namespace, sink_url: str | None) ->
 class Sink:
     """A local application: counts forwarded MO by the unique number in their text."""
 
-    def __init__(self, prefix_word: str) -> None:
+    def __init__(self, prefix_word: str, *, lean: bool = True) -> None:
         self.pattern = re.compile(rf"{prefix_word} [0-9a-f]+ (\d+)".encode())
         self.seen: dict[int, float] = {}
         self.requests = 0
         self.runner: web.AppRunner | None = None
+        self.lean: LeanSink | None = LeanSink(self._count) if lean else None
         self.port = 0
+
+    def _count(self, method: str, target: str, body: bytes) -> None:
+        del method
+        self.requests += 1
+        m = self.pattern.search(body + unquote_plus(target).encode())
+        if m:
+            self.seen.setdefault(int(m.group(1)), time.time())
 
     async def start(self) -> str:
         """Listen on a free port; return the URL to forward to."""
+        if self.lean is not None:
+            self.port = await self.lean.start()
+            return f"http://127.0.0.1:{self.port}/mo"
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self.runner = web.AppRunner(app, access_log=None)
@@ -240,6 +256,8 @@ class Sink:
 
     async def stop(self) -> None:
         """Close the site."""
+        if self.lean is not None:
+            await self.lean.stop()
         if self.runner is not None:
             await self.runner.cleanup()
 
@@ -272,57 +290,118 @@ def request_for(run: Run, n: int) -> tuple[str, str, dict[str, str], bytes | Non
         "X-Smsgw-Signature": sig}, body
 
 
-async def drive_http(run: Run, stop: asyncio.Event) -> None:
-    """Send single-message requests with `concurrency` in flight until count/duration."""
-    a, d = run.args, run.driver
-    loop = asyncio.get_running_loop()
-    interval = 1.0 / a.rate if a.rate > 0 else 0.0
-    next_at = [loop.time()]
-    counter = iter(range(a.count if a.duration is None else 10**12))
-    deadline = None if a.duration is None else loop.time() + a.duration
-    connector = aiohttp.TCPConnector(limit=a.concurrency, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=30)
-    d.started_at = time.time()
+class HttpDriver:
+    """Single-message requests with `concurrency` in flight until count/duration."""
 
-    async def one(session: aiohttp.ClientSession, n: int) -> None:
-        method, url, headers, body = request_for(run, n)
-        while not stop.is_set():
+    def __init__(self, run: Run, stop: asyncio.Event) -> None:
+        a = run.args
+        self.run, self.stop, self.d = run, stop, run.driver
+        self.loop = asyncio.get_running_loop()
+        self.interval = 1.0 / a.rate if a.rate > 0 else 0.0
+        self.next_at = self.loop.time()
+        self.counter = iter(range(a.count if a.duration is None else 10**12))
+        self.deadline = None if a.duration is None else self.loop.time() + a.duration
+
+    def settle(self, n: int, t0: float, status: int, retry_after: str | None) -> float | None:
+        """Record one answer; return the seconds to wait before a retry, None when done."""
+        d = self.d
+        if 200 <= status < 300:
+            d.acked.add(n)
+            d.last_ack_at = time.time()
+            d.latencies.append(time.perf_counter() - t0)
+            return None
+        if status in (429, 503):
+            d.retries += 1
+            return min(float(retry_after or 0.05), 0.2)
+        d.errors[str(status)] = d.errors.get(str(status), 0) + 1
+        return None
+
+    async def pace(self) -> bool:
+        """Wait for the next slot of a fixed rate; False when the run is over."""
+        if self.stop.is_set() or (self.deadline is not None
+                                  and self.loop.time() >= self.deadline):
+            return False
+        if self.interval:
+            at = self.next_at
+            self.next_at = max(at, self.loop.time() - 1.0) + self.interval
+            if at > self.loop.time():
+                await asyncio.sleep(at - self.loop.time())
+        return True
+
+    async def one_aiohttp(self, session: aiohttp.ClientSession, n: int) -> None:
+        """Send message `n` until it is answered (not 429/503) or the run stops."""
+        method, url, headers, body = request_for(self.run, n)
+        while not self.stop.is_set():
             t0 = time.perf_counter()
-            d.sent += 1
+            self.d.sent += 1
             try:
                 async with session.request(method, url, headers=headers, data=body) as r:
                     await r.read()
                     status, retry_after = r.status, r.headers.get("Retry-After")
             except (aiohttp.ClientError, TimeoutError):
-                d.retries += 1  # not acknowledged: retry (mt/sendsms without client_ref may
-                await asyncio.sleep(0.1)  # store twice: counted as a duplicate row)
+                self.d.retries += 1  # not acknowledged: retry (mt/sendsms without client_ref
+                await asyncio.sleep(0.1)  # may store twice: counted as a duplicate row)
                 continue
-            if 200 <= status < 300:
-                d.acked.add(n)
-                d.last_ack_at = time.time()
-                d.latencies.append(time.perf_counter() - t0)
+            wait = self.settle(n, t0, status, retry_after)
+            if wait is None:
                 return
-            if status in (429, 503):
-                d.retries += 1
-                await asyncio.sleep(min(float(retry_after or 0.05), 0.2))
+            await asyncio.sleep(wait)
+
+    async def one_lean(self, client: LeanClient, n: int) -> None:
+        """The same through the lean client."""
+        method, url, headers, body = request_for(self.run, n)
+        u = urlsplit(url)
+        raw = client.build(method, u.path + ("?" + u.query if u.query else ""), headers, body)
+        while not self.stop.is_set():
+            t0 = time.perf_counter()
+            self.d.sent += 1
+            try:
+                r = await client.send(raw)
+            except (LeanHTTPError, TimeoutError):
+                self.d.retries += 1  # as above: not acknowledged, retried
+                await asyncio.sleep(0.1)
                 continue
-            d.errors[str(status)] = d.errors.get(str(status), 0) + 1
-            return
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        for n in counter:
-            if stop.is_set() or (deadline is not None and loop.time() >= deadline):
+            wait = self.settle(n, t0, r.status, r.headers.get("retry-after"))
+            if wait is None:
                 return
-            if interval:
-                at = next_at[0]
-                next_at[0] = max(at, loop.time() - 1.0) + interval
-                if at > loop.time():
-                    await asyncio.sleep(at - loop.time())
-            await one(session, n)
+            await asyncio.sleep(wait)
 
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        await asyncio.gather(*(worker(session) for _ in range(a.concurrency)))
-    d.done = True
+    async def aiohttp_worker(self, session: aiohttp.ClientSession) -> None:
+        """One of `concurrency` loops sharing an aiohttp session."""
+        for n in self.counter:
+            if not await self.pace():
+                return
+            await self.one_aiohttp(session, n)
+
+    async def lean_worker(self) -> None:
+        """One of `concurrency` loops, each with its own keep-alive connection."""
+        client = LeanClient(self.run.stack.api_url)
+        try:
+            for n in self.counter:
+                if not await self.pace():
+                    return
+                await self.one_lean(client, n)
+        finally:
+            client.close()
+
+    async def drive(self) -> None:
+        """Run the workers to the end of the run."""
+        a = self.run.args
+        self.d.started_at = time.time()
+        if getattr(a, "http_client", "lean") == "lean":
+            await asyncio.gather(*(self.lean_worker() for _ in range(a.concurrency)))
+        else:
+            connector = aiohttp.TCPConnector(limit=a.concurrency, force_close=False)
+            timeout = aiohttp.ClientTimeout(total=30)
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+                await asyncio.gather(*(self.aiohttp_worker(session)
+                                       for _ in range(a.concurrency)))
+        self.d.done = True
+
+
+async def drive_http(run: Run, stop: asyncio.Event) -> None:
+    """Send single-message requests with `concurrency` in flight until count/duration."""
+    await HttpDriver(run, stop).drive()
 
 
 async def drive_mo(run: Run, stop: asyncio.Event) -> None:
@@ -513,7 +592,8 @@ async def conditions(conn: asyncpg.Connection, run: Run) -> dict[str, Any]:
                          "processors": a.processors, "senders": a.senders, "window": a.window,
                          "binds": a.binds, "receipts": a.receipts,
                          "receipt_delay_s": a.receipt_delay if a.receipts else None,
-                         "overrides": a.sets, "sources": a.sources}}
+                         "overrides": a.sets, "sources": a.sources,
+                         "http_client": getattr(a, "http_client", "lean")}}
 
 
 # --- CPU and memory -----------------------------------------------------------------------
@@ -581,7 +661,8 @@ def _acked_now(run: Run, sim: dict[str, Any]) -> int:
 
 async def one_run(scenario: str, a: argparse.Namespace, index: int) -> dict[str, Any]:
     """Start a stack, drive it, drain, measure, verify; return the results."""
-    sink = Sink("MO") if scenario == "mo" else None
+    lean = getattr(a, "http_client", "lean") == "lean"
+    sink = Sink("MO", lean=lean) if scenario == "mo" else None
     sink_url = await sink.start() if sink else None
     stack = Stack(stack_options(scenario, a, sink_url))
     run = Run(scenario, a, uuid.uuid4().hex[:8], stack, sink=sink)
