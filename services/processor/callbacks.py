@@ -342,9 +342,14 @@ class CallbackDelivery:
                     conn, "callbacks", [r.id for r in group], owner=self.owner, error=error,
                     max_attempts=s.max_attempts, base_s=s.retry_base_s, cap_s=s.retry_max_s)
                 dead.update(died)
-            await store.log_events(conn, [
-                ("callbacks", r.id, _label(r, dead), {"error": r.error} if r.error else None)
-                for r in results], "processor")
+            # Events for what went wrong only: a delivered callback's row already says `done`
+            # (status, attempts, updated_at — what `smsgw trace` shows), and an events row for
+            # it was one more INSERT per forwarded MO and per status callback.
+            failures = [r for r in results if r.outcome != "done"]
+            if failures:
+                await store.log_events(conn, [
+                    ("callbacks", r.id, _label(r, dead), {"error": r.error} if r.error else None)
+                    for r in failures], "processor")
         self._count(results, dead)
 
     def _count(self, results: list[Result], dead: set[int]) -> None:

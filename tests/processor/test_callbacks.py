@@ -96,6 +96,10 @@ async def test_retried_until_2xx_and_signed(pool, app) -> None:
     want = "sha256=" + hmac.new(b"s3cret", f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
     assert last["headers"]["X-Smsgw-Signature"] == want
     assert last["body"] == body and last["headers"]["Content-Type"] == "application/json"
+    # the event log keeps the two failures; the success is the row's own `done`
+    events = await pool.fetch("SELECT event, detail FROM events WHERE message_table = "
+                              "'callbacks' ORDER BY id")
+    assert [e["event"] for e in events] == ["retried", "retried"]
 
 
 async def test_dead_after_limit(pool, app) -> None:
