@@ -112,6 +112,35 @@ async def test_queue_stats_snapshot(pool: asyncpg.Pool) -> None:
     assert stats[("inbound", "queued")].oldest_at == oldest
 
 
+async def test_oldest_queued_outbound_across_priorities_without_walking_finished_rows(
+        pool: asyncpg.Pool) -> None:
+    """1. 20,000 finished MTs fill the front of the hot table; then 50 queued MTs of priorities
+       5, 1 and 0, one priority-0 row the oldest (its created_at set an hour back).
+    2. The snapshot's oldest queued outbound is that row's created_at (not the first of the
+       highest priority, which the claim index lists first).
+    3. Its plan reads outbound_claim_idx, never outbound_pkey: walking the primary key went past
+       every finished row still in the hot table."""
+    res = await store.enqueue(pool, "outbound", [outbound_row() for _ in range(20_000)],
+                              notify=False)
+    await pool.execute("UPDATE outbound SET status = 'delivered' WHERE id = ANY($1::bigint[])",
+                       [r.id for r in res])
+    [low] = await store.enqueue(pool, "outbound", [outbound_row(priority=0)])
+    await store.enqueue(pool, "outbound", [outbound_row(priority=p % 3 * 2 + 1)
+                                           for p in range(49)])
+    await pool.execute("UPDATE outbound SET created_at = now() - interval '1 hour' WHERE id = $1",
+                       low.id)
+    await pool.execute("ANALYZE outbound")
+    await store.refresh_queue_stats(pool)
+    stats = {(s.queue, s.status): s for s in await store.read_queue_stats(pool)}
+    assert stats[("outbound", "queued")].depth == 50
+    assert stats[("outbound", "queued")].oldest_at == await pool.fetchval(
+        "SELECT created_at FROM outbound WHERE id = $1", low.id)
+    plan = "\n".join(r[0] for r in await pool.fetch(
+        "EXPLAIN " + store._stats_sql(), 100_000))
+    assert "outbound_claim_idx" in plan
+    assert "outbound_pkey" not in plan
+
+
 async def test_stats_refresh_reanalyzes_a_queue_the_planner_thinks_empty(
         pool: asyncpg.Pool) -> None:
     """1. inbound is analyzed while empty (an idle queue), then 3000 MOs arrive.
