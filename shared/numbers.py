@@ -7,6 +7,11 @@ phone numbers and stay as they are (digits only / the text itself).
 `phonenumbers` (libphonenumber's metadata) does the parsing. We check that a number is
 *possible* (its length fits the country's plan), not *valid* (in an allocated range): an SMS
 gateway must not refuse a range that was allocated after the library's metadata was built.
+
+Most traffic is already strict international form ("+" and digits) and a promotion is mostly
+distinct numbers, so the parse cache rarely hits. `_fast_e164` answers those numbers from the
+same metadata without building a PhoneNumber (~17 µs → ~1 µs), and only when it can show that
+`phonenumbers` would answer exactly the input; anything else takes `_to_e164_slow`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import phonenumbers
+from phonenumbers import PhoneMetadata
 
 from shared.errors import SmsGatewayError
 
@@ -109,8 +115,15 @@ def _check_digits(value: str) -> str:
     return value
 
 
-@lru_cache(maxsize=65536)
 def _to_e164(value: str, region: str | None) -> str:
+    fast = _fast_e164(value)
+    if fast is not None:
+        return fast
+    return _to_e164_slow(value, region)
+
+
+@lru_cache(maxsize=65536)
+def _to_e164_slow(value: str, region: str | None) -> str:
     # Cached: parsing costs tens of microseconds and the same numbers recur at intake.
     if not value.startswith("+") and region is None:
         raise InvalidNumber("national number without a country: use +<country code><number>")
@@ -123,3 +136,102 @@ def _to_e164(value: str, region: str | None) -> str:
     if not phonenumbers.is_possible_number(parsed):
         raise InvalidNumber("not a possible phone number for its country")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+# --- Fast path -------------------------------------------------------------------------------
+#
+# For "+<digits>" (ASCII digits; the default region plays no part once there is a '+'),
+# `_to_e164_slow` returns "+" + calling code + national significant number (NSN), where
+#   * the calling code is the shortest prefix of 1-3 digits, not starting with 0, that is in
+#     COUNTRY_CODE_TO_REGION_CODE (otherwise: an error);
+#   * the NSN is the rest, unless the national-prefix-for-parsing rule of the calling code's
+#     main region strips or transforms its start (e.g. +44 0…, +7 8…, +54 …15…) — leading zeros
+#     that are kept are kept in the output too (Italian leading zero);
+#   * the number is possible if the NSN's length is in the main region's general possible
+#     lengths (or its local-only lengths) — for a shared code (+1, +7, +44 …) that main region
+#     is the only one consulted, by parse and by is_possible_number alike.
+# So when the rule does not touch the NSN and its length is a possible length, the answer is the
+# input itself. Any other case goes to the slow path: every error, every match of the prefix rule
+# (even when parse would then keep the digits) and local-only lengths (possible, but rare for
+# international traffic; libphonenumber keeps them disjoint from the possible lengths anyway).
+
+_NSN_MIN_LEN = 2  # phonenumbers' _MIN_LENGTH_FOR_NSN
+_NSN_MAX_LEN = 17  # phonenumbers' _MAX_LENGTH_FOR_NSN
+_CALLING_CODES = frozenset(str(code) for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+
+
+class _FastRule:
+    """What the fast path needs from one calling code's metadata (built on first use)."""
+
+    __slots__ = ("lengths", "prefix", "transform")
+
+    def __init__(self, lengths: frozenset[int], prefix: re.Pattern[str] | None,
+                 transform: bool) -> None:
+        self.lengths = lengths  # NSN lengths that are possible (not local-only)
+        self.prefix = prefix  # national_prefix_for_parsing, compiled
+        self.transform = transform  # a national_prefix_transform_rule exists
+
+    def keeps(self, nsn: str) -> bool:
+        """True if parse would leave `nsn` as it is and is_possible_number accept it."""
+        if len(nsn) not in self.lengths:
+            return False
+        if self.prefix is None:
+            return True
+        m = self.prefix.match(nsn)
+        if m is None:
+            return True
+        if m.end() != 0:
+            return False  # a prefix might be stripped: let phonenumbers decide
+        # An empty match strips nothing, unless a transform rule rewrites it.
+        groups = m.groups()
+        return not self.transform or (bool(groups) and groups[-1] is None)
+
+
+_FAST_RULES: dict[str, _FastRule | None] = {}
+
+
+def _fast_rule(code: str) -> _FastRule | None:
+    try:
+        return _FAST_RULES[code]
+    except KeyError:
+        pass
+    rule = _build_fast_rule(int(code))
+    _FAST_RULES[code] = rule
+    return rule
+
+
+def _build_fast_rule(code: int) -> _FastRule | None:
+    region = phonenumbers.region_code_for_country_code(code)
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(code, region)
+    if metadata is None or metadata.general_desc is None:
+        return None
+    lengths = tuple(metadata.general_desc.possible_length or ())
+    # _test_number_length reads the first entry as the minimum and the last as the maximum:
+    # only an ascending list makes "in the list" the same as "possible".
+    if not lengths or lengths[0] == -1 or list(lengths) != sorted(set(lengths)):
+        return None
+    local_only = set(metadata.general_desc.possible_length_local_only or ())
+    usable = frozenset(n for n in lengths
+                       if _NSN_MIN_LEN <= n <= _NSN_MAX_LEN and n not in local_only)
+    if not usable:
+        return None
+    pattern = metadata.national_prefix_for_parsing
+    return _FastRule(usable, re.compile(pattern) if pattern else None,
+                     bool(metadata.national_prefix_transform_rule))
+
+
+def _fast_e164(value: str) -> str | None:
+    """`value` if it is "+<digits>" that `_to_e164_slow` would return unchanged, else None."""
+    if not value.startswith("+"):
+        return None
+    digits = value[1:]
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 3 + _NSN_MAX_LEN:
+        return None
+    for end in (1, 2, 3):
+        code = digits[:end]
+        if code in _CALLING_CODES:  # no code starts with 0, as phonenumbers requires
+            rule = _fast_rule(code)
+            if rule is not None and rule.keeps(digits[end:]):
+                return value
+            return None
+    return None
