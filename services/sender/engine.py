@@ -99,7 +99,7 @@ class _IntakeMetrics:
 
     def receipt(self, connector: str, state: str) -> None:
         if self.m is not None:
-            self.m.dlr_received.labels(connector=connector, state=state).inc()
+            self.m.child(self.m.dlr_received, connector, state).inc()
 
     def rejected(self, reason: str) -> None:
         if self.m is not None:
@@ -124,8 +124,9 @@ class SenderEngine:
         self.metrics = SenderMetrics.create(registry) if registry is not None else None
         self.manager_stop = asyncio.Event()
         self.committers = [GroupCommitter(pool, flush_inbound, name="sender.inbound"),
+                           # one autocommitted INSERT + NOTIFY: no BEGIN/COMMIT round trips
                            GroupCommitter(pool, flush_receipts, name="sender.receipts",
-                                          max_batch=2000)]
+                                          max_batch=2000, transactional=False)]
         self.intake = DeliverIntake(inbound=self.committers[0], receipts=self.committers[1],
                                     observer=_IntakeMetrics(self.metrics))
         connectors = [c for c in config.connectors if c.bind_mode in SENDER_BIND_MODES]

@@ -471,7 +471,7 @@ class Flusher:
         if self.metrics is not None:
             self.metrics.writeback_batch.observe(len(batch))
             for o in batch:
-                self.metrics.messages.labels(outcome=_outcome_label(o.status)).inc()
+                self.metrics.child(self.metrics.messages, _outcome_label(o.status)).inc()
 
     async def wait_idle(self) -> None:
         """Return once everything added so far has been written."""
@@ -726,9 +726,10 @@ class Submitter:
 
     def _count_claim(self, row: Claimed) -> None:
         if self.metrics is not None:
-            self.metrics.claimed.labels(outcome="reclaimed" if row.reclaimed else "fresh").inc()
+            self.metrics.child(self.metrics.claimed,
+                              "reclaimed" if row.reclaimed else "fresh").inc()
             if row.status in ("expired", "suppressed"):
-                self.metrics.messages.labels(outcome=row.status).inc()
+                self.metrics.child(self.metrics.messages, row.status).inc()
         if row.status in ("expired", "suppressed"):
             log.info("message_finished_at_claim", msg_id=row.id, outcome=row.status)
 
@@ -821,14 +822,14 @@ class Submitter:
             return
         if result.outcome is SubmitOutcome.OK:
             label = "ok"
-            m.submit_duration.labels(connector=connector).observe(duration_s)
+            m.child(m.submit_duration, connector).observe(duration_s)
         elif result.outcome is SubmitOutcome.REJECTED:
             label = "throttled" if result.command_status in _THROTTLE else "rejected"
         elif result.outcome is SubmitOutcome.UNKNOWN:
             label = "timeout"
         else:
             label = "not_sent"
-        m.submits.labels(connector=connector, outcome=label).inc()
+        m.child(m.submits, connector, label).inc()
 
     # -- drain ----------------------------------------------------------------------------
 
