@@ -81,6 +81,11 @@ def build_parser(scenario: str) -> argparse.ArgumentParser:
     load.add_argument("--client-ref", action="store_true",
                       help="mt: send a client_ref, so a retry after a lost answer stores once")
     load.add_argument("--runs", type=int, default=1, help="repeat; figures are medians")
+    if scenario == "mo":
+        load.add_argument("--forward-batch", type=int, default=1, metavar="N",
+                          help="the forward rule's `batch`: MOs per request to the application "
+                               "(1 = one request per MO, as Kannel's get-url; N > 1 = JSON "
+                               "arrays of up to N)")
     load.add_argument("--http-client", choices=("lean", "aiohttp"), default="lean",
                       help="the driver's HTTP client and the MO sink's server: 'lean' (asyncio "
                            "protocols, services/bench/leanhttp.py: least CPU taken from the "
@@ -187,7 +192,8 @@ def stack_options(scenario: str, a: argparse.Namespace, sink_url: str | None) ->
     rules: list[dict[str, Any]] | None = None
     if scenario == "mo":
         rules = [{"name": "bench-forward", "default": True, "match": {},
-                  "actions": [{"type": "forward", "url": sink_url}]}]
+                  "actions": [{"type": "forward", "url": sink_url,
+                               "batch": getattr(a, "forward_batch", 1)}]}]
     elif scenario == "promo":
         rules = [{"name": "bench-promo", "priority": 10, "match": {"keyword": ["WIN"]},
                   "actions": [{"type": "reply", "template": "OK {text}",
@@ -228,9 +234,9 @@ class Sink:
     def _count(self, method: str, target: str, body: bytes) -> None:
         del method
         self.requests += 1
-        m = self.pattern.search(body + unquote_plus(target).encode())
-        if m:
-            self.seen.setdefault(int(m.group(1)), time.time())
+        now = time.time()
+        for m in self.pattern.finditer(body + unquote_plus(target).encode()):
+            self.seen.setdefault(int(m.group(1)), now)  # a batched forward holds several
 
     async def start(self) -> str:
         """Listen on a free port; return the URL to forward to."""
@@ -247,11 +253,7 @@ class Sink:
         return f"http://127.0.0.1:{self.port}/mo"
 
     async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.read() + request.query_string.encode()
-        self.requests += 1
-        m = self.pattern.search(body)
-        if m:
-            self.seen.setdefault(int(m.group(1)), time.time())
+        self._count(request.method, request.path_qs, await request.read())
         return web.json_response({"ok": True})
 
     async def stop(self) -> None:
@@ -593,7 +595,9 @@ async def conditions(conn: asyncpg.Connection, run: Run) -> dict[str, Any]:
                          "binds": a.binds, "receipts": a.receipts,
                          "receipt_delay_s": a.receipt_delay if a.receipts else None,
                          "overrides": a.sets, "sources": a.sources,
-                         "http_client": getattr(a, "http_client", "lean")}}
+                         "http_client": getattr(a, "http_client", "lean"),
+                         **({"forward_batch": a.forward_batch}
+                            if hasattr(a, "forward_batch") else {})}}
 
 
 # --- CPU and memory -----------------------------------------------------------------------

@@ -151,13 +151,15 @@ class Forward:
     method: Literal["GET", "POST"]
     body: bytes | None
     secret_ref: str | None
+    batch: int = 1
 
     def row(self) -> dict[str, Any]:
         """The `callbacks` columns of this forward."""
         headers = {"Content-Type": "application/json"} if self.body is not None else None
         return {"kind": "mo", "inbound_id": self.inbound_id, "url": self.url,
                 "method": self.method, "body": self.body, "headers": headers,
-                "secret_ref": self.secret_ref}
+                "secret_ref": self.secret_ref,
+                "batch_max": self.batch if self.batch > 1 else None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,7 +372,7 @@ class Planner:
             "rule": rule.rule.name, "groups": dict(hit.groups)})
         secret_ref = f"rule:{rule.id}:{index}" if action.secret_env else None
         assert action.url is not None
-        return Forward(msg.id, action.url, "POST", body, secret_ref)
+        return Forward(msg.id, action.url, "POST", body, secret_ref, action.batch)
 
     # -- opt-out ----------------------------------------------------------------------------
 

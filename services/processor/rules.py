@@ -29,7 +29,8 @@ managed with `smsgw rules import FILE | export | list | test` (`rules_cli.py`). 
         {"type": "campaign_entry", "campaign": "win",
          "quota": {"per": "day", "max": 1, "tz": "Europe/London"},
          "over_quota_reply": "You already entered today", "data": {"prize": "a car"}},
-        {"type": "forward", "url": "https://app.example/mo", "secret_env": "WIN_HOOK_SECRET"},
+        {"type": "forward", "url": "https://app.example/mo", "secret_env": "WIN_HOOK_SECRET",
+         "batch": 1},
         {"type": "forward", "get_url": "https://app.example/mo?from=%p&text=%a"},
         {"type": "optout", "op": "stop", "scope": "short_code", "reply": "Unsubscribed."}
       ]
@@ -43,7 +44,10 @@ Semantics:
   forward actions are skipped; `over_quota_reply` (if any) is sent instead.
 - `forward` writes a `callbacks` row (kind 'mo'): a JSON POST signed with HMAC-SHA256 when
   `secret_env` names an environment variable (resolved at send time, `secret_ref`
-  'rule:<id>:<action index>'), or a GET of the Kannel-style `get_url` template.
+  'rule:<id>:<action index>'), or a GET of the Kannel-style `get_url` template. With
+  `batch` > 1, up to that many MOs waiting for the same URL are POSTed together as a JSON
+  array of the same objects (header `X-Smsgw-Batch: <count>`; one signature over the array);
+  the application answers 2xx for the whole request, anything else retries all of them.
 - `optout`: `stop` adds the subscriber to the suppression list (scope: the short code it wrote
   to, or 'global'), `start` removes it (both scopes), `help` only replies. The built-in
   keyword lists (`[processor.optout]`) run before any rule; this action lets a rule do the same
@@ -217,11 +221,16 @@ class ForwardAction(_Model):
     url: str | None = None
     get_url: str | None = None
     secret_env: str | None = None
+    # JSON POST only: up to `batch` MOs queued for this URL go in one request as a JSON array
+    # (header X-Smsgw-Batch: <count>), signed as one body; 1 = one request per MO.
+    batch: int = Field(default=1, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _one_target(self) -> ForwardAction:
         if (self.url is None) == (self.get_url is None):
             raise ValueError("give exactly one of url and get_url")
+        if self.batch > 1 and self.url is None:
+            raise ValueError("batch applies to a JSON `url` forward, not to `get_url`")
         target = self.url or self.get_url or ""
         if not target.startswith(("http://", "https://")):
             raise ValueError("the URL must start with http:// or https://")

@@ -248,7 +248,7 @@ class Callback(_FromRecord):
     `reclaimed` as in `OutboundMessage`: the previous lease holder may have made the call.
     """
 
-    _optional: ClassVar[frozenset[str]] = frozenset({"reclaimed"})
+    _optional: ClassVar[frozenset[str]] = frozenset({"reclaimed", "batch_max"})
 
     id: int
     kind: str
@@ -268,6 +268,7 @@ class Callback(_FromRecord):
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+    batch_max: int | None = None  # forwards: up to this many rows per request (migration 0007)
     reclaimed: bool = False
 
 
