@@ -177,3 +177,36 @@ async def test_stats_refresh_reanalyzes_a_queue_the_planner_thinks_empty(
     after = await plan()
     assert "Sort" not in after and "inbound_claim_idx" in after
     assert await store.refresh_queue_stats(pool, analyze_every_s=0) == []  # estimate is right
+
+
+async def test_stats_refresh_reanalyzes_a_table_grown_with_finished_rows(
+        pool: asyncpg.Pool) -> None:
+    """1. inbound is analyzed nearly empty; a connection caches `ack`'s generic plan (forced,
+       as asyncpg's prepared statement gets after five runs): a sequential scan.
+    2. 20,000 finished MOs pile up (no queued depth to notice: the queue is empty).
+    3. refresh_queue_stats sees the table at more than 4 times its analyzed pages and analyzes
+       it; the cached generic plan is invalidated and the same connection's next generic plan
+       probes the primary key."""
+    ack = store._q("ack", "inbound")
+    await store.enqueue(pool, "inbound", [inbound_row(f"+49{i}") for i in range(3)])
+    await pool.execute("ANALYZE inbound")
+
+    async def generic_plan(conn: asyncpg.Connection) -> str:
+        rows = await conn.fetch("EXPLAIN (COSTS OFF) EXECUTE ack_probe('{1,2}', 'done', NULL)")
+        return "\n".join(r[0] for r in rows)
+
+    async with pool.acquire() as conn:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE ack_probe(bigint[], text, text) AS {ack}")
+        try:
+            assert "Seq Scan" in await generic_plan(conn)
+            for start in range(0, 20_000, 5000):
+                await store.enqueue(pool, "inbound", [
+                    {**inbound_row(f"+48{i}"), "status": "done"}
+                    for i in range(start, start + 5000)], notify=False)
+            assert await store.refresh_queue_stats(pool, analyze_every_s=0) == ["inbound"]
+            assert "inbound_pkey" in await generic_plan(conn)
+            assert await store.refresh_queue_stats(pool, analyze_every_s=0) == []
+        finally:
+            await conn.execute("DEALLOCATE ack_probe")
+            await conn.execute("RESET plan_cache_mode")

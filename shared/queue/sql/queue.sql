@@ -307,9 +307,11 @@ ON CONFLICT (queue, status) DO UPDATE
 RETURNING queue, status, depth
 
 -- name: planner_stats
--- What the planner believes about queue tables $1: row estimate (-1: never analyzed) and when
--- statistics were last gathered.
+-- What the planner believes about queue tables $1: row estimate (-1: never analyzed), pages
+-- then and now, and when statistics were last gathered.
 SELECT c.relname::text AS queue, c.reltuples::float8 AS reltuples,
+       c.relpages::int8 AS relpages,
+       pg_relation_size(c.oid) / current_setting('block_size')::int8 AS pages_now,
        greatest(s.last_analyze, s.last_autoanalyze) AS analyzed_at,
        greatest(s.last_analyze, s.last_autoanalyze) < now() - make_interval(secs => $2)
            OR greatest(s.last_analyze, s.last_autoanalyze) IS NULL AS may_analyze
