@@ -37,7 +37,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus, urlencode, urlsplit
@@ -81,6 +81,10 @@ def build_parser(scenario: str) -> argparse.ArgumentParser:
     load.add_argument("--client-ref", action="store_true",
                       help="mt: send a client_ref, so a retry after a lost answer stores once")
     load.add_argument("--runs", type=int, default=1, help="repeat; figures are medians")
+    load.add_argument("--warmup", type=float, default=0.0, metavar="S",
+                      help="take latency percentiles only over messages that arrived S seconds "
+                           "or more after the first (daemons' first batches prepare statements "
+                           "and load caches); losses and states still count every message")
     if scenario == "mo":
         load.add_argument("--forward-batch", type=int, default=1, metavar="N",
                           help="the forward rule's `batch`: MOs per request to the application "
@@ -500,19 +504,31 @@ def _d(a: datetime | None, b: datetime | None) -> float | None:
     return (b - a).total_seconds() if a is not None and b is not None else None
 
 
+def warm(run: Run, rows: list[Any]) -> list[Any]:
+    """The rows latency percentiles are taken over: all, or with `--warmup S` those created
+    S seconds or more after the run's first row (losses and states always count every row)."""
+    warmup = float(getattr(run.args, "warmup", 0.0) or 0.0)
+    if not warmup or not rows:
+        return rows
+    cut = min(r["created_at"] for r in rows) + timedelta(seconds=warmup)
+    return [r for r in rows if r["created_at"] >= cut]
+
+
 async def check_mt(conn: asyncpg.Connection, run: Run) -> dict[str, Any]:
     """Losses, duplicates, final states and stage latencies of the MT rows."""
-    rows = await conn.fetch(MT_ROWS, mt_like(run))
-    nums = [_num(r["body"]) for r in rows]
+    all_rows = await conn.fetch(MT_ROWS, mt_like(run))
+    nums = [_num(r["body"]) for r in all_rows]
     found = {n for n in nums if n is not None}
     final = set(mt_final(run))
     states: dict[str, int] = {}
-    for r in rows:
+    for r in all_rows:
         states[r["status"]] = states.get(r["status"], 0) + 1
+    rows = warm(run, all_rows)
     q = [x for r in rows if (x := _d(r["created_at"], r["submitted_at"])) is not None]
     rc = [x for r in rows if (x := _d(r["submitted_at"], r["done_at"])) is not None]
     e2e = [x for r in rows if (x := _d(r["created_at"], r["done_at"] or r["submitted_at"]))
            is not None]
+    rows = all_rows
     last = max((r["done_at"] or r["submitted_at"] for r in rows
                 if (r["done_at"] or r["submitted_at"])), default=None)
     first_created = min((r["created_at"] for r in rows), default=None)
@@ -525,7 +541,7 @@ async def check_mt(conn: asyncpg.Connection, run: Run) -> dict[str, Any]:
                     "created_to_final": stage(e2e)},
         "last_final_at": last.timestamp() if last else None,
         "first_created_at": first_created.timestamp() if first_created else None,
-        "by_num": {n: r for n, r in zip(nums, rows, strict=True) if n is not None},
+        "by_num": {n: r for n, r in zip(nums, all_rows, strict=True) if n is not None},
     }
 
 
@@ -534,7 +550,7 @@ async def check_inbound(conn: asyncpg.Connection, run: Run) -> dict[str, Any]:
     rows = await conn.fetch(IN_ROWS, run.prefix + " %")
     nums = [_num(r["body"]) for r in rows]
     found = {n for n in nums if n is not None}
-    proc = [x for r in rows if r["status"] == "done"
+    proc = [x for r in warm(run, rows) if r["status"] == "done"
             and (x := _d(r["created_at"], r["updated_at"])) is not None]
     out: dict[str, Any] = {
         "rows": len(rows), "lost": len(run.driver.acked - found),
@@ -548,9 +564,11 @@ async def check_inbound(conn: asyncpg.Connection, run: Run) -> dict[str, Any]:
     out["last_final_at"] = last.timestamp() if last else None
     if run.scenario == "mo":
         cbs = await conn.fetch(CB_ROWS, [r["id"] for r in rows])
-        deliver = [x for c in cbs if c["status"] == "done"
+        kept = {r["id"] for r in warm(run, rows)}
+        timed = [c for c in cbs if c["inbound_id"] in kept]
+        deliver = [x for c in timed if c["status"] == "done"
                    and (x := _d(c["created_at"], c["updated_at"])) is not None]
-        e2e = [x for c in cbs if c["status"] == "done"
+        e2e = [x for c in timed if c["status"] == "done"
                and (x := _d(out["by_id"][c["inbound_id"]]["created_at"], c["updated_at"]))
                is not None]
         out["callbacks"] = {"rows": len(cbs), "states": _count(c["status"] for c in cbs)}
@@ -596,6 +614,7 @@ async def conditions(conn: asyncpg.Connection, run: Run) -> dict[str, Any]:
                          "receipt_delay_s": a.receipt_delay if a.receipts else None,
                          "overrides": a.sets, "sources": a.sources,
                          "http_client": getattr(a, "http_client", "lean"),
+                         "latency_warmup_s": getattr(a, "warmup", 0.0),
                          **({"forward_batch": a.forward_batch}
                             if hasattr(a, "forward_batch") else {})}}
 
@@ -831,8 +850,9 @@ async def promo_latency(conn: asyncpg.Connection, run: Run,
         "SELECT inbound_id, submitted_at FROM outbound WHERE inbound_id = ANY($1)"
         " UNION ALL SELECT inbound_id, submitted_at FROM outbound_history"
         " WHERE inbound_id = ANY($1)", list(by_id))
-    vals = [x for r in rows if (x := _d(by_id[r["inbound_id"]]["created_at"],
-                                        r["submitted_at"])) is not None]
+    kept = {r["id"] for r in warm(run, list(by_id.values()))}
+    vals = [x for r in rows if r["inbound_id"] in kept
+            and (x := _d(by_id[r["inbound_id"]]["created_at"], r["submitted_at"])) is not None]
     return {"mo_received_to_reply_submitted": stage(vals), "replies": len(rows)}
 
 
