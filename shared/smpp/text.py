@@ -263,6 +263,8 @@ def _units(text: str, encoding: str) -> int:
     if encoding in ("gsm7", "gsm7_packed"):
         return gsm_septets(text)
     if encoding == "ucs2":
+        if not text or max(text) <= "\uffff":  # no surrogate pairs: the common case, in C
+            return len(text)
         return len(text) + sum(1 for c in text if ord(c) > 0xFFFF)
     return len(text)
 
