@@ -235,6 +235,9 @@ class DaemonSection(Section):
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     poll_s: float = Field(default=5.0, gt=0)
+    # after a NOTIFY wake-up, wait this long before claiming so that one claim takes what
+    # arrives meanwhile (fewer, fuller batches at moderate rates; adds up to this latency)
+    claim_linger_s: float = Field(default=0.0, ge=0, le=1.0)
     queue_stats_s: float = Field(default=0.5, gt=0)  # depth/age snapshot refresh interval
     watchdog: bool = True
 

@@ -208,7 +208,7 @@ class Daemon(Generic[S]):
         """
         assert self.listener is not None, "consume() needs listen_channels"
         await consume(self.listener, channel, claim_pass, stop=self.stop,
-                      poll_s=self.settings.poll_s)
+                      poll_s=self.settings.poll_s, linger_s=self.settings.claim_linger_s)
 
     async def wait_for_work(self, channel: str, timeout_s: float | None = None) -> bool:
         """Wait for a NOTIFY on `channel`, the `poll_s` fallback timer, or `stop`.
@@ -229,7 +229,10 @@ class Daemon(Generic[S]):
         finally:
             for fut in (waiter, stopper):
                 fut.cancel()
-        return bool(waiter.done() and not waiter.cancelled() and waiter.result())
+        woken = bool(waiter.done() and not waiter.cancelled() and waiter.result())
+        if woken and self.settings.claim_linger_s > 0:
+            await _wait_event(self.stop, self.settings.claim_linger_s)
+        return woken
 
     # -- entry point ---------------------------------------------------------------------
 

@@ -159,8 +159,11 @@ WITH input AS (
      WHERE dedupe_key IS NULL OR id IN (SELECT target_id FROM keys)
     RETURNING id
 )
+-- one NOTIFY on channel $14 when a row was inserted (NULL: none), delivered at commit
 SELECT n.ord, n.id, (i.id IS NOT NULL) AS created
   FROM numbered n LEFT JOIN ins i ON i.id = n.id
+ CROSS JOIN (SELECT CASE WHEN $14::text IS NOT NULL AND EXISTS (SELECT 1 FROM ins)
+                         THEN pg_notify($14::text, '') END) AS wake
  ORDER BY n.ord
 """
 
@@ -258,16 +261,26 @@ async def flush_inbound(conn: asyncpg.Connection, items: Sequence[InboundWrite |
 
     `ttl_s` is how long provider ids are remembered; `replay_window_s` how long a re-sent
     fragment of an already reassembled message is recognised as a duplicate.
+
+    A batch of whole messages is one statement (INSERT + NOTIFY) that needs no surrounding
+    transaction: run the committer with `transactional=False` and only a batch holding
+    fragments (several statements under advisory locks) opens one here.
     """
+    if not conn.is_in_transaction() and any(isinstance(it, FragmentWrite) for it in items):
+        async with conn.transaction():
+            return await flush_inbound(conn, items, ttl_s=ttl_s,
+                                       replay_window_s=replay_window_s)
     results: list[InboundResult | None] = [None] * len(items)
     whole = [(i, it) for i, it in enumerate(items) if isinstance(it, InboundWrite)]
     frags = [(i, it) for i, it in enumerate(items) if isinstance(it, FragmentWrite)]
     created = False
     if whole:
-        for (i, _), res in zip(whole, await _insert_whole(conn, [w for _, w in whole], ttl_s),
-                               strict=True):
+        # the INSERT itself notifies when there are no fragments to follow in this batch
+        notify_now = CHANNELS["inbound"] if not frags else None
+        for (i, _), res in zip(whole, await _insert_whole(conn, [w for _, w in whole], ttl_s,
+                                                          notify_now), strict=True):
             results[i] = res
-            created = created or not res.duplicate
+            created = created or (not res.duplicate and notify_now is None)
     # Key order: every instance takes the advisory locks in the same order (no deadlock).
     for i, frag in sorted(frags, key=lambda p: (p[1].lock_key(), p[1].seq)):
         res = await _store_fragment(conn, frag, ttl_s, replay_window_s)
@@ -279,7 +292,7 @@ async def flush_inbound(conn: asyncpg.Connection, items: Sequence[InboundWrite |
 
 
 async def _insert_whole(conn: asyncpg.Connection, items: list[InboundWrite],
-                        ttl_s: float) -> list[InboundResult]:
+                        ttl_s: float, notify: str | None = None) -> list[InboundResult]:
     # Within one statement a key can be claimed once: later items with the same key are
     # answered from the first.
     first: dict[tuple[str, str], int] = {}
@@ -291,7 +304,7 @@ async def _insert_whole(conn: asyncpg.Connection, items: list[InboundWrite],
             first[(it.dedupe_scope, it.dedupe_key)] = i
             leaders.append(i)
     lead_items = [items[i] for i in leaders]
-    rows = await conn.fetch(INSERT_INBOUND_BATCH, *_inbound_columns(lead_items), ttl_s)
+    rows = await conn.fetch(INSERT_INBOUND_BATCH, *_inbound_columns(lead_items), ttl_s, notify)
     out: list[InboundResult | None] = [None] * len(items)
     for pos, row in zip(leaders, rows, strict=True):
         if row["created"]:

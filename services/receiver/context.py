@@ -89,14 +89,14 @@ def build_context(pool: asyncpg.Pool, options: ReceiverOptions, webhooks: Webhoo
                               on_commit=metrics.commit_observer(name),
                               transactional=transactional)
 
-    # flush_mt and flush_receipts open a transaction only when a batch needs several
-    # statements (one autocommitted statement saves the BEGIN/COMMIT round trips).
+    # flush_mt, flush_inbound and flush_receipts open a transaction only when a batch needs
+    # several statements (one autocommitted statement saves the BEGIN/COMMIT round trips).
     mt = committer("outbound", lambda c, items: flush_mt(c, items,
                                                          ttl_s=options.client_ref_ttl_s),
                    transactional=False)
     inbound = committer("inbound", lambda c, items: flush_inbound(
         c, items, ttl_s=options.webhook_dedupe_ttl_s,
-        replay_window_s=options.mo_fragment_replay_s), transactional=True)
+        replay_window_s=options.mo_fragment_replay_s), transactional=False)
     receipts = committer("receipts", flush_receipts, transactional=False)
     for c in (mt, inbound, receipts):
         c.start()

@@ -123,7 +123,8 @@ class SenderEngine:
         self.wait_for_work = wait_for_work
         self.metrics = SenderMetrics.create(registry) if registry is not None else None
         self.manager_stop = asyncio.Event()
-        self.committers = [GroupCommitter(pool, flush_inbound, name="sender.inbound"),
+        self.committers = [GroupCommitter(pool, flush_inbound, name="sender.inbound",
+                                          transactional=False),  # see flush_inbound
                            # one autocommitted INSERT + NOTIFY: no BEGIN/COMMIT round trips
                            GroupCommitter(pool, flush_receipts, name="sender.receipts",
                                           max_batch=2000, transactional=False)]

@@ -207,7 +207,7 @@ async def consume(listener: Listener, channel: str, claim_pass: Callable[[], Awa
                   stop: asyncio.Event, poll_s: float,
                   on_fallback: Callable[[], None] | None = None,
                   on_error: Callable[[BaseException], None] | None = None,
-                  error_backoff_s: float = 1.0) -> None:
+                  error_backoff_s: float = 1.0, linger_s: float = 0.0) -> None:
     """Run `claim_pass` until it returns 0, then wait for a NOTIFY on `channel`, the fallback
     timer `poll_s` (which also serves retries whose run_after has come) or `stop`; repeat until
     `stop` is set.
@@ -216,7 +216,8 @@ async def consume(listener: Listener, channel: str, claim_pass: Callable[[], Awa
     claimed. An exception from it is this loop's boundary: logged as `claim_pass_failed`,
     reported to `on_error` (a counter), then the loop waits `error_backoff_s` (or `stop`) and
     tries again — a database outage does not end the consumer. `on_fallback` is called when the
-    timer, not a notification, ended a wait.
+    timer, not a notification, ended a wait. `linger_s` > 0: after a notification, wait that
+    long (or `stop`) before the next claim, so that one claim takes what arrives meanwhile.
     """
     stop_task = asyncio.ensure_future(stop.wait())
     try:
@@ -233,9 +234,11 @@ async def consume(listener: Listener, channel: str, claim_pass: Callable[[], Awa
                 continue
             if stop.is_set():
                 break
-            if not await _wait_either(stop_task, listener.event(channel), poll_s) \
-                    and on_fallback is not None:
-                on_fallback()
+            if not await _wait_either(stop_task, listener.event(channel), poll_s):
+                if on_fallback is not None:
+                    on_fallback()
+            elif linger_s > 0:
+                await _wait_either(stop_task, None, linger_s)
     finally:
         stop_task.cancel()
 

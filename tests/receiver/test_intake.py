@@ -126,3 +126,40 @@ async def test_resent_fragment_is_a_duplicate_but_a_reused_reference_is_not(
             await flush_inbound(conn, batch)
     bodies = [r["body"] for r in await pool.fetch("SELECT body FROM inbound ORDER BY id")]
     assert bodies == ["ab", "cd"]
+
+
+async def test_whole_mo_batch_is_one_autocommitted_statement_with_its_notify(
+        db_url: str, pool: asyncpg.Pool) -> None:
+    """1. A batch of whole MOs flushed outside a transaction (the committers run
+       transactional=False) is stored and wakes the processors once on smsgw_inbound.
+    2. A batch holding only redeliveries (same provider ids) stores nothing and wakes nobody.
+    3. A batch with a fragment opens its own transaction: all rows or none."""
+    from shared.queue.listener import CHANNELS
+
+    got: list[str] = []
+    listener = await db.connect(db_url)
+    await listener.add_listener(CHANNELS["inbound"], lambda *args: got.append(args[2]))
+
+    def mo(i: int) -> InboundWrite:
+        return InboundWrite(channel="smpp", provider="c1", connector="c1",
+                            from_addr="+447700900123", to_addr="60060", body=f"m{i}",
+                            provider_message_id=f"p{i}", dedupe_scope="mo:c1",
+                            dedupe_key=f"p{i}")
+    try:
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            first = await flush_inbound(conn, [mo(1), mo(2)])
+            await asyncio.sleep(0.2)
+            assert got == [CHANNELS["inbound"]]
+            again = await flush_inbound(conn, [mo(1), mo(2)])
+            await asyncio.sleep(0.2)
+            assert got == [CHANNELS["inbound"]]  # nothing new: no wake-up
+            assert [r.inbound_id for r in again] == [r.inbound_id for r in first]
+            assert all(r.duplicate for r in again)
+            mixed = await flush_inbound(conn, [mo(3), _frag(1, total=2, ref=77)])
+            assert not conn.is_in_transaction()
+        assert mixed[0].inbound_id is not None and mixed[1].complete is False
+    finally:
+        await listener.close()
+    assert await pool.fetchval("SELECT count(*) FROM inbound") == 3
+    assert await pool.fetchval("SELECT count(*) FROM mo_parts") == 1
