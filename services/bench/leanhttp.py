@@ -63,6 +63,29 @@ def _body_length(headers: dict[str, str]) -> int | None:
     return n
 
 
+def _take_head(buf: bytearray, what: str) -> tuple[str, dict[str, str]] | None:
+    """The first line and headers of a complete head at the start of `buf` (consumed)."""
+    end = buf.find(_CRLF2)
+    if end < 0:
+        if len(buf) > _MAX_HEAD:
+            raise LeanHTTPError(f"{what} head too large")
+        return None
+    head = _parse_head(bytes(buf[:end]))
+    del buf[:end + 4]
+    return head
+
+
+def _take_body(buf: bytearray, length: int | None) -> bytes | None:
+    """A complete body (Content-Length `length`, or chunked when None) from `buf`, or None."""
+    if length is None:
+        return _take_chunked(buf)
+    if len(buf) < length:
+        return None
+    body = bytes(buf[:length])
+    del buf[:length]
+    return body
+
+
 def _take_chunked(buf: bytearray) -> bytes | None:
     """Decode a complete chunked body from the start of `buf` (consuming it), or None."""
     pos, out = 0, bytearray()
@@ -116,27 +139,18 @@ class _ClientProtocol(asyncio.Protocol):
 
     def _parse(self) -> None:
         if self.head is None:
-            end = self.buf.find(_CRLF2)
-            if end < 0:
-                if len(self.buf) > _MAX_HEAD:
-                    raise LeanHTTPError("response head too large")
+            got = _take_head(self.buf, "response")
+            if got is None:
                 return
-            status_line, headers = _parse_head(bytes(self.buf[:end]))
-            del self.buf[:end + 4]
+            status_line, headers = got
             parts = status_line.split(" ", 2)
             if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
                 raise LeanHTTPError(f"bad status line {status_line[:60]!r}")
             self.head = (int(parts[1]), headers, _body_length(headers))
         status, headers, length = self.head
-        if length is None:
-            body = _take_chunked(self.buf)
-            if body is None:
-                return
-        else:
-            if len(self.buf) < length:
-                return
-            body = bytes(self.buf[:length])
-            del self.buf[:length]
+        body = _take_body(self.buf, length)
+        if body is None:
+            return
         self.head = None
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(Response(status, headers, body))
@@ -231,27 +245,18 @@ class _SinkProtocol(asyncio.Protocol):
 
     def _one(self) -> bool:
         if self.head is None:
-            end = self.buf.find(_CRLF2)
-            if end < 0:
-                if len(self.buf) > _MAX_HEAD:
-                    raise LeanHTTPError("request head too large")
+            got = _take_head(self.buf, "request")
+            if got is None:
                 return False
-            request_line, headers = _parse_head(bytes(self.buf[:end]))
-            del self.buf[:end + 4]
+            request_line, headers = got
             parts = request_line.split(" ")
             if len(parts) != 3:
                 raise LeanHTTPError("bad request line")
             self.head = (parts[0], parts[1], _body_length(headers))
         method, target, length = self.head
-        if length is None:
-            body = _take_chunked(self.buf)
-            if body is None:
-                return False
-        else:
-            if len(self.buf) < length:
-                return False
-            body = bytes(self.buf[:length])
-            del self.buf[:length]
+        body = _take_body(self.buf, length)
+        if body is None:
+            return False
         self.head = None
         self.on_request(method, target, body)
         assert self.transport is not None
