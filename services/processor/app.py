@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 
 from services.processor.callbacks import CallbackDelivery
-from services.processor.engine import FLOOD_COUNT, Engine, Forward, Reply
+from services.processor.engine import FLOOD_COUNT, Engine
 from services.processor.jobs import processor_jobs
 from services.processor.metrics import ProcessorMetrics
 from services.processor.settings import ProcessorSettings
@@ -46,11 +46,7 @@ class ProcessorDaemon(Daemon[ProcessorSettings]):
     warm_statements = (store.statement("claim_tx", "inbound", "from_addr"),
                        store.statement("ack", "inbound"), QUERIES["log_events"], FLOOD_COUNT,
                        store.statement("claim_leased_reclaim", "callbacks"),
-                       store.statement("ack", "callbacks"),
-                       store.enqueue_statement("outbound", Reply(
-                           "", "", "", "transactional", 0, 0, None, "rule").row()),
-                       store.enqueue_statement("callbacks", Forward(
-                           0, "", "POST", b"", None).row()))
+                       store.statement("ack", "callbacks"))
     reload_help = "the [processor] keys and the rules (rules also on every `smsgw rules` change)"
 
     engine: Engine

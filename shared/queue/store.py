@@ -662,11 +662,6 @@ def statement(name: str, table: str = "", variant: str = "") -> str:
     return _q(name, table, variant)
 
 
-def enqueue_statement(table: str, row: Mapping[str, Any]) -> str:
-    """The SQL `enqueue(conn, table, rows)` runs for rows shaped like `row` (no dedupe keys)."""
-    return _enqueue_sql(table, _columns(_table(table), [row]), False)
-
-
 def all_queries() -> list[tuple[str, str]]:
     """(label, SQL) of every query this module can run, for the PREPARE-everything test."""
     out: list[tuple[str, str]] = []
@@ -699,8 +694,8 @@ def all_queries() -> list[tuple[str, str]]:
 __all__ = [
     "HISTORY_TABLES", "LEASE_TABLES", "QUEUE_TABLES", "RETENTION_LOCK_KEY", "STATS_LOCK_KEY",
     "DedupeKey", "RetentionSettings", "ack", "advisory_unlock", "all_queries", "claim_leased",
-    "claim_tx", "enqueue", "enqueue_statement", "extend_lease", "fail", "find_inbound",
-    "find_outbound", "log_events", "move_finished", "notify", "read_events", "read_queue_stats",
+    "claim_tx", "enqueue", "extend_lease", "fail", "find_inbound", "find_outbound",
+    "log_events", "move_finished", "notify", "read_events", "read_queue_stats",
     "refresh_queue_stats", "release", "requeue_dead", "retry", "run_retention", "statement",
     "try_advisory_lock", "update_many",
 ]
