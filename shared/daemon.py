@@ -96,8 +96,6 @@ class Daemon(Generic[S]):
     name: ClassVar[str]
     settings_model: ClassVar[type[DaemonSection]]
     listen_channels: ClassVar[tuple[str, ...]] = ()
-    # SQL every pool connection prepares when it opens (the daemon's hot path; see db.create_pool)
-    warm_statements: ClassVar[tuple[str, ...]] = ()
     reload_help: ClassVar[str] = ""  # what else SIGHUP reloads, for --help
     extra_sites: ClassVar[int] = 0  # HTTP sites added with add_site (for the stop budget)
     # Dotted config paths whose change needs a restart (SIGHUP warns); `connectors[].name`
@@ -361,8 +359,7 @@ class Daemon(Generic[S]):
                     self.log.warning("database_connect_retry", attempt=attempt.num)
                 return await db.create_pool(
                     cfg.url, min_size=cfg.pool_min_size, max_size=cfg.pool_max_size,
-                    timeout=cfg.connect_timeout_s, command_timeout=cfg.command_timeout_s,
-                    warm=self.warm_statements)
+                    timeout=cfg.connect_timeout_s, command_timeout=cfg.command_timeout_s)
         raise AssertionError("unreachable: retry_context retries forever")
 
     async def _until_stopped(self, coro: Awaitable[T]) -> T | None:

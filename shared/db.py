@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,27 +70,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
-                      warm: Sequence[str] = (), **kwargs: Any) -> asyncpg.Pool:
+                      **kwargs: Any) -> asyncpg.Pool:
     """Open an asyncpg pool whose connections decode json/jsonb with orjson.
 
     `min_size`/`max_size` bound the connections this process holds; the pool size is a limit
-    (acquire waits), never an unbounded queue. `warm` are SQL statements every new connection
-    prepares once when it opens: the first use of a statement on a connection costs 10-20 ms
-    (parse, plan, asyncpg's type introspection) against ~1 ms later, and a daemon that meets
-    a promotion's first second with cold connections paid that on every connection at once.
+    (acquire waits), never an unbounded queue.
     """
-    async def init(conn: asyncpg.Connection) -> None:
-        await _init_connection(conn)
-        for sql in warm:
-            try:
-                await conn.prepare(sql)
-            except asyncpg.PostgresError:
-                # e.g. an unmigrated database: the daemon's schema check reports it clearly;
-                # a statement that cannot prepare fails again where it runs
-                break
-
-    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init,
-                                     **kwargs)
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+                                     init=_init_connection, **kwargs)
 
 
 async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:

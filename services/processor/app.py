@@ -26,15 +26,13 @@ import asyncio
 import contextlib
 
 from services.processor.callbacks import CallbackDelivery
-from services.processor.engine import FLOOD_COUNT, Engine
+from services.processor.engine import Engine
 from services.processor.jobs import processor_jobs
 from services.processor.metrics import ProcessorMetrics
 from services.processor.settings import ProcessorSettings
 from shared.config import AppConfig
 from shared.daemon import Daemon
-from shared.queue import store
 from shared.queue.listener import CHANNELS
-from shared.queue.sql import QUERIES
 
 
 class ProcessorDaemon(Daemon[ProcessorSettings]):
@@ -43,10 +41,6 @@ class ProcessorDaemon(Daemon[ProcessorSettings]):
     name = "processor"
     settings_model = ProcessorSettings
     listen_channels = (CHANNELS["inbound"], CHANNELS["callbacks"], CHANNELS["rules"])
-    warm_statements = (store.statement("claim_tx", "inbound", "from_addr"),
-                       store.statement("ack", "inbound"), QUERIES["log_events"], FLOOD_COUNT,
-                       store.statement("claim_leased_reclaim", "callbacks"),
-                       store.statement("ack", "callbacks"))
     reload_help = "the [processor] keys and the rules (rules also on every `smsgw rules` change)"
 
     engine: Engine

@@ -23,12 +23,9 @@ from services.receiver.context import ReceiverContext, build_context
 from services.receiver.metrics import ReceiverMetrics
 from services.receiver.settings import ReceiverSettings
 from services.receiver.smpp_intake import SmppIntake, receiver_connectors
-from services.receiver.store import INSERT_MT_PLAIN
 from services.receiver.web import create_api_app
-from shared.apikeys import LOOKUP_ACCOUNT_BY_KEY_HASH
 from shared.config import AppConfig
 from shared.daemon import Daemon
-from shared.intake import INSERT_INBOUND_BATCH, INSERT_RECEIPTS_BATCH
 
 COMMITTER_CLOSE_S = 4.0  # inside the runtime's RELEASE_TIMEOUT_S (5 s) for release()
 
@@ -38,8 +35,6 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
 
     name = "receiver"
     settings_model = ReceiverSettings
-    warm_statements = (INSERT_MT_PLAIN, INSERT_INBOUND_BATCH, INSERT_RECEIPTS_BATCH,
-                       LOOKUP_ACCOUNT_BY_KEY_HASH)
     reload_help = "watermarks, limits, webhook secrets and connector rates"
     restart_only_keys = (*Daemon.restart_only_keys, "daemon.http_host", "daemon.http_port",
                          "daemon.smpp_binds")

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import asyncpg
 
-from services.sender import queries as Q
 from services.sender.engine import SenderEngine
 from services.sender.settings import SenderSettings
-from shared import dlr
 from shared.config import AppConfig
 from shared.daemon import Daemon
-from shared.intake import INSERT_INBOUND_BATCH, INSERT_RECEIPTS_BATCH
 from shared.queue.listener import CHANNELS
 
 # shared/bindslots.py bounds one session's drain + unbind at 8 s, sessions close in parallel
@@ -31,9 +28,6 @@ class SenderDaemon(Daemon[SenderSettings]):
     name = "sender"
     settings_model = SenderSettings
     listen_channels = (CHANNELS["outbound"], CHANNELS["receipts"])
-    warm_statements = (Q.CLAIM_OUTBOUND, Q.WRITE_BACK, Q.PORTED_LOOKUP, Q.LOG_EVENTS,
-                       INSERT_RECEIPTS_BATCH, INSERT_INBOUND_BATCH, dlr.MATCH_RECEIPTS,
-                       dlr.FINALIZE_OUTBOUND, dlr.INSERT_CALLBACKS)
     reload_help = "connector rates (tps, burst) and routes, without dropping binds"
     engine: SenderEngine
 

@@ -657,11 +657,6 @@ async def advisory_unlock(conn: asyncpg.Connection, key: int) -> None:
 # -- PREPARE-all support ---------------------------------------------------------------------------
 
 
-def statement(name: str, table: str = "", variant: str = "") -> str:
-    """The SQL text `name` runs for `table` (e.g. to prepare it ahead: `Daemon.warm_statements`)."""
-    return _q(name, table, variant)
-
-
 def all_queries() -> list[tuple[str, str]]:
     """(label, SQL) of every query this module can run, for the PREPARE-everything test."""
     out: list[tuple[str, str]] = []
@@ -696,6 +691,6 @@ __all__ = [
     "DedupeKey", "RetentionSettings", "ack", "advisory_unlock", "all_queries", "claim_leased",
     "claim_tx", "enqueue", "extend_lease", "fail", "find_inbound", "find_outbound",
     "log_events", "move_finished", "notify", "read_events", "read_queue_stats",
-    "refresh_queue_stats", "release", "requeue_dead", "retry", "run_retention", "statement",
+    "refresh_queue_stats", "release", "requeue_dead", "retry", "run_retention",
     "try_advisory_lock", "update_many",
 ]

@@ -55,37 +55,3 @@ async def test_check_schema_refuses_old_and_too_new(pool: asyncpg.Pool) -> None:
         await conn.execute("DELETE FROM schema_migrations")
         with pytest.raises(SchemaVersionError, match="run `smsgw migrate`"):
             await db.check_schema(conn, "test")
-
-
-async def test_every_daemons_warm_statements_prepare_on_the_schema(pool: asyncpg.Pool) -> None:
-    """Each statement a daemon prepares on every new pool connection is valid SQL for the
-    current schema (the pool's init skips one that fails, so a stale entry would go unseen)."""
-    from services.processor.app import ProcessorDaemon
-    from services.receiver.app import ReceiverDaemon
-    from services.sender.app import SenderDaemon
-
-    async with pool.acquire() as conn:
-        for daemon in (ReceiverDaemon, ProcessorDaemon, SenderDaemon):
-            assert daemon.warm_statements, daemon.name
-            for sql in daemon.warm_statements:
-                await conn.prepare(sql)
-
-
-async def test_pool_warming_tolerates_an_unmigrated_database(pg_server: dict, unique) -> None:
-    """A pool whose warm statements name tables that do not exist yet still opens (the
-    daemon's schema check then says what is wrong) and runs queries."""
-    admin = str(pg_server["url"])
-    name = unique("smsgw_warm_")
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = admin.rsplit("/", 1)[0] + "/" + name
-        pool = await db.create_pool(url, min_size=2, max_size=2,
-                                    warm=["SELECT 1", "SELECT id FROM outbound"])
-        try:
-            assert await pool.fetchval("SELECT 41 + 1") == 42
-        finally:
-            await pool.close()
-    finally:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
