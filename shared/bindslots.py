@@ -431,8 +431,10 @@ class BindManager:
     # -- default session ------------------------------------------------------------------
 
     def _default_factory(self, connector: Any, index: int, rate_per_s: float) -> BoundSession:
+        # A bind or a loss is published at once (gauge, and the sender's claim loop, which
+        # waits for a bound session before it claims), not at the next check_s tick.
         return ClientSession.for_connector(connector, self.bind_mode, rate_per_s, self.handler,
-                                           slot=index)
+                                           slot=index, on_change=lambda _up: self._publish())
 
 
 _MODE_LABELS = {BindMode.TRANSCEIVER: "trx", BindMode.TRANSMITTER: "tx", BindMode.RECEIVER: "rx"}
@@ -468,11 +470,13 @@ class ClientSession:
     @classmethod
     def for_connector(cls, connector: Any, mode: BindMode, rate_per_s: float,
                       handler: Callable[..., Awaitable[int]] | None, *,
-                      slot: int = 0) -> ClientSession:
-        """Build the client of one bind slot: the connector's settings at the slot's rate."""
+                      slot: int = 0,
+                      on_change: Callable[[bool], None] | None = None) -> ClientSession:
+        """Build the client of one bind slot: the connector's settings at the slot's rate.
+        `on_change(up)` hears each bind and each loss at once."""
         config = connector.session_config(bind_mode=mode, tps=rate_per_s or None)
         client = Client(config, handler, backoff_min_s=connector.reconnect_min_s,
-                        backoff_max_s=connector.reconnect_max_s)
+                        backoff_max_s=connector.reconnect_max_s, on_change=on_change)
         return cls(client, slot=slot)
 
     @property

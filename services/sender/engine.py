@@ -146,12 +146,14 @@ class SenderEngine:
 
     def _manager(self, c: Any) -> BindManager:
         s = self.config.daemon
-        on_up = None
-        if self.metrics is not None:
-            gauge = self.metrics.session_up
+        gauge = self.metrics.session_up if self.metrics is not None else None
 
-            def on_up(mode: str, n: int, name: str = c.name) -> None:
+        def on_up(mode: str, n: int, name: str = c.name) -> None:
+            if gauge is not None:
                 gauge.labels(connector=name, bind=mode).set(n)
+            submitter = getattr(self, "submitter", None)  # built after the managers
+            if submitter is not None and n > 0:
+                submitter.wake()  # a new bind is window to claim into: do not wait for a tick
         return BindManager(c, c.bind_mode, self.dsn, handler=self.intake.handler_for(c),
                            on_up=on_up, retry_s=_opt(s, "bind_retry_s", 2.0),
                            check_s=_opt(s, "bind_check_s", 1.0),

@@ -516,6 +516,10 @@ class Lane:
         self._cached: Sequence[Any] = ()
         self._cached_at = -1.0
 
+    def forget_sessions(self) -> None:
+        """Drop the cached bound-session list (a bind just came up or went away)."""
+        self._cached_at = float("-inf")
+
     @property
     def capacity(self) -> int:
         """Parts this connector can have outstanding now: window x bound sessions."""
@@ -614,6 +618,12 @@ class Submitter:
             lane.on_result = self._on_result
 
     # -- capacity -------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Re-check the budget now (a session bound: there is window to claim into)."""
+        for lane in self.lanes.values():
+            lane.forget_sessions()
+        self._space.set()
 
     def budget(self) -> int:
         """Parts we may claim now: free window slots of bound connectors plus one batch."""

@@ -711,8 +711,10 @@ class Client:
         backoff_max_s: float = 60.0,
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[bool], None] | None = None,
     ) -> None:
         self.config = config
+        self.on_change = on_change  # called with True when bound, False when the bind is lost
         self.counters = SessionCounters()
         self.bucket = TokenBucket(config.tps, config.burst, clock)
         self.backoff_min_s = backoff_min_s
@@ -756,6 +758,13 @@ class Client:
             return SubmitResult(SubmitOutcome.NOT_SENT, reason="link down")
         return await session.submit(pdu)
 
+    def _changed(self, up: bool) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(up)
+            except Exception:  # an observer's bug must not end the reconnect loop
+                log.exception("smpp_on_change_failed", extra={"connector": self.config.name})
+
     def _backoff(self, attempt: int, bind_rejected: bool) -> float:
         ceiling = self.backoff_max_s
         if not bind_rejected:
@@ -780,8 +789,10 @@ class Client:
                 attempt = 0
                 self._session = session
                 self._up.set()
+                self._changed(True)
                 await self._wait_either(session.wait_closed())
                 self._up.clear()
+                self._changed(False)
                 if self._stop.is_set():
                     return
                 self.last_error = session.close_reason

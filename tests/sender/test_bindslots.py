@@ -62,3 +62,31 @@ async def test_two_senders_never_exceed_binds_or_tps(db_url: str, pool: asyncpg.
         assert sim.counters.unbinds >= 1  # the session on the lost slot was unbound
         assert max_in_window(sim.timestamps()) <= 100
         assert len(sim.submits) == 350
+
+
+async def test_bind_and_loss_are_published_at_once_not_at_the_next_check(
+        db_url: str) -> None:
+    """1. A bind manager whose own loop wakes only every 30 s (retry_s = check_s = 30) takes
+    its slot and binds to the simulator. 2. `on_up` hears n = 1 as soon as the bind is up
+    (the sender's claim loop is woken by it), not at the loop's next tick. 3. The simulator
+    drops the connection: `on_up` hears n = 0 at once as well."""
+    from shared.bindslots import BindManager
+
+    heard: list[tuple[int, float]] = []
+    loop = asyncio.get_running_loop()
+    async with Simulator(SimConfig()) as sim:
+        c = connector("pub", sim.port, binds=1)
+        manager = BindManager(c, c.bind_mode, db_url, grace_s=0.05, retry_s=30.0, check_s=30.0,
+                              on_up=lambda _mode, n: heard.append((n, loop.time())))
+        stop = asyncio.Event()
+        started = loop.time()
+        task = asyncio.create_task(manager.run(stop))
+        try:
+            await wait_until(lambda: any(n == 1 for n, _ in heard), timeout=10)
+            assert next(t for n, t in heard if n == 1) - started < 10
+            await sim.drop_connections()
+            dropped = loop.time()
+            await wait_until(lambda: any(n == 0 and t >= dropped for n, t in heard), timeout=10)
+        finally:
+            stop.set()
+            await task
