@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,15 +70,39 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+# Pooled connections that were left with session state (a session advisory lock): the pool
+# runs asyncpg's full reset on them at release. See `mark_session_state`.
+_SESSION_STATE: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
+
+
+def mark_session_state(conn: Any) -> None:
+    """Say that `conn` (a pooled connection or its proxy) now holds session state — a session
+    advisory lock, a session SET — so its release runs the full reset (advisory locks
+    released, settings reset). Call it before taking the lock."""
+    _SESSION_STATE.add(getattr(conn, "_con", None) or conn)
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    # asyncpg's default reset sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    # RESET ALL` on every release: one round trip per transaction, a few thousand a second at
+    # a promotion's rates. smsgw leaves no session state on pooled connections except where
+    # `mark_session_state` says so (LISTEN has its own connection, settings are SET LOCAL).
+    # An open transaction is rolled back by asyncpg before this runs.
+    if conn in _SESSION_STATE:
+        _SESSION_STATE.discard(conn)
+        await conn.execute(conn.get_reset_query())
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
                       **kwargs: Any) -> asyncpg.Pool:
     """Open an asyncpg pool whose connections decode json/jsonb with orjson.
 
     `min_size`/`max_size` bound the connections this process holds; the pool size is a limit
-    (acquire waits), never an unbounded queue.
+    (acquire waits), never an unbounded queue. A released connection is reset only if it was
+    marked with `mark_session_state` (see `_reset`).
     """
     return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                     init=_init_connection, **kwargs)
+                                     init=_init_connection, reset=_reset, **kwargs)
 
 
 async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import asyncpg
 import structlog
 
+from shared import db
 from shared.metrics import RuntimeMetrics
 
 Job = Callable[[asyncpg.Connection], Awaitable[Any]]
@@ -48,6 +49,7 @@ async def run_once(name: str, job: Job, *, pool: asyncpg.Pool, lock_key: int | N
                     return False
                 await job(conn)
                 return True
+        db.mark_session_state(conn)  # released with the full reset, whatever happens below
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key):
             return False
         try:

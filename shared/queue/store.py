@@ -27,6 +27,7 @@ from typing import Any, Final, LiteralString, TypeAlias
 
 import asyncpg
 
+from shared import db
 from shared.queue.listener import CHANNELS
 from shared.queue.records import (
     Callback,
@@ -646,6 +647,7 @@ async def read_queue_stats(conn: Conn) -> list[QueueStat]:
 
 async def try_advisory_lock(conn: asyncpg.Connection, key: int) -> bool:
     """Take session advisory lock `key` if free (release with `advisory_unlock`)."""
+    db.mark_session_state(conn)  # a pooled connection gets the full reset at release
     return bool(await conn.fetchval(QUERIES["try_lock"], key))
 
 

@@ -55,3 +55,26 @@ async def test_check_schema_refuses_old_and_too_new(pool: asyncpg.Pool) -> None:
         await conn.execute("DELETE FROM schema_migrations")
         with pytest.raises(SchemaVersionError, match="run `smsgw migrate`"):
             await db.check_schema(conn, "test")
+
+
+async def test_pool_resets_only_connections_marked_with_session_state(db_url: str) -> None:
+    """1. A connection released after a plain query keeps its session as it was (no reset
+    round trip: its SET survives). 2. One that took a session advisory lock through
+    `store.try_advisory_lock` and was released without unlocking gets asyncpg's full reset:
+    the lock is free again for another session and its SET is gone."""
+    from shared.queue import store
+
+    pool = await db.create_pool(db_url, min_size=1, max_size=1)
+    other = await db.connect(db_url)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("SET application_name = 'left_alone'")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW application_name") == "left_alone"
+            assert await store.try_advisory_lock(conn, 424242)
+        assert await other.fetchval("SELECT pg_try_advisory_lock(424242)")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW application_name") != "left_alone"
+    finally:
+        await other.close()
+        await pool.close()
