@@ -305,36 +305,39 @@ def _parse_receipt_general(
 ) -> Receipt:
     """parse_receipt for any text and TLVs: the readable reference the fast path must equal
     (tests/smpp/test_receipts_fast.py), and its fallback for text off the spec layout."""
-    zone = _zone(tz)
     found = _tlv_map(tlvs)
-    fields = parse_receipt_text(_receipt_text(short_message, found, data_coding))
-    message_id = fields.get("id", "")
-    if Tag.RECEIPTED_MESSAGE_ID in found:
-        message_id = found[Tag.RECEIPTED_MESSAGE_ID].split(b"\0", 1)[0].decode("latin-1")
-    stat = fields.get("stat") or None
-    state_tlv = found.get(Tag.MESSAGE_STATE)
+    f = parse_receipt_text(_receipt_text(short_message, found, data_coding)).get
+    return _build(f("id", ""), f("sub"), f("dlvrd"), f("submit_date"), f("done_date"), f("stat"),
+                  f("err"), f("text"), found.get(Tag.RECEIPTED_MESSAGE_ID),
+                  found.get(Tag.MESSAGE_STATE), found.get(Tag.NETWORK_ERROR_CODE), esm_class,
+                  tz, stat_map, id_mode)
+
+
+def _build(text_id: str, sub: str | None, dlvrd: str | None, submit_date: str | None,
+           done_date: str | None, stat: str | None, err: str | None, body: str | None,
+           rid: bytes | None, state_tlv: bytes | None, nec: bytes | None, esm_class: int,
+           tz: str | ZoneInfo, stat_map: Mapping[str, str] | None, id_mode: str) -> Receipt:
+    """The Receipt from the text's fields and the first value of each TLV (both parsers):
+    receipted_message_id beats the text's id, message_state beats the text's stat."""
+    message_id = text_id if rid is None else rid.split(b"\0", 1)[0].decode("latin-1")
     message_state = state_tlv[0] if state_tlv else None
-    if message_state is not None and message_state in _MESSAGE_STATES:
-        stat = _MESSAGE_STATES[message_state]
-    nec = found.get(Tag.NETWORK_ERROR_CODE)
-    network_error = (nec[0], int.from_bytes(nec[1:3], "big")) if nec and len(nec) == 3 else None
+    stat = _MESSAGE_STATES.get(message_state, stat or None)  # type: ignore[arg-type]
     state, final = map_stat(stat, stat_map)
-    if is_intermediate_notification(esm_class):
-        final = False
+    zone = _zone(tz)
     return Receipt(
         message_id=message_id,
         normalised_id=normalise_id(message_id, id_mode),
         stat=stat,
         state=state,
-        final=final,
-        err=fields.get("err") or None,
-        network_error=network_error,
+        final=final and not is_intermediate_notification(esm_class),
+        err=err or None,
+        network_error=(nec[0], int.from_bytes(nec[1:3], "big")) if nec and len(nec) == 3 else None,
         message_state=message_state,
-        submit_date=_parse_date(fields.get("submit_date"), zone),
-        done_date=_parse_date(fields.get("done_date"), zone),
-        sub=_int_or_none(fields.get("sub")),
-        dlvrd=_int_or_none(fields.get("dlvrd")),
-        text=fields.get("text"),
+        submit_date=_parse_date(submit_date, zone),
+        done_date=_parse_date(done_date, zone),
+        sub=_int_or_none(sub),
+        dlvrd=_int_or_none(dlvrd),
+        text=body,
     )
 
 
@@ -381,27 +384,7 @@ def parse_receipt(
     if m is None:
         return _parse_receipt_general(short_message, tlvs, esm_class, data_coding=data_coding,
                                       tz=tz, stat_map=stat_map, id_mode=id_mode)  # fmt: skip
-    text_id, sub, dlvrd, submit_date, done_date, stat, err, body = m.groups()
-    message_id = text_id if rid is None else rid.split(b"\0", 1)[0].decode("latin-1")
-    message_state = state_tlv[0] if state_tlv else None
-    stat = _MESSAGE_STATES.get(message_state, stat or None)  # type: ignore[arg-type]
-    state, final = map_stat(stat, stat_map)
-    zone = _zone(tz)
-    return Receipt(
-        message_id=message_id,
-        normalised_id=normalise_id(message_id, id_mode),
-        stat=stat,
-        state=state,
-        final=final and not is_intermediate_notification(esm_class),
-        err=err or None,
-        network_error=(nec[0], int.from_bytes(nec[1:3], "big")) if nec and len(nec) == 3 else None,
-        message_state=message_state,
-        submit_date=_parse_date(submit_date, zone),
-        done_date=_parse_date(done_date, zone),
-        sub=_int_or_none(sub),
-        dlvrd=_int_or_none(dlvrd),
-        text=body,
-    )
+    return _build(*m.groups(), rid, state_tlv, nec, esm_class, tz, stat_map, id_mode)
 
 
 def format_receipt_text(
