@@ -5,6 +5,13 @@ one stdlib setting that `set_level` (SIGHUP) changes at once for every logger, a
 (aiohttp.access, asyncpg) are rendered by the same `ProcessorFormatter` into the same JSON shape.
 Event names are constant snake_case strings; variable data goes in keys. Phone numbers are
 masked at info level with `mask_number`.
+
+Tracebacks are rendered as structured frames WITHOUT local variables (`EXCEPTION_RENDERER`):
+a frame's locals can hold a secret (an HMAC key, an API key, a password) and a log line is
+never the place for one. aiohttp's "Error handling request" records for requests its parser
+refuses quote the raw request line or header (a password in a query, a bearer key) in the
+exception message; `_ParserErrorFilter` turns them into one `http_request_rejected` event
+with the status and the error class only.
 """
 
 from __future__ import annotations
@@ -15,12 +22,18 @@ from typing import Any
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
+from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR, "critical": logging.CRITICAL}
 # Chatty library loggers stay at warning even when the daemon runs at debug.
 _QUIET_LOGGERS = ("asyncio",)
+# Exceptions as a list of frames, never with the frames' local variables (which can hold
+# secrets); structlog's `dict_tracebacks` default shows them.
+EXCEPTION_RENDERER = structlog.processors.ExceptionRenderer(
+    ExceptionDictTransformer(show_locals=False))
 
 
 def _json_dumps(obj: Any, default: Any = None) -> str:
@@ -74,13 +87,14 @@ def configure_logging(level: str, daemon: str, instance: int) -> None:
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.dict_tracebacks,
+            EXCEPTION_RENDERER,
             _keys_first,
             structlog.processors.JSONRenderer(serializer=_json_dumps),
         ],
     )
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(formatter)
+    handler.addFilter(_ParserErrorFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -88,6 +102,22 @@ def configure_logging(level: str, daemon: str, instance: int) -> None:
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     set_level(level)
+
+
+class _ParserErrorFilter(logging.Filter):
+    """aiohttp's log of a request its HTTP parser refused (bad header bytes, bad URL): the
+    exception's message quotes the raw input, which may carry a credential. Keep the status
+    and the error class, drop the message and the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "http_request_rejected", ()
+            record.levelno, record.levelname = logging.INFO, "INFO"  # the client's error
+            record.exc_info, record.exc_text = None, None
+            record.status = getattr(exc, "code", 400)
+            record.error = type(exc).__name__
+        return True
 
 
 def set_level(level: str) -> None:

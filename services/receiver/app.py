@@ -55,7 +55,7 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
         self.receiver_metrics = ReceiverMetrics.create(self.registry)
         self.ctx = build_context(
             self.pool, self.settings, self.config.webhooks,
-            server_secret=secret.get_secret_value().encode() if secret is not None else None,
+            server_secret=secret,  # the SecretStr itself: unwrapped only at the HMAC
             metrics=self.receiver_metrics)
         self.add_periodic("admission_read", lambda: self.settings.stats_read_s,
                           self.ctx.admission.read, locked=False)

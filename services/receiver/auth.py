@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 import asyncpg
+from pydantic import SecretBytes, SecretStr
 
 from shared.apikeys import LOOKUP_ACCOUNT_BY_KEY_HASH, Account, hash_key
 
@@ -24,10 +25,12 @@ MAX_KEY_LENGTH = 200
 class Authenticator:
     """Resolve API keys to accounts (see the module docstring)."""
 
-    def __init__(self, pool: asyncpg.Pool, server_secret: bytes | None, *, cache_s: float = 5.0,
+    def __init__(self, pool: asyncpg.Pool, server_secret: SecretBytes | SecretStr | bytes | None,
+                 *, cache_s: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._pool = pool
-        self._secret = server_secret
+        # Kept in a holder that prints as `**********` (repr, logs); unwrapped only for the HMAC.
+        self._secret = secret_bytes(server_secret)
         self._cache_s = cache_s
         self._clock = clock
         self._cache: dict[bytes, tuple[Account | None, float]] = {}
@@ -35,9 +38,9 @@ class Authenticator:
     async def authenticate(self, key: str) -> Account | None:
         """The account the key belongs to, or None (unknown, revoked, disabled account; or no
         server secret configured, when no key can be checked)."""
-        if not key or len(key) > MAX_KEY_LENGTH or self._secret is None:
-            return None
-        digest = hash_key(self._secret, key)
+        if not key or len(key) > MAX_KEY_LENGTH or self._secret is None or not key.isascii():
+            return None  # keys are ASCII (shared.apikeys.generate_key); anything else is wrong
+        digest = hash_key(self._secret.get_secret_value(), key)
         now = self._clock()
         hit = self._cache.get(digest)
         if hit is not None and hit[1] > now:
@@ -52,6 +55,15 @@ class Authenticator:
         if ttl > 0:
             self._cache[digest] = (account, now + ttl)
         return account
+
+
+def secret_bytes(secret: SecretBytes | SecretStr | bytes | None) -> SecretBytes | None:
+    """The secret as `SecretBytes` (UTF-8 for a `SecretStr`); None stays None."""
+    if secret is None or isinstance(secret, SecretBytes):
+        return secret
+    if isinstance(secret, SecretStr):
+        return SecretBytes(secret.get_secret_value().encode())
+    return SecretBytes(secret)
 
 
 def bearer_key(header: str | None) -> str | None:

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from pydantic import SecretBytes, SecretStr
 
 from services.receiver.admission import Admission
 from services.receiver.auth import Authenticator
@@ -70,12 +71,14 @@ CONTEXT = web.AppKey("receiver_context", ReceiverContext)
 
 
 def build_context(pool: asyncpg.Pool, options: ReceiverOptions, webhooks: WebhooksSettings, *,
-                  server_secret: bytes | None, registry: CollectorRegistry | None = None,
+                  server_secret: SecretBytes | SecretStr | bytes | None,
+                  registry: CollectorRegistry | None = None,
                   metrics: ReceiverMetrics | None = None,
                   clock: Callable[[], float] = time.time) -> ReceiverContext:
     """Create the context and start its group committers (call inside the running loop).
 
-    `server_secret` None (not configured) leaves the API keys uncheckable: every bearer key
+    `server_secret` is kept as `SecretBytes` (printed as `**********`) and unwrapped only for
+    the HMAC. None (not configured) leaves the API keys uncheckable: every bearer key
     and sendsms password is refused with 401/403; webhooks and SMPP intake still work.
     """
     metrics = metrics or ReceiverMetrics.create(registry or CollectorRegistry())

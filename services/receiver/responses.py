@@ -77,6 +77,31 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error(500, "internal_error", "internal error")
 
 
+@web.middleware
+async def header_guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """400 for a request with a header value that is not valid UTF-8.
+
+    aiohttp decodes header bytes with `surrogateescape`, so a byte like 0xff arrives as a lone
+    surrogate that every later `.encode()` (an HMAC, a database parameter) would fail on with a
+    500. Checking every header once, here, covers the ones read by aiohttp itself too.
+    (NUL and other control bytes are already refused by aiohttp's parser with a 400.)
+    """
+    for name, value in request.headers.items():
+        if not value.isascii() and not _is_utf8(value):
+            label = name if name.isascii() and name.isprintable() else "?"
+            return error(400, "bad_header", f"header {label}: not valid UTF-8",
+                         errors=[{"field": f"header:{label}", "message": "not valid UTF-8"}])
+    return await handler(request)
+
+
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _allowed(exc: web.HTTPException) -> dict[str, str] | None:
     allow = exc.headers.get("Allow") if exc.headers else None
     return {"Allow": allow} if allow else None

@@ -16,6 +16,7 @@ commit. Numbers and sender ids go through the same normalisation and checks as t
 
 from __future__ import annotations
 
+import codecs
 import time
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl
@@ -71,7 +72,32 @@ async def _params(request: web.Request, ctx: ReceiverContext) -> dict[str, bytes
 
 def _str(params: dict[str, bytes], name: str) -> str | None:
     raw = params.get(name)
-    return None if raw is None else raw.decode("utf-8", "replace").strip()
+    if raw is None:
+        return None
+    if b"\x00" in raw:  # Postgres text cannot hold it; refused at the edge, never a 500
+        raise _nul(name)
+    return raw.decode("utf-8", "replace").strip()
+
+
+def _nul(name: str) -> Rejected:
+    return Rejected(_text(422, f"Invalid parameter {name}: must not contain the NUL character"))
+
+
+# Codecs Python registers as text encodings that are not character sets: transforms of text
+# (punycode, IDNA, escapes) or a codec that always fails. `charset=` must name a character set.
+_NOT_CHARSETS = frozenset({"punycode", "idna", "unicode-escape", "raw-unicode-escape",
+                           "undefined"})
+
+
+def _charset(ctx: ReceiverContext, name: str) -> str:
+    """The codec for a `charset=` parameter; 400 unless it names a text character set."""
+    try:
+        info = codecs.lookup(name)
+    except (LookupError, ValueError) as exc:
+        raise _bad(ctx, "charset", "unknown charset") from exc
+    if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_CHARSETS:
+        raise _bad(ctx, "charset", "not a character set")
+    return info.name
 
 
 def _int(ctx: ReceiverContext, params: dict[str, bytes], name: str, lo: int,
@@ -98,12 +124,15 @@ def _message_text(ctx: ReceiverContext, params: dict[str, bytes], coding: int) -
     if raw is None or raw == b"":
         raise _bad(ctx, "text", "missing")
     charset = _str(params, "charset") or ("UTF-16BE" if coding == 2 else "UTF-8")
+    codec = _charset(ctx, charset)
     try:
-        return raw.decode(charset)
-    except LookupError as exc:
-        raise _bad(ctx, "charset", "unknown charset") from exc
-    except UnicodeDecodeError as exc:
-        raise _bad(ctx, "text", f"not valid {charset}") from exc
+        text = raw.decode(codec)
+        text.encode("utf-8")  # a decoder may yield lone surrogates (utf-7): not storable
+    except (UnicodeError, ValueError, LookupError, TypeError) as exc:
+        raise _bad(ctx, "text", f"not valid {codec}") from exc
+    if "\x00" in text:
+        raise _nul("text")
+    return text
 
 
 def _recipients(ctx: ReceiverContext, params: dict[str, bytes]) -> list[str]:

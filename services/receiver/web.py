@@ -6,7 +6,7 @@ from aiohttp import web
 
 from services.receiver import api, openapi, sendsms, webhooks
 from services.receiver.context import CONTEXT, ReceiverContext
-from services.receiver.responses import error_middleware
+from services.receiver.responses import error_middleware, header_guard_middleware
 
 
 def create_api_app(ctx: ReceiverContext) -> web.Application:
@@ -16,7 +16,7 @@ def create_api_app(ctx: ReceiverContext) -> web.Application:
     client cannot make us buffer more than `max_body_bytes`.
     """
     app = web.Application(client_max_size=ctx.options.max_body_bytes,
-                          middlewares=[error_middleware])
+                          middlewares=[error_middleware, header_guard_middleware])
     app[CONTEXT] = ctx
     api.add_routes(app)
     sendsms.add_routes(app)

@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import orjson
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from services.receiver.api import Rejected, admit, read_body, unavailable_for
 from services.receiver.context import CONTEXT, ReceiverContext
@@ -52,24 +52,39 @@ _VONAGE_DIGESTS = {"md5": hashlib.md5, "sha1": hashlib.sha1, "sha256": hashlib.s
 
 
 # -- signatures (pure functions) ----------------------------------------------------------------
+# Keys come as `SecretStr` (printed as `**********`) and are unwrapped only inside the HMAC call,
+# so no frame holds a plain copy (a plain `str` is accepted for tests and tools).
 
-def twilio_signature(auth_token: str, url: str, params: Iterable[tuple[str, str]]) -> str:
+Secret = SecretStr | str
+
+
+def _key(secret: Secret) -> bytes:
+    return (secret.get_secret_value() if isinstance(secret, SecretStr) else secret).encode()
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison of a signature from a request with the expected (ASCII) one;
+    a value with other characters (bytes a header or parameter should not hold) never matches."""
+    return given.isascii() and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def twilio_signature(auth_token: Secret, url: str, params: Iterable[tuple[str, str]]) -> str:
     """Base64 HMAC-SHA1 of the URL followed by each parameter's name and value, by name."""
     values: dict[str, set[str]] = {}
     for name, value in params:
         values.setdefault(name, set()).add(value)
     payload = url + "".join(name + value for name in sorted(values)
                             for value in sorted(values[name]))
-    digest = hmac.new(auth_token.encode(), payload.encode("utf-8"), hashlib.sha1).digest()
+    digest = hmac.new(_key(auth_token), payload.encode("utf-8", "surrogateescape"),
+                      hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
 
 
-def twilio_valid(auth_token: str, url: str, params: list[tuple[str, str]],
+def twilio_valid(auth_token: Secret, url: str, params: list[tuple[str, str]],
                  signature: str) -> bool:
     """True if `signature` matches the URL with or without its default port."""
     candidates = {url, _with_default_port(url), _without_port(url)}
-    return any(hmac.compare_digest(twilio_signature(auth_token, u, params).encode(),
-                                   signature.encode()) for u in candidates)
+    return any(_same(signature, twilio_signature(auth_token, u, params)) for u in candidates)
 
 
 def _with_default_port(url: str) -> str:
@@ -91,23 +106,24 @@ def _without_port(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}" if userinfo else host))
 
 
-def vonage_signature(secret: str, params: Mapping[str, str], method: str = "sha256") -> str:
+def vonage_signature(secret: Secret, params: Mapping[str, str], method: str = "sha256") -> str:
     """Hex signature over `&key=value` of the sorted params (without `sig`), Vonage SDK style."""
     hasher: Any = (hashlib.md5() if method == "md5hash"
-                   else hmac.new(secret.encode(), digestmod=_VONAGE_DIGESTS[method]))
+                   else hmac.new(_key(secret), digestmod=_VONAGE_DIGESTS[method]))
     for key in sorted(params):
         if key == "sig":
             continue
         value = str(params[key]).replace("&", "_").replace("=", "_")
-        hasher.update(f"&{key}={value}".encode())
+        hasher.update(f"&{key}={value}".encode("utf-8", "surrogateescape"))
     if method == "md5hash":
-        hasher.update(secret.encode())
+        hasher.update(_key(secret))
     return str(hasher.hexdigest())
 
 
-def generic_signature(secret: str, timestamp: str, body: bytes) -> str:
+def generic_signature(secret: Secret, timestamp: str, body: bytes) -> str:
     """`sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body)>`."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    mac = hmac.new(_key(secret), timestamp.encode("utf-8", "surrogateescape") + b"." + body,
+                   hashlib.sha256)
     return "sha256=" + mac.hexdigest()
 
 
@@ -147,17 +163,33 @@ def _missing(ctx: ReceiverContext, field: str) -> Rejected:
 def _without_nul(item: InboundWrite | FragmentWrite) -> InboundWrite | FragmentWrite:
     # Postgres text and jsonb cannot hold U+0000 (found by the webhook fuzzer: a signed Twilio
     # webhook with NUL in Body was a 500). A provider would retry a refusal for a day, so the
-    # message is kept with each NUL replaced by U+FFFD, as a decoder does with bad bytes.
+    # message is kept with each NUL replaced by U+FFFD, as a decoder does with bad bytes —
+    # at any depth of a JSON value (a generic webhook's `meta`), keys included.
     changes: dict[str, Any] = {}
     for f in dataclasses.fields(item):
         value = getattr(item, f.name)
-        if isinstance(value, str) and "\x00" in value:
-            changes[f.name] = value.replace("\x00", "\ufffd")
-        elif isinstance(value, dict) and any("\x00" in f"{k}{v}" for k, v in value.items()):
-            changes[f.name] = {str(k).replace("\x00", "\ufffd"):
-                               v.replace("\x00", "\ufffd") if isinstance(v, str) else v
-                               for k, v in value.items()}
+        if isinstance(value, str | dict | list):
+            clean = _clean_nul(value)
+            if clean is not value:
+                changes[f.name] = clean
     return dataclasses.replace(item, **changes) if changes else item
+
+
+def _clean_nul(value: Any) -> Any:
+    """`value` with every NUL in every string (keys too) replaced by U+FFFD; the same object
+    when there is none."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        items = [(_clean_nul(k), _clean_nul(v)) for k, v in value.items()]
+        if all(k is k0 and v is v0 for (k, v), (k0, v0) in zip(items, value.items(),
+                                                                 strict=True)):
+            return value
+        return dict(items)
+    if isinstance(value, list):
+        cleaned = [_clean_nul(v) for v in value]
+        return value if all(a is b for a, b in zip(cleaned, value, strict=True)) else cleaned
+    return value
 
 
 async def _store(ctx: ReceiverContext, provider: str,
@@ -206,8 +238,7 @@ async def _twilio(request: web.Request, ctx: ReceiverContext) -> web.StreamRespo
         raw = await read_body(request, ctx)
         form = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
     signature = request.headers.get("X-Twilio-Signature", "")
-    if not signature or not twilio_valid(token.get_secret_value(), _public_url(request, ctx),
-                                         form, signature):
+    if not signature or not twilio_valid(token, _public_url(request, ctx), form, signature):
         raise _unauthorized(ctx, "twilio")
     params = dict(form) if request.method == "POST" else dict(request.query)
     sid = params.get("MessageSid") or params.get("SmsMessageSid")
@@ -259,8 +290,8 @@ def _vonage_check_signature(ctx: ReceiverContext, params: dict[str, str]) -> Non
     if secret is None or settings is None:
         return  # unsigned webhooks accepted only when no secret is configured
     sig = params.get("sig", "").lower()
-    expected = vonage_signature(secret.get_secret_value(), params, settings.signature_method)
-    if not sig or not hmac.compare_digest(sig.encode(), expected.lower().encode()):
+    expected = vonage_signature(secret, params, settings.signature_method)
+    if not sig or not _same(sig, expected.lower()):
         raise _unauthorized(ctx, "vonage")
     if not _fresh(params.get("timestamp"), ctx.webhooks.replay_window_s, ctx.clock()):
         raise _unauthorized(ctx, "vonage")
@@ -321,9 +352,8 @@ async def _generic(request: web.Request, ctx: ReceiverContext) -> web.StreamResp
     timestamp = request.headers.get("X-Smsgw-Timestamp")
     signature = request.headers.get("X-Smsgw-Signature", "")
     secret = settings.secret
-    if secret is None or not timestamp or not hmac.compare_digest(
-            signature.encode(), generic_signature(secret.get_secret_value(), timestamp,
-                                                  raw).encode()):
+    if secret is None or not timestamp or not _same(
+            signature, generic_signature(secret, timestamp, raw)):
         raise _unauthorized(ctx, "generic")
     if not _fresh(timestamp, ctx.webhooks.replay_window_s, ctx.clock()):
         raise _unauthorized(ctx, "generic")
@@ -337,11 +367,26 @@ async def _generic(request: web.Request, ctx: ReceiverContext) -> web.StreamResp
     item = InboundWrite(channel="http", provider=f"generic:{source}", connector=None,
                         from_addr=_number(ctx, "from", msg.from_),
                         to_addr=_number(ctx, "to", msg.to), body=msg.text,
-                        provider_message_id=msg.id, meta=msg.meta,
+                        provider_message_id=msg.id, meta=_json_meta(ctx, msg.meta),
                         dedupe_scope=f"mo:generic:{source}", dedupe_key=msg.id)
     result = await _store(ctx, "generic", item)
     return json_response({"id": result.inbound_id, "duplicate": result.duplicate,
                           "complete": result.complete})
+
+
+def _json_meta(ctx: ReceiverContext, meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`meta` as the jsonb column will hold it; 422 for what JSON cannot carry there (an
+    integer beyond 64 bits, nesting too deep), refused here rather than failing the commit
+    of a whole batch."""
+    if meta is None:
+        return None
+    try:
+        return dict(orjson.loads(orjson.dumps(meta)))
+    except (TypeError, orjson.JSONEncodeError, orjson.JSONDecodeError) as exc:
+        ctx.metrics.requests_rejected.labels(reason="validation").inc()
+        raise Rejected(error(422, "validation_failed", "meta: not storable as JSON",
+                             errors=[{"field": "meta", "message": "not storable as JSON"}])) \
+            from exc
 
 
 def add_routes(app: web.Application) -> None:
