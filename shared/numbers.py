@@ -35,10 +35,15 @@ TON_ALPHANUMERIC = 5
 TON_ABBREVIATED = 6
 
 SHORT_CODE_MAX_LEN = 6
+SHORT_CODE_MIN_LEN = 3  # a recipient short code: 3 to `short_code_max_len` ASCII digits
 SENDER_ALNUM_MAX_LEN = 11  # GSM 03.40 TP-OA: 11 characters of GSM 7-bit in 7 octets
 _SEPARATORS_RE = re.compile(r"[\s().\-/]")
 _DIGITS_RE = re.compile(r"^\d+$")
 _LETTER_RE = re.compile(r"[^\W\d_]")  # any letter, in any script
+# What a recipient may look like before normalisation: an optional '+', ASCII digits and the
+# separators people write between them. No letters (vanity numbers, "x"/";ext=" extensions),
+# no other digits (fullwidth, Arabic-Indic) and no other punctuation.
+_RECIPIENT_RE = re.compile(r"^\+?[0-9][0-9 \t().\-/]*$", re.ASCII)
 # GSM 7-bit default alphabet characters that operators accept in an alphanumeric sender id
 _ALNUM_SENDER_RE = re.compile(r"^[A-Za-z0-9 ._\-&@!#%*+/:;=?'\"(),]+$")
 
@@ -81,6 +86,49 @@ def normalise(number: str, *, default_country: str | None = None, ton: int | Non
         if assume_international and not value.startswith("0"):
             value = "+" + value
     return _to_e164(value, (default_country or "").upper() or None)
+
+
+def normalise_recipient(number: str, *, default_country: str | None = None,
+                        prefix_rules: Sequence[tuple[str, str]] | None = None,
+                        short_code_max_len: int = SHORT_CODE_MAX_LEN,
+                        assume_international: bool = False) -> str:
+    """Normalise an MT destination: E.164 (`+<digits>`) or a short code, nothing else.
+
+    Alphanumeric addresses are valid only as senders. `normalise` keeps any value with a letter
+    in it as it is (an alphanumeric sender id); a recipient like "+447700900999x",
+    "+1-800-FLOWERS" or "+447700900999;ext=1" must be refused instead, or it is stored and
+    submitted raw and escapes suppression (hashed over the stored string), erasure and flood
+    control, which all key on the E.164 form. Raises `InvalidNumber` (an API 422).
+    """
+    if not prefix_rules:
+        fast = _fast_e164(number)  # most traffic: "+<digits>", answered without a regex
+        if fast is not None:
+            return fast
+    raw = number.strip()
+    if not raw:
+        raise InvalidNumber("empty number")
+    if not _RECIPIENT_RE.match(raw):
+        raise InvalidNumber("a recipient must be a phone number ('+', digits and separators) "
+                            "or a short code; letters, extensions and other characters are "
+                            "not allowed")
+    value = normalise(raw, default_country=default_country, prefix_rules=prefix_rules,
+                      short_code_max_len=short_code_max_len,
+                      assume_international=assume_international)
+    if value.startswith("+"):
+        return value  # phonenumbers' E.164 format: '+' and ASCII digits
+    if not (value.isascii() and value.isdigit()
+            and SHORT_CODE_MIN_LEN <= len(value) <= short_code_max_len):
+        raise InvalidNumber(f"a short code must be {SHORT_CODE_MIN_LEN} to "
+                            f"{short_code_max_len} digits")
+    return value
+
+
+def is_recipient(value: str) -> bool:
+    """True if `value` is already a normalised recipient (E.164 or a short code)."""
+    try:
+        return normalise_recipient(value) == value
+    except InvalidNumber:
+        return False
 
 
 def normalise_sender(sender: str, *, default_country: str | None = None,

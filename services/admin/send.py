@@ -20,7 +20,7 @@ import aiohttp
 import asyncpg
 
 from services.admin import dbcli
-from shared.numbers import InvalidNumber, normalise, normalise_sender
+from shared.numbers import InvalidNumber, normalise_recipient, normalise_sender
 from shared.queue import store
 
 HTTP_TIMEOUT_S = 15.0
@@ -68,10 +68,7 @@ async def send_http(api: str, key: str, body: dict[str, Any]) -> tuple[int, dict
 
 async def send_direct(conn: asyncpg.Connection, body: dict[str, Any]) -> int:
     """Enqueue one MT into outbound (source 'cli'); return its id."""
-    to = normalise(body["to"])
-    if not to.lstrip("+").isdigit():
-        raise InvalidNumber(f"destination {body['to']!r} is not a phone number")
-    row = {"source": "cli", "to_addr": to,
+    row = {"source": "cli", "to_addr": normalise_recipient(body["to"]),
            "from_addr": normalise_sender(body["from"]), "body": body["text"],
            "client_ref": body.get("client_ref")}
     results = await store.enqueue(conn, "outbound", [row])  # one NOTIFY wakes the sender

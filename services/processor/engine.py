@@ -58,6 +58,7 @@ from services.processor.rules import (
     rule_from_row,
 )
 from shared import suppression
+from shared.numbers import is_recipient
 from shared.queue import store
 from shared.queue.records import InboundMessage, QueueStat
 from shared.suppression import SuppressionChange
@@ -346,6 +347,10 @@ class Planner:
 
     def _reply(self, msg: Message, body: str, category: str, priority: int,
                rule_id: int | None, reason: str, sender: str | None = None) -> None:
+        if not is_recipient(msg.from_addr):
+            # An MO from an alphanumeric or malformed address ("+447700900999x") gets no
+            # reply: an MT goes only to E.164 or a short code, as at every other intake.
+            return
         self.plan.replies.append(Reply(
             from_addr=sender or msg.to_addr, to_addr=msg.from_addr, body=body,
             category=category, priority=priority, inbound_id=msg.id, rule_id=rule_id,

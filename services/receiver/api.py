@@ -26,7 +26,7 @@ from services.receiver.store import MtItem, MtOutcome, MtResult, find_message
 from shared.apikeys import Account
 from shared.errors import DatabaseUnavailable
 from shared.groupcommit import CONNECTION_ERRORS, IntakeClosed, IntakeFull
-from shared.numbers import InvalidNumber, normalise, normalise_sender
+from shared.numbers import InvalidNumber, normalise_recipient, normalise_sender
 from shared.smpp.text import estimate
 from shared.urlguard import UnsafeUrl, check_url
 
@@ -212,14 +212,11 @@ def mt_item(ctx: ReceiverContext, account: Account, msg: MessageIn,
 
 
 def _number(field: str, value: str, country: str | None) -> str:
+    # A recipient is E.164 or a short code, never alphanumeric (letters are for senders).
     try:
-        number = normalise(value, default_country=country)
+        return normalise_recipient(value, default_country=country)
     except InvalidNumber as exc:
         raise FieldInvalid(field, str(exc)) from exc
-    if not number.startswith("+"):  # an MT goes to a phone, not a short code or a name
-        raise FieldInvalid(field, "must be a phone number (E.164, or national with the "
-                                  "default country)")
-    return number
 
 
 def sender_id(account: Account, value: str, country: str | None) -> str:

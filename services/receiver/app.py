@@ -24,7 +24,8 @@ from services.receiver.metrics import ReceiverMetrics
 from services.receiver.settings import ReceiverSettings
 from services.receiver.smpp_intake import SmppIntake, receiver_connectors
 from services.receiver.web import create_api_app
-from shared.config import AppConfig
+from services.receiver.webhooks import routes_off
+from shared.config import AppConfig, WebhooksSettings
 from shared.daemon import Daemon
 
 COMMITTER_CLOSE_S = 4.0  # inside the runtime's RELEASE_TIMEOUT_S (5 s) for release()
@@ -52,6 +53,7 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
             self.log.warning("server_secret_missing",
                              hint="set [security] server_secret_env or server_secret_file; "
                                   "until then every API key is refused")
+        self._log_routes_off(self.config.webhooks)
         self.receiver_metrics = ReceiverMetrics.create(self.registry)
         self.ctx = build_context(
             self.pool, self.settings, self.config.webhooks,
@@ -71,6 +73,17 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
             smpp = self.smpp
             self.add_worker("smpp_rx", lambda: smpp.run(self.stop))
 
+    def _log_routes_off(self, webhooks: WebhooksSettings) -> None:
+        # One line: the provider routes that answer 404 because no secret is configured.
+        off = routes_off(webhooks)
+        if off != getattr(self, "_routes_off", None):
+            self._routes_off = off
+            if off:
+                self.log.warning("webhook_routes_off", routes=off,
+                                 hint="a provider route is on only with its secret configured "
+                                      "([webhooks.twilio] auth_token_env, [webhooks.vonage] "
+                                      "signature_secret_env, [webhooks.generic.NAME] secret_env)")
+
     def _api_app(self) -> web.Application:
         return create_api_app(self.ctx)
 
@@ -82,6 +95,7 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
     async def on_reload(self, new: AppConfig[ReceiverSettings]) -> None:
         """SIGHUP: new watermarks/limits and webhook secrets at once; connector rates."""
         self.ctx.reload(new.daemon, new.webhooks)
+        self._log_routes_off(new.webhooks)
         if self.smpp is not None:
             self.smpp.update_connectors(new.connectors)
 

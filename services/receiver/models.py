@@ -23,8 +23,9 @@ class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     to: str = Field(min_length=1, max_length=32,
-                    description="Recipient: E.164 (+447700900123), or national with the "
-                                "configured default country.")
+                    description="Recipient: E.164 (+447700900123), national with the "
+                                "configured default country, or a short code (3-6 digits). "
+                                "Letters, extensions and vanity numbers are refused.")
     from_: str = Field(alias="from", min_length=1, max_length=32,
                        description="Sender id: a number, a short code, or alphanumeric "
                                    "(up to 11 characters).")

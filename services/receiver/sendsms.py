@@ -36,7 +36,7 @@ from services.receiver.store import MtItem
 from shared.apikeys import Account
 from shared.errors import DatabaseUnavailable
 from shared.groupcommit import CONNECTION_ERRORS, IntakeClosed, IntakeFull
-from shared.numbers import InvalidNumber, normalise
+from shared.numbers import InvalidNumber, normalise_recipient
 from shared.smpp.text import Encoding, estimate
 from shared.urlguard import UnsafeUrl, check_url
 
@@ -144,14 +144,12 @@ def _recipients(ctx: ReceiverContext, params: dict[str, bytes]) -> list[str]:
         raise _bad(ctx, "to", f"at most {ctx.options.max_recipients} recipients")
     out = []
     for number in numbers:
-        try:
-            e164 = normalise(number, default_country=ctx.options.default_country,
-                             assume_international=ctx.options.sendsms_assume_international)
+        try:  # E.164 or a short code; letters, extensions, vanity numbers are refused
+            out.append(normalise_recipient(
+                number, default_country=ctx.options.default_country,
+                assume_international=ctx.options.sendsms_assume_international))
         except InvalidNumber as exc:
             raise _bad(ctx, "to", f"{exc}") from exc
-        if not e164.startswith("+"):
-            raise _bad(ctx, "to", f"{number!r} is not a phone number")
-        out.append(e164)
     return out
 
 

@@ -1,6 +1,10 @@
 """Inbound MO webhooks from HTTP SMS providers: Twilio, Vonage (SMS API) and a generic JSON one.
 
 Signatures are checked before anything is stored; a bad one gets 401 and nothing is written.
+A provider route is on only when its secret is configured: without one (Twilio's auth token,
+Vonage's signature secret, a generic source's secret) the route answers exactly what an
+unknown path answers — 404 — reads nothing and stores nothing, and the daemon says once at
+start-up which routes are off (`routes_off`). There is no unsigned mode.
 A redelivered webhook (same provider message id) is answered as success and stored once
 (`dedupe_keys`, scope `mo:<provider>`). Each stores through the MO group committer after an
 admission check against the inbound queue (503 + Retry-After when it is over its watermark).
@@ -10,11 +14,11 @@ admission check against the inbound queue (503 + Retry-After when it is over its
   public URL Twilio called (`[webhooks] public_base_url` + path and query — a TLS proxy changes
   what we see), tried with and without the default port as twilio-python's RequestValidator
   does. Answer: empty TwiML `<Response/>`.
-* Vonage (`/v1/inbound/vonage`, GET, form or JSON POST): when a signature secret is configured,
-  `sig` = hex HMAC (sha256 by default; md5/sha1/sha512, or the plain "md5hash") over
-  `&key=value` for every other parameter sorted by key (with `&` and `=` in values replaced by
-  `_`), as the Vonage SDK computes it, compared case-insensitively; `timestamp` must be within
-  the replay window. Concatenated parts are reassembled in `mo_parts`. Answer: 204.
+* Vonage (`/v1/inbound/vonage`, GET, form or JSON POST): `sig` = hex HMAC (sha256 by
+  default; md5/sha1/sha512, or the plain "md5hash") over `&key=value` for every other
+  parameter sorted by key (with `&` and `=` in values replaced by `_`), as the Vonage SDK
+  computes it, compared case-insensitively; `timestamp` must be within the replay window.
+  Concatenated parts are reassembled in `mo_parts`. Answer: 204.
 * Generic (`/v1/inbound/generic[/{source}]`, JSON): `X-Smsgw-Timestamp: <unix>` and
   `X-Smsgw-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body)>` — the same
   scheme our own callbacks use — with a replay window.
@@ -39,6 +43,7 @@ from services.receiver.api import Rejected, admit, read_body, unavailable_for
 from services.receiver.context import CONTEXT, ReceiverContext
 from services.receiver.models import GenericInboundIn, field_errors
 from services.receiver.responses import error, json_response
+from shared.config import VonageSettings, WebhooksSettings
 from shared.errors import DatabaseUnavailable
 from shared.groupcommit import IntakeClosed, IntakeFull
 from shared.intake import FragmentWrite, InboundResult, InboundWrite
@@ -136,6 +141,25 @@ def _fresh(timestamp: str | None, window_s: float, now: float) -> bool:
 
 # -- shared steps --------------------------------------------------------------------------------
 
+def _route_off() -> web.Response:
+    """A provider route without a configured secret: the answer of an unknown path."""
+    return error(404, "not_found", "Not Found")
+
+
+def routes_off(webhooks: WebhooksSettings) -> list[str]:
+    """The provider routes that are off because their secret is not configured."""
+    off = []
+    if webhooks.twilio is None or webhooks.twilio.auth_token is None:
+        off.append("/v1/inbound/twilio")
+    if webhooks.vonage is None or webhooks.vonage.signature_secret is None:
+        off.append("/v1/inbound/vonage")
+    if "default" not in webhooks.generic or webhooks.generic["default"].secret is None:
+        off.append("/v1/inbound/generic")
+    off += [f"/v1/inbound/generic/{name}" for name, source in sorted(webhooks.generic.items())
+            if source.secret is None]
+    return off
+
+
 def _unauthorized(ctx: ReceiverContext, provider: str) -> Rejected:
     ctx.metrics.requests_rejected.labels(reason="bad_signature").inc()
     ctx.metrics.inbound_messages.labels(channel="http", provider=provider,
@@ -231,7 +255,7 @@ async def _twilio(request: web.Request, ctx: ReceiverContext) -> web.StreamRespo
     settings = ctx.webhooks.twilio
     token = settings.auth_token if settings is not None else None
     if token is None:
-        return error(404, "not_found", "the Twilio webhook is not configured")
+        return _route_off()
     admit(ctx, "inbound")
     form: list[tuple[str, str]] = []
     if request.method == "POST":
@@ -284,11 +308,8 @@ async def _vonage_params(request: web.Request, ctx: ReceiverContext) -> dict[str
     return params
 
 
-def _vonage_check_signature(ctx: ReceiverContext, params: dict[str, str]) -> None:
-    settings = ctx.webhooks.vonage
-    secret = settings.signature_secret if settings is not None else None
-    if secret is None or settings is None:
-        return  # unsigned webhooks accepted only when no secret is configured
+def _vonage_check_signature(ctx: ReceiverContext, params: dict[str, str],
+                            settings: VonageSettings, secret: SecretStr) -> None:
     sig = params.get("sig", "").lower()
     expected = vonage_signature(secret, params, settings.signature_method)
     if not sig or not _same(sig, expected.lower()):
@@ -298,11 +319,15 @@ def _vonage_check_signature(ctx: ReceiverContext, params: dict[str, str]) -> Non
 
 
 async def _vonage(request: web.Request, ctx: ReceiverContext) -> web.StreamResponse:
+    settings = ctx.webhooks.vonage
+    secret = settings.signature_secret if settings is not None else None
+    if settings is None or secret is None:
+        return _route_off()  # never an unsigned mode: anyone could store MO (and get replies)
     admit(ctx, "inbound")
     params = await _vonage_params(request, ctx)
     if not params:
         return web.Response(status=204)  # Vonage's reachability check carries no message
-    _vonage_check_signature(ctx, params)
+    _vonage_check_signature(ctx, params, settings, secret)
     message_id = params.get("messageId")
     if not message_id:
         raise _missing(ctx, "messageId")
@@ -345,14 +370,14 @@ async def _generic(request: web.Request, ctx: ReceiverContext) -> web.StreamResp
     source = request.match_info.get("source") or request.headers.get("X-Smsgw-Source") \
         or "default"
     settings = ctx.webhooks.generic.get(source)
-    if settings is None:
-        return error(404, "not_found", "unknown webhook source")
+    secret = settings.secret if settings is not None else None
+    if secret is None:
+        return _route_off()  # an unknown source, or one without a secret
     admit(ctx, "inbound")
     raw = await read_body(request, ctx)
     timestamp = request.headers.get("X-Smsgw-Timestamp")
     signature = request.headers.get("X-Smsgw-Signature", "")
-    secret = settings.secret
-    if secret is None or not timestamp or not _same(
+    if not timestamp or not _same(
             signature, generic_signature(secret, timestamp, raw)):
         raise _unauthorized(ctx, "generic")
     if not _fresh(timestamp, ctx.webhooks.replay_window_s, ctx.clock()):

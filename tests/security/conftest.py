@@ -96,3 +96,72 @@ async def sec_edge_receiver(db_url: str) -> AsyncIterator[SecEdgeStart]:
             await daemon.proc.wait()
         if daemon.reader is not None:
             daemon.reader.cancel()
+
+
+# -- mt: an in-process receiver API on a real socket, and accounts (recipients, fairness) ------
+
+SEC_MT_SECRET = b"sec-mt-server-secret"
+
+
+@dataclass
+class SecMtReceiver:
+    """One receiver API on 127.0.0.1 (real aiohttp site) and a client session for it."""
+
+    ctx: object  # services.receiver.context.ReceiverContext
+    url: str
+    http: object  # aiohttp.ClientSession
+
+    async def call(self, method: str, path: str, *, key: str | None = None,
+                   **kw: object) -> tuple[int, object]:
+        """A request; (status, decoded JSON or text)."""
+        headers = dict(kw.pop("headers", None) or {})  # type: ignore[call-overload]
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        async with self.http.request(method, self.url + path,  # type: ignore[attr-defined]
+                                     headers=headers, **kw) as resp:
+            if resp.content_type == "application/json":
+                return resp.status, await resp.json()
+            return resp.status, await resp.text()
+
+
+@pytest.fixture
+async def sec_mt_receiver(pool: object) -> AsyncIterator[Callable[..., Awaitable[SecMtReceiver]]]:
+    """Start receiver APIs over the test pool: `await start(options, connectors=[...])`."""
+    import aiohttp
+    from aiohttp import web
+
+    from services.receiver.context import build_context
+    from services.receiver.options import ReceiverOptions
+    from services.receiver.web import create_api_app
+    from shared.config import WebhooksSettings
+
+    started: list[tuple[web.AppRunner, object, aiohttp.ClientSession]] = []
+
+    async def start(options: ReceiverOptions | None = None,
+                    connectors: tuple[str, ...] = ()) -> SecMtReceiver:
+        extra = {"connectors": connectors} if connectors else {}
+        ctx = build_context(pool, options or ReceiverOptions(default_country="GB"),  # type: ignore[arg-type]
+                            WebhooksSettings(), server_secret=SEC_MT_SECRET, **extra)
+        runner = web.AppRunner(create_api_app(ctx), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        http = aiohttp.ClientSession()
+        started.append((runner, ctx, http))
+        return SecMtReceiver(ctx, f"http://127.0.0.1:{runner.addresses[0][1]}", http)
+
+    yield start
+    for runner, ctx, http in reversed(started):
+        await http.close()
+        await runner.cleanup()
+        await ctx.close(timeout_s=2)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def sec_mt_account(pool: object) -> Callable[..., Awaitable[tuple[int, str]]]:
+    """Create an account and its first key as `smsgw accounts create` does: (id, key)."""
+    from services.admin.accounts import create_account
+
+    async def make(name: str, **kw: object) -> tuple[int, str]:
+        async with pool.acquire() as conn:  # type: ignore[attr-defined]
+            return await create_account(conn, SEC_MT_SECRET, name, **kw)  # type: ignore[arg-type]
+    return make
