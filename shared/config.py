@@ -31,6 +31,7 @@ import json
 import os
 import tomllib
 from collections.abc import Iterator, Mapping
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, Self, TypeVar
 
@@ -183,10 +184,41 @@ class WebhooksSettings(Section):
 
     public_base_url: str | None = None  # Twilio signs the public URL, which a TLS proxy changes
     replay_window_s: float = Field(default=300, gt=0)
-    allow_private_urls: bool = False  # callback/forward URLs to loopback/private: tests only
+    # Non-public networks callback and forward URLs may reach (CIDR, e.g. "10.20.0.0/16";
+    # loopback only when listed). Public addresses are always allowed. See shared/urlguard.py.
+    allowed_networks: tuple[IPv4Network | IPv6Network, ...] = ()
     twilio: TwilioSettings | None = None
     vonage: VonageSettings | None = None
     generic: dict[str, GenericSourceSettings] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _networks(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if "allow_private_urls" in data:
+            raise ValueError(
+                "allow_private_urls (SMSGW_WEBHOOKS__ALLOW_PRIVATE_URLS) was removed: list the "
+                "non-public networks callback and forward URLs may reach in [webhooks] "
+                "allowed_networks, e.g. allowed_networks = [\"10.20.0.0/16\"] (loopback only "
+                "when listed, e.g. \"127.0.0.1/32\")")
+        nets = data.get("allowed_networks")
+        if nets is None:
+            return data
+        if isinstance(nets, str) or not isinstance(nets, list | tuple):
+            raise ValueError("allowed_networks: must be a list of CIDR networks, e.g. "
+                             "[\"10.20.0.0/16\"]")
+        from shared.urlguard import parse_network  # imports aiohttp: only when used
+
+        parsed, errors = [], []
+        for i, net in enumerate(nets):
+            try:
+                parsed.append(parse_network(net))
+            except ValueError as exc:
+                errors.append(f"allowed_networks[{i}]: {exc}")
+        if errors:
+            raise ValueError("; ".join(errors))
+        return {**data, "allowed_networks": tuple(dict.fromkeys(parsed))}
 
 
 class RetentionSettings(Section):

@@ -1,69 +1,131 @@
 """SSRF guard for URLs that accounts and rules give us (callback and forward URLs).
 
-Two checks, used at two times:
+The rule: an outgoing request may reach a public unicast address, or an address inside one of
+the operator's `[webhooks] allowed_networks` (CIDR list; empty by default, so loopback, private,
+link-local, CGNAT, multicast and reserved addresses are all refused unless listed). One
+`AddressPolicy` holds that rule; it is applied twice:
 
-* `check_url(url, allow_private=...)` — at intake (the receiver's `callback_url`, `dlr-url`):
-  http(s) only, a host, no credentials, and a literal IP address or `localhost` that is
-  loopback, private, link-local, multicast or otherwise reserved is refused. It does not resolve
-  names: intake must not wait on DNS, and a name can change its address before we connect.
-* `GuardedResolver` — at send time (the processor's callback delivery): an aiohttp resolver that
-  refuses the same addresses *for the address the connection will actually use*, so DNS
-  rebinding (a name that resolved to a public address at intake and to 127.0.0.1 now) cannot
-  slip through. Use it with redirects off (`allow_redirects=False`).
+* `check_url(url, allowed_networks=...)` — at intake (the receiver's `callback_url`, Kannel
+  `dlr-url`): http(s) only, a host, no credentials, no port 0, and the host *exactly as the
+  HTTP client will connect to it*. The client (aiohttp) parses the URL with yarl, which
+  IDNA/UTS-46-maps a Unicode host: `①②⑦.0.0.1`, `127.0.0.1` in fullwidth digits and
+  `127。0。0。1` (ideographic full stops) all become the IP literal `127.0.0.1`, for which
+  no resolver is ever asked. So the check parses the URL with the same yarl, takes its
+  `raw_host` (the ASCII host on the wire), refuses a host that does not encode or holds
+  anything but letters, digits, `.`, `-`, `_` (or is a bracketed IPv6 literal), and then
+  parses it as an address — including the legacy IPv4 forms `inet_aton` and browsers accept
+  (`127.1`, `0x7f.1`, `2130706433`, `0177.0.0.1`) — and as the local names (`localhost`,
+  `*.localhost`). It does not resolve names: intake must not wait on DNS, and a name can
+  change its address before we connect. The URL is stored as given: the same parse gives the
+  same host again at send time.
+* At connect time, for every connection (`guarded_connector_kwargs`): a `GuardedResolver`
+  drops the refused addresses a name resolves to (DNS rebinding: public at intake, 127.0.0.1
+  now), and a `socket_factory` checks the address each socket is about to `connect()` to — IP
+  literals included, which aiohttp never hands to a resolver. A refused connection raises
+  `UnsafeAddress` (an `OSError`, which aiohttp wraps in `ClientConnectorError`); callers map
+  it to "refused". Use it with redirects off (`allow_redirects=False`).
 
-`allow_private=True` (`[webhooks] allow_private_urls`) lifts the address check; tests use it to
-call servers on 127.0.0.1.
+An IPv6 address that embeds an IPv4 one (IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible
+`::a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) is judged by the IPv4 address too.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
+from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+from yarl import URL
 
 from shared.errors import SmsGatewayError
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 MAX_URL_LENGTH = 2048
 _LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+# What a local name reaches: judged as these addresses (allowed only if one of them is).
+_LOCAL_ADDRESSES = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+# A DNS-style host after IDNA encoding; anything else (space, %, control characters) is refused.
+_NAME_RE = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class UnsafeUrl(SmsGatewayError, ValueError):
-    """The URL may not be fetched: bad scheme, credentials, or a non-public address."""
+    """The URL may not be fetched: bad scheme, credentials, or a refused address."""
 
 
-def check_url(url: str, *, allow_private: bool = False) -> str:
-    """Return `url` if it is an acceptable http(s) callback URL; raise `UnsafeUrl` otherwise."""
-    if len(url) > MAX_URL_LENGTH:
-        raise UnsafeUrl(f"URL longer than {MAX_URL_LENGTH} characters")
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises ValueError on a bad port
-    except ValueError as exc:
-        raise UnsafeUrl(f"not a valid URL ({exc})") from exc
-    if parts.scheme.lower() not in ALLOWED_SCHEMES:
-        raise UnsafeUrl("only http and https URLs are allowed")
-    host = (parts.hostname or "").rstrip(".").lower()
-    if not host:
-        raise UnsafeUrl("URL has no host")
-    if parts.username is not None or parts.password is not None:
-        raise UnsafeUrl("credentials in the URL are not allowed")
-    if port == 0:
-        raise UnsafeUrl("port 0 is not allowed")
-    if not allow_private:
-        if host in _LOCAL_NAMES or host.endswith(".localhost"):
-            raise UnsafeUrl("loopback host is not allowed")
-        address = _literal_address(host)
-        if address is not None and not is_public_address(address):
-            raise UnsafeUrl("loopback, private and link-local addresses are not allowed")
-    return url
+class UnsafeAddress(OSError):
+    """A connection to a refused address, stopped before `connect()` (see the docstring)."""
 
 
-def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def parse_network(value: Any) -> Network:
+    """One `allowed_networks` entry: a network in CIDR form (host bits clear), not /0."""
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        net: Network = value
+    elif isinstance(value, str):
+        try:
+            net = ipaddress.ip_network(value.strip(), strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a network in CIDR form ({exc})") from exc
+    else:
+        raise ValueError(f"{value!r} is not a network in CIDR form (a string like "
+                         f"\"10.20.0.0/16\")")
+    if net.prefixlen == 0:
+        raise ValueError(f"{value!r} would allow every address and turn the guard off; "
+                         f"list the networks your applications are on")
+    return net
+
+
+class AddressPolicy:
+    """Which addresses outgoing requests may reach: public ones and the allowed networks.
+
+    `networks` may be replaced (SIGHUP reload); the resolver and socket factory built from a
+    policy see the change at their next connection.
+    """
+
+    def __init__(self, networks: Iterable[Any] = ()) -> None:
+        self.networks: tuple[Network, ...] = tuple(parse_network(n) for n in networks)
+
+    def allows(self, address: Address) -> bool:
+        """True if `address` is public, or every form of it is inside an allowed network."""
+        forms = _forms(address)
+        if all(is_public_address(a) for a in forms):
+            return True
+        return any(a in net for a in forms for net in self.networks if a.version == net.version)
+
+    def check(self, address: Address, what: str) -> None:
+        """Raise `UnsafeUrl` if `address` (shown as `what`) is refused."""
+        if not self.allows(address):
+            raise UnsafeUrl(f"{what} is a non-public address outside [webhooks] "
+                            f"allowed_networks")
+
+
+def _forms(address: Address) -> list[Address]:
+    """The address and any IPv4 address it embeds (see the module docstring)."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return [address]
+    if any(address in net for net in _NAT64):
+        # NAT64 reaches exactly the embedded IPv4 address: judge that one alone (the prefix
+        # itself sits in the IETF-reserved ::/8, which would refuse every NAT64 address).
+        return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
+    forms: list[Address] = [address]
+    if address.ipv4_mapped is not None:
+        forms.append(address.ipv4_mapped)
+    if address.sixtofour is not None:
+        forms.append(address.sixtofour)
+    if address in _IPV4_COMPATIBLE:
+        forms.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return forms
+
+
+def is_public_address(address: Address) -> bool:
     """True if the address is globally routable unicast (not loopback/private/link-local/...)."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
@@ -72,43 +134,133 @@ def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) ->
                 or not address.is_global)
 
 
-def _literal_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def client_host(url: str) -> tuple[URL, str]:
+    """Parse `url` as the HTTP client does; return it and the ASCII host it will connect to
+    (IDNA/UTS-46-mapped, lower case, trailing dots removed). Raise `UnsafeUrl` if the URL
+    does not parse or its host does not encode."""
     try:
-        return ipaddress.ip_address(host.strip("[]"))
+        parsed = URL(url)
+        raw_host = parsed.raw_host
+        parsed.explicit_port  # noqa: B018 - raises ValueError on a bad port
+    except (ValueError, TypeError) as exc:  # yarl: bad port, bad IPv6, host that fails IDNA
+        raise UnsafeUrl(f"not a valid URL ({exc})") from exc
+    if not raw_host:
+        raise UnsafeUrl("URL has no host")
+    host = raw_host.rstrip(".").lower()
+    if ":" in host:  # an IPv6 literal (yarl accepts nothing else with a colon in the host)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError as exc:
+            raise UnsafeUrl(f"host {raw_host!r} is not a valid IPv6 address") from exc
+    elif not host.isascii() or not _NAME_RE.match(host):
+        raise UnsafeUrl("the host may hold only letters, digits, '.', '-' and '_' once "
+                        "IDNA-encoded")
+    return parsed, host
+
+
+def host_address(host: str) -> Address | None:
+    """The address an ASCII host (from `client_host`) denotes, or None for a DNS name.
+
+    Legacy IPv4 forms count too: `inet_aton` accepts "127.1", "0x7f.1", "2130706433" and
+    "0177.0.0.1", and so do libc resolvers and browsers — an SSRF classic."""
+    try:
+        return ipaddress.ip_address(host)
     except ValueError:
         pass
-    # inet_aton accepts the legacy forms browsers and libc accept too ("127.1", "0x7f.1",
-    # "2130706433"), which ip_address() does not: an SSRF classic.
     try:
         return ipaddress.IPv4Address(socket.inet_aton(host))
     except OSError:
         return None
 
 
-class GuardedResolver(AbstractResolver):
-    """aiohttp resolver that refuses non-public addresses unless `allow_private` is set."""
+def check_url_form(url: str) -> str:
+    """Check everything but the address policy (scheme, host encoding, credentials, port);
+    return the host the client will connect to. For URLs whose allowed networks are not known
+    where they are given (rule forwards, checked again at send time); raise `UnsafeUrl`."""
+    if len(url) > MAX_URL_LENGTH:
+        raise UnsafeUrl(f"URL longer than {MAX_URL_LENGTH} characters")
+    parsed, host = client_host(url)
+    if not parsed.is_absolute() or parsed.scheme.lower() not in ALLOWED_SCHEMES:
+        raise UnsafeUrl("only http and https URLs are allowed")
+    if parsed.user is not None or parsed.password is not None:
+        raise UnsafeUrl("credentials in the URL are not allowed")
+    if parsed.explicit_port == 0:
+        raise UnsafeUrl("port 0 is not allowed")
+    return host
 
-    def __init__(self, *, allow_private: bool = False,
-                 inner: AbstractResolver | None = None) -> None:
-        self._allow_private = allow_private
+
+def check_url(url: str, *, allowed_networks: Iterable[Any] | AddressPolicy = ()) -> str:
+    """Return `url` if it is an acceptable http(s) callback URL; raise `UnsafeUrl` otherwise.
+
+    The host is judged as the HTTP client will see it (see the module docstring)."""
+    host = check_url_form(url)
+    policy = (allowed_networks if isinstance(allowed_networks, AddressPolicy)
+              else AddressPolicy(allowed_networks))
+    if host in _LOCAL_NAMES or host.endswith(".localhost"):
+        if not any(policy.allows(a) for a in _LOCAL_ADDRESSES):
+            raise UnsafeUrl(f"host {host} is loopback, outside [webhooks] allowed_networks")
+        return url
+    address = host_address(host)
+    if address is not None:
+        policy.check(address, f"host {host}" + (f" ({address})" if str(address) != host
+                                                else ""))
+    return url
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp resolver that drops the addresses `policy` refuses."""
+
+    def __init__(self, policy: AddressPolicy, *, inner: AbstractResolver | None = None) -> None:
+        self.policy = policy
         self._inner = inner or DefaultResolver()
 
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        """Resolve `host` and drop every non-public address; raise `UnsafeUrl` if none is left."""
+        """Resolve `host` and drop every refused address; raise `UnsafeUrl` if none is left."""
         results = await self._inner.resolve(host, port, family)
-        if self._allow_private:
-            return results
-        public = [r for r in results if is_public_address(ipaddress.ip_address(r["host"]))]
-        if not public:
-            raise UnsafeUrl(f"{host} resolves only to non-public addresses")
-        return public
+        allowed = [r for r in results if self.policy.allows(ipaddress.ip_address(r["host"]))]
+        if not allowed:
+            raise UnsafeUrl(f"{host} resolves only to non-public addresses outside "
+                            f"[webhooks] allowed_networks")
+        return allowed
 
     async def close(self) -> None:
         """Close the wrapped resolver."""
         await self._inner.close()
 
 
-def guarded_connector_kwargs(*, allow_private: bool) -> dict[str, Any]:
-    """Keyword arguments for `aiohttp.TCPConnector` that route resolution through the guard."""
-    return {"resolver": GuardedResolver(allow_private=allow_private)}
+def guarded_socket_factory(policy: AddressPolicy) -> Any:
+    """An aiohttp `socket_factory`: checks the address each socket is about to connect to."""
+
+    def factory(addr_info: tuple[Any, ...]) -> socket.socket:
+        family, type_, proto, _, sockaddr = addr_info
+        try:
+            address = ipaddress.ip_address(sockaddr[0])
+        except ValueError as exc:
+            raise UnsafeAddress(f"connection to {sockaddr[0]!r} refused: not an IP "
+                                f"address") from exc
+        if not policy.allows(address):
+            raise UnsafeAddress(f"connection to {address} refused: a non-public address "
+                                f"outside [webhooks] allowed_networks")
+        return socket.socket(family=family, type=type_, proto=proto)
+
+    return factory
+
+
+def guarded_connector_kwargs(policy: AddressPolicy) -> dict[str, Any]:
+    """Keyword arguments for `aiohttp.TCPConnector` that apply `policy` to every connection:
+    the resolver filters names' addresses, the socket factory checks every peer address."""
+    return {"resolver": GuardedResolver(policy),
+            "socket_factory": guarded_socket_factory(policy)}
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """True if `exc` (from an aiohttp request) is the guard refusing the address."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, UnsafeUrl | UnsafeAddress):
+            return True
+        seen.add(id(cur))
+        cur = getattr(cur, "os_error", None) or cur.__cause__
+    return False

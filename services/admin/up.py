@@ -14,6 +14,10 @@ What it does, in order:
 4. **Config.** When no connector is configured it also runs the SMSC simulator
    (`smsgw smsc-sim`) and writes `DATA_DIR/smsgw.toml` (regenerated each run: your own config
    plus the database URL, the simulator connector and the server secret file) for the daemons.
+   Only while the simulator is the sole SMSC (no connector configured) does it add
+   `[webhooks] allowed_networks = ["127.0.0.1/32", "::1/128"]`, so the demo's callbacks can
+   reach an application on this machine; with real connectors the SSRF guard keeps its
+   default (public addresses only) unless your config lists networks. It says which.
 5. **Daemons.** receiver, processor and sender run as supervised child processes
    (`python -m services.cli <daemon> --config … --instance N`, the code `smsgw <daemon>` runs);
    `--processors N --senders N` start several instances. Each child gets its ports through
@@ -61,6 +65,8 @@ from shared.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError, free_por
 DEFAULT_DATA_DIR = ".smsgw"
 DATABASE_NAME = "smsgw"
 DEMO_ACCOUNT = "demo"
+# What the demo (simulator only) lets callbacks reach: this machine's loopback, nothing else.
+DEMO_ALLOWED_NETWORKS = ("127.0.0.1/32", "::1/128")
 SIM_CONNECTOR = "sim"
 SIM_SYSTEM_ID = "smsgw"
 EXIT_OK = 0
@@ -213,6 +219,7 @@ class Plan:
     sim: bool
     database_url: str | None
     user_config: dict[str, Any] = field(default_factory=dict)
+    demo_only: bool = False  # the simulator is the only SMSC: nothing real is configured
 
 
 def load_user_config(opts: Options) -> dict[str, Any]:
@@ -231,11 +238,11 @@ def make_plan(opts: Options, env: Mapping[str, str]) -> Plan:
     sim = (not has_connectors) if opts.sim is None else opts.sim
     generated = opts.data_dir / "smsgw.toml"
     return Plan(config_path=generated, embedded_pg=db_url is None, sim=sim,
-                database_url=db_url, user_config=user)
+                database_url=db_url, user_config=user, demo_only=sim and not has_connectors)
 
 
-def generated_config(plan: Plan, opts: Options, *, database_url: str,
-                     secret_file: Path) -> dict[str, Any]:
+def generated_config(plan: Plan, opts: Options, *, database_url: str, secret_file: Path,
+                     say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The user's config plus what `up` supplies: database, simulator connector, secret."""
     cfg: dict[str, Any] = json.loads(json.dumps(plan.user_config))  # deep copy
     if plan.embedded_pg:
@@ -246,9 +253,18 @@ def generated_config(plan: Plan, opts: Options, *, database_url: str,
     if plan.sim and not cfg.get("connectors"):
         cfg["connectors"] = [{"name": SIM_CONNECTOR, "host": "127.0.0.1",
                               "port": opts.smpp_port, "system_id": SIM_SYSTEM_ID}]
-    if plan.sim or plan.embedded_pg:
-        # A local demo: application callbacks to localhost are allowed (never in production).
-        cfg.setdefault("webhooks", {}).setdefault("allow_private_urls", True)
+    webhooks = cfg.setdefault("webhooks", {})
+    if plan.demo_only and "allowed_networks" not in webhooks:
+        # The local demo's applications run on this machine: let callbacks reach loopback
+        # only, and only while the simulator is the sole SMSC (never with real connectors).
+        webhooks["allowed_networks"] = list(DEMO_ALLOWED_NETWORKS)
+        if say:
+            say(f"webhooks: allowed_networks = {', '.join(DEMO_ALLOWED_NETWORKS)} for the local "
+                "demo (callbacks to applications on this machine); not set when connectors "
+                "are configured")
+    elif say and "allowed_networks" not in webhooks:
+        say("webhooks: callbacks may reach public addresses only; list your applications' "
+            "networks in [webhooks] allowed_networks")
     return cfg
 
 
@@ -670,7 +686,7 @@ async def _bootstrap(opts: Options, plan: Plan,
         dsn = plan.database_url
     applied = await db.migrate(dsn)
     _say(f"migrations: {', '.join(applied) if applied else 'schema up to date'}")
-    cfg = generated_config(plan, opts, database_url=dsn, secret_file=secret_file)
+    cfg = generated_config(plan, opts, database_url=dsn, secret_file=secret_file, say=_say)
     write_config(plan.config_path, cfg)
     key_file = opts.data_dir / "demo-api-key"
     if not opts.demo:

@@ -209,7 +209,8 @@ class Stack:
             "database": {"url": self.dsn},
             "security": {"server_secret_file": str(secret_file)},
             "connectors": [connector],
-            "webhooks": {"allow_private_urls": True},
+            # the benchmark's applications listen on this machine (its own simulator stack)
+            "webhooks": {"allowed_networks": list(up.DEMO_ALLOWED_NETWORKS)},
         }
         for section, values in self.opts.sections.items():
             cfg.setdefault(section, {}).update(values)

@@ -54,7 +54,7 @@ class ProcessorDaemon(Daemon[ProcessorSettings]):
             await self.engine.ensure_rules(conn)  # rules loaded before READY=1
         self.callbacks = CallbackDelivery(
             self.pool, self.settings.callbacks, owner=self.worker_id,
-            allow_private=self.config.webhooks.allow_private_urls, metrics=pmetrics,
+            allowed_networks=self.config.webhooks.allowed_networks, metrics=pmetrics,
             poll_s=self.settings.poll_s)
         await self.callbacks.start()
         self.add_worker("inbound_loop", lambda: self.consume(CHANNELS["inbound"], self._claim_pass))
@@ -96,7 +96,7 @@ class ProcessorDaemon(Daemon[ProcessorSettings]):
         async with self.pool.acquire() as conn:
             await self.engine.ensure_rules(conn)
         self.callbacks.settings = new.daemon.callbacks
-        self.callbacks.allow_private = new.webhooks.allow_private_urls
+        self.callbacks.set_allowed_networks(new.webhooks.allowed_networks)
 
     async def release(self) -> None:
         """After the drain: hand back callback leases still held, close the HTTP session."""

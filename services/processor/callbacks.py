@@ -7,10 +7,11 @@ result never overwrites a row another instance took over after our lease expired
 reclaimed by the claim itself.
 
 Each request:
-- URL guard at send time: `shared.urlguard.check_url` refuses non-http(s), credentials and
-  literal loopback/private/link-local addresses, and the `GuardedResolver` refuses names that
-  resolve to such addresses now (DNS rebinding); `[webhooks] allow_private_urls` lifts both
-  (tests). A refused URL is permanent: the row ends `dead` at once.
+- URL guard at send time (`shared.urlguard`): `check_url` refuses non-http(s), credentials and
+  hosts that are (once IDNA-mapped as the client maps them) non-public addresses outside
+  `[webhooks] allowed_networks`; the connector's `GuardedResolver` drops such addresses of
+  names (DNS rebinding) and its socket factory checks the peer address of every connection,
+  IP literals included. A refused URL is permanent: the row ends `dead` at once.
 - redirects are not followed (a 3xx is "not 2xx": retried, then dead);
 - bounded concurrency: `concurrency` rows in flight in this process, `per_host` per host (a
   semaphore per host, taken before the request's timeout starts, so waiting for a slow host's
@@ -41,7 +42,7 @@ import hashlib
 import hmac
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -55,7 +56,13 @@ from services.processor.options import CallbackSettings
 from shared.metrics import smsgw_version
 from shared.queue import store
 from shared.queue.records import Callback
-from shared.urlguard import UnsafeUrl, check_url, guarded_connector_kwargs
+from shared.urlguard import (
+    AddressPolicy,
+    UnsafeUrl,
+    check_url,
+    guarded_connector_kwargs,
+    is_refusal,
+)
 
 log = structlog.get_logger("smsgw.processor.callbacks")
 
@@ -134,18 +141,20 @@ def _is_ref(ref: str, kind: str) -> bool:
 class CallbackDelivery:
     """Claims callbacks with leases and delivers them (see the module docstring).
 
-    `pool`, `settings`, `owner` (the lease owner name) and `allow_private` are injected; call
+    `pool`, `settings`, `owner` (the lease owner name) and `allowed_networks` (`[webhooks]
+    allowed_networks`; `set_allowed_networks` on reload) are injected; call
     `start()` inside the running loop (the HTTP session is opened there), `run(stop)` as a
     worker, and `release()` after the drain to give back leases still held.
     """
 
     def __init__(self, pool: asyncpg.Pool, settings: CallbackSettings, *, owner: str,
-                 allow_private: bool, metrics: ProcessorMetrics | None = None,
+                 allowed_networks: Iterable[Any] = (),
+                 metrics: ProcessorMetrics | None = None,
                  secrets: SecretResolver | None = None, poll_s: float = 5.0) -> None:
         self.pool = pool
         self.settings = settings
         self.owner = owner
-        self.allow_private = allow_private
+        self.policy = AddressPolicy(allowed_networks)
         self.metrics = metrics
         self.secrets = secrets or SecretResolver()
         self.poll_s = poll_s
@@ -161,10 +170,14 @@ class CallbackDelivery:
         s = self.settings
         connector = aiohttp.TCPConnector(
             limit=s.concurrency, limit_per_host=s.per_host, ttl_dns_cache=30,
-            **guarded_connector_kwargs(allow_private=self.allow_private))
+            **guarded_connector_kwargs(self.policy))
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=s.timeout_s, connect=s.connect_timeout_s))
+
+    def set_allowed_networks(self, networks: Iterable[Any]) -> None:
+        """Apply a new `[webhooks] allowed_networks` (SIGHUP) to the next connections."""
+        self.policy.networks = AddressPolicy(networks).networks
 
     async def close(self) -> None:
         """Close the HTTP session."""
@@ -302,7 +315,7 @@ class CallbackDelivery:
                     secret: str | None) -> list[Result]:
         first = rows[0]
         try:
-            check_url(first.url, allow_private=self.allow_private)
+            check_url(first.url, allowed_networks=self.policy)
         except UnsafeUrl as exc:
             return _all(rows, "refused", f"url refused: {exc}")
         if first.secret_ref and secret is None:  # see SecretResolver.resolve
@@ -324,6 +337,8 @@ class CallbackDelivery:
         except UnsafeUrl as exc:
             return "refused", f"url refused: {exc}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            if is_refusal(exc):  # the socket factory refused the peer address
+                return "refused", f"url refused: {exc}"[:300]
             return "retry", f"{type(exc).__name__}: {exc}"[:300]
         if 200 <= status < 300:
             return "done", None

@@ -73,6 +73,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from services.processor import templates
 from shared.errors import SmsGatewayError
+from shared.urlguard import UnsafeUrl, check_url_form
 
 Category = Literal["transactional", "marketing"]
 
@@ -234,6 +235,10 @@ class ForwardAction(_Model):
         target = self.url or self.get_url or ""
         if not target.startswith(("http://", "https://")):
             raise ValueError("the URL must start with http:// or https://")
+        try:  # the address itself is checked at send time, against [webhooks] allowed_networks
+            check_url_form(target)
+        except UnsafeUrl as exc:
+            raise ValueError(f"forward URL refused: {exc}") from exc
         if self.get_url is not None:
             templates.check_get_url(self.get_url)
         return self

@@ -192,7 +192,7 @@ def mt_item(ctx: ReceiverContext, account: Account, msg: MessageIn,
     if msg.callback_url is not None:
         try:
             callback_url = check_url(msg.callback_url,
-                                     allow_private=ctx.webhooks.allow_private_urls)
+                                     allowed_networks=ctx.webhooks.allowed_networks)
         except UnsafeUrl as exc:
             raise FieldInvalid("callback_url", str(exc)) from exc
     send_at = msg.send_at

@@ -173,7 +173,7 @@ def _items(ctx: ReceiverContext, account: Account, params: dict[str, bytes]) -> 
     dlr_url = _str(params, "dlr-url") or None
     if dlr_url is not None:
         try:
-            check_url(dlr_url, allow_private=ctx.webhooks.allow_private_urls)
+            check_url(dlr_url, allowed_networks=ctx.webhooks.allowed_networks)
         except UnsafeUrl as exc:
             raise _bad(ctx, "dlr-url", str(exc)) from exc
     priority = _int(ctx, params, "priority", 0, 3) or 0

@@ -19,7 +19,8 @@ def test_toml_writer_round_trips() -> None:
     data = {"database": {"url": 'postgresql://x@h:1/d?a="b"'},
             "connectors": [{"name": "a", "port": 2775, "tls": False, "encodings": ["gsm7"]},
                            {"name": "b", "stat_map": {"X": "delivered"}}],
-            "webhooks": {"allow_private_urls": True, "generic": {"src": {"secret_env": "S"}}},
+            "webhooks": {"allowed_networks": ["10.20.0.0/16"],
+                         "generic": {"src": {"secret_env": "S"}}},
             "retention": {"finished_after_s": 1.5}}
     assert tomllib.loads(up.toml_dumps(data)) == data
 

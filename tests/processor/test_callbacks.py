@@ -57,11 +57,14 @@ async def app() -> AsyncIterator[App]:
         await state.server.close()
 
 
-def delivery(pool: asyncpg.Pool, *, allow_private: bool = True, max_attempts: int = 5,
-             env: dict[str, str] | None = None) -> CallbackDelivery:
+LOOPBACK = ("127.0.0.0/8", "::1/128")  # the test applications listen on loopback
+
+
+def delivery(pool: asyncpg.Pool, *, allowed_networks: tuple[str, ...] = LOOPBACK,
+             max_attempts: int = 5, env: dict[str, str] | None = None) -> CallbackDelivery:
     s = CallbackSettings(max_attempts=max_attempts, retry_base_s=0.02, retry_max_s=0.05,
                          timeout_s=2, lease_s=10, per_host=2, concurrency=8)
-    return CallbackDelivery(pool, s, owner="test-proc", allow_private=allow_private,
+    return CallbackDelivery(pool, s, owner="test-proc", allowed_networks=allowed_networks,
                             secrets=SecretResolver(env or {}), poll_s=0.05)
 
 
@@ -122,9 +125,9 @@ async def test_redirect_not_followed(pool, app) -> None:
 
 
 async def test_private_address_refused_unless_allowed(pool, app) -> None:
-    """Without allow_private a loopback URL is refused before any request: dead at once."""
+    """Outside allowed_networks a loopback URL is refused before any request: dead at once."""
     await store.enqueue(pool, "callbacks", [{"kind": "mo", "url": app.url(), "body": b"{}"}])
-    await run_until_final(pool, delivery(pool, allow_private=False))
+    await run_until_final(pool, delivery(pool, allowed_networks=()))
     row = await pool.fetchrow("SELECT status, attempts, last_error FROM callbacks")
     assert row["status"] == "dead" and "refused" in row["last_error"]
     assert app.seen == []
@@ -199,7 +202,7 @@ async def test_timeout_counts_as_failure(pool) -> None:
             "/slow")), "body": b"{}"}])
         s = CallbackSettings(max_attempts=2, retry_base_s=0.01, retry_max_s=0.01,
                              timeout_s=0.2, lease_s=5)
-        d = CallbackDelivery(pool, s, owner="t", allow_private=True,
+        d = CallbackDelivery(pool, s, owner="t", allowed_networks=LOOPBACK,
                              secrets=SecretResolver({}), poll_s=0.05)
         await run_until_final(pool, d)
     finally:

@@ -150,8 +150,8 @@ async def test_validation_errors_name_the_field(receiver_factory: ReceiverFactor
 
 async def test_private_callback_url_refused_unless_allowed(
         receiver_factory: ReceiverFactory, account_factory: AccountFactory) -> None:
-    """A loopback callback URL is a 422 on callback_url unless allow_private_urls is set."""
-    strict = await receiver_factory(webhooks=webhook_settings(allow_private_urls=False))
+    """A loopback callback URL is a 422 on callback_url unless allowed_networks lists it."""
+    strict = await receiver_factory(webhooks=webhook_settings(allowed_networks=()))
     _, key = await account_factory()
     for url in ("http://127.0.0.1:9/cb", "http://10.1.2.3/cb", "http://[::1]/cb",
                 "http://169.254.169.254/latest"):

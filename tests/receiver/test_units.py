@@ -54,9 +54,9 @@ def test_urlguard_refuses(url: str) -> None:
 
 
 def test_urlguard_allows() -> None:
-    """Public URLs always; private ones only when allowed."""
+    """Public URLs always; private ones only inside an allowed network."""
     assert check_url("https://example.com/cb?x=1")
-    assert check_url("http://127.0.0.1:8080/cb", allow_private=True)
+    assert check_url("http://127.0.0.1:8080/cb", allowed_networks=["127.0.0.1/32"])
 
 
 def test_api_keys_have_enough_entropy() -> None:
