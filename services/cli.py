@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
               "erase a number's messages, keep a hashed suppression"),
     "bench": ("services.bench.__main__", "main",
               "benchmarks: queue, smpp, mt, sendsms, mo, promo, intake"),
-    "fuzz": ("services.bench.fuzz", "main", "fuzz runs: smpp, http"),
+    "fuzz": ("services.bench.fuzz", "main", "fuzz runs: smpp, http, attacks"),
     "chaos": ("services.bench.chaos", "main", "reliability suite (kill -9, Postgres restart, ...)"),
 }
 

@@ -1,4 +1,5 @@
-"""`smsgw fuzz TARGET`: the bad-input runs in one place (SMPP decoder, HTTP API, webhooks)."""
+"""`smsgw fuzz TARGET`: the bad-input runs in one place (SMPP decoder, HTTP API, webhooks,
+attacks with a log scan for secrets)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ TARGETS: dict[str, tuple[str, str]] = {
     "smpp": ("services.smsc_sim.fuzz", "random and mutated byte streams into the SMPP decoder"),
     "http": ("services.bench.fuzz_http",
              "the HTTP API from its OpenAPI document, and the webhooks"),
+    "attacks": ("services.bench.fuzz_attacks",
+                "non-UTF-8 bytes, Unicode/IDNA hosts (SSRF canary), NUL, slow clients; then "
+                "a log scan for every secret"),
 }
 
 
@@ -16,8 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     """Dispatch `smsgw fuzz TARGET ARGS` to the target's `main(ARGS)`; `all` runs each in turn."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
-        sys.stdout.write("usage: smsgw fuzz {smpp,http,all} [options]\n\n" + "\n".join(
-            f"  {n:<6} {h}" for n, (_, h) in TARGETS.items()) + "\n  all    every target in turn\n")
+        sys.stdout.write("usage: smsgw fuzz {smpp,http,attacks,all} [options]\n\n" + "\n".join(
+            f"  {n:<8} {h}" for n, (_, h) in TARGETS.items())
+            + "\n  all      every target in turn\n")
         return 0 if args else 2
     names = list(TARGETS) if args[0] == "all" else [args[0]]
     for name in names:
