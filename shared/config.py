@@ -191,6 +191,25 @@ class WebhooksSettings(Section):
     vonage: VonageSettings | None = None
     generic: dict[str, GenericSourceSettings] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _twilio_needs_public_url(self) -> Self:
+        # Twilio signs the URL it called. Built from the request's Host header instead, a
+        # signature made for any other host would pass; so the public URL is required.
+        base = self.public_base_url
+        if base is not None:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(base)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
+                    or parts.fragment or "@" in parts.netloc:
+                raise ValueError("public_base_url: must be an http(s) URL with a host and no "
+                                 "user, query or fragment, e.g. \"https://sms.example.com\"")
+        if self.twilio is not None and self.twilio.auth_token is not None and not base:
+            raise ValueError("public_base_url: required when [webhooks.twilio] is configured "
+                             "(Twilio signs the public URL it calls, e.g. "
+                             "public_base_url = \"https://sms.example.com\")")
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _networks(cls, data: Any) -> Any:

@@ -40,7 +40,9 @@ from services.bench.stack import Stack, StackOptions
 
 SECRETS = {"TWILIO_FUZZ_TOKEN": "twilio-token", "VONAGE_FUZZ_SECRET": "vonage-secret",
            "GENERIC_FUZZ_SECRET": "generic-secret"}
-WEBHOOKS = {"twilio": {"auth_token_env": "TWILIO_FUZZ_TOKEN"},
+PUBLIC_BASE_URL = "https://fuzz.smsgw.invalid"  # Twilio signs the public URL (required)
+WEBHOOKS = {"public_base_url": PUBLIC_BASE_URL,
+            "twilio": {"auth_token_env": "TWILIO_FUZZ_TOKEN"},
             "vonage": {"signature_secret_env": "VONAGE_FUZZ_SECRET"},
             "generic": {"fuzz": {"secret_env": "GENERIC_FUZZ_SECRET"}}}
 
@@ -152,7 +154,8 @@ async def _twilio(session: aiohttp.ClientSession, api: str, rng: random.Random,
     url = api + "/v1/inbound/twilio"
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     if rng.random() < 0.7:
-        headers["X-Twilio-Signature"] = twilio_sig(url, params)
+        headers["X-Twilio-Signature"] = twilio_sig(PUBLIC_BASE_URL + "/v1/inbound/twilio",
+                                                   params)
     async with session.post(url, data=urlencode(params), headers=headers) as r:
         await r.read()
         found.note(r.status, f"twilio {params!r}"[:300])

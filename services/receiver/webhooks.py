@@ -11,9 +11,10 @@ admission check against the inbound queue (503 + Retry-After when it is over its
 
 * Twilio (`/v1/inbound/twilio`, form POST or GET): `X-Twilio-Signature` is base64
   HMAC-SHA1(auth token, URL + every parameter name and value, sorted by name), where URL is the
-  public URL Twilio called (`[webhooks] public_base_url` + path and query — a TLS proxy changes
-  what we see), tried with and without the default port as twilio-python's RequestValidator
-  does. Answer: empty TwiML `<Response/>`.
+  public URL Twilio called (`[webhooks] public_base_url` + path and query — required with a
+  token, never the request's Host header), tried with and without the default port, repeated
+  names with each distinct value sorted, as twilio-python's RequestValidator does. What is
+  stored is exactly what was signed. Answer: empty TwiML `<Response/>`.
 * Vonage (`/v1/inbound/vonage`, GET, form or JSON POST): `sig` = hex HMAC (sha256 by
   default; md5/sha1/sha512, or the plain "md5hash") over `&key=value` for every other
   parameter sorted by key (with `&` and `=` in values replaced by `_`), as the Vonage SDK
@@ -149,7 +150,8 @@ def _route_off() -> web.Response:
 def routes_off(webhooks: WebhooksSettings) -> list[str]:
     """The provider routes that are off because their secret is not configured."""
     off = []
-    if webhooks.twilio is None or webhooks.twilio.auth_token is None:
+    if webhooks.twilio is None or webhooks.twilio.auth_token is None \
+            or not webhooks.public_base_url:
         off.append("/v1/inbound/twilio")
     if webhooks.vonage is None or webhooks.vonage.signature_secret is None:
         off.append("/v1/inbound/vonage")
@@ -224,11 +226,9 @@ async def _store(ctx: ReceiverContext, provider: str,
     return result
 
 
-def _public_url(request: web.Request, ctx: ReceiverContext) -> str:
-    base = ctx.webhooks.public_base_url
-    if base:
-        return base.rstrip("/") + request.raw_path
-    return f"{request.scheme}://{request.host}{request.raw_path}"
+def _public_url(base: str, request: web.Request) -> str:
+    # Never from the request's Host header: a signature made for another host would pass.
+    return base.rstrip("/") + request.raw_path
 
 
 async def _run(request: web.Request, provider: str, body: Handler) -> web.StreamResponse:
@@ -254,17 +254,23 @@ async def twilio(request: web.Request) -> web.StreamResponse:
 async def _twilio(request: web.Request, ctx: ReceiverContext) -> web.StreamResponse:
     settings = ctx.webhooks.twilio
     token = settings.auth_token if settings is not None else None
-    if token is None:
+    base = ctx.webhooks.public_base_url  # required with a token (config validation)
+    if token is None or not base:
         return _route_off()
     admit(ctx, "inbound")
+    # One parse, used both for the signature and for what is stored: a POST's form fields
+    # (signed as name+value pairs), or a GET's query (signed as part of the URL).
     form: list[tuple[str, str]] = []
     if request.method == "POST":
         raw = await read_body(request, ctx)
         form = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
+        fields = form
+    else:
+        fields = parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True)
     signature = request.headers.get("X-Twilio-Signature", "")
-    if not signature or not twilio_valid(token, _public_url(request, ctx), form, signature):
+    if not signature or not twilio_valid(token, _public_url(base, request), form, signature):
         raise _unauthorized(ctx, "twilio")
-    params = dict(form) if request.method == "POST" else dict(request.query)
+    params = _twilio_fields(ctx, fields)
     sid = params.get("MessageSid") or params.get("SmsMessageSid")
     if not sid:
         raise _missing(ctx, "MessageSid")
@@ -277,6 +283,28 @@ async def _twilio(request: web.Request, ctx: ReceiverContext) -> web.StreamRespo
                         dedupe_scope="mo:twilio", dedupe_key=sid)
     await _store(ctx, "twilio", item)
     return web.Response(text=TWIML_EMPTY, content_type="text/xml")
+
+
+_TWILIO_SINGLE = ("From", "To", "Body", "MessageSid", "SmsMessageSid")
+
+
+def _twilio_fields(ctx: ReceiverContext, fields: list[tuple[str, str]]) -> dict[str, Any]:
+    """The signed fields by name. Twilio's signature covers every value of a repeated name
+    (sorted, duplicates once), so each value was signed; a message field that comes with two
+    different values is ambiguous and refused (422) rather than picking one. Other repeated
+    names keep all their values, in order."""
+    values: dict[str, list[str]] = {}
+    for name, value in fields:
+        seen = values.setdefault(name, [])
+        if value not in seen:
+            seen.append(value)
+    for name in _TWILIO_SINGLE:
+        if len(values.get(name, ())) > 1:
+            ctx.metrics.requests_rejected.labels(reason="validation").inc()
+            raise Rejected(error(422, "validation_failed", f"{name}: repeated with different "
+                                 "values", errors=[{"field": name,
+                                                    "message": "repeated with different values"}]))
+    return {name: vals[0] if len(vals) == 1 else vals for name, vals in values.items()}
 
 
 # -- Vonage --------------------------------------------------------------------------------------

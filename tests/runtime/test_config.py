@@ -143,6 +143,8 @@ def test_secrets_resolved_from_env_and_file_and_never_shown(tmp_path: Path) -> N
     (tmp_path / "vonage").write_text("vonage-s3cret\n")
     (tmp_path / "server").write_text("server-s3cret")
     path = write(tmp_path, f"""
+[webhooks]
+public_base_url = "https://sms.example.com"
 [webhooks.twilio]
 auth_token_env = "TWILIO_TOKEN"
 [webhooks.vonage]
