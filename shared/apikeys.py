@@ -30,7 +30,7 @@ LISTING_PREFIX_LEN = len(KEY_PREFIX) + 6
 # lookup_account_by_key_hash: the account a valid (unrevoked) key belongs to, if enabled.
 LOOKUP_ACCOUNT_BY_KEY_HASH = """
 SELECT a.id, a.name, a.default_category, a.rate_per_s, a.allowed_senders, a.transliterate,
-       a.disabled, k.id AS key_id
+       a.disabled, a.allowed_connectors, k.id AS key_id
   FROM api_keys k
   JOIN accounts a ON a.id = k.account_id
  WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND NOT a.disabled
@@ -72,6 +72,8 @@ class Account:
     allowed_senders: tuple[str, ...] | None
     transliterate: bool
     key_id: int
+    # connectors the account may force (Kannel `smsc=`, JSON `connector`); empty: none
+    allowed_connectors: tuple[str, ...] = ()
 
     @classmethod
     def from_record(cls, rec: Any) -> Account:
@@ -80,7 +82,8 @@ class Account:
         return cls(id=rec["id"], name=rec["name"], default_category=rec["default_category"],
                    rate_per_s=rec["rate_per_s"],
                    allowed_senders=tuple(senders) if senders is not None else None,
-                   transliterate=rec["transliterate"], key_id=rec["key_id"])
+                   transliterate=rec["transliterate"], key_id=rec["key_id"],
+                   allowed_connectors=tuple(rec["allowed_connectors"] or ()))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,7 +1,10 @@
 """`smsgw accounts`: manage API accounts and their keys.
 
-    smsgw accounts create NAME [--category transactional|marketing] [--rate N]
-                               [--allowed-sender ID ...]      prints the first key, once
+    smsgw accounts create NAME [--category transactional|marketing] [--rate N|unlimited]
+                               [--allowed-sender ID ...] [--allowed-connector NAME ...]
+                                                              prints the first key, once
+    smsgw accounts update NAME [--category C] [--rate N|unlimited|default]
+                               [--allowed-connector NAME ... | --no-allowed-connectors]
     smsgw accounts add-key NAME                               prints a new key, once
     smsgw accounts revoke-key NAME KEY_ID_OR_PREFIX
     smsgw accounts list [--json]
@@ -10,12 +13,19 @@ Keys are stored as HMAC-SHA256 under the server secret (`[security] server_secre
 `server_secret_file`), which must be the one the receivers use. Two keys can be valid at once:
 rotate by `add-key`, moving the clients, then `revoke-key` of the old one. Every change is
 written to `audit_log` (actor: `--actor`, default the OS user).
+
+An account without its own `--rate` gets the receivers' `[receiver] default_account_rate`
+(50 messages/s unless configured). By default an account may not force a connector (Kannel
+`smsc=`, the JSON API's `connector`): its routes decide; `--allowed-connector` (repeatable)
+names the ones it may force. `update` replaces only what it is given; receivers see the change
+within their `auth_cache_s`.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -30,9 +40,9 @@ from shared.numbers import InvalidNumber, normalise_sender
 
 # insert_account: a new account; the name is unique.
 INSERT_ACCOUNT = """
-INSERT INTO accounts (name, default_category, rate_per_s, allowed_senders)
-VALUES ($1, $2, $3, $4)
-RETURNING id, name, default_category, rate_per_s, allowed_senders
+INSERT INTO accounts (name, default_category, rate_per_s, allowed_senders, allowed_connectors)
+VALUES ($1, $2, $3, $4, $5)
+RETURNING id, name, default_category, rate_per_s, allowed_senders, allowed_connectors
 """
 
 # find_account_by_name: an account's id and settings.
@@ -40,8 +50,8 @@ FIND_ACCOUNT_BY_NAME = "SELECT id, name FROM accounts WHERE name = $1"
 
 # list_accounts: every account with its number of valid keys.
 LIST_ACCOUNTS = """
-SELECT a.id, a.name, a.default_category, a.rate_per_s, a.allowed_senders, a.disabled,
-       a.created_at,
+SELECT a.id, a.name, a.default_category, a.rate_per_s, a.allowed_senders,
+       a.allowed_connectors, a.disabled, a.created_at,
        (SELECT count(*) FROM api_keys k WHERE k.account_id = a.id AND k.revoked_at IS NULL)
            AS valid_keys
   FROM accounts a ORDER BY a.id
@@ -51,18 +61,81 @@ SELECT a.id, a.name, a.default_category, a.rate_per_s, a.allowed_senders, a.disa
 async def create_account(conn: asyncpg.Connection, server_secret: bytes, name: str, *,
                          category: str = "transactional", rate_per_s: float | None = None,
                          allowed_senders: Sequence[str] | None = None,
+                         allowed_connectors: Sequence[str] | None = None,
                          actor: str = "cli") -> tuple[int, str]:
     """Create an account and its first key (audited); return (account id, the key)."""
     senders = [normalise_sender(s) for s in allowed_senders] if allowed_senders else None
+    connectors = list(dict.fromkeys(allowed_connectors)) if allowed_connectors else None
     async with conn.transaction():
-        rec = await conn.fetchrow(INSERT_ACCOUNT, name, category, rate_per_s, senders)
+        rec = await conn.fetchrow(INSERT_ACCOUNT, name, category, rate_per_s, senders,
+                                  connectors)
         assert rec is not None
         await audit(conn, actor=actor, action="account_created", object_type="account",
                     object_id=str(rec["id"]),
-                    detail={"name": name, "category": category, "rate_per_s": rate_per_s,
-                            "allowed_senders": senders})
+                    detail={"name": name, "category": category,
+                            "rate_per_s": _rate_detail(rate_per_s),
+                            "allowed_senders": senders, "allowed_connectors": connectors})
         key, _ = await create_key(conn, server_secret, rec["id"], actor=actor)
     return int(rec["id"]), key
+
+
+# The columns `update` may change: option dest → column. A later flag adds one entry here and
+# its argument in `_parser` (values are validated by argparse before they get here).
+UPDATABLE: dict[str, str] = {
+    "category": "default_category",
+    "rate": "rate_per_s",
+    "allowed_connector": "allowed_connectors",
+}
+
+
+async def update_account(conn: asyncpg.Connection, name: str, changes: dict[str, Any], *,
+                         actor: str = "cli") -> dict[str, Any]:
+    """Set the given columns (keys of `UPDATABLE`'s values) of the named account, audited;
+    return the account's new settings. Raises `UsageError` for an unknown account."""
+    if not changes:
+        raise dbcli.UsageError("nothing to update: give at least one flag")
+    if set(changes) - set(UPDATABLE.values()):
+        raise ValueError(f"not updatable: {sorted(set(changes) - set(UPDATABLE.values()))}")
+    cols = sorted(changes)  # whitelisted identifiers only; values travel as parameters
+    sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(cols, start=2))
+    sql = (f"UPDATE accounts SET {sets}, updated_at = now() WHERE name = $1 "
+           "RETURNING id, name, default_category, rate_per_s, allowed_senders, "
+           "allowed_connectors")
+    async with conn.transaction():
+        rec = await conn.fetchrow(sql, name, *(changes[c] for c in cols))
+        if rec is None:
+            raise dbcli.UsageError(f"no account named {name!r}")
+        detail = {c: _rate_detail(changes[c]) if c == "rate_per_s" else changes[c]
+                  for c in cols}
+        await audit(conn, actor=actor, action="account_updated", object_type="account",
+                    object_id=str(rec["id"]), detail={"name": name, **detail})
+    return dict(rec)
+
+
+def _rate_detail(rate: float | None) -> float | str | None:
+    return "unlimited" if rate is not None and math.isinf(rate) else rate
+
+
+def _rate_arg(value: str) -> float | None:
+    """`--rate`: messages per second (> 0), `unlimited`, or `default` (the config's)."""
+    if value == "unlimited":
+        return math.inf
+    if value == "default":
+        return None
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = math.nan
+    if not (rate > 0 and math.isfinite(rate)):
+        raise argparse.ArgumentTypeError("a number of messages per second above 0, "
+                                         "'unlimited' or 'default'")
+    return rate
+
+
+def _connector_arg(value: str) -> str:
+    if not value or len(value) > 64 or not value.isprintable() or value.strip() != value:
+        raise argparse.ArgumentTypeError("a connector name from [[connectors]]")
+    return value
 
 
 async def _account_id(conn: asyncpg.Connection, name: str) -> int:
@@ -85,9 +158,28 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--category", choices=["transactional", "marketing"],
                         default="transactional")
-    create.add_argument("--rate", type=float, default=None, help="messages per second")
+    create.add_argument("--rate", type=_rate_arg, default=None,
+                        help="messages per second, or 'unlimited' (default: the receivers' "
+                             "[receiver] default_account_rate)")
     create.add_argument("--allowed-sender", action="append", default=None,
                         help="allowed sender id (repeat; default: any)")
+    create.add_argument("--allowed-connector", action="append", default=None,
+                        type=_connector_arg,
+                        help="a connector the account may force with smsc= / connector "
+                             "(repeat; default: none, the routes decide)")
+    update = sub.add_parser("update", parents=[common],
+                            help="change an account's settings (only the flags given)")
+    update.add_argument("name")
+    update.add_argument("--category", choices=["transactional", "marketing"], default=None)
+    update.add_argument("--rate", type=_rate_arg, default=argparse.SUPPRESS,
+                        help="messages per second, 'unlimited', or 'default' (the receivers' "
+                             "default_account_rate)")
+    forced = update.add_mutually_exclusive_group()
+    forced.add_argument("--allowed-connector", action="append", default=None,
+                        type=_connector_arg,
+                        help="a connector the account may force (repeat; replaces the list)")
+    forced.add_argument("--no-allowed-connectors", action="store_true",
+                        help="the account may force no connector (the routes decide)")
     add = sub.add_parser("add-key", parents=[common], help="add a key to an account and print it")
     add.add_argument("name")
     revoke = sub.add_parser("revoke-key", parents=[common],
@@ -130,12 +222,19 @@ async def _run(conn: asyncpg.Connection, args: argparse.Namespace, secret: bytes
         try:
             account_id, key = await create_account(
                 conn, secret, args.name, category=args.category, rate_per_s=args.rate,
-                allowed_senders=args.allowed_sender, actor=actor)
+                allowed_senders=args.allowed_sender,
+                allowed_connectors=args.allowed_connector, actor=actor)
         except InvalidNumber as exc:
             raise dbcli.UsageError(f"--allowed-sender: {exc}") from exc
         except asyncpg.UniqueViolationError as exc:
             raise dbcli.UsageError(f"an account named {args.name!r} exists") from exc
         _print_key(args, {"account_id": account_id, "name": args.name, "key": key})
+    elif args.command == "update":
+        updated = await update_account(conn, args.name, _update_changes(args), actor=actor)
+        if args.json:
+            dbcli.dump_json({**updated, "rate_per_s": _rate_detail(updated["rate_per_s"])})
+        else:
+            sys.stdout.write(f"updated account {args.name}\n")
     elif args.command == "add-key":
         key, stored = await create_key(conn, secret, await _account_id(conn, args.name),
                                        actor=actor)
@@ -149,6 +248,20 @@ async def _run(conn: asyncpg.Connection, args: argparse.Namespace, secret: bytes
     else:
         await _list(conn, args)
     return dbcli.EXIT_OK
+
+
+def _update_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The columns `update` sets, from the flags given (an absent flag changes nothing)."""
+    changes: dict[str, Any] = {}
+    if args.category is not None:
+        changes[UPDATABLE["category"]] = args.category
+    if hasattr(args, "rate"):
+        changes[UPDATABLE["rate"]] = args.rate
+    if args.allowed_connector is not None:
+        changes[UPDATABLE["allowed_connector"]] = list(dict.fromkeys(args.allowed_connector))
+    elif args.no_allowed_connectors:
+        changes[UPDATABLE["allowed_connector"]] = None
+    return changes
 
 
 def _print_key(args: argparse.Namespace, data: dict[str, Any]) -> None:

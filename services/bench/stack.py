@@ -192,8 +192,10 @@ class Stack:
         conn = await db.connect(self.dsn)
         try:
             self.account_id = await conn.fetchval(
-                "INSERT INTO accounts (name) VALUES ($1) ON CONFLICT (name) DO UPDATE"
-                " SET updated_at = now() RETURNING id", BENCH_ACCOUNT)
+                # unlimited rate: the bench measures the gateway, not default_account_rate
+                "INSERT INTO accounts (name, rate_per_s) VALUES ($1, 'Infinity')"
+                " ON CONFLICT (name) DO UPDATE SET updated_at = now(), rate_per_s = 'Infinity'"
+                " RETURNING id", BENCH_ACCOUNT)
             self.api_key, _ = await apikeys.create_key(conn, secret.encode(), self.account_id,
                                                        actor="smsgw bench")
         finally:

@@ -7,6 +7,14 @@ than `<queue>_max_queued_age_s`, intake is refused (HTTP 503 + Retry-After, SMPP
 transient status). The numbers come from the `queue_stats` snapshot that one instance refreshes
 every few hundred milliseconds (`shared.daemon`); `read` re-reads it on a timer, so a request
 costs a dict lookup, never a COUNT.
+
+The MT API is fair across accounts. Its watermark counts DUE rows only (`outbound_account_depth`,
+refreshed with queue_stats: messages scheduled ahead and retries waiting out a backoff do not
+count), and each account may hold at most its share of it: `account_high_watermark` when set,
+else max(outbound_high_watermark // (n + 1), account_watermark_floor) with n the number of
+accounts holding due MTs — the +1 keeps room for an account that has none yet. An account over
+its share gets 503 (`account_watermark`) while the others keep going until the global
+watermark. Rows without an account (rule replies) count only towards the global figure.
 """
 
 from __future__ import annotations
@@ -45,6 +53,9 @@ class Admission:
         self._options = options
         self._clock = clock
         self._queues: dict[str, QueueSnapshot] = {}
+        self._due: dict[int, int] | None = None  # account → due MTs; None until first read
+        self._due_total = 0
+        self._active_accounts = 0  # accounts (not 0) with due MTs
         self.updated_at: datetime | None = None
         self._fresh_at = clock()  # local time the snapshot last changed
 
@@ -66,6 +77,36 @@ class Admission:
             self.updated_at = newest
             self._fresh_at = self._clock()
         self._queues = queues
+        self._set_due(await store.read_account_depth(conn))
+
+    def _set_due(self, due: dict[int, int]) -> None:
+        self._due = due
+        self._due_total = sum(due.values())
+        self._active_accounts = sum(1 for a, n in due.items() if a != 0 and n > 0)
+
+    def set_account_depth(self, due: dict[int, int]) -> None:
+        """Set the per-account due MTs directly (tools and tests that have no refresher)."""
+        self._set_due(dict(due))
+        self._fresh_at = self._clock()
+
+    def account_limit(self, account_id: int) -> int:
+        """How many due MTs the account may hold before it is refused (see the docstring)."""
+        opts = self._options
+        if opts.account_high_watermark is not None:
+            return opts.account_high_watermark
+        n = self._active_accounts
+        if self._due is None or self._due.get(account_id, 0) <= 0:
+            n += 1  # the account would become one more
+        return max(opts.outbound_high_watermark // (n + 1), opts.account_watermark_floor)
+
+    def check_account(self, account_id: int) -> str | None:
+        """None when the account may submit more MTs, else the rejection reason."""
+        if self._due is None or self._clock() - self._fresh_at > STALE_AFTER_S:
+            return None
+        own = self._due.get(account_id, 0)
+        if own > 0 and own >= self.account_limit(account_id):
+            return "account_watermark"
+        return None
 
     def set_snapshot(self, queue: str, depth: int, oldest_age_s: float = 0.0) -> None:
         """Set one queue's numbers directly (tools and tests that have no refresher)."""
@@ -81,7 +122,10 @@ class Admission:
         watermark = {"outbound": opts.outbound_high_watermark,
                      "inbound": opts.inbound_high_watermark,
                      "receipts": opts.receipts_high_watermark}.get(queue)
-        if watermark is not None and snap.depth >= watermark:
+        depth = snap.depth
+        if queue == "outbound" and self._due is not None:
+            depth = self._due_total  # rows scheduled ahead do not count
+        if watermark is not None and depth >= watermark:
             return f"{queue}_watermark"
         # Receipts wait for matching on purpose (run_after in the future): depth only.
         max_age = {"outbound": opts.outbound_max_queued_age_s,

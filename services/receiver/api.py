@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from services.receiver.auth import bearer_key
 from services.receiver.context import CONTEXT, ReceiverContext
 from services.receiver.models import BatchIn, MessageIn, field_errors
+from services.receiver.ratelimit import window_limit
 from services.receiver.responses import error, json_response, unavailable, unavailable_reason
 from services.receiver.store import MtItem, MtOutcome, MtResult, find_message
 from shared.apikeys import Account
@@ -73,6 +74,37 @@ def admit(ctx: ReceiverContext, queue: str) -> None:
         raise Rejected(unavailable(reason, ctx.options.retry_after_s))
 
 
+def admit_account(ctx: ReceiverContext, account: Account) -> None:
+    """Raise `Rejected` (503 + Retry-After) when the account holds more than its fair share of
+    the MT watermark (services/receiver/admission.py); the other accounts keep going."""
+    reason = ctx.admission.check_account(account.id)
+    if reason is not None:
+        ctx.metrics.backpressure_rejections.labels(reason=reason).inc()
+        raise Rejected(unavailable(reason, ctx.options.retry_after_s))
+
+
+def account_rate(ctx: ReceiverContext, account: Account) -> float | None:
+    """The account's own rate, else `default_account_rate` (None: no limit)."""
+    if account.rate_per_s is not None:
+        return account.rate_per_s
+    return ctx.options.default_account_rate or None
+
+
+def forced_connector(ctx: ReceiverContext, account: Account, field: str,
+                     value: str | None) -> str | None:
+    """A connector the client forces (Kannel `smsc=`, JSON `connector`), checked: by default
+    an account may not force one (its routes decide); one it may force must also be in the
+    config's `[[connectors]]`, or the message would wait for it forever."""
+    if not value:
+        return None
+    if value not in account.allowed_connectors:
+        raise FieldInvalid(field, "this account may not choose a connector (the routes decide; "
+                                  "`smsgw accounts update NAME --allowed-connector NAME`)")
+    if value not in ctx.connectors:
+        raise FieldInvalid(field, "unknown connector")
+    return value
+
+
 async def read_body(request: web.Request, ctx: ReceiverContext) -> bytes:
     """The request body; raise `Rejected` (413) past `max_body_bytes`."""
     limit = ctx.options.max_body_bytes
@@ -111,6 +143,7 @@ async def post_messages(request: web.Request) -> web.StreamResponse:
     try:
         account = await require_account(request, ctx)
         admit(ctx, "outbound")
+        admit_account(ctx, account)
         raw = await read_body(request, ctx)
         messages, batch = _parse(ctx, raw)
         items, estimates = _build_items(ctx, account, messages, batch)
@@ -207,6 +240,7 @@ def mt_item(ctx: ReceiverContext, account: Account, msg: MessageIn,
         encoding=None if msg.encoding in (None, "auto") else msg.encoding,
         client_ref=msg.client_ref, callback_url=callback_url, send_at=send_at,
         valid_until=valid_until, validity_s=msg.validity,
+        route_hint=forced_connector(ctx, account, "connector", msg.connector),
         meta={"callback_style": "json"} if callback_url else None)
     return item, (encoding, parts)
 
@@ -242,11 +276,13 @@ def _estimate(text: str, encoding: str | None, max_parts: int) -> tuple[str, int
 
 
 def _check_rate(ctx: ReceiverContext, account: Account, n: int) -> None:
-    wait = ctx.ratelimit.try_acquire(account.id, account.rate_per_s, n)
+    rate = account_rate(ctx, account)
+    wait = ctx.ratelimit.try_acquire(account.id, rate, n)
     if wait is not None:
         ctx.metrics.requests_rejected.labels(reason="rate_limited").inc()
         raise Rejected(error(429, "rate_limited",
-                             f"account rate limit of {account.rate_per_s}/s exceeded",
+                             f"account rate limit of {rate:g}/s exceeded (a request may carry "
+                             f"at most {window_limit(rate or 0)} messages)",
                              headers={"Retry-After": str(int(wait))}))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
 import socket
@@ -178,7 +179,8 @@ async def _prepare(url: str, secret: bytes) -> tuple[str, str]:
     await db.migrate(bench_url)
     conn = await db.connect(bench_url)
     try:
-        _, key = await create_account(conn, secret, "bench")
+        # unlimited: the bench measures the gateway, not [receiver] default_account_rate
+        _, key = await create_account(conn, secret, "bench", rate_per_s=math.inf)
     finally:
         await conn.close()
     print("postgres settings:", json.dumps(settings))

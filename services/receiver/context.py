@@ -9,7 +9,7 @@ else lives as long as the daemon.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,7 @@ class ReceiverContext:
     intake: DeliverIntake
     clock: Callable[[], float] = time.time
     extra: dict[str, Any] = field(default_factory=dict)
+    connectors: frozenset[str] = frozenset()  # `[[connectors]]` names a client may force
 
     def reload(self, options: ReceiverOptions, webhooks: WebhooksSettings) -> None:
         """Apply reloaded options (watermarks, limits) and webhook settings as a unit."""
@@ -74,7 +75,8 @@ def build_context(pool: asyncpg.Pool, options: ReceiverOptions, webhooks: Webhoo
                   server_secret: SecretBytes | SecretStr | bytes | None,
                   registry: CollectorRegistry | None = None,
                   metrics: ReceiverMetrics | None = None,
-                  clock: Callable[[], float] = time.time) -> ReceiverContext:
+                  clock: Callable[[], float] = time.time,
+                  connectors: Iterable[str] = ()) -> ReceiverContext:
     """Create the context and start its group committers (call inside the running loop).
 
     `server_secret` is kept as `SecretBytes` (printed as `**********`) and unwrapped only for
@@ -109,4 +111,5 @@ def build_context(pool: asyncpg.Pool, options: ReceiverOptions, webhooks: Webhoo
         pool=pool, options=options, webhooks=webhooks,
         auth=Authenticator(pool, server_secret, cache_s=options.auth_cache_s),
         ratelimit=AccountRateLimiter(pool, clock=clock), admission=admission, metrics=metrics,
-        mt=mt, inbound=inbound, receipts=receipts, intake=intake, clock=clock)
+        mt=mt, inbound=inbound, receipts=receipts, intake=intake, clock=clock,
+        connectors=frozenset(connectors))

@@ -43,6 +43,9 @@ class MessageIn(BaseModel):
                                           description="Schedule (RFC 3339, with offset).")
     encoding: EncodingName | None = Field(default=None,
                                           description="Default auto: the cheapest that fits.")
+    connector: str | None = Field(default=None, min_length=1, max_length=64,
+                                  description="Force this connector instead of the routes "
+                                              "(only one the account is allowed to force).")
 
     @field_validator("to", "from_", "text", "client_ref", "callback_url")
     @classmethod

@@ -40,6 +40,12 @@ class ReceiverOptions(BaseModel):
     outbound_high_watermark: int = Field(default=50_000, ge=1, lt=100_000)
     inbound_high_watermark: int = Field(default=50_000, ge=1, lt=100_000)
     receipts_high_watermark: int = Field(default=90_000, ge=1, lt=100_000)
+    # fairness (services/receiver/admission.py): the MT watermark counts DUE rows only
+    # (scheduled ones do not), and one account may hold at most its share of it:
+    # `account_high_watermark` when set, else max(outbound_high_watermark // (n + 1),
+    # account_watermark_floor) where n = accounts with due MTs (the +1 keeps room for one more)
+    account_high_watermark: int | None = Field(default=None, ge=1, lt=100_000)
+    account_watermark_floor: int = Field(default=1000, ge=1)
     # oldest queued row older than this → 503. Off for outbound by default: scheduled MTs
     # (send_at) and MTs waiting out a retry backoff sit in `queued` legitimately for long.
     inbound_max_queued_age_s: float | None = Field(default=900, gt=0)
@@ -48,6 +54,9 @@ class ReceiverOptions(BaseModel):
     retry_after_s: int = Field(default=2, ge=1)
     # accounts
     auth_cache_s: float = Field(default=5.0, ge=0)  # revocation takes effect within this
+    # messages/s of an account without its own rate (`smsgw accounts update NAME --rate`);
+    # 0 = no limit for such accounts
+    default_account_rate: float = Field(default=50.0, ge=0)
     ratelimit_sync_s: float = Field(default=0.2, gt=0)
     # SMPP receiver (rx) binds and the per-connector transient error for deliver_sm_resp
     smpp_binds: bool = True

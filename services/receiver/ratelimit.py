@@ -7,6 +7,7 @@ count to the shared row and reads the global total back (one upsert and one sele
 active accounts). So a request costs a dict lookup; the limit holds across instances up to what
 the others admit within one sync interval (at most the remaining allowance per instance and
 window). Over the limit the API answers 429 with `Retry-After` (429 means only this).
+An account without its own rate gets `[receiver] default_account_rate` (50/s unless set).
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ SELECT account_id, window_start, count FROM account_rate_windows
 # purge_rate_windows: drop windows older than $1 (unix seconds).
 PURGE_RATE_WINDOWS = "DELETE FROM account_rate_windows WHERE window_start < $1"
 
+def window_limit(rate_per_s: float) -> int:
+    """Messages one rate window admits (also the most one request may carry)."""
+    if math.isinf(rate_per_s):
+        return 2**31 - 1
+    return max(1, int(rate_per_s * max(1.0, 1.0 / rate_per_s)))
+
+
 ACTIVE_FOR_S = 10.0  # keep reading an account's global count this long after its last request
 PURGE_EVERY_S = 30.0
 
@@ -51,8 +59,9 @@ class AccountRateLimiter:
         self._last_purge = 0.0
 
     def try_acquire(self, account_id: int, rate_per_s: float | None, n: int = 1) -> float | None:
-        """Admit `n` messages for the account now: None if allowed, else seconds to wait."""
-        if rate_per_s is None:
+        """Admit `n` messages for the account now: None if allowed, else seconds to wait.
+        `rate_per_s` None or infinite (`smsgw accounts update NAME --rate unlimited`): no limit."""
+        if rate_per_s is None or math.isinf(rate_per_s) or rate_per_s <= 0:
             return None
         now = self._clock()
         window_s = max(1.0, 1.0 / rate_per_s)

@@ -6,7 +6,8 @@ Parameters as Kannel's smsbox takes them (query string, or a form-encoded POST b
 recipients separated by spaces), `text`, `charset` (of `text`; Kannel's default is UTF-8, or
 UTF-16BE with `coding=2`), `coding` (0 7-bit, 1 8-bit, 2 UCS-2), `dlr-mask`, `dlr-url` (a
 template with Kannel's `%d %p %P %t %A …` escapes, rendered by the sender with
-`shared.kannel.render_dlr_url`), `smsc` (a route hint), `priority` (0-3), `validity` and
+`shared.kannel.render_dlr_url`), `smsc` (a connector to force: only one the account is allowed
+to force, `smsgw accounts update NAME --allowed-connector NAME`), `priority` (0-3), `validity` and
 `deferred` (minutes). Unknown parameters are ignored, as Kannel does.
 
 Answers as Kannel does: `202 0: Accepted for delivery`; `403 Authorization failed for sendsms`;
@@ -26,7 +27,10 @@ from aiohttp import web
 from services.receiver.api import (
     FieldInvalid,
     Rejected,
+    account_rate,
     admit,
+    admit_account,
+    forced_connector,
     read_body,
     sender_id,
     unavailable_for,
@@ -183,11 +187,15 @@ def _items(ctx: ReceiverContext, account: Account, params: dict[str, bytes]) -> 
     send_at = now + timedelta(minutes=deferred) if deferred else None
     valid_until = (send_at or now) + timedelta(minutes=validity) if validity else None
     meta = {"callback_style": "kannel", "username": account.name, "coding": coding}
+    try:  # `smsc`: only a connector this account may force, and one that exists
+        route_hint = forced_connector(ctx, account, "smsc", _str(params, "smsc"))
+    except FieldInvalid as exc:
+        raise _bad(ctx, "smsc", exc.message) from exc
     return [MtItem(account_id=account.id, source="sendsms", from_addr=from_addr, to_addr=to,
                    body=text, category=account.default_category, priority=priority,
                    encoding=None if coding == 0 else encoding, callback_url=dlr_url,
                    dlr_mask=dlr_mask if dlr_url else None, send_at=send_at,
-                   valid_until=valid_until, route_hint=_str(params, "smsc") or None, meta=meta)
+                   valid_until=valid_until, route_hint=route_hint, meta=meta)
             for to in _recipients(ctx, params)]
 
 
@@ -199,8 +207,9 @@ async def sendsms(request: web.Request) -> web.StreamResponse:
         params = await _params(request, ctx)
         account = await _account(ctx, params)
         admit(ctx, "outbound")
+        admit_account(ctx, account)
         items = _items(ctx, account, params)
-        wait = ctx.ratelimit.try_acquire(account.id, account.rate_per_s, len(items))
+        wait = ctx.ratelimit.try_acquire(account.id, account_rate(ctx, account), len(items))
         if wait is not None:
             ctx.metrics.requests_rejected.labels(reason="rate_limited").inc()
             return _text(429, "Rate limit exceeded", {"Retry-After": str(int(wait))})

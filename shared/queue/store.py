@@ -594,6 +594,9 @@ def _stats_sql() -> LiteralString:
     return QUERIES["refresh_queue_stats"].format(parts="\n    UNION ALL ".join(parts))  # type: ignore[return-value]
 
 
+# The per-account due snapshot walks at most this many (category, account) pairs.
+ACCOUNT_DEPTH_MAX_ACCOUNTS: Final = 10_000
+
 # A table that has grown this many times past the pages the planner last saw is re-analyzed.
 GROWTH_REANALYZE_FACTOR: Final = 4
 GROWTH_REANALYZE_MIN_PAGES: Final = 64
@@ -610,7 +613,8 @@ def _stale(r: Mapping[str, Any], depth: int, min_depth: int) -> bool:
 
 async def refresh_queue_stats(conn: Conn, *, cap: int = 100_000, analyze_min_depth: int = 1000,
                               analyze_every_s: float = 10.0) -> list[str]:
-    """Refresh the `queue_stats` snapshot (depth counted up to `cap`, oldest queued row).
+    """Refresh the `queue_stats` snapshot (depth counted up to `cap`, oldest queued row) and
+    the per-account snapshot of due outbound rows (`outbound_account_depth`).
 
     Cheap enough to run every few hundred milliseconds from one instance (wrap it in
     `try_advisory_lock(STATS_LOCK_KEY)` when several daemons may run it).
@@ -629,6 +633,8 @@ async def refresh_queue_stats(conn: Conn, *, cap: int = 100_000, analyze_min_dep
     analyzed.
     """
     rows = await conn.fetch(_stats_sql(), cap)
+    # Per-account due depth for fair admission control (services/receiver/admission.py).
+    await conn.execute(QUERIES["refresh_account_depth"], cap, ACCOUNT_DEPTH_MAX_ACCOUNTS)
     depth: dict[str, int] = {}
     for r in rows:
         depth[r["queue"]] = max(depth.get(r["queue"], 0), int(r["depth"]))
@@ -643,6 +649,12 @@ async def refresh_queue_stats(conn: Conn, *, cap: int = 100_000, analyze_min_dep
 async def read_queue_stats(conn: Conn) -> list[QueueStat]:
     """The last snapshot: what admission control and the depth gauges read (never a COUNT)."""
     return [QueueStat.from_record(r) for r in await conn.fetch(QUERIES["read_queue_stats"])]
+
+
+async def read_account_depth(conn: Conn) -> dict[int, int]:
+    """The last per-account snapshot of due queued MTs: account id (0: no account) → count."""
+    return {int(r["account_id"]): int(r["due"])
+            for r in await conn.fetch(QUERIES["read_account_depth"])}
 
 
 async def try_advisory_lock(conn: asyncpg.Connection, key: int) -> bool:
@@ -681,7 +693,7 @@ def all_queries() -> list[tuple[str, str]]:
         out += [(f"purge_bodies[{table}]", _q("purge_bodies", table))]
     plain = ("read_dedupe_keys", "log_events", "read_events", "purge_mo_parts",
              "purge_dedupe_keys", "purge_parts", "purge_events", "read_queue_stats",
-             "planner_stats", "try_lock",
+             "refresh_account_depth", "read_account_depth", "planner_stats", "try_lock",
              "unlock", "notify")
     out += [(n, QUERIES[n]) for n in plain]
     out.append(("refresh_queue_stats", _stats_sql()))
@@ -692,7 +704,7 @@ __all__ = [
     "HISTORY_TABLES", "LEASE_TABLES", "QUEUE_TABLES", "RETENTION_LOCK_KEY", "STATS_LOCK_KEY",
     "DedupeKey", "RetentionSettings", "ack", "advisory_unlock", "all_queries", "claim_leased",
     "claim_tx", "enqueue", "extend_lease", "fail", "find_inbound", "find_outbound",
-    "log_events", "move_finished", "notify", "read_events", "read_queue_stats",
-    "refresh_queue_stats", "release", "requeue_dead", "retry", "run_retention",
+    "log_events", "move_finished", "notify", "read_account_depth", "read_events",
+    "read_queue_stats", "refresh_queue_stats", "release", "requeue_dead", "retry", "run_retention",
     "try_advisory_lock", "update_many",
 ]

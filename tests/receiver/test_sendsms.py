@@ -21,14 +21,14 @@ async def test_sendsms_get_two_recipients_with_dlr(receiver: Receiver,
     dlr = "http://127.0.0.1:9999/dlr?id=42&status=%d&to=%p&at=%t"
     qs = (f"username=kannel_app&password={quote(key)}&from=MyBrand"
           f"&to={quote('+447700900123 07700900124')}&text={quote('Héllo wörld')}"
-          f"&dlr-mask=19&dlr-url={quote(dlr)}&smsc=vodafone&priority=1")
+          f"&dlr-mask=19&dlr-url={quote(dlr)}&priority=1")  # smsc=: test_forced_connector
     status, body = await receiver.get("/cgi-bin/sendsms?" + qs)
     assert (status, body) == (202, "0: Accepted for delivery")
     rows = await pool.fetch("SELECT * FROM outbound ORDER BY id")
     assert [r["to_addr"] for r in rows] == ["+447700900123", "+447700900124"]
     assert all(r["callback_url"] == dlr and r["dlr_mask"] == 19 for r in rows)
     assert rows[0]["meta"]["callback_style"] == "kannel" and rows[0]["source"] == "sendsms"
-    assert rows[0]["body"] == "Héllo wörld" and rows[0]["route_hint"] == "vodafone"
+    assert rows[0]["body"] == "Héllo wörld" and rows[0]["route_hint"] is None
 
 
 async def test_sendsms_post_form_and_charset(receiver: Receiver, account_factory: AccountFactory,

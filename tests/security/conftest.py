@@ -137,9 +137,11 @@ async def sec_mt_receiver(pool: object) -> AsyncIterator[Callable[..., Awaitable
 
     started: list[tuple[web.AppRunner, object, aiohttp.ClientSession]] = []
 
-    async def start(options: ReceiverOptions | None = None,
-                    connectors: tuple[str, ...] = ()) -> SecMtReceiver:
-        extra = {"connectors": connectors} if connectors else {}
+    async def start(options: ReceiverOptions | None = None, connectors: tuple[str, ...] = (),
+                    clock: Callable[[], float] | None = None) -> SecMtReceiver:
+        extra: dict[str, object] = {"connectors": connectors} if connectors else {}
+        if clock is not None:
+            extra["clock"] = clock
         ctx = build_context(pool, options or ReceiverOptions(default_country="GB"),  # type: ignore[arg-type]
                             WebhooksSettings(), server_secret=SEC_MT_SECRET, **extra)
         runner = web.AppRunner(create_api_app(ctx), access_log=None)

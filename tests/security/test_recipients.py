@@ -35,7 +35,7 @@ BAD_RECIPIENTS = [
     STOPPED + ";ext=1",  # extension
     STOPPED + " x1",
     "tel:" + STOPPED,
-    "+４４7700900999",  # fullwidth digits
+    "+\uff14\uff147700900999",  # fullwidth digits
     "٨٠٠٨٠",  # Arabic-Indic digits as a "short code"
     "MyBank",  # alphanumeric: a sender, never a recipient
     "12",  # too short for a short code

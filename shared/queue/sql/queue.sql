@@ -306,6 +306,52 @@ ON CONFLICT (queue, status) DO UPDATE
    SET depth = EXCLUDED.depth, oldest_at = EXCLUDED.oldest_at, updated_at = EXCLUDED.updated_at
 RETURNING queue, status, depth
 
+-- name: refresh_account_depth
+-- Snapshot each account's DUE queued MTs (run_after <= now(): scheduled rows and rows waiting
+-- out a retry backoff do not count) into outbound_account_depth, for per-account admission
+-- control; one statement per refresh, never a COUNT per request. A loose index scan over
+-- outbound_lane_idx lists the (category, account) pairs with queued rows (at most $2), each
+-- pair's due rows are counted on the same index up to $1 (a range: rows scheduled ahead are
+-- not read); accounts with nothing due lose their row.
+WITH RECURSIVE accts(category, acct) AS (
+    (SELECT category, coalesce(account_id, 0)
+       FROM outbound
+      WHERE status = 'queued'
+      ORDER BY category, coalesce(account_id, 0)
+      LIMIT 1)
+    UNION ALL
+    SELECT n.category, n.acct
+      FROM accts a
+      CROSS JOIN LATERAL (
+          SELECT o.category, coalesce(o.account_id, 0) AS acct
+            FROM outbound o
+           WHERE o.status = 'queued'
+             AND (o.category, coalesce(o.account_id, 0)) > (a.category, a.acct)
+           ORDER BY o.category, coalesce(o.account_id, 0)
+           LIMIT 1) n
+), snap AS MATERIALIZED (
+    SELECT a.acct AS account_id, sum(d.n)::bigint AS due
+      FROM (SELECT * FROM accts LIMIT $2) a
+      CROSS JOIN LATERAL (
+          SELECT count(*) AS n
+            FROM (SELECT 1 FROM outbound o
+                   WHERE o.status = 'queued' AND o.category = a.category
+                     AND coalesce(o.account_id, 0) = a.acct AND o.run_after <= now()
+                   LIMIT $1) c) d
+     GROUP BY a.acct
+    HAVING sum(d.n) > 0
+), gone AS (
+    DELETE FROM outbound_account_depth
+     WHERE account_id NOT IN (SELECT account_id FROM snap)
+)
+INSERT INTO outbound_account_depth (account_id, due, updated_at)
+SELECT account_id, due, now() FROM snap
+ON CONFLICT (account_id) DO UPDATE SET due = EXCLUDED.due, updated_at = EXCLUDED.updated_at
+
+-- name: read_account_depth
+-- The last per-account snapshot of due queued MTs (only accounts with due rows).
+SELECT account_id, due, updated_at FROM outbound_account_depth
+
 -- name: planner_stats
 -- What the planner believes about queue tables $1: row estimate (-1: never analyzed), pages
 -- then and now, and when statistics were last gathered.
