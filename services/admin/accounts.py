@@ -8,6 +8,7 @@
     smsgw accounts add-key NAME                               prints a new key, once
     smsgw accounts revoke-key NAME KEY_ID_OR_PREFIX
     smsgw accounts list [--json]
+    smsgw accounts callback-secret NAME [--rotate]            prints the callback signing secret
 
 Keys are stored as HMAC-SHA256 under the server secret (`[security] server_secret_env` or
 `server_secret_file`), which must be the one the receivers use. Two keys can be valid at once:
@@ -19,6 +20,12 @@ An account without its own `--rate` gets the receivers' `[receiver] default_acco
 `smsc=`, the JSON API's `connector`): its routes decide; `--allowed-connector` (repeatable)
 names the ones it may force. `update` replaces only what it is given; receivers see the change
 within their `auth_cache_s`.
+
+Every account's status callbacks are signed (`X-Smsgw-Signature`, see
+`shared.callback_signing`) with a secret derived from the server secret and the account's
+secret generation; the database holds only the generation. `callback-secret NAME` prints the
+current secret for the application (audited); `--rotate` moves to the next generation, and the
+processor signs with the new secret from its next callback on.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import asyncpg
 
 from services.admin import dbcli
 from shared.apikeys import audit, create_key, list_keys, revoke_key
+from shared.callback_signing import account_secret
 from shared.config import load_shared
 from shared.errors import ConfigError
 from shared.numbers import InvalidNumber, normalise_sender
@@ -187,6 +195,11 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("name")
     revoke.add_argument("key")
     sub.add_parser("list", parents=[common], help="list accounts")
+    cbs = sub.add_parser("callback-secret", parents=[common],
+                         help="print the account's status-callback signing secret")
+    cbs.add_argument("name")
+    cbs.add_argument("--rotate", action="store_true",
+                     help="move to a new secret (the old one stops working at once)")
     return parser
 
 
@@ -202,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `smsgw accounts …`; exit 0, 1 (database), 2 (usage), 78 (config)."""
     args = _parser().parse_args(argv)
     actor = args.actor or f"cli:{getpass.getuser()}"
-    needs_secret = args.command in ("create", "add-key")
+    needs_secret = args.command in ("create", "add-key", "callback-secret")
     try:
         secret = _server_secret(args) if needs_secret else b""
     except ConfigError as exc:
@@ -245,6 +258,9 @@ async def _run(conn: asyncpg.Connection, args: argparse.Namespace, secret: bytes
         if not revoked:
             raise dbcli.UsageError(f"no valid key {args.key!r} for account {args.name!r}")
         sys.stdout.write(f"revoked {len(revoked)} key(s)\n")
+    elif args.command == "callback-secret":
+        _print_callback_secret(args, await callback_secret(conn, secret, args.name,
+                                                           rotate=args.rotate, actor=actor))
     else:
         await _list(conn, args)
     return dbcli.EXIT_OK
@@ -262,6 +278,44 @@ def _update_changes(args: argparse.Namespace) -> dict[str, Any]:
     elif args.no_allowed_connectors:
         changes[UPDATABLE["allowed_connector"]] = None
     return changes
+
+
+# callback_secret_generation: an account's id and secret generation (--rotate: the next one).
+CALLBACK_GENERATION = "SELECT id, callback_secret_generation FROM accounts WHERE name = $1"
+ROTATE_CALLBACK_GENERATION = """
+UPDATE accounts SET callback_secret_generation = callback_secret_generation + 1,
+                    updated_at = now()
+ WHERE name = $1
+RETURNING id, callback_secret_generation
+"""
+
+
+async def callback_secret(conn: asyncpg.Connection, server_secret: bytes, name: str, *,
+                          rotate: bool = False, actor: str = "cli") -> dict[str, Any]:
+    """The account's status-callback signing secret (audited), after moving to the next
+    generation when `rotate`. The secret is derived from the server secret and the generation
+    (`shared.callback_signing`), never stored."""
+    async with conn.transaction():
+        rec = await conn.fetchrow(ROTATE_CALLBACK_GENERATION if rotate else CALLBACK_GENERATION,
+                                  name)
+        if rec is None:
+            raise dbcli.UsageError(f"no account named {name!r}")
+        generation = int(rec["callback_secret_generation"])
+        await audit(conn, actor=actor,
+                    action="callback_secret_rotated" if rotate else "callback_secret_shown",
+                    object_type="account", object_id=str(rec["id"]),
+                    detail={"name": name, "generation": generation})
+    return {"account_id": int(rec["id"]), "name": name, "generation": generation,
+            "callback_secret": account_secret(server_secret, rec["id"], generation)}
+
+
+def _print_callback_secret(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    if args.json:
+        dbcli.dump_json(data)
+        return
+    sys.stdout.write(f"Status-callback signing secret for {data['name']} (generation "
+                     f"{data['generation']}; give it to the application, which checks "
+                     f"X-Smsgw-Signature with it):\n{data['callback_secret']}\n")
 
 
 def _print_key(args: argparse.Namespace, data: dict[str, Any]) -> None:

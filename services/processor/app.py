@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from services.processor.callbacks import CallbackDelivery
+from services.processor.callbacks import CallbackDelivery, SecretResolver
 from services.processor.engine import Engine
 from services.processor.jobs import processor_jobs
 from services.processor.metrics import ProcessorMetrics
@@ -33,6 +33,12 @@ from services.processor.settings import ProcessorSettings
 from shared.config import AppConfig
 from shared.daemon import Daemon
 from shared.queue.listener import CHANNELS
+
+
+def _secret_bytes(config: AppConfig[ProcessorSettings]) -> bytes | None:
+    """The server secret, which derives the accounts' callback signing secrets."""
+    secret = config.server_secret
+    return secret.get_secret_value().encode() if secret is not None else None
 
 
 class ProcessorDaemon(Daemon[ProcessorSettings]):
@@ -55,6 +61,7 @@ class ProcessorDaemon(Daemon[ProcessorSettings]):
         self.callbacks = CallbackDelivery(
             self.pool, self.settings.callbacks, owner=self.worker_id,
             allowed_networks=self.config.webhooks.allowed_networks, metrics=pmetrics,
+            secrets=SecretResolver(server_secret=_secret_bytes(self.config)),
             poll_s=self.settings.poll_s)
         await self.callbacks.start()
         self.add_worker("inbound_loop", lambda: self.consume(CHANNELS["inbound"], self._claim_pass))

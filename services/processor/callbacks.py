@@ -16,10 +16,14 @@ Each request:
 - bounded concurrency: `concurrency` rows in flight in this process, `per_host` per host (a
   semaphore per host, taken before the request's timeout starts, so waiting for a slow host's
   slot never times a request out);
-- signed when the row's `secret_ref` resolves ('account:<id>' -> accounts.callback_secret,
+- signed when the row has a `secret_ref` ('account:<id>' -> the account's callback secret,
+  derived from the server secret and `accounts.callback_secret_generation`, never stored;
   'rule:<id>:<action>' -> the forward action's `secret_env`): headers
   `X-Smsgw-Timestamp: <unix>` and `X-Smsgw-Signature: sha256=<hex HMAC-SHA256(secret,
-  "<ts>." + body)>`;
+  "<ts>." + body)>` for a POST, and over `"<ts>." + path-and-query` (the request target as
+  sent) for a Kannel-style GET, whose query carries the status (`shared.callback_signing`).
+  Every status callback has an account ref, so every one is signed; one whose secret cannot
+  be resolved is retried, never sent unsigned;
 - 2xx -> done; anything else (status, timeout, connection error) -> retry with exponential
   backoff and jitter (`retry_base_s` .. `retry_max_s`), dead after `max_attempts`. No response
   body convention is required of the application; the body is not read.
@@ -38,8 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -53,6 +55,7 @@ import structlog
 
 from services.processor.metrics import ProcessorMetrics
 from services.processor.options import CallbackSettings
+from shared.callback_signing import account_secret, request_target, sign
 from shared.metrics import smsgw_version
 from shared.queue import store
 from shared.queue.records import Callback
@@ -67,8 +70,8 @@ from shared.urlguard import (
 log = structlog.get_logger("smsgw.processor.callbacks")
 
 ACCOUNT_SECRETS: Final = """
--- account_secrets: callback secrets of the accounts $1
-SELECT id, callback_secret FROM accounts WHERE id = ANY($1::int8[])
+-- account_secrets: the callback secret generations of the accounts $1 (secrets are derived)
+SELECT id, callback_secret_generation FROM accounts WHERE id = ANY($1::int8[])
 """
 RULE_ACTIONS: Final = """
 -- rule_actions: the actions of rules $1 (forward secrets are named there)
@@ -87,30 +90,30 @@ class Result:
     error: str | None = None
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The `X-Smsgw-Signature` value: sha256=<hex HMAC-SHA256(secret, "<ts>." + body)>."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
-
-
 class SecretResolver:
-    """Resolves `secret_ref`s of a claimed batch with at most two queries."""
+    """Resolves `secret_ref`s of a claimed batch with at most two queries.
 
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+    `server_secret` (`[security] server_secret`) derives the accounts' callback secrets
+    (`shared.callback_signing.account_secret`); `env` holds the rules' `secret_env` variables.
+    """
+
+    def __init__(self, env: Mapping[str, str] | None = None, *,
+                 server_secret: bytes | None = None) -> None:
         self.env = os.environ if env is None else env
+        self.server_secret = server_secret
 
     async def resolve(self, conn: asyncpg.Pool | asyncpg.Connection,
                       refs: set[str]) -> dict[str, str | None]:
-        """Map each ref to its secret: '' when the call goes unsigned (an account without a
-        `callback_secret`), None when the ref cannot be resolved (a rule's `secret_env` that is
-        not set, a rule or account that is gone): the call is then retried, never sent
-        unsigned to an application that expects a signature."""
+        """Map each ref to its secret, or None when it cannot be resolved (no server secret,
+        a rule's `secret_env` that is not set, a rule or account that is gone): the call is
+        then retried, never sent unsigned to an application that expects a signature."""
         accounts = {int(r.split(":")[1]) for r in refs if _is_ref(r, "account")}
         rules = {int(r.split(":")[1]) for r in refs if _is_ref(r, "rule")}
         out: dict[str, str | None] = dict.fromkeys(refs)
-        if accounts:
+        if accounts and self.server_secret:
             for row in await conn.fetch(ACCOUNT_SECRETS, list(accounts)):
-                out[f"account:{row['id']}"] = row["callback_secret"] or ""
+                out[f"account:{row['id']}"] = account_secret(
+                    self.server_secret, row["id"], row["callback_secret_generation"])
         if rules:
             actions = {row["id"]: row["actions"] for row in
                        await conn.fetch(RULE_ACTIONS, list(rules))}
@@ -296,8 +299,16 @@ class CallbackDelivery:
         ts = int(time.time())
         headers["X-Smsgw-Timestamp"] = str(ts)
         if secret:
-            headers["X-Smsgw-Signature"] = sign(secret, ts, body if body is not None
-                                                else (row.body or b""))
+            if body is not None:
+                message = body
+            elif row.method == "GET":  # no body: the query carries the data
+                try:
+                    message = request_target(row.url)
+                except ValueError:  # not a URL: `_call` refuses it before any request
+                    return headers
+            else:
+                message = row.body or b""
+            headers["X-Smsgw-Signature"] = sign(secret, ts, message)
         return headers
 
     async def _deliver(self, row: Callback, secret: str | None) -> list[Result]:

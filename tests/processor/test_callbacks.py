@@ -58,14 +58,17 @@ async def app() -> AsyncIterator[App]:
 
 
 LOOPBACK = ("127.0.0.0/8", "::1/128")  # the test applications listen on loopback
+SERVER_SECRET = b"test-server-secret"
 
 
 def delivery(pool: asyncpg.Pool, *, allowed_networks: tuple[str, ...] = LOOPBACK,
-             max_attempts: int = 5, env: dict[str, str] | None = None) -> CallbackDelivery:
+             max_attempts: int = 5, env: dict[str, str] | None = None,
+             server_secret: bytes | None = SERVER_SECRET) -> CallbackDelivery:
     s = CallbackSettings(max_attempts=max_attempts, retry_base_s=0.02, retry_max_s=0.05,
                          timeout_s=2, lease_s=10, per_host=2, concurrency=8)
     return CallbackDelivery(pool, s, owner="test-proc", allowed_networks=allowed_networks,
-                            secrets=SecretResolver(env or {}), poll_s=0.05)
+                            secrets=SecretResolver(env or {}, server_secret=server_secret),
+                            poll_s=0.05)
 
 
 async def run_until_final(pool: asyncpg.Pool, d: CallbackDelivery, timeout_s: float = 10) -> None:
@@ -80,11 +83,10 @@ async def run_until_final(pool: asyncpg.Pool, d: CallbackDelivery, timeout_s: fl
 
 
 async def test_retried_until_2xx_and_signed(pool, app) -> None:
-    """1. an account with a callback secret; a status callback to the app; 2. the app answers
-    503 twice, then 204; 3. the row ends done after 3 attempts and the last request carries a
-    valid signature over "<ts>.<body>"."""
-    acct = await pool.fetchval("INSERT INTO accounts (name, callback_secret) "
-                               "VALUES ('a', 's3cret') RETURNING id")
+    """1. an account (its callback secret derived from the server secret, generation 1); a
+    status callback to the app; 2. the app answers 503 twice, then 204; 3. the row ends done
+    after 3 attempts and the last request carries a valid signature over "<ts>.<body>"."""
+    acct = await pool.fetchval("INSERT INTO accounts (name) VALUES ('a') RETURNING id")
     app.fail_first = 2
     body = b'{"id": 1, "status": "delivered"}'
     await store.enqueue(pool, "callbacks", [{
@@ -96,7 +98,9 @@ async def test_retried_until_2xx_and_signed(pool, app) -> None:
     assert len(app.seen) == 3
     last = app.seen[-1]
     ts = last["headers"]["X-Smsgw-Timestamp"]
-    want = "sha256=" + hmac.new(b"s3cret", f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+    secret = hmac.new(SERVER_SECRET, f"callback:{acct}:1".encode(), hashlib.sha256).hexdigest()
+    want = "sha256=" + hmac.new(secret.encode(), f"{ts}.".encode() + body,
+                                hashlib.sha256).hexdigest()
     assert last["headers"]["X-Smsgw-Signature"] == want
     assert last["body"] == body and last["headers"]["Content-Type"] == "application/json"
     # the event log keeps the two failures; the success is the row's own `done`
@@ -212,16 +216,17 @@ async def test_timeout_counts_as_failure(pool) -> None:
     assert "Timeout" in row["last_error"]
 
 
-async def test_account_without_secret_is_sent_unsigned(pool, app) -> None:
-    """A status callback for an account with no callback_secret goes out unsigned, once."""
+async def test_account_callback_never_goes_unsigned(pool, app) -> None:
+    """Status callbacks are signed by default: without a server secret to derive the
+    account's secret from, the callback is retried (then dead), never sent unsigned."""
     acct = await pool.fetchval("INSERT INTO accounts (name) VALUES ('b') RETURNING id")
     await store.enqueue(pool, "callbacks", [{"kind": "status", "account_id": acct,
                                              "url": app.url(), "body": b"{}",
                                              "secret_ref": f"account:{acct}"}])
-    await run_until_final(pool, delivery(pool))
-    assert await pool.fetchval("SELECT status FROM callbacks") == "done"
-    [req] = app.seen
-    assert "X-Smsgw-Signature" not in req["headers"] and "X-Smsgw-Timestamp" in req["headers"]
+    await run_until_final(pool, delivery(pool, server_secret=None, max_attempts=2))
+    row = await pool.fetchrow("SELECT status, last_error FROM callbacks")
+    assert row["status"] == "dead" and "unresolved" in row["last_error"], dict(row)
+    assert app.seen == []
 
 
 async def test_batched_forwards_go_as_one_signed_json_array_per_request(
