@@ -56,6 +56,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote_from_bytes, urlsplit
 
+import asyncpg
+
 from services.bench import logscan
 from services.bench.stack import BENCH_ACCOUNT, Stack, StackOptions
 
@@ -850,7 +852,10 @@ async def slow_class(t: Target, rng: random.Random, result: ClassResult, *, limi
         ans = await exchange(t.host, t.port, ping, timeout_s=limit_s + 2)
         if ans.status is not None:
             answered = ans
-            break
+            if ans.status == 200:
+                break
+            if ans.status != 503 or "retry-after" not in ans.headers:
+                break  # anything but "retry later" is an answer to judge
         await asyncio.sleep(0.2)
     result.n += 1 + len(chosen) + idle
     if answered is None or answered.status != 200:
@@ -901,6 +906,7 @@ class AttackReport:
     scanned: list[Path] = field(default_factory=list)
     hits: list[logscan.Hit] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # receiver died, stack errors
+    secret_names: list[str] = field(default_factory=list)
     data_dir: Path | None = None
 
     @property
@@ -913,7 +919,12 @@ class AttackReport:
         out = [f"fuzz attacks (seed {self.seed})"]
         out += [c.summary() for c in self.classes]
         out.append(f"logscan {'FAIL' if self.hits else 'OK'} files={len(self.scanned)} "
-                   f"hits={len(self.hits)}")
+                   f"secrets={len(self.secret_names)} hits={len(self.hits)}")
+        root = self.data_dir
+        out.append("  logscan files: " + ", ".join(
+            str(p.relative_to(root)) if root and p.is_relative_to(root) else str(p)
+            for p in self.scanned))
+        out.append("  logscan secrets: " + ", ".join(self.secret_names))
         for c in self.classes:
             for f in c.failures[:detail]:
                 out.append(f"  {c.name}: {f}")
@@ -921,7 +932,7 @@ class AttackReport:
                 out.append(f"  {c.name}: … {len(c.failures) - detail} more")
             for line in c.log_excerpts[:detail]:
                 out.append(f"  {c.name} log: {line}")
-            for label in c.accepted_urls[:detail]:
+            for label in list(dict.fromkeys(c.accepted_urls))[:detail]:
                 out.append(f"  {c.name} accepted at intake (the canary decides): {label}")
         out += [f"  idna canary: {h}" for h in self.canary_hits[:detail]]
         out += [f"  logscan: {h}" for h in self.hits[:detail * 5]]
@@ -946,6 +957,23 @@ def receiver_timeout_keys(value: float) -> dict[str, Any]:
                 continue
             out[name] = value
     return out
+
+
+def receiver_connection_limit(value: int) -> dict[str, Any]:
+    """The `[receiver]` connection-limit key set to `value`, when this receiver has one: the
+    slow class then holds more idle connections than the limit."""
+    from pydantic import ValidationError
+
+    from services.receiver.options import ReceiverOptions
+
+    for name in ReceiverOptions.model_fields:
+        if "max_connections" in name or "connection_limit" in name:
+            try:
+                ReceiverOptions(**{name: value})
+            except ValidationError:
+                continue
+            return {name: value}
+    return {}
 
 
 def webhooks_lockdown() -> dict[str, Any]:
@@ -1022,6 +1050,35 @@ def _log_errors(path: Path, offset: int, redact: Callable[[str], str], n: int = 
     return out
 
 
+def _logged_exceptions(path: Path, offset: int) -> list[str]:
+    """One failure per distinct exception the receiver logged at error level since `offset`
+    (client input must be answered, not crash a handler or a protocol callback: each such line
+    is also a way to flood the log), by event, exception type and innermost frame."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except OSError:
+        return []
+    seen: dict[str, int] = {}
+    for raw in data.splitlines():
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            continue
+        if not isinstance(event, dict) or event.get("level") not in ("error", "critical") \
+                or not event.get("exception"):
+            continue
+        exc = event["exception"][0] if isinstance(event["exception"], list) else {}
+        frames = exc.get("frames") or [{}] if isinstance(exc, dict) else [{}]
+        where = f"{frames[-1].get('filename', '?')}:{frames[-1].get('lineno', '?')}"
+        key = (f"{str(event.get('event', '')).splitlines()[0][:90]} "
+               f"{exc.get('exc_type', '?') if isinstance(exc, dict) else '?'} at {where}")
+        seen[key] = seen.get(key, 0) + 1
+    return [f"receiver logged an exception for client input ({n}x): {key}"
+            for key, n in seen.items()]
+
+
 def make_redactor(secrets: dict[str, str]) -> Callable[[str], str]:
     """Replace every secret (any encoding the scanner knows) in a text by `<name>`."""
     forms = sorted(((f.decode("latin-1"), f"<{name}>") for name, v in secrets.items() if v
@@ -1051,19 +1108,20 @@ async def run_attacks(opts: AttackOptions) -> AttackReport:
                      "twilio": {"auth_token_env": ENV_NAMES["twilio"]},
                      "vonage": {"signature_secret_env": ENV_NAMES["vonage"]},
                      "generic": {GENERIC_SOURCE: {"secret_env": ENV_NAMES["generic"]}}},
-        "receiver": dict(timeouts),
+        "receiver": {**timeouts, **receiver_connection_limit(max(10, opts.idle // 3))},
     }
     limit = opts.slow_limit_s or (max(timeouts.values()) + 2.0 if timeouts else 10.0)
     canary = Canary()
     try:
         await canary.start()
         opts.say(f"canary on {', '.join(canary.addresses)} port {canary.port}; "
-                 f"receiver timeouts: {timeouts or 'none configurable'}")
+                 f"[receiver] slow-client keys: {stack.opts.sections['receiver'] or 'none'}")
         await stack.start()
         secret_values["api_key"] = stack.api_key
         pw = _database_password(stack)
         if pw:
             secret_values["database password"] = pw
+        secret_values.update(await _account_secrets(stack))
         await _run_classes(opts, stack, canary, secret_values, seed, limit, report)
     except Exception as exc:  # noqa: BLE001 — a stack that did not start is a result too
         report.problems.append(make_redactor(secret_values)(f"{type(exc).__name__}: {exc}")[:2000])
@@ -1087,6 +1145,24 @@ def _run_dir(given: Path | None, server_secret: str) -> Path:
     return data_dir
 
 
+async def _account_secrets(stack: Stack) -> dict[str, str]:
+    """The account's status-callback signing secret, when the schema keeps one readable."""
+    from shared import db
+
+    try:
+        conn = await db.connect(stack.dsn, **getattr(stack, "connect_kwargs", {}))
+    except (OSError, asyncpg.PostgresError):
+        return {}
+    try:
+        value = await conn.fetchval(
+            "SELECT callback_secret::text FROM accounts WHERE id = $1", stack.account_id)
+    except asyncpg.PostgresError:  # no such column (any more)
+        return {}
+    finally:
+        await conn.close()
+    return {"callback secret": value} if value else {}
+
+
 def _database_password(stack: Stack) -> str | None:
     """The database password of the run (in the URL, or the embedded cluster's file)."""
     pw = urlsplit(stack.dsn).password
@@ -1099,6 +1175,7 @@ def _database_password(stack: Stack) -> str | None:
 def _scan(report: AttackReport, data_dir: Path, secret_values: dict[str, str]) -> None:
     """Scan every file of the run but the secret files themselves."""
     excluded = [p for p in logscan.run_files(data_dir) if _is_secret_file(p, secret_values)]
+    report.secret_names = sorted(k for k, v in secret_values.items() if v)
     report.scanned = logscan.run_files(data_dir, exclude=excluded)
     report.hits = logscan.scan(report.scanned, secret_values)
 
@@ -1157,6 +1234,7 @@ async def _run_classes(opts: AttackOptions, stack: Stack, canary: Canary,
             result.failures.append(f"receiver not alive after the class: ping "
                                    f"{alive.status or alive.error}, pid {pid} → {now_pid}")
             pid = now_pid
+        result.failures += await asyncio.to_thread(_logged_exceptions, log_path, offset)
         result.failures = [redact(f) for f in result.failures]
         result.log_excerpts = _log_errors(log_path, offset, redact)
         result.seconds = time.monotonic() - started
