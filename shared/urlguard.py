@@ -31,6 +31,7 @@ An IPv6 address that embeds an IPv4 one (IPv4-mapped `::ffff:a.b.c.d`, IPv4-comp
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -193,18 +194,35 @@ def check_url(url: str, *, allowed_networks: Iterable[Any] | AddressPolicy = ())
     """Return `url` if it is an acceptable http(s) callback URL; raise `UnsafeUrl` otherwise.
 
     The host is judged as the HTTP client will see it (see the module docstring)."""
+    networks = (allowed_networks.networks if isinstance(allowed_networks, AddressPolicy)
+                else AddressPolicy(allowed_networks).networks)
+    error = _verdict(url, networks)
+    if error is not None:
+        raise UnsafeUrl(error)
+    return url
+
+
+@functools.lru_cache(maxsize=1024)
+def _verdict(url: str, networks: tuple[Network, ...]) -> str | None:
+    # Cached: a batch of messages usually repeats one callback URL (the yarl parse and IDNA
+    # mapping are most of the cost). Pure: the same URL and networks give the same verdict.
+    try:
+        _check(url, AddressPolicy(networks))
+    except UnsafeUrl as exc:
+        return str(exc)
+    return None
+
+
+def _check(url: str, policy: AddressPolicy) -> None:
     host = check_url_form(url)
-    policy = (allowed_networks if isinstance(allowed_networks, AddressPolicy)
-              else AddressPolicy(allowed_networks))
     if host in _LOCAL_NAMES or host.endswith(".localhost"):
         if not any(policy.allows(a) for a in _LOCAL_ADDRESSES):
             raise UnsafeUrl(f"host {host} is loopback, outside [webhooks] allowed_networks")
-        return url
+        return
     address = host_address(host)
     if address is not None:
         policy.check(address, f"host {host}" + (f" ({address})" if str(address) != host
                                                 else ""))
-    return url
 
 
 class GuardedResolver(AbstractResolver):
