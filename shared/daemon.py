@@ -59,6 +59,7 @@ from aiohttp import web
 from shared import db, lifecycle, systemd
 from shared.config import AppConfig, DaemonSection, load_config
 from shared.errors import ConfigError, DatabaseUnavailable, SchemaVersionError
+from shared.httpguard import HttpLimits
 from shared.logging import configure_logging, get_logger, set_level
 from shared.metrics import HttpSite, RuntimeMetrics, create_registry, health_app
 from shared.periodic import Job, run_periodic
@@ -184,12 +185,14 @@ class Daemon(Generic[S]):
         self._helpers.append((f"periodic.{name}", loop))
 
     async def add_site(self, name: str, app: web.Application, host: str, port: int, *,
-                       access_log: bool = True) -> int:
+                       access_log: bool = True, limits: HttpLimits | None = None) -> int:
         """Serve `app` on host:port now (before READY=1); return the real port (port 0 = any).
 
         The site stops accepting as soon as the drain starts (in-flight requests finish).
+        `limits`: header/body deadlines, keep-alive idle and connection cap (default
+        `HttpLimits()`: 10 s, 30 s, 15 s, 1,000), as on the health/metrics site.
         """
-        site = HttpSite(name, app, host, port, access_log=access_log)
+        site = HttpSite(name, app, host, port, access_log=access_log, limits=limits)
         real = await site.start()
         self._sites.append(site)
         self.log.info("http_site_started", site=name, host=host, port=real)

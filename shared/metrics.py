@@ -27,6 +27,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from shared.httpguard import GuardedAppRunner, HttpLimits
 from shared.lifecycle import SITE_CLOSE_TIMEOUT_S
 
 _access_log = structlog.stdlib.get_logger("aiohttp.access")
@@ -157,14 +158,16 @@ class HttpSite:
     """One aiohttp app served on host:port; `port` is the real port (0 picks a free one)."""
 
     def __init__(self, name: str, app: web.Application, host: str, port: int, *,
-                 access_log: bool = False) -> None:
+                 access_log: bool = False, limits: HttpLimits | None = None) -> None:
         self.name = name
         self.host = host
         self.port = port
         # access_log=None turns aiohttp's access log off (the health site is scraped often).
         extra: dict[str, Any] = ({"access_log_class": JsonAccessLogger} if access_log
                                  else {"access_log": None})
-        self._runner = web.AppRunner(app, shutdown_timeout=SITE_SHUTDOWN_TIMEOUT_S, **extra)
+        # header/body deadlines, keep-alive idle timeout and a connection cap (httpguard)
+        self._runner = GuardedAppRunner(app, limits=limits or HttpLimits(),
+                                        shutdown_timeout=SITE_SHUTDOWN_TIMEOUT_S, **extra)
         self._closed = False
 
     async def start(self) -> int:

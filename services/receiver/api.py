@@ -27,6 +27,7 @@ from services.receiver.store import MtItem, MtOutcome, MtResult, find_message
 from shared.apikeys import Account
 from shared.errors import DatabaseUnavailable
 from shared.groupcommit import CONNECTION_ERRORS, IntakeClosed, IntakeFull
+from shared.httpguard import BodyTimeout
 from shared.numbers import InvalidNumber, normalise_recipient, normalise_sender
 from shared.smpp.text import estimate
 from shared.urlguard import UnsafeUrl, check_url
@@ -117,6 +118,10 @@ async def read_body(request: web.Request, ctx: ReceiverContext) -> bytes:
         ctx.metrics.requests_rejected.labels(reason="too_large").inc()
         raise Rejected(error(413, "too_large", f"request body larger than {limit} bytes")) \
             from exc
+    except (BodyTimeout, ConnectionResetError) as exc:  # too slow (httpguard), or gone
+        ctx.metrics.requests_rejected.labels(reason="timeout").inc()
+        raise Rejected(error(408, "timeout", "request body not received in time",
+                             headers={"Connection": "close"})) from exc
 
 
 def unavailable_for(ctx: ReceiverContext, exc: BaseException) -> web.Response:

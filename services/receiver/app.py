@@ -38,7 +38,9 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
     settings_model = ReceiverSettings
     reload_help = "watermarks, limits, webhook secrets and connector rates"
     restart_only_keys = (*Daemon.restart_only_keys, "daemon.http_host", "daemon.http_port",
-                         "daemon.smpp_binds")
+                         "daemon.smpp_binds", "daemon.http_header_timeout_s",
+                         "daemon.http_body_timeout_s", "daemon.http_keepalive_s",
+                         "daemon.http_max_connections")
     extra_sites = 1  # the API site (for the stop budget)
 
     ctx: ReceiverContext
@@ -65,7 +67,7 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
                           self.ctx.ratelimit.sync, locked=False)
         self.api_port = await self.add_site("api", self._api_app(), self.settings.http_host,
                                             self.settings.resolved_http_port(self.instance),
-                                            access_log=False)
+                                            access_log=False, limits=self.settings.http_limits())
         if self.settings.smpp_binds and receiver_connectors(self.config.connectors):
             assert self.config.database.url is not None
             self.smpp = SmppIntake(self.config.connectors, self.config.database.url,

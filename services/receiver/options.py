@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.httpguard import HttpLimits
+
 RECEIVER_HTTP_PORT_BASE = 8080
 
 
@@ -63,6 +65,22 @@ class ReceiverOptions(BaseModel):
     # a fragment re-sent within this window after its message was reassembled (same content)
     # is a duplicate, not the start of a new message
     mo_fragment_replay_s: float = Field(default=120, gt=0)
+
+    # slow and idle clients on the API site (shared/httpguard.py): a request's head must
+    # arrive within http_header_timeout_s of the connection (or of its first byte), its body
+    # within http_body_timeout_s of the head; an idle keep-alive connection is closed after
+    # http_keepalive_s; connections beyond http_max_connections get 503 and are closed
+    http_header_timeout_s: float = Field(default=10.0, gt=0)
+    http_body_timeout_s: float = Field(default=30.0, gt=0)
+    http_keepalive_s: float = Field(default=15.0, gt=0)
+    http_max_connections: int = Field(default=1000, ge=1)
+
+    def http_limits(self) -> HttpLimits:
+        """The API site's `HttpLimits`."""
+        return HttpLimits(header_timeout_s=self.http_header_timeout_s,
+                          body_timeout_s=self.http_body_timeout_s,
+                          keepalive_s=self.http_keepalive_s,
+                          max_connections=self.http_max_connections)
 
     def resolved_http_port(self, instance: int) -> int:
         """The API port: configured, else 8080 + (instance - 1)."""

@@ -45,7 +45,9 @@ class SimConfig:
     (registered_delivery bit 0) after that delay, with a stat drawn from `receipt_stats`
     (weights); `mo_rate` MO messages per second per rx/trx bind (0: none); `max_binds`
     limits concurrent binds; `keep_submits` records every submit in `Simulator.submits`;
-    `ssl` (a server context) makes it an SMPP-over-TLS endpoint.
+    `ssl` (a server context) makes it an SMPP-over-TLS endpoint. As a real SMSC does, a
+    connection that has not bound within `bind_timeout_s`, or a bound one that sends nothing
+    (not even enquire_link) for `idle_timeout_s`, is closed (None: never).
     """
 
     host: str = "127.0.0.1"
@@ -68,6 +70,8 @@ class SimConfig:
     keep_submits: bool = True
     seed: int | None = None
     ssl: SSLContext | None = None
+    bind_timeout_s: float | None = 30.0
+    idle_timeout_s: float | None = 180.0
 
 
 @dataclass(slots=True)
@@ -110,6 +114,7 @@ class SimCounters:
     enquire_links: int = 0
     generic_nacks_sent: int = 0
     protocol_errors: int = 0
+    idle_closed: int = 0  # connections closed for not binding or for going quiet
     receipts_sent: int = 0
     receipts_redelivered: int = 0
     receipts_given_up: int = 0
@@ -152,6 +157,8 @@ class _Connection(asyncio.Protocol):
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.mo_task: asyncio.Task[None] | None = None
         self.out: list[bytes] = []
+        self.last_rx = 0.0  # loop time of the last byte from the ESME
+        self.idle_timer: asyncio.TimerHandle | None = None
 
     # asyncio.Protocol ----------------------------------------------------------------------
 
@@ -159,8 +166,35 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         self.sim.connections.add(self)
         self.sim.counters.connections += 1
+        loop = asyncio.get_running_loop()
+        self.last_rx = loop.time()
+        first = self.sim.config.bind_timeout_s or self.sim.config.idle_timeout_s
+        if first is not None:
+            self.idle_timer = loop.call_later(first, self._check_idle)
+
+    def _check_idle(self) -> None:
+        """Close a connection that never bound, or went quiet; otherwise look again later."""
+        self.idle_timer = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        cfg = self.sim.config
+        loop = asyncio.get_running_loop()
+        if self.bind_mode is None and cfg.bind_timeout_s is not None:
+            due = loop.time()  # armed at connect + bind_timeout_s and still not bound
+        elif cfg.idle_timeout_s is not None:
+            due = self.last_rx + cfg.idle_timeout_s
+        else:
+            return
+        if loop.time() >= due:
+            self.sim.counters.idle_closed += 1
+            self.close()
+            return
+        self.idle_timer = loop.call_at(due, self._check_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
         self.sim.connections.discard(self)
         if self.bind_mode is not None:
             self.sim.counters.current_binds -= 1
@@ -172,6 +206,7 @@ class _Connection(asyncio.Protocol):
                 fut.cancel()
 
     def data_received(self, data: bytes) -> None:
+        self.last_rx = asyncio.get_running_loop().time()
         self.decoder.feed(data)
         submits = 0
         while True:

@@ -1,0 +1,184 @@
+"""Slow and idle HTTP clients: header and body deadlines, keep-alive idle timeout, a
+connection cap — for every aiohttp site the daemons serve (the receiver's API, health/metrics).
+
+aiohttp's server has a keep-alive timer but no deadline for a request's head or body: a client
+that sends one header byte every few seconds, or trickles a body, holds its connection (and a
+file descriptor) for as long as it likes, and nothing bounds the number of connections.
+`GuardedAppRunner` is an `aiohttp.web.AppRunner` whose connections are `_GuardedHandler`s:
+
+* `header_timeout_s`: from the connection's start, or from the first byte of a following
+  request, until the request head (request line and headers) is complete; else closed;
+* `body_timeout_s`: from the end of the head until the body is complete; else the handler's
+  read fails with `BodyTimeout` and the connection is closed;
+* `keepalive_s`: an idle keep-alive connection (no byte of a next request) is closed after this
+  (aiohttp's own `keepalive_timeout`, whose default is an hour);
+* `max_connections`: a connection beyond the cap is answered `503` and closed at once.
+
+These are protocol-level timers (one `call_at` handle per phase, no task per connection); the
+request path is unchanged. A client that completes requests keeps its connection: the limits
+bound the time between them, not a connection's life.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
+
+from shared.logging import get_logger
+
+log = get_logger("smsgw.http")
+
+REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+           b"Content-Length: 21\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+           b"too many connections\n")
+REFUSAL_LOG_EVERY_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """Deadlines and the connection cap of one HTTP site (see the module docstring)."""
+
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keepalive_s: float = 15.0
+    max_connections: int = 1000
+
+
+class BodyTimeout(asyncio.TimeoutError):
+    """The request body did not arrive within `body_timeout_s` (raised in the handler's read)."""
+
+
+class GuardedAppRunner(web.AppRunner):
+    """`web.AppRunner` whose server applies `HttpLimits` to every connection."""
+
+    def __init__(self, app: web.Application, *, limits: HttpLimits, **kwargs: Any) -> None:
+        kwargs["keepalive_timeout"] = limits.keepalive_s
+        super().__init__(app, **kwargs)
+        self.limits = limits
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _GuardedServer  # same state; only __call__ differs
+        assert isinstance(server, _GuardedServer)
+        server.limits = self.limits
+        server.active = 0
+        server.refused = 0
+        server.refusal_logged = 0.0
+        return server
+
+
+class _GuardedServer(web.Server):
+    """Makes `_GuardedHandler`s; past `max_connections` a `_Refuse` instead."""
+
+    limits: HttpLimits
+    active: int
+    refused: int
+    refusal_logged: float
+
+    def __call__(self) -> Any:
+        if self.active >= self.limits.max_connections:
+            self.refused += 1
+            now = time.monotonic()
+            if now - self.refusal_logged >= REFUSAL_LOG_EVERY_S:
+                self.refusal_logged = now
+                log.warning("http_connections_refused", max_connections=self.limits.max_connections,
+                            refused_total=self.refused)
+            return _Refuse()
+        self.active += 1
+        return _GuardedHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _Refuse(asyncio.Protocol):
+    """A connection over the cap: one 503 answer, then closed, nothing read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(REFUSED)  # type: ignore[attr-defined]  # uvloop's is no subclass
+        transport.close()
+
+
+class _GuardedHandler(RequestHandler):
+    """aiohttp's request handler with a header and a body deadline (see the module docstring)."""
+
+    __slots__ = ("_counted", "_guard_body", "_guard_header", "_guard_payload")
+
+    def __init__(self, manager: _GuardedServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._counted = True
+        self._guard_header: asyncio.TimerHandle | None = None
+        self._guard_body: asyncio.TimerHandle | None = None
+        self._guard_payload: StreamReader | None = None
+
+    @property
+    def _limits(self) -> HttpLimits:
+        manager = self._manager
+        return manager.limits if isinstance(manager, _GuardedServer) else HttpLimits()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_header()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        manager = self._manager
+        if self._counted and isinstance(manager, _GuardedServer):
+            self._counted = False
+            manager.active -= 1
+        self._cancel_header()
+        self._cancel_body()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:  # a request head is complete
+            self._cancel_header()
+            payload = self._messages[-1][1] if self._messages else None
+            if isinstance(payload, StreamReader) and not payload.is_eof():
+                self._arm_body(payload)
+        elif data and self._guard_header is None and not self._in_body():
+            self._arm_header()  # the first byte of the next request
+        if self._guard_payload is not None and self._guard_payload.is_eof():
+            self._cancel_body()
+
+    def _in_body(self) -> bool:
+        return self._guard_payload is not None and not self._guard_payload.is_eof()
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def _arm_header(self) -> None:
+        self._cancel_header()
+        self._guard_header = self._loop.call_later(self._limits.header_timeout_s,
+                                                   self._header_expired)
+
+    def _cancel_header(self) -> None:
+        if self._guard_header is not None:
+            self._guard_header.cancel()
+            self._guard_header = None
+
+    def _header_expired(self) -> None:
+        self._guard_header = None
+        self.force_close()
+
+    def _arm_body(self, payload: StreamReader) -> None:
+        self._cancel_body()
+        self._guard_payload = payload
+        self._guard_body = self._loop.call_later(self._limits.body_timeout_s,
+                                                 self._body_expired)
+
+    def _cancel_body(self) -> None:
+        if self._guard_body is not None:
+            self._guard_body.cancel()
+            self._guard_body = None
+        self._guard_payload = None
+
+    def _body_expired(self) -> None:
+        payload, self._guard_body = self._guard_payload, None
+        self._guard_payload = None
+        if payload is not None and not payload.is_eof():
+            payload.set_exception(BodyTimeout("request body not received in time"))
+            self.force_close()
