@@ -143,8 +143,10 @@ class SlotLocker:
     """
 
     def __init__(self, dsn: str, connector: str, *, connect_timeout_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 password: str | Callable[[], str] | None = None) -> None:
         self.dsn = dsn
+        self._password = password  # never in the DSN (DatabaseSettings.connect_kwargs)
         self.connector = connector
         self.classid = slot_classid(connector)
         self.connect_timeout_s = connect_timeout_s
@@ -154,6 +156,7 @@ class SlotLocker:
     async def _spare_conn(self) -> asyncpg.Connection:
         if self._spare is None or self._spare.is_closed():
             self._spare = await db.connect(self.dsn, timeout=self.connect_timeout_s,
+                                           password=self._password,
                                            server_settings={"application_name":
                                                             f"smsgw-bindslot:{self.connector}"})
         return self._spare
@@ -244,7 +247,8 @@ class BindManager:
                  session_factory: SessionFactory | None = None,
                  on_up: UpGauge | None = None,
                  retry_s: float = 2.0, check_s: float = 1.0, grace_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 password: str | Callable[[], str] | None = None) -> None:
         self.connector = connector
         self.bind_mode = bind_mode_of(mode)
         self.mode = bind_label(mode)
@@ -258,7 +262,7 @@ class BindManager:
         # timeout); waiting longer before binding keeps the global count at `binds`.
         self.grace_s = 2.0 * check_s + 0.5 if grace_s is None else grace_s
         self.clock = clock
-        self.locker = SlotLocker(dsn, connector.name, clock=clock)
+        self.locker = SlotLocker(dsn, connector.name, clock=clock, password=password)
         self._runs: dict[int, _SlotRun] = {}
         self._wake = asyncio.Event()
         self._closed = False

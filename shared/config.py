@@ -119,14 +119,35 @@ class SecretSection(Section):
 
 # --- shared sections ----------------------------------------------------------------------
 
-class DatabaseSettings(Section):
-    """`[database]`: the Postgres every daemon shares (`SMSGW_DATABASE_URL` for `url`)."""
+class DatabaseSettings(SecretSection):
+    """`[database]`: the Postgres every daemon shares (`SMSGW_DATABASE_URL` for `url`).
 
+    The password comes from `password_env` or `password_file` (what `smsgw up` writes for its
+    embedded Postgres) and is passed to the driver separately, never inside `url`.
+    """
+
+    _secrets: ClassVar[dict[str, tuple[str, str]]] = {
+        "password": ("password_env", "password_file")}
     url: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    password: SecretStr | None = Field(default=None, exclude=True)
     pool_min_size: int = Field(default=2, ge=0)
     pool_max_size: int = Field(default=10, ge=1)
     connect_timeout_s: float = Field(default=5, gt=0)
     command_timeout_s: float = Field(default=30, gt=0)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> Self:
+        if self.password is not None and self.url and _url_password(self.url) is not None:
+            raise ValueError("url carries a password and password_env/password_file is set: "
+                             "keep the password out of the URL")
+        return self
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """What asyncpg's connect/create_pool take next to `url`: the password, as a callable
+        (asyncpg calls it per connection), so the plain value sits in no argument or local."""
+        return {"password": self.password.get_secret_value} if self.password else {}
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # The URL may carry a password: never show it in repr (logs use `redacted_url`).
@@ -346,6 +367,12 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)
     userinfo = netloc[0].split(":", 1)[0]
     return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+
+
+def _url_password(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).password
 
 
 def load_config(daemon: str, section_model: type[D], *, path: str | None,

@@ -362,7 +362,8 @@ class Daemon(Generic[S]):
                     self.log.warning("database_connect_retry", attempt=attempt.num)
                 return await db.create_pool(
                     cfg.url, min_size=cfg.pool_min_size, max_size=cfg.pool_max_size,
-                    timeout=cfg.connect_timeout_s, command_timeout=cfg.command_timeout_s)
+                    timeout=cfg.connect_timeout_s, command_timeout=cfg.command_timeout_s,
+                    **cfg.connect_kwargs())
         raise AssertionError("unreachable: retry_context retries forever")
 
     async def _until_stopped(self, coro: Awaitable[T]) -> T | None:
@@ -382,7 +383,8 @@ class Daemon(Generic[S]):
     async def _start_listener(self, stack: AsyncExitStack) -> bool:
         assert self.config.database.url is not None
         listener = Listener(self.config.database.url, list(self.listen_channels),
-                            on_reconnect=self._on_listener_reconnect)
+                            on_reconnect=self._on_listener_reconnect,
+                            **self.config.database.connect_kwargs())
         if not await self._until_stopped(self._start_with_retry(listener)):
             return False
         self.listener = listener

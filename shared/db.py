@@ -99,7 +99,8 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
 
     `min_size`/`max_size` bound the connections this process holds; the pool size is a limit
     (acquire waits), never an unbounded queue. A released connection is reset only if it was
-    marked with `mark_session_state` (see `_reset`).
+    marked with `mark_session_state` (see `_reset`). `kwargs` go to asyncpg (e.g. `password`,
+    which never belongs in `dsn`: see `DatabaseSettings.connect_kwargs`).
     """
     return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
                                      init=_init_connection, reset=_reset, **kwargs)
@@ -120,13 +121,14 @@ async def current_version(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
 
 
-async def migrate(dsn: str, *, target: int | None = None) -> list[str]:
+async def migrate(dsn: str, *, target: int | None = None, **connect_kwargs: Any) -> list[str]:
     """Apply the missing migrations (up to `target`, default all); return the names applied.
 
     Runs under a session advisory lock so concurrent callers wait for each other; the second
-    caller then finds nothing left to do.
+    caller then finds nothing left to do. `connect_kwargs` go to asyncpg.connect (`password`:
+    `DatabaseSettings.connect_kwargs()`).
     """
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, **connect_kwargs)
     applied: list[str] = []
     try:
         await _take_migration_lock(conn)

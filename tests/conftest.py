@@ -40,7 +40,9 @@ def pg_server() -> Iterator[dict[str, object]]:
     cluster = EmbeddedPostgres(tmp / "data", fsync=False)
     cluster.start()
     try:
-        yield {"url": cluster.dsn, "cluster": cluster}
+        # The cluster requires its generated password; test code takes one URL, so it rides in
+        # the URL here (a throwaway cluster; the daemons log URLs redacted).
+        yield {"url": cluster.url_with_password(), "cluster": cluster}
     finally:
         cluster.stop(mode="immediate")
 

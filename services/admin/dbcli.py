@@ -5,6 +5,8 @@ The database URL comes from, in order: `--database-url`, `SMSGW_DATABASE_URL` / 
 (`--config`, default `smsgw.toml` when present; loaded with `shared.config.load_shared`, so the
 same validation as the daemons), and last the config `smsgw up` wrote into its data folder
 (`--data-dir`, default `./.smsgw`) — so `smsgw trace 42` works next to a running `smsgw up`.
+The password comes with the URL's config (`[database] password_file` / `password_env`: `smsgw up`
+names its embedded Postgres' password file), never inside the URL.
 """
 
 from __future__ import annotations
@@ -51,16 +53,22 @@ def add_common_args(parser: argparse.ArgumentParser, *, json_flag: bool = True) 
 
 def database_url(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> str:
     """Resolve the database URL for an admin command (see the module docstring)."""
+    return database_target(args, env)[0]
+
+
+def database_target(args: argparse.Namespace,
+                    env: Mapping[str, str] = os.environ) -> tuple[str, dict[str, Any]]:
+    """The database URL and the asyncpg keyword arguments (the password) that go with it."""
     if args.database_url:
-        return str(args.database_url)
+        return str(args.database_url), {}
     shared = load_shared(args.config, env)
     if shared.database.url:
-        return shared.database.url
+        return shared.database.url, shared.database.connect_kwargs()
     up_config = Path(args.data_dir) / UP_CONFIG_NAME
     if args.config is None and up_config.is_file():
-        url = load_shared(str(up_config), env).database.url
-        if url:
-            return url
+        database = load_shared(str(up_config), env).database
+        if database.url:
+            return database.url, database.connect_kwargs()
     raise ConfigError(["database.url: not configured (use --database-url, SMSGW_DATABASE_URL, "
                        "[database] url, or run next to `smsgw up`'s data folder)"])
 
@@ -68,14 +76,14 @@ def database_url(args: argparse.Namespace, env: Mapping[str, str] = os.environ) 
 def run(body: Callable[[asyncpg.Connection], Awaitable[int]], args: argparse.Namespace) -> int:
     """Connect, run `body(conn)`, close; map config and connection errors to exit codes."""
     try:
-        url = database_url(args)
+        url, connect_kwargs = database_target(args)
     except ConfigError as exc:
         for err in exc.errors:
             sys.stderr.write(f"{err}\n")
         return EXIT_CONFIG
 
     async def main() -> int:
-        conn = await db.connect(url, timeout=10)
+        conn = await db.connect(url, timeout=10, **connect_kwargs)
         try:
             return await body(conn)
         finally:

@@ -11,6 +11,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
@@ -34,8 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _pending(dsn: str, target: int | None) -> tuple[int, list[db.Migration]]:
-    conn = await asyncpg.connect(dsn)
+async def _pending(dsn: str, target: int | None,
+                   connect_kwargs: dict[str, Any]) -> tuple[int, list[db.Migration]]:
+    conn = await asyncpg.connect(dsn, **connect_kwargs)
     try:
         current = await db.current_version(conn)
         done = set()
@@ -49,8 +51,9 @@ async def _pending(dsn: str, target: int | None) -> tuple[int, list[db.Migration
     return current, todo
 
 
-async def _run(dsn: str, target: int | None, dry_run: bool) -> int:
-    current, todo = await _pending(dsn, target)
+async def _run(dsn: str, target: int | None, dry_run: bool,
+               connect_kwargs: dict[str, Any]) -> int:
+    current, todo = await _pending(dsn, target, connect_kwargs)
     out = sys.stdout
     out.write(f"database {redact_url(dsn)}: schema at version {current}, "
               f"this release has {db.schema_needed()}\n")
@@ -60,7 +63,7 @@ async def _run(dsn: str, target: int | None, dry_run: bool) -> int:
     if dry_run:
         out.write("would apply:\n" + "".join(f"  {m.name}\n" for m in todo))
         return 0
-    applied = await db.migrate(dsn, target=target)
+    applied = await db.migrate(dsn, target=target, **connect_kwargs)
     out.write("applied:\n" + "".join(f"  {name}\n" for name in applied) if applied
               else "nothing applied: another migrate ran them first\n")
     return 0
@@ -83,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "(set [database] url or SMSGW_DATABASE_URL)\n")
         return EXIT_CONFIG
     try:
-        return asyncio.run(_run(config.database.url, args.target, args.dry_run))
+        return asyncio.run(_run(config.database.url, args.target, args.dry_run,
+                                config.database.connect_kwargs()))
     except (OSError, asyncpg.PostgresError) as exc:
         sys.stderr.write(f"smsgw migrate: database error: {type(exc).__name__}: {exc}\n")
         return 1

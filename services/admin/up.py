@@ -6,7 +6,10 @@ What it does, in order:
    `SMSGW_DATABASE_URL`), it runs an embedded Postgres from the system's binaries in
    `DATA_DIR/pg` (default `./.smsgw/pg`) on 127.0.0.1, with **fsync on** (the data is
    durable; the test suite's throwaway clusters are the only ones with fsync off). A second
-   run reuses the folder and its data.
+   run reuses the folder and its data. Every connection needs the generated password of the
+   `postgres` role (scram-sha-256), kept in `DATA_DIR/pg-password` (0600); the generated config
+   names that file (`[database] password_file`). A folder from an older release that trusted
+   every local user is converted on the next run. The data folder is 0700, its logs 0600.
 2. **Schema.** `shared.db.migrate` (the same code as `smsgw migrate`).
 3. **Demo data, first run only.** An account `demo` with an API key (printed, and kept in
    `DATA_DIR/demo-api-key`, mode 0600) and a small rule set (`demo_rules.json`, imported with
@@ -60,7 +63,9 @@ from typing import Any
 import asyncpg
 
 from shared import db
+from shared.config import redact_url, resolve_secret
 from shared.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError, free_port
+from shared.errors import ConfigError
 
 DEFAULT_DATA_DIR = ".smsgw"
 DATABASE_NAME = "smsgw"
@@ -242,11 +247,17 @@ def make_plan(opts: Options, env: Mapping[str, str]) -> Plan:
 
 
 def generated_config(plan: Plan, opts: Options, *, database_url: str, secret_file: Path,
-                     say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """The user's config plus what `up` supplies: database, simulator connector, secret."""
+                     say: Callable[[str], None] | None = None,
+                     password_file: Path | None = None) -> dict[str, Any]:
+    """The user's config plus what `up` supplies: database (the embedded Postgres' URL and
+    the file holding its password, never the password), simulator connector, secret."""
     cfg: dict[str, Any] = json.loads(json.dumps(plan.user_config))  # deep copy
     if plan.embedded_pg:
-        cfg.setdefault("database", {})["url"] = database_url
+        database = cfg.setdefault("database", {})
+        database["url"] = database_url
+        if password_file is not None:
+            database.pop("password_env", None)
+            database["password_file"] = str(password_file)
     security = cfg.setdefault("security", {})
     if not (security.get("server_secret_env") or security.get("server_secret_file")):
         security["server_secret_file"] = str(secret_file)
@@ -293,15 +304,24 @@ def server_secret(data_dir: Path) -> Path:
 
 def start_embedded(opts: Options, say: Callable[[str], None]) -> EmbeddedPostgres:
     """Start (or reuse, when a previous run left it running) the embedded cluster."""
-    pg = EmbeddedPostgres(opts.data_dir / "pg", port=opts.pg_port or free_port(), fsync=True)
+    pg = EmbeddedPostgres(opts.data_dir / "pg", port=opts.pg_port or free_port(), fsync=True,
+                          password_file=opts.data_dir / "pg-password")
+    done = pg.secure()  # a cluster from an older release that trusted everyone: converted
+    if done:
+        say(f"postgres: {done}")
     if pg.initialised() and pg.running():
+        pg.ensure_reachable()
         pg.port = _running_port(pg.datadir) or pg.port
         say(f"postgres: reusing the server already running in {pg.datadir} (port {pg.port})")
         return pg
     fresh = not pg.initialised()
     pg.start()
+    for folder in pg.granted:
+        say(f"postgres: the server runs as {pg.user!r} (never as root), which could not reach "
+            f"{pg.datadir}: gave that user alone search (x) permission on {folder} with an ACL "
+            f"entry (see `getfacl {folder}`; undo with `setfacl -x u:{pg.user} {folder}`)")
     say(f"postgres: {'created' if fresh else 'started'} {pg.datadir} on 127.0.0.1:{pg.port} "
-        "(embedded, fsync on)")
+        f"(embedded, fsync on, password authentication; password in {pg.pw_file})")
     return pg
 
 
@@ -313,9 +333,22 @@ def _running_port(datadir: Path) -> int | None:
         return None
 
 
-async def ensure_database(admin_dsn: str, name: str) -> None:
-    """CREATE DATABASE `name` unless it exists."""
-    conn = await asyncpg.connect(admin_dsn)
+def user_database_password(plan: Plan, env: Mapping[str, str]) -> dict[str, Any]:
+    """asyncpg's `password` for the user's own database, from `[database] password_env` /
+    `password_file` (or their SMSGW_DATABASE__* overrides), as the daemons will read it."""
+    section = plan.user_config.get("database", {})
+    env_name = env.get("SMSGW_DATABASE__PASSWORD_ENV", section.get("password_env"))
+    file_path = env.get("SMSGW_DATABASE__PASSWORD_FILE", section.get("password_file"))
+    try:
+        secret = resolve_secret(env_name, file_path, env)
+    except ValueError as exc:
+        raise ConfigError([f"database: {exc}"]) from None
+    return {"password": secret.get_secret_value} if secret is not None else {}
+
+
+async def ensure_database(admin_dsn: str, name: str, **connect_kwargs: Any) -> None:
+    """CREATE DATABASE `name` unless it exists (`connect_kwargs`: the password)."""
+    conn = await asyncpg.connect(admin_dsn, **connect_kwargs)
     try:
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
             await conn.execute(f'CREATE DATABASE "{name}"')
@@ -328,11 +361,12 @@ def read_secret(path: Path) -> bytes:
     return path.read_text("utf-8").rstrip("\r\n").encode()
 
 
-async def ensure_demo_account(dsn: str, secret: bytes, key_file: Path) -> str:
+async def ensure_demo_account(dsn: str, secret: bytes, key_file: Path,
+                              **connect_kwargs: Any) -> str:
     """Create the demo account (once) and a key for it; store the key in `key_file`."""
     from shared import apikeys
 
-    conn = await db.connect(dsn)
+    conn = await db.connect(dsn, **connect_kwargs)
     try:
         account_id = await conn.fetchval(
             "INSERT INTO accounts (name) VALUES ($1) ON CONFLICT (name) DO UPDATE"
@@ -628,7 +662,7 @@ def endpoints(opts: Options, children: list[Child], key_file: Path | None,
         "children": {c.name: c.proc.pid if c.proc else None for c in children},
         "restarts": {c.name: c.restarts for c in children},
         "api_key_file": str(key_file) if key_file else None,
-        "database_url": database_url,
+        "database_url": redact_url(database_url),
         "pid": os.getpid(),
     }
 
@@ -679,21 +713,24 @@ async def _bootstrap(opts: Options, plan: Plan,
     """Database, migrations, config file, demo data. Returns (dsn, key, key file)."""
     secret_file = server_secret(opts.data_dir)
     if pg is not None:
-        await ensure_database(pg.dsn, DATABASE_NAME)
+        connect_kwargs = pg.connect_kwargs()
+        await ensure_database(pg.dsn, DATABASE_NAME, **connect_kwargs)
         dsn = pg.dsn_for(DATABASE_NAME)
     else:
         assert plan.database_url is not None
         dsn = plan.database_url
-    applied = await db.migrate(dsn)
+        connect_kwargs = user_database_password(plan, os.environ)
+    applied = await db.migrate(dsn, **connect_kwargs)
     _say(f"migrations: {', '.join(applied) if applied else 'schema up to date'}")
-    cfg = generated_config(plan, opts, database_url=dsn, secret_file=secret_file, say=_say)
+    cfg = generated_config(plan, opts, database_url=dsn, secret_file=secret_file, say=_say,
+                           password_file=pg.pw_file if pg is not None else None)
     write_config(plan.config_path, cfg)
     key_file = opts.data_dir / "demo-api-key"
     if not opts.demo:
         return dsn, None, None
     if key_file.exists():  # not the first run: the demo data is there
         return dsn, read_secret(key_file).decode(), key_file
-    key = await ensure_demo_account(dsn, read_secret(secret_file), key_file)
+    key = await ensure_demo_account(dsn, read_secret(secret_file), key_file, **connect_kwargs)
     _say(f"created account {DEMO_ACCOUNT!r} and its API key (kept in {key_file})")
     await _import_demo_rules(plan.config_path)
     return dsn, key, key_file
@@ -784,5 +821,9 @@ def main(argv: list[str]) -> int:
     except EmbeddedPostgresError as exc:
         _say(f"embedded postgres: {exc}")
         return EXIT_FAILURE
+    except ConfigError as exc:
+        for err in exc.errors:
+            _say(f"config error: {err}")
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -118,7 +118,7 @@ async def check(stack: Stack, load: Load, *, drain_s: float = 60.0) -> CaseResul
     """The end-of-case checks: stored once, final, duplicates counted, daemons recovered."""
     run = load.run
     drained = await e2e.drain(run, drain_s)
-    conn = await asyncpg.connect(stack.dsn)
+    conn = await asyncpg.connect(stack.dsn, **stack.connect_kwargs)
     try:
         mt = await e2e.check_mt(conn, run)
     finally:

@@ -700,7 +700,7 @@ async def one_run(scenario: str, a: argparse.Namespace, index: int) -> dict[str,
 
 async def _measure(run: Run, index: int) -> dict[str, Any]:
     stack, a = run.stack, run.args
-    conn = await asyncpg.connect(stack.dsn)
+    conn = await asyncpg.connect(stack.dsn, **stack.connect_kwargs)
     try:
         cond = await conditions(conn, run)
         _say(f"run {index + 1}/{a.runs}: {run.scenario}, tag {run.tag}, "
@@ -756,7 +756,7 @@ def profile_summary(run: Run) -> dict[str, Any]:
 
 async def drain(run: Run, timeout_s: float) -> bool:
     """Wait until nothing of this run is pending (own connection: the progress task has one)."""
-    conn = await asyncpg.connect(run.stack.dsn)
+    conn = await asyncpg.connect(run.stack.dsn, **run.stack.connect_kwargs)
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -93,7 +93,9 @@ class Stack:
         self.data_dir = Path(opts.data_dir or tempfile.mkdtemp(prefix="smsgw-bench-")).resolve()
         self.pg: EmbeddedPostgres | None = opts.pg
         self.own_pg = False
-        self.dsn = ""
+        self.dsn = ""  # never carries the embedded cluster's password: see connect_kwargs
+        # asyncpg keyword arguments next to `dsn` (the embedded cluster's password)
+        self.connect_kwargs: dict[str, Any] = {}
         self.api_key = ""
         self.account_id = 0
         self.sup: up.Supervisor | None = None
@@ -174,11 +176,12 @@ class Stack:
                 self.pg.start()
                 self.own_pg = True
                 self.opts.say(f"postgres: {self.pg.datadir} on port {self.pg.port}")
-            await up.ensure_database(self.pg.dsn, DATABASE_NAME)
+            self.connect_kwargs = self.pg.connect_kwargs()
+            await up.ensure_database(self.pg.dsn, DATABASE_NAME, **self.connect_kwargs)
             self.dsn = self.pg.dsn_for(DATABASE_NAME)
-        await db.migrate(self.dsn)
+        await db.migrate(self.dsn, **self.connect_kwargs)
         if o.unlogged:
-            conn = await asyncpg.connect(self.dsn)
+            conn = await asyncpg.connect(self.dsn, **self.connect_kwargs)
             try:
                 for t in QUEUE_TABLES:
                     await conn.execute(f"ALTER TABLE {t} SET UNLOGGED")
@@ -189,7 +192,7 @@ class Stack:
         from shared import apikeys
 
         secret = (await asyncio.to_thread(secret_file.read_text, "utf-8")).rstrip("\r\n")
-        conn = await db.connect(self.dsn)
+        conn = await db.connect(self.dsn, **self.connect_kwargs)
         try:
             self.account_id = await conn.fetchval(
                 # unlimited rate: the bench measures the gateway, not default_account_rate
@@ -207,8 +210,11 @@ class Stack:
                      "reconnect_min_s": 0.2, "reconnect_max_s": 2.0,
                      "registered_delivery": 1 if self.opts.receipt_delay_s is not None else 0,
                      **self.opts.connector}
+        database: dict[str, Any] = {"url": self.dsn}
+        if self.pg is not None and self.connect_kwargs:  # our embedded cluster: its file
+            database["password_file"] = str(self.pg.pw_file)
         cfg: dict[str, Any] = {
-            "database": {"url": self.dsn},
+            "database": database,
             "security": {"server_secret_file": str(secret_file)},
             "connectors": [connector],
             # the benchmark's applications listen on this machine (its own simulator stack)

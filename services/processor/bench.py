@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         cluster.start()
         try:
             postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
-            runner(db.migrate(cluster.dsn))
-            runner(_bench(args, cluster.dsn, postmaster))
+            runner(db.migrate(cluster.url_with_password()))
+            runner(_bench(args, cluster.url_with_password(), postmaster))
         finally:
             cluster.stop(mode="fast")
     return 0

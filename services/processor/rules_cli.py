@@ -264,21 +264,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _settings(args: argparse.Namespace) -> tuple[str, ProcessorKeys]:
+def _settings(args: argparse.Namespace) -> tuple[str, dict[str, Any], ProcessorKeys]:
+    """The database URL, its connect arguments (the configured password, which goes with the
+    config's URL only) and the processor keys."""
     if args.cmd == "test":
         cfg = load_config("processor", ProcessorKeys, path=args.config,
                           require_database=args.database_url is None)
-        return args.database_url or str(cfg.database.url), cfg.daemon
+        if args.database_url:
+            return args.database_url, {}, cfg.daemon
+        return str(cfg.database.url), cfg.database.connect_kwargs(), cfg.daemon
     shared = load_shared(args.config)
-    url = args.database_url or shared.database.url
-    if not url:
+    if args.database_url:
+        return args.database_url, {}, ProcessorKeys()
+    if not shared.database.url:
         raise ConfigError(["database.url: required (set [database] url, SMSGW_DATABASE_URL "
                            "or --database-url)"])
-    return url, ProcessorKeys()
+    return shared.database.url, shared.database.connect_kwargs(), ProcessorKeys()
 
 
-async def _run(args: argparse.Namespace, url: str, settings: ProcessorKeys) -> int:
-    conn = await db.connect(url)
+async def _run(args: argparse.Namespace, url: str, connect_kwargs: dict[str, Any],
+               settings: ProcessorKeys) -> int:
+    conn = await db.connect(url, **connect_kwargs)
     try:
         return await _dispatch(conn, args, settings)
     finally:
@@ -333,13 +339,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `smsgw rules`; returns the exit code."""
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        url, settings = _settings(args)
+        url, connect_kwargs, settings = _settings(args)
     except ConfigError as exc:
         for e in exc.errors:
             sys.stderr.write(f"{e}\n")
         return EX_CONFIG
     try:
-        return asyncio.run(_run(args, url, settings))
+        return asyncio.run(_run(args, url, connect_kwargs, settings))
     except RuleError as exc:
         for e in exc.errors:
             sys.stderr.write(f"{e}\n")

@@ -71,7 +71,8 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
         if self.settings.smpp_binds and receiver_connectors(self.config.connectors):
             assert self.config.database.url is not None
             self.smpp = SmppIntake(self.config.connectors, self.config.database.url,
-                                   self.ctx.intake, on_up=self._bind_gauge)
+                                   self.ctx.intake, on_up=self._bind_gauge,
+                                   **self.config.database.connect_kwargs())
             smpp = self.smpp
             self.add_worker("smpp_rx", lambda: smpp.run(self.stop))
 

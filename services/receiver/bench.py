@@ -279,8 +279,8 @@ async def _main(args: argparse.Namespace) -> int:
         cluster = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="smsgw-bench-pg-")) / "data",
                                    fsync=True)
         cluster.start()
-        url = cluster.dsn
-        print("embedded postgres with fsync=on at", url)
+        url = cluster.url_with_password()  # a throwaway cluster; printed without it
+        print("embedded postgres with fsync=on at", cluster.dsn)
     try:
         bench_url, key = await _prepare(url, secret)
         modes = ["api", "sendsms"] if args.mode == "both" else [args.mode]

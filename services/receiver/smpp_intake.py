@@ -35,11 +35,12 @@ class SmppIntake:
 
     def __init__(self, connectors: Sequence[Any], dsn: str, intake: DeliverIntake, *,
                  on_up: UpGauge | None = None, retry_s: float = 2.0, check_s: float = 1.0,
-                 grace_s: float | None = None) -> None:
+                 grace_s: float | None = None,
+                 password: str | Callable[[], str] | None = None) -> None:
         self.managers = [
             BindManager(c, "rx", dsn, handler=intake.handler_for(c),
                         on_up=_gauge(on_up, c.name), retry_s=retry_s, check_s=check_s,
-                        grace_s=grace_s)
+                        grace_s=grace_s, password=password)
             for c in receiver_connectors(connectors)]
 
     def bound(self) -> int:

@@ -340,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "shared_preload_libraries": "pg_stat_statements"})
         cluster.start()
         try:
-            return uvloop.run(_bench(args, cluster.dsn, cluster.datadir))
+            return uvloop.run(_bench(args, cluster.url_with_password(), cluster.datadir))
         finally:
             with contextlib.suppress(Exception):
                 cluster.stop(mode="fast")

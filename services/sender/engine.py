@@ -155,6 +155,7 @@ class SenderEngine:
             if submitter is not None and n > 0:
                 submitter.wake()  # a new bind is window to claim into: do not wait for a tick
         return BindManager(c, c.bind_mode, self.dsn, handler=self.intake.handler_for(c),
+                           **self.config.database.connect_kwargs(),
                            on_up=on_up, retry_s=_opt(s, "bind_retry_s", 2.0),
                            check_s=_opt(s, "bind_check_s", 1.0),
                            grace_s=_opt(s, "bind_grace_s", None))

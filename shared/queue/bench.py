@@ -306,7 +306,7 @@ def main(argv: list[str]) -> int:
         cluster.start()
         try:
             postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
-            dsn = cluster.dsn
+            dsn = cluster.url_with_password()  # a throwaway cluster
             runner(db.migrate(dsn))
             runner(_bench(args, dsn, postmaster))
         finally:

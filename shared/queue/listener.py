@@ -59,8 +59,10 @@ class Listener:
     def __init__(self, dsn: str, channels: list[str], *,
                  on_reconnect: Callable[[], None] | None = None,
                  health_check_s: float = 5.0, reconnect_max_s: float = 5.0,
-                 application_name: str = "smsgw_listener") -> None:
+                 application_name: str = "smsgw_listener",
+                 password: str | Callable[[], str] | None = None) -> None:
         self._dsn = dsn
+        self._password = password  # never in the DSN (DatabaseSettings.connect_kwargs)
         self._app_name = application_name
         self._events = {ch: asyncio.Event() for ch in channels}
         self._on_reconnect = on_reconnect
@@ -140,6 +142,7 @@ class Listener:
 
     async def _connect(self) -> None:
         conn = await asyncpg.connect(self._dsn, timeout=self._health_check_s + 5,
+                                     password=self._password,
                                      server_settings={"application_name": self._app_name})
         try:
             for ch in self._events:

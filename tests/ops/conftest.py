@@ -11,10 +11,12 @@ import os
 import random
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import types
@@ -203,12 +205,18 @@ def pid_alive(pid: int) -> bool:
 # --- fixtures -----------------------------------------------------------------------------
 
 @pytest.fixture
-def up_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """Make `Up` runners (each with its own data folder under tmp); all cleaned up after."""
+def up_factory():  # type: ignore[no-untyped-def]
+    """Make `Up` runners (each with its own data folder under tmp); all cleaned up after.
+
+    The folders are not under pytest's tmp_path: as root, `up` runs Postgres as `postgres`,
+    which must reach the data folder for as long as the server runs, and every pytest start
+    resets pytest's temp root to 0700 (dropping the search permission `up` granted).
+    """
     made: list[Up] = []
+    base = Path(tempfile.mkdtemp(prefix="smsgw-ops-up-"))
 
     def make(extra: list[str] | None = None, data_dir: Path | None = None) -> Up:
-        up = Up(data_dir or tmp_path / f"up{len(made)}" / "data", extra=list(extra or []))
+        up = Up(data_dir or base / f"up{len(made)}" / "data", extra=list(extra or []))
         up.data_dir.parent.mkdir(parents=True, exist_ok=True)
         made.append(up)
         return up
@@ -220,6 +228,7 @@ def up_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
             up.kill()
         except Exception as exc:  # noqa: BLE001 - clean up every run, then report
             errors.append(exc)
+    shutil.rmtree(base, ignore_errors=True)
     if errors:
         raise errors[0]
 
