@@ -26,7 +26,8 @@ What it does, in order:
    `--processors N --senders N` start several instances. Each child gets its ports through
    the environment (`SMSGW_<DAEMON>__METRICS_PORT`, `SMSGW_RECEIVER__HTTP_PORT`) and a notify
    socket of its own, so `up` knows when it sent READY=1, exactly as systemd would.
-   Logs go to `DATA_DIR/logs/<daemon>-<n>.log` (one JSON line per event).
+   Logs go to `DATA_DIR/logs/<daemon>-<n>.log` (one JSON line per event; folder 0700, files
+   0600, also fixed on existing ones).
 6. **Supervision.** A child that exits on its own is restarted with exponential backoff (0.5 s
    doubling to 30 s, reset after it ran a minute); exit 78 (bad config) is not retried and stops
    everything. SIGHUP is passed to every daemon (reload). SIGINT (Ctrl-C) or SIGTERM stops the
@@ -292,6 +293,33 @@ def write_private(path: Path, text: str) -> None:
         fh.write(text)
 
 
+def private_dir(path: Path) -> Path:
+    """Create `path` 0700, or take an existing one back to 0700 (older releases left the data
+    folder 0755, or 0701 when run as root). Group search alone is left: as root, the ACL entry
+    that lets the Postgres server's user reach its cluster shows as group x."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077 not in (0, 0o010):
+        os.chmod(path, 0o700)
+    return path
+
+
+def open_private_log(path: Path) -> Any:
+    """Open a log file for appending, created 0600; an existing one is made 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    if os.fstat(fd).st_mode & 0o077:
+        os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
+
+
+def logs_dir(data_dir: Path) -> Path:
+    """`DATA_DIR/logs` (0700), where the children's logs go; existing log files made 0600."""
+    logs = private_dir(data_dir / "logs")
+    for old in logs.glob("*.log"):
+        if old.is_file() and old.stat().st_mode & 0o077:
+            os.chmod(old, 0o600)
+    return logs
+
+
 def server_secret(data_dir: Path) -> Path:
     """The data folder's server secret file (created once, 256 random bits)."""
     path = data_dir / "server-secret"
@@ -432,8 +460,8 @@ class Child:
                     self.ready.set()
 
     def open_log(self) -> Any:
-        """The child's log file, opened for appending (stdout and stderr go there)."""
-        return open(self.log_path, "ab")
+        """The child's log file, opened for appending (stdout and stderr go there); 0600."""
+        return open_private_log(self.log_path)
 
     async def start(self) -> None:
         """Spawn the process (own process group, SIGTERM on parent death), output to its log."""
@@ -523,8 +551,7 @@ def sim_argv(opts: Options) -> list[str]:
 
 def build_children(opts: Options, plan: Plan, env: Mapping[str, str]) -> list[Child]:
     """Every child in start order: simulator, senders, processors, receivers."""
-    logs = opts.data_dir / "logs"
-    logs.mkdir(exist_ok=True)
+    logs = logs_dir(opts.data_dir)
     children: list[Child] = []
     if plan.sim:
         children.append(Child("smsc-sim", 1, sim_argv(opts), daemon_env(env, "smsc-sim", 1, opts),
@@ -767,7 +794,7 @@ def _install_signals(sup: Supervisor, stop: asyncio.Event) -> None:
 
 async def run(opts: Options) -> int:
     """The whole `smsgw up` lifecycle."""
-    opts.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(opts.data_dir)
     plan = make_plan(opts, os.environ)
     pg = start_embedded(opts, _say) if plan.embedded_pg else None
     try:

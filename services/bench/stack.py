@@ -235,8 +235,7 @@ class Stack:
             raise RuntimeError(f"rules import failed: {out.decode(errors='replace')[-500:]}")
 
     def _children(self) -> list[up.Child]:
-        logs = self.data_dir / "logs"
-        logs.mkdir(exist_ok=True)
+        logs = up.logs_dir(self.data_dir)
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("SMSGW_") or k == "SMSGW_TEST_DATABASE_URL"}
         env.pop("SMSGW_TEST_DATABASE_URL", None)
