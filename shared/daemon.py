@@ -249,6 +249,9 @@ class Daemon(Generic[S]):
         try:
             config = load_config(cls.name, cls.settings_model, path=args.config,
                                  env=os.environ, instance=args.instance)
+            missing = cls.required_config(config)
+            if missing:
+                raise ConfigError(missing)
         except ConfigError as exc:
             for line in exc.errors:
                 sys.stderr.write(f"smsgw {cls.name}: config error: {line}\n")
@@ -261,6 +264,12 @@ class Daemon(Generic[S]):
         except KeyboardInterrupt:
             daemon.log.warning("interrupted_exit_now")
             return lifecycle.EXIT_INTERRUPTED
+
+    @classmethod
+    def required_config(cls, config: AppConfig[Any]) -> list[str]:
+        """Shared config this daemon cannot run without, beyond what `load_config` checks:
+        "path: message" problems that stop it before any I/O (exit 78). None by default."""
+        return []
 
     @classmethod
     def _parser(cls) -> argparse.ArgumentParser:

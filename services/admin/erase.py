@@ -1,52 +1,132 @@
-"""`smsgw erase NUMBER`: remove a number's messages, keep a hashed suppression entry.
+"""`smsgw erase NUMBER`: remove every trace of a number, keep a keyed suppression entry.
 
-In one transaction: every MO from the number and every MT to it, hot and history, with the rows
-hanging off them (parts, receipts, callbacks, events, dedupe keys), its MO fragments and
-campaign entries; suppressions keep only `number_hash` (the number itself is blanked) and a
-global one is added when none exists, so an erased person is not messaged again (DESIGN.md
-"Security"). The audit log records the erasure under the hash, never the number. `--dry-run`
-counts what would go; without `--yes` the command asks before deleting.
+In one transaction:
+- every MO from the number and every MT to it (or caused by one of its MOs), hot and history,
+  with the rows hanging off them: parts, receipts, callbacks (their rendered URLs and bodies),
+  events (of the messages, their callbacks and receipts) and dedupe keys;
+- the rows that name the number itself: MO reassembly fragments, campaign entries, flood
+  counters, a ported-number entry;
+- the rows kept, with the number removed: suppressions keep only the keyed `number_hash`
+  (`number` blanked, every evidence value naming the number replaced by "[erased]") and a
+  global one is added when none exists, so an erased person is not messaged again; audit rows
+  whose detail names the number are scrubbed the same way.
+
+`COVERAGE` classifies every column of the schema that can hold text; the erasure-coverage test
+checks it against the live schema (a new column must be classified here) and, after real
+traffic, that no column still holds the number in any form. The audit log records the erasure
+under the keyed hash, never the number. `--dry-run` counts what would go; without `--yes` the
+command asks before deleting. Needs `[security] server_secret` (the suppression key).
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
-import hashlib
+import os
 import sys
-from typing import Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
 
 import asyncpg
+import phonenumbers
 
 from services.admin import dbcli
+from shared.config import load_shared
+from shared.errors import ConfigError
 from shared.numbers import InvalidNumber, normalise
+from shared.suppression import MISSING_SECRET, NumberHasher, legacy_hash, rekey_legacy
+
+ERASED: Final = "[erased]"
+
+# How each kind of column is covered (the values of COVERAGE).
+MESSAGE: Final = "deleted with the number's messages (by id)"
+BY_NUMBER: Final = "deleted where the row names the number"
+SCRUBBED: Final = "kept; the number blanked or scrubbed from it"
+KEYED_HASH: Final = "kept: the keyed hash only (shared/suppression.py), not reversible"
+CONFIG: Final = "operator configuration, not traffic: never written from a message"
+INTERNAL: Final = "internal bookkeeping: statuses, names, ids, hashes of secrets"
+
+_MSG = MESSAGE
+_CFG = CONFIG
+_INT = INTERNAL
+_OUT = {c: _MSG for c in ("body", "callback_url", "category", "client_ref", "connector",
+                          "encoding", "from_addr", "last_error", "lease_owner", "meta",
+                          "route_hint", "source", "status", "to_addr", "to_hash")}
+_IN = {c: _MSG for c in ("body", "channel", "connector", "from_addr", "last_error",
+                         "lease_owner", "meta", "provider", "provider_message_id", "raw",
+                         "status", "to_addr")}
+_RCPT = {c: _MSG for c in ("body", "connector", "err", "last_error", "lease_owner", "raw_id",
+                           "smsc_id", "stat", "state", "status")}
+_CB = {c: _MSG for c in ("body", "headers", "kind", "last_error", "lease_owner", "method",
+                         "secret_ref", "status", "url")}
+# Every text / varchar / json / jsonb / bytea / array column, by table.
+COVERAGE: Final[Mapping[str, Mapping[str, str]]] = {
+    "outbound": _OUT, "outbound_history": _OUT,
+    "inbound": _IN, "inbound_history": _IN,
+    "outbound_part": {c: _MSG for c in ("connector", "err", "last_error", "lease_owner",
+                                        "smsc_id", "status")},
+    "receipts": _RCPT, "receipts_history": _RCPT,
+    "callbacks": _CB, "callbacks_history": _CB,
+    "events": {c: _MSG for c in ("daemon", "detail", "event", "message_table")},
+    "dedupe_keys": {c: _MSG for c in ("fingerprint", "key", "scope", "target_table")},
+    "mo_parts": {c: BY_NUMBER for c in ("body", "connector", "from_addr", "last_error",
+                                        "lease_owner", "meta", "raw", "status", "to_addr")},
+    "campaign_entries": {c: BY_NUMBER for c in ("campaign", "data", "number", "period_key")},
+    "flood_counters": {"number": BY_NUMBER},
+    "ported_numbers": {"number": BY_NUMBER, "connectors": BY_NUMBER, "operator": BY_NUMBER},
+    "suppressions": {"number": SCRUBBED, "evidence": SCRUBBED, "number_hash": KEYED_HASH,
+                     "scope": _CFG, "source": _INT},
+    "audit_log": {"detail": SCRUBBED, "object_id": SCRUBBED, "action": _INT, "actor": _INT,
+                  "object_type": _INT},
+    "accounts": {c: _CFG for c in ("name", "default_category", "callback_secret",
+                                   "allowed_senders", "allowed_connectors")},
+    "api_keys": {"key_hash": _INT, "prefix": _INT},
+    "rules": {"name": _CFG, "match": _CFG, "actions": _CFG},
+    "schema_migrations": {"name": _INT},
+    "periodic_runs": {"job": _INT, "last_owner": _INT},
+    "queue_stats": {"queue": _INT, "status": _INT},
+}
 
 # The ids of everything to erase, collected once into temp tables so each DELETE is one
-# statement over a known id set (and the dry run counts exactly what would go).
+# statement over a known id set (and the dry run counts exactly what would go). An MT caused
+# by one of the number's MOs (a rule's reply or notification, which may quote it) goes too.
 SQL_COLLECT = [
-    "CREATE TEMP TABLE erase_mt ON COMMIT DROP AS"
-    " SELECT id FROM outbound WHERE to_addr = $1"
-    " UNION SELECT id FROM outbound_history WHERE to_addr = $1",
     "CREATE TEMP TABLE erase_mo ON COMMIT DROP AS"
     " SELECT id FROM inbound WHERE from_addr = $1"
     " UNION SELECT id FROM inbound_history WHERE from_addr = $1",
+    "CREATE TEMP TABLE erase_mt ON COMMIT DROP AS"
+    " SELECT id FROM outbound WHERE to_addr = $1"
+    " OR inbound_id IN (SELECT id FROM erase_mo)"
+    " UNION SELECT id FROM outbound_history WHERE to_addr = $1"
+    " OR inbound_id IN (SELECT id FROM erase_mo)",
 ]
-SQL_PARTS = ("CREATE TEMP TABLE erase_parts ON COMMIT DROP AS"
-             " SELECT id FROM outbound_part WHERE outbound_id IN (SELECT id FROM erase_mt)")
+SQL_COLLECT_LINKED = [
+    "CREATE TEMP TABLE erase_parts ON COMMIT DROP AS"
+    " SELECT id FROM outbound_part WHERE outbound_id IN (SELECT id FROM erase_mt)",
+    "CREATE TEMP TABLE erase_rc ON COMMIT DROP AS"
+    " SELECT id FROM receipts WHERE outbound_part_id IN (SELECT id FROM erase_parts)"
+    " UNION SELECT id FROM receipts_history"
+    " WHERE outbound_part_id IN (SELECT id FROM erase_parts)",
+    "CREATE TEMP TABLE erase_cb ON COMMIT DROP AS"
+    " SELECT id FROM callbacks WHERE outbound_id IN (SELECT id FROM erase_mt)"
+    " OR inbound_id IN (SELECT id FROM erase_mo)"
+    " UNION SELECT id FROM callbacks_history WHERE outbound_id IN (SELECT id FROM erase_mt)"
+    " OR inbound_id IN (SELECT id FROM erase_mo)",
+]
 # (label, statement): each deletes one table's rows belonging to the number.
 SQL_DELETES: list[tuple[str, str]] = [
-    ("receipts", "DELETE FROM receipts WHERE outbound_part_id IN (SELECT id FROM erase_parts)"),
-    ("receipts_history",
-     "DELETE FROM receipts_history WHERE outbound_part_id IN (SELECT id FROM erase_parts)"),
+    ("receipts", "DELETE FROM receipts WHERE id IN (SELECT id FROM erase_rc)"),
+    ("receipts_history", "DELETE FROM receipts_history WHERE id IN (SELECT id FROM erase_rc)"),
     ("outbound_part", "DELETE FROM outbound_part WHERE id IN (SELECT id FROM erase_parts)"),
-    ("callbacks", "DELETE FROM callbacks WHERE outbound_id IN (SELECT id FROM erase_mt)"
-                  " OR inbound_id IN (SELECT id FROM erase_mo)"),
+    ("callbacks", "DELETE FROM callbacks WHERE id IN (SELECT id FROM erase_cb)"),
     ("callbacks_history",
-     "DELETE FROM callbacks_history WHERE outbound_id IN (SELECT id FROM erase_mt)"
-     " OR inbound_id IN (SELECT id FROM erase_mo)"),
+     "DELETE FROM callbacks_history WHERE id IN (SELECT id FROM erase_cb)"),
     ("events", "DELETE FROM events WHERE (message_table = 'outbound'"
                " AND message_id IN (SELECT id FROM erase_mt)) OR (message_table = 'inbound'"
-               " AND message_id IN (SELECT id FROM erase_mo))"),
+               " AND message_id IN (SELECT id FROM erase_mo)) OR (message_table = 'callbacks'"
+               " AND message_id IN (SELECT id FROM erase_cb)) OR (message_table = 'receipts'"
+               " AND message_id IN (SELECT id FROM erase_rc))"),
     ("dedupe_keys", "DELETE FROM dedupe_keys WHERE (target_table = 'outbound'"
                     " AND target_id IN (SELECT id FROM erase_mt)) OR (target_table = 'inbound'"
                     " AND target_id IN (SELECT id FROM erase_mo))"),
@@ -54,17 +134,37 @@ SQL_DELETES: list[tuple[str, str]] = [
     ("outbound_history", "DELETE FROM outbound_history WHERE id IN (SELECT id FROM erase_mt)"),
     ("inbound", "DELETE FROM inbound WHERE id IN (SELECT id FROM erase_mo)"),
     ("inbound_history", "DELETE FROM inbound_history WHERE id IN (SELECT id FROM erase_mo)"),
-    ("mo_parts", "DELETE FROM mo_parts WHERE from_addr = $1"),
-    ("campaign_entries", "DELETE FROM campaign_entries WHERE number = $1"),
+    ("mo_parts", "DELETE FROM mo_parts WHERE from_addr = $1"
+                 " OR inbound_id IN (SELECT id FROM erase_mo)"),
+    ("campaign_entries", "DELETE FROM campaign_entries WHERE number = $1"
+                         " OR inbound_id IN (SELECT id FROM erase_mo)"),
+    ("flood_counters", "DELETE FROM flood_counters WHERE number = $1"),
+    ("ported_numbers", "DELETE FROM ported_numbers WHERE number = $1"),
 ]
-# Keep the hash, drop the number, from every existing suppression of it.
-SQL_BLANK_SUPPRESSIONS = ("UPDATE suppressions SET number = NULL"
-                          " WHERE number_hash = sha256(convert_to($1, 'UTF8'))")
-# Add a global suppression by hash alone, unless one exists.
+# The number's suppression entries (keyed, or legacy until re-keyed): blank the number; the
+# evidence is scrubbed in Python (any value naming the number).
+SQL_SUPPRESSIONS = ("SELECT id, evidence FROM suppressions WHERE number_hash = $1"
+                    " OR (NOT keyed AND number_hash = $2) FOR UPDATE")
+SQL_BLANK_SUPPRESSIONS = """
+UPDATE suppressions AS s SET number = NULL, evidence = u.evidence
+  FROM unnest($1::bigint[], $2::jsonb[]) AS u(id, evidence)
+ WHERE s.id = u.id
+"""
+# Add a global suppression by keyed hash alone, unless one exists.
 SQL_ADD_SUPPRESSION = """
-INSERT INTO suppressions (number_hash, number, scope, source, evidence)
-VALUES (sha256(convert_to($1, 'UTF8')), NULL, 'global', 'erase', $2)
+INSERT INTO suppressions (number_hash, keyed, number, scope, source, evidence)
+VALUES ($1, true, NULL, 'global', 'erase', $2)
 ON CONFLICT (number_hash, scope) DO NOTHING
+"""
+# Audit rows naming the number anywhere (the national significant number $1 is in every form:
+# E.164 with or without '+', national with a trunk prefix, URL-encoded).
+SQL_AUDIT_NAMING = ("SELECT id, object_id, detail FROM audit_log"
+                    " WHERE strpos(detail::text, $1) > 0 OR strpos(object_id, $1) > 0"
+                    " FOR UPDATE")
+SQL_SCRUB_AUDIT = """
+UPDATE audit_log AS a SET object_id = u.object_id, detail = u.detail
+  FROM unnest($1::bigint[], $2::text[], $3::jsonb[]) AS u(id, object_id, detail)
+ WHERE a.id = u.id
 """
 SQL_AUDIT = """
 INSERT INTO audit_log (actor, action, object_type, object_id, detail)
@@ -72,38 +172,65 @@ VALUES ($1, 'erase', 'number', $2, $3)
 """
 
 
-def number_hash_hex(number: str) -> str:
-    """sha256 of the E.164 number as UTF-8, hex (the suppressions.number_hash contract)."""
-    return hashlib.sha256(number.encode("utf-8")).hexdigest()
+def national_digits(number: str) -> str:
+    """The national significant number of an E.164 number: a substring of every form."""
+    try:
+        return phonenumbers.national_significant_number(phonenumbers.parse(number))
+    except phonenumbers.NumberParseException:
+        return number.lstrip("+")
+
+
+def scrub(value: Any, needle: str) -> Any:
+    """`value` (JSON) with every string containing `needle` replaced by "[erased]" and every
+    key named `number` dropped."""
+    if isinstance(value, str):
+        return ERASED if needle in value else value
+    if isinstance(value, list):
+        return [scrub(v, needle) for v in value]
+    if isinstance(value, dict):
+        return {scrub(k, needle): scrub(v, needle) for k, v in value.items() if k != "number"}
+    return value
 
 
 def _uses_number(stmt: str) -> bool:
     return "$1" in stmt
 
 
-async def erase(conn: asyncpg.Connection, number: str, *, actor: str,
+async def erase(conn: asyncpg.Connection, number: str, *, hasher: NumberHasher, actor: str,
                 dry_run: bool) -> dict[str, int]:
     """Erase `number` (E.164) in one transaction; return rows removed per table.
 
     With `dry_run` the same statements run and the transaction is rolled back, so the counts
     are exact.
     """
+    if not dry_run:
+        await rekey_legacy(conn, hasher)  # no unkeyed hash outlives an erase
+    keyed = hasher(number)
+    needle = national_digits(number)
     counts: dict[str, int] = {}
     tx = conn.transaction()
     await tx.start()
     try:
         for stmt in SQL_COLLECT:
             await conn.execute(stmt, number)
-        await conn.execute(SQL_PARTS)
+        for stmt in SQL_COLLECT_LINKED:
+            await conn.execute(stmt)
         for label, stmt in SQL_DELETES:
             status = await (conn.execute(stmt, number) if _uses_number(stmt)
                             else conn.execute(stmt))
             counts[label] = int(status.split()[-1])
-        counts["suppressions_blanked"] = int(
-            (await conn.execute(SQL_BLANK_SUPPRESSIONS, number)).split()[-1])
+        sups = await conn.fetch(SQL_SUPPRESSIONS, keyed, legacy_hash(number))
+        await conn.execute(SQL_BLANK_SUPPRESSIONS, [r["id"] for r in sups],
+                           [scrub(r["evidence"], needle) for r in sups])
+        counts["suppressions_blanked"] = len(sups)
         counts["suppression_added"] = int((await conn.execute(
-            SQL_ADD_SUPPRESSION, number, {"reason": "erase"})).split()[-1])
-        await conn.execute(SQL_AUDIT, actor, number_hash_hex(number),
+            SQL_ADD_SUPPRESSION, keyed, {"reason": "erase"})).split()[-1])
+        audit = await conn.fetch(SQL_AUDIT_NAMING, needle)
+        await conn.execute(SQL_SCRUB_AUDIT, [r["id"] for r in audit],
+                           [scrub(r["object_id"], needle) for r in audit],
+                           [scrub(r["detail"], needle) for r in audit])
+        counts["audit_scrubbed"] = len(audit)
+        await conn.execute(SQL_AUDIT, actor, keyed.hex(),
                            {"counts": counts, "dry_run": dry_run})
     except BaseException:
         await tx.rollback()
@@ -115,12 +242,24 @@ async def erase(conn: asyncpg.Connection, number: str, *, actor: str,
     return counts
 
 
+def load_hasher(args: argparse.Namespace,
+                env: Mapping[str, str] = os.environ) -> NumberHasher | None:
+    """The suppression hasher from the config's server secret (the `--config` file, else
+    `smsgw up`'s data folder config, as for the database URL); None when none is set."""
+    hasher = NumberHasher.from_config(load_shared(args.config, env))
+    up_config = Path(args.data_dir) / dbcli.UP_CONFIG_NAME
+    if hasher is None and args.config is None and up_config.is_file():
+        hasher = NumberHasher.from_config(load_shared(str(up_config), env))
+    return hasher
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="smsgw erase",
-        description="Erase a number's messages (MO from it, MT to it; hot and history tables, "
-                    "with parts, receipts, callbacks, events), keep a hashed global "
-                    "suppression so it is not messaged again, and write the audit log.")
+        description="Erase a number: its messages (MO from it, MT to it; hot and history "
+                    "tables, with parts, receipts, callbacks, events), fragments, campaign "
+                    "entries, flood counters; keep only a keyed global suppression so it is "
+                    "not messaged again, and write the audit log.")
     p.add_argument("number", help="the phone number (E.164, or national with --country)")
     dbcli.add_common_args(p)
     p.add_argument("--country", help="ISO country for a national number (e.g. GB)")
@@ -148,13 +287,22 @@ def main(argv: list[str]) -> int:
     except InvalidNumber as exc:
         sys.stderr.write(f"error: {args.number!r}: {exc}\n")
         return dbcli.EXIT_USAGE
+    try:
+        hasher = load_hasher(args)
+    except ConfigError as exc:
+        for err in exc.errors:
+            sys.stderr.write(f"{err}\n")
+        return dbcli.EXIT_CONFIG
+    if hasher is None:
+        sys.stderr.write(MISSING_SECRET.format(daemon="erase command") + "\n")
+        return dbcli.EXIT_CONFIG
     if not (args.dry_run or args.yes or _confirm(number)):
         return dbcli.EXIT_FAILURE
     actor = args.actor or getpass.getuser()
 
     async def body(conn: asyncpg.Connection) -> int:
-        counts = await erase(conn, number, actor=actor, dry_run=args.dry_run)
-        result: dict[str, Any] = {"number_hash": number_hash_hex(number),
+        counts = await erase(conn, number, hasher=hasher, actor=actor, dry_run=args.dry_run)
+        result: dict[str, Any] = {"number_hash": hasher(number).hex(),
                                   "dry_run": args.dry_run, "removed": counts}
         if args.json:
             dbcli.dump_json(result)

@@ -20,8 +20,11 @@ import aiohttp
 import asyncpg
 
 from services.admin import dbcli
+from services.admin.erase import load_hasher
+from shared.errors import ConfigError
 from shared.numbers import InvalidNumber, normalise_recipient, normalise_sender
 from shared.queue import store
+from shared.suppression import NumberHasher
 
 HTTP_TIMEOUT_S = 15.0
 
@@ -66,13 +69,24 @@ async def send_http(api: str, key: str, body: dict[str, Any]) -> tuple[int, dict
         return resp.status, answer
 
 
-async def send_direct(conn: asyncpg.Connection, body: dict[str, Any]) -> int:
-    """Enqueue one MT into outbound (source 'cli'); return its id."""
-    row = {"source": "cli", "to_addr": normalise_recipient(body["to"]),
-           "from_addr": normalise_sender(body["from"]), "body": body["text"],
-           "client_ref": body.get("client_ref")}
+async def send_direct(conn: asyncpg.Connection, body: dict[str, Any],
+                      hasher: NumberHasher | None = None) -> int:
+    """Enqueue one MT into outbound (source 'cli'); return its id. `hasher` (the server
+    secret's) stores the recipient's keyed hash; without it the sender computes it."""
+    row: dict[str, Any] = {"source": "cli", "to_addr": normalise_recipient(body["to"]),
+                           "from_addr": normalise_sender(body["from"]), "body": body["text"],
+                           "client_ref": body.get("client_ref")}
+    if hasher is not None:
+        row["to_hash"] = hasher(row["to_addr"])
     results = await store.enqueue(conn, "outbound", [row])  # one NOTIFY wakes the sender
     return int(results[0].id)
+
+
+def _hasher(args: argparse.Namespace) -> NumberHasher | None:
+    try:
+        return load_hasher(args)
+    except ConfigError:  # the database config was read already: only the secret is missing
+        return None
 
 
 def _print(args: argparse.Namespace, ok: bool, answer: dict[str, Any]) -> None:
@@ -94,7 +108,7 @@ def main(argv: list[str]) -> int:
     if args.direct:
         async def direct(conn: asyncpg.Connection) -> int:
             try:
-                msg_id = await send_direct(conn, body)
+                msg_id = await send_direct(conn, body, _hasher(args))
             except InvalidNumber as exc:
                 raise dbcli.UsageError(str(exc)) from exc
             _print(args, True, {"id": msg_id, "status": "queued", "direct": True})

@@ -12,7 +12,9 @@ Workers (each returns when `stop` is set; the daemon base drains them within `dr
   version in its own transaction, so a change applies to the next batch even before the NOTIFY.
 
 Periodic jobs (`jobs.py`), each under an advisory lock and once per period across instances:
-the retention move, the MO-fragment timeout, receipt orphaning, flood-counter cleanup.
+the retention move, the MO-fragment timeout, receipt orphaning, flood-counter cleanup; and
+re-keying legacy suppression hashes (`shared.suppression.rekey_legacy`, also run at start).
+The daemon refuses to start (exit 78) without `[security] server_secret`, which keys them.
 
 SIGHUP reloads the log level, the `[processor]` keys (opt-out lists, flood control,
 watermarks, callback limits) and the rules. At drain, the current batch transaction commits or
@@ -24,6 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any, Final
+
+import asyncpg
 
 from services.processor.callbacks import CallbackDelivery, SecretResolver
 from services.processor.engine import Engine
@@ -33,6 +38,9 @@ from services.processor.settings import ProcessorSettings
 from shared.config import AppConfig
 from shared.daemon import Daemon
 from shared.queue.listener import CHANNELS
+from shared.suppression import MISSING_SECRET, NumberHasher, rekey_legacy
+
+REKEY_INTERVAL_S: Final = 60.0
 
 
 def _secret_bytes(config: AppConfig[ProcessorSettings]) -> bytes | None:
@@ -52,12 +60,20 @@ class ProcessorDaemon(Daemon[ProcessorSettings]):
     engine: Engine
     callbacks: CallbackDelivery
 
+    @classmethod
+    def required_config(cls, config: AppConfig[Any]) -> list[str]:
+        """The server secret: it keys the suppression hashes (STOP, replies' recipients)."""
+        return [] if config.server_secret else [MISSING_SECRET.format(daemon="processor")]
+
     async def setup(self) -> None:
         """Build the engine and callback delivery, load the rules, add workers and jobs."""
         pmetrics = ProcessorMetrics.create(self.registry)
-        self.engine = Engine(self.pool, self.settings, metrics=pmetrics)
+        hasher = NumberHasher.from_config(self.config)
+        assert hasher is not None  # required_config
+        self.engine = Engine(self.pool, self.settings, metrics=pmetrics, hasher=hasher)
         async with self.pool.acquire() as conn:
             await self.engine.ensure_rules(conn)  # rules loaded before READY=1
+            await self._rekey(conn)
         self.callbacks = CallbackDelivery(
             self.pool, self.settings.callbacks, owner=self.worker_id,
             allowed_networks=self.config.webhooks.allowed_networks, metrics=pmetrics,
@@ -70,6 +86,14 @@ class ProcessorDaemon(Daemon[ProcessorSettings]):
         for spec in processor_jobs(lambda: self.settings, lambda: self.config.retention,
                                    owner=self.worker_id):
             self.add_periodic(spec.name, spec.interval_s, spec.job, mode="session")
+        # entries an earlier release wrote during an upgrade: re-keyed within a minute
+        self.add_periodic("suppression_rekey", REKEY_INTERVAL_S, self._rekey, mode="session",
+                          locked=False)
+
+    async def _rekey(self, conn: asyncpg.Connection) -> None:
+        n = await rekey_legacy(conn, self.engine.hasher)
+        if n:
+            self.log.info("suppressions_rekeyed", entries=n)
 
     async def _claim_pass(self) -> int:
         claimed = await self.engine.run_batch()

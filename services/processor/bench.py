@@ -40,6 +40,7 @@ from shared.embedded_pg import EmbeddedPostgres
 from shared.logging import configure_logging
 from shared.queue import store
 from shared.queue.bench import ServerCpu
+from shared.suppression import NumberHasher
 
 SHORT_CODE = "80080"
 PROMO_RULES: list[dict[str, Any]] = [
@@ -122,7 +123,9 @@ async def _bench(args: argparse.Namespace, dsn: str, postmaster: int | None) -> 
         settings = ProcessorKeys(batch=args.batch, events=not args.no_events,
                                  flood_max=0 if args.no_flood else 20,
                                  outbound_high_watermark=10**9)
-        engines = [Engine(pool, settings, metrics=ProcessorMetrics.create(CollectorRegistry()))
+        hasher = NumberHasher.from_secret(os.urandom(32))  # replies carry keyed hashes
+        engines = [Engine(pool, settings, hasher=hasher,
+                          metrics=ProcessorMetrics.create(CollectorRegistry()))
                    for _ in range(args.processors)]
         backends = [int(r[0]) for r in await pool.fetch(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")]

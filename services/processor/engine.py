@@ -61,7 +61,7 @@ from shared import suppression
 from shared.numbers import is_recipient
 from shared.queue import store
 from shared.queue.records import InboundMessage, QueueStat
-from shared.suppression import SuppressionChange
+from shared.suppression import NumberHasher, SuppressionChange
 
 log = structlog.get_logger("smsgw.processor.engine")
 DAEMON: Final = "processor"
@@ -468,18 +468,24 @@ async def flood_check(conn: asyncpg.Connection, messages: Sequence[Message], *,
     return flooded
 
 
-async def write_plan(conn: asyncpg.Connection, plan: Plan, *, events: bool) -> None:
-    """Write a plan inside the caller's transaction: one statement per kind of row."""
+async def write_plan(conn: asyncpg.Connection, plan: Plan, *, events: bool,
+                     hasher: NumberHasher) -> None:
+    """Write a plan inside the caller's transaction: one statement per kind of row.
+
+    Each reply carries its recipient's keyed hash (`to_hash`, for the sender's suppression
+    check); suppression changes are keyed by the same hasher.
+    """
     if plan.replies:
-        await store.enqueue(conn, "outbound", [r.row() for r in plan.replies], notify=True)
+        await store.enqueue(conn, "outbound", [r.row() | {"to_hash": hasher(r.to_addr)}
+                                               for r in plan.replies], notify=True)
     if plan.entries:
         e = plan.entries
         await conn.execute(INSERT_ENTRIES, [x.rule_id for x in e], [x.campaign for x in e],
                            [x.number for x in e], [x.period_key for x in e],
                            [x.inbound_id for x in e], [x.data for x in e])
     if plan.suppression_ops:
-        await suppression.add_suppressions(conn, plan.adds, actor=DAEMON)
-        await suppression.remove_suppressions(conn, plan.removes, actor=DAEMON)
+        await suppression.add_suppressions(conn, plan.adds, actor=DAEMON, hasher=hasher)
+        await suppression.remove_suppressions(conn, plan.removes, actor=DAEMON, hasher=hasher)
     if plan.forwards:
         await store.enqueue(conn, "callbacks", [f.row() for f in plan.forwards], notify=True)
     if events:
@@ -553,9 +559,10 @@ class Engine:
     as several processes would).
     """
 
-    def __init__(self, pool: asyncpg.Pool, settings: ProcessorKeys, *,
+    def __init__(self, pool: asyncpg.Pool, settings: ProcessorKeys, *, hasher: NumberHasher,
                  metrics: ProcessorMetrics | None = None) -> None:
         self.pool = pool
+        self.hasher = hasher  # keyed number hashes: suppressions and replies' to_hash
         self.settings = settings
         self.metrics = metrics
         self.rules = RuleSet.build([], version=-1)
@@ -639,7 +646,7 @@ class Engine:
         keys = quota_keys(decisions)
         counts = await quota_counts(conn, keys.values())
         plan = plan_batch(decisions, self.keywords, counts, flooded, keys)
-        await write_plan(conn, plan, events=s.events)
+        await write_plan(conn, plan, events=s.events, hasher=self.hasher)
         if self.metrics:
             for category, n in Counter(r.category for r in plan.replies).items():
                 self.metrics.replies.labels(category=category).inc(n)

@@ -35,6 +35,7 @@ from shared.intake import (
     flush_inbound,
     flush_receipts,
 )
+from shared.suppression import NumberHasher
 
 
 @dataclass(slots=True, eq=False)
@@ -96,8 +97,13 @@ def build_context(pool: asyncpg.Pool, options: ReceiverOptions, webhooks: Webhoo
 
     # flush_mt, flush_inbound and flush_receipts open a transaction only when a batch needs
     # several statements (one autocommitted statement saves the BEGIN/COMMIT round trips).
+    # every MT row carries its recipient's keyed hash, which the sender's suppression check
+    # compares (shared/suppression.py); without a server secret the sender computes it
+    hasher = None if server_secret is None else NumberHasher.from_secret(
+        server_secret if isinstance(server_secret, bytes) else server_secret.get_secret_value())
     mt = committer("outbound", lambda c, items: flush_mt(c, items,
-                                                         ttl_s=options.client_ref_ttl_s),
+                                                         ttl_s=options.client_ref_ttl_s,
+                                                         hasher=hasher),
                    transactional=False)
     inbound = committer("inbound", lambda c, items: flush_inbound(
         c, items, ttl_s=options.webhook_dedupe_ttl_s,

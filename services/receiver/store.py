@@ -26,6 +26,7 @@ import asyncpg
 import orjson
 
 from shared.queue.listener import CHANNELS
+from shared.suppression import NumberHasher
 
 NOTIFY_OUTBOUND = CHANNELS["outbound"]  # the channel the senders LISTEN on
 
@@ -88,10 +89,10 @@ WITH input AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
                          $6::text[], $7::smallint[], $8::text[], $9::text[], $10::text[],
                          $11::smallint[], $12::timestamptz[], $13::timestamptz[], $14::text[],
-                         $15::text[], $16::text[])
+                         $15::text[], $16::text[], $18::bytea[])
         WITH ORDINALITY AS t(account_id, source, from_addr, to_addr, body, category, priority,
                              encoding, client_ref, callback_url, dlr_mask, send_at, valid_until,
-                             route_hint, meta, fingerprint, ord)
+                             route_hint, meta, fingerprint, to_hash, ord)
 ), numbered AS MATERIALIZED (
     -- draw the row ids first so the dedupe key can point at its row in the same statement
     SELECT nextval('outbound_id_seq') AS id, input.* FROM input
@@ -111,11 +112,11 @@ WITH input AS (
     -- rows without a key, and rows whose key was claimed just now
     INSERT INTO outbound (id, account_id, source, from_addr, to_addr, body, category, priority,
                           encoding, client_ref, callback_url, dlr_mask, send_at, valid_until,
-                          route_hint, meta, run_after)
+                          route_hint, meta, run_after, to_hash)
     OVERRIDING SYSTEM VALUE
     SELECT id, account_id, source, from_addr, to_addr, body, category, priority, encoding,
            client_ref, callback_url, dlr_mask, send_at, valid_until, route_hint, meta::jsonb,
-           coalesce(send_at, now())
+           coalesce(send_at, now()), to_hash
       FROM numbered
      WHERE client_ref IS NULL OR id IN (SELECT target_id FROM keys)
     RETURNING id
@@ -133,17 +134,17 @@ WITH ins AS (
     -- the rows, in input order
     INSERT INTO outbound (account_id, source, from_addr, to_addr, body, category, priority,
                           encoding, callback_url, dlr_mask, send_at, valid_until, route_hint,
-                          meta, run_after)
+                          meta, run_after, to_hash)
     SELECT account_id, source, from_addr, to_addr, body, category, priority, encoding,
            callback_url, dlr_mask, send_at, valid_until, route_hint, meta::jsonb,
-           coalesce(send_at, now())
+           coalesce(send_at, now()), to_hash
       FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                   $7::smallint[], $8::text[], $9::text[], $10::text[], $11::smallint[],
                   $12::timestamptz[], $13::timestamptz[], $14::text[], $15::text[],
-                  $16::text[])
+                  $16::text[], $18::bytea[])
                AS t(account_id, source, from_addr, to_addr, body, category, priority,
                     encoding, client_ref, callback_url, dlr_mask, send_at, valid_until,
-                    route_hint, meta, fingerprint)
+                    route_hint, meta, fingerprint, to_hash)
     RETURNING id
 )
 -- one NOTIFY for the statement (delivered at commit)
@@ -162,30 +163,36 @@ NOTIFY = "SELECT pg_notify($1, '')"
 
 
 async def flush_mt(conn: asyncpg.Connection, items: Sequence[MtItem], *,
-                   ttl_s: float) -> list[MtResult]:
+                   ttl_s: float, hasher: NumberHasher | None = None) -> list[MtResult]:
     """Group-commit flush: store the batch's new MTs; resolve repeats of a client_ref.
 
     A batch without client_refs is one autocommitted statement (insert + NOTIFY: one round
     trip). Otherwise it runs in one transaction; within it only the first item with a given
     client_ref is inserted, later ones are answered from the first (ON CONFLICT cannot touch
     the same key twice in one statement).
+    Each row carries `to_hash`, its recipient's keyed hash (`hasher`; NULL without one, and
+    the sender then hashes it at its claim), for the sender's suppression check.
     """
     if all(it.client_ref is None for it in items):
         rows = await conn.fetch(INSERT_MT_PLAIN, *_columns(items, [None] * len(items)),
-                                NOTIFY_OUTBOUND)
+                                NOTIFY_OUTBOUND, _hashes(items, hasher))
         return [MtResult(row["id"], MtOutcome.CREATED) for row in rows]
     async with conn.transaction():
-        return await _flush_mt_keyed(conn, items, ttl_s)
+        return await _flush_mt_keyed(conn, items, ttl_s, hasher)
+
+
+def _hashes(items: Sequence[MtItem], hasher: NumberHasher | None) -> list[bytes | None]:
+    return [hasher(it.to_addr) if hasher is not None else None for it in items]
 
 
 async def _flush_mt_keyed(conn: asyncpg.Connection, items: Sequence[MtItem],
-                          ttl_s: float) -> list[MtResult]:
+                          ttl_s: float, hasher: NumberHasher | None) -> list[MtResult]:
     results: list[MtResult | None] = [None] * len(items)
     plain = [i for i, it in enumerate(items) if it.client_ref is None]
     if plain:
         rows = await conn.fetch(INSERT_MT_PLAIN, *_columns([items[i] for i in plain],
                                                            [None] * len(plain)),
-                                NOTIFY_OUTBOUND)
+                                NOTIFY_OUTBOUND, _hashes([items[i] for i in plain], hasher))
         for pos, row in zip(plain, rows, strict=True):
             results[pos] = MtResult(row["id"], MtOutcome.CREATED)
     firsts: dict[tuple[int, str], int] = {}
@@ -199,7 +206,7 @@ async def _flush_mt_keyed(conn: asyncpg.Connection, items: Sequence[MtItem],
     if leaders:
         rows = await conn.fetch(INSERT_MT_BATCH, *_columns([items[i] for i in leaders],
                                                            [fingerprints[i] for i in leaders]),
-                                ttl_s)
+                                ttl_s, _hashes([items[i] for i in leaders], hasher))
         for pos, row in zip(leaders, rows, strict=True):
             if row["created"]:
                 results[pos] = MtResult(row["id"], MtOutcome.CREATED)

@@ -5,10 +5,14 @@ health site; `setup()` builds the engine (bind slots and SMPP sessions per conne
 submitter, receipt matcher) and registers its workers. SIGHUP applies connector rates and
 routes in place (`on_reload`, no rebind); the drain is the submitter's (stop claiming, wait for
 outstanding responses, write back, release unsent claims), then the binds unbind; `release()`
-gives back anything still leased if the deadline cut the drain short.
+gives back anything still leased if the deadline cut the drain short. It refuses to start
+(exit 78) without `[security] server_secret`, which keys the recipient hashes the claim's
+suppression check compares; at start it re-keys legacy suppression entries.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import asyncpg
 
@@ -17,6 +21,7 @@ from services.sender.settings import SenderSettings
 from shared.config import AppConfig
 from shared.daemon import Daemon
 from shared.queue.listener import CHANNELS
+from shared.suppression import MISSING_SECRET, rekey_legacy
 
 # shared/bindslots.py bounds one session's drain + unbind at 8 s, sessions close in parallel
 UNBIND_CLOSE_S = 8.0
@@ -31,6 +36,11 @@ class SenderDaemon(Daemon[SenderSettings]):
     reload_help = "connector rates (tps, burst) and routes, without dropping binds"
     engine: SenderEngine
 
+    @classmethod
+    def required_config(cls, config: AppConfig[Any]) -> list[str]:
+        """The server secret: it keys the recipient hashes the suppression check compares."""
+        return [] if config.server_secret else [MISSING_SECRET.format(daemon="sender")]
+
     async def setup(self) -> None:
         """Build the engine, start the intake committers, register every worker."""
         assert self.config.database.url is not None
@@ -38,6 +48,12 @@ class SenderDaemon(Daemon[SenderSettings]):
         self.engine = SenderEngine(self.config, self.pool, self.config.database.url,
                                    self.worker_id, wait_for_work=self.wait_for_work,
                                    registry=self.registry)
+        hasher = self.engine.submitter.hasher
+        assert hasher is not None  # required_config
+        async with self.pool.acquire() as conn:
+            n = await rekey_legacy(conn, hasher)  # unkeyed entries: re-keyed before sending
+        if n:
+            self.log.info("suppressions_rekeyed", entries=n)
         await self.engine.start()
         for name, fn in self.engine.workers(self.stop):
             self.add_worker(name, fn)

@@ -38,6 +38,7 @@ from shared.groupcommit import GroupCommitter
 from shared.intake import DeliverIntake, flush_inbound, flush_receipts
 from shared.queue.listener import CHANNELS
 from shared.smpp.session import BindMode
+from shared.suppression import NumberHasher
 
 log = structlog.get_logger("smsgw.sender")
 
@@ -136,7 +137,7 @@ class SenderEngine:
                       for c in connectors}
         self.submitter = Submitter(
             pool, self.lanes, self._router(config), submit_settings(config.daemon, owner),
-            metrics=self.metrics,
+            metrics=self.metrics, hasher=NumberHasher.from_config(config),
             wait_for_work=lambda: self.wait_for_work(CHANNELS["outbound"]))
         self.match = match_settings(config)
         if self.metrics is not None:

@@ -21,6 +21,11 @@ from typing import Final, LiteralString
 # - `decided`: the claim is the authoritative check where messages leave: past valid_until →
 #   expired; a marketing MT to a suppressed number (global or for its sender id) → suppressed;
 #   a future send_at → back to queued with run_after = send_at; else sending.
+#   Suppression compares the keyed recipient hash stored on the row at intake (`to_hash`,
+#   shared/suppression.py) with `suppressions.number_hash`: one index probe, no hashing here;
+#   a legacy entry (keyed = false, not yet re-keyed) matches by sha256 of the number through
+#   the partial index suppressions_legacy_idx, which is empty once a daemon has re-keyed.
+#   `unhashed`: a leased marketing row written without to_hash (see HASH_CLAIMED).
 # `done_parts` lists the parts an earlier attempt already got accepted (retries, takeovers).
 CLAIM_OUTBOUND: Final[LiteralString] = """
 WITH RECURSIVE accts(category, acct) AS (
@@ -73,10 +78,15 @@ WITH RECURSIVE accts(category, acct) AS (
 ), decided AS MATERIALIZED (
     SELECT o.id, p.reclaimed,
            CASE WHEN o.valid_until <= now() THEN 'expired'
-                WHEN o.category = 'marketing' AND EXISTS (
+                WHEN o.category = 'marketing' AND (EXISTS (
                          SELECT 1 FROM suppressions s
-                          WHERE s.number_hash = sha256(convert_to(o.to_addr, 'UTF8'))
-                            AND s.scope IN ('global', o.from_addr)) THEN 'suppressed'
+                          WHERE s.number_hash = o.to_hash
+                            AND s.scope IN ('global', o.from_addr))
+                      OR EXISTS (
+                         SELECT 1 FROM suppressions s
+                          WHERE NOT s.keyed
+                            AND s.number_hash = sha256(convert_to(o.to_addr, 'UTF8'))
+                            AND s.scope IN ('global', o.from_addr))) THEN 'suppressed'
                 WHEN o.send_at > now() AND NOT p.reclaimed THEN 'queued'
                 ELSE 'sending' END AS next_status
       FROM picked p JOIN outbound o USING (id)
@@ -99,10 +109,37 @@ UPDATE outbound AS m
 RETURNING m.id, m.account_id, m.source, m.from_addr, m.to_addr, m.body, m.category,
           m.priority, m.encoding, m.connector, m.route_hint, m.client_ref, m.callback_url,
           m.dlr_mask, m.meta, m.attempts, m.status, m.lease_until, m.valid_until, d.reclaimed,
+          (m.to_hash IS NULL AND m.category = 'marketing' AND m.status = 'sending') AS unhashed,
           CASE WHEN m.attempts > 0 THEN ARRAY(
               SELECT p.part_no FROM outbound_part p
                WHERE p.outbound_id = m.id AND p.smsc_id IS NOT NULL
                  AND p.status <> 'rejected') END AS done_parts
+"""
+
+# name: hash_claimed
+# Rows the claim leased without a recipient hash (inserted by an earlier release or by hand):
+# store the keyed hashes $2[i] the sender computed and finish a suppressed marketing MT the way
+# the claim would have. Fenced by owner $1; one statement per claim, only when such rows exist.
+HASH_CLAIMED: Final[LiteralString] = """
+WITH u AS (
+    SELECT * FROM unnest($2::bigint[], $3::bytea[]) AS u(id, h)
+), hit AS (
+    SELECT u.id, EXISTS (SELECT 1 FROM outbound o JOIN suppressions s
+                          ON s.number_hash = u.h AND s.scope IN ('global', o.from_addr)
+                         WHERE o.id = u.id AND o.category = 'marketing') AS suppressed
+      FROM u
+)
+UPDATE outbound AS m
+   SET to_hash = u.h,
+       status = CASE WHEN hit.suppressed THEN 'suppressed' ELSE m.status END,
+       lease_owner = CASE WHEN hit.suppressed THEN NULL ELSE m.lease_owner END,
+       lease_until = CASE WHEN hit.suppressed THEN NULL ELSE m.lease_until END,
+       done_at = CASE WHEN hit.suppressed THEN now() ELSE m.done_at END,
+       last_error = CASE WHEN hit.suppressed THEN 'recipient suppressed' ELSE m.last_error END,
+       updated_at = now()
+  FROM u JOIN hit USING (id)
+ WHERE m.id = u.id AND m.lease_owner = $1::text AND m.status = 'sending'
+RETURNING m.id, m.status
 """
 
 # name: write_back
@@ -202,6 +239,7 @@ SELECT 'outbound', u.message_id, u.event, u.detail, $4
 
 ALL: Final[dict[str, LiteralString]] = {
     "claim_outbound": CLAIM_OUTBOUND,
+    "hash_claimed": HASH_CLAIMED,
     "write_back": WRITE_BACK,
     "defer_outbound": DEFER_OUTBOUND,
     "release_all": RELEASE_ALL,

@@ -15,14 +15,19 @@ from typing import Any
 import asyncpg
 
 from shared.queue import store
+from shared.suppression import NumberHasher
 
 NUMBER = "+447700900555"
 OTHER = "+447700900666"
+SECRET = "test-server-secret"
+HASHER = NumberHasher.from_secret(SECRET)
 
 
 def smsgw(args: list[str], db_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run `smsgw ARGS --database-url URL` (the console script's code) in `cwd`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMSGW_")}
+    env.update(SMSGW_SECURITY__SERVER_SECRET_ENV="TEST_SERVER_SECRET",  # the suppression key
+               TEST_SERVER_SECRET=SECRET)
     return subprocess.run([sys.executable, "-m", "services.cli", *args, "--database-url", db_url],
                           env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
 
@@ -145,8 +150,9 @@ async def test_erase_removes_messages_and_keeps_a_hashed_suppression(
        it, a suppression with the number in clear, and another number's MT.
     2. `erase --dry-run` reports counts and changes nothing.
     3. `erase --yes` removes every row of the number, keeps the other number's, blanks the
-       number in suppressions but keeps its hash, adds a global hashed suppression, and writes
-       an audit_log row that names the hash, never the number.
+       number in suppressions but keeps its hash — re-keyed, as the entry was a legacy sha256
+       one —, adds a global keyed suppression, and writes an audit_log row that names the
+       keyed hash, never the number.
     """
     mt, _old = await _mt_with_history(pool)
     async with pool.acquire() as conn:
@@ -172,12 +178,13 @@ async def test_erase_removes_messages_and_keeps_a_hashed_suppression(
     assert await pool.fetchval("SELECT count(*) FROM outbound_part WHERE outbound_id = $1",
                                mt) == 0
     assert await pool.fetchval("SELECT count(*) FROM outbound WHERE to_addr = $1", OTHER) == 1
-    sup = await pool.fetch("SELECT scope, number FROM suppressions WHERE number_hash ="
-                           " sha256(convert_to($1, 'UTF8')) ORDER BY scope", NUMBER)
-    assert [(r["scope"], r["number"]) for r in sup] == [("80080", None), ("global", None)]
+    sup = await pool.fetch("SELECT scope, number, keyed FROM suppressions WHERE number_hash = $1"
+                           " ORDER BY scope", HASHER(NUMBER))
+    assert [(r["scope"], r["number"], r["keyed"]) for r in sup] == [
+        ("80080", None, True), ("global", None, True)]
     audit = await pool.fetchrow("SELECT * FROM audit_log WHERE action = 'erase'")
-    assert audit["object_id"] == res["number_hash"] and NUMBER not in json.dumps(
-        audit["detail"])
+    assert audit["object_id"] == res["number_hash"] == HASHER(NUMBER).hex()
+    assert NUMBER not in json.dumps(audit["detail"])
 
 
 async def test_send_direct_enqueues_one_mt(pool: asyncpg.Pool, db_url: str,

@@ -15,8 +15,11 @@ from services.processor.metrics import ProcessorMetrics
 from services.processor.options import ProcessorKeys
 from services.processor.rules import parse_rules
 from shared.queue import store
+from shared.suppression import NumberHasher
 
 SHORT = "80080"
+# The suppression hasher of the tests' server secret (the daemons derive theirs the same way).
+HASHER = NumberHasher.from_secret("test-server-secret")
 
 
 def mo(from_addr: str, body: str, to: str = SHORT, **kw: Any) -> dict[str, Any]:
@@ -60,6 +63,7 @@ def make_engine(pool: asyncpg.Pool, settings: ProcessorKeys) -> Callable[..., En
 
     def build(**overrides: Any) -> Engine:
         s = settings.model_copy(update=overrides) if overrides else settings
-        return Engine(pool, s, metrics=ProcessorMetrics.create(CollectorRegistry()))
+        return Engine(pool, s, hasher=HASHER,
+                      metrics=ProcessorMetrics.create(CollectorRegistry()))
 
     return build

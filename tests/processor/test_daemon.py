@@ -65,6 +65,8 @@ async def processor(db_url: str, tmp_path: Path) -> AsyncIterator[Callable[..., 
         env.update({
             "SMSGW_DATABASE_URL": f"{db_url}?application_name={app_name}",
             "SMSGW_PROCESSOR__METRICS_PORT": "0", "SMSGW_PROCESSOR__POLL_S": "0.5",
+            "SMSGW_SECURITY__SERVER_SECRET_ENV": "TEST_SERVER_SECRET",
+            "TEST_SERVER_SECRET": "test-server-secret",
             "SMSGW_WEBHOOKS__ALLOWED_NETWORKS": '["127.0.0.0/8", "::1/128"]', **env_extra})
         proc = await asyncio.create_subprocess_exec(
             SMSGW, "processor", env=env, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,

@@ -10,7 +10,7 @@ import orjson
 from shared import suppression
 from shared.queue.listener import CHANNELS
 
-from .conftest import SHORT, add_mo, drain, mo, set_rules
+from .conftest import HASHER, SHORT, add_mo, drain, mo, set_rules
 
 A, B = "+447700900001", "+447700900002"
 
@@ -79,15 +79,15 @@ async def test_stop_start_help_and_audit(pool, make_engine) -> None:
                             "actions": [{"type": "reply", "template": "never"}]}])
     await add_mo(pool, [mo(A, "Stop"), mo(B, "stopall")])
     await drain(engine)
-    assert await suppression.is_suppressed(pool, [A, B], SHORT) == {A, B}
-    assert await suppression.is_suppressed(pool, [A, B], "global") == {B}
-    assert await suppression.is_suppressed(pool, [A], "99999") == set()
+    assert await suppression.is_suppressed(pool, [A, B], SHORT, hasher=HASHER) == {A, B}
+    assert await suppression.is_suppressed(pool, [A, B], "global", hasher=HASHER) == {B}
+    assert await suppression.is_suppressed(pool, [A], "99999", hasher=HASHER) == set()
     ev = await pool.fetchval("SELECT evidence FROM suppressions WHERE number = $1", A)
     assert ev["text"] == "Stop" and ev["short_code"] == SHORT and ev["number"] == A
     assert ev["at"] and ev["inbound_id"]
     await add_mo(pool, [mo(A, "START"), mo(B, "help")])
     await drain(engine)
-    assert await suppression.is_suppressed(pool, [A, B], SHORT) == {B}
+    assert await suppression.is_suppressed(pool, [A, B], SHORT, hasher=HASHER) == {B}
     replies = [r["body"] for r in await outbound(pool)]
     assert len(replies) == 4 and "never" not in replies  # built-in opt-out wins over rules
     assert any("unsubscribed from 80080" in b for b in replies)
@@ -97,7 +97,7 @@ async def test_stop_start_help_and_audit(pool, make_engine) -> None:
     assert [a["action"] for a in audit] == ["suppression_add", "suppression_add",
                                            "suppression_remove"]
     assert audit[2]["detail"]["evidence"]["text"] == "Stop"  # opt-out proof outlives START
-    assert audit[2]["object_id"] == suppression.number_hash(A).hex() + ":" + SHORT
+    assert audit[2]["object_id"] == HASHER(A).hex() + ":" + SHORT
 
 
 async def test_optout_action_from_a_rule(pool, make_engine) -> None:
@@ -106,7 +106,7 @@ async def test_optout_action_from_a_rule(pool, make_engine) -> None:
         {"type": "optout", "op": "stop", "scope": "global", "reply": "Bye {from}"}]}])
     await add_mo(pool, [mo(A, "leave")])
     await drain(make_engine())
-    assert await suppression.is_suppressed(pool, [A]) == {A}
+    assert await suppression.is_suppressed(pool, [A], hasher=HASHER) == {A}
     assert [r["body"] for r in await outbound(pool)] == [f"Bye {A}"]
 
 
@@ -123,7 +123,7 @@ async def test_flood_limit(pool, make_engine) -> None:
     flooded = await pool.fetchval("SELECT count(*) FROM events "
                                   "WHERE detail->>'outcome' = 'flooded'")
     assert flooded == 2
-    assert await suppression.is_suppressed(pool, [A], SHORT) == {A}
+    assert await suppression.is_suppressed(pool, [A], SHORT, hasher=HASHER) == {A}
     assert await pool.fetchval("SELECT count(*) FROM inbound WHERE status <> 'done'") == 0
 
 

@@ -30,7 +30,10 @@ DAEMONS = ("receiver", "processor", "sender")
 def daemon_env(daemon: str, db_url: str, notify: NotifySocket, **extra: str) -> dict[str, str]:
     upper = daemon.upper()
     env = _clean_env(SMSGW_DATABASE_URL=db_url, NOTIFY_SOCKET=notify.address,
-                    **{f"SMSGW_{upper}__METRICS_PORT": "0", f"SMSGW_{upper}__DRAIN_S": "5"})
+                    **{f"SMSGW_{upper}__METRICS_PORT": "0", f"SMSGW_{upper}__DRAIN_S": "5"},
+                    # the processor and the sender refuse to start without a server secret
+                    SMSGW_SECURITY__SERVER_SECRET_ENV="TEST_SERVER_SECRET",
+                    TEST_SERVER_SECRET="test-server-secret")
     if daemon == "receiver":
         env["SMSGW_RECEIVER__HTTP_PORT"] = "0"
     env.update(extra)

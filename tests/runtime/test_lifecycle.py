@@ -25,7 +25,10 @@ STUB = [sys.executable, str(Path(__file__).with_name("stub_daemon.py"))]
 def env_for(db_url: str, notify: Any, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith((ENV_PREFIX, "NOTIFY_", "WATCHDOG_"))}
-    env.update(SMSGW_DATABASE_URL=db_url, NOTIFY_SOCKET=notify.address, **extra)
+    env.update(SMSGW_DATABASE_URL=db_url, NOTIFY_SOCKET=notify.address,
+               # the processor and the sender refuse to start without a server secret
+               SMSGW_SECURITY__SERVER_SECRET_ENV="TEST_SERVER_SECRET",
+               TEST_SERVER_SECRET="test-server-secret", **extra)
     return env
 
 

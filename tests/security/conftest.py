@@ -167,3 +167,48 @@ def sec_mt_account(pool: object) -> Callable[..., Awaitable[tuple[int, str]]]:
         async with pool.acquire() as conn:  # type: ignore[attr-defined]
             return await create_account(conn, SEC_MT_SECRET, name, **kw)  # type: ignore[arg-type]
     return make
+
+
+# -- erase: a real `smsgw sender` process on an in-process SMSC simulator (receipts on) -------
+
+# The server secret as the daemons and admin commands get it (the same as the mt receiver's).
+SEC_ERASE_ENV = {"SMSGW_SECURITY__SERVER_SECRET_ENV": "SEC_ERASE_SERVER_SECRET",
+                 "SEC_ERASE_SERVER_SECRET": SEC_MT_SECRET.decode()}
+
+
+def sec_erase_env(db_url: str, **extra: str) -> dict[str, str]:
+    """os.environ without SMSGW_*/NOTIFY_* variables, the database and the server secret."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMSGW_", "NOTIFY_"))}
+    env.update(SMSGW_DATABASE_URL=db_url, PYTHONPATH=str(ROOT), **SEC_ERASE_ENV, **extra)
+    return env
+
+
+@pytest.fixture
+async def sec_erase_sender(db_url: str, tmp_path: Path) -> AsyncIterator[object]:
+    """A simulator (receipts after 50 ms) and `smsgw sender` bound to it; yields the
+    simulator. The sender is stopped with SIGTERM at the end."""
+    from services.smsc_sim.server import SimConfig, Simulator
+
+    async with Simulator(SimConfig(receipt_delay_s=0.05)) as sim:
+        cfg = tmp_path / "sec_erase_sender.toml"
+        cfg.write_text("\n".join([
+            "[[connectors]]", 'name = "sim"', 'host = "127.0.0.1"', f"port = {sim.port}",
+            'system_id = "smsgw"', "binds = 1", "window = 10", "tps = 500",
+            "enquire_link_s = 0", "response_timeout_s = 2", "reconnect_min_s = 0.1",
+            "reconnect_max_s = 0.5", "", "[sender]", "metrics_port = 0", "drain_s = 3",
+            "poll_s = 0.2", "bind_grace_s = 0.2", "bind_retry_s = 0.3", "bind_check_s = 0.5",
+            "flush_s = 0.02"]) + "\n")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", "sender", "--config", str(cfg),
+            env=sec_erase_env(db_url), cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            yield sim
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 20)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()

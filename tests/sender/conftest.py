@@ -25,6 +25,7 @@ from shared.groupcommit import GroupCommitter
 from shared.intake import DeliverIntake, flush_inbound, flush_receipts
 from shared.queue import store
 from shared.smpp.connector import ConnectorSettings
+from shared.suppression import NumberHasher
 
 
 def connector(name: str, port: int, **kw: Any) -> ConnectorSettings:
@@ -113,7 +114,8 @@ async def start_stack(db_url: str, pool: asyncpg.Pool, connectors: Sequence[Conn
     lanes = {c.name: Lane(c, managers[c.name].sessions, lambda *a: None) for c in connectors}
     router = routes or Router.from_settings([], connectors)
     cfg = SubmitSettings(owner=owner, **{"flush_s": 0.02, "lease_s": 30.0, **settings})
-    sub = Submitter(pool, lanes, router, cfg, wait_for_work=lambda: asyncio.sleep(0.1))
+    sub = Submitter(pool, lanes, router, cfg, wait_for_work=lambda: asyncio.sleep(0.1),
+                    hasher=NumberHasher.from_secret("test-server-secret"))
     stack = Stack(sub, managers, stop)
     manager_stop = asyncio.Event()
 

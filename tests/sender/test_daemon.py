@@ -68,6 +68,9 @@ async def spawn(tmp_path: Path, db_url: str) -> AsyncIterator[Callable[..., Any]
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SMSGW_", "NOTIFY_", "WATCHDOG_"))}
     env["SMSGW_DATABASE_URL"] = db_url
+    # the sender refuses to start without a server secret (it keys the suppression hashes)
+    env.update(SMSGW_SECURITY__SERVER_SECRET_ENV="TEST_SERVER_SECRET",
+               TEST_SERVER_SECRET="test-server-secret")
 
     async def start() -> Proc:
         proc = await asyncio.create_subprocess_exec(
