@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
@@ -41,10 +42,15 @@ def _smsgw_services(compose: dict[str, Any]) -> dict[str, list[str]]:
             if svc.get("image", "").startswith("smsgw:")}
 
 
-def _compose_env(compose: dict[str, Any]) -> dict[str, str]:
-    """The receiver's environment with ${VAR:-default} resolved to the defaults."""
+def _compose_env(compose: dict[str, Any], given: dict[str, str]) -> dict[str, str]:
+    """The receiver's environment with ${VAR:-default} resolved to the defaults and the
+    required ${VAR:?message} to the `given` values (the operator's .env)."""
     env = compose["services"]["receiver"]["environment"]
-    return {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
+
+    def value(m: re.Match[str]) -> str:
+        return given[m.group(1)] if m.group(2) == ":?" else m.group(3)
+
+    return {k: re.sub(r"\$\{([A-Z_]+)(:-|:\?)([^}]*)\}", value, str(v)) for k, v in env.items()}
 
 
 def test_compose_file_matches_the_compose_specification(compose: dict[str, Any]) -> None:
@@ -104,8 +110,12 @@ def test_migrate_and_config_commands_run(compose: dict[str, Any], db_url: str,
     assert cmd[:2] == ["smsgw", "migrate"]
     local = [str(REPO / "deploy/compose/smsgw.toml") if a == COMPOSE_CONFIG else a for a in cmd]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMSGW_")}
-    env.update(_compose_env(compose))
-    env["SMSGW_DATABASE_URL"] = db_url
+    url = urlsplit(db_url)  # the compose way: the password in DB_PASSWORD, not in the URL
+    env.update(_compose_env(compose, {"DB_PASSWORD": url.password or "",
+                                      "SERVER_SECRET": "compose-test-secret"}))
+    user = f"{url.username}@" if url.username else ""
+    env["SMSGW_DATABASE_URL"] = url._replace(
+        netloc=user + url.netloc.rsplit("@", 1)[-1]).geturl()
     script = [sys.executable, "-m", "services.cli"]
     res = subprocess.run([*script, *local[1:]], env=env, capture_output=True, text=True,
                          timeout=60, cwd=tmp_path)
