@@ -50,7 +50,7 @@ from shared.errors import ConfigError
 from shared.smpp.connector import ConnectorSettings
 
 DAEMONS: tuple[str, ...] = ("receiver", "processor", "sender")
-# n in DESIGN.md's metrics port 9100 + 10 x (instance - 1) + n
+# n in the metrics port of docs/ARCHITECTURE.md "Ports", 9100 + 10 x (instance - 1) + n
 DAEMON_PORT_OFFSET: dict[str, int] = {"receiver": 1, "processor": 2, "sender": 3}
 METRICS_PORT_BASE = 9100
 RECEIVER_HTTP_PORT_BASE = 8080
@@ -296,8 +296,9 @@ class SecuritySettings(SecretSection):
 class DaemonSection(Section):
     """Keys every daemon section (`[receiver]`, `[processor]`, `[sender]`) has.
 
-    `metrics_port` None means DESIGN.md's default 9100 + 10 x (instance - 1) + n (n = 1
-    receiver, 2 processor, 3 sender); `load_config` fills it in, so a loaded config always has
+    `metrics_port` None means the default of docs/ARCHITECTURE.md "Ports", 9100 + 10 x (instance -
+    1) + n (n = 1 receiver, 2 processor, 3 sender); `load_config` fills it in, so a loaded config
+    always has
     a port (0 = any free port, for tests). `poll_s` is the fallback timer of queue consumers
     (the NOTIFY listener is the main wake-up). Subclasses add their daemon's keys.
     """
@@ -367,6 +368,19 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)
     userinfo = netloc[0].split(":", 1)[0]
     return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+
+
+def split_url_password(url: str) -> tuple[str, str | None]:
+    """(the URL without its password, the password or None): keep the password out of every
+    URL that is written to a config file or a log, and pass it to the driver on its own."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, None
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}")), unquote(parts.password)
 
 
 def _url_password(url: str) -> str | None:

@@ -1165,7 +1165,7 @@ async def _account_secrets(stack: Stack) -> dict[str, str]:
 
 def _database_password(stack: Stack) -> str | None:
     """The database password of the run (in the URL, or the embedded cluster's file)."""
-    pw = urlsplit(stack.dsn).password
+    pw = getattr(stack, "connect_kwargs", {}).get("password") or urlsplit(stack.dsn).password
     pw_file = getattr(stack.pg, "pw_file", None)
     if not pw and pw_file is not None and Path(pw_file).exists():
         pw = Path(pw_file).read_text("utf-8").strip()

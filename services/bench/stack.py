@@ -31,6 +31,7 @@ import asyncpg
 
 from services.admin import up
 from shared import db
+from shared.config import split_url_password
 from shared.embedded_pg import EmbeddedPostgres
 
 DATABASE_NAME = "smsgw"
@@ -96,6 +97,7 @@ class Stack:
         self.dsn = ""  # never carries the embedded cluster's password: see connect_kwargs
         # asyncpg keyword arguments next to `dsn` (the embedded cluster's password)
         self.connect_kwargs: dict[str, Any] = {}
+        self.db_password_file: Path | None = None
         self.api_key = ""
         self.account_id = 0
         self.sup: up.Supervisor | None = None
@@ -166,7 +168,15 @@ class Stack:
     async def _database(self) -> None:
         o = self.opts
         if o.database_url:
-            self.dsn = o.database_url
+            # a password in the given URL goes to a 0600 file the daemons' config names, never
+            # into the written smsgw.toml
+            self.dsn, password = split_url_password(o.database_url)
+            if password is not None:
+                self.db_password_file = self.data_dir / "db-password"
+                fd = os.open(self.db_password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(password)
+                self.connect_kwargs = {"password": password}
         else:
             if self.pg is None:
                 conf = {"synchronous_commit": "on" if o.synchronous_commit else "off",
@@ -213,6 +223,8 @@ class Stack:
         database: dict[str, Any] = {"url": self.dsn}
         if self.pg is not None and self.connect_kwargs:  # our embedded cluster: its file
             database["password_file"] = str(self.pg.pw_file)
+        elif self.db_password_file is not None:  # the password of a given --database-url
+            database["password_file"] = str(self.db_password_file)
         cfg: dict[str, Any] = {
             "database": database,
             "security": {"server_secret_file": str(secret_file)},

@@ -8,7 +8,7 @@ name (an asyncpg Record, a dict); a row from `<table>_history` fits the same rec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol, Self
@@ -96,7 +96,9 @@ def _builder(cls: type) -> Any:
     optional = cls.__dict__.get("_optional", frozenset())
     lines = ["def build(r):", "    o = _new(cls)"]
     for f in fields(cls):
-        get = f"r.get({f.name!r}, False)" if f.name in optional else f"r[{f.name!r}]"
+        # an optional column missing from the row takes the field's default (False if none)
+        default = False if f.default is MISSING else f.default
+        get = f"r.get({f.name!r}, {default!r})" if f.name in optional else f"r[{f.name!r}]"
         lines.append(f"    _set(o, {f.name!r}, {get})")
     lines.append("    return o")
     ns: dict[str, Any] = {"cls": cls, "_new": object.__new__, "_set": object.__setattr__}
@@ -156,7 +158,7 @@ class OutboundMessage(_FromRecord):
     `attempts` then already counts the lost attempt.
     """
 
-    _optional: ClassVar[frozenset[str]] = frozenset({"reclaimed"})
+    _optional: ClassVar[frozenset[str]] = frozenset({"reclaimed", "to_hash"})
 
     id: int
     account_id: int | None
@@ -189,6 +191,9 @@ class OutboundMessage(_FromRecord):
     done_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    # keyed hash of to_addr (migration 0009; the sender's suppression check); absent from
+    # rows read with an explicit column list
+    to_hash: bytes | None = None
     reclaimed: bool = False
 
 
