@@ -3,8 +3,9 @@
 Run: python grafana/build_dashboards.py
 
 The dashboards are generated so that every panel follows the same conventions (datasource uid,
-`$__rate_interval`, units) and use only metric names the daemons export (STYLE §3.6: keep the
-metric list and the dashboards in the same change). tests/ops/test_dashboards.py checks the
+`$__rate_interval`, units) and use only metric names the daemons export (docs/ARCHITECTURE.md
+"Metrics naming": keep the metric list and the dashboards in the same change).
+tests/ops/test_dashboards.py checks the
 committed JSON is what this script writes, and the opt-in Prometheus test runs every query.
 """
 

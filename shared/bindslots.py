@@ -16,8 +16,9 @@ Two rules keep "never more than `binds` binds" true across that hand-over:
    detection time, about 2 x `check_s`) before binding, so the previous holder has unbound.
 
 The rate is split per slot, not per holder: each bound session sends at most
-`connector TPS / connector binds` (DESIGN.md), so N holders together never exceed the TPS and no
-per-message coordination is needed. Receiver binds take slots from the same key space, so they
+`connector TPS / connector binds` (docs/ARCHITECTURE.md "Where deliver_sm goes"), so N holders
+together never exceed the TPS and no per-message coordination is needed. Receiver binds take slots
+from the same key space, so they
 count against the same limit.
 
 `BindManager` does all of that for one connector: it acquires up to `binds` slots (retrying for

@@ -1,8 +1,8 @@
 """Group commit: coalesce concurrent writes into one transaction; answer each when durable.
 
 Every HTTP request and every `deliver_sm` the receiver takes must be committed before it is
-acknowledged (DESIGN.md guarantee 1). One transaction per message costs one WAL flush per
-message — a few hundred to a few thousand per second with fsync on. Group commit pays one flush
+acknowledged (docs/ARCHITECTURE.md, guarantee 1). One transaction per message costs one WAL flush
+per message — a few hundred to a few thousand per second with fsync on. Group commit pays one flush
 for many: callers `await committer.submit(item)`; a small set of flush workers each take
 everything pending (up to `max_batch`), write it with the caller-supplied `flush` function
 (one multi-row INSERT and one NOTIFY per table) inside one transaction, commit, then resolve

@@ -1,6 +1,6 @@
 """The one intake for everything that arrives: MO messages, MO fragments and delivery receipts.
 
-DESIGN.md "Where deliver_sm goes": every bind that receives `deliver_sm`/`data_sm` (the
+docs/ARCHITECTURE.md "Where deliver_sm goes": every bind that receives `deliver_sm`/`data_sm` (the
 receiver's rx binds, the sender's trx binds) hands the PDU to `DeliverIntake.handle`, which
 normalises the numbers, stores an MO row, a receipt row or an MO fragment through a group
 committer, and only after the commit returns the `command_status` for `deliver_sm_resp`. The

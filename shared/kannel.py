@@ -27,7 +27,8 @@ DLR_SMSC_FAIL = 16  # non-delivered to SMSC (submit_sm rejected)
 DLR_MASK_ALL = 31
 DLR_MASK_FINAL = DLR_DELIVERED | DLR_UNDELIVERED | DLR_SMSC_FAIL  # 19: final states only
 
-# outbound / outbound_part states (DESIGN.md) → the Kannel DLR type reported for them
+# outbound / outbound_part states (docs/ARCHITECTURE.md "Tables and states") → the Kannel DLR type
+# reported for them
 _STATE_TO_DLR: dict[str, int] = {
     "delivered": DLR_DELIVERED,
     "undeliverable": DLR_UNDELIVERED,

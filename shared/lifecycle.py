@@ -1,7 +1,8 @@
 """Process lifecycle pieces: signal events, the watchdog, the drain deadline, the stop budget.
 
-Signal handlers only set events (gunicorn's arbiter; STYLE §3.2); the daemon's main task does
-the work. After the first SIGINT/SIGTERM the SIGINT handler is removed, so a second Ctrl-C
+Signal handlers only set events (gunicorn's arbiter; docs/ARCHITECTURE.md "The daemon contract");
+the daemon's main task does the work. After the first SIGINT/SIGTERM the SIGINT handler is removed,
+so a second Ctrl-C
 raises KeyboardInterrupt at once and skips the drain (procrastinate `signals.py`).
 `shared.daemon.Daemon` puts these together; this module has no daemon-specific knowledge.
 """

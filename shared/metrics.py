@@ -1,8 +1,10 @@
 """Metrics and the per-daemon `/metrics` `/healthz` `/readyz` HTTP site.
 
-Each process builds its own `CollectorRegistry` (never the global default: STYLE §3.14, no
-module-level state) with the process/platform collectors registered explicitly, and passes it
-to whatever creates metrics. Names follow DESIGN.md: `smsgw_` prefix, `_total` counters,
+Each process builds its own `CollectorRegistry` (never the global default: docs/ARCHITECTURE.md
+"Metrics naming"; no module-level state) with the process/platform collectors registered explicitly,
+and passes it
+to whatever creates metrics. Names follow docs/ARCHITECTURE.md "Metrics naming": `smsgw_` prefix,
+`_total` counters,
 `_seconds` units, labels from the fixed low-cardinality set.
 """
 

@@ -1,4 +1,5 @@
-"""Phone number normalisation at intake (DESIGN.md guarantee 8): everything becomes E.164.
+"""Phone number normalisation at intake (docs/ARCHITECTURE.md, guarantee 8): everything becomes
+E.164.
 
 Numbers are normalised before dedupe, suppression, quotas and ordering, or a STOP from a national
 number never suppresses the international one. Short codes and alphanumeric sender ids are not

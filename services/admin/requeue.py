@@ -1,4 +1,4 @@
-"""`smsgw requeue TABLE`: put dead rows back in the queue (DESIGN.md guarantee 5).
+"""`smsgw requeue TABLE`: put dead rows back in the queue (docs/ARCHITECTURE.md, guarantee 5).
 
 Goes through the queue core's `requeue_dead` (attempts reset, last error kept, one NOTIFY so a
 consumer picks the rows up at once). Filters combine: `--ids`, `--older-than` (dead for longer

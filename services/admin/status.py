@@ -29,7 +29,7 @@ STATS_FRESH_S = 5.0
 RATE_WINDOW_S = 60
 SCRAPE_TIMEOUT_S = 1.0
 # Default /metrics ports probed when neither --metrics nor `smsgw up`'s endpoints file names
-# them: DESIGN.md's 9100 + 10 x (instance - 1) + n for instances 1-3.
+# them: docs/ARCHITECTURE.md "Ports": 9100 + 10 x (instance - 1) + n for instances 1-3.
 DEFAULT_PROBE = tuple(
     (daemon, inst, 9100 + 10 * (inst - 1) + n)
     for inst in (1, 2, 3) for daemon, n in (("receiver", 1), ("processor", 2), ("sender", 3)))
@@ -240,7 +240,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=2.0, help="--watch refresh seconds")
     p.add_argument("--metrics", action="append", metavar="URL",
                    help="a daemon's /metrics URL to read binds from (repeatable; default: "
-                        "`smsgw up`'s endpoints, else DESIGN.md's default ports)")
+                        "`smsgw up`'s endpoints, else the default ports in "
+                        "docs/ARCHITECTURE.md, Ports)")
     return p
 
 

@@ -27,7 +27,8 @@ DEFAULT_DOCS = "/opt/smsgw/README.md"
 DEFAULT_USER = "smsgw"
 
 _SERVICES_DIR = Path(__file__).resolve().parent.parent
-# Where each unit lives in the source tree: next to its daemon (STYLE §3.1), shared ones here.
+# Where each unit lives in the source tree: next to its daemon (docs/ARCHITECTURE.md "Daemons and
+# what each owns"), shared ones here.
 UNIT_DIRS = ("receiver", "processor", "sender", "smsc_sim", "admin/systemd")
 
 

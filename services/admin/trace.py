@@ -4,7 +4,8 @@ For an MT (outbound) it shows intake (the row: source, account, client_ref), the
 it (a reply), each submitted part with its SMSC id, the receipts matched to those parts, the
 status callbacks, and the event log (`events`). For an MO (inbound) it shows the row, the event
 log, the replies it caused and the forwarded callbacks. Every lookup reads the hot table first,
-then its history table, so a message moved by retention still traces (DESIGN.md guarantee 10).
+then its history table, so a message moved by retention still traces (docs/ARCHITECTURE.md,
+guarantee 10).
 
 An argument starting with `+`, or of at least `NUMBER_MIN_DIGITS` digits, is a phone number;
 a shorter one is a message id (both MT and MO ids are looked up; `--mt`/`--mo` pick one).

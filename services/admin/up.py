@@ -85,7 +85,8 @@ BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 BACKOFF_RESET_AFTER_S = 60.0
 METRICS_OFFSET = {"receiver": 1, "processor": 2, "sender": 3}
-# Stop order (DESIGN.md: stop intake first); start order is the reverse.
+# Stop order (docs/ARCHITECTURE.md, "The daemon contract": stop intake first); start order is the
+# reverse.
 STOP_ORDER = ("receiver", "processor", "sender", "smsc-sim")
 _PR_SET_PDEATHSIG = 1
 
@@ -526,7 +527,7 @@ def daemon_env(base: Mapping[str, str], daemon: str, instance: int,
 
 
 def metrics_port(opts: Options, daemon: str, instance: int) -> int:
-    """DESIGN.md's metrics port, from --metrics-port-base."""
+    """the metrics port of docs/ARCHITECTURE.md "Ports", from --metrics-port-base."""
     return opts.metrics_port_base + 10 * (instance - 1) + METRICS_OFFSET[daemon]
 
 

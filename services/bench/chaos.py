@@ -46,7 +46,7 @@ from shared.embedded_pg import EmbeddedPostgres, find_pg_bin
 
 CASES = ("kill", "pgrestart", "smsc", "watermark")
 # Short leases and timeouts so a killed sender's rows come back within seconds (the lease must
-# still outlast the response timeout plus the drain deadline: DESIGN.md guarantee 3).
+# still outlast the response timeout plus the drain deadline: docs/ARCHITECTURE.md, guarantee 3).
 CHAOS_SECTIONS: dict[str, dict[str, Any]] = {
     "sender": {"lease_s": 6.0, "drain_s": 2.0},
     "processor": {"drain_s": 2.0},

@@ -1,7 +1,7 @@
 """Delivery of the `callbacks` queue to applications: forwarded MO and MT status reports.
 
-Lease claims (DESIGN.md guarantee 3): a claim takes at most the free concurrency, marks the
-rows `sending` with our lease, and every write-back is fenced by `lease_owner`, so a late
+Lease claims (docs/ARCHITECTURE.md, guarantee 3): a claim takes at most the free concurrency, marks
+the rows `sending` with our lease, and every write-back is fenced by `lease_owner`, so a late
 result never overwrites a row another instance took over after our lease expired
 (`lease_s` > `timeout_s`, checked by the settings). Expired leases of dead instances are
 reclaimed by the claim itself.

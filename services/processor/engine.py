@@ -1,4 +1,5 @@
-"""Apply a batch of inbound messages in ONE transaction (DESIGN.md guarantee 3, transaction mode).
+"""Apply a batch of inbound messages in ONE transaction (docs/ARCHITECTURE.md, guarantee 3,
+transaction mode).
 
 One batch:
 

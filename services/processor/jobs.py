@@ -1,7 +1,8 @@
 """The processor's periodic jobs, each run once per period across every processor instance.
 
-DESIGN.md gives the processor the retention move, the MO-fragment timeout and the orphaning of
-unmatched receipts (plus our own flood-counter cleanup). `shared.periodic.run_periodic` takes
+docs/ARCHITECTURE.md ("Periodic jobs") gives the processor the retention move, the MO-fragment
+timeout and the orphaning of unmatched receipts (plus our own flood-counter cleanup).
+`shared.periodic.run_periodic` takes
 an advisory lock, so two instances never run a job at the same moment; but each instance's
 timer fires every period, so with N instances the job would run N times per period. The gate
 here adds the "once per period" part: under the lock, the job runs only when its row in

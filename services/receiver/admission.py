@@ -1,7 +1,8 @@
 """Admission control: each intake checks its own queue in the depth/age snapshot.
 
-DESIGN.md "Backpressure, end to end": the MT API pairs with `outbound`, MO (HTTP and SMPP) with
-`inbound`, receipts only with `receipts` — never refuse receipts because outbound is deep, that
+docs/ARCHITECTURE.md "Backpressure, end to end": the MT API pairs with `outbound`, MO (HTTP and
+SMPP) with `inbound`, receipts only with `receipts` — never refuse receipts because outbound is
+deep, that
 starts SMSC retry storms. Above a queue's high watermark, or when its oldest queued row is older
 than `<queue>_max_queued_age_s`, intake is refused (HTTP 503 + Retry-After, SMPP the connector's
 transient status). The numbers come from the `queue_stats` snapshot that one instance refreshes

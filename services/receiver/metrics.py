@@ -1,4 +1,5 @@
-"""The receiver's metrics, on the per-process registry (names and labels: DESIGN.md, STYLE §3.6).
+"""The receiver's metrics, on the per-process registry (names and labels: docs/ARCHITECTURE.md
+"Metrics naming").
 
 `ReceiverMetrics` also implements `shared.intake.IntakeObserver`, so SMPP intake and the HTTP
 handlers count into the same series.

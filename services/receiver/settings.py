@@ -14,7 +14,8 @@ from shared.config import RECEIVER_HTTP_PORT_BASE, DaemonSection
 
 
 class ReceiverSettings(DaemonSection, ReceiverOptions):
-    """The receiver's section. `http_port` None means DESIGN.md's 8080 + (instance - 1)."""
+    """The receiver's section. `http_port` None means docs/ARCHITECTURE.md "Ports": 8080 +
+    (instance - 1)."""
 
     def resolve_defaults(self, daemon: str, instance: int) -> Self:
         """Also fill in the API port from the instance number."""

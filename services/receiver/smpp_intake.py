@@ -1,7 +1,8 @@
 """The receiver's SMPP receiver (rx) binds: one `BindManager` per connector that asks for them.
 
-DESIGN.md: one connector definition serves both daemons; the sender owns transmitter and
-transceiver binds, the receiver owns receiver binds. So the receiver binds the connectors whose
+docs/ARCHITECTURE.md "Where deliver_sm goes": one connector definition serves both daemons; the
+sender owns transmitter and transceiver binds, the receiver owns receiver binds. So the receiver
+binds the connectors whose
 `bind_mode` is `receiver`, through `shared.bindslots.BindManager`: the binds count against the
 connector's global limit (advisory-lock slots shared by every daemon and instance), and every
 `deliver_sm`/`data_sm` goes to the one shared intake (`shared.intake.DeliverIntake`), which

@@ -4,7 +4,7 @@
 `/cgi-bin/sendsms`: one statement inserts every new row of the batch into `outbound` and its
 idempotency key into `dedupe_keys`, then one NOTIFY wakes the senders.
 
-Idempotency (DESIGN.md guarantee 2): an MT with a `client_ref` claims the key
+Idempotency (docs/ARCHITECTURE.md, guarantee 2): an MT with a `client_ref` claims the key
 (`mt:<account_id>`, client_ref) in `dedupe_keys` together with a fingerprint of its content.
 The row ids are drawn from the identity sequence first, so the key and the row are written in
 the same statement and the key points at its row; a row is inserted only if its key was new

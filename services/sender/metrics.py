@@ -1,7 +1,8 @@
 """The sender's metrics, on the per-process registry the composition root passes in.
 
-Names and labels follow DESIGN.md / STYLE §3.6 (labels only from the fixed set: connector,
-bind, outcome, reason, state, status). Every expected label set is initialised per connector
+Names and labels follow docs/ARCHITECTURE.md "Metrics naming" (labels only from the fixed set:
+connector, bind, outcome, reason, state, status). Every expected label set is initialised per
+connector
 by `init_connector`, so `rate()` starts at zero.
 """
 

@@ -19,7 +19,8 @@ _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 class SenderSettings(DaemonSection):
     """The sender's section. `lease_s` must outlast the SMPP response timeout plus `drain_s`
-    (DESIGN.md guarantee 3), so a draining sender never loses a lease it still works on."""
+    (docs/ARCHITECTURE.md, guarantee 3), so a draining sender never loses a lease it still works
+    on."""
 
     # claiming
     batch: int = Field(default=100, ge=1)  # claim = free window slots + batch (in parts)

@@ -1,7 +1,8 @@
 """The SMSC simulator: a real SMPP 3.4 server on the project's codec.
 
-It stands in for the operator's SMSC in tests, demos and benchmarks (STYLE.md 3.12: a fake of
-something we do not own). It accepts binds, answers submit_sm with unique message ids, sends
+It stands in for the operator's SMSC in tests, demos and benchmarks (docs/ARCHITECTURE.md
+"Testing": a fake of something we do not own). It accepts binds, answers submit_sm with unique
+message ids, sends
 delivery receipts after a delay with a configurable stat mix, generates MO traffic, and injects
 faults on demand: throttling, error statuses, slow or missing responses, dropped connections,
 garbage bytes. It records every submit with its own monotonic timestamp, so rate tests count

@@ -5,7 +5,7 @@ of the caller's transaction (`claim_tx`, and write-backs in transaction mode) ne
 `Connection` that holds it. Queue tables are whitelisted identifiers (`QUEUE_TABLES`); anything a
 caller passes as data travels as a `$n` parameter.
 
-Claim modes (DESIGN.md guarantee 3):
+Claim modes (docs/ARCHITECTURE.md, guarantee 3):
 
 - transaction mode, `claim_tx`: `FOR UPDATE SKIP LOCKED` inside the caller's transaction; the
   caller writes its results and `ack`s/`retry`s in the same transaction; a crash rolls back.

@@ -5,7 +5,7 @@ window semaphore, the token bucket, an enquire_link timer and an explicit state
 (OPEN → BOUND_TX/RX/TRX → UNBINDING → CLOSED). It answers the peer's enquire_link and unbind,
 nacks what it does not understand, and hands deliver_sm/data_sm to an async handler whose
 return value is the command_status of the response — so the gateway commits first and only
-then acknowledges (DESIGN.md guarantee 1).
+then acknowledges (docs/ARCHITECTURE.md, guarantee 1).
 
 A submit never reports "failed" for something the SMSC may have accepted: when the response
 times out or the connection drops after the PDU was written, the outcome is UNKNOWN. When the

@@ -126,7 +126,8 @@ def test_migrate_and_config_commands_run(compose: dict[str, Any], db_url: str,
 
 
 def test_healthchecks_and_scrape_targets_use_the_design_ports(compose: dict[str, Any]) -> None:
-    """Each daemon's healthcheck and Prometheus target use DESIGN.md's metrics port."""
+    """Each daemon's healthcheck and Prometheus target use the metrics port of docs/ARCHITECTURE.md
+    "Ports"."""
     prom = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
     targets = {t for job in prom["scrape_configs"] for sc in job["static_configs"]
                for t in sc["targets"]}

@@ -1,4 +1,4 @@
-"""Shutdown budget (STYLE §3.2, after Home Assistant's
+"""Shutdown budget (docs/ARCHITECTURE.md "The daemon contract", after Home Assistant's
 `test_cumulative_shutdown_timeout_less_than_supervisor`): for each daemon, the default drain
 deadline plus every close timeout after it plus a margin must fit in the unit's
 `TimeoutStopSec=`, or systemd SIGKILLs a daemon that is still releasing leases or unbinding.
@@ -65,7 +65,8 @@ def test_up_waits_as_long_as_systemd_would() -> None:
 
 
 def test_sender_lease_outlasts_drain_and_response_timeout() -> None:
-    """DESIGN.md guarantee 3: a sender's lease outlasts its response timeout plus drain."""
+    """docs/ARCHITECTURE.md, guarantee 3: a sender's lease outlasts its response timeout plus
+    drain."""
     from shared.smpp.connector import ConnectorSettings
 
     s = SenderSettings()

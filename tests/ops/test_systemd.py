@@ -1,6 +1,6 @@
 """The systemd units: rendered with real paths, checked by `systemd-analyze verify` (which exits
 0 even on an unknown Type=, so ANY output fails the test), and checked for the directives the
-daemon contract needs (DESIGN.md "The daemon contract", STYLE §3.2).
+daemon contract needs (docs/ARCHITECTURE.md "The daemon contract").
 """
 
 from __future__ import annotations

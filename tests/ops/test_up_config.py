@@ -58,8 +58,8 @@ def test_a_configured_database_and_connector_replace_the_defaults(tmp_path: Path
 
 
 def test_children_ports_and_start_order(tmp_path: Path) -> None:
-    """Instances get DESIGN.md's ports from the bases; start order is simulator, senders,
-    processors, receivers (the reverse of the stop order)."""
+    """Instances get the ports of docs/ARCHITECTURE.md "Ports" from the bases; start order is
+    simulator, senders, processors, receivers (the reverse of the stop order)."""
     opts = _opts(tmp_path, "--senders", "2", "--api-port", "18080", "--metrics-port-base",
                  "19100")
     (tmp_path / "data").mkdir()

@@ -125,7 +125,8 @@ def test_database_url_required_for_daemons_not_for_shared_load() -> None:
 
 
 def test_instance_sets_default_ports() -> None:
-    """DESIGN.md: metrics 9100 + 10 x (instance - 1) + n; receiver API 8080 + (instance - 1)."""
+    """docs/ARCHITECTURE.md "Ports": metrics 9100 + 10 x (instance - 1) + n; receiver API 8080 +
+    (instance - 1)."""
     env = {**DB, "SMSGW_INSTANCE": "2"}
     assert load_config("sender", SenderSettings, path=None, env=env).daemon.metrics_port == 9113
     rcv = load_config("receiver", ReceiverSettings, path=None, env=env)

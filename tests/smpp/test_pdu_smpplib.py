@@ -2,7 +2,7 @@
 
 Our encoder's bytes must parse in smpplib to the same field values, and smpplib's bytes must
 decode with ours to the same values — for every PDU type both support. This keeps the
-simulator (built on our codec) from hiding a symmetric bug (STYLE.md 3.5).
+simulator (built on our codec) from hiding a symmetric bug (docs/ARCHITECTURE.md "Testing").
 """
 
 import struct
