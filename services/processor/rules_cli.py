@@ -356,6 +356,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
         sys.stderr.write(f"database unavailable: {exc}\n")
         return EX_UNAVAILABLE
+    except asyncpg.InvalidAuthorizationSpecificationError as exc:  # wrong password or role
+        sys.stderr.write(f"database refused the login: {exc} (check [database] password_file "
+                         "or password_env)\n")
+        return EX_CONFIG
 
 
 if __name__ == "__main__":

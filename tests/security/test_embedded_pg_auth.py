@@ -241,6 +241,14 @@ async def test_admin_commands_read_the_password_file_from_the_config(
         res = cli("migrate", config=f'[database]\nurl = "{url}"\n')
         assert res.returncode != 0
         assert "password" in res.stderr.lower()
+        # `rules` takes --config before its subcommand; a refused login is a message, no trace
+        path = tmp_path / "nopw.toml"
+        path.write_text(f'[database]\nurl = "{url}"\n')
+        res = subprocess.run([sys.executable, "-m", "services.cli", "rules", "--config",
+                              str(path), "list"], env=env, capture_output=True, text=True,
+                             timeout=60, cwd=ROOT)
+        assert res.returncode == 78, res.stdout + res.stderr
+        assert "Traceback" not in res.stderr and "password" in res.stderr.lower()
         res = cli("migrate", config=f'[database]\nurl = "{url}"\npassword = "{password}"\n')
         assert res.returncode == 78
         assert "never written in the config" in res.stderr
