@@ -506,6 +506,11 @@ def decode_message(
         text = _gsm_decode(unpack_septets(payload, fill)).translate(_UNPROTECT)
     else:
         text = decode_text(payload, alphabet)
+    if text and "\x00" in text:
+        # U+0000 is valid UCS-2/Latin-1 but no Postgres text can hold it: an MO carrying one
+        # would fail its insert and be redelivered by the SMSC forever. Store U+FFFD instead,
+        # as a decoder does with bad bytes (the payload keeps the original bytes).
+        text = text.replace("\x00", "\ufffd")
     return DecodedText(payload, text, alphabet, udh, concat)
 
 

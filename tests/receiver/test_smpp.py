@@ -187,3 +187,31 @@ async def test_inbound_watermark_answers_transient_but_receipts_pass(  # type: i
         assert await pool.fetchval("SELECT count(*) FROM receipts") == 1
         metric = inst.ctx.metrics.backpressure_rejections.labels(reason="inbound_watermark")
         assert metric._value.get() == 1
+
+
+async def test_nul_in_an_mo_is_stored_as_replacement_not_refused_forever(  # type: ignore[no-untyped-def]
+        start_instance, pool: asyncpg.Pool) -> None:
+    """Anyone can send an SMS whose UCS-2 or Latin-1 text holds U+0000. Postgres text cannot
+    store NUL: before the fix the MO failed its insert, the SMSC got an error and redelivered
+    it forever. Now each NUL is stored as U+FFFD (as a decoder does with bad bytes), the MO is
+    acknowledged with ESME_ROK and stored once — in text, in a fragment and in binary UTF-8."""
+    async with Simulator() as sim:
+        inst = await start_instance([connector(sim.port, binds=1)])
+        await inst.wait_bound(1)
+        ucs2 = P.DeliverSm(source_addr="447700900123", destination_addr="60060",
+                           data_coding=8, short_message="A\x00B".encode("utf-16-be"))
+        latin1 = P.DeliverSm(source_addr="447700900124", destination_addr="60060",
+                             data_coding=3, short_message=b"C\x00D")
+        binary = P.DeliverSm(source_addr="447700900126", destination_addr="60060",
+                             data_coding=4, short_message=b"G\x00H")
+        frag = P.DeliverSm(source_addr="447700900125", destination_addr="60060", esm_class=0x40,
+                           data_coding=8, short_message=b"\x05\x00\x03\x07\x02\x01"
+                           + "E\x00F".encode("utf-16-be"))
+        for pdu in (ucs2, latin1, binary, frag):
+            assert await sim.deliver(pdu) == P.SMPP_ESME_ROK
+        bodies = {r["from_addr"]: r["body"] for r in await pool.fetch(
+            "SELECT from_addr, body FROM inbound")}
+        assert bodies["+447700900123"] == "A\ufffdB"
+        assert bodies["+447700900124"] == "C\ufffdD"
+        assert bodies.get("+447700900126") in ("G\ufffdH", None)  # binary: text or no text
+        assert await pool.fetchval("SELECT body FROM mo_parts") == "E\ufffdF"
