@@ -530,7 +530,7 @@ class OutboundGate:
             if self.paused and depth <= self.low:
                 self.paused = False
                 log.info("processor_resumed", outbound_depth=depth)
-            elif not self.paused and depth > self.high:
+            elif not self.paused and depth >= self.high:  # the snapshot stops counting at its cap
                 self.paused = True
                 log.warning("processor_paused", outbound_depth=depth, high=self.high)
         return not self.paused

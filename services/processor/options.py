@@ -5,8 +5,8 @@
     max_attempts = 5                 # a message failing this often ends `dead`
     retry_base_s = 1.0               # backoff floor; doubles per attempt up to retry_max_s
     retry_max_s = 300.0
-    outbound_high_watermark = 100000 # pause claiming while outbound queued is above this ...
-    outbound_low_watermark = 80000   # ... until it is back below this
+    outbound_high_watermark = 90000  # pause claiming while outbound queued reaches this ...
+    outbound_low_watermark = 72000   # ... until it is back below this (default 80 % of high)
     flood_max = 20                   # messages per number per flood_window_s answered; 0 = off
     flood_window_s = 60.0
     events = true                    # one `events` row per message (what `smsgw trace` shows)
@@ -83,7 +83,8 @@ class ProcessorKeys(DaemonSection):
     max_attempts: int = Field(default=5, ge=1)
     retry_base_s: float = Field(default=1.0, ge=0)
     retry_max_s: float = Field(default=300.0, ge=0)
-    outbound_high_watermark: int = Field(default=100_000, ge=1)
+    # The queue snapshot counts up to 100,000 rows, so a watermark must sit below that to act.
+    outbound_high_watermark: int = Field(default=90_000, ge=1)
     outbound_low_watermark: int | None = Field(default=None, ge=0)
     flood_max: int = Field(default=20, ge=0)
     flood_window_s: float = Field(default=60.0, gt=0)

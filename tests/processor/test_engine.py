@@ -7,7 +7,9 @@ import asyncio
 import asyncpg
 import orjson
 
+from services.processor.options import ProcessorKeys
 from shared import suppression
+from shared.queue import store
 from shared.queue.listener import CHANNELS
 
 from .conftest import HASHER, SHORT, add_mo, drain, mo, set_rules
@@ -232,3 +234,22 @@ async def test_replies_notify_outbound_once(pool, make_engine, db_url) -> None:
 
 
 
+
+
+async def test_default_watermark_pauses_when_the_snapshot_is_at_its_cap(pool, make_engine) -> None:
+    """The snapshot counts queued rows only up to its cap (100,000). With the old default
+    watermark equal to that cap and a strict `>`, the processor never paused, however deep
+    outbound grew. 1. fill outbound with 100,500 queued rows; 2. refresh the real snapshot;
+    3. an engine with the default `[processor]` watermark claims nothing."""
+    defaults = ProcessorKeys()
+    await pool.execute(
+        "INSERT INTO outbound (source, from_addr, to_addr, body, category, status) "
+        "SELECT 'api', 'X', '+447700900123', 'x', 'transactional', 'queued' "
+        "FROM generate_series(1, 100500)")
+    async with pool.acquire() as conn:
+        await store.refresh_queue_stats(conn)
+    await add_mo(pool, [mo(A, "x")])
+    engine = make_engine(outbound_high_watermark=defaults.outbound_high_watermark,
+                         outbound_low_watermark=None)
+    assert await engine.run_batch() == 0
+    assert engine.gate.paused
