@@ -3,7 +3,7 @@
 -- Until now `suppressions.number_hash` was sha256(number): unsalted, so a copy of the database
 -- gave every opted-out (and every erased) number back by brute force in under a second. From
 -- this release the hash is HMAC-SHA256(K, sha256(number)) with K derived from the
--- `[security] server_secret` (shared/suppression.py); the key never sits in the database, so
+-- `[security] server_secret` (shared/domain/suppression.py); the key never sits in the database, so
 -- Postgres cannot compute it (no hmac() without pgcrypto): the daemons do.
 --
 -- 1. outbound.to_hash: the recipient's keyed hash, written by whoever inserts the MT (receiver,
@@ -16,7 +16,7 @@
 -- 2. suppressions.keyed: every existing entry is legacy (keyed = false, the default, so rows an
 --    earlier release still inserts are legacy as well). Checks match a legacy entry by its old
 --    sha256 until a daemon holding the key re-keys it: the processor and the sender do at start
---    and periodically (`shared.suppression.rekey_legacy`), and `smsgw erase` does. Re-keying
+--    and periodically (`shared.domain.suppression.rekey_legacy`), and `smsgw erase` does. Re-keying
 --    needs no number: HMAC(K, sha256(number)) is computed from the stored sha256 itself, so the
 --    entries of erased numbers (number NULL) are re-keyed as well and keep suppressing, and no
 --    unkeyed hash is left once any new daemon has started.

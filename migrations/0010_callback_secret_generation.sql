@@ -1,7 +1,7 @@
 -- 0010: status-callback signing secrets are derived, never stored.
 --
 -- Each account's secret is HMAC-SHA256(server secret, 'callback:<id>:<generation>')
--- (shared/callback_signing.py); the database keeps only the generation. Every account starts
+-- (shared/domain/callback_signing.py); the database keeps only the generation. Every account starts
 -- at generation 1, so every account's status callbacks are signed from now on;
 -- `smsgw accounts callback-secret NAME` shows the secret, `--rotate` moves to the next one.
 -- A constant default: a catalog change only, no table rewrite.

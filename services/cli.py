@@ -9,31 +9,31 @@ from __future__ import annotations
 import importlib
 import sys
 
-# name -> (module, function, one-line help)
+# name -> (module under smsgw.services, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "receiver": ("services.receiver.__main__", "main",
+    "receiver": ("receiver.__main__", "main",
                  "run the receiver daemon (HTTP API, webhooks, SMPP MO)"),
-    "processor": ("services.processor.__main__", "main",
+    "processor": ("processor.__main__", "main",
                   "run the processor daemon (rules, callbacks)"),
-    "sender": ("services.sender.__main__", "main", "run the sender daemon (SMPP submit, receipts)"),
-    "smsc-sim": ("services.smsc_sim.__main__", "main",
+    "sender": ("sender.__main__", "main", "run the sender daemon (SMPP submit, receipts)"),
+    "smsc-sim": ("smsc_sim.__main__", "main",
                  "run the SMSC simulator (SMPP server for tests and demos)"),
-    "migrate": ("services.admin.migrate", "main", "apply database migrations"),
-    "up": ("services.admin.up", "main",
+    "migrate": ("admin.migrate", "main", "apply database migrations"),
+    "up": ("admin.up", "main",
            "run everything locally (embedded Postgres, all daemons, simulator)"),
-    "check-config": ("services.admin.checkconfig", "main", "validate the configuration and exit"),
-    "accounts": ("services.admin.accounts", "main", "manage accounts and API keys"),
-    "rules": ("services.processor.rules_cli", "main", "import/export/list/test processor rules"),
-    "status": ("services.admin.status", "main", "queue depths, rates, binds"),
-    "trace": ("services.admin.trace", "main", "a message's whole history"),
-    "requeue": ("services.admin.requeue", "main", "requeue dead rows"),
-    "send": ("services.admin.send", "main", "send one test MT"),
-    "erase": ("services.admin.erase", "main",
+    "check-config": ("admin.checkconfig", "main", "validate the configuration and exit"),
+    "accounts": ("admin.accounts", "main", "manage accounts and API keys"),
+    "rules": ("processor.rules_cli", "main", "import/export/list/test processor rules"),
+    "status": ("admin.status", "main", "queue depths, rates, binds"),
+    "trace": ("admin.trace", "main", "a message's whole history"),
+    "requeue": ("admin.requeue", "main", "requeue dead rows"),
+    "send": ("admin.send", "main", "send one test MT"),
+    "erase": ("admin.erase", "main",
               "erase a number's messages, keep a hashed suppression"),
-    "bench": ("services.bench.__main__", "main",
+    "bench": ("bench.__main__", "main",
               "benchmarks: queue, smpp, mt, sendsms, mo, promo, intake"),
-    "fuzz": ("services.bench.fuzz", "main", "fuzz runs: smpp, http, attacks"),
-    "chaos": ("services.bench.chaos", "main", "reliability suite (kill -9, Postgres restart, ...)"),
+    "fuzz": ("bench.fuzz", "main", "fuzz runs: smpp, http, attacks"),
+    "chaos": ("bench.chaos", "main", "reliability suite (kill -9, Postgres restart, ...)"),
 }
 
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, func, _ = COMMANDS[name]
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(f"smsgw.services.{module_name}")
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             sys.stderr.write(f"smsgw: command {name!r} is not available in this build\n")

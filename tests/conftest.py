@@ -20,8 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from shared import db
-from shared.embedded_pg import EmbeddedPostgres
+from smsgw.shared.core import db
+from smsgw.shared.core.embedded_pg import EmbeddedPostgres
 
 
 def _with_db(url: str, dbname: str) -> str:

@@ -22,7 +22,7 @@ names the ones it may force. `update` replaces only what it is given; receivers 
 within their `auth_cache_s`.
 
 Every account's status callbacks are signed (`X-Smsgw-Signature`, see
-`shared.callback_signing`) with a secret derived from the server secret and the account's
+`shared.domain.callback_signing`) with a secret derived from the server secret and the account's
 secret generation; the database holds only the generation. `callback-secret NAME` prints the
 current secret for the application (audited); `--rotate` moves to the next generation, and the
 processor signs with the new secret from its next callback on.
@@ -39,12 +39,12 @@ from typing import Any
 
 import asyncpg
 
-from services.admin import dbcli
-from shared.apikeys import audit, create_key, list_keys, revoke_key
-from shared.callback_signing import account_secret
-from shared.config import load_shared
-from shared.errors import ConfigError
-from shared.numbers import InvalidNumber, normalise_sender
+from smsgw.services.admin import dbcli
+from smsgw.shared.core.errors import ConfigError
+from smsgw.shared.domain.apikeys import audit, create_key, list_keys, revoke_key
+from smsgw.shared.domain.callback_signing import account_secret
+from smsgw.shared.domain.numbers import InvalidNumber, normalise_sender
+from smsgw.shared.runtime.config import load_shared
 
 # insert_account: a new account; the name is unique.
 INSERT_ACCOUNT = """
@@ -294,7 +294,7 @@ async def callback_secret(conn: asyncpg.Connection, server_secret: bytes, name: 
                           rotate: bool = False, actor: str = "cli") -> dict[str, Any]:
     """The account's status-callback signing secret (audited), after moving to the next
     generation when `rotate`. The secret is derived from the server secret and the generation
-    (`shared.callback_signing`), never stored."""
+    (`shared.domain.callback_signing`), never stored."""
     async with conn.transaction():
         rec = await conn.fetchrow(ROTATE_CALLBACK_GENERATION if rotate else CALLBACK_GENERATION,
                                   name)

@@ -12,11 +12,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from services.processor.settings import ProcessorSettings
-from services.receiver.settings import ReceiverSettings
-from services.sender.settings import SenderSettings
-from shared.config import DaemonSection, load_all
-from shared.errors import ConfigError
+from smsgw.services.processor.settings import ProcessorSettings
+from smsgw.services.receiver.settings import ReceiverSettings
+from smsgw.services.sender.settings import SenderSettings
+from smsgw.shared.core.errors import ConfigError
+from smsgw.shared.runtime.config import DaemonSection, load_all
 
 EXIT_CONFIG = 78
 SECTIONS: dict[str, type[DaemonSection]] = {

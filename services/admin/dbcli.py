@@ -2,11 +2,11 @@
 running one async body, printing human text or JSON.
 
 The database URL comes from, in order: `--database-url`, `SMSGW_DATABASE_URL` / the config file
-(`--config`, default `smsgw.toml` when present; loaded with `shared.config.load_shared`, so the
-same validation as the daemons), and last the config `smsgw up` wrote into its data folder
-(`--data-dir`, default `./.smsgw`) — so `smsgw trace 42` works next to a running `smsgw up`.
-The password comes with the URL's config (`[database] password_file` / `password_env`: `smsgw up`
-names its embedded Postgres' password file), never inside the URL.
+(`--config`, default `smsgw.toml` when present; loaded with `shared.runtime.config.load_shared`,
+so the same validation as the daemons), and last the config `smsgw up` wrote into its data
+folder (`--data-dir`, default `./.smsgw`) — so `smsgw trace 42` works next to a running
+`smsgw up`. The password comes with the URL's config (`[database] password_file` /
+`password_env`: `smsgw up` names its embedded Postgres' password file), never inside the URL.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from shared import db
-from shared.config import load_shared
-from shared.errors import ConfigError
+from smsgw.shared.core import db
+from smsgw.shared.core.errors import ConfigError
+from smsgw.shared.runtime.config import load_shared
 
 DEFAULT_DATA_DIR = ".smsgw"
 UP_CONFIG_NAME = "smsgw.toml"  # the config `smsgw up` writes into its data folder

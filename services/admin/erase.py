@@ -31,11 +31,11 @@ from typing import Any, Final
 import asyncpg
 import phonenumbers
 
-from services.admin import dbcli
-from shared.config import load_shared
-from shared.errors import ConfigError
-from shared.numbers import InvalidNumber, normalise
-from shared.suppression import MISSING_SECRET, NumberHasher, legacy_hash, rekey_legacy
+from smsgw.services.admin import dbcli
+from smsgw.shared.core.errors import ConfigError
+from smsgw.shared.domain.numbers import InvalidNumber, normalise
+from smsgw.shared.domain.suppression import MISSING_SECRET, NumberHasher, legacy_hash, rekey_legacy
+from smsgw.shared.runtime.config import load_shared
 
 ERASED: Final = "[erased]"
 
@@ -43,7 +43,7 @@ ERASED: Final = "[erased]"
 MESSAGE: Final = "deleted with the number's messages (by id)"
 BY_NUMBER: Final = "deleted where the row names the number"
 SCRUBBED: Final = "kept; the number blanked or scrubbed from it"
-KEYED_HASH: Final = "kept: the keyed hash only (shared/suppression.py), not reversible"
+KEYED_HASH: Final = "kept: the keyed hash only (shared/domain/suppression.py), not reversible"
 CONFIG: Final = "operator configuration, not traffic: never written from a message"
 INTERNAL: Final = "internal bookkeeping: statuses, names, ids, hashes of secrets"
 

@@ -1,6 +1,6 @@
 """`smsgw migrate [--config PATH] [--target N] [--dry-run]`: apply the database migrations.
 
-Safe to run while daemons run and from several hosts at once: `shared.db.migrate` holds an
+Safe to run while daemons run and from several hosts at once: `shared.core.db.migrate` holds an
 advisory lock, so a second caller waits and then finds nothing to do.
 """
 
@@ -15,9 +15,9 @@ from typing import Any
 
 import asyncpg
 
-from shared import db
-from shared.config import load_shared, redact_url
-from shared.errors import ConfigError
+from smsgw.shared.core import db
+from smsgw.shared.core.errors import ConfigError
+from smsgw.shared.runtime.config import load_shared, redact_url
 
 EXIT_CONFIG = 78
 

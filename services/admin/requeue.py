@@ -15,9 +15,9 @@ import sys
 
 import asyncpg
 
-from services.admin import dbcli
-from shared.queue import store
-from shared.queue.listener import CHANNELS
+from smsgw.services.admin import dbcli
+from smsgw.shared.queue import store
+from smsgw.shared.queue.listener import CHANNELS
 
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

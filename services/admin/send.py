@@ -19,12 +19,12 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from services.admin import dbcli
-from services.admin.erase import load_hasher
-from shared.errors import ConfigError
-from shared.numbers import InvalidNumber, normalise_recipient, normalise_sender
-from shared.queue import store
-from shared.suppression import NumberHasher
+from smsgw.services.admin import dbcli
+from smsgw.services.admin.erase import load_hasher
+from smsgw.shared.core.errors import ConfigError
+from smsgw.shared.domain.numbers import InvalidNumber, normalise_recipient, normalise_sender
+from smsgw.shared.domain.suppression import NumberHasher
+from smsgw.shared.queue import store
 
 HTTP_TIMEOUT_S = 15.0
 

@@ -22,7 +22,7 @@ import aiohttp
 import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.admin import dbcli
+from smsgw.services.admin import dbcli
 
 QUEUES = ("inbound", "outbound", "outbound_part", "receipts", "callbacks", "mo_parts")
 STATS_FRESH_S = 5.0

@@ -7,9 +7,9 @@ The unit files in the repository are complete, valid units written for the defau
     /etc/smsgw/credentials/         one file per secret, loaded with LoadCredential=
     user smsgw                      the unprivileged user the daemons run as
 
-`python -m services.admin.systemd_render --out DIR` writes them to DIR with those four replaced;
-copy DIR's files into /etc/systemd/system and `systemctl daemon-reload`. The tests render them
-with this checkout's paths and run `systemd-analyze verify` on the result.
+`python -m smsgw.services.admin.systemd_render --out DIR` writes them to DIR with those four
+replaced; copy DIR's files into /etc/systemd/system and `systemctl daemon-reload`. The tests
+render them with this checkout's paths and run `systemd-analyze verify` on the result.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def render_all(out_dir: Path, layout: Layout) -> list[Path]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m services.admin.systemd_render",
+        prog="python -m smsgw.services.admin.systemd_render",
         description="Write smsgw's systemd units with this installation's paths.")
     p.add_argument("--out", required=True, type=Path, help="folder to write the units into")
     p.add_argument("--venv", default=sys.prefix,

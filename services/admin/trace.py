@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from services.admin import dbcli
+from smsgw.services.admin import dbcli
 
 NUMBER_MIN_DIGITS = 8
 NUMBER_LIMIT = 20

@@ -10,7 +10,7 @@ What it does, in order:
    `postgres` role (scram-sha-256), kept in `DATA_DIR/pg-password` (0600); the generated config
    names that file (`[database] password_file`). A folder from an older release that trusted
    every local user is converted on the next run. The data folder is 0700, its logs 0600.
-2. **Schema.** `shared.db.migrate` (the same code as `smsgw migrate`).
+2. **Schema.** `shared.core.db.migrate` (the same code as `smsgw migrate`).
 3. **Demo data, first run only.** An account `demo` with an API key (printed, and kept in
    `DATA_DIR/demo-api-key`, mode 0600) and a small rule set (`demo_rules.json`, imported with
    `smsgw rules import`).
@@ -22,7 +22,8 @@ What it does, in order:
    reach an application on this machine; with real connectors the SSRF guard keeps its
    default (public addresses only) unless your config lists networks. It says which.
 5. **Daemons.** receiver, processor and sender run as supervised child processes
-   (`python -m services.cli <daemon> --config … --instance N`, the code `smsgw <daemon>` runs);
+   (`python -m smsgw.services.cli <daemon> --config … --instance N`, the code `smsgw <daemon>`
+   runs);
    `--processors N --senders N` start several instances. Each child gets its ports through
    the environment (`SMSGW_<DAEMON>__METRICS_PORT`, `SMSGW_RECEIVER__HTTP_PORT`) and a notify
    socket of its own, so `up` knows when it sent READY=1, exactly as systemd would.
@@ -63,10 +64,10 @@ from typing import Any
 
 import asyncpg
 
-from shared import db
-from shared.config import redact_url, resolve_secret
-from shared.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError, free_port
-from shared.errors import ConfigError
+from smsgw.shared.core import db
+from smsgw.shared.core.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError, free_port
+from smsgw.shared.core.errors import ConfigError
+from smsgw.shared.runtime.config import redact_url, resolve_secret
 
 DEFAULT_DATA_DIR = ".smsgw"
 DATABASE_NAME = "smsgw"
@@ -393,7 +394,7 @@ def read_secret(path: Path) -> bytes:
 async def ensure_demo_account(dsn: str, secret: bytes, key_file: Path,
                               **connect_kwargs: Any) -> str:
     """Create the demo account (once) and a key for it; store the key in `key_file`."""
-    from shared import apikeys
+    from smsgw.shared.domain import apikeys
 
     conn = await db.connect(dsn, **connect_kwargs)
     try:
@@ -533,7 +534,7 @@ def metrics_port(opts: Options, daemon: str, instance: int) -> int:
 
 def cli_argv(*args: str) -> list[str]:
     """Run an smsgw subcommand with this interpreter (the code the `smsgw` script runs)."""
-    return [sys.executable, "-m", "services.cli", *args]
+    return [sys.executable, "-m", "smsgw.services.cli", *args]
 
 
 def daemon_argv(daemon: str, instance: int, config: Path) -> list[str]:

@@ -11,19 +11,19 @@ import sys
 
 SCENARIOS: dict[str, tuple[str, str]] = {
     # component benchmarks
-    "queue": ("shared.queue.bench", "queue core alone: enqueue -> claim -> ack, batch 1/10/100"),
-    "smpp": ("services.smsc_sim.bench", "SMPP codec ops/s and pipelined submit_sm round trips"),
-    "receiver": ("services.receiver.bench",
+    "queue": ("bench.queue_bench", "queue core alone: enqueue -> claim -> ack, batch 1/10/100"),
+    "smpp": ("bench.smpp_bench", "SMPP codec ops/s and pipelined submit_sm round trips"),
+    "receiver": ("bench.receiver_bench",
                  "receiver alone: POST /v1/messages and /cgi-bin/sendsms"),
-    "processor": ("services.processor.bench",
+    "processor": ("bench.processor_bench",
                   "processor alone: prefilled inbound queue with rules"),
-    "sender": ("services.sender.bench", "sender alone: prefilled outbound queue to the simulator"),
+    "sender": ("bench.sender_bench", "sender alone: prefilled outbound queue to the simulator"),
     # end-to-end scenarios (issue 8)
-    "mt": ("services.bench.e2e", "HTTP POST /v1/messages -> submit_sm -> receipt -> delivered"),
-    "sendsms": ("services.bench.e2e", "the same through the Kannel-compatible /cgi-bin/sendsms"),
-    "mo": ("services.bench.e2e", "simulator deliver_sm -> processor -> application sink"),
-    "promo": ("services.bench.e2e", "MO keyword -> auto-reply MT -> submit_sm -> receipt"),
-    "intake": ("services.bench.e2e", "HTTP webhooks only"),
+    "mt": ("bench.e2e", "HTTP POST /v1/messages -> submit_sm -> receipt -> delivered"),
+    "sendsms": ("bench.e2e", "the same through the Kannel-compatible /cgi-bin/sendsms"),
+    "mo": ("bench.e2e", "simulator deliver_sm -> processor -> application sink"),
+    "promo": ("bench.e2e", "MO keyword -> auto-reply MT -> submit_sm -> receipt"),
+    "intake": ("bench.e2e", "HTTP webhooks only"),
 }
 E2E = {"mt", "sendsms", "mo", "promo", "intake"}
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SCENARIOS:
         sys.stderr.write(f"smsgw bench: unknown scenario {name!r}\n\n{_usage()}\n")
         return 2
-    module = importlib.import_module(SCENARIOS[name][0])
+    module = importlib.import_module("smsgw.services." + SCENARIOS[name][0])
     return int(module.main([name, *rest] if name in E2E else rest) or 0)
 
 

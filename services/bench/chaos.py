@@ -40,9 +40,9 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from services.bench import e2e, procstats
-from services.bench.stack import Stack, StackOptions
-from shared.embedded_pg import EmbeddedPostgres, find_pg_bin
+from smsgw.services.bench import e2e, procstats
+from smsgw.services.bench.stack import Stack, StackOptions
+from smsgw.shared.core.embedded_pg import EmbeddedPostgres, find_pg_bin
 
 CASES = ("kill", "pgrestart", "smsc", "watermark")
 # Short leases and timeouts so a killed sender's rows come back within seconds (the lease must

@@ -46,10 +46,10 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from services.bench import procstats
-from services.bench.leanhttp import LeanClient, LeanHTTPError, LeanSink
-from services.bench.profile import Profiler, summarise
-from services.bench.stack import Stack, StackOptions
+from smsgw.services.bench import procstats
+from smsgw.services.bench.leanhttp import LeanClient, LeanHTTPError, LeanSink
+from smsgw.services.bench.profile import Profiler, summarise
+from smsgw.services.bench.stack import Stack, StackOptions
 
 MT_FINAL = ("delivered", "undeliverable", "expired", "rejected", "suppressed", "submit_unknown",
             "dead")

@@ -7,10 +7,10 @@ import importlib
 import sys
 
 TARGETS: dict[str, tuple[str, str]] = {
-    "smpp": ("services.smsc_sim.fuzz", "random and mutated byte streams into the SMPP decoder"),
-    "http": ("services.bench.fuzz_http",
+    "smpp": ("smsc_sim.fuzz", "random and mutated byte streams into the SMPP decoder"),
+    "http": ("bench.fuzz_http",
              "the HTTP API from its OpenAPI document, and the webhooks"),
-    "attacks": ("services.bench.fuzz_attacks",
+    "attacks": ("bench.fuzz_attacks",
                 "non-UTF-8 bytes, Unicode/IDNA hosts (SSRF canary), NUL, slow clients; then "
                 "a log scan for every secret"),
 }
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         if name not in TARGETS:
             sys.stderr.write(f"smsgw fuzz: unknown target {name!r}\n")
             return 2
-        rc = int(importlib.import_module(TARGETS[name][0]).main(args[1:]) or 0)
+        rc = int(importlib.import_module("smsgw.services." + TARGETS[name][0]).main(args[1:]) or 0)
         if rc:
             return rc
     return 0

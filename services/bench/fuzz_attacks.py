@@ -58,8 +58,8 @@ from urllib.parse import parse_qsl, quote_from_bytes, urlsplit
 
 import asyncpg
 
-from services.bench import logscan
-from services.bench.stack import BENCH_ACCOUNT, Stack, StackOptions
+from smsgw.services.bench import logscan
+from smsgw.services.bench.stack import BENCH_ACCOUNT, Stack, StackOptions
 
 CLASSES = ("bytes", "idna", "nul", "slow")
 ANY = frozenset(range(200, 300)) | frozenset(range(400, 500))
@@ -945,7 +945,7 @@ def receiver_timeout_keys(value: float) -> dict[str, Any]:
     timeouts, idle timeouts), each set to `value` if valid (else left at its default)."""
     from pydantic import ValidationError
 
-    from services.receiver.options import ReceiverOptions
+    from smsgw.services.receiver.options import ReceiverOptions
 
     out: dict[str, Any] = {}
     for name in ReceiverOptions.model_fields:
@@ -964,7 +964,7 @@ def receiver_connection_limit(value: int) -> dict[str, Any]:
     slow class then holds more idle connections than the limit."""
     from pydantic import ValidationError
 
-    from services.receiver.options import ReceiverOptions
+    from smsgw.services.receiver.options import ReceiverOptions
 
     for name in ReceiverOptions.model_fields:
         if "max_connections" in name or "connection_limit" in name:
@@ -978,7 +978,7 @@ def receiver_connection_limit(value: int) -> dict[str, Any]:
 
 def webhooks_lockdown() -> dict[str, Any]:
     """`[webhooks]` keys that keep the SSRF guard on for loopback whatever the stack's default."""
-    from shared.config import WebhooksSettings
+    from smsgw.shared.runtime.config import WebhooksSettings
 
     fields = WebhooksSettings.model_fields
     out: dict[str, Any] = {}
@@ -1011,7 +1011,7 @@ def make_secrets() -> dict[str, str]:
 async def _settle(dsn: str, connect_kwargs: dict[str, Any], timeout_s: float) -> str | None:
     """Wait until every accepted message with a callback URL was tried by the sender and every
     callback was tried once (so a canary hit would have happened); None, or what is pending."""
-    from shared import db
+    from smsgw.shared.core import db
 
     conn = await db.connect(dsn, **connect_kwargs)
     try:
@@ -1137,7 +1137,7 @@ async def run_attacks(opts: AttackOptions) -> AttackReport:
 
 def _run_dir(given: Path | None, server_secret: str) -> Path:
     """The run's folder (0700), with the server secret file the stack will use."""
-    from services.admin import up
+    from smsgw.services.admin import up
 
     data_dir = Path(given or tempfile.mkdtemp(prefix="smsgw-fuzz-")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -1147,7 +1147,7 @@ def _run_dir(given: Path | None, server_secret: str) -> Path:
 
 async def _account_secrets(stack: Stack) -> dict[str, str]:
     """The account's status-callback signing secret, when the schema keeps one readable."""
-    from shared import db
+    from smsgw.shared.core import db
 
     try:
         conn = await db.connect(stack.dsn, **getattr(stack, "connect_kwargs", {}))

@@ -36,7 +36,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from services.bench.stack import Stack, StackOptions
+from smsgw.services.bench.stack import Stack, StackOptions
 
 SECRETS = {"TWILIO_FUZZ_TOKEN": "twilio-token", "VONAGE_FUZZ_SECRET": "vonage-secret",
            "GENERIC_FUZZ_SECRET": "generic-secret"}

@@ -1,6 +1,6 @@
 """The benchmark's SMSC: the project's simulator in its own process, with a control site.
 
-`python -m services.bench.simctl --port P --control-port C [--receipt-delay S] ...` runs
+`python -m smsgw.services.bench.simctl --port P --control-port C [--receipt-delay S] ...` runs
 `services.smsc_sim.server.Simulator` (so its CPU is measured apart from the load driver and the
 daemons) plus a small HTTP control site on 127.0.0.1:C that the benchmark and the chaos suite
 use while the gateway runs:
@@ -37,8 +37,8 @@ from typing import Any
 
 from aiohttp import web
 
-from services.smsc_sim.server import SimConfig, Simulator, parse_stats
-from shared.smpp import pdu as P
+from smsgw.services.smsc_sim.server import SimConfig, Simulator, parse_stats
+from smsgw.shared.smpp import pdu as P
 
 log = logging.getLogger("smsgw.bench.simctl")
 RECEIPT_ATTEMPTS = 40  # about 3 minutes of redelivery with the backoff below
@@ -260,7 +260,7 @@ class Control:
 
 def build_parser() -> argparse.ArgumentParser:
     """Command line of the benchmark simulator."""
-    p = argparse.ArgumentParser(prog="python -m services.bench.simctl")
+    p = argparse.ArgumentParser(prog="python -m smsgw.services.bench.simctl")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--control-port", type=int, required=True)

@@ -29,10 +29,10 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from services.admin import up
-from shared import db
-from shared.config import split_url_password
-from shared.embedded_pg import EmbeddedPostgres
+from smsgw.services.admin import up
+from smsgw.shared.core import db
+from smsgw.shared.core.embedded_pg import EmbeddedPostgres
+from smsgw.shared.runtime.config import split_url_password
 
 DATABASE_NAME = "smsgw"
 BENCH_ACCOUNT = "bench"
@@ -140,7 +140,7 @@ class Stack:
         """Current pid of each child (and `postgres`: the postmaster when embedded)."""
         out = {c.name: c.proc.pid for c in self.children if c.proc and c.proc.returncode is None}
         if self.pg is not None:
-            from services.bench.procstats import postmaster_pid
+            from smsgw.services.bench.procstats import postmaster_pid
 
             pid = postmaster_pid(self.pg.datadir)
             if pid:
@@ -199,7 +199,7 @@ class Stack:
                 await conn.close()
 
     async def _account(self, secret_file: Path) -> None:
-        from shared import apikeys
+        from smsgw.shared.domain import apikeys
 
         secret = (await asyncio.to_thread(secret_file.read_text, "utf-8")).rstrip("\r\n")
         conn = await db.connect(self.dsn, **self.connect_kwargs)
@@ -252,7 +252,7 @@ class Stack:
                if not k.startswith("SMSGW_") or k == "SMSGW_TEST_DATABASE_URL"}
         env.pop("SMSGW_TEST_DATABASE_URL", None)
         env.update(self.opts.env)
-        sim = [sys.executable, "-m", "services.bench.simctl", "--port", str(self.smpp_port),
+        sim = [sys.executable, "-m", "smsgw.services.bench.simctl", "--port", str(self.smpp_port),
                "--control-port", str(self.control_port),
                "--receipt-stats", self.opts.receipt_stats]
         if self.opts.receipt_delay_s is not None:

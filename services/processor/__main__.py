@@ -1,6 +1,6 @@
-"""`smsgw processor` / `python -m services.processor`: parse args, load config, run the daemon.
+"""`smsgw processor` (`python -m smsgw.services.processor`): parse args, load config, run.
 
-Everything else lives in `app.py` (the composition root) and `shared.daemon.Daemon`.
+Everything else lives in `app.py` (the composition root) and `shared.runtime.daemon.Daemon`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from services.processor.app import ProcessorDaemon
+from smsgw.services.processor.app import ProcessorDaemon
 
 
 def main(argv: Sequence[str] | None = None) -> int:

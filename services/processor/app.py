@@ -13,7 +13,7 @@ Workers (each returns when `stop` is set; the daemon base drains them within `dr
 
 Periodic jobs (`jobs.py`), each under an advisory lock and once per period across instances:
 the retention move, the MO-fragment timeout, receipt orphaning, flood-counter cleanup; and
-re-keying legacy suppression hashes (`shared.suppression.rekey_legacy`, also run at start).
+re-keying legacy suppression hashes (`shared.domain.suppression.rekey_legacy`, also run at start).
 The daemon refuses to start (exit 78) without `[security] server_secret`, which keys them.
 
 SIGHUP reloads the log level, the `[processor]` keys (opt-out lists, flood control,
@@ -30,15 +30,15 @@ from typing import Any, Final
 
 import asyncpg
 
-from services.processor.callbacks import CallbackDelivery, SecretResolver
-from services.processor.engine import Engine
-from services.processor.jobs import processor_jobs
-from services.processor.metrics import ProcessorMetrics
-from services.processor.settings import ProcessorSettings
-from shared.config import AppConfig
-from shared.daemon import Daemon
-from shared.queue.listener import CHANNELS
-from shared.suppression import MISSING_SECRET, NumberHasher, rekey_legacy
+from smsgw.services.processor.callbacks import CallbackDelivery, SecretResolver
+from smsgw.services.processor.engine import Engine
+from smsgw.services.processor.jobs import processor_jobs
+from smsgw.services.processor.metrics import ProcessorMetrics
+from smsgw.services.processor.settings import ProcessorSettings
+from smsgw.shared.domain.suppression import MISSING_SECRET, NumberHasher, rekey_legacy
+from smsgw.shared.queue.listener import CHANNELS
+from smsgw.shared.runtime.config import AppConfig
+from smsgw.shared.runtime.daemon import Daemon
 
 REKEY_INTERVAL_S: Final = 60.0
 

@@ -7,11 +7,11 @@ result never overwrites a row another instance took over after our lease expired
 reclaimed by the claim itself.
 
 Each request:
-- URL guard at send time (`shared.urlguard`): `check_url` refuses non-http(s), credentials and
-  hosts that are (once IDNA-mapped as the client maps them) non-public addresses outside
-  `[webhooks] allowed_networks`; the connector's `GuardedResolver` drops such addresses of
-  names (DNS rebinding) and its socket factory checks the peer address of every connection,
-  IP literals included. A refused URL is permanent: the row ends `dead` at once.
+- URL guard at send time (`shared.domain.urlguard`): `check_url` refuses non-http(s),
+  credentials and hosts that are (once IDNA-mapped as the client maps them) non-public
+  addresses outside `[webhooks] allowed_networks`; the connector's `GuardedResolver` drops
+  such addresses of names (DNS rebinding) and its socket factory checks the peer address of
+  every connection, IP literals included. A refused URL is permanent: the row ends `dead` at once.
 - redirects are not followed (a 3xx is "not 2xx": retried, then dead);
 - bounded concurrency: `concurrency` rows in flight in this process, `per_host` per host (a
   semaphore per host, taken before the request's timeout starts, so waiting for a slow host's
@@ -21,7 +21,7 @@ Each request:
   'rule:<id>:<action>' -> the forward action's `secret_env`): headers
   `X-Smsgw-Timestamp: <unix>` and `X-Smsgw-Signature: sha256=<hex HMAC-SHA256(secret,
   "<ts>." + body)>` for a POST, and over `"<ts>." + path-and-query` (the request target as
-  sent) for a Kannel-style GET, whose query carries the status (`shared.callback_signing`).
+  sent) for a Kannel-style GET, whose query carries the status (`shared.domain.callback_signing`).
   Every status callback has an account ref, so every one is signed; one whose secret cannot
   be resolved is retried, never sent unsigned;
 - 2xx -> done; anything else (status, timeout, connection error) -> retry with exponential
@@ -53,19 +53,19 @@ import aiohttp
 import asyncpg
 import structlog
 
-from services.processor.metrics import ProcessorMetrics
-from services.processor.options import CallbackSettings
-from shared.callback_signing import account_secret, request_target, sign
-from shared.metrics import smsgw_version
-from shared.queue import store
-from shared.queue.records import Callback
-from shared.urlguard import (
+from smsgw.services.processor.metrics import ProcessorMetrics
+from smsgw.services.processor.options import CallbackSettings
+from smsgw.shared.domain.callback_signing import account_secret, request_target, sign
+from smsgw.shared.domain.urlguard import (
     AddressPolicy,
     UnsafeUrl,
     check_url,
     guarded_connector_kwargs,
     is_refusal,
 )
+from smsgw.shared.queue import store
+from smsgw.shared.queue.records import Callback
+from smsgw.shared.runtime.metrics import smsgw_version
 
 log = structlog.get_logger("smsgw.processor.callbacks")
 
@@ -94,7 +94,8 @@ class SecretResolver:
     """Resolves `secret_ref`s of a claimed batch with at most two queries.
 
     `server_secret` (`[security] server_secret`) derives the accounts' callback secrets
-    (`shared.callback_signing.account_secret`); `env` holds the rules' `secret_env` variables.
+    (`shared.domain.callback_signing.account_secret`); `env` holds the rules' `secret_env`
+    variables.
     """
 
     def __init__(self, env: Mapping[str, str] | None = None, *,

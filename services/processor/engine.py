@@ -42,11 +42,11 @@ import asyncpg
 import orjson
 import structlog
 
-from services.processor import templates
-from services.processor.metrics import ProcessorMetrics
-from services.processor.options import ProcessorKeys
-from services.processor.optout import OptOp, OptOutHit, OptOutKeywords
-from services.processor.rules import (
+from smsgw.services.processor import templates
+from smsgw.services.processor.metrics import ProcessorMetrics
+from smsgw.services.processor.options import ProcessorKeys
+from smsgw.services.processor.optout import OptOp, OptOutHit, OptOutKeywords
+from smsgw.services.processor.rules import (
     CampaignAction,
     ForwardAction,
     Hit,
@@ -58,11 +58,11 @@ from services.processor.rules import (
     period_key,
     rule_from_row,
 )
-from shared import suppression
-from shared.numbers import is_recipient
-from shared.queue import store
-from shared.queue.records import InboundMessage, QueueStat
-from shared.suppression import NumberHasher, SuppressionChange
+from smsgw.shared.domain import suppression
+from smsgw.shared.domain.numbers import is_recipient
+from smsgw.shared.domain.suppression import NumberHasher, SuppressionChange
+from smsgw.shared.queue import store
+from smsgw.shared.queue.records import InboundMessage, QueueStat
 
 log = structlog.get_logger("smsgw.processor.engine")
 DAEMON: Final = "processor"

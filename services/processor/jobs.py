@@ -2,7 +2,7 @@
 
 docs/ARCHITECTURE.md ("Periodic jobs") gives the processor the retention move, the MO-fragment
 timeout and the orphaning of unmatched receipts (plus our own flood-counter cleanup).
-`shared.periodic.run_periodic` takes
+`shared.runtime.periodic.run_periodic` takes
 an advisory lock, so two instances never run a job at the same moment; but each instance's
 timer fires every period, so with N instances the job would run N times per period. The gate
 here adds the "once per period" part: under the lock, the job runs only when its row in
@@ -20,11 +20,11 @@ from typing import Any, Final
 import asyncpg
 import structlog
 
-from services.processor.engine import flood_cleanup
-from services.processor.options import ProcessorKeys
-from shared.config import RetentionSettings as RetentionConfig
-from shared.periodic import Job
-from shared.queue import store
+from smsgw.services.processor.engine import flood_cleanup
+from smsgw.services.processor.options import ProcessorKeys
+from smsgw.shared.queue import store
+from smsgw.shared.runtime.config import RetentionSettings as RetentionConfig
+from smsgw.shared.runtime.periodic import Job
 
 log = structlog.get_logger("smsgw.processor.jobs")
 GATE_SLACK: Final = 0.8
@@ -78,13 +78,13 @@ def processor_jobs(settings: Callable[[], ProcessorKeys],
             log.info("retention_done", **counts)
 
     async def mo_fragment_timeout(conn: asyncpg.Connection) -> None:
-        from shared.intake import expire_mo_fragments  # receiver engineer's module
+        from smsgw.shared.domain.intake import expire_mo_fragments  # receiver engineer's module
         n = await expire_mo_fragments(conn, settings().jobs.mo_fragment_timeout_s)
         if n:
             log.info("mo_fragments_expired", messages=n)
 
     async def receipt_orphaning(conn: asyncpg.Connection) -> None:
-        from shared.dlr import orphan_receipts  # sender engineer's module
+        from smsgw.shared.domain.dlr import orphan_receipts  # sender engineer's module
         n = await orphan_receipts(conn, older_than_s=settings().jobs.receipt_orphan_after_s)
         if n:
             log.info("receipts_orphaned", receipts=n)

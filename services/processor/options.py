@@ -37,8 +37,8 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.processor.optout import OptOutSettings
-from shared.config import DaemonSection
+from smsgw.services.processor.optout import OptOutSettings
+from smsgw.shared.runtime.config import DaemonSection
 
 
 class _Sub(BaseModel):

@@ -26,8 +26,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.processor import templates
-from services.processor.rules import fold
+from smsgw.services.processor import templates
+from smsgw.services.processor.rules import fold
 
 OptOp = Literal["stop", "stop_all", "start", "help"]
 OPTOUT_FIELDS = frozenset({"from", "to", "keyword", "rest", "text"})

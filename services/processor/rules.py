@@ -71,9 +71,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from services.processor import templates
-from shared.errors import SmsGatewayError
-from shared.urlguard import UnsafeUrl, check_url_form
+from smsgw.services.processor import templates
+from smsgw.shared.core.errors import SmsGatewayError
+from smsgw.shared.domain.urlguard import UnsafeUrl, check_url_form
 
 Category = Literal["transactional", "marketing"]
 

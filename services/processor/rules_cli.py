@@ -35,15 +35,15 @@ from typing import Any, Final
 
 import asyncpg
 
-from services.processor import engine
-from services.processor.options import ProcessorKeys
-from services.processor.optout import OptOutKeywords
-from services.processor.rules import Message, Rule, RuleError, parse_rules, rule_from_row
-from shared import db
-from shared.config import load_config, load_shared
-from shared.errors import ConfigError
-from shared.queue import store
-from shared.queue.listener import CHANNELS
+from smsgw.services.processor import engine
+from smsgw.services.processor.options import ProcessorKeys
+from smsgw.services.processor.optout import OptOutKeywords
+from smsgw.services.processor.rules import Message, Rule, RuleError, parse_rules, rule_from_row
+from smsgw.shared.core import db
+from smsgw.shared.core.errors import ConfigError
+from smsgw.shared.queue import store
+from smsgw.shared.queue.listener import CHANNELS
+from smsgw.shared.runtime.config import load_config, load_shared
 
 EX_DATAERR: Final = 65
 EX_UNAVAILABLE: Final = 69

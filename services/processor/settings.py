@@ -7,7 +7,7 @@ The processor's own keys and their defaults are documented in `services/processo
 
 from __future__ import annotations
 
-from services.processor.options import ProcessorKeys
+from smsgw.services.processor.options import ProcessorKeys
 
 
 class ProcessorSettings(ProcessorKeys):

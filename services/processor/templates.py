@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from urllib.parse import quote
 
-from shared.errors import SmsGatewayError
+from smsgw.shared.core.errors import SmsGatewayError
 
 BUILTIN_FIELDS: frozenset[str] = frozenset({
     "from", "to", "keyword", "rest", "text", "rule",

@@ -1,6 +1,6 @@
-"""`smsgw receiver` / `python -m services.receiver`: parse args, load config, run the daemon.
+"""`smsgw receiver` / `python -m smsgw.services.receiver`: parse args, load config, run the daemon.
 
-Everything else lives in `app.py` (the composition root) and `shared.daemon.Daemon`.
+Everything else lives in `app.py` (the composition root) and `shared.runtime.daemon.Daemon`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from services.receiver.app import ReceiverDaemon
+from smsgw.services.receiver.app import ReceiverDaemon
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,8 +6,8 @@ deep, that
 starts SMSC retry storms. Above a queue's high watermark, or when its oldest queued row is older
 than `<queue>_max_queued_age_s`, intake is refused (HTTP 503 + Retry-After, SMPP the connector's
 transient status). The numbers come from the `queue_stats` snapshot that one instance refreshes
-every few hundred milliseconds (`shared.daemon`); `read` re-reads it on a timer, so a request
-costs a dict lookup, never a COUNT.
+every few hundred milliseconds (`shared.runtime.daemon`); `read` re-reads it on a timer, so a
+request costs a dict lookup, never a COUNT.
 
 The MT API is fair across accounts. Its watermark counts DUE rows only (`outbound_account_depth`,
 refreshed with queue_stats: messages scheduled ahead and retries waiting out a backoff do not
@@ -28,8 +28,8 @@ from datetime import datetime
 import asyncpg
 import structlog
 
-from services.receiver.options import ReceiverOptions
-from shared.queue import store
+from smsgw.services.receiver.options import ReceiverOptions
+from smsgw.shared.queue import store
 
 log = structlog.get_logger("receiver.admission")
 # A snapshot nobody has refreshed for this long is ignored (fail open): a dead refresher must

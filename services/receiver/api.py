@@ -18,19 +18,19 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from services.receiver.auth import bearer_key
-from services.receiver.context import CONTEXT, ReceiverContext
-from services.receiver.models import BatchIn, MessageIn, field_errors
-from services.receiver.ratelimit import window_limit
-from services.receiver.responses import error, json_response, unavailable, unavailable_reason
-from services.receiver.store import MtItem, MtOutcome, MtResult, find_message
-from shared.apikeys import Account
-from shared.errors import DatabaseUnavailable
-from shared.groupcommit import CONNECTION_ERRORS, IntakeClosed, IntakeFull
-from shared.httpguard import BodyTimeout
-from shared.numbers import InvalidNumber, normalise_recipient, normalise_sender
-from shared.smpp.text import estimate
-from shared.urlguard import UnsafeUrl, check_url
+from smsgw.services.receiver.auth import bearer_key
+from smsgw.services.receiver.context import CONTEXT, ReceiverContext
+from smsgw.services.receiver.models import BatchIn, MessageIn, field_errors
+from smsgw.services.receiver.ratelimit import window_limit
+from smsgw.services.receiver.responses import error, json_response, unavailable, unavailable_reason
+from smsgw.services.receiver.store import MtItem, MtOutcome, MtResult, find_message
+from smsgw.shared.core.errors import DatabaseUnavailable
+from smsgw.shared.domain.apikeys import Account
+from smsgw.shared.domain.numbers import InvalidNumber, normalise_recipient, normalise_sender
+from smsgw.shared.domain.urlguard import UnsafeUrl, check_url
+from smsgw.shared.queue.groupcommit import CONNECTION_ERRORS, IntakeClosed, IntakeFull
+from smsgw.shared.runtime.http import BodyTimeout
+from smsgw.shared.smpp.text import estimate
 
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
 _ALLOWED_ENCODINGS: dict[str | None, tuple[Any, ...]] = {

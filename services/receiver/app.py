@@ -1,6 +1,6 @@
 """The receiver's composition root: wires the runtime to the API, webhooks and SMPP intake.
 
-`shared.daemon.Daemon` opens the pool, the health/metrics site and the periodic queue_stats
+`shared.runtime.daemon.Daemon` opens the pool, the health/metrics site and the periodic queue_stats
 refresh; `setup()` adds the receiver's parts in dependency order:
 
 1. the metrics and the `ReceiverContext` (group committers started on the open pool);
@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.receiver.context import ReceiverContext, build_context
-from services.receiver.metrics import ReceiverMetrics
-from services.receiver.settings import ReceiverSettings
-from services.receiver.smpp_intake import SmppIntake, receiver_connectors
-from services.receiver.web import create_api_app
-from services.receiver.webhooks import routes_off
-from shared.config import AppConfig, WebhooksSettings
-from shared.daemon import Daemon
+from smsgw.services.receiver.context import ReceiverContext, build_context
+from smsgw.services.receiver.metrics import ReceiverMetrics
+from smsgw.services.receiver.settings import ReceiverSettings
+from smsgw.services.receiver.smpp_intake import SmppIntake, receiver_connectors
+from smsgw.services.receiver.web import create_api_app
+from smsgw.services.receiver.webhooks import routes_off
+from smsgw.shared.runtime.config import AppConfig, WebhooksSettings
+from smsgw.shared.runtime.daemon import Daemon
 
 COMMITTER_CLOSE_S = 4.0  # inside the runtime's RELEASE_TIMEOUT_S (5 s) for release()
 

@@ -1,7 +1,7 @@
 """Bearer-key authentication with a short in-process cache.
 
 A request presents `Authorization: Bearer <key>`; the key's HMAC-SHA256 under the server
-secret is looked up in `api_keys` (`shared.apikeys`). Results are cached for `cache_s`
+secret is looked up in `api_keys` (`shared.domain.apikeys`). Results are cached for `cache_s`
 seconds (keyed by the hash, never the key), so a busy client costs one HMAC per request and
 one query per few seconds; a revoked key stops working within `cache_s`. Failures are cached
 for one second so a client retrying a bad key cannot turn into a query per request.
@@ -15,7 +15,7 @@ from collections.abc import Callable
 import asyncpg
 from pydantic import SecretBytes, SecretStr
 
-from shared.apikeys import LOOKUP_ACCOUNT_BY_KEY_HASH, Account, hash_key
+from smsgw.shared.domain.apikeys import LOOKUP_ACCOUNT_BY_KEY_HASH, Account, hash_key
 
 NEGATIVE_CACHE_S = 1.0
 MAX_CACHE_ENTRIES = 10_000
@@ -39,7 +39,8 @@ class Authenticator:
         """The account the key belongs to, or None (unknown, revoked, disabled account; or no
         server secret configured, when no key can be checked)."""
         if not key or len(key) > MAX_KEY_LENGTH or self._secret is None or not key.isascii():
-            return None  # keys are ASCII (shared.apikeys.generate_key); anything else is wrong
+            # keys are ASCII (shared.domain.apikeys.generate_key); anything else is wrong
+            return None
         digest = hash_key(self._secret.get_secret_value(), key)
         now = self._clock()
         hit = self._cache.get(digest)

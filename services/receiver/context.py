@@ -18,15 +18,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from pydantic import SecretBytes, SecretStr
 
-from services.receiver.admission import Admission
-from services.receiver.auth import Authenticator
-from services.receiver.metrics import ReceiverMetrics
-from services.receiver.options import ReceiverOptions
-from services.receiver.ratelimit import AccountRateLimiter
-from services.receiver.store import MtItem, MtResult, flush_mt
-from shared.config import WebhooksSettings
-from shared.groupcommit import GroupCommitter
-from shared.intake import (
+from smsgw.services.receiver.admission import Admission
+from smsgw.services.receiver.auth import Authenticator
+from smsgw.services.receiver.metrics import ReceiverMetrics
+from smsgw.services.receiver.options import ReceiverOptions
+from smsgw.services.receiver.ratelimit import AccountRateLimiter
+from smsgw.services.receiver.store import MtItem, MtResult, flush_mt
+from smsgw.shared.domain.intake import (
     DeliverIntake,
     FragmentWrite,
     InboundResult,
@@ -35,7 +33,9 @@ from shared.intake import (
     flush_inbound,
     flush_receipts,
 )
-from shared.suppression import NumberHasher
+from smsgw.shared.domain.suppression import NumberHasher
+from smsgw.shared.queue.groupcommit import GroupCommitter
+from smsgw.shared.runtime.config import WebhooksSettings
 
 
 @dataclass(slots=True, eq=False)
@@ -98,7 +98,7 @@ def build_context(pool: asyncpg.Pool, options: ReceiverOptions, webhooks: Webhoo
     # flush_mt, flush_inbound and flush_receipts open a transaction only when a batch needs
     # several statements (one autocommitted statement saves the BEGIN/COMMIT round trips).
     # every MT row carries its recipient's keyed hash, which the sender's suppression check
-    # compares (shared/suppression.py); without a server secret the sender computes it
+    # compares (shared/domain/suppression.py); without a server secret the sender computes it
     hasher = None if server_secret is None else NumberHasher.from_secret(
         server_secret if isinstance(server_secret, bytes) else server_secret.get_secret_value())
     mt = committer("outbound", lambda c, items: flush_mt(c, items,

@@ -1,7 +1,7 @@
 """The receiver's metrics, on the per-process registry (names and labels: docs/ARCHITECTURE.md
 "Metrics naming").
 
-`ReceiverMetrics` also implements `shared.intake.IntakeObserver`, so SMPP intake and the HTTP
+`ReceiverMetrics` also implements `shared.domain.intake.IntakeObserver`, so SMPP intake and the HTTP
 handlers count into the same series.
 """
 
@@ -108,7 +108,7 @@ class ReceiverMetrics:
             duration.observe(seconds)
         return observe
 
-    # -- shared.intake.IntakeObserver --------------------------------------------------------
+    # -- shared.domain.intake.IntakeObserver ---------------------------------------------------
 
     def mo(self, channel: str, provider: str, outcome: str) -> None:
         """Count one MO by channel, provider and outcome."""

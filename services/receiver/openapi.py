@@ -13,8 +13,8 @@ from typing import Any
 from aiohttp import web
 from pydantic.json_schema import models_json_schema
 
-from services.receiver import models
-from services.receiver.responses import json_response
+from smsgw.services.receiver import models
+from smsgw.services.receiver.responses import json_response
 
 _REF = "#/components/schemas/{model}"
 _MODELS = (models.MessageIn, models.BatchIn, models.ErrorOut, models.AcceptedOut,

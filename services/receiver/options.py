@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.httpguard import HttpLimits
+from smsgw.shared.runtime.http import HttpLimits
 
 RECEIVER_HTTP_PORT_BASE = 8080
 
@@ -31,7 +31,7 @@ class ReceiverOptions(BaseModel):
     sendsms_assume_international: bool = True
     client_ref_ttl_s: float = Field(default=86400 * 2, gt=0)  # idempotency keys remembered
     webhook_dedupe_ttl_s: float = Field(default=86400 * 2, gt=0)  # provider ids remembered
-    # group commit (shared/groupcommit.py)
+    # group commit (shared/queue/groupcommit.py)
     commit_max_batch: int = Field(default=1000, ge=1)
     commit_max_inflight: int = Field(default=2, ge=1)
     commit_linger_s: float = Field(default=0.0, ge=0)  # measured: lingering lost throughput
@@ -66,7 +66,7 @@ class ReceiverOptions(BaseModel):
     # is a duplicate, not the start of a new message
     mo_fragment_replay_s: float = Field(default=120, gt=0)
 
-    # slow and idle clients on the API site (shared/httpguard.py): a request's head must
+    # slow and idle clients on the API site (shared/runtime/http.py): a request's head must
     # arrive within http_header_timeout_s of the connection (or of its first byte), its body
     # within http_body_timeout_s of the head; an idle keep-alive connection is closed after
     # http_keepalive_s; connections beyond http_max_connections get 503 and are closed

@@ -9,8 +9,8 @@ import orjson
 import structlog
 from aiohttp import web
 
-from shared.errors import DatabaseUnavailable
-from shared.groupcommit import IntakeClosed, IntakeFull
+from smsgw.shared.core.errors import DatabaseUnavailable
+from smsgw.shared.queue.groupcommit import IntakeClosed, IntakeFull
 
 log = structlog.get_logger("receiver.http")
 

@@ -6,9 +6,9 @@ Parameters as Kannel's smsbox takes them (query string, or a form-encoded POST b
 recipients separated by spaces), `text`, `charset` (of `text`; Kannel's default is UTF-8, or
 UTF-16BE with `coding=2`), `coding` (0 7-bit, 1 8-bit, 2 UCS-2), `dlr-mask`, `dlr-url` (a
 template with Kannel's `%d %p %P %t %A …` escapes, rendered by the sender with
-`shared.kannel.render_dlr_url`), `smsc` (a connector to force: only one the account is allowed
-to force, `smsgw accounts update NAME --allowed-connector NAME`), `priority` (0-3), `validity` and
-`deferred` (minutes). Unknown parameters are ignored, as Kannel does.
+`shared.domain.kannel.render_dlr_url`), `smsc` (a connector to force: only one the account is
+allowed to force, `smsgw accounts update NAME --allowed-connector NAME`), `priority` (0-3),
+`validity` and `deferred` (minutes). Unknown parameters are ignored, as Kannel does.
 
 Answers as Kannel does: `202 0: Accepted for delivery`; `403 Authorization failed for sendsms`;
 `4xx` with a plain-text reason naming the parameter; `503` with `Retry-After` when we cannot
@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from services.receiver.api import (
+from smsgw.services.receiver.api import (
     FieldInvalid,
     Rejected,
     account_rate,
@@ -35,14 +35,14 @@ from services.receiver.api import (
     sender_id,
     unavailable_for,
 )
-from services.receiver.context import CONTEXT, ReceiverContext
-from services.receiver.store import MtItem
-from shared.apikeys import Account
-from shared.errors import DatabaseUnavailable
-from shared.groupcommit import CONNECTION_ERRORS, IntakeClosed, IntakeFull
-from shared.numbers import InvalidNumber, normalise_recipient
-from shared.smpp.text import Encoding, estimate
-from shared.urlguard import UnsafeUrl, check_url
+from smsgw.services.receiver.context import CONTEXT, ReceiverContext
+from smsgw.services.receiver.store import MtItem
+from smsgw.shared.core.errors import DatabaseUnavailable
+from smsgw.shared.domain.apikeys import Account
+from smsgw.shared.domain.numbers import InvalidNumber, normalise_recipient
+from smsgw.shared.domain.urlguard import UnsafeUrl, check_url
+from smsgw.shared.queue.groupcommit import CONNECTION_ERRORS, IntakeClosed, IntakeFull
+from smsgw.shared.smpp.text import Encoding, estimate
 
 ACCEPTED = "0: Accepted for delivery"
 AUTH_FAILED = "Authorization failed for sendsms"

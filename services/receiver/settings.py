@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Self
 
-from services.receiver.options import ReceiverOptions
-from shared.config import RECEIVER_HTTP_PORT_BASE, DaemonSection
+from smsgw.services.receiver.options import ReceiverOptions
+from smsgw.shared.runtime.config import RECEIVER_HTTP_PORT_BASE, DaemonSection
 
 
 class ReceiverSettings(DaemonSection, ReceiverOptions):

@@ -3,9 +3,9 @@
 docs/ARCHITECTURE.md "Where deliver_sm goes": one connector definition serves both daemons; the
 sender owns transmitter and transceiver binds, the receiver owns receiver binds. So the receiver
 binds the connectors whose
-`bind_mode` is `receiver`, through `shared.bindslots.BindManager`: the binds count against the
+`bind_mode` is `receiver`, through `shared.smpp.bindslots.BindManager`: the binds count against the
 connector's global limit (advisory-lock slots shared by every daemon and instance), and every
-`deliver_sm`/`data_sm` goes to the one shared intake (`shared.intake.DeliverIntake`), which
+`deliver_sm`/`data_sm` goes to the one shared intake (`shared.domain.intake.DeliverIntake`), which
 commits before the session sends `deliver_sm_resp`.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 
 import structlog
 
-from shared.bindslots import BindManager
-from shared.intake import DeliverIntake
-from shared.smpp.session import BindMode
+from smsgw.shared.domain.intake import DeliverIntake
+from smsgw.shared.smpp.bindslots import BindManager
+from smsgw.shared.smpp.session import BindMode
 
 log = structlog.get_logger("receiver.smpp")
 

@@ -25,8 +25,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from shared.queue.listener import CHANNELS
-from shared.suppression import NumberHasher
+from smsgw.shared.domain.suppression import NumberHasher
+from smsgw.shared.queue.listener import CHANNELS
 
 NOTIFY_OUTBOUND = CHANNELS["outbound"]  # the channel the senders LISTEN on
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.receiver import api, openapi, sendsms, webhooks
-from services.receiver.context import CONTEXT, ReceiverContext
-from services.receiver.responses import error_middleware, header_guard_middleware
+from smsgw.services.receiver import api, openapi, sendsms, webhooks
+from smsgw.services.receiver.context import CONTEXT, ReceiverContext
+from smsgw.services.receiver.responses import error_middleware, header_guard_middleware
 
 
 def create_api_app(ctx: ReceiverContext) -> web.Application:

@@ -40,15 +40,15 @@ import orjson
 from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
-from services.receiver.api import Rejected, admit, read_body, unavailable_for
-from services.receiver.context import CONTEXT, ReceiverContext
-from services.receiver.models import GenericInboundIn, field_errors
-from services.receiver.responses import error, json_response
-from shared.config import VonageSettings, WebhooksSettings
-from shared.errors import DatabaseUnavailable
-from shared.groupcommit import IntakeClosed, IntakeFull
-from shared.intake import FragmentWrite, InboundResult, InboundWrite
-from shared.numbers import InvalidNumber, normalise
+from smsgw.services.receiver.api import Rejected, admit, read_body, unavailable_for
+from smsgw.services.receiver.context import CONTEXT, ReceiverContext
+from smsgw.services.receiver.models import GenericInboundIn, field_errors
+from smsgw.services.receiver.responses import error, json_response
+from smsgw.shared.core.errors import DatabaseUnavailable
+from smsgw.shared.domain.intake import FragmentWrite, InboundResult, InboundWrite
+from smsgw.shared.domain.numbers import InvalidNumber, normalise
+from smsgw.shared.queue.groupcommit import IntakeClosed, IntakeFull
+from smsgw.shared.runtime.config import VonageSettings, WebhooksSettings
 
 Handler = Callable[[web.Request, ReceiverContext], Awaitable[web.StreamResponse]]
 

@@ -1,6 +1,6 @@
-"""`smsgw sender` / `python -m services.sender`: parse args, load config, run the daemon.
+"""`smsgw sender` / `python -m smsgw.services.sender`: parse args, load config, run the daemon.
 
-Everything else lives in `app.py` (the composition root) and `shared.daemon.Daemon`.
+Everything else lives in `app.py` (the composition root) and `shared.runtime.daemon.Daemon`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from services.sender.app import SenderDaemon
+from smsgw.services.sender.app import SenderDaemon
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The sender's composition root: the runtime (`shared.daemon.Daemon`) plus `SenderEngine`.
+"""The sender's composition root: the runtime (`shared.runtime.daemon.Daemon`) plus `SenderEngine`.
 
 The runtime opens the pool, the LISTEN connection (outbound and receipts channels) and the
 health site; `setup()` builds the engine (bind slots and SMPP sessions per connector, lanes,
@@ -16,14 +16,14 @@ from typing import Any
 
 import asyncpg
 
-from services.sender.engine import SenderEngine
-from services.sender.settings import SenderSettings
-from shared.config import AppConfig
-from shared.daemon import Daemon
-from shared.queue.listener import CHANNELS
-from shared.suppression import MISSING_SECRET, rekey_legacy
+from smsgw.services.sender.engine import SenderEngine
+from smsgw.services.sender.settings import SenderSettings
+from smsgw.shared.domain.suppression import MISSING_SECRET, rekey_legacy
+from smsgw.shared.queue.listener import CHANNELS
+from smsgw.shared.runtime.config import AppConfig
+from smsgw.shared.runtime.daemon import Daemon
 
-# shared/bindslots.py bounds one session's drain + unbind at 8 s, sessions close in parallel
+# shared/smpp/bindslots.py bounds one session's drain + unbind at 8 s, sessions close in parallel
 UNBIND_CLOSE_S = 8.0
 
 

@@ -29,16 +29,16 @@ import asyncpg
 import structlog
 from prometheus_client import CollectorRegistry
 
-from services.sender.metrics import SenderMetrics
-from services.sender.routing import Router
-from services.sender.submitter import Lane, SubmitSettings, Submitter
-from shared.bindslots import BindManager, bind_label
-from shared.dlr import MatchResult, MatchSettings, run_matcher
-from shared.groupcommit import GroupCommitter
-from shared.intake import DeliverIntake, flush_inbound, flush_receipts
-from shared.queue.listener import CHANNELS
-from shared.smpp.session import BindMode
-from shared.suppression import NumberHasher
+from smsgw.services.sender.metrics import SenderMetrics
+from smsgw.services.sender.routing import Router
+from smsgw.services.sender.submitter import Lane, SubmitSettings, Submitter
+from smsgw.shared.domain.dlr import MatchResult, MatchSettings, run_matcher
+from smsgw.shared.domain.intake import DeliverIntake, flush_inbound, flush_receipts
+from smsgw.shared.domain.suppression import NumberHasher
+from smsgw.shared.queue.groupcommit import GroupCommitter
+from smsgw.shared.queue.listener import CHANNELS
+from smsgw.shared.smpp.bindslots import BindManager, bind_label
+from smsgw.shared.smpp.session import BindMode
 
 log = structlog.get_logger("smsgw.sender")
 

@@ -2,7 +2,7 @@
 
 Each constant is one query; its comment says what it does and why it is shaped that way. Data
 always travels as `$n` parameters (arrays for batches: one statement per batch, never one per
-message). The receipt-matching SQL lives with the matcher in `shared/dlr.py`.
+message). The receipt-matching SQL lives with the matcher in `shared/domain/dlr.py`.
 """
 
 from typing import Final, LiteralString
@@ -22,7 +22,7 @@ from typing import Final, LiteralString
 #   expired; a marketing MT to a suppressed number (global or for its sender id) → suppressed;
 #   a future send_at → back to queued with run_after = send_at; else sending.
 #   Suppression compares the keyed recipient hash stored on the row at intake (`to_hash`,
-#   shared/suppression.py) with `suppressions.number_hash`: one index probe, no hashing here;
+#   shared/domain/suppression.py) with `suppressions.number_hash`: one index probe, no hashing here;
 #   a legacy entry (keyed = false, not yet re-keyed) matches by sha256 of the number through
 #   the partial index suppressions_legacy_idx, which is empty once a daemon has re-keyed.
 #   `unhashed`: a leased marketing row written without to_hash (see HASH_CLAIMED).

@@ -12,7 +12,7 @@ from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from shared.config import DaemonSection
+from smsgw.shared.runtime.config import DaemonSection
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 

@@ -45,21 +45,21 @@ import phonenumbers
 import structlog
 from phonenumbers import timezone as pn_timezone
 
-from services.sender import queries as Q
-from services.sender.metrics import SenderMetrics
-from services.sender.routing import Router, pick
-from shared.dlr import StatusChange, insert_callbacks
-from shared.smpp import pdu as P
-from shared.smpp.receipts import normalise_id
-from shared.smpp.session import SubmitOutcome, SubmitResult
-from shared.smpp.text import (
+from smsgw.services.sender import queries as Q
+from smsgw.services.sender.metrics import SenderMetrics
+from smsgw.services.sender.routing import Router, pick
+from smsgw.shared.domain.dlr import StatusChange, insert_callbacks
+from smsgw.shared.domain.suppression import NumberHasher
+from smsgw.shared.smpp import pdu as P
+from smsgw.shared.smpp.receipts import normalise_id
+from smsgw.shared.smpp.session import SubmitOutcome, SubmitResult
+from smsgw.shared.smpp.text import (
     TextTooLong,
     choose_encoding,
     data_coding_for,
     split,
     transliterate,
 )
-from shared.suppression import NumberHasher
 
 log = structlog.get_logger("smsgw.sender")
 

@@ -14,8 +14,8 @@ import sys
 import time
 from typing import Any
 
-from services.smsc_sim.server import SimConfig, Simulator, parse_stats
-from shared.smpp import pdu as P
+from smsgw.services.smsc_sim.server import SimConfig, Simulator, parse_stats
+from smsgw.shared.smpp import pdu as P
 
 log = logging.getLogger("smsgw.smsc_sim")
 

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shared.errors import SmppProtocolError
-from shared.smpp import pdu as P
+from smsgw.shared.core.errors import SmppProtocolError
+from smsgw.shared.smpp import pdu as P
 
 _SEEDS: list[bytes] = [
     P.encode(pdu)

@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from ssl import SSLContext
 from typing import Any, Literal, Self
 
-from shared.smpp import pdu as P
-from shared.smpp.receipts import format_receipt_text
+from smsgw.shared.smpp import pdu as P
+from smsgw.shared.smpp.receipts import format_receipt_text
 
 log = logging.getLogger("smsgw.smsc_sim")
 
@@ -662,7 +662,7 @@ class Simulator:
 
 
 def _encode_mo(text: str | bytes, data_coding: int) -> bytes:
-    from shared.smpp.text import encode_text  # local: keeps the codec import light
+    from smsgw.shared.smpp.text import encode_text  # local: keeps the codec import light
 
     if isinstance(text, bytes):
         return text

@@ -30,7 +30,7 @@ import asyncpg
 import stamina
 import structlog
 
-from shared.errors import DatabaseUnavailable
+from smsgw.shared.core.errors import DatabaseUnavailable
 
 log = structlog.get_logger(__name__)
 

@@ -27,9 +27,9 @@ from typing import Any, Final, LiteralString, TypeAlias
 
 import asyncpg
 
-from shared import db
-from shared.queue.listener import CHANNELS
-from shared.queue.records import (
+from smsgw.shared.core import db
+from smsgw.shared.queue.listener import CHANNELS
+from smsgw.shared.queue.records import (
     Callback,
     CallbackStatus,
     DedupeKey,
@@ -45,7 +45,7 @@ from shared.queue.records import (
     Receipt,
     ReceiptStatus,
 )
-from shared.queue.sql import QUERIES
+from smsgw.shared.queue.sql import QUERIES
 
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
 Record: TypeAlias = InboundMessage | OutboundMessage | Receipt | Callback | MoPart

@@ -16,10 +16,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from shared.smpp.pdu import SMPP_ESME_RX_T_APPN
-from shared.smpp.receipts import ID_MODES
-from shared.smpp.session import BindMode, SessionConfig
-from shared.smpp.text import Encoding
+from smsgw.shared.smpp.pdu import SMPP_ESME_RX_T_APPN
+from smsgw.shared.smpp.receipts import ID_MODES
+from smsgw.shared.smpp.session import BindMode, SessionConfig
+from smsgw.shared.smpp.text import Encoding
 
 ReceiptState = Literal[
     "delivered", "undeliverable", "expired", "rejected", "unknown_receipt", "enroute", "accepted"

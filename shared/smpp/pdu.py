@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, ClassVar, Literal
 
-from shared.errors import SmppProtocolError
+from smsgw.shared.core.errors import SmppProtocolError
 
 __all__ = [
     "DEFAULT_MAX_PDU_LENGTH",

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from shared.smpp.pdu import Tag, Tlvs
+from smsgw.shared.smpp.pdu import Tag, Tlvs
 
 PartState = Literal[
     "delivered", "undeliverable", "expired", "rejected", "unknown_receipt", "enroute", "accepted"

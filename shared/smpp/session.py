@@ -30,9 +30,9 @@ from enum import StrEnum
 from ssl import SSLContext
 from typing import Any
 
-from shared.errors import SmppBindRejected, SmppError, SmppProtocolError
-from shared.smpp import pdu as P
-from shared.smpp.ratelimit import TokenBucket
+from smsgw.shared.core.errors import SmppBindRejected, SmppError, SmppProtocolError
+from smsgw.shared.smpp import pdu as P
+from smsgw.shared.smpp.ratelimit import TokenBucket
 
 log = logging.getLogger("smsgw.smpp.session")
 

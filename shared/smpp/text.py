@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from shared.smpp.pdu import Tag, Tlvs
+from smsgw.shared.smpp.pdu import Tag, Tlvs
 
 Encoding = Literal["gsm7", "gsm7_packed", "latin1", "ascii", "ucs2", "binary"]
 Method = Literal["udh8", "udh16", "sar", "payload"]

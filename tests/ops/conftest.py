@@ -80,7 +80,7 @@ class Up:
     def start(self) -> None:
         # offsets from the base: API 80, metrics 100 + 1..3 (+10 per instance), SMPP 75
         self.base = free_block([80, 81, 75, 101, 102, 103, 111, 112, 113])
-        argv = [sys.executable, "-m", "services.cli", "up", "--data-dir", str(self.data_dir),
+        argv = [sys.executable, "-m", "smsgw.services.cli", "up", "--data-dir", str(self.data_dir),
                 "--api-port", str(self.base + 80), "--metrics-port-base", str(self.base + 100),
                 "--smpp-port", str(self.base + 75), "--stop-timeout", "30", *self.extra]
         self.proc = subprocess.Popen(argv, env=self.env, stdout=subprocess.PIPE,
@@ -121,7 +121,7 @@ class Up:
 
     def smsgw(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run an admin command next to this `up` (it finds the data folder's config)."""
-        return subprocess.run([sys.executable, "-m", "services.cli", *args, "--data-dir",
+        return subprocess.run([sys.executable, "-m", "smsgw.services.cli", *args, "--data-dir",
                                str(self.data_dir)], env=self.env, capture_output=True,
                               text=True, timeout=timeout, cwd=self.data_dir.parent)
 
@@ -162,7 +162,7 @@ class Up:
                     os.kill(pid, signal.SIGKILL)
         pg = self.data_dir / "pg"
         if (pg / "postmaster.pid").exists():
-            from shared.embedded_pg import EmbeddedPostgres
+            from smsgw.shared.core.embedded_pg import EmbeddedPostgres
             EmbeddedPostgres(pg, port=1).stop(mode="immediate")
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import asyncpg
 
-from shared.queue import store
-from shared.suppression import NumberHasher
+from smsgw.shared.domain.suppression import NumberHasher
+from smsgw.shared.queue import store
 
 NUMBER = "+447700900555"
 OTHER = "+447700900666"
@@ -28,7 +28,8 @@ def smsgw(args: list[str], db_url: str, cwd: Path) -> subprocess.CompletedProces
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMSGW_")}
     env.update(SMSGW_SECURITY__SERVER_SECRET_ENV="TEST_SERVER_SECRET",  # the suppression key
                TEST_SERVER_SECRET=SECRET)
-    return subprocess.run([sys.executable, "-m", "services.cli", *args, "--database-url", db_url],
+    return subprocess.run([sys.executable, "-m", "smsgw.services.cli", *args,
+                           "--database-url", db_url],
                           env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
@@ -204,7 +205,7 @@ def test_status_watch_refreshes_until_ctrl_c(db_url: str, tmp_path: Path) -> Non
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMSGW_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "status", "--watch", "--interval", "0.2",
+        [sys.executable, "-m", "smsgw.services.cli", "status", "--watch", "--interval", "0.2",
          "--metrics", "http://127.0.0.1:9/metrics", "--database-url", db_url],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -222,7 +223,7 @@ def test_status_watch_refreshes_until_ctrl_c(db_url: str, tmp_path: Path) -> Non
 def test_status_tells_a_standby_instance_from_a_down_connector() -> None:
     """With the global bind limit, a sender without a slot reports 0: `status` shows it as
     "no slot" while another instance is bound, and DOWN only when no instance is bound."""
-    from services.admin.status import Bind, QueueStatus, Status, render
+    from smsgw.services.admin.status import Bind, QueueStatus, Status, render
 
     def view(binds: list[Bind]) -> str:
         return render(Status("live", [QueueStatus("outbound")], {"mt_accepted": 0.0}, binds,

@@ -21,8 +21,8 @@ import jsonschema
 import pytest
 import yaml
 
-from services.admin import up
-from services.cli import COMMANDS
+from smsgw.services.admin import up
+from smsgw.services.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -116,7 +116,7 @@ def test_migrate_and_config_commands_run(compose: dict[str, Any], db_url: str,
     user = f"{url.username}@" if url.username else ""
     env["SMSGW_DATABASE_URL"] = url._replace(
         netloc=user + url.netloc.rsplit("@", 1)[-1]).geturl()
-    script = [sys.executable, "-m", "services.cli"]
+    script = [sys.executable, "-m", "smsgw.services.cli"]
     res = subprocess.run([*script, *local[1:]], env=env, capture_output=True, text=True,
                          timeout=60, cwd=tmp_path)
     assert res.returncode == 0, res.stderr

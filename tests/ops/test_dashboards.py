@@ -16,10 +16,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from services.processor.metrics import ProcessorMetrics
-from services.receiver.metrics import ReceiverMetrics
-from services.sender.metrics import SenderMetrics
-from shared.metrics import RuntimeMetrics, create_registry
+from smsgw.services.processor.metrics import ProcessorMetrics
+from smsgw.services.receiver.metrics import ReceiverMetrics
+from smsgw.services.sender.metrics import SenderMetrics
+from smsgw.shared.runtime.metrics import RuntimeMetrics, create_registry
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "deploy/prometheus/alerts.yml"

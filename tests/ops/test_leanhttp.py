@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from services.bench.leanhttp import LeanClient, LeanHTTPError, LeanSink
+from smsgw.services.bench.leanhttp import LeanClient, LeanHTTPError, LeanSink
 
 
 async def _aiohttp_app() -> tuple[web.AppRunner, str]:

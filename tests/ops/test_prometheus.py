@@ -136,7 +136,7 @@ def test_every_panel_and_alert_against_a_real_prometheus(up_factory: Any, ops: A
     """
     base = ops.free_block([0, 1])
     sim = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "smsc-sim", "--port", str(base),
+        [sys.executable, "-m", "smsgw.services.cli", "smsc-sim", "--port", str(base),
          "--receipt-delay", "0.2", "--receipt-stats", "DELIVRD=0.8,UNDELIV=0.2",
          "--mo-rate", "1", "--mo-text", "HELLO there", "--stats-s", "0"],
         env=ops.clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from services.admin import up
-from services.processor.settings import ProcessorSettings
-from services.receiver.settings import ReceiverSettings
-from services.sender.settings import SenderSettings
-from shared import lifecycle
+from smsgw.services.admin import up
+from smsgw.services.processor.settings import ProcessorSettings
+from smsgw.services.receiver.settings import ReceiverSettings
+from smsgw.services.sender.settings import SenderSettings
+from smsgw.shared.runtime import lifecycle
 
 REPO = Path(__file__).resolve().parents[2]
-# shared/bindslots.py `_close_session` bounds one SMPP session's drain + unbind at 8 s; the
+# shared/smpp/bindslots.py `_close_session` bounds one SMPP session's drain + unbind at 8 s; the
 # BindManager closes its sessions in parallel, so a daemon with binds adds it once.
 SMPP_SESSION_CLOSE_S = 8.0
 # (settings model, HTTP sites it closes, whether it holds SMPP binds)
@@ -67,7 +67,7 @@ def test_up_waits_as_long_as_systemd_would() -> None:
 def test_sender_lease_outlasts_drain_and_response_timeout() -> None:
     """docs/ARCHITECTURE.md, guarantee 3: a sender's lease outlasts its response timeout plus
     drain."""
-    from shared.smpp.connector import ConnectorSettings
+    from smsgw.shared.smpp.connector import ConnectorSettings
 
     s = SenderSettings()
     response_timeout = ConnectorSettings.model_fields["response_timeout_s"].default

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from services.admin import systemd_render
-from services.admin.systemd_render import Layout, render_all, unit_files
+from smsgw.services.admin import systemd_render
+from smsgw.services.admin.systemd_render import Layout, render_all, unit_files
 
 REPO = Path(__file__).resolve().parents[2]
 DAEMONS = ("receiver", "processor", "sender")

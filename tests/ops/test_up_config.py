@@ -5,9 +5,9 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from services.admin import up
-from services.sender.settings import SenderSettings
-from shared.config import load_config
+from smsgw.services.admin import up
+from smsgw.services.sender.settings import SenderSettings
+from smsgw.shared.runtime.config import load_config
 
 
 def _opts(tmp_path: Path, *extra: str) -> up.Options:

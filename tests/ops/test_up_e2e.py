@@ -67,7 +67,7 @@ def last_line_at(path: Path, ops: Any) -> str:
 
 def test_help_explains_everything() -> None:
     """`smsgw up --help` names the embedded Postgres (fsync on), the flags and the stop order."""
-    res = subprocess.run([sys.executable, "-m", "services.cli", "up", "--help"],
+    res = subprocess.run([sys.executable, "-m", "smsgw.services.cli", "up", "--help"],
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 0
     for word in ("fsync on", "--processors", "--senders", "--data-dir", "--api-port",

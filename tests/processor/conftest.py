@@ -9,13 +9,13 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.processor import rules_cli
-from services.processor.engine import Engine
-from services.processor.metrics import ProcessorMetrics
-from services.processor.options import ProcessorKeys
-from services.processor.rules import parse_rules
-from shared.queue import store
-from shared.suppression import NumberHasher
+from smsgw.services.processor import rules_cli
+from smsgw.services.processor.engine import Engine
+from smsgw.services.processor.metrics import ProcessorMetrics
+from smsgw.services.processor.options import ProcessorKeys
+from smsgw.services.processor.rules import parse_rules
+from smsgw.shared.domain.suppression import NumberHasher
+from smsgw.shared.queue import store
 
 SHORT = "80080"
 # The suppression hasher of the tests' server secret (the daemons derive theirs the same way).

@@ -13,9 +13,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from services.processor.callbacks import CallbackDelivery, SecretResolver, deliver_until_idle
-from services.processor.options import CallbackSettings
-from shared.queue import store
+from smsgw.services.processor.callbacks import CallbackDelivery, SecretResolver, deliver_until_idle
+from smsgw.services.processor.options import CallbackSettings
+from smsgw.shared.queue import store
 
 
 @dataclass
@@ -155,7 +155,7 @@ async def test_forward_signed_with_rule_secret(pool, app, make_engine) -> None:
 async def test_late_result_does_not_overwrite_a_taken_over_row(pool, app) -> None:
     """1. a row is leased to us; 2. another worker takes it over (lease owner changes);
     3. our write-back of 'done' changes nothing."""
-    from services.processor.callbacks import Result
+    from smsgw.services.processor.callbacks import Result
     [res] = await store.enqueue(pool, "callbacks", [{"kind": "mo", "url": app.url()}])
     d = delivery(pool)
     await store.claim_leased(pool, "callbacks", limit=1, owner="test-proc", lease_s=10)
@@ -283,7 +283,7 @@ async def test_unbatched_rows_stay_one_request_each(pool, app) -> None:
 
 def test_batch_needs_a_json_url() -> None:
     """`batch` on a get_url forward is refused when the rules are loaded."""
-    from services.processor.rules import RuleError, parse_rules
+    from smsgw.services.processor.rules import RuleError, parse_rules
     with pytest.raises(RuleError, match="batch applies"):
         parse_rules([{"name": "x", "actions": [
             {"type": "forward", "get_url": "https://app.example/mo?t=%a", "batch": 10}]}])

@@ -121,8 +121,8 @@ async def test_every_rule_account_and_suppression_change_is_audited(pool, make_e
     """1. a rule is created, changed and deleted; 2. an account is created (the accounts
     command's own function) and gets a second key; 3. a STOP and a START change suppressions;
     4. the audit log holds one row per change, each naming its actor and object."""
-    from services.admin.accounts import create_account
-    from shared.apikeys import create_key
+    from smsgw.services.admin.accounts import create_account
+    from smsgw.shared.domain.apikeys import create_key
 
     from .conftest import set_rules
     await set_rules(pool, [{"name": "r", "actions": [{"type": "reply", "template": "a"}]}],

@@ -7,10 +7,10 @@ import asyncio
 import asyncpg
 import orjson
 
-from services.processor.options import ProcessorKeys
-from shared import suppression
-from shared.queue import store
-from shared.queue.listener import CHANNELS
+from smsgw.services.processor.options import ProcessorKeys
+from smsgw.shared.domain import suppression
+from smsgw.shared.queue import store
+from smsgw.shared.queue.listener import CHANNELS
 
 from .conftest import HASHER, SHORT, add_mo, drain, mo, set_rules
 

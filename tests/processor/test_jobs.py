@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from services.processor.jobs import processor_jobs
-from services.processor.options import JobSettings, ProcessorKeys
-from shared.config import RetentionSettings
-from shared.periodic import run_periodic
+from smsgw.services.processor.jobs import processor_jobs
+from smsgw.services.processor.options import JobSettings, ProcessorKeys
+from smsgw.shared.runtime.config import RetentionSettings
+from smsgw.shared.runtime.periodic import run_periodic
 
 INTERVAL = 0.3
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from services.processor.engine import Engine
+from smsgw.services.processor.engine import Engine
 
 from .conftest import add_mo, mo, set_rules
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from services.processor import callbacks, engine, jobs, rules_cli
-from shared import suppression
+from smsgw.services.processor import callbacks, engine, jobs, rules_cli
+from smsgw.shared.domain import suppression
 
 QUERIES = {
     **{f"engine.{k}": v for k, v in engine.ALL_QUERIES.items()},

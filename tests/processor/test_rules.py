@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.processor import templates
-from services.processor.rules import (
+from smsgw.services.processor import templates
+from smsgw.services.processor.rules import (
     Message,
     RuleError,
     RuleSet,
@@ -144,7 +144,7 @@ def test_templates_refuse_attribute_access() -> None:
 
 def test_toml_rule_file(tmp_path) -> None:
     """Rule files may be TOML ([[rules]] tables) as well as JSON."""
-    from services.processor.rules_cli import read_rule_file
+    from smsgw.services.processor.rules_cli import read_rule_file
     path = tmp_path / "rules.toml"
     path.write_text('''
 [[rules]]

@@ -1,11 +1,11 @@
-"""shared.suppression: keyed hashes per scope, audited adds and removes, legacy entries."""
+"""shared.domain.suppression: keyed hashes per scope, audited adds and removes, legacy entries."""
 
 from __future__ import annotations
 
 import hashlib
 
-from shared import suppression
-from shared.suppression import SuppressionChange
+from smsgw.shared.domain import suppression
+from smsgw.shared.domain.suppression import SuppressionChange
 
 from .conftest import HASHER
 

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from shared import db
+from smsgw.shared.core import db
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 

@@ -9,7 +9,7 @@ from collections import Counter
 import asyncpg
 import pytest
 
-from shared.queue import store
+from smsgw.shared.queue import store
 
 from .conftest import Connect, inbound_row, outbound_row
 

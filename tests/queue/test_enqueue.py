@@ -7,8 +7,8 @@ import asyncio
 import asyncpg
 import pytest
 
-from shared.queue import store
-from shared.queue.records import DedupeKey
+from smsgw.shared.queue import store
+from smsgw.shared.queue.records import DedupeKey
 
 from .conftest import Connect, inbound_row, outbound_row
 

@@ -6,8 +6,8 @@ import asyncio
 
 import asyncpg
 
-from shared.queue import store
-from shared.queue.listener import CHANNELS, Listener, consume
+from smsgw.shared.queue import store
+from smsgw.shared.queue.listener import CHANNELS, Listener, consume
 
 from .conftest import outbound_row
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import asyncpg
 
-from shared.queue import store
+from smsgw.shared.queue import store
 
 
 async def test_every_query_prepares(pool: asyncpg.Pool) -> None:

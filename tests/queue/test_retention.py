@@ -6,9 +6,9 @@ import asyncio
 
 import asyncpg
 
-from shared.queue import store
-from shared.queue.records import DedupeKey
-from shared.queue.sql import QUERIES
+from smsgw.shared.queue import store
+from smsgw.shared.queue.records import DedupeKey
+from smsgw.shared.queue.sql import QUERIES
 
 from .conftest import inbound_row, outbound_row
 

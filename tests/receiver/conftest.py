@@ -14,11 +14,11 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from services.admin.accounts import create_account
-from services.receiver.context import ReceiverContext, build_context
-from services.receiver.options import ReceiverOptions
-from services.receiver.web import create_api_app
-from shared.config import (
+from smsgw.services.admin.accounts import create_account
+from smsgw.services.receiver.context import ReceiverContext, build_context
+from smsgw.services.receiver.options import ReceiverOptions
+from smsgw.services.receiver.web import create_api_app
+from smsgw.shared.runtime.config import (
     GenericSourceSettings,
     TwilioSettings,
     VonageSettings,

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from services.admin import accounts
-from shared import db
-from shared.apikeys import hash_key
+from smsgw.services.admin import accounts
+from smsgw.shared.core import db
+from smsgw.shared.domain.apikeys import hash_key
 
 
 def _query(db_url: str, sql: str) -> list[dict[str, object]]:

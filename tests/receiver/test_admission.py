@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from services.receiver.options import ReceiverOptions
-from shared.queue import store
+from smsgw.services.receiver.options import ReceiverOptions
+from smsgw.shared.queue import store
 
 from .conftest import AccountFactory, Receiver, ReceiverFactory
 from .test_webhooks import generic_headers
@@ -78,7 +78,7 @@ async def test_account_rate_limit_holds_across_instances(receiver_factory: Recei
 
 def test_a_stale_snapshot_is_ignored() -> None:
     """A snapshot that stopped changing (its refresher died) no longer refuses intake."""
-    from services.receiver.admission import STALE_AFTER_S, Admission
+    from smsgw.services.receiver.admission import STALE_AFTER_S, Admission
 
     now = [100.0]
     admission = Admission(ReceiverOptions(outbound_high_watermark=10), clock=lambda: now[0])

@@ -7,9 +7,9 @@ import asyncio
 import asyncpg
 import pytest
 
-from services.receiver.options import ReceiverOptions
-from shared.apikeys import create_key, revoke_key
-from shared.queue import store
+from smsgw.services.receiver.options import ReceiverOptions
+from smsgw.shared.domain.apikeys import create_key, revoke_key
+from smsgw.shared.queue import store
 
 from .conftest import SERVER_SECRET, AccountFactory, Receiver, ReceiverFactory, webhook_settings
 

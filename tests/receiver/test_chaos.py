@@ -9,11 +9,11 @@ import asyncio
 import asyncpg
 import pytest
 
-from services.smsc_sim.server import Simulator
-from shared.embedded_pg import EmbeddedPostgres
-from shared.smpp import pdu as P
-from shared.smpp.connector import ConnectorSettings
-from shared.smpp.session import BindMode, Client
+from smsgw.services.smsc_sim.server import Simulator
+from smsgw.shared.core.embedded_pg import EmbeddedPostgres
+from smsgw.shared.smpp import pdu as P
+from smsgw.shared.smpp.connector import ConnectorSettings
+from smsgw.shared.smpp.session import BindMode, Client
 
 from .conftest import AccountFactory, ReceiverFactory
 

@@ -36,7 +36,7 @@ async def start_daemon(db_url: str, port: int, **extra_env: str) -> asyncio.subp
                 "SMSGW_SECURITY__SERVER_SECRET_ENV": "RECEIVER_TEST_SECRET",
                 "RECEIVER_TEST_SECRET": SERVER_SECRET.decode(), **extra_env})
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "receiver", cwd=ROOT, env=env,
+        sys.executable, "-m", "smsgw.services.cli", "receiver", cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     assert proc.stdout is not None
     async with asyncio.timeout(30):
@@ -138,7 +138,7 @@ async def test_daemon_binds_rx_and_stores_mo(db_url: str, pool: asyncpg.Pool,
                                              daemon_port: int) -> None:
     """1. the daemon with a `bind_mode = "receiver"` connector binds to the simulator
     2. an MO deliver_sm is answered ESME_ROK and stored; 3. SIGTERM unbinds, exit 0."""
-    from services.smsc_sim.server import Simulator
+    from smsgw.services.smsc_sim.server import Simulator
 
     async with Simulator() as sim:
         connectors = orjson.dumps([{

@@ -7,9 +7,14 @@ import asyncio
 import asyncpg
 import pytest
 
-from shared import db
-from shared.groupcommit import GroupCommitter
-from shared.intake import FragmentWrite, InboundWrite, expire_mo_fragments, flush_inbound
+from smsgw.shared.core import db
+from smsgw.shared.domain.intake import (
+    FragmentWrite,
+    InboundWrite,
+    expire_mo_fragments,
+    flush_inbound,
+)
+from smsgw.shared.queue.groupcommit import GroupCommitter
 
 
 def _frag(seq: int, total: int = 3, ref: int = 9) -> FragmentWrite:
@@ -88,7 +93,7 @@ async def test_one_bad_item_does_not_fail_its_batch(pool: asyncpg.Pool) -> None:
 
 async def test_full_buffer_refuses_at_once(pool: asyncpg.Pool) -> None:
     """Past max_pending, submit raises IntakeFull instead of queueing without limit."""
-    from shared.groupcommit import IntakeFull
+    from smsgw.shared.queue.groupcommit import IntakeFull
 
     gate = asyncio.Event()
 
@@ -134,7 +139,7 @@ async def test_whole_mo_batch_is_one_autocommitted_statement_with_its_notify(
        transactional=False) is stored and wakes the processors once on smsgw_inbound.
     2. A batch holding only redeliveries (same provider ids) stores nothing and wakes nobody.
     3. A batch with a fragment opens its own transaction: all rows or none."""
-    from shared.queue.listener import CHANNELS
+    from smsgw.shared.queue.listener import CHANNELS
 
     got: list[str] = []
     listener = await db.connect(db_url)

@@ -15,11 +15,11 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.receiver.context import build_context
-from services.receiver.openapi import document
-from services.receiver.options import ReceiverOptions
-from services.receiver.web import create_api_app
-from shared import db
+from smsgw.services.receiver.context import build_context
+from smsgw.services.receiver.openapi import document
+from smsgw.services.receiver.options import ReceiverOptions
+from smsgw.services.receiver.web import create_api_app
+from smsgw.shared.core import db
 
 from .conftest import SERVER_SECRET, AccountFactory, Receiver, webhook_settings
 from .test_webhooks import generic_headers
@@ -104,7 +104,7 @@ class ThreadedReceiver:
         self._stop: asyncio.Event | None = None
 
     async def _main(self) -> None:
-        from services.admin.accounts import create_account
+        from smsgw.services.admin.accounts import create_account
 
         self._stop = asyncio.Event()
         pool = await db.create_pool(self.db_url, min_size=1, max_size=5)

@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import asyncpg
 
-from shared.kannel import DLR_MASK_FINAL, render_dlr_url, wants_dlr
+from smsgw.shared.domain.kannel import DLR_MASK_FINAL, render_dlr_url, wants_dlr
 
 from .conftest import AccountFactory, Receiver
 

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 import asyncpg
 import pytest
 
-from services.receiver.context import ReceiverContext, build_context
-from services.receiver.options import ReceiverOptions
-from services.receiver.smpp_intake import SmppIntake
-from services.smsc_sim.server import Simulator
-from shared import db
-from shared.smpp import pdu as P
-from shared.smpp.connector import ConnectorSettings
+from smsgw.services.receiver.context import ReceiverContext, build_context
+from smsgw.services.receiver.options import ReceiverOptions
+from smsgw.services.receiver.smpp_intake import SmppIntake
+from smsgw.services.smsc_sim.server import Simulator
+from smsgw.shared.core import db
+from smsgw.shared.smpp import pdu as P
+from smsgw.shared.smpp.connector import ConnectorSettings
 
 from .conftest import SERVER_SECRET, webhook_settings
 

@@ -6,8 +6,8 @@ import asyncio
 
 import asyncpg
 
-from services.receiver.store import MtItem, MtOutcome, flush_mt
-from shared.groupcommit import GroupCommitter
+from smsgw.services.receiver.store import MtItem, MtOutcome, flush_mt
+from smsgw.shared.queue.groupcommit import GroupCommitter
 
 
 def _mt(ref: str | None, text: str = "hello", account: int = 1) -> MtItem:
@@ -55,8 +55,8 @@ async def test_group_committer_coalesces_concurrent_submits(pool: asyncpg.Pool) 
 async def test_one_notify_per_commit_on_the_senders_channel(db_url: str,
                                                             pool: asyncpg.Pool) -> None:
     """A committed batch wakes the senders once on smsgw_outbound (after the commit)."""
-    from shared import db
-    from shared.queue.listener import CHANNELS
+    from smsgw.shared.core import db
+    from smsgw.shared.queue.listener import CHANNELS
 
     got: list[str] = []
     woke = asyncio.Event()

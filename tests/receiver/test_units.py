@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from shared.apikeys import KEY_RANDOM_BYTES, generate_key, hash_key
-from shared.numbers import TON_INTERNATIONAL, InvalidNumber, normalise, normalise_sender
-from shared.urlguard import UnsafeUrl, check_url
+from smsgw.shared.domain.apikeys import KEY_RANDOM_BYTES, generate_key, hash_key
+from smsgw.shared.domain.numbers import (
+    TON_INTERNATIONAL,
+    InvalidNumber,
+    normalise,
+    normalise_sender,
+)
+from smsgw.shared.domain.urlguard import UnsafeUrl, check_url
 
 
 @pytest.mark.parametrize(("raw", "kw", "expected"), [

@@ -198,7 +198,7 @@ async def test_provider_id_dedupe_survives_the_retention_move(receiver: Receiver
                                                               pool: asyncpg.Pool) -> None:
     """1. a Twilio webhook is stored; the processor finishes it; retention moves it to history
     2. Twilio redelivers it → 200, and there is still exactly one message (hot + history)."""
-    from shared.queue import store
+    from smsgw.shared.queue import store
 
     receiver.ctx.webhooks = webhook_settings(public_base_url=PUBLIC)
     form = twilio_form("SMretained")

@@ -17,8 +17,15 @@ import time
 import asyncpg
 import pytest
 
-from services.bench.chaos import Load, chaos_stack, check, fault_kill, fault_pgrestart, run_case
-from shared.embedded_pg import EmbeddedPostgres
+from smsgw.services.bench.chaos import (
+    Load,
+    chaos_stack,
+    check,
+    fault_kill,
+    fault_pgrestart,
+    run_case,
+)
+from smsgw.shared.core.embedded_pg import EmbeddedPostgres
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(110)]
 RATE = 150.0

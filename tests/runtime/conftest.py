@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from shared import systemd
+from smsgw.shared.runtime import systemd
 
 SMSGW = str(Path(sys.executable).with_name("smsgw"))
 WAIT_S = 20.0  # generous bound for a 2-core machine shared by several test runs

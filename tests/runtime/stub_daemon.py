@@ -2,7 +2,8 @@
 
 `STUB_MODE=stubborn`: the worker ignores `stop` (in-flight work outliving the drain deadline);
 `STUB_MODE=crash`: the worker raises once the daemon is ready. `release()` logs `release_ran`.
-This is not a mock: it is one more daemon built on `shared.daemon.Daemon`, like the real ones.
+This is not a mock: it is one more daemon built on `shared.runtime.daemon.Daemon`, like the
+real ones.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import asyncio
 import os
 import sys
 
-from shared.config import DaemonSection
-from shared.daemon import Daemon
-from shared.queue.listener import CHANNELS
+from smsgw.shared.queue.listener import CHANNELS
+from smsgw.shared.runtime.config import DaemonSection
+from smsgw.shared.runtime.daemon import Daemon
 
 
 class StubDaemon(Daemon[DaemonSection]):

@@ -8,8 +8,8 @@ from typing import Any
 
 import asyncpg
 
-from shared import db
-from shared.config import ENV_PREFIX
+from smsgw.shared.core import db
+from smsgw.shared.runtime.config import ENV_PREFIX
 
 
 def env_with(**extra: str) -> dict[str, str]:

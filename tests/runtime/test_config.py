@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import structlog
 
-from services.admin.checkconfig import SECTIONS
-from services.processor.settings import ProcessorSettings
-from services.receiver.settings import ReceiverSettings
-from services.sender.settings import SenderSettings
-from shared.config import load_all, load_config, load_shared, resolve_secret
-from shared.errors import ConfigError
-from shared.logging import configure_logging, get_logger, mask_number
+from smsgw.services.admin.checkconfig import SECTIONS
+from smsgw.services.processor.settings import ProcessorSettings
+from smsgw.services.receiver.settings import ReceiverSettings
+from smsgw.services.sender.settings import SenderSettings
+from smsgw.shared.core.errors import ConfigError
+from smsgw.shared.core.logging import configure_logging, get_logger, mask_number
+from smsgw.shared.runtime.config import load_all, load_config, load_shared, resolve_secret
 
 DB = {"SMSGW_DATABASE_URL": "postgresql://smsgw:dbpass@127.0.0.1:5432/smsgw"}
 

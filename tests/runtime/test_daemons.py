@@ -17,9 +17,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from shared import lifecycle
-from shared.config import ENV_PREFIX
-from shared.queue import store
+from smsgw.shared.queue import store
+from smsgw.shared.runtime import lifecycle
+from smsgw.shared.runtime.config import ENV_PREFIX
 
 # (`notify_socket`, `spawn` and `clean_env` are fixtures of tests/runtime/conftest.py.)
 NotifySocket = Any
@@ -128,7 +128,7 @@ async def test_sigterm_releases_sender_leases(db_url: str, spawn: Any,
     4. STOPPING=1 and exit 0 within the drain deadline; 5. every row it had not submitted is
     back to queued with the lease cleared and no attempt counted, the submitted ones stay
     submitted, and the simulator saw exactly the submitted ones."""
-    from services.smsc_sim.server import SimConfig, Simulator
+    from smsgw.services.smsc_sim.server import SimConfig, Simulator
 
     await store.enqueue(pool, "outbound", [
         {"from_addr": "TEST", "to_addr": f"+4479111{i:05d}", "body": "hi"} for i in range(30)])

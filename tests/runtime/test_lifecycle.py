@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from shared.config import ENV_PREFIX
-from shared.queue import store
+from smsgw.shared.queue import store
+from smsgw.shared.runtime.config import ENV_PREFIX
 
 STUB = [sys.executable, str(Path(__file__).with_name("stub_daemon.py"))]
 

@@ -7,8 +7,8 @@ import asyncio
 import asyncpg
 from prometheus_client import CollectorRegistry
 
-from shared.metrics import RuntimeMetrics
-from shared.periodic import lock_key_for, run_once, run_periodic
+from smsgw.shared.runtime.metrics import RuntimeMetrics
+from smsgw.shared.runtime.periodic import lock_key_for, run_once, run_periodic
 
 
 async def test_lock_held_elsewhere_skips_the_run(pool: asyncpg.Pool) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from services.processor.app import ProcessorDaemon
-from services.receiver.app import ReceiverDaemon
-from services.sender.app import SenderDaemon
-from shared import lifecycle
-from shared.config import load_config
+from smsgw.services.processor.app import ProcessorDaemon
+from smsgw.services.receiver.app import ReceiverDaemon
+from smsgw.services.sender.app import SenderDaemon
+from smsgw.shared.runtime import lifecycle
+from smsgw.shared.runtime.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DAEMONS = [ReceiverDaemon, ProcessorDaemon, SenderDaemon]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import systemd
+from smsgw.shared.runtime import systemd
 
 
 @pytest.fixture

@@ -68,7 +68,7 @@ async def sec_edge_receiver(db_url: str) -> AsyncIterator[SecEdgeStart]:
                      "SMSGW_RECEIVER__DEFAULT_COUNTRY": "GB",
                      "SMSGW_RECEIVER__SMPP_BINDS": "false", **env})
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.cli", "receiver", cwd=ROOT, env=full,
+            sys.executable, "-m", "smsgw.services.cli", "receiver", cwd=ROOT, env=full,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         daemon = SecEdgeDaemon(proc, port)
         started.append(daemon)
@@ -130,10 +130,10 @@ async def sec_mt_receiver(pool: object) -> AsyncIterator[Callable[..., Awaitable
     import aiohttp
     from aiohttp import web
 
-    from services.receiver.context import build_context
-    from services.receiver.options import ReceiverOptions
-    from services.receiver.web import create_api_app
-    from shared.config import WebhooksSettings
+    from smsgw.services.receiver.context import build_context
+    from smsgw.services.receiver.options import ReceiverOptions
+    from smsgw.services.receiver.web import create_api_app
+    from smsgw.shared.runtime.config import WebhooksSettings
 
     started: list[tuple[web.AppRunner, object, aiohttp.ClientSession]] = []
 
@@ -161,7 +161,7 @@ async def sec_mt_receiver(pool: object) -> AsyncIterator[Callable[..., Awaitable
 @pytest.fixture
 def sec_mt_account(pool: object) -> Callable[..., Awaitable[tuple[int, str]]]:
     """Create an account and its first key as `smsgw accounts create` does: (id, key)."""
-    from services.admin.accounts import create_account
+    from smsgw.services.admin.accounts import create_account
 
     async def make(name: str, **kw: object) -> tuple[int, str]:
         async with pool.acquire() as conn:  # type: ignore[attr-defined]
@@ -187,7 +187,7 @@ def sec_erase_env(db_url: str, **extra: str) -> dict[str, str]:
 async def sec_erase_sender(db_url: str, tmp_path: Path) -> AsyncIterator[object]:
     """A simulator (receipts after 50 ms) and `smsgw sender` bound to it; yields the
     simulator. The sender is stopped with SIGTERM at the end."""
-    from services.smsc_sim.server import SimConfig, Simulator
+    from smsgw.services.smsc_sim.server import SimConfig, Simulator
 
     async with Simulator(SimConfig(receipt_delay_s=0.05)) as sim:
         cfg = tmp_path / "sec_erase_sender.toml"
@@ -199,7 +199,7 @@ async def sec_erase_sender(db_url: str, tmp_path: Path) -> AsyncIterator[object]
             "poll_s = 0.2", "bind_grace_s = 0.2", "bind_retry_s = 0.3", "bind_check_s = 0.5",
             "flush_s = 0.02"]) + "\n")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.cli", "sender", "--config", str(cfg),
+            sys.executable, "-m", "smsgw.services.cli", "sender", "--config", str(cfg),
             env=sec_erase_env(db_url), cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         try:

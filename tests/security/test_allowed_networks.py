@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from services.admin import up
-from services.processor.settings import ProcessorSettings
-from shared.config import load_config, load_shared
-from shared.errors import ConfigError
-from shared.urlguard import UnsafeUrl, check_url
+from smsgw.services.admin import up
+from smsgw.services.processor.settings import ProcessorSettings
+from smsgw.shared.core.errors import ConfigError
+from smsgw.shared.domain.urlguard import UnsafeUrl, check_url
+from smsgw.shared.runtime.config import load_config, load_shared
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,7 +53,7 @@ async def test_check_config_and_a_daemon_exit_78_on_the_old_key(tmp_path: Path,
     cfg.write_text("[webhooks]\nallow_private_urls = true\n")
     env = {**_env(), "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "check-config", "--config", str(cfg), cwd=ROOT,
+        sys.executable, "-m", "smsgw.services.cli", "check-config", "--config", str(cfg), cwd=ROOT,
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 78, (out, err)
@@ -63,7 +63,7 @@ async def test_check_config_and_a_daemon_exit_78_on_the_old_key(tmp_path: Path,
                 "SMSGW_SECURITY__SERVER_SECRET_ENV": "SEC_NET_SECRET",
                 "SEC_NET_SECRET": "sec-net-secret", "SMSGW_WEBHOOKS__ALLOW_PRIVATE_URLS": "1"})
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "processor", cwd=tmp_path, env=env,
+        sys.executable, "-m", "smsgw.services.cli", "processor", cwd=tmp_path, env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT)
     assert proc.stdout is not None

@@ -3,8 +3,8 @@ rotates; Kannel-style GET dlr-url callbacks are signed over the timestamp and th
 
 Real pieces only: an account made by the CLI's own function (no secret given), the secret read
 from `smsgw accounts callback-secret`'s output, callbacks rows built by the receipt code
-(`shared.dlr.callback_row`), a real `smsgw processor` process delivering them, and a real HTTP
-application on 127.0.0.1 that checks each signature with an HMAC computed here.
+(`shared.domain.dlr.callback_row`), a real `smsgw processor` process delivering them, and a
+real HTTP application on 127.0.0.1 that checks each signature with an HMAC computed here.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from services.admin import accounts
-from shared.config import WebhooksSettings
-from shared.dlr import StatusChange, callback_row
-from shared.queue import store
+from smsgw.services.admin import accounts
+from smsgw.shared.domain.dlr import StatusChange, callback_row
+from smsgw.shared.queue import store
+from smsgw.shared.runtime.config import WebhooksSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_SECRET = "sec-cbsign-server-secret"
@@ -114,7 +114,7 @@ async def sec_cbsign_processor(db_url: str, tmp_path: Path) -> AsyncIterator[Non
     else:  # the code before issue 12 (the regression run against it)
         env["SMSGW_WEBHOOKS__ALLOW_PRIVATE_URLS"] = "true"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "processor", cwd=tmp_path, env=env,
+        sys.executable, "-m", "smsgw.services.cli", "processor", cwd=tmp_path, env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT)
     assert proc.stdout is not None

@@ -21,8 +21,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.admin import up
-from shared.embedded_pg import EmbeddedPostgres, find_pg_bin
+from smsgw.services.admin import up
+from smsgw.shared.core.embedded_pg import EmbeddedPostgres, find_pg_bin
 
 ROOT = Path(__file__).resolve().parents[2]
 IS_ROOT = os.geteuid() == 0
@@ -225,9 +225,13 @@ async def test_admin_commands_read_the_password_file_from_the_config(
         def cli(*args: str, config: str) -> subprocess.CompletedProcess[str]:
             path = tmp_path / "c.toml"
             path.write_text(config)
-            return subprocess.run([sys.executable, "-m", "services.cli", *args, "--config",
+            return subprocess.run([sys.executable, "-m", "smsgw.services.cli", *args, "--config",
                                    str(path)], env=env, capture_output=True, text=True,
                                   timeout=60, cwd=ROOT)
+
+        def cli_argv(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "smsgw.services.cli", *args], env=env,
+                                  capture_output=True, text=True, timeout=60, cwd=ROOT)
 
         password_file = sec_pgauth_dir / "pg-password"
         good = f'[database]\nurl = "{url}"\npassword_file = "{password_file}"\n'
@@ -244,9 +248,7 @@ async def test_admin_commands_read_the_password_file_from_the_config(
         # `rules` takes --config before its subcommand; a refused login is a message, no trace
         path = tmp_path / "nopw.toml"
         path.write_text(f'[database]\nurl = "{url}"\n')
-        res = subprocess.run([sys.executable, "-m", "services.cli", "rules", "--config",
-                              str(path), "list"], env=env, capture_output=True, text=True,
-                             timeout=60, cwd=ROOT)
+        res = cli_argv("rules", "--config", str(path), "list")
         assert res.returncode == 78, res.stdout + res.stderr
         assert "Traceback" not in res.stderr and "password" in res.stderr.lower()
         res = cli("migrate", config=f'[database]\nurl = "{url}"\npassword = "{password}"\n')
@@ -259,8 +261,8 @@ async def test_admin_commands_read_the_password_file_from_the_config(
 def test_up_names_the_password_file_in_the_generated_config(tmp_path: Path) -> None:
     """The config `smsgw up` writes for its embedded Postgres holds the URL without a password
     and `[database] password_file`; a daemon loading it gets the password."""
-    from services.sender.settings import SenderSettings
-    from shared.config import load_config
+    from smsgw.services.sender.settings import SenderSettings
+    from smsgw.shared.runtime.config import load_config
 
     opts = up.parse_options(["--data-dir", str(tmp_path / "data")])
     opts.data_dir.mkdir(parents=True)

@@ -28,12 +28,12 @@ from urllib.parse import quote
 
 import asyncpg
 
-from services.admin import erase
-from services.processor.rules import parse_rules
-from services.processor.rules_cli import import_rules
-from shared.config import RetentionSettings
-from shared.intake import FragmentWrite, InboundWrite, flush_inbound
-from shared.queue import store
+from smsgw.services.admin import erase
+from smsgw.services.processor.rules import parse_rules
+from smsgw.services.processor.rules_cli import import_rules
+from smsgw.shared.domain.intake import FragmentWrite, InboundWrite, flush_inbound
+from smsgw.shared.queue import store
+from smsgw.shared.runtime.config import RetentionSettings
 
 from .conftest import ROOT, SEC_MT_SECRET, sec_erase_env
 
@@ -142,7 +142,7 @@ async def test_erase_leaves_no_trace_of_the_number(
     for number in (NUMBER, OTHER):
         await _traffic(pool, api, key, number)
     processor = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "processor", cwd=tmp_path,
+        sys.executable, "-m", "smsgw.services.cli", "processor", cwd=tmp_path,
         env=sec_erase_env(db_url, SMSGW_PROCESSOR__METRICS_PORT="0",
                           SMSGW_PROCESSOR__POLL_S="0.2", SMSGW_PROCESSOR__FLOOD_MAX="3"),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
@@ -179,7 +179,7 @@ async def test_erase_leaves_no_trace_of_the_number(
         assert must in before, f"traffic did not reach {must}: {sorted(before)}"
 
     res = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "erase", NUMBER, "--yes", "--json",
+        sys.executable, "-m", "smsgw.services.cli", "erase", NUMBER, "--yes", "--json",
         "--database-url", db_url, env=sec_erase_env(db_url), cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(res.communicate(), 120)

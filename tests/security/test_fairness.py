@@ -14,8 +14,8 @@ import math
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
-from services.receiver.options import ReceiverOptions
-from shared.queue import store
+from smsgw.services.receiver.options import ReceiverOptions
+from smsgw.shared.queue import store
 
 
 def _msgs(n: int, **extra: object) -> dict[str, object]:

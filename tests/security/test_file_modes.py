@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from services.admin import up
-from shared.embedded_pg import EmbeddedPostgres
+from smsgw.services.admin import up
+from smsgw.shared.core.embedded_pg import EmbeddedPostgres
 
 IS_ROOT = os.geteuid() == 0
 

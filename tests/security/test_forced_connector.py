@@ -15,8 +15,8 @@ from urllib.parse import quote
 
 import pytest
 
-from services.admin import accounts
-from services.receiver.options import ReceiverOptions
+from smsgw.services.admin import accounts
+from smsgw.services.receiver.options import ReceiverOptions
 
 
 async def test_forced_connector_only_when_allowed_and_known(

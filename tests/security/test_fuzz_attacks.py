@@ -25,8 +25,8 @@ from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from services.bench import logscan
-from services.bench.fuzz_attacks import CLASSES, AttackOptions, AttackReport, run_attacks
+from smsgw.services.bench import logscan
+from smsgw.services.bench.fuzz_attacks import CLASSES, AttackOptions, AttackReport, run_attacks
 
 pytestmark = pytest.mark.timeout(240)
 SEED = 20260112

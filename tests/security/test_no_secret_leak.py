@@ -28,8 +28,8 @@ import orjson
 import pytest
 import structlog
 
-from services.admin.accounts import create_account
-from shared.logging import configure_logging, get_logger
+from smsgw.services.admin.accounts import create_account
+from smsgw.shared.core.logging import configure_logging, get_logger
 
 SERVER_SECRET = "sec-edge+server/secret=7f3a9c"
 TWILIO_TOKEN = "sec-edge+twilio/token=1b2c3d4e"

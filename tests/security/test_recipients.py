@@ -16,15 +16,15 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.admin.send import send_direct
-from services.processor.engine import Engine
-from services.processor.metrics import ProcessorMetrics
-from services.processor.options import ProcessorKeys
-from services.processor.rules import parse_rules
-from services.processor.rules_cli import import_rules
-from shared import suppression
-from shared.numbers import InvalidNumber, is_recipient, normalise_recipient
-from shared.queue import store
+from smsgw.services.admin.send import send_direct
+from smsgw.services.processor.engine import Engine
+from smsgw.services.processor.metrics import ProcessorMetrics
+from smsgw.services.processor.options import ProcessorKeys
+from smsgw.services.processor.rules import parse_rules
+from smsgw.services.processor.rules_cli import import_rules
+from smsgw.shared.domain import suppression
+from smsgw.shared.domain.numbers import InvalidNumber, is_recipient, normalise_recipient
+from smsgw.shared.queue import store
 
 from .conftest import SEC_MT_SECRET
 

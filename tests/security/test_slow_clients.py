@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from services.smsc_sim.server import SimConfig, Simulator
-from shared.smpp import pdu as P
+from smsgw.services.smsc_sim.server import SimConfig, Simulator
+from smsgw.shared.smpp import pdu as P
 
 BOUND_S = 30.0  # far above every limit configured below; only a server that never closes hits it
 LIMITS = {"SMSGW_RECEIVER__HTTP_HEADER_TIMEOUT_S": "1", "SMSGW_RECEIVER__HTTP_BODY_TIMEOUT_S": "1",

@@ -23,12 +23,12 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from services.admin.accounts import create_account
-from services.receiver.context import build_context
-from services.receiver.options import ReceiverOptions
-from services.receiver.web import create_api_app
-from shared.config import WebhooksSettings
-from shared.queue import store
+from smsgw.services.admin.accounts import create_account
+from smsgw.services.receiver.context import build_context
+from smsgw.services.receiver.options import ReceiverOptions
+from smsgw.services.receiver.web import create_api_app
+from smsgw.shared.queue import store
+from smsgw.shared.runtime.config import WebhooksSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_SECRET = b"sec-ssrf-server-secret"
@@ -48,7 +48,7 @@ UNICODE_PRIVATE = ["⑩.0.0.1", "①⑥⑨.②⑤④.①⑥⑨.②⑤④", "①�
 def test_check_url_refuses_hosts_that_map_to_non_public_addresses() -> None:
     """Every Unicode / legacy spelling of a loopback or private address is refused by the
     intake check with no allowed networks; the error says which address it is."""
-    from shared.urlguard import UnsafeUrl, check_url
+    from smsgw.shared.domain.urlguard import UnsafeUrl, check_url
     missed = []
     for host in UNICODE_HOSTS + OTHER_LOOPBACK + UNICODE_PRIVATE:
         try:
@@ -62,7 +62,7 @@ def test_check_url_refuses_hosts_that_map_to_non_public_addresses() -> None:
 def test_check_url_refuses_hosts_that_do_not_encode() -> None:
     """A host that IDNA cannot encode, or that holds characters no DNS name has, is refused
     (not passed on for the client to interpret)."""
-    from shared.urlguard import UnsafeUrl, check_url
+    from smsgw.shared.domain.urlguard import UnsafeUrl, check_url
     for host in ("a\u00adb.example", "\u200b127.0.0.1", "a b.example", "ex%41mple.com",
                  "a\u0000b.example"):
         with pytest.raises(UnsafeUrl):
@@ -183,7 +183,7 @@ async def sec_ssrf_processor(db_url: str, tmp_path: Path) -> AsyncIterator[Start
                     "SMSGW_SECURITY__SERVER_SECRET_ENV": "SEC_SSRF_SERVER_SECRET",
                     "SEC_SSRF_SERVER_SECRET": SERVER_SECRET.decode(), **extra_env})
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.cli", "processor", cwd=tmp_path, env=env,
+            sys.executable, "-m", "smsgw.services.cli", "processor", cwd=tmp_path, env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT)
         started.append(proc)
@@ -254,7 +254,7 @@ async def test_connect_time_check_covers_ip_literals(sec_ssrf_app: SecSsrfApp) -
     application by an IP literal (ASCII or Unicode, which aiohttp never resolves) or by a name
     that resolves to loopback is refused before connect(); listing the network lets it
     through."""
-    from shared.urlguard import AddressPolicy, guarded_connector_kwargs, is_refusal
+    from smsgw.shared.domain.urlguard import AddressPolicy, guarded_connector_kwargs, is_refusal
     policy = AddressPolicy()
     async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(**guarded_connector_kwargs(policy))) as http:

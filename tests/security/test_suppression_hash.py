@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from shared.intake import InboundWrite, flush_inbound
+from smsgw.shared.domain.intake import InboundWrite, flush_inbound
 
 from .conftest import ROOT, SEC_MT_SECRET, sec_erase_env
 
@@ -47,7 +47,7 @@ async def _wait(pred: Any, timeout_s: float = 30.0) -> Any:
 
 async def _spawn(daemon: str, env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", daemon, env=env, cwd=cwd,
+        sys.executable, "-m", "smsgw.services.cli", daemon, env=env, cwd=cwd,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE)
 

@@ -52,12 +52,12 @@ async def test_twilio_without_public_base_url_is_a_config_error(db_url: str,
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMSGW_")}
     env.update({"SMSGW_DATABASE_URL": db_url, **ENV})
     check = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "check-config", cwd=tmp_path, env=env,
+        sys.executable, "-m", "smsgw.services.cli", "check-config", cwd=tmp_path, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await check.communicate()
     assert check.returncode != 0 and b"public_base_url" in out, out
     daemon = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "receiver", cwd=tmp_path,
+        sys.executable, "-m", "smsgw.services.cli", "receiver", cwd=tmp_path,
         env={**env, "SMSGW_RECEIVER__HTTP_PORT": "0", "SMSGW_RECEIVER__METRICS_PORT": "0"},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     async with asyncio.timeout(60):
@@ -65,7 +65,7 @@ async def test_twilio_without_public_base_url_is_a_config_error(db_url: str,
     assert daemon.returncode == 78 and b"public_base_url" in out, out
     # with the public URL it validates
     ok = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "check-config", cwd=tmp_path,
+        sys.executable, "-m", "smsgw.services.cli", "check-config", cwd=tmp_path,
         env={**env, "SMSGW_WEBHOOKS__PUBLIC_BASE_URL": PUBLIC},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await ok.communicate()

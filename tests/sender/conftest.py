@@ -16,16 +16,16 @@ from typing import Any
 import asyncpg
 import pytest
 
-from services.sender.routing import Router
-from services.sender.submitter import Lane, SubmitSettings, Submitter
-from services.smsc_sim.server import SimConfig, Simulator
-from shared.bindslots import BindManager
-from shared.dlr import MatchSettings, run_matcher
-from shared.groupcommit import GroupCommitter
-from shared.intake import DeliverIntake, flush_inbound, flush_receipts
-from shared.queue import store
-from shared.smpp.connector import ConnectorSettings
-from shared.suppression import NumberHasher
+from smsgw.services.sender.routing import Router
+from smsgw.services.sender.submitter import Lane, SubmitSettings, Submitter
+from smsgw.services.smsc_sim.server import SimConfig, Simulator
+from smsgw.shared.domain.dlr import MatchSettings, run_matcher
+from smsgw.shared.domain.intake import DeliverIntake, flush_inbound, flush_receipts
+from smsgw.shared.domain.suppression import NumberHasher
+from smsgw.shared.queue import store
+from smsgw.shared.queue.groupcommit import GroupCommitter
+from smsgw.shared.smpp.bindslots import BindManager
+from smsgw.shared.smpp.connector import ConnectorSettings
 
 
 def connector(name: str, port: int, **kw: Any) -> ConnectorSettings:

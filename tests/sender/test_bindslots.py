@@ -6,8 +6,8 @@ import asyncio
 
 import asyncpg
 
-from services.smsc_sim.server import SimConfig, Simulator
-from shared.bindslots import slot_classid, slot_holders
+from smsgw.services.smsc_sim.server import SimConfig, Simulator
+from smsgw.shared.smpp.bindslots import slot_classid, slot_holders
 
 from .conftest import add_mt, all_final, connector, start_stack, wait_until
 from .test_submit import max_in_window
@@ -70,7 +70,7 @@ async def test_bind_and_loss_are_published_at_once_not_at_the_next_check(
     its slot and binds to the simulator. 2. `on_up` hears n = 1 as soon as the bind is up
     (the sender's claim loop is woken by it), not at the loop's next tick. 3. The simulator
     drops the connection: `on_up` hears n = 0 at once as well."""
-    from shared.bindslots import BindManager
+    from smsgw.shared.smpp.bindslots import BindManager
 
     heard: list[tuple[int, float]] = []
     loop = asyncio.get_running_loop()

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from services.smsc_sim.server import Simulator
+from smsgw.services.smsc_sim.server import Simulator
 
 from .conftest import add_mt, all_final, wait_until
 from .test_submit import max_in_window

@@ -9,10 +9,10 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from services.sender import queries as Q
-from services.sender.routing import Choice, Route, Router, pick
-from services.sender.submitter import quiet_delay_s, recipient_zone
-from services.smsc_sim.server import Simulator
+from smsgw.services.sender import queries as Q
+from smsgw.services.sender.routing import Choice, Route, Router, pick
+from smsgw.services.sender.submitter import quiet_delay_s, recipient_zone
+from smsgw.services.smsc_sim.server import Simulator
 
 from .conftest import add_mt, all_final, connector, running, start_stack, statuses, wait_until
 from .test_submit import max_in_window
@@ -169,7 +169,7 @@ async def test_transient_errors_retry_with_backoff_then_dead(db_url: str, pool: 
                                                              sim: Simulator) -> None:
     """1. the SMSC answers ESME_RSYSERR (transient) to everything  2. max_attempts 3
     3. the message is retried with backoff, then ends dead after exactly 3 submits."""
-    from shared.smpp import pdu as P
+    from smsgw.shared.smpp import pdu as P
 
     sim.inject(error_fraction=1.0, error_status=P.SMPP_ESME_RSYSERR)
     (mid,) = await add_mt(pool, 1)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from services.sender import queries
-from shared import dlr
+from smsgw.services.sender import queries
+from smsgw.shared.domain import dlr
 
 ALL = {**queries.ALL, **{f"dlr.{k}": v for k, v in dlr.QUERIES.items()}}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from services.smsc_sim.server import SimConfig, Simulator
-from shared import dlr
+from smsgw.services.smsc_sim.server import SimConfig, Simulator
+from smsgw.shared.domain import dlr
 
 from .conftest import add_mt, all_final, connector, running, statuses, wait_until
 

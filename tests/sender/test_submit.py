@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from services.smsc_sim.server import Simulator
-from shared.smpp import pdu as P
+from smsgw.services.smsc_sim.server import Simulator
+from smsgw.shared.smpp import pdu as P
 
 from .conftest import add_mt, all_final, connector, running, statuses, wait_until
 
@@ -140,7 +140,7 @@ async def test_suppressed_marketing_is_never_submitted(db_url: str, pool: asyncp
 async def test_failover_and_back(db_url: str, pool: asyncpg.Pool) -> None:
     """1. route [primary, backup]; the primary SMSC is down  2. MTs go to the backup
     3. the primary comes up  4. new MTs go to the primary again."""
-    from services.sender.routing import Route, Router
+    from smsgw.services.sender.routing import Route, Router
 
     async with Simulator() as backup:
         primary = Simulator()
@@ -170,7 +170,7 @@ async def test_long_message_methods_and_encodings(db_url: str, pool: asyncpg.Poo
     splits)  2. a 300-char GSM text and a 100-char Cyrillic text to each  3. A gets 2 + 2
     SAR parts (UCS-2, data_coding 8, for the Cyrillic one), B one PDU per message; the
     alphanumeric sender goes as TON 5 / NPI 0, the destination without '+' as 1/1."""
-    from services.sender.routing import Route, Router
+    from smsgw.services.sender.routing import Route, Router
 
     async with Simulator() as a, Simulator() as b:
         conns = [connector("sar", a.port, long_message="sar"),

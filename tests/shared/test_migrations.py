@@ -6,8 +6,8 @@ import asyncio
 import asyncpg
 import pytest
 
-from shared import db
-from shared.errors import SchemaVersionError
+from smsgw.shared.core import db
+from smsgw.shared.core.errors import SchemaVersionError
 
 
 async def test_template_has_every_named_table(pool: asyncpg.Pool) -> None:
@@ -62,7 +62,7 @@ async def test_pool_resets_only_connections_marked_with_session_state(db_url: st
     round trip: its SET survives). 2. One that took a session advisory lock through
     `store.try_advisory_lock` and was released without unlocking gets asyncpg's full reset:
     the lock is free again for another session and its SET is gone."""
-    from shared.queue import store
+    from smsgw.shared.queue import store
 
     pool = await db.create_pool(db_url, min_size=1, max_size=1)
     other = await db.connect(db_url)

@@ -1,4 +1,4 @@
-"""The E.164 fast path in shared/numbers.py answers exactly what phonenumbers answers.
+"""The E.164 fast path in shared/domain/numbers.py answers exactly what phonenumbers answers.
 
 `_fast_e164` returns the input for "+<digits>" when it can show that parse + is_possible_number +
 format_number would return the same string, and None otherwise (then `_to_e164_slow` runs). Every
@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from phonenumbers import PhoneMetadata, PhoneNumberFormat, PhoneNumberType
 
-from shared import numbers
-from shared.numbers import TON_INTERNATIONAL, InvalidNumber
+from smsgw.shared.domain import numbers
+from smsgw.shared.domain.numbers import TON_INTERNATIONAL, InvalidNumber
 
 _slow_uncached = numbers._to_e164_slow.__wrapped__
 

@@ -3,8 +3,8 @@
 import pytest
 from pydantic import ValidationError
 
-from shared.smpp.connector import ConnectorSettings
-from shared.smpp.session import BindMode
+from smsgw.shared.smpp.connector import ConnectorSettings
+from smsgw.shared.smpp.session import BindMode
 
 
 def test_defaults_and_session_config(tmp_path):

@@ -9,7 +9,7 @@ Canonical vectors (no optional trailing bytes) must also re-encode to the same b
 
 import pytest
 
-from shared.smpp import pdu as P
+from smsgw.shared.smpp import pdu as P
 
 CH = "cloudhopper-smpp PduDecoderTest.java"
 SL = "python-smpplib smpplib/tests/test_command.py"

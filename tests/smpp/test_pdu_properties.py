@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.errors import SmppProtocolError
-from shared.smpp import pdu as P
+from smsgw.shared.core.errors import SmppProtocolError
+from smsgw.shared.smpp import pdu as P
 
 
 def cstr(max_len: int) -> st.SearchStrategy[str]:

@@ -13,7 +13,7 @@ import smpplib.smpp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.smpp import pdu as P
+from smsgw.shared.smpp import pdu as P
 
 
 def cstr(max_len: int) -> st.SearchStrategy[str]:

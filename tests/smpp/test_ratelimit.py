@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.smpp.ratelimit import TokenBucket
+from smsgw.shared.smpp.ratelimit import TokenBucket
 
 
 class FakeClock:

@@ -5,8 +5,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from shared.smpp import pdu as P
-from shared.smpp import receipts as R
+from smsgw.shared.smpp import pdu as P
+from smsgw.shared.smpp import receipts as R
 
 
 def test_spec_example_layout():

@@ -17,8 +17,8 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.smpp import receipts as R
-from shared.smpp.pdu import Tag
+from smsgw.shared.smpp import receipts as R
+from smsgw.shared.smpp.pdu import Tag
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"]

@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from services.smsc_sim.server import SimConfig, Simulator
-from shared.errors import SmppBindRejected
-from shared.smpp import pdu as P
-from shared.smpp.connector import ConnectorSettings
-from shared.smpp.session import (
+from smsgw.services.smsc_sim.server import SimConfig, Simulator
+from smsgw.shared.core.errors import SmppBindRejected
+from smsgw.shared.smpp import pdu as P
+from smsgw.shared.smpp.connector import ConnectorSettings
+from smsgw.shared.smpp.session import (
     BindMode,
     Client,
     Session,

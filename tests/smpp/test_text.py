@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.smpp import text as T
-from shared.smpp.pdu import Tag
+from smsgw.shared.smpp import text as T
+from smsgw.shared.smpp.pdu import Tag
 
 # --- public vectors ----------------------------------------------------------------------
 

@@ -7,11 +7,12 @@ import sys
 
 import pytest
 
-from services.smsc_sim import bench, fuzz
-from services.smsc_sim.__main__ import build_parser, config_from_args
-from services.smsc_sim.__main__ import main as sim_main
-from shared.smpp import pdu as P
-from shared.smpp.session import Session, SessionConfig, SubmitOutcome
+from smsgw.services.bench import smpp_bench as bench
+from smsgw.services.smsc_sim import fuzz
+from smsgw.services.smsc_sim.__main__ import build_parser, config_from_args
+from smsgw.services.smsc_sim.__main__ import main as sim_main
+from smsgw.shared.smpp import pdu as P
+from smsgw.shared.smpp.session import Session, SessionConfig, SubmitOutcome
 
 
 def test_fuzz_decoder_streams():
@@ -53,10 +54,10 @@ def test_sim_args_map_to_config():
 
 @pytest.mark.timeout(30)
 async def test_sim_cli_process_serves_and_stops_on_sigterm():
-    """1. `python -m services.smsc_sim --port 0`; 2. read the listening event (JSON line);
+    """1. `python -m smsgw.services.smsc_sim --port 0`; 2. read the listening event (JSON line);
     3. bind and submit; 4. SIGTERM → exit 0 with a stopped event."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.smsc_sim", "--port", "0", "--stats-s", "0",
+        sys.executable, "-m", "smsgw.services.smsc_sim", "--port", "0", "--stats-s", "0",
         stdout=subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None

@@ -37,7 +37,7 @@ import asyncpg
 import orjson
 import structlog
 
-from shared.kannel import dlr_type_for, render_dlr_url, wants_dlr
+from smsgw.shared.domain.kannel import dlr_type_for, render_dlr_url, wants_dlr
 
 log = structlog.get_logger("smsgw.dlr")
 

@@ -42,7 +42,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from shared.errors import SmsGatewayError
+from smsgw.shared.core.errors import SmsGatewayError
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 MAX_URL_LENGTH = 2048

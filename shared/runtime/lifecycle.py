@@ -4,7 +4,7 @@ Signal handlers only set events (gunicorn's arbiter; docs/ARCHITECTURE.md "The d
 the daemon's main task does the work. After the first SIGINT/SIGTERM the SIGINT handler is removed,
 so a second Ctrl-C
 raises KeyboardInterrupt at once and skips the drain (procrastinate `signals.py`).
-`shared.daemon.Daemon` puts these together; this module has no daemon-specific knowledge.
+`shared.runtime.daemon.Daemon` puts these together; this module has no daemon-specific knowledge.
 """
 
 from __future__ import annotations
@@ -14,22 +14,20 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
-from shared import systemd
-from shared.errors import ConfigError
-
-if TYPE_CHECKING:  # shared.metrics imports this module's timeouts
-    from shared.metrics import RuntimeMetrics
+from smsgw.shared.core.errors import ConfigError
+from smsgw.shared.runtime import systemd
+from smsgw.shared.runtime.metrics import RuntimeMetrics
 
 C = TypeVar("C")
 
 log = structlog.stdlib.get_logger("smsgw.lifecycle")
 
 # Close timeouts of each shutdown stage after the drain; the stop budget adds them up, and the
-# teardown in shared.daemon enforces exactly these values.
+# teardown in shared.runtime.daemon enforces exactly these values.
 LISTENER_CLOSE_TIMEOUT_S = 2.0
 POOL_CLOSE_TIMEOUT_S = 5.0
 RELEASE_TIMEOUT_S = 5.0  # the daemon's release() hook (e.g. releasing leases)

@@ -20,8 +20,8 @@ from typing import Any, Literal
 import asyncpg
 import structlog
 
-from shared import db
-from shared.metrics import RuntimeMetrics
+from smsgw.shared.core import db
+from smsgw.shared.runtime.metrics import RuntimeMetrics
 
 Job = Callable[[asyncpg.Connection], Awaitable[Any]]
 log = structlog.stdlib.get_logger("smsgw.periodic")

@@ -29,18 +29,18 @@ from typing import Any
 import asyncpg
 from prometheus_client import CollectorRegistry
 
-from services.processor.engine import Engine
-from services.processor.metrics import ProcessorMetrics
-from services.processor.options import ProcessorKeys
-from services.processor.rules import parse_rules
-from services.processor.rules_cli import import_rules
-from shared import db
-from shared.aio import loop_runner
-from shared.embedded_pg import EmbeddedPostgres
-from shared.logging import configure_logging
-from shared.queue import store
-from shared.queue.bench import ServerCpu
-from shared.suppression import NumberHasher
+from smsgw.services.bench.queue_bench import ServerCpu
+from smsgw.services.processor.engine import Engine
+from smsgw.services.processor.metrics import ProcessorMetrics
+from smsgw.services.processor.options import ProcessorKeys
+from smsgw.services.processor.rules import parse_rules
+from smsgw.services.processor.rules_cli import import_rules
+from smsgw.shared.core import db
+from smsgw.shared.core.aio import loop_runner
+from smsgw.shared.core.embedded_pg import EmbeddedPostgres
+from smsgw.shared.core.logging import configure_logging
+from smsgw.shared.domain.suppression import NumberHasher
+from smsgw.shared.queue import store
 
 SHORT_CODE = "80080"
 PROMO_RULES: list[dict[str, Any]] = [

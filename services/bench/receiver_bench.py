@@ -34,7 +34,7 @@ from urllib.parse import quote, urlsplit
 import asyncpg
 import orjson
 
-from shared import db
+from smsgw.shared.core import db
 
 BODY = {"to": "+447700900123", "from": "Bench", "text": "Your code is 123456"}
 
@@ -45,11 +45,11 @@ async def _serve(url: str, port: int, secret: bytes) -> None:
     from aiohttp import web
     from prometheus_client import CollectorRegistry
 
-    from services.receiver.context import build_context
-    from services.receiver.metrics import ReceiverMetrics
-    from services.receiver.options import ReceiverOptions
-    from services.receiver.web import create_api_app
-    from shared.config import WebhooksSettings
+    from smsgw.services.receiver.context import build_context
+    from smsgw.services.receiver.metrics import ReceiverMetrics
+    from smsgw.services.receiver.options import ReceiverOptions
+    from smsgw.services.receiver.web import create_api_app
+    from smsgw.shared.runtime.config import WebhooksSettings
 
     pool = await db.create_pool(url, min_size=4, max_size=8)
     metrics = ReceiverMetrics.create(CollectorRegistry())
@@ -161,7 +161,7 @@ def _pct(values: list[float], q: float) -> float:
 
 async def _prepare(url: str, secret: bytes) -> tuple[str, str]:
     """Create a fresh database on the server at `url`, migrate it, make the bench account."""
-    from services.admin.accounts import create_account
+    from smsgw.services.admin.accounts import create_account
 
     name = f"smsgw_bench_{os.getpid()}"
     admin = await asyncpg.connect(url)
@@ -199,8 +199,9 @@ def _start_servers(url: str, n: int, secret: bytes) -> tuple[list[subprocess.Pop
             port = s.getsockname()[1]
     for _ in range(n):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.receiver.bench", "--serve", "--database-url", url,
-             "--port", str(port)], stdout=subprocess.PIPE, text=True, env=env)
+            [sys.executable, "-m", "smsgw.services.bench.receiver_bench", "--serve",
+             "--database-url", url, "--port", str(port)],
+            stdout=subprocess.PIPE, text=True, env=env)
         line = proc.stdout.readline() if proc.stdout else ""
         if not line.startswith("READY "):
             raise RuntimeError(f"receiver did not start: {line!r}")
@@ -274,7 +275,7 @@ async def _main(args: argparse.Namespace) -> int:
     cluster: Any = None
     url = args.database_url
     if url is None:
-        from shared.embedded_pg import EmbeddedPostgres
+        from smsgw.shared.core.embedded_pg import EmbeddedPostgres
 
         cluster = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="smsgw-bench-pg-")) / "data",
                                    fsync=True)

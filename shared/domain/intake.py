@@ -6,7 +6,7 @@ normalises the numbers, stores an MO row, a receipt row or an MO fragment throug
 committer, and only after the commit returns the `command_status` for `deliver_sm_resp`. The
 HTTP webhooks store their MO through the same writers (`InboundWrite` items).
 
-Writers (flush functions for `shared.groupcommit.GroupCommitter`):
+Writers (flush functions for `shared.queue.groupcommit.GroupCommitter`):
 
 * `flush_inbound(conn, items, ttl_s=…)` — one multi-row INSERT into `inbound` for the whole
   messages, with a dedupe key per provider message id (`dedupe_keys`, scope e.g. `mo:twilio`:
@@ -37,11 +37,11 @@ import asyncpg
 import orjson
 import structlog
 
-from shared.errors import DatabaseUnavailable, SmsGatewayError
-from shared.numbers import InvalidNumber, normalise
-from shared.queue.listener import CHANNELS
-from shared.smpp.receipts import is_receipt, parse_receipt
-from shared.smpp.text import decode_message
+from smsgw.shared.core.errors import DatabaseUnavailable, SmsGatewayError
+from smsgw.shared.domain.numbers import InvalidNumber, normalise
+from smsgw.shared.queue.listener import CHANNELS
+from smsgw.shared.smpp.receipts import is_receipt, parse_receipt
+from smsgw.shared.smpp.text import decode_message
 
 log = structlog.get_logger("intake")
 

@@ -40,8 +40,8 @@ from typing import Any, Protocol
 import asyncpg
 import structlog
 
-from shared import db
-from shared.smpp.session import BindMode, Client
+from smsgw.shared.core import db
+from smsgw.shared.smpp.session import BindMode, Client
 
 log = structlog.get_logger("smsgw.bindslots")
 

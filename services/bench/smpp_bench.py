@@ -22,10 +22,10 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
-from shared.aio import loop_runner
-from shared.smpp import pdu as P
-from shared.smpp.receipts import parse_receipt
-from shared.smpp.session import Session, SessionConfig, SubmitOutcome
+from smsgw.shared.core.aio import loop_runner
+from smsgw.shared.smpp import pdu as P
+from smsgw.shared.smpp.receipts import parse_receipt
+from smsgw.shared.smpp.session import Session, SessionConfig, SubmitOutcome
 
 SUBMIT = P.SubmitSm(
     source_addr="12345", source_addr_ton=1, source_addr_npi=1,
@@ -106,7 +106,7 @@ def receipt_samples() -> dict[str, P.DeliverSm]:
     """
     from datetime import UTC, datetime
 
-    from services.smsc_sim.server import SimConfig, Simulator
+    from smsgw.services.smsc_sim.server import SimConfig, Simulator
 
     submitted = datetime(2026, 1, 1, 12, 0, 5, tzinfo=UTC)
     out = {}
@@ -213,7 +213,7 @@ async def _sim_throughput(port: int, total: int, depth: int = 2000) -> float:
 def _start_sim_process() -> tuple[subprocess.Popen[str], int]:
     """The simulator in a child process; its first log line tells the port."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.smsc_sim", "--port", "0", "--stats-s", "0",
+        [sys.executable, "-m", "smsgw.services.smsc_sim", "--port", "0", "--stats-s", "0",
          "--log-level", "info"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -238,7 +238,7 @@ async def bench_network(port: int, runs: int, seconds: float, sim_total: int) ->
 
 
 async def _in_process_network(runs: int, seconds: float, sim_total: int) -> dict[str, Any]:
-    from services.smsc_sim.server import SimConfig, Simulator
+    from smsgw.services.smsc_sim.server import SimConfig, Simulator
 
     async with Simulator(SimConfig(keep_submits=False)) as sim:
         return await bench_network(sim.port, runs, seconds, sim_total)

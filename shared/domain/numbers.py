@@ -24,7 +24,7 @@ from functools import lru_cache
 import phonenumbers
 from phonenumbers import PhoneMetadata
 
-from shared.errors import SmsGatewayError
+from smsgw.shared.core.errors import SmsGatewayError
 
 # SMPP 3.4 type_of_number values (5.2.5)
 TON_UNKNOWN = 0

@@ -32,7 +32,7 @@ from typing import Generic, TypeVar
 import asyncpg
 import structlog
 
-from shared.errors import DatabaseUnavailable, SmsGatewayError
+from smsgw.shared.core.errors import DatabaseUnavailable, SmsGatewayError
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from shared.errors import SchemaVersionError
+from smsgw.shared.core.errors import SchemaVersionError
 
 MIGRATION_LOCK_KEY = 0x736D7367_0001  # 'smsg' + 1: the advisory lock held while migrating
 # A daemon accepts a schema up to this many versions newer than its own newest migration:
@@ -47,7 +47,7 @@ class Migration:
 def load_migrations() -> list[Migration]:
     """Read the migration files shipped in the `migrations` package, in version order."""
     found = []
-    for entry in importlib.resources.files("migrations").iterdir():
+    for entry in importlib.resources.files("smsgw.migrations").iterdir():
         m = _NAME_RE.match(entry.name)
         if m:
             found.append(Migration(int(m.group(1)), entry.name, entry.read_text("utf-8")))

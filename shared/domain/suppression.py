@@ -24,7 +24,7 @@ with the number) when the entry is removed, so the proof of an opt-out outlives 
 Every function takes a connection and runs one statement, so the caller composes it into its
 own transaction (the processor applies STOP/START inside its batch transaction); each add or
 remove and its audit rows are one statement, hence atomic even outside a transaction.
-Numbers must be normalised to E.164 first (`shared.numbers.normalise`), or a STOP from a
+Numbers must be normalised to E.164 first (`shared.domain.numbers.normalise`), or a STOP from a
 national number never suppresses the international one.
 """
 

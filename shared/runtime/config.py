@@ -46,8 +46,8 @@ from pydantic import (
     model_validator,
 )
 
-from shared.errors import ConfigError
-from shared.smpp.connector import ConnectorSettings
+from smsgw.shared.core.errors import ConfigError
+from smsgw.shared.smpp.connector import ConnectorSettings
 
 DAEMONS: tuple[str, ...] = ("receiver", "processor", "sender")
 # n in the metrics port of docs/ARCHITECTURE.md "Ports", 9100 + 10 x (instance - 1) + n
@@ -206,7 +206,8 @@ class WebhooksSettings(Section):
     public_base_url: str | None = None  # Twilio signs the public URL, which a TLS proxy changes
     replay_window_s: float = Field(default=300, gt=0)
     # Non-public networks callback and forward URLs may reach (CIDR, e.g. "10.20.0.0/16";
-    # loopback only when listed). Public addresses are always allowed. See shared/urlguard.py.
+    # loopback only when listed). Public addresses are always allowed.
+    # See shared/domain/urlguard.py.
     allowed_networks: tuple[IPv4Network | IPv6Network, ...] = ()
     twilio: TwilioSettings | None = None
     vonage: VonageSettings | None = None
@@ -248,7 +249,7 @@ class WebhooksSettings(Section):
         if isinstance(nets, str) or not isinstance(nets, list | tuple):
             raise ValueError("allowed_networks: must be a list of CIDR networks, e.g. "
                              "[\"10.20.0.0/16\"]")
-        from shared.urlguard import parse_network  # imports aiohttp: only when used
+        from smsgw.shared.domain.urlguard import parse_network  # imports aiohttp: only when used
 
         parsed, errors = [], []
         for i, net in enumerate(nets):
@@ -275,7 +276,7 @@ class RetentionSettings(Section):
 
     def for_store(self) -> Any:
         """The queue core's `store.RetentionSettings` built from this section."""
-        from shared.queue.store import RetentionSettings as StoreRetention
+        from smsgw.shared.queue.store import RetentionSettings as StoreRetention
 
         return StoreRetention(
             finished_s=self.finished_after_s, dead_s=self.dead_s, parts_s=self.parts_s,

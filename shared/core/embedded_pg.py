@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.errors import SmsGatewayError
+from smsgw.shared.core.errors import SmsGatewayError
 
 
 class EmbeddedPostgresError(SmsGatewayError):

@@ -33,11 +33,11 @@ from typing import Any
 
 import asyncpg
 
-from shared import db
-from shared.aio import loop_runner
-from shared.embedded_pg import EmbeddedPostgres
-from shared.queue import store
-from shared.queue.listener import CHANNELS, Listener, consume
+from smsgw.shared.core import db
+from smsgw.shared.core.aio import loop_runner
+from smsgw.shared.core.embedded_pg import EmbeddedPostgres
+from smsgw.shared.queue import store
+from smsgw.shared.queue.listener import CHANNELS, Listener, consume
 
 _CLK = os.sysconf("SC_CLK_TCK")
 

@@ -1,6 +1,7 @@
 """Sender benchmark: submit_sm/s and matched receipts/s from a prefilled outbound queue.
 
-    python -m services.sender.bench [--messages 100000] [--database-url URL] [--no-receipts]
+    python -m smsgw.services.bench.sender_bench [--messages 100000] [--database-url URL]
+        [--no-receipts]
 
 What runs where: Postgres (embedded, fsync ON, a fresh cluster in a temp dir — or the database
 at `--database-url`, where a scratch database is created and dropped), the SMSC simulator in a
@@ -37,15 +38,15 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import uvloop
 
-from services.sender.routing import Router
-from services.sender.submitter import Lane, SubmitSettings, Submitter
-from shared import db
-from shared.bindslots import BindManager
-from shared.dlr import MatchResult, MatchSettings, run_matcher
-from shared.embedded_pg import EmbeddedPostgres
-from shared.groupcommit import GroupCommitter
-from shared.intake import DeliverIntake, flush_inbound, flush_receipts
-from shared.smpp.connector import ConnectorSettings
+from smsgw.services.sender.routing import Router
+from smsgw.services.sender.submitter import Lane, SubmitSettings, Submitter
+from smsgw.shared.core import db
+from smsgw.shared.core.embedded_pg import EmbeddedPostgres
+from smsgw.shared.domain.dlr import MatchResult, MatchSettings, run_matcher
+from smsgw.shared.domain.intake import DeliverIntake, flush_inbound, flush_receipts
+from smsgw.shared.queue.groupcommit import GroupCommitter
+from smsgw.shared.smpp.bindslots import BindManager
+from smsgw.shared.smpp.connector import ConnectorSettings
 
 PREFILL_BATCH = 5000
 
@@ -55,7 +56,7 @@ PREFILL_BATCH = 5000
 
 def _sim_main(conn: Any, receipts: bool, receipt_delay_s: float) -> None:
     """Child process: run the simulator until told to stop; report port and CPU time."""
-    from services.smsc_sim.server import SimConfig, Simulator
+    from smsgw.services.smsc_sim.server import SimConfig, Simulator
 
     async def run() -> None:
         cfg = SimConfig(keep_submits=False,

@@ -56,15 +56,16 @@ import stamina
 import uvloop
 from aiohttp import web
 
-from shared import db, lifecycle, systemd
-from shared.config import AppConfig, DaemonSection, load_config
-from shared.errors import ConfigError, DatabaseUnavailable, SchemaVersionError
-from shared.httpguard import HttpLimits
-from shared.logging import configure_logging, get_logger, set_level
-from shared.metrics import HttpSite, RuntimeMetrics, create_registry, health_app
-from shared.periodic import Job, run_periodic
-from shared.queue import store
-from shared.queue.listener import Listener, consume
+from smsgw.shared.core import db
+from smsgw.shared.core.errors import ConfigError, DatabaseUnavailable, SchemaVersionError
+from smsgw.shared.core.logging import configure_logging, get_logger, set_level
+from smsgw.shared.queue import store
+from smsgw.shared.queue.listener import Listener, consume
+from smsgw.shared.runtime import lifecycle, systemd
+from smsgw.shared.runtime.config import AppConfig, DaemonSection, load_config
+from smsgw.shared.runtime.http import HttpLimits, HttpSite, health_app
+from smsgw.shared.runtime.metrics import RuntimeMetrics, create_registry
+from smsgw.shared.runtime.periodic import Job, run_periodic
 
 S = TypeVar("S", bound=DaemonSection)
 T = TypeVar("T")
@@ -174,7 +175,7 @@ class Daemon(Generic[S]):
                      mode: Literal["xact", "session"] = "xact",
                      lock_key: int | None = None, locked: bool = True) -> None:
         """Run `job(conn)` every `interval_s` under an advisory lock (one instance at a time
-        across all daemons); see `shared.periodic.run_periodic`. Call from `setup()`.
+        across all daemons); see `shared.runtime.periodic.run_periodic`. Call from `setup()`.
 
         `interval_s` may be a callable (e.g. `lambda: self.settings.x_s`) so reloads apply.
         """
