@@ -22,7 +22,7 @@ import structlog
 
 from smsgw.services.processor.engine import flood_cleanup
 from smsgw.services.processor.options import ProcessorKeys
-from smsgw.shared.queue import store
+from smsgw.shared.queue import receipts, store
 from smsgw.shared.runtime.config import RetentionSettings as RetentionConfig
 from smsgw.shared.runtime.periodic import Job
 
@@ -84,8 +84,7 @@ def processor_jobs(settings: Callable[[], ProcessorKeys],
             log.info("mo_fragments_expired", messages=n)
 
     async def receipt_orphaning(conn: asyncpg.Connection) -> None:
-        from smsgw.shared.domain.dlr import orphan_receipts  # sender engineer's module
-        n = await orphan_receipts(conn, older_than_s=settings().jobs.receipt_orphan_after_s)
+        n = await receipts.orphan(conn, older_than_s=settings().jobs.receipt_orphan_after_s)
         if n:
             log.info("receipts_orphaned", receipts=n)
 

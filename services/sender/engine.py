@@ -29,10 +29,10 @@ import asyncpg
 import structlog
 from prometheus_client import CollectorRegistry
 
+from smsgw.services.sender.matching import MatchResult, MatchSettings, run_matcher
 from smsgw.services.sender.metrics import SenderMetrics
 from smsgw.services.sender.routing import Router
 from smsgw.services.sender.submitter import Lane, SubmitSettings, Submitter
-from smsgw.shared.domain.dlr import MatchResult, MatchSettings, run_matcher
 from smsgw.shared.domain.intake import DeliverIntake, flush_inbound, flush_receipts
 from smsgw.shared.domain.suppression import NumberHasher
 from smsgw.shared.queue.groupcommit import GroupCommitter

@@ -2,7 +2,7 @@
 
 Each constant is one query; its comment says what it does and why it is shaped that way. Data
 always travels as `$n` parameters (arrays for batches: one statement per batch, never one per
-message). The receipt-matching SQL lives with the matcher in `shared/domain/dlr.py`.
+message). The receipt-matching SQL is `shared/queue/receipts.py`'s and `shared/queue/outbound.py`'s.
 """
 
 from typing import Final, LiteralString

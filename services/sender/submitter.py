@@ -48,7 +48,7 @@ from phonenumbers import timezone as pn_timezone
 from smsgw.services.sender import queries as Q
 from smsgw.services.sender.metrics import SenderMetrics
 from smsgw.services.sender.routing import Router, pick
-from smsgw.shared.domain.dlr import StatusChange, insert_callbacks
+from smsgw.services.sender.status_callbacks import StatusChange, insert_callbacks
 from smsgw.shared.domain.suppression import NumberHasher
 from smsgw.shared.smpp import pdu as P
 from smsgw.shared.smpp.receipts import normalise_id

@@ -8,10 +8,11 @@ name (an asyncpg Record, a dict); a row from `<table>_history` fits the same rec
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Protocol, Self
+from typing import Any, ClassVar, NamedTuple, Protocol, Self
 
 
 class _Row(Protocol):
@@ -301,6 +302,68 @@ class MoPart(_FromRecord):
     created_at: datetime
     updated_at: datetime
     meta: Any  # added by migration 0003
+
+
+# -- rows the owners' statements return -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """A message state change an application may want to hear about (a status callback).
+
+    Made by `outbound.finalize` and `outbound.buffered_watchers` after receipt matching, and by
+    the sender for states it sets itself (rejected, expired, suppressed, …).
+    """
+
+    outbound_id: int
+    status: str
+    account_id: int | None
+    from_addr: str
+    to_addr: str
+    client_ref: str | None
+    callback_url: str | None
+    dlr_mask: int | None
+    meta: Any
+    parts_total: int | None
+    delivered_parts: int
+    connector: str | None
+    error_code: int | None
+    error: str | None
+
+    @classmethod
+    def from_record(cls, r: _Row) -> StatusChange:
+        """From an `outbound.finalize` / `outbound.buffered_watchers` row."""
+        return cls(outbound_id=r["id"], status=r["status"], account_id=r["account_id"],
+                   from_addr=r["from_addr"], to_addr=r["to_addr"], client_ref=r["client_ref"],
+                   callback_url=r["callback_url"], dlr_mask=r["dlr_mask"], meta=r["meta"],
+                   parts_total=r["parts_total"], delivered_parts=int(r["delivered"] or 0),
+                   connector=r["connector"], error_code=r["error_code"],
+                   error=r["last_error"])
+
+
+class StatusCallback(NamedTuple):
+    """One `callbacks` row of kind 'status' to insert (`callbacks.insert_status`)."""
+
+    account_id: int | None
+    outbound_id: int
+    url: str
+    method: str
+    body: bytes | None
+    headers: dict[str, str] | None
+    secret_ref: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReceiptMatch:
+    """What one `receipts.match` statement did: the messages whose parts got a final receipt
+    (`finals`) or an intermediate one (`intermediates`), and the receipts it matched, put back
+    for a retry and orphaned."""
+
+    finals: Sequence[int]
+    intermediates: Sequence[int]
+    matched: int
+    retried: int
+    orphaned: int
 
 
 # -- results of store functions -----------------------------------------------------------------

@@ -2,9 +2,10 @@
 rotates; Kannel-style GET dlr-url callbacks are signed over the timestamp and the path+query.
 
 Real pieces only: an account made by the CLI's own function (no secret given), the secret read
-from `smsgw accounts callback-secret`'s output, callbacks rows built by the receipt code
-(`shared.domain.dlr.callback_row`), a real `smsgw processor` process delivering them, and a
-real HTTP application on 127.0.0.1 that checks each signature with an HMAC computed here.
+from `smsgw accounts callback-secret`'s output, callbacks rows built by the sender's code
+(`services/sender/status_callbacks.py` `callback_row`), a real `smsgw processor` process
+delivering them, and a real HTTP application on 127.0.0.1 that checks each signature with an
+HMAC computed here.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 from aiohttp import web
 
 from smsgw.services.admin import accounts
-from smsgw.shared.domain.dlr import StatusChange, callback_row
+from smsgw.services.sender.status_callbacks import StatusChange, callback_row
 from smsgw.shared.queue import store
 from smsgw.shared.runtime.config import WebhooksSettings
 

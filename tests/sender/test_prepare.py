@@ -6,13 +6,14 @@ import asyncpg
 import pytest
 
 from smsgw.services.sender import queries
-from smsgw.shared.domain import dlr
+from smsgw.shared.queue import callbacks, outbound, receipts
 
-ALL = {**queries.ALL, **{f"dlr.{k}": v for k, v in dlr.QUERIES.items()}}
+STATEMENTS = {**queries.ALL, **outbound.STATEMENTS, **receipts.STATEMENTS,
+              **callbacks.STATEMENTS}
 
 
-@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize("name", sorted(STATEMENTS))
 async def test_query_prepares(name: str, pool: asyncpg.Pool) -> None:
     """PREPARE catches a wrong column or type without any data."""
     async with pool.acquire() as conn:
-        await conn.prepare(ALL[name])
+        await conn.prepare(STATEMENTS[name])

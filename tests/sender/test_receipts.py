@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncpg
 
+from smsgw.services.sender import matching
 from smsgw.services.smsc_sim.server import SimConfig, Simulator
-from smsgw.shared.domain import dlr
+from smsgw.shared.queue import receipts
 
 from .conftest import add_mt, all_final, connector, running, statuses, wait_until
 
@@ -93,14 +94,14 @@ async def test_sibling_intermediate_and_orphans(pool: asyncpg.Pool) -> None:
     await _receipt(pool, "a2", "111")
     await _receipt(pool, "a1", "222", state="enroute", final=False)
     await _receipt(pool, "c9", "333")
-    settings = dlr.MatchSettings(operators={"a1": "opA", "a2": "opA", "b1": "b1", "c9": "c9"},
+    settings = matching.MatchSettings(operators={"a1": "opA", "a2": "opA", "b1": "b1", "c9": "c9"},
                                  min_age_s=0)
     async with pool.acquire() as conn:
-        res = await dlr.match_batch(conn, settings)
+        res = await matching.match_batch(conn, settings)
         assert (res.matched, res.retried, res.finalized) == (2, 1, 1)
         await conn.execute("UPDATE receipts SET created_at = now() - interval '1 hour'"
                            " WHERE status = 'queued'")
-        assert await dlr.orphan_receipts(conn, older_than_s=600) == 1
+        assert await receipts.orphan(conn, older_than_s=600) == 1
     assert await statuses(pool, [sib, inter, other]) == {
         sib: "delivered", inter: "submitted", other: "submitted"}
     # Kannel mask bit 4 asked for "queued on SMSC": the intermediate receipt reports it
@@ -124,7 +125,7 @@ async def test_receipt_after_retention_move_and_callbacks(pool: asyncpg.Pool) ->
     await _receipt(pool, "c1", "aaa")
     await _receipt(pool, "c1", "bbb")
     async with pool.acquire() as conn:
-        res = await dlr.match_batch(conn, dlr.MatchSettings(min_age_s=0))
+        res = await matching.match_batch(conn, matching.MatchSettings(min_age_s=0))
     assert (res.matched, res.finalized, res.callbacks) == (2, 2, 2)
     assert await statuses(pool, [json_id, kannel_id]) == {json_id: "delivered",
                                                          kannel_id: "delivered"}

@@ -1,0 +1,161 @@
+"""Receipt matching: stored delivery receipts → message parts → message states → callbacks.
+
+Receipts are stored first by the shared intake (any bind, any daemon), already normalised per
+connector (`receipts.smsc_id`), then matched here, by the sender, in batches, in transaction
+mode (no network I/O in between: `FOR UPDATE SKIP LOCKED`, match, write, commit — a crash rolls
+it all back):
+
+- A receipt matches the **newest** part with the same normalised SMSC id on its own connector
+  or on a sibling connector of the same operator (`[[connectors]] operator`), among parts
+  created no earlier than `window_s` before the receipt (ids get reused; the window keeps an
+  old part from taking a new receipt).
+- Whichever arrives first: a receipt may come before its `submit_sm_resp` was recorded. An
+  receipt is first tried `min_age_s` after it arrived (by then the part's write-back has
+  normally landed); an unmatched one is retried with exponential backoff
+  (`retry_base_s` · 2^attempts). After
+  `max_attempts` tries it ends `orphan`; `receipts.orphan` (the processor's periodic job) also
+  orphans receipts older than a cut-off, whoever runs.
+- Intermediate receipts (ENROUTE, ACCEPTD unless mapped final, esm_class intermediate) update
+  the part's error text but never its state. A final receipt sets the part's state.
+- A message is final when every part is: all delivered → `delivered`, all expired → `expired`,
+  any other mix → `undeliverable` (each part keeps its own state).
+- `outbound_part` outlives the retention move, so a late receipt still matches; the message
+  row is updated wherever it is now (`outbound` or `outbound_history`).
+- Every state change an application asked for (JSON `callback_url`, or a Kannel `dlr-url`
+  with its mask) becomes a `callbacks` row in the same transaction (`status_callbacks`); the
+  processor delivers it.
+
+The statements are the queue owners' (`shared.queue.receipts.match`, `shared.queue.outbound`
+`finalize` and `buffered_watchers`, `shared.queue.callbacks.insert_status`); this module only
+decides what runs when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+
+from smsgw.services.sender.status_callbacks import insert_callbacks
+from smsgw.shared.queue import outbound, receipts
+from smsgw.shared.queue.records import StatusChange
+
+log = structlog.get_logger("smsgw.dlr")
+
+
+# --- settings and results -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MatchSettings:
+    """How receipts are matched.
+
+    `operators` maps connector name → operator group (siblings share a group; a connector
+    missing from the map matches only its own parts); `window_s` bounds how old a matching
+    part may be; a receipt is first tried `min_age_s` after it arrived (its part's write-back
+    normally lands before); unmatched receipts retry after `retry_base_s` · 2^attempts until
+    `max_attempts`, then end orphan.
+    """
+
+    operators: Mapping[str, str] = field(default_factory=dict)
+    window_s: float = 3 * 86400.0
+    retry_base_s: float = 0.5
+    max_attempts: int = 12
+    min_age_s: float = 0.5
+
+    @classmethod
+    def from_connectors(cls, connectors: Iterable[Any], **kwargs: Any) -> MatchSettings:
+        """Build the operator map from `[[connectors]]` models (their `operator_name`)."""
+        ops = {c.name: getattr(c, "operator_name", None) or c.name for c in connectors}
+        return cls(operators=ops, **kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class MatchResult:
+    """One matching pass: receipts matched, retried and orphaned; messages finalised."""
+
+    matched: int
+    retried: int
+    orphaned: int
+    finalized: int
+    callbacks: int
+
+    @property
+    def processed(self) -> int:
+        """Receipts this pass took (0 means the due queue was empty)."""
+        return self.matched + self.retried + self.orphaned
+
+
+# --- matching ----------------------------------------------------------------------------------
+
+
+def _operator_arrays(settings: MatchSettings) -> tuple[list[str], list[str]]:
+    names = sorted(settings.operators)
+    return names, [settings.operators[n] for n in names]
+
+
+async def match_batch(conn: asyncpg.Connection, settings: MatchSettings, *,
+                      limit: int = 1000) -> MatchResult:
+    """Match up to `limit` due receipts, finalise messages, queue callbacks; one transaction.
+
+    `conn` must not be inside a transaction already (this opens one). Returns the counts;
+    `processed == 0` means nothing was due.
+    """
+    names, groups = _operator_arrays(settings)
+    async with conn.transaction():
+        row = await receipts.match(conn, limit=limit, connectors=names, groups=groups,
+                                   window_s=settings.window_s,
+                                   retry_base_s=settings.retry_base_s,
+                                   max_attempts=settings.max_attempts,
+                                   min_age_s=settings.min_age_s)
+        changes: list[StatusChange] = []
+        if row.finals:
+            changes = await outbound.finalize(conn, row.finals)
+        notify = list(changes)
+        if row.intermediates:
+            notify += await outbound.buffered_watchers(conn, row.intermediates)
+        n_callbacks = await insert_callbacks(conn, notify) if notify else 0
+    return MatchResult(matched=row.matched, retried=row.retried, orphaned=row.orphaned,
+                       finalized=len(changes), callbacks=n_callbacks)
+
+
+async def run_matcher(pool: asyncpg.Pool, settings: MatchSettings, *, stop: asyncio.Event,
+                      wait_for_work: Callable[[], Awaitable[Any]], limit: int = 1000,
+                      on_result: Callable[[MatchResult], None] | None = None) -> None:
+    """Match receipts until `stop` (an asyncio.Event) is set.
+
+    Runs `match_batch` while batches come back non-empty, then awaits `wait_for_work()` (a
+    NOTIFY on the receipts channel, or the fallback timer that also picks up retries whose
+    run_after has come). `on_result(MatchResult)` feeds the metrics. A database error is this
+    loop's boundary: logged, then retried after a second.
+    """
+    while not stop.is_set():
+        try:
+            async with pool.acquire() as conn:
+                result = await match_batch(conn, settings, limit=limit)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            log.exception("receipt_match_failed")
+            result = None
+        if result is not None and on_result is not None:
+            on_result(result)
+        if result is not None and result.processed >= limit:
+            continue  # more may be due right now
+        waiter = asyncio.ensure_future(wait_for_work())
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            done, _ = await asyncio.wait((waiter, stopper),
+                                         timeout=None if result is not None else 1.0,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+        if waiter in done and not stop.is_set() and settings.min_age_s > 0:
+            # The receipts that woke us are first due `min_age_s` after they arrived: wait that
+            # long (interruptibly) instead of missing them until the fallback timer.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.min_age_s)

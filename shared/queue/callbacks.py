@@ -1,0 +1,34 @@
+"""The `callbacks` queue's owner: every statement that writes or claims `callbacks` rows.
+
+Forwarded MO (kind 'mo') are enqueued by the processor, status callbacks (kind 'status') by the
+sender when a message changes state; the processor delivers both under leases. The SQL is
+`sql/callbacks.sql`; the queue core (`shared.queue.store`) adds the generic statements every
+queue table shares (claim, ack, retry, release, retention move).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, LiteralString
+
+import asyncpg
+
+from smsgw.shared.queue.listener import CHANNELS
+from smsgw.shared.queue.records import StatusCallback
+from smsgw.shared.queue.sql import load
+
+_SQL: Final = load("callbacks")
+STATEMENTS: Final[dict[str, LiteralString]] = {f"callbacks.{k}": v for k, v in _SQL.items()}
+"""Statement label → SQL of every statement this module runs (the PREPARE test reads it)."""
+
+_INSERT_STATUS: Final = _SQL["insert_status"]
+_CHANNEL: Final = CHANNELS["callbacks"]
+
+
+async def insert_status(conn: asyncpg.Connection, rows: Sequence[StatusCallback]) -> int:
+    """Queue status callbacks in one INSERT and wake the callback workers; return how many."""
+    if not rows:
+        return 0
+    cols = list(zip(*rows, strict=True))
+    result = await conn.fetchrow(_INSERT_STATUS, *[list(c) for c in cols], _CHANNEL)
+    return int(result["n"])

@@ -1,0 +1,51 @@
+"""The `receipts` queue's owner: every statement that writes or claims `receipts` rows.
+
+Receipts are stored by the shared intake (any bind, any daemon) and matched by the sender
+(`services/sender/matching.py`) in transaction mode; the processor's periodic job orphans the
+ones that never matched (docs/ARCHITECTURE.md, guarantee 6). The SQL is `sql/receipts.sql`;
+the queue core (`shared.queue.store`) adds the generic statements every queue table shares
+(retention move, requeue).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, LiteralString
+
+import asyncpg
+
+from smsgw.shared.queue.records import ReceiptMatch
+from smsgw.shared.queue.sql import load
+
+_SQL: Final = load("receipts")
+STATEMENTS: Final[dict[str, LiteralString]] = {f"receipts.{k}": v for k, v in _SQL.items()}
+"""Statement label → SQL of every statement this module runs (the PREPARE test reads it)."""
+
+_MATCH: Final = _SQL["match"]
+_ORPHAN: Final = _SQL["orphan"]
+
+
+async def match(conn: asyncpg.Connection, *, limit: int, connectors: Sequence[str],
+                groups: Sequence[str], window_s: float, retry_base_s: float,
+                max_attempts: int, min_age_s: float) -> ReceiptMatch:
+    """Match up to `limit` due receipts to their parts in one statement (caller's transaction).
+
+    `connectors[i]` belongs to operator group `groups[i]` (a receipt may match a part of any
+    connector of its group). Final receipts set their part's state; unmatched receipts retry
+    after `retry_base_s` · 2^attempts, or end orphan after `max_attempts`.
+    """
+    row = await conn.fetchrow(_MATCH, limit, connectors, groups, window_s, retry_base_s,
+                              max_attempts, min_age_s)
+    assert row is not None
+    return ReceiptMatch(finals=row["finals"], intermediates=row["intermediates"],
+                        matched=int(row["matched"]), retried=int(row["retried"]),
+                        orphaned=int(row["orphaned"]))
+
+
+async def orphan(conn: asyncpg.Connection, *, older_than_s: float, limit: int = 10_000) -> int:
+    """Mark receipts still unmatched `older_than_s` after arrival as `orphan`; return how many.
+
+    For the processor's periodic job (run under its advisory lock); bounded per run by `limit`.
+    """
+    status = await conn.execute(_ORPHAN, older_than_s, limit)
+    return int(status.split()[-1])

@@ -1,0 +1,103 @@
+-- The statements that write the `receipts` queue (shared/queue/receipts.py owns them).
+-- Data goes in $n only.
+
+-- name: match
+-- Match up to $1 due receipts in one statement (run inside the caller's transaction):
+-- - `sib`: receipt connector → connectors whose parts it may match (same operator group),
+--   from the config arrays $2 (names) and $3 (operator groups).
+-- - `picked`: due queued receipts, oldest first, locked (SKIP LOCKED: matchers never block);
+--   a receipt is first tried $7 seconds after it arrived, by when the submit_sm_resp of its
+--   part has normally been written back (a receipt racing its own response is common with
+--   fast SMSCs, and every premature try is a wasted row update).
+-- - `res`: each receipt with its newest part (NULL when none) that has its normalised id on a
+--   sibling connector and was created at most $4 seconds before the receipt. The updates
+--   below join this one CTE only (joining two CTEs made the planner nest loops over both).
+-- - `winner`: several receipts for one part in a batch — a final one beats an intermediate
+--   one, then the newest.
+-- - `parts`: final receipts set the part's state; every receipt keeps its err.
+-- - `rcpt`: matched receipts point at their part; the others retry with backoff ($5 base
+--   seconds) or end orphan after $6 attempts.
+WITH sib AS (
+    SELECT a.connector AS rc, b.connector AS pc
+      FROM unnest($2::text[], $3::text[]) AS a(connector, grp)
+      JOIN unnest($2::text[], $3::text[]) AS b(connector, grp) ON a.grp = b.grp
+), picked AS MATERIALIZED (
+    SELECT r.id, r.connector, r.smsc_id, r.state, r.final, r.err, r.created_at
+      FROM receipts r
+     WHERE r.status = 'queued' AND r.run_after <= now() - make_interval(secs => $7::float8)
+     ORDER BY r.run_after, r.id
+     LIMIT $1
+       FOR UPDATE SKIP LOCKED
+), res AS MATERIALIZED (
+    -- one row per picked receipt with its part (NULL when none): the part lookup is one
+    -- index probe on (smsc_id, connector) per receipt, the allowed connectors an array
+    SELECT pk.id, pk.state, pk.final, pk.err, m.part_id
+      FROM picked pk
+      LEFT JOIN LATERAL (
+          SELECT p.id AS part_id
+            FROM outbound_part p
+           WHERE p.smsc_id = pk.smsc_id
+             AND p.connector = ANY(coalesce(
+                     (SELECT array_agg(s.pc) FROM sib s WHERE s.rc = pk.connector),
+                     ARRAY[pk.connector]))
+             AND p.created_at >= pk.created_at - make_interval(secs => $4::float8)
+           ORDER BY p.id DESC
+           LIMIT 1) m ON true
+), winner AS (
+    SELECT DISTINCT ON (part_id) part_id, state, final, err
+      FROM res
+     WHERE part_id IS NOT NULL
+     ORDER BY part_id, final DESC, id DESC
+), parts AS (
+    UPDATE outbound_part AS p
+       SET status = CASE WHEN w.final AND w.state IN ('delivered', 'undeliverable', 'expired',
+                                                      'rejected', 'unknown_receipt')
+                         THEN w.state ELSE p.status END,
+           err = coalesce(w.err, p.err),
+           done_at = CASE WHEN w.final THEN now() ELSE p.done_at END,
+           updated_at = now()
+      FROM winner w
+     WHERE p.id = w.part_id
+    RETURNING p.outbound_id, w.final
+), rcpt AS (
+    UPDATE receipts AS r
+       SET status = CASE WHEN res.part_id IS NOT NULL THEN 'matched'
+                         WHEN r.attempts + 1 >= $6::int THEN 'orphan'
+                         ELSE 'queued' END,
+           outbound_part_id = res.part_id,
+           attempts = r.attempts + (res.part_id IS NULL)::int,
+           run_after = CASE WHEN res.part_id IS NULL
+                            THEN now() + make_interval(
+                                     secs => $5::float8 * power(2, least(r.attempts, 12)))
+                            ELSE r.run_after END,
+           last_error = CASE WHEN res.part_id IS NULL THEN 'no part with this smsc id'
+                             ELSE r.last_error END,
+           updated_at = now()
+      FROM res
+     WHERE r.id = res.id
+    RETURNING r.status
+)
+SELECT coalesce((SELECT array_agg(DISTINCT outbound_id) FROM parts WHERE final), '{}')
+           AS finals,
+       coalesce((SELECT array_agg(DISTINCT outbound_id) FROM parts WHERE NOT final), '{}')
+           AS intermediates,
+       (SELECT count(*) FROM rcpt WHERE status = 'matched') AS matched,
+       (SELECT count(*) FROM rcpt WHERE status = 'queued') AS retried,
+       (SELECT count(*) FROM rcpt WHERE status = 'orphan') AS orphaned
+
+-- name: orphan
+-- Periodic job: receipts still unmatched $1 seconds after they arrived end orphan (at most
+-- $2 per run). It walks the queued receipts on receipts_claim_idx (few: most match within a
+-- second) rather than keeping an index by age that every receipt insert would pay for.
+WITH old AS (
+    SELECT id FROM receipts
+     WHERE status = 'queued' AND created_at < now() - make_interval(secs => $1::float8)
+     ORDER BY run_after, id
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE receipts AS r
+   SET status = 'orphan', last_error = coalesce(r.last_error, 'no part with this smsc id'),
+       updated_at = now()
+  FROM old
+ WHERE r.id = old.id
