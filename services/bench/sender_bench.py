@@ -38,9 +38,11 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import uvloop
 
+from smsgw.services.sender.lanes import Lane
 from smsgw.services.sender.matching import MatchResult, MatchSettings, run_matcher
 from smsgw.services.sender.routing import Router
-from smsgw.services.sender.submitter import Lane, SubmitSettings, Submitter
+from smsgw.services.sender.settings import SubmitSettings
+from smsgw.services.sender.submitter import Submitter
 from smsgw.shared.core import db
 from smsgw.shared.core.embedded_pg import EmbeddedPostgres
 from smsgw.shared.domain.intake import DeliverIntake, flush_inbound, flush_receipts

@@ -29,10 +29,12 @@ import asyncpg
 import structlog
 from prometheus_client import CollectorRegistry
 
+from smsgw.services.sender.lanes import Lane
 from smsgw.services.sender.matching import MatchResult, MatchSettings, run_matcher
 from smsgw.services.sender.metrics import SenderMetrics
 from smsgw.services.sender.routing import Router
-from smsgw.services.sender.submitter import Lane, SubmitSettings, Submitter
+from smsgw.services.sender.settings import SubmitSettings
+from smsgw.services.sender.submitter import Submitter
 from smsgw.shared.domain.intake import DeliverIntake, flush_inbound, flush_receipts
 from smsgw.shared.domain.suppression import NumberHasher
 from smsgw.shared.queue.groupcommit import GroupCommitter

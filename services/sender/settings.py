@@ -8,6 +8,8 @@ sender claims, retries, batches its write-backs, holds bind slots and matches re
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from datetime import time as dtime
 from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
@@ -15,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from smsgw.shared.runtime.config import DaemonSection
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+NoResponsePolicy = Literal["resubmit", "submit_unknown"]
 
 
 class SenderSettings(DaemonSection):
@@ -72,3 +75,25 @@ class SenderSettings(DaemonSection):
         if self.retry_base_s > self.retry_max_s:
             raise ValueError("retry_base_s must not exceed retry_max_s")
         return self
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitSettings:
+    """What the submit stage needs from `[sender]` (see `SenderSettings` for each key)."""
+
+    owner: str
+    lease_s: float = 120.0
+    batch: int = 100
+    max_accounts: int = 100
+    flush_size: int = 500
+    flush_s: float = 0.05
+    max_attempts: int = 10
+    retry_base_s: float = 1.0
+    retry_max_s: float = 300.0
+    throttle_retry_s: float = 2.0
+    not_sent_retry_s: float = 1.0
+    no_bind_wait_s: float = 5.0
+    no_response_policy: NoResponsePolicy = "resubmit"
+    quiet_hours: tuple[dtime, dtime] | None = None
+    default_time_zone: str = "UTC"
+    events: bool = True

@@ -16,9 +16,11 @@ from typing import Any
 import asyncpg
 import pytest
 
+from smsgw.services.sender.lanes import Lane
 from smsgw.services.sender.matching import MatchSettings, run_matcher
 from smsgw.services.sender.routing import Router
-from smsgw.services.sender.submitter import Lane, SubmitSettings, Submitter
+from smsgw.services.sender.settings import SubmitSettings
+from smsgw.services.sender.submitter import Submitter
 from smsgw.services.smsc_sim.server import SimConfig, Simulator
 from smsgw.shared.domain.intake import DeliverIntake, flush_inbound, flush_receipts
 from smsgw.shared.domain.suppression import NumberHasher

@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from smsgw.services.sender import queries as Q
+from smsgw.services.sender.policy import quiet_delay_s, recipient_zone
 from smsgw.services.sender.routing import Choice, Route, Router, pick
-from smsgw.services.sender.submitter import quiet_delay_s, recipient_zone
 from smsgw.services.smsc_sim.server import Simulator
 
 from .conftest import add_mt, all_final, connector, running, start_stack, statuses, wait_until
