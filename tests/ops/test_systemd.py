@@ -92,8 +92,13 @@ def test_unit_directives(path: Path) -> None:
        instance passing.
     """
     if path.suffix == ".target":
+        _check_target(path)
         return
-    svc = _parse(path)["Service"]
+    unit = _parse(path)
+    # every service belongs to the target: started by it when enabled, stopped with it
+    assert unit["Unit"]["PartOf"] == "smsgw.target"
+    assert unit["Install"]["WantedBy"] == "smsgw.target"
+    svc = unit["Service"]
     daemon = path.name.removeprefix("smsgw-").split("@")[0].removesuffix(".service")
     if daemon in DAEMONS:
         assert svc["Type"] == "notify"
@@ -114,6 +119,20 @@ def test_unit_directives(path: Path) -> None:
                        "SystemCallFilter": "~@privileged @resources"}.items():
         assert svc[key] == value, key
     assert "AF_INET" in svc["RestrictAddressFamilies"]
+
+
+def _check_target(path: Path) -> None:
+    """smsgw.target wants exactly one plain instance of each daemon (never the simulator, never
+    a template), starts after the network is up, and is itself wanted by multi-user.target."""
+    target = _parse(path)
+    assert set(target["Unit"]) >= {"Description", "Wants", "After"}
+    assert sorted(target["Unit"]["Wants"].split()) == sorted(
+        f"smsgw-{d}.service" for d in DAEMONS)
+    assert "network-online.target" in target["Unit"]["After"].split()
+    assert target["Install"]["WantedBy"] == "multi-user.target"
+    assert not target.has_section("Service")
+    shipped = {p.name for p in unit_files()}
+    assert set(target["Unit"]["Wants"].split()) <= shipped
 
 
 def test_render_replaces_paths_and_user(tmp_path: Path) -> None:
