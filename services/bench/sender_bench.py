@@ -41,7 +41,7 @@ import uvloop
 from smsgw.services.sender.lanes import Lane
 from smsgw.services.sender.matching import MatchResult, MatchSettings, run_matcher
 from smsgw.services.sender.routing import Router
-from smsgw.services.sender.settings import SubmitSettings
+from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.sender.submitter import Submitter
 from smsgw.shared.core import db
 from smsgw.shared.core.embedded_pg import EmbeddedPostgres
@@ -204,8 +204,8 @@ async def _run_sender(url: str, port: int, args: argparse.Namespace,
                           grace_s=0.0)
     lane = Lane(conn_cfg, manager.sessions, lambda *a: None)
     sub = Submitter(pool, {"bench": lane}, Router.from_settings([], [conn_cfg]),
-                    SubmitSettings(owner="bench", batch=args.batch, flush_size=args.flush,
-                                   flush_s=0.02, events=False),
+                    SenderSettings(batch=args.batch, flush_size=args.flush, flush_s=0.02,
+                                   events=False), owner="bench",
                     wait_for_work=lambda: asyncio.sleep(0.2))
     sub.ported_enabled = False
     submitted, matched = Progress(args.messages), Progress(args.messages)
@@ -220,7 +220,8 @@ async def _run_sender(url: str, port: int, args: argparse.Namespace,
              asyncio.create_task(sub.run(stop))]
     if args.receipts:
         tasks.append(asyncio.create_task(run_matcher(
-            pool, MatchSettings.from_connectors([conn_cfg]), stop=stop, limit=args.match_batch,
+            pool, MatchSettings.from_config([conn_cfg], SenderSettings()), stop=stop,
+            limit=args.match_batch,
             wait_for_work=lambda: asyncio.sleep(args.match_pause_s), on_result=on_match)))
     t0, cpu0, pg0 = time.monotonic(), time.process_time(), _pg_cpu_s(datadir)
     deadline = t0 + args.timeout_s

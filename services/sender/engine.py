@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from datetime import time as dtime
 from typing import Any
 
 import asyncpg
@@ -33,13 +32,15 @@ from smsgw.services.sender.lanes import Lane
 from smsgw.services.sender.matching import MatchResult, MatchSettings, run_matcher
 from smsgw.services.sender.metrics import SenderMetrics
 from smsgw.services.sender.routing import Router
-from smsgw.services.sender.settings import SubmitSettings
+from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.sender.submitter import Submitter
 from smsgw.shared.domain.intake import DeliverIntake, flush_inbound, flush_receipts
 from smsgw.shared.domain.suppression import NumberHasher
 from smsgw.shared.queue.groupcommit import GroupCommitter
 from smsgw.shared.queue.listener import CHANNELS
+from smsgw.shared.runtime.config import AppConfig
 from smsgw.shared.smpp.bindslots import BindManager, bind_label
+from smsgw.shared.smpp.connector import ConnectorSettings
 from smsgw.shared.smpp.session import BindMode
 
 log = structlog.get_logger("smsgw.sender")
@@ -48,46 +49,6 @@ WorkerFn = Callable[[], Coroutine[Any, Any, None]]
 SENDER_BIND_MODES = (BindMode.TRANSMITTER, BindMode.TRANSCEIVER)
 ACCOUNTS_SQL = "SELECT id, name FROM accounts"
 ACCOUNTS_REFRESH_S = 30.0
-
-
-def _opt(settings: Any, name: str, default: Any) -> Any:
-    # The [sender] model may be older than this module during a rolling change: fall back.
-    return getattr(settings, name, default)
-
-
-def _quiet_hours(settings: Any) -> tuple[dtime, dtime] | None:
-    start, end = _opt(settings, "quiet_hours_start", None), _opt(settings, "quiet_hours_end", None)
-    if not start or not end:
-        return None
-    return dtime.fromisoformat(str(start)), dtime.fromisoformat(str(end))
-
-
-def submit_settings(settings: Any, owner: str) -> SubmitSettings:
-    """SubmitSettings from the `[sender]` section."""
-    return SubmitSettings(
-        owner=owner, lease_s=settings.lease_s, batch=settings.batch,
-        max_accounts=_opt(settings, "max_accounts", 100),
-        flush_size=_opt(settings, "flush_size", 500), flush_s=_opt(settings, "flush_s", 0.05),
-        max_attempts=_opt(settings, "max_attempts", 10),
-        retry_base_s=_opt(settings, "retry_base_s", 1.0),
-        retry_max_s=_opt(settings, "retry_max_s", 300.0),
-        throttle_retry_s=_opt(settings, "throttle_retry_s", 2.0),
-        not_sent_retry_s=_opt(settings, "not_sent_retry_s", 1.0),
-        no_bind_wait_s=_opt(settings, "no_bind_wait_s", 5.0),
-        no_response_policy=_opt(settings, "no_response_policy", "resubmit"),
-        quiet_hours=_quiet_hours(settings),
-        default_time_zone=_opt(settings, "default_time_zone", "UTC"),
-        events=_opt(settings, "events", True))
-
-
-def match_settings(config: Any) -> MatchSettings:
-    """MatchSettings from the connectors (operator groups) and `[sender]`."""
-    s = config.daemon
-    return MatchSettings.from_connectors(
-        config.connectors, window_s=_opt(s, "receipt_window_s", 3 * 86400.0),
-        retry_base_s=_opt(s, "receipt_retry_base_s", 0.5),
-        max_attempts=_opt(s, "receipt_max_attempts", 12),
-        min_age_s=_opt(s, "receipt_min_age_s", 0.5))
 
 
 class _IntakeMetrics:
@@ -116,7 +77,8 @@ class SenderEngine:
     daemon's `wait_for_work`). `registry` None runs without metrics (tests, benchmarks).
     """
 
-    def __init__(self, config: Any, pool: asyncpg.Pool, dsn: str, owner: str, *,
+    def __init__(self, config: AppConfig[SenderSettings], pool: asyncpg.Pool, dsn: str,
+                 owner: str, *,
                  wait_for_work: Callable[[str], Awaitable[Any]],
                  registry: CollectorRegistry | None = None) -> None:
         self.config = config
@@ -138,16 +100,16 @@ class SenderEngine:
         self.lanes = {c.name: Lane(c, self.managers[c.name].sessions, lambda *a: None)
                       for c in connectors}
         self.submitter = Submitter(
-            pool, self.lanes, self._router(config), submit_settings(config.daemon, owner),
+            pool, self.lanes, self._router(config), config.daemon, owner=owner,
             metrics=self.metrics, hasher=NumberHasher.from_config(config),
             wait_for_work=lambda: self.wait_for_work(CHANNELS["outbound"]))
-        self.match = match_settings(config)
+        self.match = MatchSettings.from_config(config.connectors, config.daemon)
         if self.metrics is not None:
             self.metrics.init_static()
             for c in connectors:
                 self.metrics.init_connector(c.name, bind_label(c.bind_mode))
 
-    def _manager(self, c: Any) -> BindManager:
+    def _manager(self, c: ConnectorSettings) -> BindManager:
         s = self.config.daemon
         gauge = self.metrics.session_up if self.metrics is not None else None
 
@@ -159,12 +121,11 @@ class SenderEngine:
                 submitter.wake()  # a new bind is window to claim into: do not wait for a tick
         return BindManager(c, c.bind_mode, self.dsn, handler=self.intake.handler_for(c),
                            **self.config.database.connect_kwargs(),
-                           on_up=on_up, retry_s=_opt(s, "bind_retry_s", 2.0),
-                           check_s=_opt(s, "bind_check_s", 1.0),
-                           grace_s=_opt(s, "bind_grace_s", None))
+                           on_up=on_up, retry_s=s.bind_retry_s, check_s=s.bind_check_s,
+                           grace_s=s.bind_grace_s)
 
     @staticmethod
-    def _router(config: Any) -> Router:
+    def _router(config: AppConfig[SenderSettings]) -> Router:
         router = Router.from_settings(config.routes, config.connectors)
         unknown = router.unknown_connectors()
         if unknown:
@@ -205,7 +166,7 @@ class SenderEngine:
 
     async def _run_matcher(self, stop: asyncio.Event) -> None:
         await run_matcher(self.pool, self.match, stop=stop,
-                          limit=_opt(self.config.daemon, "receipt_batch", 1000),
+                          limit=self.config.daemon.receipt_batch,
                           wait_for_work=lambda: self.wait_for_work(CHANNELS["receipts"]),
                           on_result=self._count_match)
 
@@ -239,7 +200,7 @@ class SenderEngine:
 
     # -- reload and release -----------------------------------------------------------------
 
-    async def reload(self, new: Any) -> None:
+    async def reload(self, new: AppConfig[SenderSettings]) -> None:
         """SIGHUP: new rates on the live binds, new routes and operator groups (no rebind)."""
         router = self._router(new)  # validate first: a bad route keeps the old config
         by_name = {c.name: c for c in new.connectors}
@@ -248,7 +209,7 @@ class SenderEngine:
                 manager.update_connector(by_name[name])
                 self.lanes[name].connector = by_name[name]
         self.submitter.router = router
-        self.match = match_settings(new)
+        self.match = MatchSettings.from_config(new.connectors, new.daemon)
         self.config = new
         await self.load_accounts()
         log.info("sender_reloaded", connectors=sorted(by_name), routes=len(router.routes))

@@ -35,15 +35,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import structlog
 
+from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.sender.status_callbacks import insert_callbacks
 from smsgw.shared.queue import outbound, receipts
 from smsgw.shared.queue.records import StatusChange
+from smsgw.shared.smpp.connector import ConnectorSettings
 
 log = structlog.get_logger("smsgw.dlr")
 
@@ -62,17 +64,22 @@ class MatchSettings:
     `max_attempts`, then end orphan.
     """
 
-    operators: Mapping[str, str] = field(default_factory=dict)
-    window_s: float = 3 * 86400.0
-    retry_base_s: float = 0.5
-    max_attempts: int = 12
-    min_age_s: float = 0.5
+    operators: Mapping[str, str]
+    window_s: float
+    retry_base_s: float
+    max_attempts: int
+    min_age_s: float
 
     @classmethod
-    def from_connectors(cls, connectors: Iterable[Any], **kwargs: Any) -> MatchSettings:
-        """Build the operator map from `[[connectors]]` models (their `operator_name`)."""
-        ops = {c.name: getattr(c, "operator_name", None) or c.name for c in connectors}
-        return cls(operators=ops, **kwargs)
+    def from_config(cls, connectors: Iterable[ConnectorSettings],
+                    settings: SenderSettings) -> MatchSettings:
+        """From the `[[connectors]]` (their `operator_name`) and the `[sender]` section's
+        `receipt_*` keys (their defaults are there)."""
+        return cls(operators={c.name: c.operator_name for c in connectors},
+                   window_s=settings.receipt_window_s,
+                   retry_base_s=settings.receipt_retry_base_s,
+                   max_attempts=settings.receipt_max_attempts,
+                   min_age_s=settings.receipt_min_age_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ import phonenumbers
 from phonenumbers import timezone as pn_timezone
 
 from smsgw.services.sender.records import InFlight, Outcome
-from smsgw.services.sender.settings import SubmitSettings
+from smsgw.services.sender.settings import SenderSettings
 from smsgw.shared.smpp import pdu as P
 from smsgw.shared.smpp.session import SubmitOutcome, SubmitResult
 
@@ -75,7 +75,7 @@ def quiet_delay_s(now: datetime, zone: ZoneInfo, quiet: tuple[dtime, dtime]) -> 
 # --- outcomes ------------------------------------------------------------------------------------
 
 
-def _backoff(settings: SubmitSettings, attempts: int) -> float:
+def _backoff(settings: SenderSettings, attempts: int) -> float:
     cap = min(settings.retry_max_s, settings.retry_base_s * 2 ** min(attempts, 30))
     return settings.retry_base_s + random.random() * max(0.0, cap - settings.retry_base_s)
 
@@ -99,14 +99,14 @@ class _Case:
     """One message's answered parts, as the rules read them."""
 
     msg: InFlight
-    settings: SubmitSettings
+    settings: SenderSettings
     now: datetime
     mk: Callable[..., Outcome]  # an Outcome of this message (id, parts, connector filled in)
     results: list[SubmitResult]
     transient: list[SubmitResult]  # the results that are not OK
 
 
-def decide(msg: InFlight, settings: SubmitSettings, now: datetime) -> Outcome:
+def decide(msg: InFlight, settings: SenderSettings, now: datetime) -> Outcome:
     """The write-back for a message whose parts are all answered (or given up)."""
     if len(msg.results) == 1 and msg.parts_total == 1:
         (no, res), = msg.results.items()

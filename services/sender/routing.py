@@ -23,6 +23,9 @@ import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from smsgw.shared.runtime.config import RouteSettings
+from smsgw.shared.smpp.connector import ConnectorSettings
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -62,12 +65,13 @@ class Router:
         self._lengths = sorted({len(p) for p in self._all_prefixes()}, reverse=True)
 
     @classmethod
-    def from_settings(cls, routes: Sequence[object], connectors: Sequence[object]) -> Router:
+    def from_settings(cls, routes: Sequence[RouteSettings],
+                      connectors: Sequence[ConnectorSettings]) -> Router:
         """Build from the `[[routes]]` and `[[connectors]]` config models."""
-        built = [Route(prefix=getattr(r, "prefix", ""), connectors=tuple(r.connectors),  # type: ignore[attr-defined]
-                       weights=tuple(r.weights) if getattr(r, "weights", None) else None,  # type: ignore[attr-defined]
-                       account=getattr(r, "account", None)) for r in routes]
-        names = [c.name for c in connectors]  # type: ignore[attr-defined]
+        built = [Route(prefix=r.prefix, connectors=tuple(r.connectors),
+                       weights=tuple(r.weights) if r.weights else None,
+                       account=r.account) for r in routes]
+        names = [c.name for c in connectors]
         if not built and names:
             # No routes configured: everything goes through the connectors in config order.
             built = [Route(prefix="", connectors=tuple(names))]

@@ -8,7 +8,6 @@ sender claims, retries, batches its write-backs, holds bind slots and matches re
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import time as dtime
 from typing import Literal, Self
 
@@ -41,7 +40,7 @@ class SenderSettings(DaemonSection):
     no_bind_wait_s: float = Field(default=5.0, gt=0)  # no bound connector on the route: wait
     # a submit_sm without response: resubmit after the lease (counted as a possible
     # duplicate), or end `submit_unknown`
-    no_response_policy: Literal["resubmit", "submit_unknown"] = "resubmit"
+    no_response_policy: NoResponsePolicy = "resubmit"
     # marketing quiet hours in the recipient's zone ("21:00" / "08:00"; unset = none)
     quiet_hours_start: str | None = None
     quiet_hours_end: str | None = None
@@ -58,6 +57,14 @@ class SenderSettings(DaemonSection):
     receipt_retry_base_s: float = Field(default=0.5, gt=0)
     receipt_max_attempts: int = Field(default=12, ge=1)  # then `orphan`
     receipt_min_age_s: float = Field(default=0.5, ge=0)  # first try after (part written back)
+
+    @property
+    def quiet_hours(self) -> tuple[dtime, dtime] | None:
+        """(start, end) of the marketing quiet hours as local times, or None when unset."""
+        if not self.quiet_hours_start or not self.quiet_hours_end:
+            return None
+        return (dtime.fromisoformat(self.quiet_hours_start),
+                dtime.fromisoformat(self.quiet_hours_end))
 
     @field_validator("quiet_hours_start", "quiet_hours_end")
     @classmethod
@@ -76,24 +83,3 @@ class SenderSettings(DaemonSection):
             raise ValueError("retry_base_s must not exceed retry_max_s")
         return self
 
-
-@dataclass(frozen=True, slots=True)
-class SubmitSettings:
-    """What the submit stage needs from `[sender]` (see `SenderSettings` for each key)."""
-
-    owner: str
-    lease_s: float = 120.0
-    batch: int = 100
-    max_accounts: int = 100
-    flush_size: int = 500
-    flush_s: float = 0.05
-    max_attempts: int = 10
-    retry_base_s: float = 1.0
-    retry_max_s: float = 300.0
-    throttle_retry_s: float = 2.0
-    not_sent_retry_s: float = 1.0
-    no_bind_wait_s: float = 5.0
-    no_response_policy: NoResponsePolicy = "resubmit"
-    quiet_hours: tuple[dtime, dtime] | None = None
-    default_time_zone: str = "UTC"
-    events: bool = True

@@ -38,7 +38,7 @@ from smsgw.services.sender.metrics import SenderMetrics
 from smsgw.services.sender.policy import THROTTLE, decide, quiet_delay_s, recipient_zone
 from smsgw.services.sender.records import Claimed, InFlight, Outcome, PartJob
 from smsgw.services.sender.routing import Router, pick
-from smsgw.services.sender.settings import SubmitSettings
+from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.sender.status_callbacks import insert_callbacks
 from smsgw.services.sender.writeback import Flusher, claim_change, wait_any
 from smsgw.shared.domain.suppression import NumberHasher
@@ -55,13 +55,14 @@ class Submitter:
     """Claims, routes, splits, submits and writes back (see the module docstring).
 
     Dependencies come in as arguments: `pool`, `lanes` (connector name → Lane), the
-    `router` (swap `submitter.router` on SIGHUP), `settings`, `metrics` (optional), and
+    `router` (swap `submitter.router` on SIGHUP), `settings` (the `[sender]` section), `owner`
+    (the lease owner: this instance's worker id), `metrics` (optional), and
     `wait_for_work()` which returns after a NOTIFY on the outbound channel or the fallback
     timer. `account_names` maps account ids to names for per-account routes.
     """
 
     def __init__(self, pool: asyncpg.Pool, lanes: Mapping[str, Lane], router: Router,
-                 settings: SubmitSettings, *, metrics: SenderMetrics | None = None,
+                 settings: SenderSettings, *, owner: str, metrics: SenderMetrics | None = None,
                  wait_for_work: Callable[[], Awaitable[Any]] | None = None,
                  account_names: Mapping[int, str] | None = None,
                  hasher: NumberHasher | None = None) -> None:
@@ -69,11 +70,13 @@ class Submitter:
         self.lanes = dict(lanes)
         self.router = router
         self.settings = settings
+        self.owner = owner  # lease owner: this instance's worker id
+        self.quiet_hours = settings.quiet_hours  # parsed once, read per marketing message
         self.hasher = hasher  # keys the recipient hash of rows stored without one
         self.metrics = metrics
         self.wait_for_work = wait_for_work or (lambda: asyncio.sleep(1.0))
         self.account_names = dict(account_names or {})
-        self.flusher = Flusher(pool, settings, metrics)
+        self.flusher = Flusher(pool, settings, owner, metrics)
         self.queued_parts = 0  # parts in lane queues or outstanding
         self.in_flight: dict[int, InFlight] = {}
         self.results_ok = 0  # parts accepted by an SMSC (benchmarks and status)
@@ -158,7 +161,7 @@ class Submitter:
         limit = max(1, min(budget, self.settings.batch * 10))
         async with self.pool.acquire() as conn, conn.transaction():
             rows = [Claimed.from_record(r) for r in await conn.fetch(
-                Q.CLAIM_OUTBOUND, self.settings.owner, self.settings.lease_s, limit,
+                Q.CLAIM_OUTBOUND, self.owner, self.settings.lease_s, limit,
                 self.settings.max_accounts)]
             if any(r.unhashed for r in rows):
                 rows = await self._hash_unhashed(conn, rows)
@@ -181,7 +184,7 @@ class Submitter:
             log.warning("recipient_hash_unavailable", count=sum(r.unhashed for r in rows))
             return rows
         todo = [r for r in rows if r.unhashed]
-        found = await conn.fetch(Q.HASH_CLAIMED, self.settings.owner, [r.id for r in todo],
+        found = await conn.fetch(Q.HASH_CLAIMED, self.owner, [r.id for r in todo],
                                  [self.hasher(r.to_addr) for r in todo])
         finished = {r["id"] for r in found if r["status"] == "suppressed"}
         return [replace(r, status="suppressed", unhashed=False) if r.id in finished else r
@@ -236,9 +239,9 @@ class Submitter:
                                          error="lease expired before the response",
                                          connector=row.connector))
                 return None
-        if row.category == "marketing" and self.settings.quiet_hours is not None:
+        if row.category == "marketing" and self.quiet_hours is not None:
             zone = recipient_zone(row.to_addr, self.settings.default_time_zone)
-            delay = quiet_delay_s(now, zone, self.settings.quiet_hours)
+            delay = quiet_delay_s(now, zone, self.quiet_hours)
             if delay > 0:
                 return delay, "quiet hours", "quiet_hours"
         choice = self.router.choose(row.to_addr, account=self.account_names.get(
@@ -281,7 +284,7 @@ class Submitter:
 
     async def _defer(self, deferred: list[tuple[int, float, str, str]]) -> None:
         async with self.pool.acquire() as conn:
-            await conn.execute(Q.DEFER_OUTBOUND, self.settings.owner,
+            await conn.execute(Q.DEFER_OUTBOUND, self.owner,
                                [d[0] for d in deferred], [d[1] for d in deferred],
                                [d[2] for d in deferred])
         if self.metrics is not None:
@@ -341,7 +344,7 @@ class Submitter:
         worker); returns how many."""
         try:
             async with self.pool.acquire() as conn:
-                rows = await conn.fetch(Q.RELEASE_ALL, self.settings.owner, None)
+                rows = await conn.fetch(Q.RELEASE_ALL, self.owner, None)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             log.exception("release_failed")
             return 0

@@ -18,7 +18,7 @@ import structlog
 from smsgw.services.sender import queries as Q
 from smsgw.services.sender.metrics import SenderMetrics
 from smsgw.services.sender.records import Claimed, Outcome
-from smsgw.services.sender.settings import SubmitSettings
+from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.sender.status_callbacks import StatusChange, insert_callbacks
 
 log = structlog.get_logger("smsgw.sender")
@@ -95,10 +95,11 @@ class Flusher:
     second: the rows stay leased meanwhile, and the write-back stays fenced.
     """
 
-    def __init__(self, pool: asyncpg.Pool, settings: SubmitSettings,
+    def __init__(self, pool: asyncpg.Pool, settings: SenderSettings, owner: str,
                  metrics: SenderMetrics | None) -> None:
         self.pool = pool
         self.settings = settings
+        self.owner = owner  # the lease owner that fences every write-back
         self.metrics = metrics
         self.buffer: list[Outcome] = []
         self._kick = asyncio.Event()
@@ -138,7 +139,7 @@ class Flusher:
         batch = self.buffer[: self.settings.flush_size * 4]
         try:
             async with self.pool.acquire() as conn:
-                await write_back(conn, self.settings.owner, batch, events=self.settings.events)
+                await write_back(conn, self.owner, batch, events=self.settings.events)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             log.exception("writeback_failed", messages=len(batch))
             await asyncio.sleep(1.0)

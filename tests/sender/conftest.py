@@ -19,7 +19,7 @@ import pytest
 from smsgw.services.sender.lanes import Lane
 from smsgw.services.sender.matching import MatchSettings, run_matcher
 from smsgw.services.sender.routing import Router
-from smsgw.services.sender.settings import SubmitSettings
+from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.sender.submitter import Submitter
 from smsgw.services.smsc_sim.server import SimConfig, Simulator
 from smsgw.shared.domain.intake import DeliverIntake, flush_inbound, flush_receipts
@@ -115,8 +115,10 @@ async def start_stack(db_url: str, pool: asyncpg.Pool, connectors: Sequence[Conn
                 for c in connectors}
     lanes = {c.name: Lane(c, managers[c.name].sessions, lambda *a: None) for c in connectors}
     router = routes or Router.from_settings([], connectors)
-    cfg = SubmitSettings(owner=owner, **{"flush_s": 0.02, "lease_s": 30.0, **settings})
-    sub = Submitter(pool, lanes, router, cfg, wait_for_work=lambda: asyncio.sleep(0.1),
+    # drain_s is the daemon's (not the submitter's): low so that a short test lease_s validates
+    cfg = SenderSettings(**{"flush_s": 0.02, "lease_s": 30.0, "drain_s": 1.0, **settings})
+    sub = Submitter(pool, lanes, router, cfg, owner=owner,
+                    wait_for_work=lambda: asyncio.sleep(0.1),
                     hasher=NumberHasher.from_secret("test-server-secret"))
     stack = Stack(sub, managers, stop)
     manager_stop = asyncio.Event()
@@ -129,8 +131,8 @@ async def start_stack(db_url: str, pool: asyncpg.Pool, connectors: Sequence[Conn
 
     async def run_intake_and_matcher() -> None:
         if receipts:
-            await run_matcher(pool, match or MatchSettings.from_connectors(
-                connectors, retry_base_s=0.2, min_age_s=0.2),
+            await run_matcher(pool, match or MatchSettings.from_config(
+                connectors, SenderSettings(receipt_retry_base_s=0.2, receipt_min_age_s=0.2)),
                               stop=stop, wait_for_work=lambda: asyncio.sleep(0.05))
         await manager_stop.wait()
         for gc in committers:

@@ -196,7 +196,8 @@ async def test_marketing_waits_out_quiet_hours(db_url: str, pool: asyncpg.Pool,
     start, end = start.replace(second=0, microsecond=0), end.replace(second=0, microsecond=0)
     (mkt,) = await add_mt(pool, 1, to_addr="+12125550100", category="marketing", body="sale")
     (txn,) = await add_mt(pool, 1, to_addr="+12125550100", body="code")
-    async with running(db_url, pool, [connector("c1", sim.port)], quiet_hours=(start, end),
+    async with running(db_url, pool, [connector("c1", sim.port)],
+                       quiet_hours_start=f"{start:%H:%M}", quiet_hours_end=f"{end:%H:%M}",
                        ) as stack:
         await stack.wait_bound()
         await wait_until(lambda: all_final(pool, [txn], {"submitted"}))

@@ -12,7 +12,7 @@ import pytest
 
 from smsgw.services.sender.policy import decide
 from smsgw.services.sender.records import Claimed, InFlight, Outcome
-from smsgw.services.sender.settings import SubmitSettings
+from smsgw.services.sender.settings import SenderSettings
 from smsgw.shared.smpp import pdu as P
 from smsgw.shared.smpp.session import SubmitOutcome, SubmitResult
 
@@ -21,13 +21,13 @@ OK, REJ, UNK, NS = (SubmitOutcome.OK, SubmitOutcome.REJECTED, SubmitOutcome.UNKN
                     SubmitOutcome.NOT_SENT)
 
 
-def settings(**kw: Any) -> SubmitSettings:
-    """The sender's settings with the values these tests pin (max_attempts 5, retries 1-60 s,
+def settings(**kw: Any) -> SenderSettings:
+    """The `[sender]` section with the values these tests pin (max_attempts 5, retries 1-60 s,
     throttled 2 s, not sent 1 s)."""
-    base: dict[str, Any] = dict(owner="s1", max_attempts=5, retry_base_s=1.0, retry_max_s=60.0,
+    base: dict[str, Any] = dict(max_attempts=5, retry_base_s=1.0, retry_max_s=60.0,
                                 throttle_retry_s=2.0, not_sent_retry_s=1.0)
     base.update(kw)
-    return SubmitSettings(**base)
+    return SenderSettings(**base)
 
 
 def row(*, attempts: int = 0, lease_until: datetime | None = NOW + timedelta(seconds=90),

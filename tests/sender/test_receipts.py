@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import asyncpg
 
 from smsgw.services.sender import matching
+from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.smsc_sim.server import SimConfig, Simulator
 from smsgw.shared.queue import receipts
 
@@ -94,8 +97,8 @@ async def test_sibling_intermediate_and_orphans(pool: asyncpg.Pool) -> None:
     await _receipt(pool, "a2", "111")
     await _receipt(pool, "a1", "222", state="enroute", final=False)
     await _receipt(pool, "c9", "333")
-    settings = matching.MatchSettings(operators={"a1": "opA", "a2": "opA", "b1": "b1", "c9": "c9"},
-                                 min_age_s=0)
+    settings = replace(matching.MatchSettings.from_config([], SenderSettings(receipt_min_age_s=0)),
+                       operators={"a1": "opA", "a2": "opA", "b1": "b1", "c9": "c9"})
     async with pool.acquire() as conn:
         res = await matching.match_batch(conn, settings)
         assert (res.matched, res.retried, res.finalized) == (2, 1, 1)
@@ -125,7 +128,8 @@ async def test_receipt_after_retention_move_and_callbacks(pool: asyncpg.Pool) ->
     await _receipt(pool, "c1", "aaa")
     await _receipt(pool, "c1", "bbb")
     async with pool.acquire() as conn:
-        res = await matching.match_batch(conn, matching.MatchSettings(min_age_s=0))
+        res = await matching.match_batch(conn, matching.MatchSettings.from_config(
+            [], SenderSettings(receipt_min_age_s=0)))
     assert (res.matched, res.finalized, res.callbacks) == (2, 2, 2)
     assert await statuses(pool, [json_id, kannel_id]) == {json_id: "delivered",
                                                          kannel_id: "delivered"}
