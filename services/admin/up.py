@@ -65,6 +65,7 @@ from typing import Any
 import asyncpg
 
 from smsgw.shared.core import db
+from smsgw.shared.core.aio import race_stop, sleep_or_stop
 from smsgw.shared.core.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError, free_port
 from smsgw.shared.core.errors import ConfigError
 from smsgw.shared.runtime.config import redact_url, resolve_secret
@@ -626,9 +627,7 @@ class Supervisor:
                 backoff = BACKOFF_MIN_S
             self.say(f"{child.name}: exited with {code} after {ran:.1f}s; restarting in "
                      f"{backoff:.1f}s")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), backoff)
-            if self.stopping.is_set():
+            if await sleep_or_stop(self.stopping, backoff):
                 return
             backoff = min(backoff * 2, BACKOFF_MAX_S)
             child.restarts += 1
@@ -661,17 +660,14 @@ class Supervisor:
         for c in stage:
             c.signal(signal.SIGTERM)
         procs = [c.proc for c in stage if c.proc is not None]
-        exited: asyncio.Future[Any] = asyncio.ensure_future(
-            asyncio.gather(*(p.wait() for p in procs)))
-        force: asyncio.Future[Any] = asyncio.ensure_future(self.force.wait())
-        await asyncio.wait([exited, force], timeout=self.opts.stop_timeout_s,
-                           return_when=asyncio.FIRST_COMPLETED)
-        force.cancel()
+        # A second Ctrl-C (`force`) or the timeout ends the wait for a clean exit.
+        await race_stop(asyncio.gather(*(p.wait() for p in procs)), self.force,
+                        self.opts.stop_timeout_s)
         for c in stage:
             if c.proc is not None and c.proc.returncode is None:
                 self.say(f"{c.name}: did not stop in time; killing it")
                 c.signal(signal.SIGKILL)
-        await exited
+        await asyncio.gather(*(p.wait() for p in procs))
         codes = ", ".join(f"{c.name} exit {c.proc.returncode}" for c in stage if c.proc)
         self.say(f"stopped {daemon}: {codes}")
 
@@ -822,20 +818,14 @@ async def _run_with_db(opts: Options, plan: Plan, pg: EmbeddedPostgres | None) -
     sup = Supervisor(children, opts, _say, write_info)
     _install_signals(sup, stop)
     try:
-        started = asyncio.create_task(sup.start_all(), name="up.start_all")
-        waiter = asyncio.create_task(stop.wait(), name="up.stop_wait")
-        await asyncio.wait({started, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if started.done() and started.result():
+        _, started = await race_stop(sup.start_all(), stop)
+        if started:
             write_info()
             with contextlib.suppress(OSError, ValueError):
                 sys.stdout.write(banner(endpoints(opts, children, key_file, dsn), key, opts,
                                         plan))
                 sys.stdout.flush()
-            fatal = asyncio.create_task(sup.stopping.wait(), name="up.fatal_wait")
-            await asyncio.wait({waiter, fatal}, return_when=asyncio.FIRST_COMPLETED)
-            fatal.cancel()
-        started.cancel()
-        waiter.cancel()
+            await race_stop(sup.stopping.wait(), stop)  # Ctrl-C, or a daemon that cannot run
     finally:
         await sup.stop_all()
         info_path.unlink(missing_ok=True)

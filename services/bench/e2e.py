@@ -50,6 +50,7 @@ from smsgw.services.bench import procstats
 from smsgw.services.bench.leanhttp import LeanClient, LeanHTTPError, LeanSink
 from smsgw.services.bench.profile import Profiler, summarise
 from smsgw.services.bench.stack import Stack, StackOptions
+from smsgw.shared.core.aio import sleep_or_stop
 
 MT_FINAL = ("delivered", "undeliverable", "expired", "rejected", "suppressed", "submit_unknown",
             "dead")
@@ -654,8 +655,7 @@ async def progress(run: Run, stop: asyncio.Event, conn: asyncpg.Connection) -> N
     """One line per second on stderr: acknowledgements, the simulator's counts, the backlog."""
     last_acked, last_submits, t0 = 0, 0, time.time()
     while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
+        await sleep_or_stop(stop, 1.0)
         if run.args.quiet:
             continue
         try:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import platform
 import statistics
@@ -34,7 +33,7 @@ from typing import Any
 import asyncpg
 
 from smsgw.shared.core import db
-from smsgw.shared.core.aio import loop_runner
+from smsgw.shared.core.aio import loop_runner, sleep_or_stop
 from smsgw.shared.core.embedded_pg import EmbeddedPostgres
 from smsgw.shared.queue import store
 from smsgw.shared.queue.listener import CHANNELS, Listener, consume
@@ -126,8 +125,7 @@ async def _producer(conn: asyncpg.Connection, table: str, batch: int, count: int
 async def _refresh_stats(conn: asyncpg.Connection, stop: asyncio.Event) -> None:
     while not stop.is_set():
         await store.refresh_queue_stats(conn)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.5)
+        await sleep_or_stop(stop, 0.5)
 
 
 def _lease_pass(conn: asyncpg.Connection, batch: int, owner: str, acked: list[int],

@@ -24,8 +24,6 @@ held are released.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Any, Final
 
 import asyncpg
@@ -35,6 +33,7 @@ from smsgw.services.processor.engine import Engine
 from smsgw.services.processor.jobs import processor_jobs
 from smsgw.services.processor.metrics import ProcessorMetrics
 from smsgw.services.processor.settings import ProcessorSettings
+from smsgw.shared.core.aio import sleep_or_stop
 from smsgw.shared.domain.suppression import MISSING_SECRET, NumberHasher, rekey_legacy
 from smsgw.shared.queue.listener import CHANNELS
 from smsgw.shared.runtime.config import AppConfig
@@ -100,8 +99,7 @@ class ProcessorDaemon(Daemon[ProcessorSettings]):
         if claimed == 0 and self.engine.gate.paused:
             # Paused by the outbound watermark: look at the snapshot again at its own refresh
             # rate (returning 1 keeps the consume loop from waiting for an inbound NOTIFY).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), self.engine.gate.refresh_s)
+            await sleep_or_stop(self.stop, self.engine.gate.refresh_s)
             return 0 if self.stop.is_set() else 1
         return claimed
 

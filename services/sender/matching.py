@@ -33,7 +33,6 @@ decides what runs when.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,7 @@ import structlog
 
 from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.sender.status_callbacks import insert_callbacks
+from smsgw.shared.core.aio import race_stop, sleep_or_stop
 from smsgw.shared.queue import outbound, receipts
 from smsgw.shared.queue.records import StatusChange
 from smsgw.shared.smpp.connector import ConnectorSettings
@@ -152,17 +152,9 @@ async def run_matcher(pool: asyncpg.Pool, settings: MatchSettings, *, stop: asyn
             on_result(result)
         if result is not None and result.processed >= limit:
             continue  # more may be due right now
-        waiter = asyncio.ensure_future(wait_for_work())
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            done, _ = await asyncio.wait((waiter, stopper),
-                                         timeout=None if result is not None else 1.0,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            stopper.cancel()
-        if waiter in done and not stop.is_set() and settings.min_age_s > 0:
+        finished, _ = await race_stop(wait_for_work(), stop,
+                                      None if result is not None else 1.0)
+        if finished and not stop.is_set() and settings.min_age_s > 0:
             # The receipts that woke us are first due `min_age_s` after they arrived: wait that
             # long (interruptibly) instead of missing them until the fallback timer.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), settings.min_age_s)
+            await sleep_or_stop(stop, settings.min_age_s)

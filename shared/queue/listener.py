@@ -30,6 +30,7 @@ import asyncpg
 import stamina
 import structlog
 
+from smsgw.shared.core.aio import race_stop, sleep_or_stop
 from smsgw.shared.core.errors import DatabaseUnavailable
 
 log = structlog.get_logger(__name__)
@@ -222,45 +223,33 @@ async def consume(listener: Listener, channel: str, claim_pass: Callable[[], Awa
     timer, not a notification, ended a wait. `linger_s` > 0: after a notification, wait that
     long (or `stop`) before the next claim, so that one claim takes what arrives meanwhile.
     """
-    stop_task = asyncio.ensure_future(stop.wait())
-    try:
-        while not stop.is_set():
-            listener.raise_if_failed()
-            try:
-                while not stop.is_set() and await claim_pass() > 0:
-                    pass
-            except Exception as exc:  # loop boundary: log, count, back off, continue
-                log.exception("claim_pass_failed", channel=channel)
-                if on_error is not None:
-                    on_error(exc)
-                await _wait_either(stop_task, None, error_backoff_s)
-                continue
-            if stop.is_set():
-                break
-            if not await _wait_either(stop_task, listener.event(channel), poll_s):
-                if on_fallback is not None:
-                    on_fallback()
-            elif linger_s > 0:
-                await _wait_either(stop_task, None, linger_s)
-    finally:
-        stop_task.cancel()
+    while not stop.is_set():
+        listener.raise_if_failed()
+        try:
+            while not stop.is_set() and await claim_pass() > 0:
+                pass
+        except Exception as exc:  # loop boundary: log, count, back off, continue
+            log.exception("claim_pass_failed", channel=channel)
+            if on_error is not None:
+                on_error(exc)
+            await sleep_or_stop(stop, error_backoff_s)
+            continue
+        if stop.is_set():
+            break
+        if not await _wait_event(listener.event(channel), stop, poll_s):
+            if on_fallback is not None:
+                on_fallback()
+        elif linger_s > 0:
+            await sleep_or_stop(stop, linger_s)
 
 
-async def _wait_either(stop_task: asyncio.Future[Any], event: asyncio.Event | None,
-                       timeout_s: float) -> bool:
-    """Wait for `event`, `stop_task` or the timeout; True unless the timeout ended it."""
-    if event is None:
-        done, _ = await asyncio.wait({stop_task}, timeout=timeout_s)
-        return bool(done)
+async def _wait_event(event: asyncio.Event, stop: asyncio.Event, timeout_s: float) -> bool:
+    """Wait for `event` (then clear it), `stop` or the timeout; True unless the timeout ended
+    it."""
     if event.is_set():
         event.clear()
         return True
-    ev_task = asyncio.ensure_future(event.wait())
-    try:
-        done, _ = await asyncio.wait({stop_task, ev_task}, timeout=timeout_s,
-                                     return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        ev_task.cancel()
-    if ev_task in done:
+    woken, _ = await race_stop(event.wait(), stop, timeout_s)
+    if woken:
         event.clear()
-    return bool(done)
+    return woken or stop.is_set()

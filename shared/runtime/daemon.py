@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import socket
 import sys
@@ -57,6 +56,7 @@ import uvloop
 from aiohttp import web
 
 from smsgw.shared.core import db
+from smsgw.shared.core.aio import race_stop, sleep_or_stop
 from smsgw.shared.core.errors import ConfigError, DatabaseUnavailable, SchemaVersionError
 from smsgw.shared.core.logging import configure_logging, get_logger, set_level
 from smsgw.shared.queue import store
@@ -224,18 +224,12 @@ class Daemon(Generic[S]):
         if self.stop.is_set():
             return False
         if self.listener is None:
-            await _wait_event(self.stop, timeout)
+            await sleep_or_stop(self.stop, timeout)
             return False
-        waiter = asyncio.ensure_future(self.listener.wait(channel, timeout))
-        stopper = asyncio.ensure_future(self.stop.wait())
-        try:
-            await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for fut in (waiter, stopper):
-                fut.cancel()
-        woken = bool(waiter.done() and not waiter.cancelled() and waiter.result())
+        _, notified = await race_stop(self.listener.wait(channel, timeout), self.stop)
+        woken = bool(notified)
         if woken and self.settings.claim_linger_s > 0:
-            await _wait_event(self.stop, self.settings.claim_linger_s)
+            await sleep_or_stop(self.stop, self.settings.claim_linger_s)
         return woken
 
     # -- entry point ---------------------------------------------------------------------
@@ -378,17 +372,8 @@ class Daemon(Generic[S]):
 
     async def _until_stopped(self, coro: Awaitable[T]) -> T | None:
         """Await `coro` unless `stop` is set first (SIGTERM while Postgres is down)."""
-        task = asyncio.ensure_future(coro)
-        stopper = asyncio.ensure_future(self.stop.wait())
-        try:
-            await asyncio.wait((task, stopper), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-        if task.done():
-            return task.result()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        return None
+        _, result = await race_stop(coro, self.stop)
+        return result
 
     async def _start_listener(self, stack: AsyncExitStack) -> bool:
         assert self.config.database.url is not None
@@ -544,11 +529,6 @@ def _dig(data: Any, dotted: str) -> Any:
             return sorted(str(_dig(item, rest)) for item in items)
         data = data.get(part) if isinstance(data, Mapping) else None
     return data
-
-
-async def _wait_event(event: asyncio.Event, within_s: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), within_s)
 
 
 __all__ = ["Daemon", "WorkerFn", "restart_only_changes"]

@@ -11,7 +11,6 @@ retention move, which should commit batch by batch).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import random
 from collections.abc import Awaitable, Callable
@@ -21,6 +20,7 @@ import asyncpg
 import structlog
 
 from smsgw.shared.core import db
+from smsgw.shared.core.aio import sleep_or_stop
 from smsgw.shared.runtime.metrics import RuntimeMetrics
 
 Job = Callable[[asyncpg.Connection], Awaitable[Any]]
@@ -81,8 +81,7 @@ async def run_periodic(name: str, interval_s: float | Callable[[], float], job: 
             metrics.periodic_runs.labels(job=name, outcome=outcome).inc()
         period = interval_s() if callable(interval_s) else interval_s
         delay = period * random.uniform(1 - jitter, 1 + jitter)
-        with contextlib.suppress(TimeoutError):  # the timeout is the normal case
-            await asyncio.wait_for(stop.wait(), timeout=delay)
+        await sleep_or_stop(stop, delay)
 
 
 async def _one_run(name: str, job: Job, *, pool: asyncpg.Pool, lock_key: int | None,

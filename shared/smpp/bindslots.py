@@ -41,6 +41,7 @@ import asyncpg
 import structlog
 
 from smsgw.shared.core import db
+from smsgw.shared.core.aio import race_stop, sleep_or_stop
 from smsgw.shared.smpp.session import BindMode, Client
 
 log = structlog.get_logger("smsgw.bindslots")
@@ -328,12 +329,7 @@ class BindManager:
 
     async def _sleep(self, stop: asyncio.Event, timeout_s: float) -> None:
         self._wake.clear()
-        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
+        await race_stop(self._wake.wait(), stop, timeout_s)
 
     async def _acquire_free(self) -> None:
         total = int(self.connector.binds)
@@ -359,9 +355,7 @@ class BindManager:
     async def _run_slot(self, run: _SlotRun) -> None:
         """Wait out the grace period, then run one session until the slot is lost or closed."""
         slot = run.slot
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(slot.lost.wait(), timeout=self.grace_s)
-        if slot.lost.is_set():
+        if await sleep_or_stop(slot.lost, self.grace_s):
             return
         try:
             session = self.session_factory(self.connector, slot.index, self.rate_per_s)

@@ -30,6 +30,7 @@ from enum import StrEnum
 from ssl import SSLContext
 from typing import Any
 
+from smsgw.shared.core.aio import race_stop, sleep_or_stop
 from smsgw.shared.core.errors import SmppBindRejected, SmppError, SmppProtocolError
 from smsgw.shared.smpp import pdu as P
 from smsgw.shared.smpp.ratelimit import TokenBucket
@@ -401,13 +402,7 @@ class Session:
 
     async def _wait_throttle(self) -> None:
         # Wait for the pause to end or the session to close, whichever comes first.
-        waiter = asyncio.ensure_future(self._not_throttled.wait())
-        closer = asyncio.ensure_future(self._closed.wait())
-        try:
-            await asyncio.wait((waiter, closer), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            closer.cancel()
+        await race_stop(self._not_throttled.wait(), self._closed)
 
     async def _send_submit(self, pdu: Any) -> SubmitResult:
         c = self.counters
@@ -790,7 +785,7 @@ class Client:
                 self._session = session
                 self._up.set()
                 self._changed(True)
-                await self._wait_either(session.wait_closed())
+                await race_stop(session.wait_closed(), self._stop)
                 self._up.clear()
                 self._changed(False)
                 if self._stop.is_set():
@@ -808,18 +803,7 @@ class Client:
                     "error": self.last_error,
                 },
             )
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._stop.wait()
-
-    async def _wait_either(self, coro: Awaitable[None]) -> None:
-        waiter = asyncio.ensure_future(coro)
-        stopper = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            stopper.cancel()
+            await sleep_or_stop(self._stop, delay)
 
     async def close(self, deadline_s: float = 5.0) -> bool:
         """Stop reconnecting, drain and unbind the current session within `deadline_s`."""
