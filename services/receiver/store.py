@@ -2,20 +2,20 @@
 
 `flush_mt` is the group committer's flush function for `POST /v1/messages` and
 `/cgi-bin/sendsms`: one statement inserts every new row of the batch into `outbound` and its
-idempotency key into `dedupe_keys`, then one NOTIFY wakes the senders.
+idempotency key into `dedupe_keys`, then one NOTIFY wakes the senders. The statements are the
+`outbound` owner's (`shared.queue.outbound` `insert`, `insert_keyed`).
 
 Idempotency (docs/ARCHITECTURE.md, guarantee 2): an MT with a `client_ref` claims the key
 (`mt:<account_id>`, client_ref) in `dedupe_keys` together with a fingerprint of its content.
 The row ids are drawn from the identity sequence first, so the key and the row are written in
 the same statement and the key points at its row; a row is inserted only if its key was new
-(or had expired). A repeat finds the stored key: same fingerprint → the original id, different
-→ a conflict (409). Keys live in `dedupe_keys`, not on `outbound`, so they keep working after
-the retention move.
+or had expired (the one dedupe rule, `shared/queue/sql/dedupe.sql`). A repeat finds the stored
+key: same fingerprint → the original id, different → a conflict (409). Keys live in
+`dedupe_keys`, not on `outbound`, so they keep working after the retention move.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,12 +23,12 @@ from enum import StrEnum
 from typing import Any
 
 import asyncpg
-import orjson
 
 from smsgw.shared.domain.suppression import NumberHasher
-from smsgw.shared.queue.listener import CHANNELS
+from smsgw.shared.queue import outbound, store
+from smsgw.shared.queue.records import DedupeKey, MtItem
 
-NOTIFY_OUTBOUND = CHANNELS["outbound"]  # the channel the senders LISTEN on
+__all__ = ["MtItem", "MtOutcome", "MtResult", "find_message", "flush_mt"]
 
 
 class MtOutcome(StrEnum):
@@ -39,127 +39,12 @@ class MtOutcome(StrEnum):
     CONFLICT = "conflict"  # same client_ref, different content: 409
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MtItem:
-    """One validated MT ready to store (numbers already E.164)."""
-
-    account_id: int
-    source: str  # 'api' | 'sendsms'
-    from_addr: str
-    to_addr: str
-    body: str
-    category: str
-    priority: int = 0
-    encoding: str | None = None
-    client_ref: str | None = None
-    callback_url: str | None = None
-    dlr_mask: int | None = None
-    send_at: datetime | None = None
-    valid_until: datetime | None = None
-    route_hint: str | None = None
-    meta: dict[str, Any] | None = None
-    validity_s: int | None = None  # as requested (valid_until is computed from "now")
-
-    def fingerprint(self) -> str:
-        """Content hash telling a retry (same content) from a reused client_ref.
-
-        Made of what the client sent (normalised), never of values computed at intake: a retry
-        a minute later has a later `valid_until` but the same `validity_s`.
-        """
-        content = (self.from_addr, self.to_addr, self.body, self.category, self.priority,
-                   self.encoding, self.callback_url, self.dlr_mask,
-                   self.send_at.isoformat() if self.send_at else None, self.validity_s,
-                   self.route_hint)
-        return hashlib.sha256(orjson.dumps(content)).hexdigest()[:32]
-
-
 @dataclass(frozen=True, slots=True)
 class MtResult:
     """The stored (or original) id of one MT and what happened."""
 
     id: int
     outcome: MtOutcome
-
-
-# insert_mt_batch: insert a batch of MTs and their client_ref keys in one statement.
-# Returns, per input position, the id drawn for it and whether its row was inserted.
-INSERT_MT_BATCH = """
-WITH input AS (
-    -- one row per MT, in caller order
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::text[], $7::smallint[], $8::text[], $9::text[], $10::text[],
-                         $11::smallint[], $12::timestamptz[], $13::timestamptz[], $14::text[],
-                         $15::text[], $16::text[], $18::bytea[])
-        WITH ORDINALITY AS t(account_id, source, from_addr, to_addr, body, category, priority,
-                             encoding, client_ref, callback_url, dlr_mask, send_at, valid_until,
-                             route_hint, meta, fingerprint, to_hash, ord)
-), numbered AS MATERIALIZED (
-    -- draw the row ids first so the dedupe key can point at its row in the same statement
-    SELECT nextval('outbound_id_seq') AS id, input.* FROM input
-), keys AS (
-    -- claim each client_ref; an expired key may be taken over, a live one is left alone
-    INSERT INTO dedupe_keys (scope, key, target_table, target_id, fingerprint, expires_at)
-    SELECT 'mt:' || account_id, client_ref, 'outbound', id, fingerprint,
-           now() + make_interval(secs => $17)
-      FROM numbered WHERE client_ref IS NOT NULL
-    ON CONFLICT (scope, key) DO UPDATE
-       SET target_table = EXCLUDED.target_table, target_id = EXCLUDED.target_id,
-           fingerprint = EXCLUDED.fingerprint, created_at = now(),
-           expires_at = EXCLUDED.expires_at
-     WHERE dedupe_keys.expires_at <= now()
-    RETURNING target_id
-), ins AS (
-    -- rows without a key, and rows whose key was claimed just now
-    INSERT INTO outbound (id, account_id, source, from_addr, to_addr, body, category, priority,
-                          encoding, client_ref, callback_url, dlr_mask, send_at, valid_until,
-                          route_hint, meta, run_after, to_hash)
-    OVERRIDING SYSTEM VALUE
-    SELECT id, account_id, source, from_addr, to_addr, body, category, priority, encoding,
-           client_ref, callback_url, dlr_mask, send_at, valid_until, route_hint, meta::jsonb,
-           coalesce(send_at, now()), to_hash
-      FROM numbered
-     WHERE client_ref IS NULL OR id IN (SELECT target_id FROM keys)
-    RETURNING id
-)
-SELECT n.ord, n.id, (i.id IS NOT NULL) AS created
-  FROM numbered n LEFT JOIN ins i ON i.id = n.id
- ORDER BY n.ord
-"""
-
-# insert_mt_plain: insert MTs without a client_ref and wake the senders, in ONE statement
-# (autocommit: one round trip, durable when it returns). RETURNING yields the rows in the
-# order the SELECT produced them (a plain insert from unnest), which is the input order.
-INSERT_MT_PLAIN = """
-WITH ins AS (
-    -- the rows, in input order
-    INSERT INTO outbound (account_id, source, from_addr, to_addr, body, category, priority,
-                          encoding, callback_url, dlr_mask, send_at, valid_until, route_hint,
-                          meta, run_after, to_hash)
-    SELECT account_id, source, from_addr, to_addr, body, category, priority, encoding,
-           callback_url, dlr_mask, send_at, valid_until, route_hint, meta::jsonb,
-           coalesce(send_at, now()), to_hash
-      FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                  $7::smallint[], $8::text[], $9::text[], $10::text[], $11::smallint[],
-                  $12::timestamptz[], $13::timestamptz[], $14::text[], $15::text[],
-                  $16::text[], $18::bytea[])
-               AS t(account_id, source, from_addr, to_addr, body, category, priority,
-                    encoding, client_ref, callback_url, dlr_mask, send_at, valid_until,
-                    route_hint, meta, fingerprint, to_hash)
-    RETURNING id
-)
--- one NOTIFY for the statement (delivered at commit)
-SELECT ins.id FROM ins CROSS JOIN (SELECT pg_notify($17, '')) AS wake
-"""
-
-# find_dedupe_targets: the stored row id and fingerprint of each (scope, key).
-FIND_DEDUPE_TARGETS = """
-SELECT d.scope, d.key, d.target_id, d.fingerprint
-  FROM dedupe_keys d
-  JOIN unnest($1::text[], $2::text[]) AS u(scope, key) ON d.scope = u.scope AND d.key = u.key
-"""
-
-# notify: one wake-up per transaction for the table's consumers.
-NOTIFY = "SELECT pg_notify($1, '')"
 
 
 async def flush_mt(conn: asyncpg.Connection, items: Sequence[MtItem], *,
@@ -174,9 +59,8 @@ async def flush_mt(conn: asyncpg.Connection, items: Sequence[MtItem], *,
     the sender then hashes it at its claim), for the sender's suppression check.
     """
     if all(it.client_ref is None for it in items):
-        rows = await conn.fetch(INSERT_MT_PLAIN, *_columns(items, [None] * len(items)),
-                                NOTIFY_OUTBOUND, _hashes(items, hasher))
-        return [MtResult(row["id"], MtOutcome.CREATED) for row in rows]
+        ids = await outbound.insert(conn, items, _hashes(items, hasher))
+        return [MtResult(i, MtOutcome.CREATED) for i in ids]
     async with conn.transaction():
         return await _flush_mt_keyed(conn, items, ttl_s, hasher)
 
@@ -190,11 +74,10 @@ async def _flush_mt_keyed(conn: asyncpg.Connection, items: Sequence[MtItem],
     results: list[MtResult | None] = [None] * len(items)
     plain = [i for i, it in enumerate(items) if it.client_ref is None]
     if plain:
-        rows = await conn.fetch(INSERT_MT_PLAIN, *_columns([items[i] for i in plain],
-                                                           [None] * len(plain)),
-                                NOTIFY_OUTBOUND, _hashes([items[i] for i in plain], hasher))
-        for pos, row in zip(plain, rows, strict=True):
-            results[pos] = MtResult(row["id"], MtOutcome.CREATED)
+        plain_items = [items[i] for i in plain]
+        ids = await outbound.insert(conn, plain_items, _hashes(plain_items, hasher))
+        for pos, mid in zip(plain, ids, strict=True):
+            results[pos] = MtResult(mid, MtOutcome.CREATED)
     firsts: dict[tuple[int, str], int] = {}
     leaders: list[int] = []
     for i, item in enumerate(items):
@@ -204,16 +87,16 @@ async def _flush_mt_keyed(conn: asyncpg.Connection, items: Sequence[MtItem],
     fingerprints = [it.fingerprint() if it.client_ref is not None else None for it in items]
     repeats: list[int] = []
     if leaders:
-        rows = await conn.fetch(INSERT_MT_BATCH, *_columns([items[i] for i in leaders],
-                                                           [fingerprints[i] for i in leaders]),
-                                ttl_s, _hashes([items[i] for i in leaders], hasher))
-        for pos, row in zip(leaders, rows, strict=True):
-            if row["created"]:
-                results[pos] = MtResult(row["id"], MtOutcome.CREATED)
+        lead_items = [items[i] for i in leaders]
+        rows = await outbound.insert_keyed(conn, lead_items, [fingerprints[i] for i in leaders],
+                                           _hashes(lead_items, hasher), ttl_s=ttl_s)
+        for pos, (mid, created) in zip(leaders, rows, strict=True):
+            if created:
+                results[pos] = MtResult(mid, MtOutcome.CREATED)
             else:
                 repeats.append(pos)
     if any(r is not None for r in results) and not plain:
-        await conn.execute(NOTIFY, NOTIFY_OUTBOUND)
+        await store.notify(conn, outbound.CHANNEL)
     stored = await _stored_keys(conn, items, repeats)
     return _resolve_repeats(items, fingerprints, results, firsts, stored)
 
@@ -224,10 +107,9 @@ async def _stored_keys(conn: asyncpg.Connection, items: Sequence[MtItem],
         return {}
     # A second statement: in READ COMMITTED it sees keys committed by concurrent batches
     # that our INSERT waited for (ON CONFLICT waits, but its own snapshot predates them).
-    scopes = [f"mt:{items[p].account_id}" for p in positions]
-    keys = [items[p].client_ref or "" for p in positions]
-    rows = await conn.fetch(FIND_DEDUPE_TARGETS, scopes, keys)
-    return {(r["scope"], r["key"]): (r["target_id"], r["fingerprint"]) for r in rows}
+    return await store.read_dedupe_keys(conn, [
+        DedupeKey(scope=f"mt:{items[p].account_id}", key=items[p].client_ref or "")
+        for p in positions])
 
 
 def _resolve_repeats(items: Sequence[MtItem], fingerprints: list[str | None],
@@ -248,20 +130,6 @@ def _resolve_repeats(items: Sequence[MtItem], fingerprints: list[str | None],
             results[i] = res
         out.append(res)
     return out
-
-
-def _columns(items: Sequence[MtItem], fingerprints: Sequence[str | None]) -> list[list[Any]]:
-    return [
-        [it.account_id for it in items], [it.source for it in items],
-        [it.from_addr for it in items], [it.to_addr for it in items],
-        [it.body for it in items], [it.category for it in items],
-        [it.priority for it in items], [it.encoding for it in items],
-        [it.client_ref for it in items], [it.callback_url for it in items],
-        [it.dlr_mask for it in items], [it.send_at for it in items],
-        [it.valid_until for it in items], [it.route_hint for it in items],
-        [orjson.dumps(it.meta).decode() if it.meta is not None else None for it in items],
-        list(fingerprints),
-    ]
 
 
 # -- reads -----------------------------------------------------------------------------------

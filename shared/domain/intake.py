@@ -23,23 +23,32 @@ moment serialise on the lock: exactly one of them sees all `total` fragments and
 inbound row. Fragments of one batch are locked in key order, so two batches never deadlock.
 `expire_mo_fragments` turns fragments that never completed into a `failed` inbound row, keeping
 the fragments (the processor runs it on a timer).
+
+The statements are the queue owners' (`shared.queue.inbound`, `shared.queue.mo_parts`,
+`shared.queue.receipts`); this module decides what to store and in which order.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol
 
 import asyncpg
-import orjson
 import structlog
 
 from smsgw.shared.core.errors import DatabaseUnavailable, SmsGatewayError
 from smsgw.shared.domain.numbers import InvalidNumber, normalise
+from smsgw.shared.queue import inbound, mo_parts, receipts, store
 from smsgw.shared.queue.listener import CHANNELS
+from smsgw.shared.queue.records import (
+    DedupeKey,
+    FragmentWrite,
+    InboundStatus,
+    InboundWrite,
+    MoPartStatus,
+    ReceiptWrite,
+)
 from smsgw.shared.smpp.receipts import is_receipt, parse_receipt
 from smsgw.shared.smpp.text import decode_message
 
@@ -51,53 +60,6 @@ DEFAULT_DEDUPE_TTL_S = 2 * 86400.0
 
 # -- items and results ------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InboundWrite:
-    """One whole MO message to store (numbers already normalised).
-
-    `dedupe_scope`/`dedupe_key` (e.g. "mo:twilio", the MessageSid) make a redelivery a no-op.
-    """
-
-    channel: str  # 'smpp' | 'http' | 'cli'
-    provider: str
-    connector: str | None
-    from_addr: str
-    to_addr: str
-    body: str | None
-    raw: bytes | None = None
-    data_coding: int | None = None
-    provider_message_id: str | None = None
-    meta: dict[str, Any] | None = None
-    dedupe_scope: str | None = None
-    dedupe_key: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FragmentWrite:
-    """One fragment of a concatenated MO; `connector` names the link (or webhook provider)."""
-
-    channel: str
-    provider: str
-    connector: str
-    from_addr: str
-    to_addr: str
-    ref: int
-    total: int
-    seq: int
-    body: str | None
-    raw: bytes | None = None
-    data_coding: int | None = None
-    provider_message_id: str | None = None
-    dedupe_scope: str | None = None
-    dedupe_key: str | None = None
-
-    def lock_key(self) -> int:
-        """64-bit advisory lock key of the message this fragment belongs to."""
-        text = f"mo_parts|{self.connector}|{self.from_addr}|{self.to_addr}|{self.ref}|{self.total}"
-        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big",
-                              signed=True)
-
-
 @dataclass(frozen=True, slots=True)
 class InboundResult:
     """What storing one MO/fragment did: `inbound_id` of the (reassembled) message, if any."""
@@ -105,151 +67,6 @@ class InboundResult:
     inbound_id: int | None
     duplicate: bool = False
     complete: bool = True  # False: a fragment stored, the message is not complete yet
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReceiptWrite:
-    """One delivery receipt to store for matching (smsc_id already normalised per connector)."""
-
-    connector: str
-    smsc_id: str
-    raw_id: str | None
-    stat: str | None
-    state: str | None
-    final: bool
-    err: str | None
-    done_date: datetime | None
-    body: str | None
-
-
-# -- SQL --------------------------------------------------------------------------------------
-
-# insert_inbound_batch: insert whole MO messages, claiming each provider id in dedupe_keys.
-# Returns, per input position, the id drawn and whether the row was inserted.
-INSERT_INBOUND_BATCH = """
-WITH input AS (
-    -- one row per message, in caller order
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::bytea[], $8::smallint[], $9::text[], $10::text[], $11::text[],
-                         $12::text[])
-        WITH ORDINALITY AS t(channel, provider, connector, from_addr, to_addr, body, raw,
-                             data_coding, provider_message_id, meta, dedupe_scope, dedupe_key,
-                             ord)
-), numbered AS MATERIALIZED (
-    -- draw ids first so each dedupe key points at its row
-    SELECT nextval('inbound_id_seq') AS id, input.* FROM input
-), keys AS (
-    -- claim provider ids; an expired key may be taken over
-    INSERT INTO dedupe_keys (scope, key, target_table, target_id, expires_at)
-    SELECT dedupe_scope, dedupe_key, 'inbound', id, now() + make_interval(secs => $13)
-      FROM numbered WHERE dedupe_key IS NOT NULL
-    ON CONFLICT (scope, key) DO UPDATE
-       SET target_table = EXCLUDED.target_table, target_id = EXCLUDED.target_id,
-           created_at = now(), expires_at = EXCLUDED.expires_at
-     WHERE dedupe_keys.expires_at <= now()
-    RETURNING target_id
-), ins AS (
-    -- rows without a key and rows whose key is new
-    INSERT INTO inbound (id, channel, provider, connector, from_addr, to_addr, body, raw,
-                         data_coding, provider_message_id, meta)
-    OVERRIDING SYSTEM VALUE
-    SELECT id, channel, provider, connector, from_addr, to_addr, body, raw, data_coding,
-           provider_message_id, meta::jsonb
-      FROM numbered
-     WHERE dedupe_key IS NULL OR id IN (SELECT target_id FROM keys)
-    RETURNING id
-)
--- one NOTIFY on channel $14 when a row was inserted (NULL: none), delivered at commit
-SELECT n.ord, n.id, (i.id IS NOT NULL) AS created
-  FROM numbered n LEFT JOIN ins i ON i.id = n.id
- CROSS JOIN (SELECT CASE WHEN $14::text IS NOT NULL AND EXISTS (SELECT 1 FROM ins)
-                         THEN pg_notify($14::text, '') END) AS wake
- ORDER BY n.ord
-"""
-
-# find_dedupe_target: the row an existing dedupe key points at.
-FIND_DEDUPE_TARGET = "SELECT target_id FROM dedupe_keys WHERE scope = $1 AND key = $2"
-
-# claim_dedupe_key: claim one key for a fragment (target filled in when known); true if new.
-CLAIM_DEDUPE_KEY = """
-INSERT INTO dedupe_keys (scope, key, target_table, target_id, expires_at)
-VALUES ($1, $2, 'mo_parts', $3, now() + make_interval(secs => $4))
-ON CONFLICT (scope, key) DO UPDATE
-   SET target_id = EXCLUDED.target_id, created_at = now(), expires_at = EXCLUDED.expires_at
- WHERE dedupe_keys.expires_at <= now()
-RETURNING key
-"""
-
-# lock_mo_message: serialise the fragments of one concatenated MO across instances.
-LOCK_MO_MESSAGE = "SELECT pg_advisory_xact_lock($1)"
-
-# insert_mo_fragment: store one fragment unless the same seq is already waiting.
-INSERT_MO_FRAGMENT = """
-INSERT INTO mo_parts (connector, from_addr, to_addr, ref, total, seq, body, raw, data_coding,
-                      meta)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-ON CONFLICT (connector, from_addr, to_addr, ref, total, seq) WHERE status = 'queued' DO NOTHING
-RETURNING id
-"""
-
-# recently_reassembled: was this very fragment (same key, seq and content) part of a message
-# completed within the window? An SMSC that did not see our deliver_sm_resp sends it again; a
-# new message reusing the reference differs in content (or comes after the window).
-RECENTLY_REASSEMBLED = """
-SELECT inbound_id FROM mo_parts
- WHERE connector = $1 AND from_addr = $2 AND to_addr = $3 AND ref = $4 AND total = $5
-   AND seq = $6 AND status = 'done' AND updated_at > now() - make_interval(secs => $7)
-   AND body IS NOT DISTINCT FROM $8 AND raw IS NOT DISTINCT FROM $9 AND id <> $10
- ORDER BY id DESC LIMIT 1
-"""
-
-# waiting_fragments: the queued fragments of one message, in sequence order.
-WAITING_FRAGMENTS = """
-SELECT id, seq, body, raw, data_coding, meta FROM mo_parts
- WHERE connector = $1 AND from_addr = $2 AND to_addr = $3 AND ref = $4 AND total = $5
-   AND status = 'queued'
- ORDER BY seq
-"""
-
-# insert_inbound_one: one reassembled (or timed-out) message.
-INSERT_INBOUND_ONE = """
-INSERT INTO inbound (channel, provider, connector, from_addr, to_addr, body, raw, data_coding,
-                     provider_message_id, meta, status, last_error)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-RETURNING id
-"""
-
-# finish_fragments: mark a message's fragments reassembled ('done') or timed out ('failed').
-FINISH_FRAGMENTS = """
-UPDATE mo_parts SET status = $2, inbound_id = $3, updated_at = now()
- WHERE id = ANY($1::bigint[])
-"""
-
-# expired_fragment_messages: messages whose oldest waiting fragment is older than $1 s.
-EXPIRED_FRAGMENT_MESSAGES = """
-SELECT connector, from_addr, to_addr, ref, total
-  FROM mo_parts
- WHERE status = 'queued'
- GROUP BY connector, from_addr, to_addr, ref, total
-HAVING min(created_at) < now() - make_interval(secs => $1)
- LIMIT $2
-"""
-
-# insert_receipts_batch: store a batch of receipts for the sender to match and wake it, in one
-# statement (autocommit: one round trip). RETURNING follows the input order (plain insert).
-INSERT_RECEIPTS_BATCH = """
-WITH ins AS (
-    -- the receipts, in input order
-    INSERT INTO receipts (connector, smsc_id, raw_id, stat, state, final, err, done_date, body)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::boolean[], $7::text[], $8::timestamptz[], $9::text[])
-    RETURNING id
-)
--- one NOTIFY for the statement (delivered at commit)
-SELECT ins.id FROM ins CROSS JOIN (SELECT pg_notify($10, '')) AS wake
-"""
-
-NOTIFY = "SELECT pg_notify($1, '')"
 
 
 # -- writers ------------------------------------------------------------------------------------
@@ -287,7 +104,7 @@ async def flush_inbound(conn: asyncpg.Connection, items: Sequence[InboundWrite |
         results[i] = res
         created = created or (res.complete and not res.duplicate)
     if created:
-        await conn.execute(NOTIFY, CHANNELS["inbound"])
+        await store.notify(conn, CHANNELS["inbound"])
     return [r for r in results if r is not None]
 
 
@@ -304,15 +121,16 @@ async def _insert_whole(conn: asyncpg.Connection, items: list[InboundWrite],
             first[(it.dedupe_scope, it.dedupe_key)] = i
             leaders.append(i)
     lead_items = [items[i] for i in leaders]
-    rows = await conn.fetch(INSERT_INBOUND_BATCH, *_inbound_columns(lead_items), ttl_s, notify)
+    rows = await inbound.insert(conn, lead_items, ttl_s=ttl_s, notify=notify)
     out: list[InboundResult | None] = [None] * len(items)
-    for pos, row in zip(leaders, rows, strict=True):
-        if row["created"]:
-            out[pos] = InboundResult(row["id"])
+    for pos, (mid, created) in zip(leaders, rows, strict=True):
+        if created:
+            out[pos] = InboundResult(mid)
         else:
             it = items[pos]
-            target = await conn.fetchval(FIND_DEDUPE_TARGET, it.dedupe_scope, it.dedupe_key)
-            out[pos] = InboundResult(target, duplicate=True)
+            key = (it.dedupe_scope or "", it.dedupe_key or "")
+            stored = await store.read_dedupe_keys(conn, [DedupeKey(scope=key[0], key=key[1])])
+            out[pos] = InboundResult(stored[key][0] if key in stored else None, duplicate=True)
     for i, it in enumerate(items):
         if out[i] is None:
             lead = out[first[(it.dedupe_scope or "", it.dedupe_key or "")]]
@@ -321,61 +139,52 @@ async def _insert_whole(conn: asyncpg.Connection, items: list[InboundWrite],
     return [r for r in out if r is not None]
 
 
-def _inbound_columns(items: Sequence[InboundWrite]) -> list[list[Any]]:
-    return [
-        [it.channel for it in items], [it.provider for it in items],
-        [it.connector for it in items], [it.from_addr for it in items],
-        [it.to_addr for it in items], [it.body for it in items], [it.raw for it in items],
-        [it.data_coding for it in items], [it.provider_message_id for it in items],
-        [orjson.dumps(it.meta).decode() if it.meta is not None else None for it in items],
-        [it.dedupe_scope if it.dedupe_key is not None else None for it in items],
-        [it.dedupe_key if it.dedupe_scope is not None else None for it in items],
-    ]
-
-
 async def _store_fragment(conn: asyncpg.Connection, frag: FragmentWrite, ttl_s: float,
                           replay_window_s: float) -> InboundResult:
-    await conn.execute(LOCK_MO_MESSAGE, frag.lock_key())
+    await mo_parts.lock_message(conn, frag.lock_key())
     key = (frag.connector, frag.from_addr, frag.to_addr, frag.ref, frag.total)
-    if frag.dedupe_key is not None and frag.dedupe_scope is not None:
-        claimed = await conn.fetchval(CLAIM_DEDUPE_KEY, frag.dedupe_scope, frag.dedupe_key, 0,
-                                      ttl_s)
-        if claimed is None:
-            return InboundResult(None, duplicate=True, complete=False)
+    if frag.dedupe_key is not None and frag.dedupe_scope is not None and not \
+            await mo_parts.claim_key(conn, frag.dedupe_scope, frag.dedupe_key, ttl_s=ttl_s):
+        return InboundResult(None, duplicate=True, complete=False)
     meta = {"channel": frag.channel, "provider": frag.provider,
             "provider_message_id": frag.provider_message_id}
-    part_id = await conn.fetchval(INSERT_MO_FRAGMENT, *key, frag.seq, frag.body, frag.raw,
-                                  frag.data_coding, meta)
+    part_id = await mo_parts.insert(conn, key, seq=frag.seq, body=frag.body, raw=frag.raw,
+                                    data_coding=frag.data_coding, meta=meta)
     if part_id is None:  # the same seq is already waiting: a re-send
         return InboundResult(None, duplicate=True, complete=False)
-    done_id = await conn.fetchval(RECENTLY_REASSEMBLED, *key, frag.seq, replay_window_s,
-                                  frag.body, frag.raw, part_id)
+    done_id = await mo_parts.recently_reassembled(conn, key, seq=frag.seq,
+                                                  window_s=replay_window_s, body=frag.body,
+                                                  raw=frag.raw, part_id=part_id)
     if done_id is not None:  # a re-send of a fragment of a message we already reassembled
-        await conn.execute(FINISH_FRAGMENTS, [part_id], "done", done_id)
+        await mo_parts.finish(conn, [part_id], MoPartStatus.DONE, done_id)
         return InboundResult(done_id, duplicate=True)
-    waiting = await conn.fetch(WAITING_FRAGMENTS, *key)
-    if len({r["seq"] for r in waiting}) < frag.total:
+    waiting = await mo_parts.waiting(conn, key)
+    if len({r.seq for r in waiting}) < frag.total:
         return InboundResult(None, complete=False)
-    inbound_id = await _write_message(conn, frag, waiting, status="queued", error=None)
-    await conn.execute(FINISH_FRAGMENTS, [r["id"] for r in waiting], "done", inbound_id)
+    inbound_id = await _write_message(conn, frag, waiting, status=InboundStatus.QUEUED,
+                                      error=None)
+    await mo_parts.finish(conn, [r.id for r in waiting], MoPartStatus.DONE, inbound_id)
     return InboundResult(inbound_id)
 
 
 async def _write_message(conn: asyncpg.Connection, frag: FragmentWrite,
-                         fragments: Sequence[Any], *, status: str, error: str | None) -> int:
-    bodies = [r["body"] for r in fragments]
-    raws = [r["raw"] for r in fragments]
+                         fragments: Sequence[mo_parts.Fragment], *, status: InboundStatus,
+                         error: str | None) -> int:
+    bodies = [r.body for r in fragments]
+    raws = [r.raw for r in fragments]
     meta = {"concat": {"ref": frag.ref, "total": frag.total,
-                       "received": [r["seq"] for r in fragments]},
-            "fragment_ids": [(r["meta"] or {}).get("provider_message_id") for r in fragments]}
+                       "received": [r.seq for r in fragments]},
+            "fragment_ids": [(r.meta or {}).get("provider_message_id") for r in fragments]}
     body = "".join(b for b in bodies if b is not None) if any(b is not None for b in bodies) \
         else None
     raw = b"".join(r for r in raws if r is not None) if any(r is not None for r in raws) \
         else None
-    return int(await conn.fetchval(
-        INSERT_INBOUND_ONE, frag.channel, frag.provider,
-        frag.connector if frag.channel == "smpp" else None, frag.from_addr, frag.to_addr, body,
-        raw, fragments[0]["data_coding"], frag.provider_message_id, meta, status, error))
+    return await inbound.insert_one(
+        conn, channel=frag.channel, provider=frag.provider,
+        connector=frag.connector if frag.channel == "smpp" else None, from_addr=frag.from_addr,
+        to_addr=frag.to_addr, body=body, raw=raw, data_coding=fragments[0].data_coding,
+        provider_message_id=frag.provider_message_id, meta=meta, status=status,
+        last_error=error)
 
 
 async def flush_receipts(conn: asyncpg.Connection, items: Sequence[ReceiptWrite]) -> list[int]:
@@ -383,12 +192,7 @@ async def flush_receipts(conn: asyncpg.Connection, items: Sequence[ReceiptWrite]
 
     Needs no surrounding transaction (run the committer with `transactional=False`).
     """
-    rows = await conn.fetch(
-        INSERT_RECEIPTS_BATCH, [r.connector for r in items], [r.smsc_id for r in items],
-        [r.raw_id for r in items], [r.stat for r in items], [r.state for r in items],
-        [r.final for r in items], [r.err for r in items], [r.done_date for r in items],
-        [r.body for r in items], CHANNELS["receipts"])
-    return [int(r["id"]) for r in rows]
+    return await receipts.insert(conn, items)
 
 
 async def expire_mo_fragments(conn: asyncpg.Connection, timeout_s: float, *,
@@ -400,26 +204,26 @@ async def expire_mo_fragments(conn: asyncpg.Connection, timeout_s: float, *,
     message is handled under its advisory lock, rechecked after locking).
     """
     expired = 0
-    for msg in await conn.fetch(EXPIRED_FRAGMENT_MESSAGES, timeout_s, limit):
+    for key in await mo_parts.expired_messages(conn, timeout_s, limit=limit):
         async with conn.transaction():
-            key = (msg["connector"], msg["from_addr"], msg["to_addr"], msg["ref"], msg["total"])
             probe = FragmentWrite(channel="smpp", provider=key[0], connector=key[0],
                                   from_addr=key[1], to_addr=key[2], ref=key[3], total=key[4],
                                   seq=0, body=None)
-            await conn.execute(LOCK_MO_MESSAGE, probe.lock_key())
-            waiting = await conn.fetch(WAITING_FRAGMENTS, *key)
+            await mo_parts.lock_message(conn, probe.lock_key())
+            waiting = await mo_parts.waiting(conn, key)
             if not waiting:
                 continue
-            first_meta = waiting[0]["meta"] or {}
+            first_meta = waiting[0].meta or {}
             frag = FragmentWrite(channel=first_meta.get("channel", "smpp"),
                                  provider=first_meta.get("provider", key[0]), connector=key[0],
                                  from_addr=key[1], to_addr=key[2], ref=key[3], total=key[4],
                                  seq=0, body=None)
             error = (f"incomplete concatenated MO: {len(waiting)} of {key[4]} parts "
                      f"after {timeout_s:.0f}s")
-            inbound_id = await _write_message(conn, frag, waiting, status="failed", error=error)
-            await conn.execute(FINISH_FRAGMENTS, [r["id"] for r in waiting], "failed",
-                               inbound_id)
+            inbound_id = await _write_message(conn, frag, waiting, status=InboundStatus.FAILED,
+                                              error=error)
+            await mo_parts.finish(conn, [r.id for r in waiting], MoPartStatus.FAILED,
+                                  inbound_id)
             expired += 1
     return expired
 

@@ -14,15 +14,28 @@ from typing import Final, LiteralString
 
 import asyncpg
 
-from smsgw.shared.queue.records import ReceiptMatch
+from smsgw.shared.queue.listener import CHANNELS
+from smsgw.shared.queue.records import ReceiptMatch, ReceiptWrite
 from smsgw.shared.queue.sql import load
 
 _SQL: Final = load("receipts")
 STATEMENTS: Final[dict[str, LiteralString]] = {f"receipts.{k}": v for k, v in _SQL.items()}
 """Statement label → SQL of every statement this module runs (the PREPARE test reads it)."""
 
+_INSERT: Final = _SQL["insert"]
 _MATCH: Final = _SQL["match"]
 _ORPHAN: Final = _SQL["orphan"]
+
+
+async def insert(conn: asyncpg.Connection, items: Sequence[ReceiptWrite]) -> list[int]:
+    """Store receipts and wake the matchers in one statement (autocommit: one round trip);
+    returns the ids in input order. Needs no surrounding transaction."""
+    rows = await conn.fetch(
+        _INSERT, [r.connector for r in items], [r.smsc_id for r in items],
+        [r.raw_id for r in items], [r.stat for r in items], [r.state for r in items],
+        [r.final for r in items], [r.err for r in items], [r.done_date for r in items],
+        [r.body for r in items], CHANNELS["receipts"])
+    return [int(r["id"]) for r in rows]
 
 
 async def match(conn: asyncpg.Connection, *, limit: int, connectors: Sequence[str],

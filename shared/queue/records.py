@@ -8,11 +8,14 @@ name (an asyncpg Record, a dict); a row from `<table>_history` fits the same rec
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar, NamedTuple, Protocol, Self
+
+import orjson
 
 
 class _Row(Protocol):
@@ -302,6 +305,105 @@ class MoPart(_FromRecord):
     created_at: datetime
     updated_at: datetime
     meta: Any  # added by migration 0003
+
+
+# -- what the owners insert ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MtItem:
+    """One validated MT ready to store (numbers already E.164)."""
+
+    account_id: int
+    source: str  # 'api' | 'sendsms'
+    from_addr: str
+    to_addr: str
+    body: str
+    category: str
+    priority: int = 0
+    encoding: str | None = None
+    client_ref: str | None = None
+    callback_url: str | None = None
+    dlr_mask: int | None = None
+    send_at: datetime | None = None
+    valid_until: datetime | None = None
+    route_hint: str | None = None
+    meta: dict[str, Any] | None = None
+    validity_s: int | None = None  # as requested (valid_until is computed from "now")
+
+    def fingerprint(self) -> str:
+        """Content hash telling a retry (same content) from a reused client_ref.
+
+        Made of what the client sent (normalised), never of values computed at intake: a retry
+        a minute later has a later `valid_until` but the same `validity_s`.
+        """
+        content = (self.from_addr, self.to_addr, self.body, self.category, self.priority,
+                   self.encoding, self.callback_url, self.dlr_mask,
+                   self.send_at.isoformat() if self.send_at else None, self.validity_s,
+                   self.route_hint)
+        return hashlib.sha256(orjson.dumps(content)).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InboundWrite:
+    """One whole MO message to store (numbers already normalised).
+
+    `dedupe_scope`/`dedupe_key` (e.g. "mo:twilio", the MessageSid) make a redelivery a no-op.
+    """
+
+    channel: str  # 'smpp' | 'http' | 'cli'
+    provider: str
+    connector: str | None
+    from_addr: str
+    to_addr: str
+    body: str | None
+    raw: bytes | None = None
+    data_coding: int | None = None
+    provider_message_id: str | None = None
+    meta: dict[str, Any] | None = None
+    dedupe_scope: str | None = None
+    dedupe_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FragmentWrite:
+    """One fragment of a concatenated MO; `connector` names the link (or webhook provider)."""
+
+    channel: str
+    provider: str
+    connector: str
+    from_addr: str
+    to_addr: str
+    ref: int
+    total: int
+    seq: int
+    body: str | None
+    raw: bytes | None = None
+    data_coding: int | None = None
+    provider_message_id: str | None = None
+    dedupe_scope: str | None = None
+    dedupe_key: str | None = None
+
+    def lock_key(self) -> int:
+        """64-bit advisory lock key of the message this fragment belongs to."""
+        text = f"mo_parts|{self.connector}|{self.from_addr}|{self.to_addr}|{self.ref}|{self.total}"
+        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big",
+                              signed=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReceiptWrite:
+    """One delivery receipt to store for matching (smsc_id already normalised per connector)."""
+
+    connector: str
+    smsc_id: str
+    raw_id: str | None
+    stat: str | None
+    state: str | None
+    final: bool
+    err: str | None
+    done_date: datetime | None
+    body: str | None
 
 
 # -- rows the owners' statements return -------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any, Final, LiteralString, TypeAlias
 import asyncpg
 
 from smsgw.shared.core import db
+from smsgw.shared.queue import mo_parts, outbound
 from smsgw.shared.queue.listener import CHANNELS
 from smsgw.shared.queue.records import (
     Callback,
@@ -45,7 +46,9 @@ from smsgw.shared.queue.records import (
     Receipt,
     ReceiptStatus,
 )
-from smsgw.shared.queue.sql import QUERIES
+from smsgw.shared.queue.sql import load
+
+_SQL: Final = load("queue")  # the core's statements (templates still hold {placeholders})
 
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
 Record: TypeAlias = InboundMessage | OutboundMessage | Receipt | Callback | MoPart
@@ -158,7 +161,7 @@ def _stamp(table: str, status_expr: str) -> str:
 @lru_cache(maxsize=512)
 def _q(name: str, table: str = "", variant: str = "") -> LiteralString:
     """The SQL of query `name` for `table` (and a variant, e.g. the head-of-line column)."""
-    sql = QUERIES[name]
+    sql = _SQL[name]
     if not table:
         return sql
     spec = TABLES[table]
@@ -194,7 +197,7 @@ def _enqueue_sql(table: str, cols: tuple[str, ...], dedupe: bool) -> LiteralStri
     exprs = ", ".join(
         f"coalesce(src.{c}, {spec.columns[c][1]})" if spec.columns[c][1] else f"src.{c}"
         for c in cols)
-    sql = QUERIES["enqueue_dedupe" if dedupe else "enqueue"]
+    sql = _SQL["enqueue_dedupe" if dedupe else "enqueue"]
     return sql.format(t=table, unnest=unnest, ucols=", ".join(cols), cols=", ".join(cols),
                       exprs=exprs)  # type: ignore[return-value]
 
@@ -255,10 +258,7 @@ async def _dedupe_results(conn: Conn, recs: Sequence[asyncpg.Record],
     missing = [r["ord"] - 1 for r in recs if r["keyed"] and r["target_id"] is None]
     late: dict[tuple[str, str], tuple[int, str | None]] = {}
     if missing:
-        keys = [dedupe[i] for i in missing]
-        found = await conn.fetch(QUERIES["read_dedupe_keys"], [k.scope for k in keys if k],
-                                 [k.key for k in keys if k])
-        late = {(f["scope"], f["key"]): (f["target_id"], f["fingerprint"]) for f in found}
+        late = await read_dedupe_keys(conn, [k for k in (dedupe[i] for i in missing) if k])
     out = []
     for r in recs:
         i = r["ord"] - 1
@@ -274,6 +274,18 @@ async def _dedupe_results(conn: Conn, recs: Sequence[asyncpg.Record],
             else key.fingerprint == target_fp
         out.append(EnqueueResult(index=i, id=target, duplicate=dup, fingerprint_match=match))
     return out
+
+
+async def read_dedupe_keys(conn: Conn, keys: Sequence[DedupeKey]
+                           ) -> dict[tuple[str, str], tuple[int, str | None]]:
+    """The stored target id and fingerprint of each (scope, key) of `keys` that exists.
+
+    Run as a statement of its own after an insert that claimed keys: in READ COMMITTED it sees
+    keys committed by concurrent transactions the insert waited for.
+    """
+    found = await conn.fetch(_SQL["read_dedupe_keys"], [k.scope for k in keys],
+                             [k.key for k in keys])
+    return {(f["scope"], f["key"]): (f["target_id"], f["fingerprint"]) for f in found}
 
 
 # -- claims --------------------------------------------------------------------------------------
@@ -298,9 +310,9 @@ async def claim_tx(conn: asyncpg.Connection, table: str, *, limit: int,
     # the queue looked empty sorted every queued row per claim (60 ms instead of 0.5 ms at
     # 10k rows with the head-of-line condition), and asyncpg's cached generic plan kept it.
     # No try/finally: after an error the transaction is aborted and SET LOCAL ends with it.
-    await conn.execute(QUERIES["pin_claim_plan"])
+    await conn.execute(_SQL["pin_claim_plan"])
     rows = await conn.fetch(_q("claim_tx", table, hol_column or ""), limit)
-    await conn.execute(QUERIES["unpin_claim_plan"])
+    await conn.execute(_SQL["unpin_claim_plan"])
     return [spec.record.from_record(r) for r in rows]
 
 
@@ -427,7 +439,7 @@ async def notify(conn: Conn, channel: str) -> None:
     """Send one NOTIFY on `channel` (a `CHANNELS` value); delivered when the transaction commits."""
     if channel not in CHANNELS.values():
         raise ValueError(f"unknown channel {channel!r}")
-    await conn.execute(QUERIES["notify"], channel)
+    await conn.execute(_SQL["notify"], channel)
 
 
 async def log_events(conn: Conn,
@@ -437,13 +449,13 @@ async def log_events(conn: Conn,
     if not rows:
         return
     tables, ids, events, details = zip(*rows, strict=True)
-    await conn.execute(QUERIES["log_events"], list(tables), list(ids), list(events),
+    await conn.execute(_SQL["log_events"], list(tables), list(ids), list(events),
                        list(details), daemon)
 
 
 async def read_events(conn: Conn, message_table: str, message_id: int) -> list[Event]:
     """One message's event log, oldest first (still readable after the retention move)."""
-    rows = await conn.fetch(QUERIES["read_events"], message_table, message_id)
+    rows = await conn.fetch(_SQL["read_events"], message_table, message_id)
     return [Event.from_record(r) for r in rows]
 
 
@@ -514,12 +526,12 @@ async def run_retention(pool: Conn, settings: RetentionSettings) -> dict[str, in
     (inside one transaction the moved rows stay locked and the work is lost on error).
     """
     async with _acquire(pool) as conn:
-        if not await conn.fetchval(QUERIES["try_lock"], RETENTION_LOCK_KEY):
+        if not await conn.fetchval(_SQL["try_lock"], RETENTION_LOCK_KEY):
             return None
         try:
             return await _retention_steps(conn, settings)
         finally:
-            await conn.execute(QUERIES["unlock"], RETENTION_LOCK_KEY)
+            await conn.execute(_SQL["unlock"], RETENTION_LOCK_KEY)
 
 
 async def _retention_steps(conn: asyncpg.Connection, s: RetentionSettings) -> dict[str, int]:
@@ -528,11 +540,11 @@ async def _retention_steps(conn: asyncpg.Connection, s: RetentionSettings) -> di
     for table in HISTORY_TABLES:
         out[f"{table}_moved"] = await _batches(
             conn, _q("move_finished", table), float(s.finished_s), float(s.dead_s), **kw)
-    out["dedupe_keys_purged"] = await _batches(conn, QUERIES["purge_dedupe_keys"], **kw)
-    out["outbound_part_purged"] = await _batches(conn, QUERIES["purge_parts"],
+    out["dedupe_keys_purged"] = await _batches(conn, _SQL["purge_dedupe_keys"], **kw)
+    out["outbound_part_purged"] = await _batches(conn, outbound.PURGE_PARTS,
                                                  float(s.parts_s), **kw)
-    out["events_purged"] = await _batches(conn, QUERIES["purge_events"], float(s.events_s), **kw)
-    out["mo_parts_purged"] = await _batches(conn, QUERIES["purge_mo_parts"],
+    out["events_purged"] = await _batches(conn, _SQL["purge_events"], float(s.events_s), **kw)
+    out["mo_parts_purged"] = await _batches(conn, mo_parts.PURGE,
                                             float(s.finished_s), **kw)
     for table in ("inbound", "outbound", "callbacks"):
         out[f"{table}_bodies_purged"] = await _batches(
@@ -591,7 +603,7 @@ def _stats_sql() -> LiteralString:
         else:
             oldest = f"(SELECT min(created_at) FROM {table} WHERE status = '{status}')"
         parts.append(f"SELECT '{table}'::text, '{status}'::text, {depth}, {oldest}")
-    return QUERIES["refresh_queue_stats"].format(parts="\n    UNION ALL ".join(parts))  # type: ignore[return-value]
+    return _SQL["refresh_queue_stats"].format(parts="\n    UNION ALL ".join(parts))  # type: ignore[return-value]
 
 
 # The per-account due snapshot walks at most this many (category, account) pairs.
@@ -634,11 +646,11 @@ async def refresh_queue_stats(conn: Conn, *, cap: int = 100_000, analyze_min_dep
     """
     rows = await conn.fetch(_stats_sql(), cap)
     # Per-account due depth for fair admission control (services/receiver/admission.py).
-    await conn.execute(QUERIES["refresh_account_depth"], cap, ACCOUNT_DEPTH_MAX_ACCOUNTS)
+    await conn.execute(_SQL["refresh_account_depth"], cap, ACCOUNT_DEPTH_MAX_ACCOUNTS)
     depth: dict[str, int] = {}
     for r in rows:
         depth[r["queue"]] = max(depth.get(r["queue"], 0), int(r["depth"]))
-    stale = [r["queue"] for r in await conn.fetch(QUERIES["planner_stats"], list(depth),
+    stale = [r["queue"] for r in await conn.fetch(_SQL["planner_stats"], list(depth),
                                                   float(analyze_every_s))
              if r["may_analyze"] and _stale(r, depth[r["queue"]], analyze_min_depth)]
     for table in stale:
@@ -648,63 +660,91 @@ async def refresh_queue_stats(conn: Conn, *, cap: int = 100_000, analyze_min_dep
 
 async def read_queue_stats(conn: Conn) -> list[QueueStat]:
     """The last snapshot: what admission control and the depth gauges read (never a COUNT)."""
-    return [QueueStat.from_record(r) for r in await conn.fetch(QUERIES["read_queue_stats"])]
+    return [QueueStat.from_record(r) for r in await conn.fetch(_SQL["read_queue_stats"])]
 
 
 async def read_account_depth(conn: Conn) -> dict[int, int]:
     """The last per-account snapshot of due queued MTs: account id (0: no account) → count."""
     return {int(r["account_id"]): int(r["due"])
-            for r in await conn.fetch(QUERIES["read_account_depth"])}
+            for r in await conn.fetch(_SQL["read_account_depth"])}
 
 
 async def try_advisory_lock(conn: asyncpg.Connection, key: int) -> bool:
     """Take session advisory lock `key` if free (release with `advisory_unlock`)."""
     db.mark_session_state(conn)  # a pooled connection gets the full reset at release
-    return bool(await conn.fetchval(QUERIES["try_lock"], key))
+    return bool(await conn.fetchval(_SQL["try_lock"], key))
 
 
 async def advisory_unlock(conn: asyncpg.Connection, key: int) -> None:
     """Release a session advisory lock taken with `try_advisory_lock`."""
-    await conn.execute(QUERIES["unlock"], key)
+    await conn.execute(_SQL["unlock"], key)
 
 
 # -- PREPARE-all support ---------------------------------------------------------------------------
 
 
-def all_queries() -> list[tuple[str, str]]:
-    """(label, SQL) of every query this module can run, for the PREPARE-everything test."""
-    out: list[tuple[str, str]] = []
+def _statements() -> dict[str, LiteralString]:
+    out: dict[str, LiteralString] = {}
     per_table = ("claim_tx", "ack", "retry", "fail", "update_many", "requeue_dead", "count_dead")
     for table in QUEUE_TABLES:
         spec = TABLES[table]
-        out += [(f"{n}[{table}]", _q(n, table)) for n in per_table]
-        out += [(f"claim_tx[{table},{c}]", _q("claim_tx", table, c)) for c in HOL_COLUMNS[table]]
+        out |= {f"{n}[{table}]": _q(n, table) for n in per_table}
+        out |= {f"claim_tx[{table},{c}]": _q("claim_tx", table, c) for c in HOL_COLUMNS[table]}
         cols = tuple(spec.columns)
-        out += [(f"enqueue[{table}]", _enqueue_sql(table, cols, False)),
-                (f"enqueue_dedupe[{table}]", _enqueue_sql(table, cols, True))]
+        out[f"enqueue[{table}]"] = _enqueue_sql(table, cols, False)
+        out[f"enqueue_dedupe[{table}]"] = _enqueue_sql(table, cols, True)
     for table in LEASE_TABLES:
-        out += [(f"{n}[{table}]", _q(n, table))
-                for n in ("claim_leased", "claim_leased_reclaim", "extend_lease", "release")]
-    for table in HISTORY_TABLES:
-        out += [(f"move_finished[{table}]", _q("move_finished", table))]
-    for table in ("inbound", "outbound"):
-        out += [(f"find_message[{table}]", _q("find_message", table))]
-    for table in ("inbound", "outbound", "callbacks"):
-        out += [(f"purge_bodies[{table}]", _q("purge_bodies", table))]
-    plain = ("read_dedupe_keys", "log_events", "read_events", "purge_mo_parts",
-             "purge_dedupe_keys", "purge_parts", "purge_events", "read_queue_stats",
-             "refresh_account_depth", "read_account_depth", "planner_stats", "try_lock",
-             "unlock", "notify")
-    out += [(n, QUERIES[n]) for n in plain]
-    out.append(("refresh_queue_stats", _stats_sql()))
+        out |= {f"{n}[{table}]": _q(n, table)
+                for n in ("claim_leased", "claim_leased_reclaim", "extend_lease", "release")}
+    out |= {f"move_finished[{table}]": _q("move_finished", table) for table in HISTORY_TABLES}
+    out |= {f"find_message[{table}]": _q("find_message", table)
+            for table in ("inbound", "outbound")}
+    out |= {f"purge_bodies[{table}]": _q("purge_bodies", table)
+            for table in ("inbound", "outbound", "callbacks")}
+    plain = ("read_dedupe_keys", "log_events", "read_events", "purge_dedupe_keys",
+             "purge_events", "read_queue_stats", "refresh_account_depth", "read_account_depth",
+             "planner_stats", "try_lock", "unlock", "notify")
+    out |= {n: _SQL[n] for n in plain}
+    out["refresh_queue_stats"] = _stats_sql()
     return out
 
 
+STATEMENTS: Final[dict[str, LiteralString]] = _statements()
+"""Statement label → SQL of every statement the queue core runs, each template filled for
+every table it serves (the PREPARE test reads it; the owners have their own). Not here:
+`pin_claim_plan`/`unpin_claim_plan`, two SETs each, which run by the simple protocol."""
+
+
 __all__ = [
-    "HISTORY_TABLES", "LEASE_TABLES", "QUEUE_TABLES", "RETENTION_LOCK_KEY", "STATS_LOCK_KEY",
-    "DedupeKey", "RetentionSettings", "ack", "advisory_unlock", "all_queries", "claim_leased",
-    "claim_tx", "enqueue", "extend_lease", "fail", "find_inbound", "find_outbound",
-    "log_events", "move_finished", "notify", "read_account_depth", "read_events",
-    "read_queue_stats", "refresh_queue_stats", "release", "requeue_dead", "retry", "run_retention",
-    "try_advisory_lock", "update_many",
+    "HISTORY_TABLES",
+    "LEASE_TABLES",
+    "QUEUE_TABLES",
+    "RETENTION_LOCK_KEY",
+    "STATEMENTS",
+    "STATS_LOCK_KEY",
+    "DedupeKey",
+    "RetentionSettings",
+    "ack",
+    "advisory_unlock",
+    "claim_leased",
+    "claim_tx",
+    "enqueue",
+    "extend_lease",
+    "fail",
+    "find_inbound",
+    "find_outbound",
+    "log_events",
+    "move_finished",
+    "notify",
+    "read_account_depth",
+    "read_dedupe_keys",
+    "read_events",
+    "read_queue_stats",
+    "refresh_queue_stats",
+    "release",
+    "requeue_dead",
+    "retry",
+    "run_retention",
+    "try_advisory_lock",
+    "update_many",
 ]

@@ -7,8 +7,10 @@ import asyncio
 import asyncpg
 import pytest
 
+from smsgw.services.receiver.store import MtOutcome, flush_mt
+from smsgw.shared.domain.intake import flush_inbound
 from smsgw.shared.queue import store
-from smsgw.shared.queue.records import DedupeKey
+from smsgw.shared.queue.records import DedupeKey, InboundWrite, MtItem
 
 from .conftest import Connect, inbound_row, outbound_row
 
@@ -128,3 +130,62 @@ async def test_dedupe_key_committed_while_waiting(pool: asyncpg.Pool, connect: C
     assert [(r.id, r.duplicate, r.fingerprint_match) for r in res] == [
         (orig.id, True, True), (orig.id, True, False)]
     assert await pool.fetchval("SELECT count(*) FROM inbound") == 1
+
+
+async def test_expired_key_not_yet_purged_is_taken_over(pool: asyncpg.Pool) -> None:
+    """The one dedupe rule (shared/queue/sql/dedupe.sql), for each of the three key claimers:
+    the queue core's enqueue, the receiver's MT flush and the shared MO intake.
+    1. Store a row under a key, then let the key expire without the retention job purging it.
+    2. Resubmit under the same key (with other content): a new row is stored, not reported as
+       a duplicate or a conflict, and the key now points at the new row.
+    3. Resubmit again while the key is live: a duplicate of the new row.
+    (Before there was one rule the core's ON CONFLICT DO NOTHING answered step 2 with the old
+    row, while the other two took the key over.)"""
+    async def expire_all() -> None:
+        await pool.execute("UPDATE dedupe_keys SET expires_at = now() - interval '1 second'")
+
+    async def target(scope: str, key: str) -> int:
+        return await pool.fetchval(
+            "SELECT target_id FROM dedupe_keys WHERE scope = $1 AND key = $2", scope, key)
+
+    # the queue core
+    k1, k2 = DedupeKey(scope="s", key="k", fingerprint="f1"), DedupeKey(scope="s", key="k",
+                                                                         fingerprint="f2")
+    (first,) = await store.enqueue(pool, "outbound", [outbound_row()], dedupe=[k1])
+    await expire_all()
+    (second,) = await store.enqueue(pool, "outbound", [outbound_row()], dedupe=[k2])
+    assert not second.duplicate and second.id != first.id
+    assert await target("s", "k") == second.id
+    (third,) = await store.enqueue(pool, "outbound", [outbound_row()], dedupe=[k2])
+    assert third.duplicate and third.id == second.id and third.fingerprint_match
+
+    # the receiver's MT flush (client_ref)
+    def mt(text: str) -> MtItem:
+        return MtItem(account_id=7, source="api", from_addr="Brand", to_addr="+447700900123",
+                      body=text, category="transactional", client_ref="ref-1")
+
+    async with pool.acquire() as conn, conn.transaction():
+        (a,) = await flush_mt(conn, [mt("one")], ttl_s=60)
+    await expire_all()
+    async with pool.acquire() as conn, conn.transaction():
+        (b,) = await flush_mt(conn, [mt("two")], ttl_s=60)
+    assert (b.outcome, b.id != a.id) == (MtOutcome.CREATED, True)
+    assert await target("mt:7", "ref-1") == b.id
+    async with pool.acquire() as conn, conn.transaction():
+        (c,) = await flush_mt(conn, [mt("two")], ttl_s=60)
+    assert (c.outcome, c.id) == (MtOutcome.DUPLICATE, b.id)
+
+    # the shared MO intake (provider message id)
+    def mo() -> InboundWrite:
+        return InboundWrite(channel="http", provider="twilio", connector=None,
+                            from_addr="+447700900123", to_addr="12345", body="hi",
+                            dedupe_scope="mo:twilio", dedupe_key="SM1")
+
+    async with pool.acquire() as conn:
+        (x,) = await flush_inbound(conn, [mo()], ttl_s=60)
+        await expire_all()
+        (y,) = await flush_inbound(conn, [mo()], ttl_s=60)
+        (z,) = await flush_inbound(conn, [mo()], ttl_s=60)
+    assert not y.duplicate and y.inbound_id != x.inbound_id
+    assert await target("mo:twilio", "SM1") == y.inbound_id
+    assert z.duplicate and z.inbound_id == y.inbound_id

@@ -8,7 +8,7 @@ import asyncpg
 
 from smsgw.shared.queue import store
 from smsgw.shared.queue.records import DedupeKey
-from smsgw.shared.queue.sql import QUERIES
+from smsgw.shared.queue.sql import load
 
 from .conftest import inbound_row, outbound_row
 
@@ -154,7 +154,7 @@ async def test_stats_refresh_reanalyzes_a_queue_the_planner_thinks_empty(
     async def plan(pinned: bool = False) -> str:
         async with pool.acquire() as conn, conn.transaction():
             if pinned:
-                await conn.execute(QUERIES["pin_claim_plan"])
+                await conn.execute(load("queue")["pin_claim_plan"])
             rows = await conn.fetch("EXPLAIN (COSTS OFF) " + claim, 100)
         return "\n".join(r[0] for r in rows)
 

@@ -3,11 +3,14 @@
 `queue.sql` holds the queue core's statements (`shared.queue.store`); `<table>.sql` holds the
 statements of the module that owns that queue table (`shared.queue.outbound`, `.inbound`,
 `.receipts`, `.callbacks`, `.mo_parts`). Each block starts with `-- name: <statement>` followed
-by a description line (`-- ...`); the comments inside a statement stay part of it. The core's
-statements that serve several queue tables are templates with `{t}` (the table) and a few
+by a description line (`-- ...`); the comments inside a statement stay part of it.
+
+`dedupe.sql` holds fragments, not statements: `{take_over_expired}` in any file is replaced at
+load time by the one dedupe rule (the ON CONFLICT clause of every key claim). The core's
+statements that serve several queue tables are also templates with `{t}` (the table) and a few
 other `{placeholders}` for SQL fragments; `shared.queue.store` fills them only with
 whitelisted identifiers and constant fragments it owns — never with caller data, which always
-travels as `$n` parameters. The owners' files hold no placeholders.
+travels as `$n` parameters.
 """
 
 from __future__ import annotations
@@ -20,8 +23,7 @@ _BLOCK_RE = re.compile(r"^-- name: (?P<name>[a-z_]+)\n(?P<body>.*?)(?=^-- name: 
                        re.MULTILINE | re.DOTALL)
 
 
-def load(owner: str) -> dict[str, LiteralString]:
-    """Statement name → SQL text of `<owner>.sql` (templates still hold their `{placeholders}`)."""
+def _blocks(owner: str) -> dict[str, LiteralString]:
     text = importlib.resources.files(__name__).joinpath(f"{owner}.sql").read_text("utf-8")
     queries: dict[str, LiteralString] = {}
     for m in _BLOCK_RE.finditer(text):
@@ -34,5 +36,22 @@ def load(owner: str) -> dict[str, LiteralString]:
     return queries
 
 
-QUERIES: dict[str, LiteralString] = load("queue")
-"""The queue core's statement name → SQL text (templates still hold their `{placeholders}`)."""
+def _fragment(sql: str) -> str:
+    # a fragment is inserted without its description comment
+    return "\n".join(line for line in sql.splitlines() if not line.startswith("--"))
+
+
+FRAGMENTS: dict[str, str] = {k: _fragment(v) for k, v in _blocks("dedupe").items()}
+"""Fragment name → SQL text (`{take_over_expired}`: the dedupe rule)."""
+
+
+def load(owner: str) -> dict[str, LiteralString]:
+    """Statement name → SQL text of `<owner>.sql`, fragments filled in (the core's templates
+    still hold their other `{placeholders}`)."""
+    out: dict[str, LiteralString] = {}
+    for name, sql in _blocks(owner).items():
+        for frag, text in FRAGMENTS.items():
+            sql = sql.replace("{" + frag + "}", text)  # type: ignore[assignment]
+        out[name] = sql
+    return out
+

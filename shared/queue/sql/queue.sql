@@ -19,11 +19,12 @@ SELECT array_agg(src.id ORDER BY src.ord) AS ids,
   FROM src
 
 -- name: enqueue_dedupe
--- Insert a batch whose rows may carry dedupe keys: a row is inserted only when its key is new.
--- The first row of a key in the batch wins; later ones (and keys already stored) report the
--- original target id and fingerprint. ON CONFLICT DO NOTHING waits for a concurrent inserter of
--- the same key and then skips, so no unique violation reaches the caller; the original id of a
--- key committed concurrently is not in this statement's snapshot and is read back afterwards.
+-- Insert a batch whose rows may carry dedupe keys: a row is inserted only when its key is new
+-- or expired (the dedupe rule, dedupe.sql). The first row of a key in the batch wins; later
+-- ones (and keys still live) report the original target id and fingerprint. The ON CONFLICT
+-- clause waits for a concurrent inserter of the same key and then leaves its key alone, so no
+-- unique violation reaches the caller; the original id of a key committed concurrently is not
+-- in this statement's snapshot and is read back afterwards.
 WITH src AS MATERIALIZED (
     -- one row per input row, ids taken from the identity's sequence in input order
     SELECT nextval('{t}_id_seq') AS id, u.*
@@ -33,14 +34,15 @@ WITH src AS MATERIALIZED (
     SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::float8[])
                   WITH ORDINALITY AS d(scope, key, fingerprint, ttl_s, ord)
 ), keys AS (
-    -- claim the new keys; ORDER BY makes the first row of a repeated key the one inserted
+    -- claim the new (and expired) keys; DISTINCT ON passes only the first row of a repeated
+    -- key (the ON CONFLICT clause may touch a key once per statement)
     INSERT INTO dedupe_keys (scope, key, target_table, target_id, fingerprint, expires_at)
-    SELECT dk.scope, dk.key, '{t}', src.id, dk.fingerprint,
+    SELECT DISTINCT ON (dk.scope, dk.key) dk.scope, dk.key, '{t}', src.id, dk.fingerprint,
            now() + make_interval(secs => coalesce(dk.ttl_s, 604800))
       FROM dk JOIN src USING (ord)
      WHERE dk.key IS NOT NULL
-     ORDER BY dk.ord
-    ON CONFLICT DO NOTHING
+     ORDER BY dk.scope, dk.key, dk.ord
+    {take_over_expired}
     RETURNING scope, key, target_id, fingerprint
 ), ins AS (
     -- the rows without a key, and those whose key was new
@@ -257,26 +259,11 @@ WITH moved AS (
 )
 INSERT INTO {h} SELECT * FROM moved
 
--- name: purge_mo_parts
--- Delete reassembled or timed-out MO fragments older than $1 seconds (up to $2 rows).
-DELETE FROM mo_parts
- WHERE id IN (SELECT id FROM mo_parts
-               WHERE status <> 'queued' AND updated_at < now() - make_interval(secs => $1)
-               ORDER BY id LIMIT $2)
-
 -- name: purge_dedupe_keys
 -- Delete up to $1 dedupe keys past their expires_at (never earlier: dedupe outlives the move).
 DELETE FROM dedupe_keys
  WHERE (scope, key) IN (SELECT scope, key FROM dedupe_keys
                          WHERE expires_at < now() ORDER BY expires_at LIMIT $1)
-
--- name: purge_parts
--- Delete up to $2 outbound_part rows created more than $1 seconds ago (no receipt can still
--- arrive for them: the smsc id → part map is kept that long).
-DELETE FROM outbound_part
- WHERE id IN (SELECT id FROM outbound_part
-               WHERE created_at < now() - make_interval(secs => $1)
-               ORDER BY id LIMIT $2)
 
 -- name: purge_events
 -- Delete up to $2 events older than $1 seconds.

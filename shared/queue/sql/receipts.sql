@@ -1,6 +1,19 @@
 -- The statements that write the `receipts` queue (shared/queue/receipts.py owns them).
 -- Data goes in $n only.
 
+-- name: insert
+-- store a batch of receipts for the sender to match and wake it, in one
+-- statement (autocommit: one round trip). RETURNING follows the input order (plain insert).
+WITH ins AS (
+    -- the receipts, in input order
+    INSERT INTO receipts (connector, smsc_id, raw_id, stat, state, final, err, done_date, body)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::boolean[], $7::text[], $8::timestamptz[], $9::text[])
+    RETURNING id
+)
+-- one NOTIFY for the statement (delivered at commit)
+SELECT ins.id FROM ins CROSS JOIN (SELECT pg_notify($10, '')) AS wake
+
 -- name: match
 -- Match up to $1 due receipts in one statement (run inside the caller's transaction):
 -- - `sib`: receipt connector → connectors whose parts it may match (same operator group),

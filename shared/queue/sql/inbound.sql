@@ -1,0 +1,49 @@
+-- The statements that write the `inbound` queue beyond the queue core's generic ones
+-- (shared/queue/inbound.py owns them). Data goes in $n only; {take_over_expired} is the one
+-- dedupe rule (dedupe.sql).
+
+-- name: insert
+-- insert whole MO messages, claiming each provider id in dedupe_keys.
+-- Returns, per input position, the id drawn and whether the row was inserted.
+WITH input AS (
+    -- one row per message, in caller order
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::bytea[], $8::smallint[], $9::text[], $10::text[], $11::text[],
+                         $12::text[])
+        WITH ORDINALITY AS t(channel, provider, connector, from_addr, to_addr, body, raw,
+                             data_coding, provider_message_id, meta, dedupe_scope, dedupe_key,
+                             ord)
+), numbered AS MATERIALIZED (
+    -- draw ids first so each dedupe key points at its row
+    SELECT nextval('inbound_id_seq') AS id, input.* FROM input
+), keys AS (
+    -- claim provider ids (an expired key is taken over: the dedupe rule, dedupe.sql)
+    INSERT INTO dedupe_keys (scope, key, target_table, target_id, expires_at)
+    SELECT dedupe_scope, dedupe_key, 'inbound', id, now() + make_interval(secs => $13)
+      FROM numbered WHERE dedupe_key IS NOT NULL
+    {take_over_expired}
+    RETURNING target_id
+), ins AS (
+    -- rows without a key and rows whose key is new
+    INSERT INTO inbound (id, channel, provider, connector, from_addr, to_addr, body, raw,
+                         data_coding, provider_message_id, meta)
+    OVERRIDING SYSTEM VALUE
+    SELECT id, channel, provider, connector, from_addr, to_addr, body, raw, data_coding,
+           provider_message_id, meta::jsonb
+      FROM numbered
+     WHERE dedupe_key IS NULL OR id IN (SELECT target_id FROM keys)
+    RETURNING id
+)
+-- one NOTIFY on channel $14 when a row was inserted (NULL: none), delivered at commit
+SELECT n.ord, n.id, (i.id IS NOT NULL) AS created
+  FROM numbered n LEFT JOIN ins i ON i.id = n.id
+ CROSS JOIN (SELECT CASE WHEN $14::text IS NOT NULL AND EXISTS (SELECT 1 FROM ins)
+                         THEN pg_notify($14::text, '') END) AS wake
+ ORDER BY n.ord
+
+-- name: insert_one
+-- one reassembled (or timed-out) message.
+INSERT INTO inbound (channel, provider, connector, from_addr, to_addr, body, raw, data_coding,
+                     provider_message_id, meta, status, last_error)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+RETURNING id
