@@ -6,6 +6,13 @@
 * tolerated deviations (key case, `Text:`/`TEXT:`, `submit_date`, extra blanks, missing
   sub/dlvrd, `text:none`, no text) parse like the spec layout they deviate from;
 * both equal `_original`, a copy of the strptime-based parser this replaced (the model).
+
+The model shares nothing with the code under test but the `Receipt` record it fills in: its
+own stat table (`_M_STAT_MAP`, written out from SMPP 3.4 5.2.28 / Kannel / Vumi as documented
+in `shared/smpp/receipts.py`), its own intermediate-state set and esm_class test, and its own
+digit-by-digit id conversions (`_m_apply_mode`), so a bug in `receipts._apply_mode`, the stat
+map or `is_intermediate_notification` cannot cancel out. Published receipts with their fields
+read by hand are in tests/smpp/test_receipts_published.py.
 """
 
 import re
@@ -22,7 +29,6 @@ from smsgw.shared.smpp.pdu import Tag
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"]
-STATS = [*R.DEFAULT_STAT_MAP, "WEIRD", "delivrd", "Undeliv"]
 OVERRIDES = [None, {}, {"ACCEPTD": "delivered", "UNKNOWN": "enroute", "delivrd": "rejected"}]
 KEYS = ["id", "sub", "dlvrd", "submit date", "done date", "stat", "err", "text"]
 
@@ -65,20 +71,84 @@ def _m_int(value: str | None) -> int | None:
     return int(value.strip()) if value is not None and value.strip().isdigit() else None
 
 
+# The model's own stat table: status word -> part state (SMPP 3.4 5.2.28 message states, Kannel
+# and Vumi spellings); "enroute" and "accepted" are intermediate (not final).
+_M_STAT_MAP: dict[str, str] = {
+    "DELIVRD": "delivered", "DELIVERED": "delivered",
+    "EXPIRED": "expired",
+    "DELETED": "undeliverable", "UNDELIV": "undeliverable", "UNDELIVERABLE": "undeliverable",
+    "FAILED": "undeliverable", "SKIPPED": "undeliverable",
+    "REJECTD": "rejected", "REJECTED": "rejected",
+    "UNKNOWN": "unknown_receipt",
+    "ENROUTE": "enroute", "SCHEDULED": "enroute", "BUFFRED": "enroute", "BUFFERD": "enroute",
+    "BUFFERED": "enroute", "ACKED": "enroute",
+    "ACCEPTD": "accepted", "ACCEPTED": "accepted",
+}  # fmt: skip
+_M_INTERMEDIATE = {"enroute", "accepted"}
+STATS = [*_M_STAT_MAP, "WEIRD", "delivrd", "Undeliv"]
+
+
 def _m_map_stat(stat: str | None, overrides: Mapping[str, str] | None) -> tuple[Any, bool]:
     key = (stat or "").strip().upper()
     state: Any = None
     if overrides:
         state = overrides.get(key) or overrides.get(stat or "")
     if state is None:
-        state = R.DEFAULT_STAT_MAP.get(key, "unknown_receipt")
-    return state, state not in R.INTERMEDIATE_STATES
+        state = _M_STAT_MAP.get(key, "unknown_receipt")
+    return state, state not in _M_INTERMEDIATE
+
+
+def _m_intermediate_notification(esm_class: int) -> bool:
+    """SMPP 3.4 5.2.12: message type bits 5..2 = 1000 (0x20), intermediate notification."""
+    return (esm_class >> 2) & 0b1111 == 0b1000
+
+
+_DIGITS = "0123456789abcdef"
+
+
+def _m_parse_int(value: str, base: int) -> int | None:
+    """`value` as a base-10/16 number (ASCII digits, any case; an optional 0x before hex
+    digits, as the SMSCs that print one mean it), else None: digit by digit, no int()."""
+    body = value[2:] if base == 16 and value[:2].lower() == "0x" else value
+    if not body or any(c.lower() not in _DIGITS[:base] for c in body):
+        return None
+    n = 0
+    for c in body:
+        n = n * base + _DIGITS.index(c.lower())
+    return n
+
+
+def _m_format_int(n: int, base: int) -> str:
+    out = ""
+    while True:
+        n, d = divmod(n, base)
+        out = _DIGITS[d] + out
+        if n == 0:
+            return out
+
+
+def _m_apply_mode(value: str, mode: str) -> str:
+    """One id normalisation step, written from its documented meaning (not from receipts.py)."""
+    if mode in ("as_is", ""):
+        return value
+    if mode in ("lower", "upper"):
+        return value.lower() if mode == "lower" else value.upper()
+    if mode == "strip_zeros":  # leading zeros off; an all-zero id keeps one zero
+        stripped = value.lstrip("0")
+        return stripped if stripped or not value else "0"
+    if mode in ("hex_to_dec", "dec_to_hex", "dec_to_hex_upper"):
+        n = _m_parse_int(value, 16 if mode == "hex_to_dec" else 10)
+        if n is None:
+            return value  # not a number in that base: kept, so matching fails visibly
+        out = _m_format_int(n, 10 if mode == "hex_to_dec" else 16)
+        return out.upper() if mode == "dec_to_hex_upper" else out
+    raise ValueError(f"unknown id normalisation mode {mode!r}")
 
 
 def _m_normalise(raw: str, mode: str) -> str:
     value = raw.strip().strip("\0").strip()
     for step in mode.split(","):
-        value = R._apply_mode(value, step.strip())
+        value = _m_apply_mode(value, step.strip())
     return value
 
 
@@ -114,7 +184,7 @@ def _original(
     nec = found.get(Tag.NETWORK_ERROR_CODE)
     network_error = (nec[0], int.from_bytes(nec[1:3], "big")) if nec and len(nec) == 3 else None
     state, final = _m_map_stat(stat, stat_map)
-    if R.is_intermediate_notification(esm_class):
+    if _m_intermediate_notification(esm_class):
         final = False
     return R.Receipt(
         message_id=message_id, normalised_id=_m_normalise(message_id, id_mode), stat=stat,
