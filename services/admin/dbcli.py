@@ -94,7 +94,7 @@ def run(body: Callable[[asyncpg.Connection], Awaitable[int]], args: argparse.Nam
     except UsageError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return EXIT_USAGE
-    except (OSError, asyncpg.PostgresError) as exc:
+    except db.DATABASE_ERRORS as exc:
         sys.stderr.write(f"error: database: {exc}\n")
         return EXIT_FAILURE
 

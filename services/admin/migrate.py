@@ -88,6 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(_run(config.database.url, args.target, args.dry_run,
                                 config.database.connect_kwargs()))
-    except (OSError, asyncpg.PostgresError) as exc:
+    except db.DATABASE_ERRORS as exc:
         sys.stderr.write(f"smsgw migrate: database error: {type(exc).__name__}: {exc}\n")
         return 1

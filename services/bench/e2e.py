@@ -51,6 +51,7 @@ from smsgw.services.bench.leanhttp import LeanClient, LeanHTTPError, LeanSink
 from smsgw.services.bench.profile import Profiler, summarise
 from smsgw.services.bench.stack import Stack, StackOptions
 from smsgw.shared.core.aio import sleep_or_stop
+from smsgw.shared.core.db import DATABASE_ERRORS
 
 MT_FINAL = ("delivered", "undeliverable", "expired", "rejected", "suppressed", "submit_unknown",
             "dead")
@@ -661,7 +662,7 @@ async def progress(run: Run, stop: asyncio.Event, conn: asyncpg.Connection) -> N
         try:
             sim = await run.stack.sim_stats()
             backlog = await pending(conn, run) if run.driver.done else None
-        except (aiohttp.ClientError, asyncpg.PostgresError, OSError, TimeoutError):
+        except (aiohttp.ClientError, *DATABASE_ERRORS):
             continue
         c = sim["counters"]
         acked = len(run.driver.acked) if run.driver.done else _acked_now(run, sim)

@@ -1151,7 +1151,7 @@ async def _account_secrets(stack: Stack) -> dict[str, str]:
 
     try:
         conn = await db.connect(stack.dsn, **getattr(stack, "connect_kwargs", {}))
-    except (OSError, asyncpg.PostgresError):
+    except db.DATABASE_ERRORS:
         return {}
     try:
         value = await conn.fetchval(

@@ -55,6 +55,7 @@ import structlog
 
 from smsgw.services.processor.metrics import ProcessorMetrics
 from smsgw.services.processor.options import CallbackSettings
+from smsgw.shared.core.db import DATABASE_ERRORS
 from smsgw.shared.domain.callback_signing import account_secret, request_target, sign
 from smsgw.shared.domain.urlguard import (
     AddressPolicy,
@@ -222,7 +223,7 @@ class CallbackDelivery:
             if free <= 0:
                 return 0
             return await self.deliver_batch(min(free, self.settings.batch))
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except DATABASE_ERRORS as exc:
             # loop boundary: the database is away; results stay buffered, retry next turn
             log.warning("callbacks_turn_failed", error=str(exc)[:200])
             await asyncio.sleep(1.0)
@@ -258,7 +259,7 @@ class CallbackDelivery:
         # stay leased to us and `release()` hands them back. Finished ones are written now.
         for t in self._tasks:
             t.cancel()
-        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        with contextlib.suppress(*DATABASE_ERRORS):
             await self._flush()
 
     async def deliver_batch(self, limit: int) -> int:

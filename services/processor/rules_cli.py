@@ -353,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         sys.stderr.write(f"{exc.filename}: file not found\n")
         return EX_DATAERR
-    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+    except db.CONNECTION_ERRORS as exc:
         sys.stderr.write(f"database unavailable: {exc}\n")
         return EX_UNAVAILABLE
     except asyncpg.InvalidAuthorizationSpecificationError as exc:  # wrong password or role

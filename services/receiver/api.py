@@ -24,11 +24,12 @@ from smsgw.services.receiver.models import BatchIn, MessageIn, field_errors
 from smsgw.services.receiver.ratelimit import window_limit
 from smsgw.services.receiver.responses import error, json_response, unavailable, unavailable_reason
 from smsgw.services.receiver.store import MtItem, MtOutcome, MtResult, find_message
+from smsgw.shared.core.db import CONNECTION_ERRORS
 from smsgw.shared.core.errors import DatabaseUnavailable
 from smsgw.shared.domain.apikeys import Account
 from smsgw.shared.domain.numbers import InvalidNumber, normalise_recipient, normalise_sender
 from smsgw.shared.domain.urlguard import UnsafeUrl, check_url
-from smsgw.shared.queue.groupcommit import CONNECTION_ERRORS, IntakeClosed, IntakeFull
+from smsgw.shared.queue.groupcommit import IntakeClosed, IntakeFull
 from smsgw.shared.runtime.http import BodyTimeout
 from smsgw.shared.smpp.text import estimate
 

@@ -37,11 +37,12 @@ from smsgw.services.receiver.api import (
 )
 from smsgw.services.receiver.context import CONTEXT, ReceiverContext
 from smsgw.services.receiver.store import MtItem
+from smsgw.shared.core.db import CONNECTION_ERRORS
 from smsgw.shared.core.errors import DatabaseUnavailable
 from smsgw.shared.domain.apikeys import Account
 from smsgw.shared.domain.numbers import InvalidNumber, normalise_recipient
 from smsgw.shared.domain.urlguard import UnsafeUrl, check_url
-from smsgw.shared.queue.groupcommit import CONNECTION_ERRORS, IntakeClosed, IntakeFull
+from smsgw.shared.queue.groupcommit import IntakeClosed, IntakeFull
 from smsgw.shared.smpp.text import Encoding, estimate
 
 ACCEPTED = "0: Accepted for delivery"

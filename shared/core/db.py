@@ -14,7 +14,7 @@ import importlib.resources
 import re
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 import orjson
@@ -27,6 +27,22 @@ MIGRATION_LOCK_KEY = 0x736D7367_0001  # 'smsg' + 1: the advisory lock held while
 # next one's expand steps are applied. A contract step that breaks old daemons must raise the
 # floor by shipping a migration that old daemons do not know AND documenting it in the README.
 SCHEMA_COMPATIBLE_AHEAD = 10
+
+# What "the database is not reachable" looks like from asyncpg and the socket layer. The
+# receiver answers 503 (retry later) to these, never 401 or 500; a CLI names the URL it tried.
+CONNECTION_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    OSError,  # refused, reset, unreachable (ConnectionError is a subclass)
+    TimeoutError,  # pool.acquire(timeout=…) or connect timeout
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,  # starting up / shutting down
+    asyncpg.AdminShutdownError,
+    asyncpg.InterfaceError,  # connection closed under us
+    asyncpg.ReadOnlySQLTransactionError,  # a failed-over standby
+)
+# A failed round trip of any kind: unreachable (above) or an error the server raised. What a
+# loop boundary catches, logs and retries after a pause, so a consumer outlives an outage.
+DATABASE_ERRORS: Final[tuple[type[BaseException], ...]] = (*CONNECTION_ERRORS,
+                                                           asyncpg.PostgresError)
 _NAME_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 

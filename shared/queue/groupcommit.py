@@ -32,6 +32,7 @@ from typing import Generic, TypeVar
 import asyncpg
 import structlog
 
+from smsgw.shared.core.db import CONNECTION_ERRORS
 from smsgw.shared.core.errors import DatabaseUnavailable, SmsGatewayError
 
 T = TypeVar("T")
@@ -39,17 +40,6 @@ R = TypeVar("R")
 
 FlushFn = Callable[[asyncpg.Connection, Sequence[T]], Awaitable[Sequence[R]]]
 CommitObserver = Callable[[int, float], None]
-
-# What "the database is not reachable" looks like from asyncpg and the socket layer.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # refused, reset, unreachable (ConnectionError is a subclass)
-    TimeoutError,  # pool.acquire(timeout=…) or connect timeout
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,  # starting up / shutting down
-    asyncpg.AdminShutdownError,
-    asyncpg.InterfaceError,  # connection closed under us
-    asyncpg.ReadOnlySQLTransactionError,  # a failed-over standby
-)
 
 log = structlog.get_logger("groupcommit")
 

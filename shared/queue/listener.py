@@ -31,6 +31,7 @@ import stamina
 import structlog
 
 from smsgw.shared.core.aio import race_stop, sleep_or_stop
+from smsgw.shared.core.db import DATABASE_ERRORS
 from smsgw.shared.core.errors import DatabaseUnavailable
 
 log = structlog.get_logger(__name__)
@@ -43,9 +44,6 @@ CHANNELS: Final[dict[str, str]] = {
     "rules": "smsgw_rules",
 }
 """Queue/topic → NOTIFY channel. The queue tables' channels carry an empty payload."""
-
-_CONNECTION_ERRORS: Final = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                             TimeoutError)
 
 
 class Listener:
@@ -91,7 +89,7 @@ class Listener:
         """
         try:
             await self._connect()
-        except _CONNECTION_ERRORS as exc:
+        except DATABASE_ERRORS as exc:
             raise DatabaseUnavailable(f"listener cannot connect: {exc}") from exc
         self._task = asyncio.create_task(self._supervise(), name="queue.listener")
 
@@ -162,7 +160,7 @@ class Listener:
         conn.remove_termination_listener(self._terminated)
         try:
             await asyncio.wait_for(conn.close(), timeout=2.0)
-        except (TimeoutError, *_CONNECTION_ERRORS):
+        except DATABASE_ERRORS:
             conn.terminate()
 
     async def _healthy(self) -> bool:
@@ -178,7 +176,7 @@ class Listener:
             return False
         try:
             await conn.fetchval("SELECT 1", timeout=self._health_check_s)
-        except _CONNECTION_ERRORS:
+        except DATABASE_ERRORS:
             return False
         return True
 
@@ -194,7 +192,7 @@ class Listener:
 
     async def _reconnect(self) -> None:
         async for attempt in stamina.retry_context(
-                on=_CONNECTION_ERRORS, attempts=None, timeout=None, wait_initial=0.05,
+                on=DATABASE_ERRORS, attempts=None, timeout=None, wait_initial=0.05,
                 wait_max=self._reconnect_max_s, wait_jitter=0.1):
             with attempt:
                 await self._connect()

@@ -117,7 +117,7 @@ class HeldSlot:
         try:
             async with asyncio.timeout(timeout_s):
                 await self.conn.fetchval(PING_SQL)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except db.DATABASE_ERRORS as exc:
             self.mark_lost(type(exc).__name__)
             with contextlib.suppress(Exception):
                 self.conn.terminate()
@@ -132,7 +132,7 @@ class HeldSlot:
             async with asyncio.timeout(2.0):
                 await self.conn.fetchval(UNLOCK_SQL, *slot_key(self.connector, self.index))
                 await self.conn.close()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except db.DATABASE_ERRORS:
             self.conn.terminate()
 
 
@@ -183,7 +183,7 @@ class SlotLocker:
             try:
                 async with asyncio.timeout(2.0):
                     await self._spare.close()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            except db.DATABASE_ERRORS:
                 self._spare.terminate()
         self._spare = None
 
@@ -348,7 +348,7 @@ class BindManager:
                 self._runs[slot.index] = run
                 run.task = asyncio.create_task(self._run_slot(run),
                                                name=f"bindslot.{self.name}.{slot.index}")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except db.DATABASE_ERRORS as exc:
             # Database unreachable: keep the binds we have (their own checks decide) and retry.
             log.warning("bind_slot_acquire_failed", connector=self.name, error=str(exc))
 
