@@ -220,8 +220,8 @@ async def _run_sender(url: str, port: int, args: argparse.Namespace,
              asyncio.create_task(sub.run(stop))]
     if args.receipts:
         tasks.append(asyncio.create_task(run_matcher(
-            pool, MatchSettings.from_config([conn_cfg], SenderSettings()), stop=stop,
-            limit=args.match_batch,
+            pool, MatchSettings.from_config([conn_cfg], SenderSettings(
+                receipt_batch=args.match_batch)), stop=stop,
             wait_for_work=lambda: asyncio.sleep(args.match_pause_s), on_result=on_match)))
     t0, cpu0, pg0 = time.monotonic(), time.process_time(), _pg_cpu_s(datadir)
     deadline = t0 + args.timeout_s

@@ -20,7 +20,6 @@ operator groups used for receipt matching are swapped too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
@@ -34,6 +33,8 @@ from smsgw.services.sender.metrics import SenderMetrics
 from smsgw.services.sender.routing import Router
 from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.sender.submitter import Submitter
+from smsgw.shared.core.aio import sleep_or_stop
+from smsgw.shared.core.db import DATABASE_ERRORS
 from smsgw.shared.domain.intake import DeliverIntake, flush_inbound, flush_receipts
 from smsgw.shared.domain.suppression import NumberHasher
 from smsgw.shared.queue.groupcommit import GroupCommitter
@@ -166,7 +167,6 @@ class SenderEngine:
 
     async def _run_matcher(self, stop: asyncio.Event) -> None:
         await run_matcher(self.pool, self.match, stop=stop,
-                          limit=self.config.daemon.receipt_batch,
                           wait_for_work=lambda: self.wait_for_work(CHANNELS["receipts"]),
                           on_result=self._count_match)
 
@@ -187,7 +187,7 @@ class SenderEngine:
                 next_accounts += ACCOUNTS_REFRESH_S
                 try:
                     await self.load_accounts()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                except DATABASE_ERRORS:
                     log.warning("accounts_refresh_failed")
             if self.metrics is not None:
                 for name, manager in self.managers.items():
@@ -195,8 +195,7 @@ class SenderEngine:
                                if getattr(s, "client", None) is not None
                                and s.client.session is not None)
                     self.metrics.window_in_use.labels(connector=name).set(used)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            await sleep_or_stop(stop, 1.0)
 
     # -- reload and release -----------------------------------------------------------------
 

@@ -43,6 +43,7 @@ import structlog
 from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.sender.status_callbacks import insert_callbacks
 from smsgw.shared.core.aio import race_stop, sleep_or_stop
+from smsgw.shared.core.db import DATABASE_ERRORS
 from smsgw.shared.queue import outbound, receipts
 from smsgw.shared.queue.records import StatusChange
 from smsgw.shared.smpp.connector import ConnectorSettings
@@ -61,7 +62,7 @@ class MatchSettings:
     missing from the map matches only its own parts); `window_s` bounds how old a matching
     part may be; a receipt is first tried `min_age_s` after it arrived (its part's write-back
     normally lands before); unmatched receipts retry after `retry_base_s` · 2^attempts until
-    `max_attempts`, then end orphan.
+    `max_attempts`, then end orphan. One pass matches up to `batch` receipts in one transaction.
     """
 
     operators: Mapping[str, str]
@@ -69,6 +70,7 @@ class MatchSettings:
     retry_base_s: float
     max_attempts: int
     min_age_s: float
+    batch: int
 
     @classmethod
     def from_config(cls, connectors: Iterable[ConnectorSettings],
@@ -79,7 +81,8 @@ class MatchSettings:
                    window_s=settings.receipt_window_s,
                    retry_base_s=settings.receipt_retry_base_s,
                    max_attempts=settings.receipt_max_attempts,
-                   min_age_s=settings.receipt_min_age_s)
+                   min_age_s=settings.receipt_min_age_s,
+                   batch=settings.receipt_batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,16 +109,16 @@ def _operator_arrays(settings: MatchSettings) -> tuple[list[str], list[str]]:
     return names, [settings.operators[n] for n in names]
 
 
-async def match_batch(conn: asyncpg.Connection, settings: MatchSettings, *,
-                      limit: int = 1000) -> MatchResult:
-    """Match up to `limit` due receipts, finalise messages, queue callbacks; one transaction.
+async def match_batch(conn: asyncpg.Connection, settings: MatchSettings) -> MatchResult:
+    """Match up to `settings.batch` due receipts, finalise messages, queue callbacks; one
+    transaction.
 
     `conn` must not be inside a transaction already (this opens one). Returns the counts;
     `processed == 0` means nothing was due.
     """
     names, groups = _operator_arrays(settings)
     async with conn.transaction():
-        row = await receipts.match(conn, limit=limit, connectors=names, groups=groups,
+        row = await receipts.match(conn, limit=settings.batch, connectors=names, groups=groups,
                                    window_s=settings.window_s,
                                    retry_base_s=settings.retry_base_s,
                                    max_attempts=settings.max_attempts,
@@ -132,7 +135,7 @@ async def match_batch(conn: asyncpg.Connection, settings: MatchSettings, *,
 
 
 async def run_matcher(pool: asyncpg.Pool, settings: MatchSettings, *, stop: asyncio.Event,
-                      wait_for_work: Callable[[], Awaitable[Any]], limit: int = 1000,
+                      wait_for_work: Callable[[], Awaitable[Any]],
                       on_result: Callable[[MatchResult], None] | None = None) -> None:
     """Match receipts until `stop` (an asyncio.Event) is set.
 
@@ -144,13 +147,13 @@ async def run_matcher(pool: asyncpg.Pool, settings: MatchSettings, *, stop: asyn
     while not stop.is_set():
         try:
             async with pool.acquire() as conn:
-                result = await match_batch(conn, settings, limit=limit)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                result = await match_batch(conn, settings)
+        except DATABASE_ERRORS:
             log.exception("receipt_match_failed")
             result = None
         if result is not None and on_result is not None:
             on_result(result)
-        if result is not None and result.processed >= limit:
+        if result is not None and result.processed >= settings.batch:
             continue  # more may be due right now
         finished, _ = await race_stop(wait_for_work(), stop,
                                       None if result is not None else 1.0)

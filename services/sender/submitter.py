@@ -40,7 +40,9 @@ from smsgw.services.sender.records import Claimed, InFlight, Outcome, PartJob
 from smsgw.services.sender.routing import Router, pick
 from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.sender.status_callbacks import insert_callbacks
-from smsgw.services.sender.writeback import Flusher, claim_change, wait_any
+from smsgw.services.sender.writeback import Flusher, claim_change
+from smsgw.shared.core.aio import race_stop, sleep_or_stop
+from smsgw.shared.core.db import DATABASE_ERRORS
 from smsgw.shared.domain.suppression import NumberHasher
 from smsgw.shared.smpp import pdu as P
 from smsgw.shared.smpp.compose import build_parts
@@ -108,7 +110,7 @@ class Submitter:
             if budget > 0:
                 return budget
             self._space.clear()
-            await wait_any(self._space, stop, 0.5)
+            await race_stop(self._space.wait(), stop, 0.5)
         return 0
 
     # -- main loop ------------------------------------------------------------------------
@@ -140,21 +142,12 @@ class Submitter:
                 continue
             try:
                 claimed = await self.claim_once(budget)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            except DATABASE_ERRORS:
                 log.exception("claim_failed")
-                await wait_any(asyncio.Event(), stop, 1.0)
+                await sleep_or_stop(stop, 1.0)
                 continue
             if claimed == 0:
-                await self._wait_work(stop)
-
-    async def _wait_work(self, stop: asyncio.Event) -> None:
-        waiter = asyncio.ensure_future(self.wait_for_work())
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            stopper.cancel()
+                await race_stop(self.wait_for_work(), stop)
 
     async def claim_once(self, budget: int) -> int:
         """Claim up to `budget` messages and hand them to the lanes; return how many rows."""
@@ -336,7 +329,7 @@ class Submitter:
             lane.draining = True
         while self.queued_parts > 0:
             self._space.clear()
-            await wait_any(self._space, asyncio.Event(), 0.2)
+            await sleep_or_stop(self._space, 0.2)  # a part resolved, or look again
         await self.flusher.wait_idle()
 
     async def release_all(self) -> int:
@@ -345,7 +338,7 @@ class Submitter:
         try:
             async with self.pool.acquire() as conn:
                 rows = await conn.fetch(Q.RELEASE_ALL, self.owner, None)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except DATABASE_ERRORS:
             log.exception("release_failed")
             return 0
         if rows:

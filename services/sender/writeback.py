@@ -20,6 +20,8 @@ from smsgw.services.sender.metrics import SenderMetrics
 from smsgw.services.sender.records import Claimed, Outcome
 from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.sender.status_callbacks import StatusChange, insert_callbacks
+from smsgw.shared.core.aio import race_stop
+from smsgw.shared.core.db import DATABASE_ERRORS
 
 log = structlog.get_logger("smsgw.sender")
 
@@ -126,11 +128,11 @@ class Flusher:
         while not (stop.is_set() and not self.buffer):
             if not self.buffer:
                 self._idle.set()
-                await wait_any(self._kick, stop, None)
+                await race_stop(self._kick.wait(), stop)
                 self._kick.clear()
                 continue
             if len(self.buffer) < self.settings.flush_size and not stop.is_set():
-                await wait_any(self._full, stop, self.settings.flush_s)
+                await race_stop(self._full.wait(), stop, self.settings.flush_s)
             await self.flush_once()
 
     async def flush_once(self) -> None:
@@ -140,7 +142,7 @@ class Flusher:
         try:
             async with self.pool.acquire() as conn:
                 await write_back(conn, self.owner, batch, events=self.settings.events)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except DATABASE_ERRORS:
             log.exception("writeback_failed", messages=len(batch))
             await asyncio.sleep(1.0)
             return
@@ -158,12 +160,3 @@ class Flusher:
 
 def _outcome_label(status: str) -> str:
     return "retry" if status == "queued" else status
-
-
-async def wait_any(event: asyncio.Event, stop: asyncio.Event, max_s: float | None) -> None:
-    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=max_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
