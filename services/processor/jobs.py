@@ -73,7 +73,7 @@ def processor_jobs(settings: Callable[[], ProcessorKeys],
 
     async def retention_move(conn: asyncpg.Connection) -> None:
         r = retention()
-        counts = await store.run_retention(conn, r.for_store())
+        counts = await store.run_retention(conn, r)
         if counts and any(counts.values()):
             log.info("retention_done", **counts)
 

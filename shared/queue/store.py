@@ -46,6 +46,7 @@ from smsgw.shared.queue.records import (
     Receipt,
     ReceiptStatus,
 )
+from smsgw.shared.queue.retention import RetentionSettings
 from smsgw.shared.queue.sql import load
 
 _SQL: Final = load("queue")  # the core's statements (templates still hold {placeholders})
@@ -474,26 +475,6 @@ async def find_outbound(conn: Conn, id: int) -> OutboundMessage | None:
 # -- retention -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RetentionSettings:
-    """How long finished data stays (seconds) and how much one statement moves.
-
-    `finished_s`: terminal rows stay in the hot table this long; `dead_s`: dead rows (kept
-    longer so `requeue_dead` finds them); `parts_s`: outbound_part rows (as long as receipts
-    can arrive); `events_s`: event log; `body_after_s`: message text in history tables;
-    `batch`: rows per statement; `max_batches`: statements per table and run.
-    Dedupe keys are purged only after their own `expires_at`.
-    """
-
-    finished_s: float = 3600.0
-    dead_s: float = 7 * 86400.0
-    parts_s: float = 3 * 86400.0
-    events_s: float = 30 * 86400.0
-    body_after_s: float = 7 * 86400.0
-    batch: int = 5000
-    max_batches: int = 100
-
-
 async def move_finished(conn: Conn, table: str, *, older_than_s: float, batch: int,
                         dead_older_than_s: float | None = None) -> int:
     """Move up to `batch` rows that ended more than `older_than_s` ago to `<table>_history`.
@@ -539,13 +520,13 @@ async def _retention_steps(conn: asyncpg.Connection, s: RetentionSettings) -> di
     kw = {"batch": s.batch, "max_batches": s.max_batches}
     for table in HISTORY_TABLES:
         out[f"{table}_moved"] = await _batches(
-            conn, _q("move_finished", table), float(s.finished_s), float(s.dead_s), **kw)
+            conn, _q("move_finished", table), float(s.finished_after_s), float(s.dead_s), **kw)
     out["dedupe_keys_purged"] = await _batches(conn, _SQL["purge_dedupe_keys"], **kw)
     out["outbound_part_purged"] = await _batches(conn, outbound.PURGE_PARTS,
                                                  float(s.parts_s), **kw)
     out["events_purged"] = await _batches(conn, _SQL["purge_events"], float(s.events_s), **kw)
     out["mo_parts_purged"] = await _batches(conn, mo_parts.PURGE,
-                                            float(s.finished_s), **kw)
+                                            float(s.finished_after_s), **kw)
     for table in ("inbound", "outbound", "callbacks"):
         out[f"{table}_bodies_purged"] = await _batches(
             conn, _q("purge_bodies", table), float(s.body_after_s), **kw)

@@ -47,6 +47,7 @@ from pydantic import (
 )
 
 from smsgw.shared.core.errors import ConfigError
+from smsgw.shared.queue.retention import RetentionSettings
 from smsgw.shared.smpp.connector import ConnectorSettings
 
 DAEMONS: tuple[str, ...] = ("receiver", "processor", "sender")
@@ -260,28 +261,6 @@ class WebhooksSettings(Section):
         if errors:
             raise ValueError("; ".join(errors))
         return {**data, "allowed_networks": tuple(dict.fromkeys(parsed))}
-
-
-class RetentionSettings(Section):
-    """`[retention]`: how long finished rows stay in the hot tables and their side tables."""
-
-    finished_after_s: float = Field(default=3600, ge=0)  # move finished rows to history after
-    body_after_s: float = Field(default=86400 * 7, ge=0)  # then blank message bodies
-    dead_s: float = Field(default=86400 * 7, ge=0)  # dead rows stay requeueable this long
-    parts_s: float = Field(default=86400 * 3, ge=0)  # outbound_part kept while receipts can come
-    events_s: float = Field(default=86400 * 30, ge=0)
-    batch: int = Field(default=5000, ge=1)  # rows per move statement
-    max_batches: int = Field(default=100, ge=1)  # statements per table and run
-    interval_s: float = Field(default=30, gt=0)
-
-    def for_store(self) -> Any:
-        """The queue core's `store.RetentionSettings` built from this section."""
-        from smsgw.shared.queue.store import RetentionSettings as StoreRetention
-
-        return StoreRetention(
-            finished_s=self.finished_after_s, dead_s=self.dead_s, parts_s=self.parts_s,
-            events_s=self.events_s, body_after_s=self.body_after_s, batch=self.batch,
-            max_batches=self.max_batches)
 
 
 class SecuritySettings(SecretSection):

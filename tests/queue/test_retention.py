@@ -20,7 +20,7 @@ async def _count(pool: asyncpg.Pool, table: str) -> int:
 async def test_retention_keeps_hot_table_small_and_history_working(pool: asyncpg.Pool) -> None:
     """1. 6000 MTs with dedupe keys are enqueued, leased and finished (delivered/rejected), one
        is left queued and one dead; the first message gets events.
-    2. run_retention (finished_s=0, batches of 1000) moves every finished row: the hot table
+    2. run_retention (finished_after_s=0, batches of 1000) moves every finished row: the hot table
        keeps only the queued and the (recent) dead row; history has the rest.
     3. Afterwards: resubmitting the first key still dedupes to the original id, its events are
        still readable, and find_outbound reads it from history with its data."""
@@ -47,7 +47,7 @@ async def test_retention_keeps_hot_table_small_and_history_working(pool: asyncpg
             break
 
     counts = await store.run_retention(
-        pool, store.RetentionSettings(finished_s=0, dead_s=3600, batch=1000))
+        pool, store.RetentionSettings(finished_after_s=0, dead_s=3600, batch=1000))
     assert counts is not None and counts["outbound_moved"] == 5998
     assert await _count(pool, "outbound") == 2
     assert await _count(pool, "outbound_history") == 5998
@@ -75,12 +75,13 @@ async def test_retention_purges_only_what_expired(pool: asyncpg.Pool) -> None:
     await store.log_events(pool, [("inbound", mo, "processed", None)], "test")
     async with pool.acquire() as conn, conn.transaction():
         await store.ack(conn, "inbound", [mo])
-    keep = store.RetentionSettings(finished_s=0, body_after_s=3600, events_s=3600)
+    keep = store.RetentionSettings(finished_after_s=0, body_after_s=3600, events_s=3600)
     counts = await store.run_retention(pool, keep)
     assert counts is not None and counts["inbound_moved"] == 1
     assert counts["dedupe_keys_purged"] == 0 and counts["events_purged"] == 0
     await asyncio.sleep(0.15)
-    counts = await store.run_retention(pool, store.RetentionSettings(finished_s=0, body_after_s=0))
+    counts = await store.run_retention(pool, store.RetentionSettings(finished_after_s=0,
+                                                                     body_after_s=0))
     assert counts is not None
     assert (counts["dedupe_keys_purged"], counts["inbound_bodies_purged"]) == (1, 1)
     assert await pool.fetchval("SELECT key FROM dedupe_keys") == "long"

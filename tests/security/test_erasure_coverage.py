@@ -164,7 +164,7 @@ async def test_erase_leaves_no_trace_of_the_number(
                            " WHERE source = 'api'")
         await conn.execute("UPDATE inbound SET updated_at = now() - interval '1 hour'"
                            " WHERE id % 2 = 0")
-        await store.run_retention(conn, RetentionSettings(finished_after_s=60).for_store())
+        await store.run_retention(conn, RetentionSettings(finished_after_s=60))
 
     needles = {"nsn": NSN, "sha256": hashlib.sha256(NUMBER.encode()).digest()}
     other = {"nsn": "7700900456", "sha256": hashlib.sha256(OTHER.encode()).digest()}
