@@ -22,6 +22,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final, LiteralString
+
+import asyncpg
 
 from smsgw.shared.runtime.config import RouteSettings
 from smsgw.shared.smpp.connector import ConnectorSettings
@@ -132,3 +135,22 @@ def pick(choice: Choice, is_up: Callable[[str], bool],
         if point < 0:
             return connector
     return weighted[-1][0]
+
+
+# -- ported numbers ------------------------------------------------------------------------------
+
+# name: ported_lookup
+# The override routes of ported numbers among $1 (E.164).
+PORTED_LOOKUP: Final[LiteralString] = """
+SELECT number, connectors FROM ported_numbers WHERE number = ANY($1::text[])
+"""
+
+STATEMENTS: Final[dict[str, LiteralString]] = {"routing.ported_lookup": PORTED_LOOKUP}
+"""Statement label → SQL of every statement this module runs (the PREPARE test reads it)."""
+
+
+async def ported_routes(conn: asyncpg.Connection,
+                        numbers: Sequence[str]) -> dict[str, list[str]]:
+    """The override connectors of the ported numbers among `numbers` (one lookup)."""
+    found = await conn.fetch(PORTED_LOOKUP, list(numbers))
+    return {r["number"]: list(r["connectors"]) for r in found}

@@ -6,7 +6,7 @@ Flow, with the bounds that keep memory flat and the SMSC window full:
 1. **Claim** (`claim_once`): at most the free window slots plus one batch, counted in parts
    (every claimed message is at least one part; parts already queued in memory count against
    the budget), in one statement that also expires, suppresses and schedules (see
-   `queries.CLAIM_OUTBOUND`). Transactional first, fair across accounts.
+   `outbound.claim`). Transactional first, fair across accounts.
 2. **Prepare**: marketing inside quiet hours (recipient's zone, `policy.quiet_delay_s`) is
    deferred to the end of the quiet period; the route picks a bound connector (none bound:
    deferred and counted, never failed); `shared.smpp.compose.build_parts` splits the text into
@@ -17,7 +17,7 @@ Flow, with the bounds that keep memory flat and the SMSC window full:
 4. **Decide and write back**: when every part of a message is answered, `policy.decide` turns
    the answers into an `Outcome` (the rules are in `policy.py`), which joins the
    `writeback.Flusher`'s buffer, flushed in one fenced statement on size or time
-   (`queries.WRITE_BACK`); status callbacks and error events go in the same transaction.
+   (`outbound.write_back`); status callbacks and error events go in the same transaction.
 """
 
 from __future__ import annotations
@@ -32,18 +32,19 @@ from typing import Any
 import asyncpg
 import structlog
 
-from smsgw.services.sender import queries as Q
 from smsgw.services.sender.lanes import MAX_LANE_QUEUE, Lane
 from smsgw.services.sender.metrics import SenderMetrics
 from smsgw.services.sender.policy import THROTTLE, decide, quiet_delay_s, recipient_zone
-from smsgw.services.sender.records import Claimed, InFlight, Outcome, PartJob
-from smsgw.services.sender.routing import Router, pick
+from smsgw.services.sender.records import InFlight, Outcome, PartJob
+from smsgw.services.sender.routing import Router, pick, ported_routes
 from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.sender.status_callbacks import insert_callbacks
 from smsgw.services.sender.writeback import Flusher, claim_change
 from smsgw.shared.core.aio import race_stop, sleep_or_stop
 from smsgw.shared.core.db import DATABASE_ERRORS
 from smsgw.shared.domain.suppression import NumberHasher
+from smsgw.shared.queue import outbound
+from smsgw.shared.queue.records import ClaimedOutbound, OutboundStatus
 from smsgw.shared.smpp import pdu as P
 from smsgw.shared.smpp.compose import build_parts
 from smsgw.shared.smpp.receipts import normalise_id
@@ -153,9 +154,8 @@ class Submitter:
         """Claim up to `budget` messages and hand them to the lanes; return how many rows."""
         limit = max(1, min(budget, self.settings.batch * 10))
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = [Claimed.from_record(r) for r in await conn.fetch(
-                Q.CLAIM_OUTBOUND, self.owner, self.settings.lease_s, limit,
-                self.settings.max_accounts)]
+            rows = await outbound.claim(conn, owner=self.owner, lease_s=self.settings.lease_s,
+                                        limit=limit, max_accounts=self.settings.max_accounts)
             if any(r.unhashed for r in rows):
                 rows = await self._hash_unhashed(conn, rows)
             changes = [c for c in map(claim_change, rows) if c is not None]
@@ -168,7 +168,7 @@ class Submitter:
         return len(rows)
 
     async def _hash_unhashed(self, conn: asyncpg.Connection,
-                             rows: list[Claimed]) -> list[Claimed]:
+                             rows: list[ClaimedOutbound]) -> list[ClaimedOutbound]:
         """Leased marketing rows stored without `to_hash` (an earlier release's receiver, a
         hand-written INSERT): hash them here and check the keyed suppressions in one
         statement; suppressed ones leave the batch as the claim would have finished them.
@@ -177,30 +177,29 @@ class Submitter:
             log.warning("recipient_hash_unavailable", count=sum(r.unhashed for r in rows))
             return rows
         todo = [r for r in rows if r.unhashed]
-        found = await conn.fetch(Q.HASH_CLAIMED, self.owner, [r.id for r in todo],
-                                 [self.hasher(r.to_addr) for r in todo])
-        finished = {r["id"] for r in found if r["status"] == "suppressed"}
+        found = await outbound.hash_claimed(conn, owner=self.owner, ids=[r.id for r in todo],
+                                            hashes=[self.hasher(r.to_addr) for r in todo])
+        finished = {i for i, status in found if status == OutboundStatus.SUPPRESSED}
         return [replace(r, status="suppressed", unhashed=False) if r.id in finished else r
                 for r in rows]
 
-    async def _claim_events(self, conn: asyncpg.Connection, rows: Sequence[Claimed]) -> None:
+    async def _claim_events(self, conn: asyncpg.Connection,
+                            rows: Sequence[ClaimedOutbound]) -> None:
         evs = [(r.id, "possible_duplicate" if r.reclaimed else r.status,
                 {"reason": "lease_taken_over"} if r.reclaimed else {"error": r.status})
                for r in rows if r.reclaimed or r.status in ("expired", "suppressed")]
         if evs:
-            await conn.execute(Q.LOG_EVENTS, [e[0] for e in evs], [e[1] for e in evs],
-                               [e[2] for e in evs], "sender")
+            await outbound.log_events(conn, evs, "sender")
 
     async def _ported(self, conn: asyncpg.Connection,
-                      rows: Sequence[Claimed]) -> dict[str, list[str]]:
+                      rows: Sequence[ClaimedOutbound]) -> dict[str, list[str]]:
         # One lookup per batch; skipped entirely while the table is empty (the common case).
         if not rows or not self.ported_enabled:
             return {}
-        found = await conn.fetch(Q.PORTED_LOOKUP, [r.to_addr for r in rows
-                                                   if r.status == "sending"])
-        return {r["number"]: list(r["connectors"]) for r in found}
+        return await ported_routes(conn, [r.to_addr for r in rows if r.status == "sending"])
 
-    async def _dispatch(self, rows: Sequence[Claimed], ported: Mapping[str, list[str]]) -> None:
+    async def _dispatch(self, rows: Sequence[ClaimedOutbound],
+                        ported: Mapping[str, list[str]]) -> None:
         deferred: list[tuple[int, float, str, str]] = []
         now = datetime.now(UTC)
         for row in rows:
@@ -213,7 +212,7 @@ class Submitter:
         if deferred:
             await self._defer(deferred)
 
-    def _count_claim(self, row: Claimed) -> None:
+    def _count_claim(self, row: ClaimedOutbound) -> None:
         if self.metrics is not None:
             self.metrics.child(self.metrics.claimed,
                               "reclaimed" if row.reclaimed else "fresh").inc()
@@ -222,7 +221,7 @@ class Submitter:
         if row.status in ("expired", "suppressed"):
             log.info("message_finished_at_claim", msg_id=row.id, outcome=row.status)
 
-    def _prepare(self, row: Claimed, ported: list[str] | None,
+    def _prepare(self, row: ClaimedOutbound, ported: list[str] | None,
                  now: datetime) -> tuple[float, str, str] | None:
         """Queue a leased message's parts; or return (delay_s, reason, label) to defer it."""
         if row.reclaimed:
@@ -248,12 +247,12 @@ class Submitter:
             return self.settings.no_bind_wait_s, "connector queue full", "no_bind"
         return None
 
-    def _possible_duplicate(self, row: Claimed, connector: str | None, reason: str) -> None:
+    def _possible_duplicate(self, row: ClaimedOutbound, connector: str | None, reason: str) -> None:
         if self.metrics is not None:
             self.metrics.possible_duplicates.labels(connector=connector or "unknown").inc()
         log.warning("possible_duplicate", msg_id=row.id, reason=reason, connector=connector)
 
-    def _enqueue(self, row: Claimed, lane: Lane) -> bool:
+    def _enqueue(self, row: ClaimedOutbound, lane: Lane) -> bool:
         """Queue the message's parts on `lane`; False when the lane's queue cannot take them
         (the caller defers the message). A text that cannot be encoded is rejected here."""
         try:
@@ -277,9 +276,8 @@ class Submitter:
 
     async def _defer(self, deferred: list[tuple[int, float, str, str]]) -> None:
         async with self.pool.acquire() as conn:
-            await conn.execute(Q.DEFER_OUTBOUND, self.owner,
-                               [d[0] for d in deferred], [d[1] for d in deferred],
-                               [d[2] for d in deferred])
+            await outbound.defer(conn, self.owner, [d[0] for d in deferred],
+                                 [d[1] for d in deferred], [d[2] for d in deferred])
         if self.metrics is not None:
             for d in deferred:
                 self.metrics.waiting.labels(reason=d[3]).inc()
@@ -337,7 +335,7 @@ class Submitter:
         worker); returns how many."""
         try:
             async with self.pool.acquire() as conn:
-                rows = await conn.fetch(Q.RELEASE_ALL, self.owner, None)
+                rows = await outbound.release(conn, self.owner)
         except DATABASE_ERRORS:
             log.exception("release_failed")
             return 0

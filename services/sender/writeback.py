@@ -2,7 +2,7 @@
 
 When every part of a message is answered, the submitter hands the policy's `Outcome` to the
 `Flusher`, which buffers outcomes and writes each batch in one transaction fenced by the lease
-owner (`queries.WRITE_BACK`): a row another instance has taken over is not touched. Status
+owner (`outbound.write_back`): a row another instance has taken over is not touched. Status
 callbacks (`status_change`) and events for unusual outcomes go in the same transaction.
 """
 
@@ -15,13 +15,14 @@ from typing import Any
 import asyncpg
 import structlog
 
-from smsgw.services.sender import queries as Q
 from smsgw.services.sender.metrics import SenderMetrics
-from smsgw.services.sender.records import Claimed, Outcome
+from smsgw.services.sender.records import Outcome
 from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.sender.status_callbacks import StatusChange, insert_callbacks
 from smsgw.shared.core.aio import race_stop
 from smsgw.shared.core.db import DATABASE_ERRORS
+from smsgw.shared.queue import outbound
+from smsgw.shared.queue.records import ClaimedOutbound
 
 log = structlog.get_logger("smsgw.sender")
 
@@ -40,7 +41,7 @@ def status_change(o: Outcome) -> StatusChange | None:
                         error_code=o.error_code, error=o.error)
 
 
-def claim_change(row: Claimed) -> StatusChange | None:
+def claim_change(row: ClaimedOutbound) -> StatusChange | None:
     """The callback-worthy change of a row the claim finished (expired, suppressed)."""
     if not row.callback_url or row.status not in ("expired", "suppressed"):
         return None
@@ -72,9 +73,7 @@ async def write_back(conn: asyncpg.Connection, owner: str, outcomes: Sequence[Ou
     in the same transaction.
     """
     async with conn.transaction():
-        row = await conn.fetchrow(Q.WRITE_BACK, *_write_back_args(owner, outcomes))
-        assert row is not None
-        owned = set(row["owned"])
+        owned = set(await outbound.write_back(conn, *_write_back_args(owner, outcomes)))
         changes = [c for o in outcomes if o.msg_id in owned
                    for c in (status_change(o),) if c is not None]
         if changes:
@@ -84,8 +83,7 @@ async def write_back(conn: asyncpg.Connection, owner: str, outcomes: Sequence[Ou
                     {"error": o.error, "error_code": o.error_code, "connector": o.connector})
                    for o in outcomes if o.msg_id in owned and o.status != "submitted"]
             if evs:
-                await conn.execute(Q.LOG_EVENTS, [e[0] for e in evs], [e[1] for e in evs],
-                                   [e[2] for e in evs], daemon)
+                await outbound.log_events(conn, evs, daemon)
     return owned
 
 

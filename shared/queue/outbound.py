@@ -1,8 +1,17 @@
 """The `outbound` queue's owner: every statement that writes or claims `outbound` rows and
 their `outbound_part` rows.
 
-The SQL is `sql/outbound.sql`; the queue core (`shared.queue.store`) adds the generic
-statements every queue table shares (retention move, requeue, lookups).
+- intake: `insert`, `insert_keyed` (the receiver's MT; the one dedupe rule);
+- the sender's lease cycle (docs/ARCHITECTURE.md, guarantee 3): `claim` (with expiry,
+  suppression and scheduling decided in the same statement), `hash_claimed`, `write_back`
+  (message states and their `outbound_part` rows, fenced by the lease owner), `defer`,
+  `release`, and `log_events` for the trace;
+- receipt matching (the sender's matcher): `finalize`, `buffered_watchers`;
+- retention: `PURGE_PARTS`.
+
+The SQL is `sql/outbound.sql`, each statement with the comment that says why it is shaped that
+way; the queue core (`shared.queue.store`) adds the generic statements every queue table
+shares (enqueue for the processor's replies, retention move, requeue, lookups).
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import asyncpg
 import orjson
 
 from smsgw.shared.queue.listener import CHANNELS
-from smsgw.shared.queue.records import MtItem, StatusChange
+from smsgw.shared.queue.records import ClaimedOutbound, MtItem, OutboundStatus, StatusChange
 from smsgw.shared.queue.sql import load
 
 _SQL: Final = load("outbound")
@@ -27,6 +36,12 @@ CHANNEL: Final = CHANNELS["outbound"]  # the channel the senders LISTEN on
 
 _INSERT: Final = _SQL["insert"]
 _INSERT_KEYED: Final = _SQL["insert_keyed"]
+_CLAIM: Final = _SQL["claim"]
+_HASH_CLAIMED: Final = _SQL["hash_claimed"]
+_WRITE_BACK: Final = _SQL["write_back"]
+_DEFER: Final = _SQL["defer"]
+_RELEASE: Final = _SQL["release"]
+_LOG_EVENTS: Final = _SQL["log_events"]
 _FINALIZE: Final = _SQL["finalize"]
 _BUFFERED_WATCHERS: Final = _SQL["buffered_watchers"]
 
@@ -67,6 +82,66 @@ def _columns(items: Sequence[MtItem], fingerprints: Sequence[str | None]) -> lis
         [orjson.dumps(it.meta).decode() if it.meta is not None else None for it in items],
         list(fingerprints),
     ]
+
+
+# -- the sender's lease cycle ----------------------------------------------------------------------
+
+
+async def claim(conn: asyncpg.Connection, *, owner: str, lease_s: float, limit: int,
+                max_accounts: int) -> list[ClaimedOutbound]:
+    """Lease up to `limit` messages to `owner` for `lease_s` seconds in one statement:
+    expired leases first, then transactional before marketing and round-robin across (at most
+    `max_accounts`) accounts. Messages past their validity end `expired`, marketing to a
+    suppressed recipient `suppressed`, future `send_at` goes back to `queued`: they come back
+    too, with that status."""
+    return [ClaimedOutbound.from_record(r)
+            for r in await conn.fetch(_CLAIM, owner, lease_s, limit, max_accounts)]
+
+
+async def hash_claimed(conn: asyncpg.Connection, *, owner: str, ids: Sequence[int],
+                       hashes: Sequence[bytes]) -> list[tuple[int, OutboundStatus]]:
+    """Store the recipient hashes of leased rows `ids` that had none, finishing a suppressed
+    marketing MT as the claim would have; returns (id, status now) of the rows still leased."""
+    return [(r["id"], OutboundStatus(r["status"]))
+            for r in await conn.fetch(_HASH_CLAIMED, owner, list(ids), list(hashes))]
+
+
+async def write_back(conn: asyncpg.Connection, owner: str, *columns: list[Any]) -> list[int]:
+    """Record a batch of submit outcomes in one statement, fenced by lease owner `owner`;
+    returns the ids of the messages it still owned (and so updated).
+
+    `columns` are 15 arrays: per message id, status, error_code, error, delay_s (a retry's
+    backoff), attempts_inc, parts_total, connector; then per answered part outbound_id,
+    part_no, parts_total, connector, smsc_id, command_status, status (`outbound_part` rows;
+    a resubmitted part replaces the earlier attempt's row).
+    """
+    row = await conn.fetchrow(_WRITE_BACK, owner, *columns)
+    assert row is not None
+    return row["owned"]  # type: ignore[no-any-return]
+
+
+async def defer(conn: asyncpg.Connection, owner: str, ids: Sequence[int],
+                delays_s: Sequence[float], reasons: Sequence[str | None]) -> int:
+    """Give `owner`'s leased messages `ids` back to the queue until now + `delays_s[i]`,
+    without counting an attempt (quiet hours, no bound connector, drain); returns how many."""
+    status = await conn.execute(_DEFER, owner, list(ids), list(delays_s), list(reasons))
+    return int(status.split()[-1])
+
+
+async def release(conn: asyncpg.Connection, owner: str,
+                  ids: Sequence[int] | None = None) -> list[int]:
+    """Give back the rows still leased to `owner` (all, or `ids`): claimed, never submitted;
+    returns their ids."""
+    return [r["id"] for r in await conn.fetch(_RELEASE, owner,
+                                              None if ids is None else list(ids))]
+
+
+async def log_events(conn: asyncpg.Connection,
+                     events: Sequence[tuple[int, str, dict[str, Any] | None]],
+                     daemon: str) -> None:
+    """Append (message id, event, detail) events of outbound messages in one INSERT."""
+    await conn.execute(_LOG_EVENTS, [e[0] for e in events], [e[1] for e in events],
+                       [e[2] for e in events], daemon)
 
 
 # -- receipt matching -------------------------------------------------------------------------

@@ -410,6 +410,60 @@ class ReceiptWrite:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimedOutbound:
+    """One leased (or finished-at-claim) outbound row, as the sender's claim
+    (`outbound.claim`) returns it.
+
+    A projection of `OutboundMessage` (the columns the sender needs, plus `reclaimed`,
+    `unhashed` and `done_parts`), not the whole row: the claim is the sender's hot path, and
+    `RETURNING m.*` would carry and decode a dozen more columns per message.
+    """
+
+    id: int
+    account_id: int | None
+    source: str
+    from_addr: str
+    to_addr: str
+    body: str | None
+    category: str
+    priority: int
+    encoding: str | None
+    connector: str | None
+    route_hint: str | None
+    client_ref: str | None
+    callback_url: str | None
+    dlr_mask: int | None
+    meta: Any
+    attempts: int
+    status: str
+    lease_until: datetime | None
+    valid_until: datetime | None
+    reclaimed: bool
+    unhashed: bool  # a leased marketing row without its recipient hash (see outbound.hash_claimed)
+    done_parts: tuple[int, ...]
+
+    @classmethod
+    def from_record(cls, r: Any) -> ClaimedOutbound:
+        """From an `outbound.claim` row (positional: the RETURNING list has the field order,
+        checked once against the column names)."""
+        if not _CLAIM_COLUMNS_CHECKED:
+            _check_claim_columns(list(r.keys()))
+        values = tuple(r)
+        return cls(*values[:-1], tuple(values[-1] or ()))
+
+
+_CLAIM_COLUMNS_CHECKED: list[bool] = []
+
+
+def _check_claim_columns(names: list[str]) -> None:
+    expected = [f.name for f in fields(ClaimedOutbound)]
+    if names != expected:
+        raise RuntimeError(f"outbound.claim returns {names}, ClaimedOutbound expects "
+                           f"{expected}")
+    _CLAIM_COLUMNS_CHECKED.append(True)
+
+
+@dataclass(frozen=True, slots=True)
 class StatusChange:
     """A message state change an application may want to hear about (a status callback).
 

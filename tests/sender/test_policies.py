@@ -9,10 +9,10 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from smsgw.services.sender import queries as Q
 from smsgw.services.sender.policy import quiet_delay_s, recipient_zone
 from smsgw.services.sender.routing import Choice, Route, Router, pick
 from smsgw.services.smsc_sim.server import Simulator
+from smsgw.shared.queue import outbound
 
 from .conftest import add_mt, all_final, connector, running, start_stack, statuses, wait_until
 from .test_submit import max_in_window
@@ -28,21 +28,22 @@ async def test_claim_transactional_first_and_fair_across_accounts(pool: asyncpg.
     await add_mt(pool, 30, account_id=acc["a1"], category="marketing")
     await add_mt(pool, 3, account_id=acc["a2"], category="marketing")
     await add_mt(pool, 2, account_id=acc["a3"])
-    rows = await pool.fetch(Q.CLAIM_OUTBOUND, "w", 60.0, 6, 100)
-    by_id = sorted(rows, key=lambda r: r["id"])
-    cats = [r["category"] for r in rows]
+    rows = await outbound.claim(pool, owner="w", lease_s=60.0, limit=6, max_accounts=100)
+    by_id = sorted(rows, key=lambda r: r.id)
+    cats = [r.category for r in rows]
     assert cats.count("transactional") == 2
-    marketing = [r["account_id"] for r in by_id if r["category"] == "marketing"]
+    marketing = [r.account_id for r in by_id if r.category == "marketing"]
     assert sorted(marketing) == sorted([acc["a1"], acc["a1"], acc["a2"], acc["a2"]])
-    assert all(r["status"] == "sending" and r["lease_until"] is not None for r in rows)
+    assert all(r.status == "sending" and r.lease_until is not None for r in rows)
 
 
 async def test_claim_never_exceeds_limit_under_concurrency(pool: asyncpg.Pool) -> None:
     """Eight concurrent claims of 10 over 50 rows lease each row once and 50 in total."""
     await add_mt(pool, 50)
-    results = await asyncio.gather(*(pool.fetch(Q.CLAIM_OUTBOUND, f"w{i}", 60.0, 10, 100)
+    results = await asyncio.gather(*(outbound.claim(pool, owner=f"w{i}", lease_s=60.0,
+                                                    limit=10, max_accounts=100)
                                      for i in range(8)))
-    ids = [r["id"] for rows in results for r in rows]
+    ids = [r.id for rows in results for r in rows]
     assert all(len(rows) <= 10 for rows in results)
     assert len(ids) == len(set(ids))
     leased = await pool.fetchval("SELECT count(*) FROM outbound WHERE status = 'sending'")

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from smsgw.services.sender.policy import decide
-from smsgw.services.sender.records import Claimed, InFlight, Outcome
+from smsgw.services.sender.records import InFlight, Outcome
 from smsgw.services.sender.settings import SenderSettings
+from smsgw.shared.queue.records import ClaimedOutbound
 from smsgw.shared.smpp import pdu as P
 from smsgw.shared.smpp.session import SubmitOutcome, SubmitResult
 
@@ -31,8 +32,8 @@ def settings(**kw: Any) -> SenderSettings:
 
 
 def row(*, attempts: int = 0, lease_until: datetime | None = NOW + timedelta(seconds=90),
-        msg_id: int = 7) -> Claimed:
-    return Claimed(id=msg_id, account_id=1, source="api", from_addr="SMSGW",
+        msg_id: int = 7) -> ClaimedOutbound:
+    return ClaimedOutbound(id=msg_id, account_id=1, source="api", from_addr="SMSGW",
                    to_addr="+447700900001", body="hi", category="transactional", priority=0,
                    encoding=None, connector=None, route_hint=None, client_ref=None,
                    callback_url=None, dlr_mask=None, meta=None, attempts=attempts,

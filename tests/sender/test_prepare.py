@@ -1,15 +1,16 @@
-"""Every named query of the sender and of receipt matching PREPAREs on the migrated schema."""
+"""Every statement the sender runs PREPAREs on the migrated schema: the `outbound` owner's
+(claim, write-back, receipt matching…), the `receipts` and `callbacks` owners', routing's."""
 
 from __future__ import annotations
 
 import asyncpg
 import pytest
 
-from smsgw.services.sender import queries
+from smsgw.services.sender import routing
 from smsgw.shared.queue import callbacks, outbound, receipts
 
-STATEMENTS = {**queries.ALL, **outbound.STATEMENTS, **receipts.STATEMENTS,
-              **callbacks.STATEMENTS}
+STATEMENTS = {**outbound.STATEMENTS, **receipts.STATEMENTS, **callbacks.STATEMENTS,
+              **routing.STATEMENTS}
 
 
 @pytest.mark.parametrize("name", sorted(STATEMENTS))
