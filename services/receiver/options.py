@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from smsgw.shared.runtime.config import RECEIVER_HTTP_PORT_BASE
 from smsgw.shared.runtime.http import HttpLimits
-
-RECEIVER_HTTP_PORT_BASE = 8080
 
 
 class ReceiverOptions(BaseModel):

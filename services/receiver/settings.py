@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Self
 
 from smsgw.services.receiver.options import ReceiverOptions
-from smsgw.shared.runtime.config import RECEIVER_HTTP_PORT_BASE, DaemonSection
+from smsgw.shared.runtime.config import DaemonSection
 
 
 class ReceiverSettings(DaemonSection, ReceiverOptions):
@@ -21,5 +21,5 @@ class ReceiverSettings(DaemonSection, ReceiverOptions):
         """Also fill in the API port from the instance number."""
         out = super().resolve_defaults(daemon, instance)
         if out.http_port is None:
-            out = out.model_copy(update={"http_port": RECEIVER_HTTP_PORT_BASE + instance - 1})
+            out = out.model_copy(update={"http_port": out.resolved_http_port(instance)})
         return out

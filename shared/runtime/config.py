@@ -54,7 +54,7 @@ DAEMONS: tuple[str, ...] = ("receiver", "processor", "sender")
 # n in the metrics port of docs/ARCHITECTURE.md "Ports", 9100 + 10 x (instance - 1) + n
 DAEMON_PORT_OFFSET: dict[str, int] = {"receiver": 1, "processor": 2, "sender": 3}
 METRICS_PORT_BASE = 9100
-RECEIVER_HTTP_PORT_BASE = 8080
+RECEIVER_HTTP_PORT_BASE = 8080  # the receiver API's port: 8080 + (instance - 1), "Ports"
 DEFAULT_CONFIG_FILE = "smsgw.toml"
 ENV_PREFIX = "SMSGW_"
 ENV_INSTANCE = "SMSGW_INSTANCE"
