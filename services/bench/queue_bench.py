@@ -2,7 +2,9 @@
 
 Two pipelines, each three stages (one round trip per stage and batch):
 
-- lease:  `enqueue(outbound)` → `claim_leased(outbound)` → `ack(owner=…)`  (the sender's path)
+- lease:  `enqueue(outbound)` → `outbound.claim` → `outbound.write_back` (as `submitted`, no
+          parts): the sender's own claim statement (fair lanes, expiry, suppression) and
+          its fenced write-back (the core's generic `claim_leased` serves callbacks)
 - tx:     `enqueue(inbound)` → in one transaction `claim_tx(inbound)` + `ack` (the processor's
           path; `tx-hol` adds the head-of-line condition on from_addr, 5000 numbers)
 
@@ -35,7 +37,7 @@ import asyncpg
 from smsgw.shared.core import db
 from smsgw.shared.core.aio import loop_runner, sleep_or_stop
 from smsgw.shared.core.embedded_pg import EmbeddedPostgres
-from smsgw.shared.queue import store
+from smsgw.shared.queue import outbound, store
 from smsgw.shared.queue.listener import CHANNELS, Listener, consume
 
 _CLK = os.sysconf("SC_CLK_TCK")
@@ -128,12 +130,19 @@ async def _refresh_stats(conn: asyncpg.Connection, stop: asyncio.Event) -> None:
         await sleep_or_stop(stop, 0.5)
 
 
+SENDER_MAX_ACCOUNTS = 100  # [sender] max_accounts' default: accounts served per claim
+
+
 def _lease_pass(conn: asyncpg.Connection, batch: int, owner: str, acked: list[int],
                 done: asyncio.Event, total: int) -> Callable[[], Any]:
     async def claim_pass() -> int:
-        rows = await store.claim_leased(conn, "outbound", limit=batch, owner=owner, lease_s=60)
+        rows = await outbound.claim(conn, owner=owner, lease_s=60.0, limit=batch,
+                                    max_accounts=SENDER_MAX_ACCOUNTS)
         if rows:
-            await store.ack(conn, "outbound", [r.id for r in rows], owner=owner)
+            n = len(rows)
+            await outbound.write_back(conn, owner, [r.id for r in rows], ["submitted"] * n,
+                                      [None] * n, [None] * n, [0.0] * n, [0] * n, [None] * n,
+                                      [None] * n, *([] for _ in range(7)))
             acked[0] += len(rows)
             if acked[0] >= total:
                 done.set()

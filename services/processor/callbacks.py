@@ -78,7 +78,7 @@ RULE_ACTIONS: Final = """
 -- rule_actions: the actions of rules $1 (forward secrets are named there)
 SELECT id, actions FROM rules WHERE id = ANY($1::int8[])
 """
-ALL_QUERIES: Final = {"account_secrets": ACCOUNT_SECRETS, "rule_actions": RULE_ACTIONS}
+STATEMENTS: Final = {"account_secrets": ACCOUNT_SECRETS, "rule_actions": RULE_ACTIONS}
 
 
 @dataclass(frozen=True, slots=True)

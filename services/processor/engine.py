@@ -104,7 +104,7 @@ FLOOD_CLEANUP: Final = """
 -- flood_cleanup: drop counters of windows that ended more than $1 seconds ago
 DELETE FROM flood_counters WHERE window_start < now() - make_interval(secs => $1)
 """
-ALL_QUERIES: Final = {"rules_version": RULES_VERSION, "load_rules": LOAD_RULES,
+STATEMENTS: Final = {"rules_version": RULES_VERSION, "load_rules": LOAD_RULES,
                       "flood_count": FLOOD_COUNT, "quota_counts": QUOTA_COUNTS,
                       "insert_entries": INSERT_ENTRIES, "flood_cleanup": FLOOD_CLEANUP}
 

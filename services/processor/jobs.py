@@ -38,7 +38,7 @@ ON CONFLICT (job) DO UPDATE
  WHERE p.last_run_at <= clock_timestamp() - make_interval(secs => $2)
 RETURNING runs
 """
-ALL_QUERIES: Final = {"claim_period": CLAIM_PERIOD}
+STATEMENTS: Final = {"claim_period": CLAIM_PERIOD}
 
 
 async def claim_period(conn: asyncpg.Connection, job: str, period_s: float, owner: str) -> bool:

@@ -73,7 +73,7 @@ INSERT INTO audit_log (actor, action, object_type, object_id, detail)
 SELECT $1, u.action, 'rule', u.object_id, u.detail
   FROM unnest($2::text[], $3::text[], $4::jsonb[]) AS u(action, object_id, detail)
 """
-ALL_QUERIES: Final = {"select_rules_for_update": SELECT_RULES, "insert_rule": INSERT_RULE,
+STATEMENTS: Final = {"select_rules_for_update": SELECT_RULES, "insert_rule": INSERT_RULE,
                       "update_rule": UPDATE_RULE, "delete_rules": DELETE_RULES,
                       "insert_audit": INSERT_AUDIT}
 

@@ -7,11 +7,11 @@ import asyncpg
 from smsgw.services.processor import callbacks, engine, jobs, rules_cli
 from smsgw.shared.domain import suppression
 
-QUERIES = {
-    **{f"engine.{k}": v for k, v in engine.ALL_QUERIES.items()},
-    **{f"rules_cli.{k}": v for k, v in rules_cli.ALL_QUERIES.items()},
-    **{f"callbacks.{k}": v for k, v in callbacks.ALL_QUERIES.items()},
-    **{f"jobs.{k}": v for k, v in jobs.ALL_QUERIES.items()},
+STATEMENTS = {
+    **{f"engine.{k}": v for k, v in engine.STATEMENTS.items()},
+    **{f"rules_cli.{k}": v for k, v in rules_cli.STATEMENTS.items()},
+    **{f"callbacks.{k}": v for k, v in callbacks.STATEMENTS.items()},
+    **{f"jobs.{k}": v for k, v in jobs.STATEMENTS.items()},
     "suppression.is_suppressed": suppression.IS_SUPPRESSED,
     "suppression.add_suppressions": suppression.ADD_SUPPRESSIONS,
     "suppression.remove_suppressions": suppression.REMOVE_SUPPRESSIONS,
@@ -21,7 +21,7 @@ QUERIES = {
 async def test_every_query_prepares(pool) -> None:
     failed = {}
     async with pool.acquire() as conn:
-        for name, sql in sorted(QUERIES.items()):
+        for name, sql in sorted(STATEMENTS.items()):
             try:
                 await conn.prepare(sql)
             except asyncpg.PostgresError as exc:
