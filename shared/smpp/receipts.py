@@ -26,7 +26,7 @@ __all__ = [
     "DEFAULT_STAT_MAP",
     "ID_MODES",
     "INTERMEDIATE_STATES",
-    "Receipt",
+    "ParsedReceipt",
     "is_intermediate_notification",
     "is_receipt",
     "map_stat",
@@ -88,7 +88,7 @@ def is_intermediate_notification(esm_class: int) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class Receipt:
+class ParsedReceipt:
     """A parsed receipt.
 
     `message_id` is the SMSC id as received (TLV preferred), `normalised_id` after the
@@ -302,7 +302,7 @@ def _parse_receipt_general(
     tz: str | ZoneInfo = "UTC",
     stat_map: Mapping[str, str] | None = None,
     id_mode: str = "as_is",
-) -> Receipt:
+) -> ParsedReceipt:
     """parse_receipt for any text and TLVs: the readable reference the fast path must equal
     (tests/smpp/test_receipts_fast.py), and its fallback for text off the spec layout."""
     found = _tlv_map(tlvs)
@@ -316,15 +316,15 @@ def _parse_receipt_general(
 def _build(text_id: str, sub: str | None, dlvrd: str | None, submit_date: str | None,
            done_date: str | None, stat: str | None, err: str | None, body: str | None,
            rid: bytes | None, state_tlv: bytes | None, nec: bytes | None, esm_class: int,
-           tz: str | ZoneInfo, stat_map: Mapping[str, str] | None, id_mode: str) -> Receipt:
-    """The Receipt from the text's fields and the first value of each TLV (both parsers):
+           tz: str | ZoneInfo, stat_map: Mapping[str, str] | None, id_mode: str) -> ParsedReceipt:
+    """The ParsedReceipt from the text's fields and the first value of each TLV (both parsers):
     receipted_message_id beats the text's id, message_state beats the text's stat."""
     message_id = text_id if rid is None else rid.split(b"\0", 1)[0].decode("latin-1")
     message_state = state_tlv[0] if state_tlv else None
     stat = _MESSAGE_STATES.get(message_state, stat or None)  # type: ignore[arg-type]
     state, final = map_stat(stat, stat_map)
     zone = _zone(tz)
-    return Receipt(
+    return ParsedReceipt(
         message_id=message_id,
         normalised_id=normalise_id(message_id, id_mode),
         stat=stat,
@@ -357,7 +357,7 @@ def parse_receipt(
     tz: str | ZoneInfo = "UTC",
     stat_map: Mapping[str, str] | None = None,
     id_mode: str = "as_is",
-) -> Receipt:
+) -> ParsedReceipt:
     """Parse a receipt deliver_sm/data_sm (check `is_receipt(esm_class)` first).
 
     `short_message`, `tlvs`, `esm_class` and `data_coding` are the PDU's fields; `tz` the

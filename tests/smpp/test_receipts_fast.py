@@ -7,7 +7,7 @@
   sub/dlvrd, `text:none`, no text) parse like the spec layout they deviate from;
 * both equal `_original`, a copy of the strptime-based parser this replaced (the model).
 
-The model shares nothing with the code under test but the `Receipt` record it fills in: its
+The model shares nothing with the code under test but the `ParsedReceipt` record it fills in: its
 own stat table (`_M_STAT_MAP`, written out from SMPP 3.4 5.2.28 / Kannel / Vumi as documented
 in `shared/smpp/receipts.py`), its own intermediate-state set and esm_class test, and its own
 digit-by-digit id conversions (`_m_apply_mode`), so a bug in `receipts._apply_mode`, the stat
@@ -165,7 +165,7 @@ def _original(
     tz: Any = "UTC",
     stat_map: Any = None,
     id_mode: str = "as_is",
-) -> R.Receipt:
+) -> R.ParsedReceipt:
     zone = tz if isinstance(tz, ZoneInfo) else ZoneInfo(tz)
     found: dict[int, bytes] = {}
     for tag, value in tlvs:
@@ -186,7 +186,7 @@ def _original(
     state, final = _m_map_stat(stat, stat_map)
     if _m_intermediate_notification(esm_class):
         final = False
-    return R.Receipt(
+    return R.ParsedReceipt(
         message_id=message_id, normalised_id=_m_normalise(message_id, id_mode), stat=stat,
         state=state, final=final, err=fields.get("err") or None, network_error=network_error,
         message_state=message_state, submit_date=_m_date(fields.get("submit_date"), zone),
@@ -198,12 +198,12 @@ def _original(
 # Generators ------------------------------------------------------------------------------
 
 
-def _strict(r: R.Receipt) -> tuple[Any, ...]:
+def _strict(r: R.ParsedReceipt) -> tuple[Any, ...]:
     """All fields, dates as (wall time, zone): aware datetimes in different zones compare
     equal when they are the same instant, which would hide a wrong zone."""
     dates = [(d.replace(tzinfo=None), str(d.tzinfo)) if d else None
              for d in (r.submit_date, r.done_date)]  # fmt: skip
-    return (*(getattr(r, f) for f in R.Receipt.__slots__), *dates)
+    return (*(getattr(r, f) for f in R.ParsedReceipt.__slots__), *dates)
 
 
 ids = st.one_of(
@@ -262,7 +262,7 @@ def spec_text(r: dict[str, Any]) -> str:
     return " ".join(f"{r['text_key'] if k == 'text' else k}:{f[k]}" for k in KEYS)
 
 
-def parse_all(text: str, r: dict[str, Any], data_coding: int = 0) -> list[R.Receipt]:
+def parse_all(text: str, r: dict[str, Any], data_coding: int = 0) -> list[R.ParsedReceipt]:
     """parse_receipt, the general path and the model, on the same PDU fields."""
     body = text.encode("utf-16-be") if data_coding == 8 else text.encode("latin-1", "replace")
     opts = r["options"]
@@ -294,7 +294,7 @@ def test_fast_path_equals_general_path(r, data_coding):
 @SETTINGS
 @given(receipts(), st.data())
 def test_deviations_parse_like_the_spec_layout(r, data):
-    """Case variants, `submit_date`, extra blanks, `TEXT:` (general path) give the Receipt the
+    """Case variants, `submit_date`, extra blanks, `TEXT:` (general path) give the ParsedReceipt the
     spec layout gives (fast path); a missing sub/dlvrd only loses that field."""
     f = r["fields"]
     case = data.draw(st.sampled_from([str.upper, str.lower, str.title, lambda k: k]))
@@ -307,9 +307,9 @@ def test_deviations_parse_like_the_spec_layout(r, data):
     spec = parse_all(spec_text(r), r)
     dev = parse_all(deviated, r)
     assert _strict(dev[0]) == _strict(dev[1]) == _strict(dev[2])
-    expected = {**{s: getattr(spec[0], s) for s in R.Receipt.__slots__},
+    expected = {**{s: getattr(spec[0], s) for s in R.ParsedReceipt.__slots__},
                 **{k: None for k in drop}}  # fmt: skip
-    assert {s: getattr(dev[0], s) for s in R.Receipt.__slots__} == expected
+    assert {s: getattr(dev[0], s) for s in R.ParsedReceipt.__slots__} == expected
 
 
 JUNK = st.lists(
