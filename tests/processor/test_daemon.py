@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,75 +13,30 @@ from typing import Any
 import asyncpg
 import pytest
 
+from ..harness import SMSGW, DaemonProcess, Spawner, clean_env
 from .conftest import add_mo, mo
 
-SMSGW = str(Path(sys.executable).with_name("smsgw"))
 WAIT_S = 30.0
-
-
-class Proc:
-    """One daemon subprocess; its JSON log lines are collected as they arrive."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.events: list[dict[str, Any]] = []
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            try:
-                self.events.append(json.loads(raw))
-            except ValueError:
-                self.events.append({"event": "<not json>", "raw": raw.decode(errors="replace")})
-
-    async def wait_event(self, name: str, within_s: float = WAIT_S) -> dict[str, Any]:
-        async with asyncio.timeout(within_s):
-            while True:
-                found = next((e for e in self.events if e.get("event") == name), None)
-                if found is not None:
-                    return found
-                if self.proc.returncode is not None:
-                    raise AssertionError(f"daemon exited: {self.events[-5:]}")
-                await asyncio.sleep(0.05)
-
-    async def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-        async with asyncio.timeout(WAIT_S):
-            code = await self.proc.wait()
-            await self._reader
-        return code
 
 
 @pytest.fixture
 async def processor(db_url: str, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """Start `smsgw processor` subprocesses on this test's database (killed at teardown)."""
-    started: list[Proc] = []
+    spawner = Spawner(tmp_path, stderr="devnull", wait_s=WAIT_S)
 
-    async def start(app_name: str = "proc_under_test", **env_extra: str) -> Proc:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SMSGW_")}
-        env.update({
+    async def start(app_name: str = "proc_under_test", **env_extra: str) -> DaemonProcess:
+        env = clean_env(**{
             "SMSGW_DATABASE_URL": f"{db_url}?application_name={app_name}",
             "SMSGW_PROCESSOR__METRICS_PORT": "0", "SMSGW_PROCESSOR__POLL_S": "0.5",
             "SMSGW_SECURITY__SERVER_SECRET_ENV": "TEST_SERVER_SECRET",
             "TEST_SERVER_SECRET": "test-server-secret",
             "SMSGW_WEBHOOKS__ALLOWED_NETWORKS": '["127.0.0.0/8", "::1/128"]', **env_extra})
-        proc = await asyncio.create_subprocess_exec(
-            SMSGW, "processor", env=env, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-        started.append(Proc(proc))
-        await started[-1].wait_event("daemon_ready")
-        return started[-1]
+        return await (await spawner.start("processor", env=env)).ready()
 
     try:
         yield start
     finally:
-        for p in started:
-            if p.proc.returncode is None:
-                p.proc.kill()
-                await p.proc.wait()
-            p._reader.cancel()
+        await spawner.close()
 
 
 async def wait_for(pool: asyncpg.Pool, sql: str, timeout_s: float = WAIT_S) -> None:
@@ -166,7 +120,7 @@ async def test_cli_rule_change_applies_without_restart(pool, db_url, tmp_path,
     await add_mo(pool, [mo("+447700900002", "hi")])
     await wait_for(pool, "SELECT count(*) = 2 FROM outbound")
     proc.proc.send_signal(signal.SIGHUP)
-    await proc.wait_event("config_reloaded")
+    await proc.named("config_reloaded")
     await add_mo(pool, [mo("+447700900003", "hi")])
     await wait_for(pool, "SELECT count(*) = 3 FROM outbound")
     assert await proc.stop() == 0

@@ -4,60 +4,37 @@ acknowledged; stopped with SIGTERM, it drains and exits 0."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import asyncpg
 import orjson
 import pytest
 
+from .. import harness
+from ..harness import CLI_MODULE, ROOT, clean_env, free_port
 from .conftest import SERVER_SECRET, AccountFactory
 
-ROOT = Path(__file__).resolve().parents[2]
 MSG = {"to": "+447700900123", "from": "MyBrand", "text": "load"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def start_daemon(db_url: str, port: int, **extra_env: str) -> asyncio.subprocess.Process:
     """Start `smsgw receiver` on `port` and wait for its `daemon_ready` log event."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMSGW_")}
-    env.update({"SMSGW_DATABASE_URL": db_url, "SMSGW_RECEIVER__HTTP_PORT": str(port),
-                "SMSGW_RECEIVER__METRICS_PORT": "0", "SMSGW_RECEIVER__DEFAULT_COUNTRY": "GB",
-                "SMSGW_SECURITY__SERVER_SECRET_ENV": "RECEIVER_TEST_SECRET",
-                "RECEIVER_TEST_SECRET": SERVER_SECRET.decode(), **extra_env})
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "smsgw.services.cli", "receiver", cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    assert proc.stdout is not None
-    async with asyncio.timeout(30):
-        while True:
-            line = await proc.stdout.readline()
-            assert line, "receiver exited before it was ready"
-            if b'"daemon_ready"' in line:
-                break
-    asyncio.get_running_loop().create_task(_drain(proc))
-    return proc
-
-
-async def _drain(proc: asyncio.subprocess.Process) -> None:
-    assert proc.stdout is not None
-    while await proc.stdout.readline():
-        pass
+    env = clean_env(**{
+        "SMSGW_DATABASE_URL": db_url, "SMSGW_RECEIVER__HTTP_PORT": str(port),
+        "SMSGW_RECEIVER__METRICS_PORT": "0", "SMSGW_RECEIVER__DEFAULT_COUNTRY": "GB",
+        "SMSGW_SECURITY__SERVER_SECRET_ENV": "RECEIVER_TEST_SECRET",
+        "RECEIVER_TEST_SECRET": SERVER_SECRET.decode(), **extra_env})
+    daemon = await harness.start_daemon("receiver", env=env, cwd=ROOT, python=CLI_MODULE,
+                                        stderr="stdout", port=port, wait_s=30)
+    await daemon.ready()
+    return daemon.proc
 
 
 @pytest.fixture
 async def daemon_port() -> AsyncIterator[int]:
-    yield _free_port()
+    yield free_port()
 
 
 async def _client(url: str, key: str, acked: list[int], stop: asyncio.Event,

@@ -7,7 +7,6 @@ NOTIFY_SOCKET pointing at a test socket (systemd is not needed), on port 0 every
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 from pathlib import Path
@@ -19,31 +18,23 @@ import pytest
 
 from smsgw.shared.queue import store
 from smsgw.shared.runtime import lifecycle
-from smsgw.shared.runtime.config import ENV_PREFIX
 
-# (`notify_socket`, `spawn` and `clean_env` are fixtures of tests/runtime/conftest.py.)
-NotifySocket = Any
+from ..harness import NotifySocket, clean_env
+
+# (`notify_socket` and `spawn` are fixtures of tests/runtime/conftest.py.)
 
 DAEMONS = ("receiver", "processor", "sender")
 
 
 def daemon_env(daemon: str, db_url: str, notify: NotifySocket, **extra: str) -> dict[str, str]:
     upper = daemon.upper()
-    env = _clean_env(SMSGW_DATABASE_URL=db_url, NOTIFY_SOCKET=notify.address,
+    env = clean_env(SMSGW_DATABASE_URL=db_url, NOTIFY_SOCKET=notify.address,
                     **{f"SMSGW_{upper}__METRICS_PORT": "0", f"SMSGW_{upper}__DRAIN_S": "5"},
                     # the processor and the sender refuse to start without a server secret
                     SMSGW_SECURITY__SERVER_SECRET_ENV="TEST_SERVER_SECRET",
                     TEST_SERVER_SECRET="test-server-secret")
     if daemon == "receiver":
         env["SMSGW_RECEIVER__HTTP_PORT"] = "0"
-    env.update(extra)
-    return env
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    """os.environ without SMSGW_*/NOTIFY_*/WATCHDOG_* variables, plus `extra`."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith((ENV_PREFIX, "NOTIFY_", "WATCHDOG_"))}
     env.update(extra)
     return env
 
@@ -61,7 +52,7 @@ async def test_daemon_ready_serves_health_and_stops(daemon: str, db_url: str, sp
     STOPPING=1 and exit 0."""
     proc = await spawn(daemon, env=daemon_env(daemon, db_url, notify_socket))
     await notify_socket.expect("READY")
-    port = await proc.port("health")
+    port = await proc.site_port("health")
     status, body = await http_get(port, "/readyz")
     assert status == 200, body
     assert '"database": true' in body
@@ -70,7 +61,7 @@ async def test_daemon_ready_serves_health_and_stops(daemon: str, db_url: str, sp
     assert f'smsgw_build_info{{daemon="{daemon}"' in metrics
     assert "process_open_fds" in metrics
     if daemon == "receiver":
-        assert (await http_get(await proc.port("api"), "/v1/ping"))[0] == 200
+        assert (await http_get(await proc.site_port("api"), "/v1/ping"))[0] == 200
     proc.signal(signal.SIGTERM)
     await notify_socket.expect("STOPPING")
     assert await proc.exit_code() == 0
@@ -90,7 +81,7 @@ async def test_sighup_reload_applies_log_level_and_survives_broken_file(
     proc = await spawn("processor", "--config", str(cfg),
                        env=daemon_env("processor", db_url, notify_socket))
     await notify_socket.expect("READY")
-    port = await proc.port("health")
+    port = await proc.site_port("health")
     assert not [e for e in proc.events if e.get("level") == "debug"]
 
     cfg.write_text('[processor]\nlog_level = "debug"\nqueue_stats_s = 0.2\n'
@@ -191,7 +182,7 @@ async def test_bad_config_exits_78_naming_it(setup: dict[str, Any], named: str, 
                                              tmp_path: Path) -> None:
     """A bad key in the file or an unknown/invalid SMSGW_* variable: exit 78 before any I/O
     (the database URL points nowhere), with the culprit named on stderr."""
-    env = _clean_env(SMSGW_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none",
+    env = clean_env(SMSGW_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none",
                     **setup.get("env", {}))
     args = ["sender"]
     if "file" in setup:
@@ -204,7 +195,7 @@ async def test_bad_config_exits_78_naming_it(setup: dict[str, Any], named: str, 
 
 
 async def test_help_explains_itself(spawn: Any) -> None:
-    proc = await spawn("sender", "--help", env=_clean_env())
+    proc = await spawn("sender", "--help", env=clean_env())
     assert await proc.exit_code() == 0
     text = "".join(e.get("raw", "") for e in proc.events)
     for needle in ("--config", "--instance", "--log-level", "SMSGW_DATABASE_URL",

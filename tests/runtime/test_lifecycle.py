@@ -6,7 +6,6 @@ crashes on purpose, and the real `smsgw` daemons.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
@@ -17,19 +16,17 @@ import aiohttp
 import asyncpg
 
 from smsgw.shared.queue import store
-from smsgw.shared.runtime.config import ENV_PREFIX
+
+from ..harness import clean_env
 
 STUB = [sys.executable, str(Path(__file__).with_name("stub_daemon.py"))]
 
 
 def env_for(db_url: str, notify: Any, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith((ENV_PREFIX, "NOTIFY_", "WATCHDOG_"))}
-    env.update(SMSGW_DATABASE_URL=db_url, NOTIFY_SOCKET=notify.address,
-               # the processor and the sender refuse to start without a server secret
-               SMSGW_SECURITY__SERVER_SECRET_ENV="TEST_SERVER_SECRET",
-               TEST_SERVER_SECRET="test-server-secret", **extra)
-    return env
+    return clean_env(SMSGW_DATABASE_URL=db_url, NOTIFY_SOCKET=notify.address,
+                     # the processor and the sender refuse to start without a server secret
+                     SMSGW_SECURITY__SERVER_SECRET_ENV="TEST_SERVER_SECRET",
+                     TEST_SERVER_SECRET="test-server-secret", **extra)
 
 
 async def test_drain_deadline_exceeded_exits_1_after_release(

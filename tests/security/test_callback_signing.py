@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import os
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +27,8 @@ from smsgw.services.sender.status_callbacks import StatusChange, callback_row
 from smsgw.shared.queue import store
 from smsgw.shared.runtime.config import WebhooksSettings
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..harness import CLI_MODULE, ROOT, Spawner, clean_env
+
 SERVER_SECRET = "sec-cbsign-server-secret"
 
 
@@ -105,36 +104,20 @@ def sec_cbsign_cli(db_url: str, sec_cbsign_config: Path,
 @pytest.fixture
 async def sec_cbsign_processor(db_url: str, tmp_path: Path) -> AsyncIterator[None]:
     """A real `smsgw processor` with the same server secret, allowed to call 127.0.0.1."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMSGW_")}
-    env.update({"SMSGW_DATABASE_URL": db_url, "SMSGW_PROCESSOR__METRICS_PORT": "0",
-                "SMSGW_PROCESSOR__POLL_S": "0.2", "PYTHONPATH": str(ROOT),
-                "SMSGW_SECURITY__SERVER_SECRET_ENV": "SEC_CBSIGN_SECRET",
-                "SEC_CBSIGN_SECRET": SERVER_SECRET})
+    env = clean_env(**{"SMSGW_DATABASE_URL": db_url, "SMSGW_PROCESSOR__METRICS_PORT": "0",
+                       "SMSGW_PROCESSOR__POLL_S": "0.2", "PYTHONPATH": str(ROOT),
+                       "SMSGW_SECURITY__SERVER_SECRET_ENV": "SEC_CBSIGN_SECRET",
+                       "SEC_CBSIGN_SECRET": SERVER_SECRET})
     if "allowed_networks" in WebhooksSettings.model_fields:
         env["SMSGW_WEBHOOKS__ALLOWED_NETWORKS"] = '["127.0.0.0/8"]'
     else:  # the code before issue 12 (the regression run against it)
         env["SMSGW_WEBHOOKS__ALLOW_PRIVATE_URLS"] = "true"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "smsgw.services.cli", "processor", cwd=tmp_path, env=env,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT)
-    assert proc.stdout is not None
-    output = b""
+    spawner = Spawner(tmp_path, stderr="stdout", wait_s=60)
     try:
-        async with asyncio.timeout(60):
-            while line := await proc.stdout.readline():
-                output += line
-                if b'"daemon_ready"' in line:
-                    break
-            else:
-                raise AssertionError(f"processor exited: {output.decode(errors='replace')}")
-        drain = asyncio.get_running_loop().create_task(proc.stdout.read())
+        await (await spawner.start("processor", env=env, python=CLI_MODULE)).ready()
         yield
     finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
-    await drain
+        await spawner.close()
 
 
 async def _account(pool: asyncpg.Pool, name: str) -> int:

@@ -10,9 +10,6 @@ a real `smsgw processor` process for delivery.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,8 @@ from smsgw.services.receiver.web import create_api_app
 from smsgw.shared.queue import store
 from smsgw.shared.runtime.config import WebhooksSettings
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..harness import CLI_MODULE, ROOT, DaemonProcess, Spawner, clean_env
+
 SERVER_SECRET = b"sec-ssrf-server-secret"
 
 # Hosts that the client maps to 127.0.0.1 / localhost: circled digits, fullwidth digits,
@@ -168,42 +166,26 @@ async def sec_ssrf_app() -> AsyncIterator[SecSsrfApp]:
         await runner.cleanup()
 
 
-StartProcessor = Callable[..., Awaitable[asyncio.subprocess.Process]]
+StartProcessor = Callable[..., Awaitable[DaemonProcess]]
 
 
 @pytest.fixture
 async def sec_ssrf_processor(db_url: str, tmp_path: Path) -> AsyncIterator[StartProcessor]:
     """Start a real `smsgw processor` on the test database (ready when returned)."""
-    started: list[asyncio.subprocess.Process] = []
+    spawner = Spawner(tmp_path, stderr="stdout", wait_s=60)
 
-    async def start(**extra_env: str) -> asyncio.subprocess.Process:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SMSGW_")}
-        env.update({"SMSGW_DATABASE_URL": db_url, "SMSGW_PROCESSOR__METRICS_PORT": "0",
-                    "SMSGW_PROCESSOR__POLL_S": "0.2", "PYTHONPATH": str(ROOT),
-                    "SMSGW_SECURITY__SERVER_SECRET_ENV": "SEC_SSRF_SERVER_SECRET",
-                    "SEC_SSRF_SERVER_SECRET": SERVER_SECRET.decode(), **extra_env})
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "smsgw.services.cli", "processor", cwd=tmp_path, env=env,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT)
-        started.append(proc)
-        assert proc.stdout is not None
-        async with asyncio.timeout(60):
-            while line := await proc.stdout.readline():
-                if line.startswith(b"{") and json.loads(line).get("event") == "daemon_ready":
-                    break
-            else:
-                raise AssertionError(f"processor exited with {await proc.wait()}")
-        asyncio.get_running_loop().create_task(proc.stdout.read())  # keep the pipe drained
-        return proc
+    async def start(**extra_env: str) -> DaemonProcess:
+        env = clean_env(**{
+            "SMSGW_DATABASE_URL": db_url, "SMSGW_PROCESSOR__METRICS_PORT": "0",
+            "SMSGW_PROCESSOR__POLL_S": "0.2", "PYTHONPATH": str(ROOT),
+            "SMSGW_SECURITY__SERVER_SECRET_ENV": "SEC_SSRF_SERVER_SECRET",
+            "SEC_SSRF_SERVER_SECRET": SERVER_SECRET.decode(), **extra_env})
+        return await (await spawner.start("processor", env=env, python=CLI_MODULE)).ready()
 
     try:
         yield start
     finally:
-        for proc in started:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        await spawner.close()
 
 
 async def _final(pool: asyncpg.Pool, n: int) -> list[asyncpg.Record]:

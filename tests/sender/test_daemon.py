@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,10 +13,9 @@ import pytest
 
 from smsgw.services.smsc_sim.server import Simulator
 
+from ..harness import DaemonProcess, Spawner, clean_env
 from .conftest import add_mt, all_final, wait_until
 from .test_submit import max_in_window
-
-SMSGW = str(Path(sys.executable).with_name("smsgw"))
 
 
 def write_config(path: Path, port: int, tps: float, **sender: Any) -> None:
@@ -35,59 +31,23 @@ def write_config(path: Path, port: int, tps: float, **sender: Any) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-class Proc:
-    """A `smsgw sender` subprocess whose JSON log lines are collected."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.events: list[dict[str, Any]] = []
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            try:
-                self.events.append(json.loads(raw))
-            except ValueError:
-                self.events.append({"event": "<not json>", "raw": raw.decode(errors="replace")})
-
-    def seen(self, name: str) -> bool:
-        return any(e.get("event") == name for e in self.events)
-
-    async def exit_code(self, within_s: float = 20.0) -> int:
-        async with asyncio.timeout(within_s):
-            code = await self.proc.wait()
-            await self._reader
-        return code
-
-
 @pytest.fixture
 async def spawn(tmp_path: Path, db_url: str) -> AsyncIterator[Callable[..., Any]]:
     """Start `smsgw sender --config <tmp>/smsgw.toml`; killed at teardown if still running."""
-    procs: list[Proc] = []
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SMSGW_", "NOTIFY_", "WATCHDOG_"))}
-    env["SMSGW_DATABASE_URL"] = db_url
-    # the sender refuses to start without a server secret (it keys the suppression hashes)
-    env.update(SMSGW_SECURITY__SERVER_SECRET_ENV="TEST_SERVER_SECRET",
-               TEST_SERVER_SECRET="test-server-secret")
+    spawner = Spawner(tmp_path, stderr="stdout")
+    env = clean_env(SMSGW_DATABASE_URL=db_url,
+                    # the sender refuses to start without a server secret (it keys the
+                    # suppression hashes)
+                    SMSGW_SECURITY__SERVER_SECRET_ENV="TEST_SERVER_SECRET",
+                    TEST_SERVER_SECRET="test-server-secret")
 
-    async def start() -> Proc:
-        proc = await asyncio.create_subprocess_exec(
-            SMSGW, "sender", "--config", str(tmp_path / "smsgw.toml"), env=env, cwd=tmp_path,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT)
-        procs.append(Proc(proc))
-        return procs[-1]
+    async def start() -> DaemonProcess:
+        return await spawner.start("sender", "--config", str(tmp_path / "smsgw.toml"), env=env)
 
     try:
         yield start
     finally:
-        for p in procs:
-            if p.proc.returncode is None:
-                p.proc.kill()
-                await p.proc.wait()
-            p._reader.cancel()
+        await spawner.close()
 
 
 async def test_sigkill_mid_window_loses_nothing_and_counts_duplicates(
