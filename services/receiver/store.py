@@ -166,6 +166,11 @@ SELECT outbound_part_id, stat, state, final, err, done_date, created_at
 ORDER BY created_at
 """
 
+STATEMENTS: dict[str, str] = {"find_account_message": FIND_ACCOUNT_MESSAGE,
+                              "list_message_parts": LIST_MESSAGE_PARTS,
+                              "list_part_receipts": LIST_PART_RECEIPTS}
+"""Statement label → SQL of the reads above (the PREPARE test reads it)."""
+
 
 async def find_message(pool: asyncpg.Pool, account_id: int,
                        message_id: int) -> dict[str, Any] | None:

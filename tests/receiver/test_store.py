@@ -6,7 +6,7 @@ import asyncio
 
 import asyncpg
 
-from smsgw.services.receiver.store import MtItem, MtOutcome, flush_mt
+from smsgw.services.receiver.store import STATEMENTS, MtItem, MtOutcome, flush_mt
 from smsgw.shared.queue.groupcommit import GroupCommitter
 
 
@@ -71,3 +71,10 @@ async def test_one_notify_per_commit_on_the_senders_channel(db_url: str,
     finally:
         await listener.close()
     assert got == [CHANNELS["outbound"]]
+
+
+async def test_message_reads_prepare(pool: asyncpg.Pool) -> None:
+    """The API's message reads PREPARE on the migrated schema (column typos fail here)."""
+    async with pool.acquire() as conn:
+        for sql in STATEMENTS.values():
+            await conn.prepare(sql)
