@@ -94,9 +94,9 @@ def _is_permanent(res: SubmitResult) -> bool:
     return res.status_class in ("permanent", "ambiguous")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per multi-part message, frozen init is slower
 class _Case:
-    """One message's answered parts, as the rules read them."""
+    """One message's answered parts, as the rules read them (never changed)."""
 
     msg: InFlight
     settings: SenderSettings
