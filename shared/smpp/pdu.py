@@ -166,9 +166,10 @@ def status_name(code: int) -> str:
 
 StatusClass = Literal["ok", "transient", "permanent", "bind", "ambiguous"]
 
-# Retry classes from PROTOCOL-NOTES.md ("command_status codes and retry classes"), which cites
-# Kannel's and Jasmin's defaults. Codes not listed are treated as permanent: an SMSC that
-# invents a status is more often rejecting the message than asking us to retry.
+# Retry classes: docs/ARCHITECTURE.md "SMPP status classes and receipts" (after SMPP 3.4
+# section 5.1.3 and Kannel's and Jasmin's defaults). Codes not listed are treated as
+# permanent: an SMSC that invents a status is more often rejecting the message than asking us
+# to retry.
 _TRANSIENT = frozenset(
     {
         SMPP_ESME_RINVBNDSTS,  # wrong bind state: rebind, then retry

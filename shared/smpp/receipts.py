@@ -1,10 +1,11 @@
 """Delivery receipts: tell them from MO, parse them tolerantly, map them to part states.
 
 The receipt text format is "SMSC vendor specific" (SMPP 3.4 Appendix B); the parser accepts
-the deviations listed in PROTOCOL-NOTES.md: ids up to 65 characters, hex or decimal ids,
-10- or 12-digit dates, `text:`/`Text:`, missing `sub`/`dlvrd`. The TLVs receipted_message_id
-(0x001E), message_state (0x0427) and network_error_code (0x0423) win over the text when present
-(as Kannel does). Dates carry no zone: they are read in the connector's configured zone.
+the deviations listed in docs/ARCHITECTURE.md "SMPP status classes and receipts": ids up to 65
+characters, hex or decimal ids, 10- or 12-digit dates, `text:`/`Text:`, missing `sub`/`dlvrd`.
+The TLVs receipted_message_id (0x001E), message_state (0x0427) and network_error_code (0x0423)
+win over the text when present (as Kannel does). Dates carry no zone: they are read in the
+connector's configured zone.
 """
 
 import functools
@@ -35,7 +36,7 @@ __all__ = [
     "parse_receipt_text",
 ]
 
-# stat text → our part state. From PROTOCOL-NOTES.md's table (SMPP 3.4 5.2.28 message_state,
+# stat text → our part state (docs/ARCHITECTURE.md; SMPP 3.4 5.2.28 message_state,
 # Kannel `handle_dlr`, Vumi's processor). ACCEPTD is intermediate here (Kannel: buffered) and
 # UNKNOWN ends unknown_receipt; both are commonly overridden per connector.
 DEFAULT_STAT_MAP: Mapping[str, PartState] = {

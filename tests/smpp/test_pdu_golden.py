@@ -216,8 +216,8 @@ def test_cloudhopper_missing_nul_is_a_pdu_error():
     assert decoder.buffered == 0
 
 
-def test_status_names_and_classes_follow_protocol_notes():
-    """PROTOCOL-NOTES.md "command_status codes and retry classes"."""
+def test_status_names_and_classes_follow_the_documented_table():
+    """docs/ARCHITECTURE.md "SMPP status classes and receipts"."""
     assert P.status_name(0x58) == "ESME_RTHROTTLED"
     expected = {
         0x00: "ok", 0x01: "permanent", 0x04: "transient", 0x05: "bind", 0x08: "transient",

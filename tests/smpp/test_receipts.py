@@ -10,7 +10,7 @@ from smsgw.shared.smpp import receipts as R
 
 
 def test_spec_example_layout():
-    """SMPP 3.4 Appendix B example layout (PROTOCOL-NOTES.md), with Text: capitalised."""
+    """SMPP 3.4 Appendix B example layout, with Text: capitalised."""
     text = (b"id:1234567890 sub:001 dlvrd:001 submit date:0610191018 done date:0610191018 "
             b"stat:DELIVRD err:000 Text:Hello world")  # fmt: skip
     r = R.parse_receipt(text, tz="Europe/Berlin")
@@ -135,7 +135,7 @@ def test_normalise_id(raw, mode, expected):
 
 
 def test_vonage_style_hex_submit_decimal_receipt():
-    """Vonage (PROTOCOL-NOTES): submit_sm_resp hex, receipt decimal → same normalised id."""
+    """Vonage: submit_sm_resp hex, receipt decimal → same normalised id."""
     assert R.normalise_id("0B00000012345678", "hex_to_dec") == R.normalise_id(
         str(0x0B00000012345678), "as_is"
     )
