@@ -221,13 +221,18 @@ async def test_pauses_above_outbound_watermark(pool, make_engine) -> None:
 async def test_replies_notify_outbound_once(pool, make_engine, db_url) -> None:
     """A batch with many replies sends one NOTIFY on the outbound channel."""
     got: list[str] = []
+    marker = asyncio.Event()
     conn = await asyncpg.connect(db_url)
-    await conn.add_listener(CHANNELS["outbound"], lambda *a: got.append(a[2]))
+    await conn.add_listener(CHANNELS["outbound"], lambda *a: (
+        marker.set() if a[3] == "test-marker" else got.append(a[2])))
     try:
         await set_rules(pool, [{"name": "r", "actions": [{"type": "reply", "template": "x"}]}])
         await add_mo(pool, [mo(f"+4477009{i:05d}", "x") for i in range(50)])
         assert await make_engine().run_batch() == 50
-        await asyncio.sleep(0.1)
+        # Positive control: notifications arrive in commit order, so once a marker sent after
+        # the batch is heard, every notification of the batch has been heard too.
+        await pool.execute("SELECT pg_notify($1, 'test-marker')", CHANNELS["outbound"])
+        await asyncio.wait_for(marker.wait(), 10)
         assert got == [CHANNELS["outbound"]]
     finally:
         await conn.close()

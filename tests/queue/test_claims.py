@@ -134,8 +134,12 @@ async def test_tx_mode_killed_consumer_rows_return_at_once(
     async with pool.acquire() as conn, conn.transaction():
         second = await store.claim_tx(conn, "inbound", limit=10)
     assert len(second) == 5 and {r.id for r in second}.isdisjoint(r.id for r in first)
+    backend = dying.get_server_pid()
     dying.terminate()
-    await asyncio.sleep(0.2)  # the backend notices the closed socket and rolls back
+    async with asyncio.timeout(10):  # until the backend noticed the closed socket, rolled back
+        while await pool.fetchval(  # noqa: ASYNC110 - polling the database's state
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", backend):
+            await asyncio.sleep(0.02)
     async with pool.acquire() as conn, conn.transaction():
         again = await store.claim_tx(conn, "inbound", limit=10)
     assert len(again) == 10 and all(r.attempts == 0 for r in again)
@@ -182,17 +186,30 @@ async def test_retry_waits_backoff_then_dead_then_requeue(pool: asyncpg.Pool) ->
        one requeues it with attempts reset."""
     res = await store.enqueue(pool, "callbacks", [{"kind": "mo", "url": "http://127.0.0.1/x"}])
     cid = res[0].id
-    for attempt in (1, 2):
-        [cb] = await store.claim_leased(pool, "callbacks", limit=5, owner="w", lease_s=30)
-        assert cb.id == cid and cb.attempts == attempt - 1
-        assert await store.retry(pool, "callbacks", [cid], owner="w", error=f"HTTP 503 #{attempt}",
-                                 max_attempts=3, base_s=0.4, cap_s=0.5) == ([cid], [])
-        wait = await pool.fetchval(
-            "SELECT extract(epoch FROM run_after - now())::float8 FROM callbacks")
-        assert 0.35 <= wait <= 0.5
-        assert await store.claim_leased(pool, "callbacks", limit=5, owner="w", lease_s=30) == []
-        await asyncio.sleep(wait + 0.02)
     [cb] = await store.claim_leased(pool, "callbacks", limit=5, owner="w", lease_s=30)
+    for attempt, (low, high) in ((1, (0.4, 0.4)), (2, (0.4, 0.5))):
+        assert cb.id == cid and cb.attempts == attempt - 1
+        # Retry and an immediate claim in ONE transaction: now() is the same instant for both,
+        # so "not claimable before run_after" holds however slow the machine is.
+        async with pool.acquire() as conn, conn.transaction():
+            assert await store.retry(conn, "callbacks", [cid], owner="w",
+                                     error=f"HTTP 503 #{attempt}", max_attempts=3, base_s=0.4,
+                                     cap_s=0.5) == ([cid], [])
+            assert await store.claim_leased(conn, "callbacks", limit=5, owner="w",
+                                            lease_s=30) == []
+        # The backoff from the row itself (run_after and updated_at come from the same now()):
+        # attempt 1 is the floor, attempt 2 uniform in [base, min(cap, 2·base)].
+        row = await pool.fetchrow("SELECT run_after, extract(epoch FROM run_after - updated_at)"
+                                  "::float8 AS backoff FROM callbacks")
+        assert low - 1e-6 <= row["backoff"] <= high + 1e-6
+        async with asyncio.timeout(10):  # until the database's clock passes run_after
+            while not (got := await store.claim_leased(  # noqa: ASYNC110 - polling the database
+                    pool, "callbacks", limit=5, owner="w", lease_s=30)):
+                await asyncio.sleep(0.02)
+        [cb] = got
+        claimed_at = await pool.fetchval(
+            "SELECT lease_until - make_interval(secs => 30) FROM callbacks")
+        assert claimed_at >= row["run_after"]  # never claimed early
     assert await store.retry(pool, "callbacks", [cid], owner="w", error="HTTP 503 #3",
                              max_attempts=3, base_s=0.4, cap_s=0.5) == ([], [cid])
     row = await pool.fetchrow("SELECT status, attempts, last_error, lease_owner FROM callbacks")
@@ -317,6 +334,7 @@ async def test_write_backs_validate_and_never_leave_terminal_states(pool: asyncp
     assert tuple(row) == ("rejected", "ESME_RINVDSTADR", True)
 
     assert await store.extend_lease(pool, "outbound", [b.id], owner="w", lease_s=120) == 1
-    left = await pool.fetchval("SELECT extract(epoch FROM lease_until - now())::float8 "
+    # lease_until and updated_at come from the statement's one now(): exactly 120 s apart
+    left = await pool.fetchval("SELECT extract(epoch FROM lease_until - updated_at)::float8 "
                                "FROM outbound WHERE id = $1", b.id)
-    assert 110 < left <= 120
+    assert left == 120

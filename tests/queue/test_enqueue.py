@@ -97,14 +97,25 @@ async def test_enqueue_notifies_once_per_call(pool: asyncpg.Pool, connect: Conne
     2. Enqueue 100 rows in one call, then a duplicate-only call (nothing inserted) and a
        notify=False call: exactly one notification arrives."""
     got: list[str] = []
+    marker = asyncio.Event()
     listener = await connect()
-    await listener.add_listener("smsgw_outbound", lambda *a: got.append(a[2]))
+
+    def heard(_conn: object, _pid: int, channel: str, payload: str) -> None:
+        if payload == "test-marker":
+            marker.set()
+        else:
+            got.append(channel)
+
+    await listener.add_listener("smsgw_outbound", heard)
     await store.enqueue(pool, "outbound", [outbound_row() for _ in range(100)],
                         dedupe=[DedupeKey(scope="s", key="k")] + [None] * 99)
     await store.enqueue(pool, "outbound", [outbound_row()], dedupe=[DedupeKey(scope="s", key="k")])
     await store.enqueue(pool, "outbound", [outbound_row()], notify=False)
-    await listener.fetchval("SELECT 1")  # a round trip: pending notifications are delivered
-    await asyncio.sleep(0.05)
+    # Positive control: a marker notified after the three calls. Postgres delivers a
+    # channel's notifications in commit order, so once the marker is here every notification
+    # the calls made has been heard too.
+    await pool.execute("SELECT pg_notify('smsgw_outbound', 'test-marker')")
+    await asyncio.wait_for(marker.wait(), 10)
     assert got == ["smsgw_outbound"]
 
 
@@ -123,7 +134,13 @@ async def test_dedupe_key_committed_while_waiting(pool: asyncpg.Pool, connect: C
         b, "inbound", [inbound_row(), inbound_row()],
         dedupe=[DedupeKey(scope="mo:t", key="K", fingerprint="f"),
                 DedupeKey(scope="mo:t", key="K", fingerprint="g")]))
-    await asyncio.sleep(0.2)
+    # B is seen waiting on a lock held by A's transaction (pg_blocking_pids), not assumed to
+    # be after a fixed sleep.
+    a_pid, b_pid = a.get_server_pid(), b.get_server_pid()
+    async with asyncio.timeout(10):
+        while a_pid not in await pool.fetchval(  # noqa: ASYNC110 - polling the database
+                "SELECT pg_blocking_pids($1)", b_pid):
+            await asyncio.sleep(0.01)
     assert not waiting.done()  # blocked on A's uncommitted key
     await tx.commit()
     res = await asyncio.wait_for(waiting, 5)

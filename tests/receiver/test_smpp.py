@@ -103,6 +103,12 @@ async def test_two_receivers_share_one_bind_slot(start_instance, pool: asyncpg.P
         row = await pool.fetchrow("SELECT * FROM inbound")
         assert row["from_addr"] == "+447700900123" and row["body"] == "STOP"
         assert row["channel"] == "smpp" and row["connector"] == "rx1"
+        # Positive control for the quiet second above: the other instance was trying all along,
+        # so it binds as soon as the slot is free — and still only one bind is up.
+        winner, loser = (a, b) if sum(a.bound.values()) else (b, a)
+        await winner.shutdown()
+        await wait_total([loser], 1)
+        assert sim.counters.binds == 2 and sim.bind_count == 1
 
 
 def _fragment(ref: int, total: int, seq: int, text: str) -> bytes:

@@ -100,4 +100,6 @@ async def test_sighup_changes_tps_without_dropping_binds(
         assert await proc.exit_code() == 0
         await wait_until(lambda: sim.bind_count == 0, timeout=5)
         assert sim.counters.unbinds == 1
-    assert slow <= 20 and 40 <= fast <= 60
+    # the old limit allows at most 20 in any second, the new one 60: more than 25 shows the
+    # new rate in force; how near 60/s a loaded machine gets is a benchmark figure
+    assert slow <= 20 and 25 < fast <= 60

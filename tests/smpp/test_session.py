@@ -125,11 +125,12 @@ async def test_deliver_sm_resp_only_after_handler_returns(sim, session_factory):
     await session_factory(handler, bind_mode=BindMode.RECEIVER)
     mo = asyncio.create_task(sim.send_mo(b"slow"))
     await wait_until(lambda: len(seen) == 1)
-    await asyncio.sleep(0.05)
+    # Positive control instead of a fixed sleep: a later deliver_sm on the same bind is answered
+    # while "slow" is still unanswered, so an early answer to "slow" would have been seen.
+    assert await sim.send_mo(b"busy") == P.SMPP_ESME_RX_T_APPN
     assert not mo.done() and sim.counters.deliver_resp_ok == 0
     committed.set()
     assert await mo == P.SMPP_ESME_ROK
-    assert await sim.send_mo(b"busy") == P.SMPP_ESME_RX_T_APPN
     assert await sim.send_mo(b"boom") == P.SMPP_ESME_RX_T_APPN
     assert await sim.send_mo(b"none") == P.SMPP_ESME_RX_T_APPN
 
@@ -183,8 +184,7 @@ async def test_window_never_exceeded(sim, session_factory):
 
 async def test_rate_limit_measured_by_the_smsc(sim, session_factory):
     """1. tps 50, burst 5; 2. 130 submits offered at once; 3. by the simulator's timestamps,
-    no window of length t holds more than 50·t + 5 (+1 for clock granularity), and the
-    overall rate is at least 80% of 50/s."""
+    no window of length t holds more than 50·t + 5 (+1 for clock granularity)."""
     tps, burst = 50, 5
     session = await session_factory(tps=tps, burst=burst, window=20)
     results = await asyncio.gather(*(session.submit(SM) for _ in range(130)))
@@ -194,8 +194,9 @@ async def test_rate_limit_measured_by_the_smsc(sim, session_factory):
     for i in range(len(times)):
         for j in range(i + 1, len(times)):
             assert j - i + 1 <= tps * (times[j] - times[i]) + burst + 1, (i, j)
-    overall = (len(times) - burst) / (times[-1] - times[0])
-    assert overall >= 0.8 * tps
+    # How close to 50/s the pair gets on a loaded machine is a benchmark figure (`smsgw bench
+    # smpp`); that the bucket itself spaces sends at exactly 1/tps after the burst is proven with
+    # an injected clock in tests/smpp/test_ratelimit.py.
 
 
 async def test_throttling_pauses_then_resumes(sim, session_factory):
@@ -430,15 +431,16 @@ async def test_tls_bind_and_submit(tls_files):
 
 
 async def test_close_does_not_sit_out_the_rate_queue(sim, session_factory):
-    """1. tps 1, window 5, five submits queued; 2. close(); 3. the ones still waiting for a
-    token end NOT_SENT at once instead of after 4 s of rate limiting."""
-    session = await session_factory(tps=1, burst=1, window=5)
+    """1. tps 0.05 (one token per 20 s), window 5, five submits queued; 2. close(); 3. the ones
+    still waiting for a token end NOT_SENT at once instead of after 80 s of rate limiting (the
+    bound, 10 s, is far from both, so a loaded machine cannot blur the difference)."""
+    session = await session_factory(tps=0.05, burst=1, window=5)
     tasks = [asyncio.create_task(session.submit(SM)) for _ in range(5)]
     await wait_until(lambda: sim.counters.submits == 1)
     start = time.monotonic()
     assert await session.close(2.0)
     results = await asyncio.gather(*tasks)
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 10.0
     assert [r.outcome for r in results].count(SubmitOutcome.OK) == 1
     assert [r.outcome for r in results].count(SubmitOutcome.NOT_SENT) == 4
 
