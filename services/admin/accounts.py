@@ -11,7 +11,8 @@
     smsgw accounts callback-secret NAME [--rotate]            prints the callback signing secret
 
 Keys are stored as HMAC-SHA256 under the server secret (`[security] server_secret_env` or
-`server_secret_file`), which must be the one the receivers use. Two keys can be valid at once:
+`server_secret_file`; next to a running `smsgw up`, up's `server-secret`), which must be the one
+the receivers use. Two keys can be valid at once:
 rotate by `add-key`, moving the clients, then `revoke-key` of the old one. Every change is
 written to `audit_log` (actor: `--actor`, default the OS user).
 
@@ -44,7 +45,9 @@ from smsgw.shared.core.errors import ConfigError
 from smsgw.shared.domain.apikeys import audit, create_key, list_keys, revoke_key
 from smsgw.shared.domain.callback_signing import account_secret
 from smsgw.shared.domain.numbers import InvalidNumber, normalise_sender
-from smsgw.shared.runtime.config import load_shared
+from smsgw.shared.runtime.admin_config import TARGET_EPILOG
+
+ACTOR_HELP = "who makes the change, for the audit log (default: cli:<OS user>)"
 
 # insert_account: a new account; the name is unique.
 INSERT_ACCOUNT = """
@@ -155,60 +158,63 @@ async def _account_id(conn: asyncpg.Connection, name: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smsgw accounts", description=__doc__,
+                                     epilog=TARGET_EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    # The common options go on every subcommand, so they may follow it (`create X --json`).
+    # The common options go before the subcommand or after it (`create X --json`): the
+    # subcommands' copies default to SUPPRESS, so they never reset one given before.
+    dbcli.add_common_args(parser)
+    parser.add_argument("--actor", default=None, help=ACTOR_HELP)
     common = argparse.ArgumentParser(add_help=False)
-    dbcli.add_common_args(common)
-    common.add_argument("--actor", default=None, help="who makes the change (audit log)")
+    dbcli.add_common_args(common, subcommand=True)
+    common.add_argument("--actor", default=argparse.SUPPRESS, help=ACTOR_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
-    create = sub.add_parser("create", parents=[common],
-                            help="create an account and print its first key")
-    create.add_argument("name")
+    secret_note = (" Needs the server secret the receivers use ([security] server_secret_file "
+                   "or server_secret_env; next to `smsgw up`, up's).")
+
+    def add(name: str, help_: str, *, secret: bool = False) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=help_, description=help_,
+                              epilog=TARGET_EPILOG + (secret_note if secret else ""))
+
+    create = add("create", "create an account and print its first key (shown once)",
+                 secret=True)
+    create.add_argument("name", help="the account's name (unique)")
     create.add_argument("--category", choices=["transactional", "marketing"],
-                        default="transactional")
+                        default="transactional",
+                        help="the category of its messages (%(default)s)")
     create.add_argument("--rate", type=_rate_arg, default=None,
                         help="messages per second, or 'unlimited' (default: the receivers' "
                              "[receiver] default_account_rate)")
-    create.add_argument("--allowed-sender", action="append", default=None,
+    create.add_argument("--allowed-sender", action="append", default=None, metavar="ID",
                         help="allowed sender id (repeat; default: any)")
     create.add_argument("--allowed-connector", action="append", default=None,
-                        type=_connector_arg,
+                        type=_connector_arg, metavar="NAME",
                         help="a connector the account may force with smsc= / connector "
                              "(repeat; default: none, the routes decide)")
-    update = sub.add_parser("update", parents=[common],
-                            help="change an account's settings (only the flags given)")
-    update.add_argument("name")
-    update.add_argument("--category", choices=["transactional", "marketing"], default=None)
+    update = add("update", "change an account's settings (only the flags given)")
+    update.add_argument("name", help="the account's name")
+    update.add_argument("--category", choices=["transactional", "marketing"], default=None,
+                        help="the category of its messages")
     update.add_argument("--rate", type=_rate_arg, default=argparse.SUPPRESS,
                         help="messages per second, 'unlimited', or 'default' (the receivers' "
                              "default_account_rate)")
     forced = update.add_mutually_exclusive_group()
     forced.add_argument("--allowed-connector", action="append", default=None,
-                        type=_connector_arg,
+                        type=_connector_arg, metavar="NAME",
                         help="a connector the account may force (repeat; replaces the list)")
     forced.add_argument("--no-allowed-connectors", action="store_true",
                         help="the account may force no connector (the routes decide)")
-    add = sub.add_parser("add-key", parents=[common], help="add a key to an account and print it")
-    add.add_argument("name")
-    revoke = sub.add_parser("revoke-key", parents=[common],
-                            help="revoke a key by id or listing prefix")
-    revoke.add_argument("name")
-    revoke.add_argument("key")
-    sub.add_parser("list", parents=[common], help="list accounts")
-    cbs = sub.add_parser("callback-secret", parents=[common],
-                         help="print the account's status-callback signing secret")
-    cbs.add_argument("name")
+    add_key = add("add-key", "add a key to an account and print it (shown once)", secret=True)
+    add_key.add_argument("name", help="the account's name")
+    revoke = add("revoke-key", "revoke a key by id or listing prefix")
+    revoke.add_argument("name", help="the account's name")
+    revoke.add_argument("key", help="the key's id, or the prefix `list` shows")
+    add("list", "list accounts with their settings and number of valid keys")
+    cbs = add("callback-secret", "print the account's status-callback signing secret",
+              secret=True)
+    cbs.add_argument("name", help="the account's name")
     cbs.add_argument("--rotate", action="store_true",
                      help="move to a new secret (the old one stops working at once)")
     return parser
-
-
-def _server_secret(args: argparse.Namespace) -> bytes:
-    secret = load_shared(args.config).server_secret
-    if secret is None:
-        raise ConfigError(["security.server_secret: not configured (set [security] "
-                           "server_secret_env or server_secret_file)"])
-    return secret.get_secret_value().encode()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -217,11 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     actor = args.actor or f"cli:{getpass.getuser()}"
     needs_secret = args.command in ("create", "add-key", "callback-secret")
     try:
-        secret = _server_secret(args) if needs_secret else b""
+        secret = dbcli.server_secret(args) if needs_secret else b""
     except ConfigError as exc:
-        for err in exc.errors:
-            sys.stderr.write(f"{err}\n")
-        return dbcli.EXIT_CONFIG
+        return dbcli.report_config_error(exc)
 
     async def body(conn: asyncpg.Connection) -> int:
         return await _run(conn, args, secret, actor)

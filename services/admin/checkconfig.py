@@ -1,8 +1,12 @@
-"""`smsgw check-config [--config PATH]`: validate the whole configuration, as the daemons will.
+"""`smsgw check-config [--config FILE]`: validate the whole configuration, as the daemons will.
 
 Checks the shared sections and every daemon's section (each daemon only checks its own), plus
 every `SMSGW_*` variable in the environment. Prints every problem as `path: message` and exits
 78, or prints a summary and exits 0. No database or network I/O.
+
+The file is `--config`, else `./smsgw.toml` when present, else the config `smsgw up` runs its
+daemons with (`DATA_DIR/smsgw.toml`, `--data-dir`, default `./.smsgw`); `--database-url` stands
+for `SMSGW_DATABASE_URL` (`shared.runtime.admin_config`, as for every admin command).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from smsgw.services.processor.settings import ProcessorSettings
 from smsgw.services.receiver.settings import ReceiverSettings
 from smsgw.services.sender.settings import SenderSettings
 from smsgw.shared.core.errors import ConfigError
-from smsgw.shared.runtime.config import DaemonSection, load_all
+from smsgw.shared.runtime.admin_config import add_target_args, default_config_path
+from smsgw.shared.runtime.config import ENV_DATABASE_URL, DaemonSection, load_all
 
 EXIT_CONFIG = 78
 SECTIONS: dict[str, type[DaemonSection]] = {
@@ -27,9 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Validate the config; 0 when valid, 78 with every problem on stderr otherwise."""
     parser = argparse.ArgumentParser(
         prog="smsgw check-config",
-        description="Validate smsgw.toml and the SMSGW_* environment for every daemon.")
-    parser.add_argument("--config", metavar="PATH",
-                        help="TOML config file (default: ./smsgw.toml if it exists)")
+        description="Validate smsgw.toml and the SMSGW_* environment for every daemon.",
+        epilog="With no --config and no ./smsgw.toml, next to `smsgw up` it checks the config "
+               "up runs its daemons with (./.smsgw/smsgw.toml).")
+    add_target_args(parser)
     parser.add_argument("--instance", type=int, metavar="N", help="instance number to check")
     try:
         args = parser.parse_args(argv)
@@ -38,8 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = dict(os.environ)
     if args.instance is not None:
         env["SMSGW_INSTANCE"] = str(args.instance)
+    if args.database_url:
+        env[ENV_DATABASE_URL] = args.database_url
+    path = args.config if args.config is not None else default_config_path(args)
     try:
-        loaded = load_all(args.config, env, sections=SECTIONS)
+        loaded = load_all(path, env, sections=SECTIONS)
     except ConfigError as exc:
         for line in exc.errors:
             sys.stderr.write(f"{line}\n")

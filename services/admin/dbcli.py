@@ -1,12 +1,14 @@
-"""What the admin commands (status, trace, requeue, send, erase) share: finding the database,
-running one async body, printing human text or JSON.
+"""What the admin commands (accounts, status, trace, requeue, send, erase) share: finding the
+database and the secrets, running one async body, printing human text or JSON.
 
-The database URL comes from, in order: `--database-url`, `SMSGW_DATABASE_URL` / the config file
-(`--config`, default `smsgw.toml` when present; loaded with `shared.runtime.config.load_shared`,
-so the same validation as the daemons), and last the config `smsgw up` wrote into its data
-folder (`--data-dir`, default `./.smsgw`) — so `smsgw trace 42` works next to a running
-`smsgw up`. The password comes with the URL's config (`[database] password_file` /
-`password_env`: `smsgw up` names its embedded Postgres' password file), never inside the URL.
+The options `--config`, `--database-url` and `--data-dir` and how they resolve are
+`shared.runtime.admin_config` (also used by `smsgw rules`, `migrate` and `check-config`): the
+database URL comes from `--database-url`, else the config (`--config`, default `smsgw.toml`
+when present, and `SMSGW_*`), else the config `smsgw up` wrote into its data folder
+(`--data-dir`, default `./.smsgw`) — so `smsgw trace 42` works next to a running `smsgw up`.
+The password comes with the URL's config (`[database] password_file` / `password_env`:
+`smsgw up` names its embedded Postgres' password file), never inside the URL; the server
+secret likewise (`[security] server_secret_file`: up's `server-secret`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -26,10 +27,16 @@ import orjson
 
 from smsgw.shared.core import db
 from smsgw.shared.core.errors import ConfigError
-from smsgw.shared.runtime.config import load_shared
+from smsgw.shared.runtime.admin_config import (  # re-exported for the admin commands
+    TARGET_EPILOG,
+    AdminConfig,
+    add_target_args,
+    data_dir,
+)
+from smsgw.shared.runtime.config import redact_url
 
-DEFAULT_DATA_DIR = ".smsgw"
-UP_CONFIG_NAME = "smsgw.toml"  # the config `smsgw up` writes into its data folder
+__all__ = ["TARGET_EPILOG", "data_dir"]
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -40,15 +47,15 @@ class UsageError(Exception):
     """A command-line mistake; main() prints it and exits 2."""
 
 
-def add_common_args(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
-    """Add --config, --database-url, --data-dir (and --json) to a command's parser."""
-    parser.add_argument("--config", help="config file (default: smsgw.toml when present)")
-    parser.add_argument("--database-url", help="Postgres URL (overrides the config)")
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
-                        help="`smsgw up` data folder, used when no database is configured "
-                             "(default: %(default)s)")
+def add_common_args(parser: argparse.ArgumentParser, *, json_flag: bool = True,
+                    subcommand: bool = False) -> None:
+    """Add --config, --database-url, --data-dir (and --json) to a command's parser;
+    `subcommand=True` for a subcommand's parser (see `admin_config.add_target_args`)."""
+    add_target_args(parser, subcommand=subcommand)
     if json_flag:
-        parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+        parser.add_argument("--json", action="store_true",
+                            default=argparse.SUPPRESS if subcommand else False,
+                            help="machine-readable JSON output")
 
 
 def database_url(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> str:
@@ -59,18 +66,19 @@ def database_url(args: argparse.Namespace, env: Mapping[str, str] = os.environ) 
 def database_target(args: argparse.Namespace,
                     env: Mapping[str, str] = os.environ) -> tuple[str, dict[str, Any]]:
     """The database URL and the asyncpg keyword arguments (the password) that go with it."""
-    if args.database_url:
-        return str(args.database_url), {}
-    shared = load_shared(args.config, env)
-    if shared.database.url:
-        return shared.database.url, shared.database.connect_kwargs()
-    up_config = Path(args.data_dir) / UP_CONFIG_NAME
-    if args.config is None and up_config.is_file():
-        database = load_shared(str(up_config), env).database
-        if database.url:
-            return database.url, database.connect_kwargs()
-    raise ConfigError(["database.url: not configured (use --database-url, SMSGW_DATABASE_URL, "
-                       "[database] url, or run next to `smsgw up`'s data folder)"])
+    return AdminConfig.load(args, env).database()
+
+
+def server_secret(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> bytes:
+    """`[security] server_secret` as the daemons have it; ConfigError naming the fix."""
+    return AdminConfig.load(args, env).server_secret().get_secret_value().encode()
+
+
+def report_config_error(exc: ConfigError) -> int:
+    """Print every problem of `exc` on stderr; the exit code 78."""
+    for err in exc.errors:
+        sys.stderr.write(f"{err}\n")
+    return EXIT_CONFIG
 
 
 def run(body: Callable[[asyncpg.Connection], Awaitable[int]], args: argparse.Namespace) -> int:
@@ -78,9 +86,7 @@ def run(body: Callable[[asyncpg.Connection], Awaitable[int]], args: argparse.Nam
     try:
         url, connect_kwargs = database_target(args)
     except ConfigError as exc:
-        for err in exc.errors:
-            sys.stderr.write(f"{err}\n")
-        return EXIT_CONFIG
+        return report_config_error(exc)
 
     async def main() -> int:
         conn = await db.connect(url, timeout=10, **connect_kwargs)
@@ -94,6 +100,16 @@ def run(body: Callable[[asyncpg.Connection], Awaitable[int]], args: argparse.Nam
     except UsageError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return EXIT_USAGE
+    except asyncpg.InvalidAuthorizationSpecificationError as exc:  # wrong password or role
+        sys.stderr.write(f"error: database {redact_url(url)} refused the login: {exc} (check "
+                         "[database] password_file or password_env in the config, or the "
+                         "password in --database-url)\n")
+        return EXIT_FAILURE
+    except db.CONNECTION_ERRORS as exc:
+        sys.stderr.write(f"error: database {redact_url(url)} unreachable: {exc} (is it running? "
+                         "--database-url URL or [database] url names the database; next to "
+                         "`smsgw up`, up must be running)\n")
+        return EXIT_FAILURE
     except db.DATABASE_ERRORS as exc:
         sys.stderr.write(f"error: database: {exc}\n")
         return EXIT_FAILURE

@@ -25,7 +25,6 @@ import getpass
 import os
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Final
 
 import asyncpg
@@ -34,8 +33,7 @@ import phonenumbers
 from smsgw.services.admin import dbcli
 from smsgw.shared.core.errors import ConfigError
 from smsgw.shared.domain.numbers import InvalidNumber, normalise
-from smsgw.shared.domain.suppression import MISSING_SECRET, NumberHasher, legacy_hash, rekey_legacy
-from smsgw.shared.runtime.config import load_shared
+from smsgw.shared.domain.suppression import NumberHasher, legacy_hash, rekey_legacy
 
 ERASED: Final = "[erased]"
 
@@ -243,19 +241,16 @@ async def erase(conn: asyncpg.Connection, number: str, *, hasher: NumberHasher, 
 
 
 def load_hasher(args: argparse.Namespace,
-                env: Mapping[str, str] = os.environ) -> NumberHasher | None:
-    """The suppression hasher from the config's server secret (the `--config` file, else
-    `smsgw up`'s data folder config, as for the database URL); None when none is set."""
-    hasher = NumberHasher.from_config(load_shared(args.config, env))
-    up_config = Path(args.data_dir) / dbcli.UP_CONFIG_NAME
-    if hasher is None and args.config is None and up_config.is_file():
-        hasher = NumberHasher.from_config(load_shared(str(up_config), env))
-    return hasher
+                env: Mapping[str, str] = os.environ) -> NumberHasher:
+    """The suppression hasher from the server secret, found as the database is (the config,
+    else `smsgw up`'s data folder); a ConfigError naming the fix when there is none."""
+    return NumberHasher.from_secret(dbcli.server_secret(args, env))
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="smsgw erase",
+        prog="smsgw erase", epilog=dbcli.TARGET_EPILOG + " Needs the server secret: it keys "
+        "the suppression entry erase keeps.",
         description="Erase a number: its messages (MO from it, MT to it; hot and history "
                     "tables, with parts, receipts, callbacks, events), fragments, campaign "
                     "entries, flood counters; keep only a keyed global suppression so it is "
@@ -288,14 +283,9 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"error: {args.number!r}: {exc}\n")
         return dbcli.EXIT_USAGE
     try:
-        hasher = load_hasher(args)
+        hasher = load_hasher(args)  # it keys the suppression entry erase keeps
     except ConfigError as exc:
-        for err in exc.errors:
-            sys.stderr.write(f"{err}\n")
-        return dbcli.EXIT_CONFIG
-    if hasher is None:
-        sys.stderr.write(MISSING_SECRET.format(daemon="erase command") + "\n")
-        return dbcli.EXIT_CONFIG
+        return dbcli.report_config_error(exc)
     if not (args.dry_run or args.yes or _confirm(number)):
         return dbcli.EXIT_FAILURE
     actor = args.actor or getpass.getuser()

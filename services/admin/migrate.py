@@ -17,7 +17,8 @@ import asyncpg
 
 from smsgw.shared.core import db
 from smsgw.shared.core.errors import ConfigError
-from smsgw.shared.runtime.config import load_shared, redact_url
+from smsgw.shared.runtime.admin_config import TARGET_EPILOG, AdminConfig, add_target_args
+from smsgw.shared.runtime.config import redact_url
 
 EXIT_CONFIG = 78
 
@@ -25,9 +26,9 @@ EXIT_CONFIG = 78
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smsgw migrate", description="Apply the numbered migrations in migrations/.",
-        epilog="The database comes from [database] url or SMSGW_DATABASE_URL.")
-    parser.add_argument("--config", metavar="PATH",
-                        help="TOML config file (default: ./smsgw.toml if it exists)")
+        epilog="The database comes from --database-url, [database] url of the config or "
+               "SMSGW_DATABASE_URL. " + TARGET_EPILOG)
+    add_target_args(parser)
     parser.add_argument("--target", type=int, metavar="N",
                         help="apply migrations up to version N only (default: all)")
     parser.add_argument("--dry-run", action="store_true",
@@ -76,18 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
-        config = load_shared(args.config, os.environ)
+        url, connect_kwargs = AdminConfig.load(args, os.environ).database()
     except ConfigError as exc:
         for line in exc.errors:
             sys.stderr.write(f"smsgw migrate: config error: {line}\n")
         return EXIT_CONFIG
-    if not config.database.url:
-        sys.stderr.write("smsgw migrate: config error: database.url: required "
-                         "(set [database] url or SMSGW_DATABASE_URL)\n")
-        return EXIT_CONFIG
     try:
-        return asyncio.run(_run(config.database.url, args.target, args.dry_run,
-                                config.database.connect_kwargs()))
+        return asyncio.run(_run(url, args.target, args.dry_run, connect_kwargs))
     except db.DATABASE_ERRORS as exc:
         sys.stderr.write(f"smsgw migrate: database error: {type(exc).__name__}: {exc}\n")
         return 1

@@ -41,7 +41,7 @@ def parse_ids(text: str) -> list[int]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="smsgw requeue",
+        prog="smsgw requeue", epilog=dbcli.TARGET_EPILOG,
         description="Requeue dead rows of a queue table (attempts reset, last error kept).")
     p.add_argument("table", choices=[t for t in store.QUEUE_TABLES if t != "mo_parts"],
                    help="queue table")

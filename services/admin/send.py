@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -30,7 +29,9 @@ HTTP_TIMEOUT_S = 15.0
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="smsgw send", description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(prog="smsgw send", description=__doc__.split("\n\n")[1],
+                                epilog=dbcli.TARGET_EPILOG + " The API and its key likewise: "
+                                "up's endpoints.json and demo-api-key.")
     p.add_argument("--to", required=True, help="destination number (E.164, e.g. +447700900123)")
     p.add_argument("--from", dest="from_", default="smsgw",
                    help="sender id: number, short code or alphanumeric (%(default)s)")
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _api_and_key(args: argparse.Namespace) -> tuple[str, str | None]:
-    data = Path(args.data_dir)
+    data = dbcli.data_dir(args)
     api = args.api
     if api is None and (data / "endpoints.json").is_file():
         api = json.loads((data / "endpoints.json").read_text()).get("api")
@@ -116,12 +117,15 @@ def main(argv: list[str]) -> int:
         return dbcli.run(direct, args)
     api, key = _api_and_key(args)
     if not key:
-        sys.stderr.write("error: no API key (--key, or run next to `smsgw up`'s data folder)\n")
+        sys.stderr.write(f"error: no API key: pass --key KEY, or run this next to a running "
+                         f"`smsgw up` (its key is {dbcli.data_dir(args) / 'demo-api-key'}, not "
+                         f"found; --data-dir DIR names up's data folder)\n")
         return dbcli.EXIT_USAGE
     try:
         status, answer = asyncio.run(send_http(api, key, body))
     except (aiohttp.ClientError, TimeoutError) as exc:
-        sys.stderr.write(f"error: {api}: {exc}\n")
+        sys.stderr.write(f"error: {api}: {exc} (is the receiver running? --api URL names "
+                         f"another)\n")
         return dbcli.EXIT_FAILURE
     ok = 200 <= status < 300
     _print(args, ok, {"http_status": status, **answer})

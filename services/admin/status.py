@@ -15,7 +15,6 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -129,7 +128,7 @@ def metrics_targets(args: argparse.Namespace) -> list[tuple[str, int, str]]:
     """(daemon, instance, URL) of every /metrics endpoint to read."""
     if args.metrics:
         return [("?", 0, url) for url in args.metrics]
-    path = Path(args.data_dir) / ENDPOINTS_FILE
+    path = dbcli.data_dir(args) / ENDPOINTS_FILE
     if path.is_file():
         data = json.loads(path.read_text())
         return [(m["daemon"], int(m["instance"]), m["url"]) for m in data.get("metrics", [])]
@@ -189,7 +188,7 @@ async def collect(conn: asyncpg.Connection, args: argparse.Namespace) -> Status:
     rates = await read_rates(conn)
     targets = metrics_targets(args)
     binds, answered = await read_binds(targets)
-    if not args.metrics and not (Path(args.data_dir) / ENDPOINTS_FILE).is_file():
+    if not args.metrics and not (dbcli.data_dir(args) / ENDPOINTS_FILE).is_file():
         answered = {k: v for k, v in answered.items() if v}  # default probes: only those found
     return Status(source, queues, rates, binds, answered)
 
@@ -234,7 +233,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="smsgw status",
         description="Queue depths and oldest queued age per queue, rates over the last minute, "
-                    "SMPP binds (from each daemon's /metrics) and dead rows.")
+                    "SMPP binds (from each daemon's /metrics) and dead rows.",
+        epilog=dbcli.TARGET_EPILOG)
     dbcli.add_common_args(p)
     p.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
     p.add_argument("--interval", type=float, default=2.0, help="--watch refresh seconds")

@@ -195,7 +195,7 @@ def render_trace(t: dict[str, Any]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="smsgw trace",
+        prog="smsgw trace", epilog=dbcli.TARGET_EPILOG,
         description="Show a message's whole history (intake, rule, parts, receipts, callbacks, "
                     "events), hot and history tables. ID is a message id (MT and MO are both "
                     "looked up); NUMBER (+E.164 or 8+ digits) lists that number's newest "

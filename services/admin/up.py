@@ -68,9 +68,14 @@ from smsgw.shared.core import db
 from smsgw.shared.core.aio import race_stop, sleep_or_stop
 from smsgw.shared.core.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError, free_port
 from smsgw.shared.core.errors import ConfigError
+from smsgw.shared.runtime.admin_config import (
+    DEFAULT_DATA_DIR,
+    UP_CONFIG_NAME,
+    UP_PG_PASSWORD,
+    UP_SERVER_SECRET,
+)
 from smsgw.shared.runtime.config import redact_url, resolve_secret
 
-DEFAULT_DATA_DIR = ".smsgw"
 DATABASE_NAME = "smsgw"
 DEMO_ACCOUNT = "demo"
 # What the demo (simulator only) lets callbacks reach: this machine's loopback, nothing else.
@@ -245,7 +250,7 @@ def make_plan(opts: Options, env: Mapping[str, str]) -> Plan:
     db_url = env.get("SMSGW_DATABASE_URL") or user.get("database", {}).get("url")
     has_connectors = bool(user.get("connectors")) or "SMSGW_CONNECTORS" in env
     sim = (not has_connectors) if opts.sim is None else opts.sim
-    generated = opts.data_dir / "smsgw.toml"
+    generated = opts.data_dir / UP_CONFIG_NAME
     return Plan(config_path=generated, embedded_pg=db_url is None, sim=sim,
                 database_url=db_url, user_config=user, demo_only=sim and not has_connectors)
 
@@ -325,7 +330,7 @@ def logs_dir(data_dir: Path) -> Path:
 
 def server_secret(data_dir: Path) -> Path:
     """The data folder's server secret file (created once, 256 random bits)."""
-    path = data_dir / "server-secret"
+    path = data_dir / UP_SERVER_SECRET
     if not path.exists():
         write_private(path, secrets.token_urlsafe(32) + "\n")
     return path
@@ -336,7 +341,7 @@ def server_secret(data_dir: Path) -> Path:
 def start_embedded(opts: Options, say: Callable[[str], None]) -> EmbeddedPostgres:
     """Start (or reuse, when a previous run left it running) the embedded cluster."""
     pg = EmbeddedPostgres(opts.data_dir / "pg", port=opts.pg_port or free_port(), fsync=True,
-                          password_file=opts.data_dir / "pg-password")
+                          password_file=opts.data_dir / UP_PG_PASSWORD)
     done = pg.secure()  # a cluster from an older release that trusted everyone: converted
     if done:
         say(f"postgres: {done}")

@@ -10,8 +10,9 @@
                                                      (reads quotas, writes nothing)
     smsgw rules delete NAME
 
-Common options: `--config PATH` (the database URL comes from `[database] url` or
-`SMSGW_DATABASE_URL`), `--database-url URL`, `--actor NAME` (audit log; default $USER).
+Common options, before or after the subcommand: `--config FILE`, `--database-url URL` and
+`--data-dir DIR`, as for every admin command (`shared.runtime.admin_config`: with none of them,
+next to a running `smsgw up`, its database), and `--actor NAME` (audit log; default $USER).
 Every change writes one `audit_log` row per rule (old and new definitions) in the same
 transaction; the `rules` trigger bumps `rules_version` and NOTIFYs 'smsgw_rules', so running
 processors apply the change to their next batch without a restart.
@@ -43,7 +44,8 @@ from smsgw.shared.core import db
 from smsgw.shared.core.errors import ConfigError
 from smsgw.shared.queue import store
 from smsgw.shared.queue.listener import CHANNELS
-from smsgw.shared.runtime.config import load_config, load_shared
+from smsgw.shared.runtime.admin_config import TARGET_EPILOG, AdminConfig, add_target_args
+from smsgw.shared.runtime.config import load_config
 
 EX_DATAERR: Final = 65
 EX_UNAVAILABLE: Final = 69
@@ -237,49 +239,59 @@ def _print_test(result: dict[str, Any]) -> None:
 
 # --- command line -----------------------------------------------------------------------------
 
+ACTOR_HELP = "who makes the change, for the audit log (default: $USER)"
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="smsgw rules", description="Manage processor rules.")
-    p.add_argument("--config", default=None, help="smsgw.toml (default ./smsgw.toml if present)")
-    p.add_argument("--database-url", default=None, help="overrides [database] url")
-    p.add_argument("--actor", default=os.environ.get("USER") or "cli",
-                   help="who makes the change (audit log)")
+    p = argparse.ArgumentParser(prog="smsgw rules", description="Manage processor rules.",
+                                epilog=TARGET_EPILOG)
+    # The common options go before the subcommand or after it (`import F --config C`): the
+    # subcommands' copies default to SUPPRESS, so they never reset one given before.
+    add_target_args(p)
+    p.add_argument("--actor", default=os.environ.get("USER") or "cli", help=ACTOR_HELP)
+    common = argparse.ArgumentParser(add_help=False)
+    add_target_args(common, subcommand=True)
+    common.add_argument("--actor", default=argparse.SUPPRESS, help=ACTOR_HELP)
     sub = p.add_subparsers(dest="cmd", required=True)
-    imp = sub.add_parser("import", help="validate a rule file and upsert its rules")
-    imp.add_argument("file")
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=help_, description=help_,
+                              epilog=TARGET_EPILOG)
+
+    imp = add("import", "validate a rule file (JSON or TOML) and upsert its rules by name")
+    imp.add_argument("file", help="the rule file")
     imp.add_argument("--replace", action="store_true", help="delete rules the file lacks")
     imp.add_argument("--dry-run", action="store_true", help="validate only")
-    exp = sub.add_parser("export", help="print every rule as JSON")
-    exp.add_argument("-o", "--output", default=None)
-    sub.add_parser("list", help="list rules in evaluation order")
-    t = sub.add_parser("test", help="show which rule fires for a message and what it does")
-    t.add_argument("text")
-    t.add_argument("--from", dest="sender", required=True)
-    t.add_argument("--to", required=True)
-    t.add_argument("--channel", default="smpp", choices=["smpp", "http", "cli"])
-    t.add_argument("--connector", default=None)
+    exp = add("export", "print every rule as re-importable JSON")
+    exp.add_argument("-o", "--output", default=None, metavar="FILE",
+                     help="write to FILE instead of stdout")
+    add("list", "list rules in evaluation order")
+    t = add("test", "show which rule fires for a message and what it would do (reads quotas, "
+                    "writes nothing)")
+    t.add_argument("text", help="the message text")
+    t.add_argument("--from", dest="sender", required=True, metavar="NUMBER",
+                   help="the sender's number")
+    t.add_argument("--to", required=True, metavar="NUMBER", help="the number it was sent to")
+    t.add_argument("--channel", default="smpp", choices=["smpp", "http", "cli"],
+                   help="how it arrived (%(default)s)")
+    t.add_argument("--connector", default=None, help="the connector it arrived on")
     t.add_argument("--at", default=None, help="arrival time (ISO 8601; default now)")
-    t.add_argument("--json", action="store_true")
-    d = sub.add_parser("delete", help="delete a rule by name")
-    d.add_argument("name")
+    t.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    d = add("delete", "delete a rule by name")
+    d.add_argument("name", help="the rule's name")
     return p
 
 
 def _settings(args: argparse.Namespace) -> tuple[str, dict[str, Any], ProcessorKeys]:
     """The database URL, its connect arguments (the configured password, which goes with the
     config's URL only) and the processor keys."""
-    if args.cmd == "test":
-        cfg = load_config("processor", ProcessorKeys, path=args.config,
-                          require_database=args.database_url is None)
-        if args.database_url:
-            return args.database_url, {}, cfg.daemon
-        return str(cfg.database.url), cfg.database.connect_kwargs(), cfg.daemon
-    shared = load_shared(args.config)
-    if args.database_url:
-        return args.database_url, {}, ProcessorKeys()
-    if not shared.database.url:
-        raise ConfigError(["database.url: required (set [database] url, SMSGW_DATABASE_URL "
-                           "or --database-url)"])
-    return shared.database.url, shared.database.connect_kwargs(), ProcessorKeys()
+    target = AdminConfig.load(args)
+    keys = ProcessorKeys()
+    if args.cmd == "test":  # the processor's own keys (opt-out words, quotas) matter here
+        keys = load_config("processor", ProcessorKeys, path=target.config_path(),
+                           require_database=False).daemon
+    url, connect_kwargs = target.database()
+    return url, connect_kwargs, keys
 
 
 async def _run(args: argparse.Namespace, url: str, connect_kwargs: dict[str, Any],
@@ -354,11 +366,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{exc.filename}: file not found\n")
         return EX_DATAERR
     except db.CONNECTION_ERRORS as exc:
-        sys.stderr.write(f"database unavailable: {exc}\n")
+        sys.stderr.write(f"database unavailable: {exc} (is it running? --database-url URL or "
+                         "[database] url names the database; next to `smsgw up`, up must be "
+                         "running)\n")
         return EX_UNAVAILABLE
     except asyncpg.InvalidAuthorizationSpecificationError as exc:  # wrong password or role
         sys.stderr.write(f"database refused the login: {exc} (check [database] password_file "
-                         "or password_env)\n")
+                         "or password_env, or the password in --database-url)\n")
         return EX_CONFIG
 
 

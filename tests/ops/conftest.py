@@ -215,8 +215,9 @@ def up_factory():  # type: ignore[no-untyped-def]
     made: list[Up] = []
     base = Path(tempfile.mkdtemp(prefix="smsgw-ops-up-"))
 
-    def make(extra: list[str] | None = None, data_dir: Path | None = None) -> Up:
-        up = Up(data_dir or base / f"up{len(made)}" / "data", extra=list(extra or []))
+    def make(extra: list[str] | None = None, data_dir: Path | None = None,
+             data_name: str = "data") -> Up:
+        up = Up(data_dir or base / f"up{len(made)}" / data_name, extra=list(extra or []))
         up.data_dir.parent.mkdir(parents=True, exist_ok=True)
         made.append(up)
         return up
