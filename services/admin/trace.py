@@ -8,7 +8,8 @@ then its history table, so a message moved by retention still traces (docs/ARCHI
 guarantee 10).
 
 An argument starting with `+`, or of at least `NUMBER_MIN_DIGITS` digits, is a phone number;
-a shorter one is a message id (both MT and MO ids are looked up; `--mt`/`--mo` pick one).
+a shorter one is a message id. Both directions are looked up: MT and MO ids, or the MTs to a
+number and the MOs from it; `--mt` or `--mo` picks one.
 """
 
 from __future__ import annotations
@@ -68,17 +69,23 @@ SELECT id, status, to_addr, rule_id, created_at FROM outbound_history WHERE inbo
 ORDER BY id
 """
 SQL_RULE = "SELECT id, name, priority, enabled FROM rules WHERE id = $1"
-# The newest messages of one number in both directions, hot and history.
+# The newest messages of one number in the directions $3 names ('mt', 'mo'), hot and history.
+# The kind test is a constant per branch: the planner skips the branches not asked for.
 SQL_BY_NUMBER = """
-(SELECT 'mt' AS kind, id, status, from_addr, to_addr, created_at FROM outbound WHERE to_addr = $1
+(SELECT 'mt' AS kind, id, status, from_addr, to_addr, created_at FROM outbound
+  WHERE to_addr = $1 AND 'mt' = ANY($3::text[])
  UNION ALL
- SELECT 'mt', id, status, from_addr, to_addr, created_at FROM outbound_history WHERE to_addr = $1
+ SELECT 'mt', id, status, from_addr, to_addr, created_at FROM outbound_history
+  WHERE to_addr = $1 AND 'mt' = ANY($3::text[])
  UNION ALL
- SELECT 'mo', id, status, from_addr, to_addr, created_at FROM inbound WHERE from_addr = $1
+ SELECT 'mo', id, status, from_addr, to_addr, created_at FROM inbound
+  WHERE from_addr = $1 AND 'mo' = ANY($3::text[])
  UNION ALL
- SELECT 'mo', id, status, from_addr, to_addr, created_at FROM inbound_history WHERE from_addr = $1)
+ SELECT 'mo', id, status, from_addr, to_addr, created_at FROM inbound_history
+  WHERE from_addr = $1 AND 'mo' = ANY($3::text[]))
 ORDER BY created_at DESC, id DESC LIMIT $2
 """
+KINDS = ("mt", "mo")
 
 
 def _rows(records: list[asyncpg.Record]) -> list[dict[str, Any]]:
@@ -129,11 +136,13 @@ def number_candidates(arg: str) -> list[str]:
     return list(dict.fromkeys([plus, raw]))
 
 
-async def trace_number(conn: asyncpg.Connection, arg: str, limit: int) -> dict[str, Any]:
-    """The newest messages of a number, each traced in full."""
+async def trace_number(conn: asyncpg.Connection, arg: str, limit: int,
+                       kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
+    """The newest messages of a number (MTs to it, MOs from it; `kinds` picks), each traced
+    in full."""
     found: list[dict[str, Any]] = []
     for cand in number_candidates(arg):
-        found = _rows(await conn.fetch(SQL_BY_NUMBER, cand, limit))
+        found = _rows(await conn.fetch(SQL_BY_NUMBER, cand, limit, list(kinds)))
         if found:
             break
     traces = []
@@ -199,12 +208,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Show a message's whole history (intake, rule, parts, receipts, callbacks, "
                     "events), hot and history tables. ID is a message id (MT and MO are both "
                     "looked up); NUMBER (+E.164 or 8+ digits) lists that number's newest "
-                    "messages, each traced.")
+                    "messages (MTs to it, MOs from it), each traced. --mt or --mo picks one "
+                    "direction for either.")
     p.add_argument("target", metavar="ID|NUMBER")
     dbcli.add_common_args(p)
     kind = p.add_mutually_exclusive_group()
-    kind.add_argument("--mt", action="store_true", help="ID is an MT (outbound) id only")
-    kind.add_argument("--mo", action="store_true", help="ID is an MO (inbound) id only")
+    kind.add_argument("--mt", action="store_true",
+                      help="MT (outbound) only: ID is an MT id; NUMBER's messages to it")
+    kind.add_argument("--mo", action="store_true",
+                      help="MO (inbound) only: ID is an MO id; NUMBER's messages from it")
     p.add_argument("--limit", type=int, default=NUMBER_LIMIT,
                    help="messages shown for a NUMBER (%(default)s)")
     return p
@@ -227,8 +239,9 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
 
     async def body(conn: asyncpg.Connection) -> int:
-        if looks_like_number(args.target) and not (args.mt or args.mo):
-            result = await trace_number(conn, args.target, args.limit)
+        if looks_like_number(args.target):
+            kinds = ("mt",) if args.mt else ("mo",) if args.mo else KINDS
+            result = await trace_number(conn, args.target, args.limit, kinds)
             traces = result["traces"]
             payload: Any = result
         else:

@@ -89,6 +89,29 @@ async def test_trace_shows_the_whole_history(pool: asyncpg.Pool, db_url: str,
     assert missing.returncode == 1 and "no message found" in missing.stdout
 
 
+async def test_trace_number_with_mt_or_mo_shows_that_direction(pool: asyncpg.Pool, db_url: str,
+                                                               tmp_path: Path) -> None:
+    """1. Two MTs to NUMBER (one in history) and one MO from it.
+    2. `smsgw trace NUMBER --mt` lists and traces the two MTs only; `--mo` the MO only; no
+       flag, all three (`--mt` with a number used to fail where the plain form worked)."""
+    mt, old = await _mt_with_history(pool)
+    async with pool.acquire() as conn:
+        [res] = await store.enqueue(conn, "inbound", [{"channel": "http", "provider": "generic",
+                                                       "from_addr": NUMBER, "to_addr": "80080",
+                                                       "body": "HELLO"}])
+    mo = res.id
+    mts = as_json(smsgw(["trace", NUMBER, "--mt", "--json"], db_url, tmp_path))
+    assert sorted((m["kind"], m["id"]) for m in mts["messages"]) == [("mt", mt), ("mt", old)]
+    assert [t["kind"] for t in mts["traces"]] == ["mt", "mt"]
+    mos = as_json(smsgw(["trace", NUMBER, "--mo", "--json"], db_url, tmp_path))
+    assert [(m["kind"], m["id"]) for m in mos["messages"]] == [("mo", mo)]
+    assert [t["kind"] for t in mos["traces"]] == ["mo"]
+    both = as_json(smsgw(["trace", NUMBER, "--json"], db_url, tmp_path))
+    assert {m["id"] for m in both["messages"]} == {mt, old, mo}
+    human = smsgw(["trace", NUMBER, "--mo"], db_url, tmp_path)
+    assert human.returncode == 0 and f"MO {mo}" in human.stdout and "MT " not in human.stdout
+
+
 async def test_status_counts_queues_and_dead_rows(pool: asyncpg.Pool, db_url: str,
                                                   tmp_path: Path) -> None:
     """1. Queue three MTs and one MO; make one MT dead.

@@ -105,6 +105,11 @@ def test_every_admin_command_works_with_no_option_next_to_smsgw_up(up_factory: A
     mo_id = asyncio.run(add_mo(up.data_dir / "smsgw.toml", NUMBER))
     both = json.loads(ok(smsgw(folder, env, "trace", NUMBER, "--json")))
     assert {("mt", mt_id), ("mo", mo_id)} <= {(m["kind"], m["id"]) for m in both["messages"]}
+    mts = json.loads(ok(smsgw(folder, env, "trace", NUMBER, "--mt", "--json")))
+    assert mt_id in {m["id"] for m in mts["messages"]}
+    assert {m["kind"] for m in mts["messages"]} == {"mt"}
+    mos = json.loads(ok(smsgw(folder, env, "trace", NUMBER, "--mo", "--json")))
+    assert [(m["kind"], m["id"]) for m in mos["messages"]] == [("mo", mo_id)]
 
     assert ok(smsgw(folder, env, "requeue", "outbound", "--all", "--dry-run")).startswith(
         "would requeue 0 dead row(s) of outbound")
