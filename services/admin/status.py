@@ -22,6 +22,7 @@ import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
 from smsgw.services.admin import dbcli
+from smsgw.shared.runtime.config import DAEMON_PORT_OFFSET, METRICS_PORT_BASE
 
 QUEUES = ("inbound", "outbound", "outbound_part", "receipts", "callbacks", "mo_parts")
 STATS_FRESH_S = 5.0
@@ -30,8 +31,8 @@ SCRAPE_TIMEOUT_S = 1.0
 # Default /metrics ports probed when neither --metrics nor `smsgw up`'s endpoints file names
 # them: docs/ARCHITECTURE.md "Ports": 9100 + 10 x (instance - 1) + n for instances 1-3.
 DEFAULT_PROBE = tuple(
-    (daemon, inst, 9100 + 10 * (inst - 1) + n)
-    for inst in (1, 2, 3) for daemon, n in (("receiver", 1), ("processor", 2), ("sender", 3)))
+    (daemon, inst, METRICS_PORT_BASE + 10 * (inst - 1) + DAEMON_PORT_OFFSET[daemon])
+    for inst in (1, 2, 3) for daemon in ("receiver", "processor", "sender"))
 ENDPOINTS_FILE = "endpoints.json"  # written by `smsgw up` into its data folder
 
 # Age of the snapshot the daemons refresh (shared.queue.store.refresh_queue_stats).

@@ -74,7 +74,12 @@ from smsgw.shared.runtime.admin_config import (
     UP_PG_PASSWORD,
     UP_SERVER_SECRET,
 )
-from smsgw.shared.runtime.config import redact_url, resolve_secret
+from smsgw.shared.runtime.config import (
+    METRICS_PORT_BASE,
+    RECEIVER_HTTP_PORT_BASE,
+    redact_url,
+    resolve_secret,
+)
 
 DATABASE_NAME = "smsgw"
 DEMO_ACCOUNT = "demo"
@@ -138,9 +143,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--receivers", type=int, default=1, help="receiver instances (1)")
     p.add_argument("--processors", type=int, default=1, help="processor instances (1)")
     p.add_argument("--senders", type=int, default=1, help="sender instances (1)")
-    p.add_argument("--api-port", type=int, default=8080, help="receiver API port (8080)")
-    p.add_argument("--metrics-port-base", type=int, default=9100, help="metrics ports base "
-                                                                       "(9100)")
+    p.add_argument("--api-port", type=int, default=RECEIVER_HTTP_PORT_BASE,
+                   help=f"receiver API port ({RECEIVER_HTTP_PORT_BASE})")
+    p.add_argument("--metrics-port-base", type=int, default=METRICS_PORT_BASE,
+                   help=f"metrics ports base ({METRICS_PORT_BASE})")
     p.add_argument("--smpp-port", type=int, default=2775, help="simulator SMPP port (2775)")
     p.add_argument("--port-offset", type=int, default=0,
                    help="added to --api-port, --metrics-port-base and --smpp-port")

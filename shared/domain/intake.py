@@ -49,6 +49,7 @@ from smsgw.shared.queue.records import (
     MoPartStatus,
     ReceiptWrite,
 )
+from smsgw.shared.smpp.connector import ConnectorSettings
 from smsgw.shared.smpp.receipts import is_receipt, parse_receipt
 from smsgw.shared.smpp.text import decode_message
 
@@ -313,11 +314,11 @@ def _address(value: str, ton: int, default_country: str | None) -> str:
         return value.strip()  # keep what the SMSC sent: refusing an MO only makes it retry
 
 
-def _mo_item(connector: Any, pdu: Any) -> InboundWrite | FragmentWrite:
+def _mo_item(connector: ConnectorSettings, pdu: Any) -> InboundWrite | FragmentWrite:
     short_message = getattr(pdu, "short_message", b"")
     decoded = decode_message(short_message, pdu.data_coding, pdu.esm_class, pdu.tlvs,
-                             getattr(connector, "data_coding_0", "gsm7"))
-    country = getattr(connector, "default_country", None)
+                             connector.data_coding_0)
+    country = connector.default_country
     from_addr = _address(pdu.source_addr, pdu.source_addr_ton, country)
     to_addr = _address(pdu.destination_addr, pdu.dest_addr_ton, country)
     if decoded.concat is not None and decoded.concat.total > 1:
