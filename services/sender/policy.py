@@ -69,7 +69,9 @@ def quiet_delay_s(now: datetime, zone: ZoneInfo, quiet: tuple[dtime, dtime]) -> 
         return 0.0
     end_day = local.date() if t < end else local.date() + timedelta(days=1)
     end_at = datetime.combine(end_day, end, tzinfo=zone)
-    return max(0.0, (end_at - local).total_seconds())
+    # timestamps, not `end_at - local`: datetimes sharing a tzinfo subtract as wall clocks,
+    # which is an hour off across a DST change
+    return max(0.0, end_at.timestamp() - now.timestamp())
 
 
 # --- outcomes ------------------------------------------------------------------------------------

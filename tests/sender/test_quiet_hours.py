@@ -50,9 +50,6 @@ def test_recipient_zone_from_the_number() -> None:
     assert recipient_zone("+999", default="Europe/Berlin") == ZoneInfo("Europe/Berlin")
 
 
-@pytest.mark.xfail(strict=True, reason="quiet_delay_s subtracts wall-clock times: on the night "
-                   "clocks go forward the quiet period ends an hour late (reported, not fixed "
-                   "here: services/sender/policy.py belongs to the sender split)")
 def test_quiet_hours_end_at_0800_on_the_night_clocks_go_forward() -> None:
     """2026-03-08, New York: 02:00 EST becomes 03:00 EDT. From 23:00 EST on the 7th to 08:00
     EDT on the 8th is 8 hours of real time, not the 9 the wall clocks suggest."""
