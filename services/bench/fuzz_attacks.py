@@ -1032,14 +1032,19 @@ async def _settle(dsn: str, connect_kwargs: dict[str, Any], timeout_s: float) ->
         await conn.close()
 
 
-def _log_errors(path: Path, offset: int, redact: Callable[[str], str], n: int = 20) -> list[str]:
-    """Error lines a log got since `offset` (redacted, shortened)."""
+def _read_since(path: Path, offset: int) -> bytes:
+    """What a log got since `offset` (nothing when it cannot be read)."""
     try:
         with open(path, "rb") as fh:
             fh.seek(offset)
-            data = fh.read()
+            return fh.read()
     except OSError:
-        return []
+        return b""
+
+
+def _log_errors(path: Path, offset: int, redact: Callable[[str], str], n: int = 20) -> list[str]:
+    """Error lines a log got since `offset` (redacted, shortened)."""
+    data = _read_since(path, offset)
     out = []
     for raw in data.splitlines():
         line = raw.decode("utf-8", "replace")
@@ -1054,12 +1059,7 @@ def _logged_exceptions(path: Path, offset: int) -> list[str]:
     """One failure per distinct exception the receiver logged at error level since `offset`
     (client input must be answered, not crash a handler or a protocol callback: each such line
     is also a way to flood the log), by event, exception type and innermost frame."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read()
-    except OSError:
-        return []
+    data = _read_since(path, offset)
     seen: dict[str, int] = {}
     for raw in data.splitlines():
         try:

@@ -207,18 +207,24 @@ def _last_per_key(changes: Sequence[SuppressionChange]) -> list[SuppressionChang
     return list({(c.number, c.scope): c for c in changes}.values())
 
 
+async def _write(conn: asyncpg.Connection | asyncpg.Pool, sql: str,
+                 items: Sequence[SuppressionChange], columns: Sequence[list[Any]], actor: str,
+                 hasher: NumberHasher) -> int:
+    """Run an add/remove statement: numbers, scopes, `columns`, actor, keyed hashes."""
+    if not items:
+        return 0
+    return len(await conn.fetch(sql, [c.number for c in items], [c.scope for c in items],
+                                *columns, actor, [hasher(c.number) for c in items]))
+
+
 async def add_suppressions(conn: asyncpg.Connection | asyncpg.Pool,
                            changes: Sequence[SuppressionChange], *, actor: str,
                            hasher: NumberHasher) -> int:
     """Add (or refresh) suppression entries and write one audit row each; return how many."""
     items = _last_per_key(changes)
-    if not items:
-        return 0
-    rows = await conn.fetch(
-        ADD_SUPPRESSIONS, [c.number for c in items], [c.scope for c in items],
-        [c.source for c in items], [{"number": c.number, **c.evidence} for c in items], actor,
-        [hasher(c.number) for c in items])
-    return len(rows)
+    return await _write(conn, ADD_SUPPRESSIONS, items,
+                        ([c.source for c in items],
+                         [{"number": c.number, **c.evidence} for c in items]), actor, hasher)
 
 
 async def remove_suppressions(conn: asyncpg.Connection | asyncpg.Pool,
@@ -226,13 +232,8 @@ async def remove_suppressions(conn: asyncpg.Connection | asyncpg.Pool,
                               hasher: NumberHasher) -> int:
     """Remove suppression entries (those that exist), auditing each; return how many went."""
     items = _last_per_key(changes)
-    if not items:
-        return 0
-    rows = await conn.fetch(
-        REMOVE_SUPPRESSIONS, [c.number for c in items], [c.scope for c in items],
-        [{"source": c.source, **c.evidence} for c in items], actor,
-        [hasher(c.number) for c in items])
-    return len(rows)
+    return await _write(conn, REMOVE_SUPPRESSIONS, items,
+                        ([{"source": c.source, **c.evidence} for c in items],), actor, hasher)
 
 
 async def add_suppression(conn: asyncpg.Connection | asyncpg.Pool, number: str, *,

@@ -87,6 +87,13 @@ signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the log level{reload}.
 """
 
 
+
+def _retry_forever(on: type[BaseException] | tuple[type[BaseException], ...]) -> Any:
+    """Retry attempts on `on` with backoff (0.5 s up to 10 s) until one succeeds: what a daemon
+    does at start while Postgres is not there yet (the drain ends it through `stop`)."""
+    return stamina.retry_context(on=on, attempts=None, timeout=None, wait_initial=0.5,
+                                 wait_max=10.0)
+
 class Daemon(Generic[S]):
     """Base class of the receiver, processor and sender (see the module docstring).
 
@@ -358,9 +365,7 @@ class Daemon(Generic[S]):
     async def _open_pool(self) -> asyncpg.Pool:
         cfg = self.config.database
         assert cfg.url is not None  # load_config requires it
-        async for attempt in stamina.retry_context(
-                on=_DB_START_ERRORS, attempts=None, timeout=None, wait_initial=0.5,
-                wait_max=10.0):
+        async for attempt in _retry_forever(_DB_START_ERRORS):
             with attempt:
                 if attempt.num > 1:
                     self.log.warning("database_connect_retry", attempt=attempt.num)
@@ -388,9 +393,7 @@ class Daemon(Generic[S]):
         return True
 
     async def _start_with_retry(self, listener: Listener) -> bool:
-        async for attempt in stamina.retry_context(
-                on=DatabaseUnavailable, attempts=None, timeout=None, wait_initial=0.5,
-                wait_max=10.0):
+        async for attempt in _retry_forever(DatabaseUnavailable):
             with attempt:
                 if attempt.num > 1:
                     self.log.warning("listener_connect_retry", attempt=attempt.num)

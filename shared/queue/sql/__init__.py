@@ -5,8 +5,9 @@ statements of the module that owns that queue table (`shared.queue.outbound`, `.
 `.receipts`, `.callbacks`, `.mo_parts`). Each block starts with `-- name: <statement>` followed
 by a description line (`-- ...`); the comments inside a statement stay part of it.
 
-`dedupe.sql` holds fragments, not statements: `{take_over_expired}` in any file is replaced at
-load time by the one dedupe rule (the ON CONFLICT clause of every key claim). The core's
+`dedupe.sql` and `lanes.sql` hold fragments, not statements: `{take_over_expired}` in any file
+is replaced at load time by the one dedupe rule (the ON CONFLICT clause of every key claim),
+`{queued_lanes}` by the loose index scan of outbound's (category, account) lanes. The core's
 statements that serve several queue tables are also templates with `{t}` (the table) and a few
 other `{placeholders}` for SQL fragments; `shared.queue.store` fills them only with
 whitelisted identifiers and constant fragments it owns — never with caller data, which always
@@ -41,8 +42,9 @@ def _fragment(sql: str) -> str:
     return "\n".join(line for line in sql.splitlines() if not line.startswith("--"))
 
 
-FRAGMENTS: dict[str, str] = {k: _fragment(v) for k, v in _blocks("dedupe").items()}
-"""Fragment name → SQL text (`{take_over_expired}`: the dedupe rule)."""
+FRAGMENTS: dict[str, str] = {k: _fragment(v) for owner in ("dedupe", "lanes")
+                             for k, v in _blocks(owner).items()}
+"""Fragment name → SQL text (`{take_over_expired}`: the dedupe rule; `{queued_lanes}`)."""
 
 
 def load(owner: str) -> dict[str, LiteralString]:

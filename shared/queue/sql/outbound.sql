@@ -87,23 +87,7 @@ SELECT n.ord, n.id, (i.id IS NOT NULL) AS created
 --   the partial index suppressions_legacy_idx, which is empty once a daemon has re-keyed.
 --   `unhashed`: a leased marketing row written without to_hash (see hash_claimed).
 -- `done_parts` lists the parts an earlier attempt already got accepted (retries, takeovers).
-WITH RECURSIVE accts(category, acct) AS (
-    (SELECT category, coalesce(account_id, 0)
-       FROM outbound
-      WHERE status = 'queued'
-      ORDER BY category, coalesce(account_id, 0)
-      LIMIT 1)
-    UNION ALL
-    SELECT n.category, n.acct
-      FROM accts a
-      CROSS JOIN LATERAL (
-          SELECT o.category, coalesce(o.account_id, 0) AS acct
-            FROM outbound o
-           WHERE o.status = 'queued'
-             AND (o.category, coalesce(o.account_id, 0)) > (a.category, a.acct)
-           ORDER BY o.category, coalesce(o.account_id, 0)
-           LIMIT 1) n
-), stale AS MATERIALIZED (
+{queued_lanes}, stale AS MATERIALIZED (
     SELECT id FROM outbound
      WHERE status = 'sending' AND lease_until < now()
        -- never our own: an outcome of ours may still be waiting for its write-back

@@ -300,23 +300,7 @@ RETURNING queue, status, depth
 -- outbound_lane_idx lists the (category, account) pairs with queued rows (at most $2), each
 -- pair's due rows are counted on the same index up to $1 (a range: rows scheduled ahead are
 -- not read); accounts with nothing due lose their row.
-WITH RECURSIVE accts(category, acct) AS (
-    (SELECT category, coalesce(account_id, 0)
-       FROM outbound
-      WHERE status = 'queued'
-      ORDER BY category, coalesce(account_id, 0)
-      LIMIT 1)
-    UNION ALL
-    SELECT n.category, n.acct
-      FROM accts a
-      CROSS JOIN LATERAL (
-          SELECT o.category, coalesce(o.account_id, 0) AS acct
-            FROM outbound o
-           WHERE o.status = 'queued'
-             AND (o.category, coalesce(o.account_id, 0)) > (a.category, a.acct)
-           ORDER BY o.category, coalesce(o.account_id, 0)
-           LIMIT 1) n
-), snap AS MATERIALIZED (
+{queued_lanes}, snap AS MATERIALIZED (
     SELECT a.acct AS account_id, sum(d.n)::bigint AS due
       FROM (SELECT * FROM accts LIMIT $2) a
       CROSS JOIN LATERAL (
