@@ -29,6 +29,7 @@ from phonenumbers import timezone as pn_timezone
 
 from smsgw.services.sender.records import InFlight, Outcome
 from smsgw.services.sender.settings import SenderSettings
+from smsgw.shared.queue.records import OutboundStatus
 from smsgw.shared.smpp import pdu as P
 from smsgw.shared.smpp.session import SubmitOutcome, SubmitResult
 
@@ -113,7 +114,7 @@ def decide(msg: InFlight, settings: SenderSettings, now: datetime) -> Outcome:
     if len(msg.results) == 1 and msg.parts_total == 1:
         (no, res), = msg.results.items()
         if res.outcome is SubmitOutcome.OK:  # the common case, without the general walk
-            return Outcome(msg_id=msg.row.id, status="submitted", parts_total=1,
+            return Outcome(msg_id=msg.row.id, status=OutboundStatus.SUBMITTED, parts_total=1,
                            connector=msg.connector, row=msg.row,
                            parts=((no, msg.smsc_ids.get(no), res.command_status, "submitted"),))
     mk = partial(Outcome, msg_id=msg.row.id, parts_total=msg.parts_total,
@@ -133,7 +134,7 @@ def _permanent_rejection(c: _Case) -> Outcome | None:
                      and _is_permanent(r)), None)
     if rejected is None:
         return None
-    return c.mk(status="rejected", error_code=rejected.command_status,
+    return c.mk(status=OutboundStatus.REJECTED, error_code=rejected.command_status,
                 error=rejected.reason, attempts_inc=1)
 
 
@@ -143,7 +144,7 @@ def _no_response(c: _Case) -> Outcome | None:
         return None
     reason = unknown.reason
     if c.settings.no_response_policy == "submit_unknown":
-        return c.mk(status="submit_unknown", error=reason, attempts_inc=1)
+        return c.mk(status=OutboundStatus.SUBMIT_UNKNOWN, error=reason, attempts_inc=1)
     lease_until = c.msg.row.lease_until
     lease_left = (lease_until - c.now).total_seconds() if lease_until else 0
     out = _retry(c, f"no response: {reason}", max(0.0, lease_left), 1)
@@ -151,7 +152,7 @@ def _no_response(c: _Case) -> Outcome | None:
 
 
 def _all_accepted(c: _Case) -> Outcome | None:
-    return None if c.transient else c.mk(status="submitted")
+    return None if c.transient else c.mk(status=OutboundStatus.SUBMITTED)
 
 
 def _not_sent(c: _Case) -> Outcome | None:
@@ -180,6 +181,7 @@ _RULES: tuple[Callable[[_Case], Outcome | None], ...] = (
 def _retry(c: _Case, error: str, delay_s: float, attempts_inc: int,
            error_code: int | None = None) -> Outcome:
     if attempts_inc and c.msg.row.attempts + attempts_inc >= c.settings.max_attempts:
-        return c.mk(status="dead", error=error, error_code=error_code, attempts_inc=attempts_inc)
-    return c.mk(status="queued", error=error, error_code=error_code, delay_s=delay_s,
+        return c.mk(status=OutboundStatus.DEAD, error=error, error_code=error_code,
+                    attempts_inc=attempts_inc)
+    return c.mk(status=OutboundStatus.QUEUED, error=error, error_code=error_code, delay_s=delay_s,
                 attempts_inc=attempts_inc)

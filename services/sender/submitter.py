@@ -180,7 +180,8 @@ class Submitter:
         found = await outbound.hash_claimed(conn, owner=self.owner, ids=[r.id for r in todo],
                                             hashes=[self.hasher(r.to_addr) for r in todo])
         finished = {i for i, status in found if status == OutboundStatus.SUPPRESSED}
-        return [replace(r, status="suppressed", unhashed=False) if r.id in finished else r
+        return [replace(r, status=OutboundStatus.SUPPRESSED, unhashed=False)
+                if r.id in finished else r
                 for r in rows]
 
     async def _claim_events(self, conn: asyncpg.Connection,
@@ -196,7 +197,8 @@ class Submitter:
         # One lookup per batch; skipped entirely while the table is empty (the common case).
         if not rows or not self.ported_enabled:
             return {}
-        return await ported_routes(conn, [r.to_addr for r in rows if r.status == "sending"])
+        return await ported_routes(
+            conn, [r.to_addr for r in rows if r.status == OutboundStatus.SENDING])
 
     async def _dispatch(self, rows: Sequence[ClaimedOutbound],
                         ported: Mapping[str, list[str]]) -> None:
@@ -227,8 +229,8 @@ class Submitter:
         if row.reclaimed:
             self._possible_duplicate(row, row.connector, "lease_taken_over")
             if self.settings.no_response_policy == "submit_unknown":
-                self.flusher.add(Outcome(msg_id=row.id, status="submit_unknown", row=row,
-                                         error="lease expired before the response",
+                self.flusher.add(Outcome(msg_id=row.id, status=OutboundStatus.SUBMIT_UNKNOWN,
+                                         row=row, error="lease expired before the response",
                                          connector=row.connector))
                 return None
         if row.category == "marketing" and self.quiet_hours is not None:
@@ -258,7 +260,7 @@ class Submitter:
         try:
             total, parts = build_parts(row, lane.connector)
         except (ValueError, TextTooLong, UnicodeError) as exc:
-            self.flusher.add(Outcome(msg_id=row.id, status="rejected", row=row,
+            self.flusher.add(Outcome(msg_id=row.id, status=OutboundStatus.REJECTED, row=row,
                                      error=f"cannot encode: {exc}", connector=lane.name,
                                      error_code=P.SMPP_ESME_RINVMSGLEN, attempts_inc=1))
             return True

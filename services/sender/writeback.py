@@ -22,11 +22,12 @@ from smsgw.services.sender.status_callbacks import StatusChange, insert_callback
 from smsgw.shared.core.aio import race_stop
 from smsgw.shared.core.db import DATABASE_ERRORS
 from smsgw.shared.queue import outbound
-from smsgw.shared.queue.records import ClaimedOutbound
+from smsgw.shared.queue.records import ClaimedOutbound, OutboundStatus
 
 log = structlog.get_logger("smsgw.sender")
 
-_TERMINAL_CALLBACK = frozenset({"submitted", "rejected", "submit_unknown", "dead"})
+_TERMINAL_CALLBACK = frozenset({OutboundStatus.SUBMITTED, OutboundStatus.REJECTED,
+                                OutboundStatus.SUBMIT_UNKNOWN, OutboundStatus.DEAD})
 
 
 def status_change(o: Outcome) -> StatusChange | None:
@@ -157,4 +158,4 @@ class Flusher:
 
 
 def _outcome_label(status: str) -> str:
-    return "retry" if status == "queued" else status
+    return "retry" if status == OutboundStatus.QUEUED else status
