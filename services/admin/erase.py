@@ -50,7 +50,8 @@ _CFG = CONFIG
 _INT = INTERNAL
 _OUT = {c: _MSG for c in ("body", "callback_url", "category", "client_ref", "connector",
                           "encoding", "from_addr", "last_error", "lease_owner", "meta",
-                          "route_hint", "source", "status", "to_addr", "to_hash")}
+                          "route_hint", "source", "status", "to_addr", "to_hash",
+                          "payload", "udh", "smpp")}
 _IN = {c: _MSG for c in ("body", "channel", "connector", "from_addr", "last_error",
                          "lease_owner", "meta", "provider", "provider_message_id", "raw",
                          "status", "to_addr")}

@@ -55,7 +55,7 @@ async def insert(conn: asyncpg.Connection, items: Sequence[MtItem],
     round trip, durable when it returns); returns the ids in input order. `hashes[i]` is item
     i's keyed recipient hash (`to_hash`) or None."""
     rows = await conn.fetch(_INSERT, *_columns(items, [None] * len(items)), CHANNEL,
-                            list(hashes))
+                            list(hashes), *_smpp_columns(items))
     return [row["id"] for row in rows]
 
 
@@ -66,7 +66,8 @@ async def insert_keyed(conn: asyncpg.Connection, items: Sequence[MtItem],
     seconds) in one statement; returns (id drawn, inserted) per item in order. An item is not
     inserted when its key is live (the one dedupe rule, `sql/dedupe.sql`: an expired key is
     taken over). No two items may carry the same key. Sends no NOTIFY."""
-    rows = await conn.fetch(_INSERT_KEYED, *_columns(items, fingerprints), ttl_s, list(hashes))
+    rows = await conn.fetch(_INSERT_KEYED, *_columns(items, fingerprints), ttl_s, list(hashes),
+                            *_smpp_columns(items))
     return [(row["id"], row["created"]) for row in rows]
 
 
@@ -84,18 +85,30 @@ def _columns(items: Sequence[MtItem], fingerprints: Sequence[str | None]) -> lis
     ]
 
 
+def _smpp_columns(items: Sequence[MtItem]) -> list[list[Any]]:
+    # binary payload, UDH, per-message SMPP fields (migration 0011), and whether a scheduled
+    # MT is due at once; all None/False for plain text MTs
+    return [
+        [it.payload for it in items], [it.udh for it in items],
+        [orjson.dumps(it.smpp).decode() if it.smpp is not None else None for it in items],
+        [it.due_now for it in items],
+    ]
+
+
 # -- the sender's lease cycle ----------------------------------------------------------------------
 
 
 async def claim(conn: asyncpg.Connection, *, owner: str, lease_s: float, limit: int,
-                max_accounts: int) -> list[ClaimedOutbound]:
+                max_accounts: int, schedule_at_smsc: bool = False) -> list[ClaimedOutbound]:
     """Lease up to `limit` messages to `owner` for `lease_s` seconds in one statement:
     expired leases first, then transactional before marketing and round-robin across (at most
     `max_accounts`) accounts. Messages past their validity end `expired`, marketing to a
-    suppressed recipient `suppressed`, future `send_at` goes back to `queued`: they come back
-    too, with that status."""
+    suppressed recipient `suppressed`, future `send_at` goes back to `queued` (unless
+    `schedule_at_smsc`: the caller has a connector that passes schedules to the SMSC and
+    decides per connector): they come back too, with that status."""
     return [ClaimedOutbound.from_record(r)
-            for r in await conn.fetch(_CLAIM, owner, lease_s, limit, max_accounts)]
+            for r in await conn.fetch(_CLAIM, owner, lease_s, limit, max_accounts,
+                                      schedule_at_smsc)]
 
 
 async def hash_claimed(conn: asyncpg.Connection, *, owner: str, ids: Sequence[int],

@@ -162,7 +162,8 @@ class OutboundMessage(_FromRecord):
     `attempts` then already counts the lost attempt.
     """
 
-    _optional: ClassVar[frozenset[str]] = frozenset({"reclaimed", "to_hash"})
+    _optional: ClassVar[frozenset[str]] = frozenset({"reclaimed", "to_hash", "payload", "udh",
+                                                     "smpp"})
 
     id: int
     account_id: int | None
@@ -198,6 +199,11 @@ class OutboundMessage(_FromRecord):
     # keyed hash of to_addr (migration 0009; the sender's suppression check); absent from
     # rows read with an explicit column list
     to_hash: bytes | None = None
+    # migration 0011: binary user data (body NULL), the client's UDH, the per-message SMPP
+    # fields (shared/smpp/fields.py); NULL for a plain text MT
+    payload: bytes | None = None
+    udh: bytes | None = None
+    smpp: Any = None
     reclaimed: bool = False
 
 
@@ -257,7 +263,7 @@ class Callback(_FromRecord):
     `reclaimed` as in `OutboundMessage`: the previous lease holder may have made the call.
     """
 
-    _optional: ClassVar[frozenset[str]] = frozenset({"reclaimed", "batch_max"})
+    _optional: ClassVar[frozenset[str]] = frozenset({"reclaimed", "batch_max", "reply"})
 
     id: int
     kind: str
@@ -278,6 +284,8 @@ class Callback(_FromRecord):
     created_at: datetime
     updated_at: datetime
     batch_max: int | None = None  # forwards: up to this many rows per request (migration 0007)
+    # forwards with `reply_from_body`: what the reply needs (migration 0012); None: no reply
+    reply: Any = None
     reclaimed: bool = False
 
 
@@ -318,7 +326,7 @@ class MtItem:
     source: str  # 'api' | 'sendsms'
     from_addr: str
     to_addr: str
-    body: str
+    body: str | None  # None for a binary MT (`payload`)
     category: str
     priority: int = 0
     encoding: str | None = None
@@ -330,6 +338,13 @@ class MtItem:
     route_hint: str | None = None
     meta: dict[str, Any] | None = None
     validity_s: int | None = None  # as requested (valid_until is computed from "now")
+    # migration 0011 (None for a plain text MT, which then costs what it did):
+    payload: bytes | None = None  # binary user data (without its UDH); body is then None
+    udh: bytes | None = None  # the client's user data header, length octet included
+    smpp: dict[str, Any] | None = None  # per-message SMPP fields (shared/smpp/fields.py)
+    # a scheduled MT is due at once (not at send_at): some connector passes the schedule to
+    # the SMSC (`schedule_mode = "send"`) and the sender decides per connector
+    due_now: bool = False
 
     def fingerprint(self) -> str:
         """Content hash telling a retry (same content) from a reused client_ref.
@@ -341,7 +356,11 @@ class MtItem:
                    self.encoding, self.callback_url, self.dlr_mask,
                    self.send_at.isoformat() if self.send_at else None, self.validity_s,
                    self.route_hint)
-        return hashlib.sha256(orjson.dumps(content)).hexdigest()[:32]
+        if self.payload is not None or self.udh is not None or self.smpp is not None:
+            # only when set, so a plain MT's fingerprint stays what earlier releases stored
+            content += (self.payload.hex() if self.payload is not None else None,
+                        self.udh.hex() if self.udh is not None else None, self.smpp)
+        return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -438,6 +457,10 @@ class ClaimedOutbound:
     status: str
     lease_until: datetime | None
     valid_until: datetime | None
+    send_at: datetime | None
+    payload: bytes | None  # binary user data (migration 0011); NULL for text
+    udh: bytes | None  # the client's user data header
+    smpp: Any  # per-message SMPP fields (a dict, shared/smpp/fields.py) or None
     reclaimed: bool
     unhashed: bool  # a leased marketing row without its recipient hash (see outbound.hash_claimed)
     done_parts: tuple[int, ...]

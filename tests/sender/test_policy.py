@@ -37,7 +37,8 @@ def row(*, attempts: int = 0, lease_until: datetime | None = NOW + timedelta(sec
                    to_addr="+447700900001", body="hi", category="transactional", priority=0,
                    encoding=None, connector=None, route_hint=None, client_ref=None,
                    callback_url=None, dlr_mask=None, meta=None, attempts=attempts,
-                   status="sending", lease_until=lease_until, valid_until=None, reclaimed=False,
+                   status="sending", lease_until=lease_until, valid_until=None, send_at=None,
+                   payload=None, udh=None, smpp=None, reclaimed=False,
                    unhashed=False, done_parts=())
 
 

@@ -6,21 +6,26 @@
 -- insert MTs without a client_ref and wake the senders, in ONE statement
 -- (autocommit: one round trip, durable when it returns). RETURNING yields the rows in the
 -- order the SELECT produced them (a plain insert from unnest), which is the input order.
+-- $19-$21 are the binary payload, the client's UDH and the per-message SMPP fields (NULL for
+-- a plain text MT); $22 says a scheduled MT is due at once because a connector may pass the
+-- schedule to the SMSC (the sender holds it for the others), else it waits for send_at.
 WITH ins AS (
     -- the rows, in input order
     INSERT INTO outbound (account_id, source, from_addr, to_addr, body, category, priority,
                           encoding, callback_url, dlr_mask, send_at, valid_until, route_hint,
-                          meta, run_after, to_hash)
+                          meta, run_after, to_hash, payload, udh, smpp)
     SELECT account_id, source, from_addr, to_addr, body, category, priority, encoding,
            callback_url, dlr_mask, send_at, valid_until, route_hint, meta::jsonb,
-           coalesce(send_at, now()), to_hash
+           CASE WHEN due_now THEN now() ELSE coalesce(send_at, now()) END, to_hash,
+           payload, udh, smpp::jsonb
       FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                   $7::smallint[], $8::text[], $9::text[], $10::text[], $11::smallint[],
                   $12::timestamptz[], $13::timestamptz[], $14::text[], $15::text[],
-                  $16::text[], $18::bytea[])
+                  $16::text[], $18::bytea[], $19::bytea[], $20::bytea[], $21::text[],
+                  $22::boolean[])
                AS t(account_id, source, from_addr, to_addr, body, category, priority,
                     encoding, client_ref, callback_url, dlr_mask, send_at, valid_until,
-                    route_hint, meta, fingerprint, to_hash)
+                    route_hint, meta, fingerprint, to_hash, payload, udh, smpp, due_now)
     RETURNING id
 )
 -- one NOTIFY for the statement (delivered at commit)
@@ -34,10 +39,12 @@ WITH input AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
                          $6::text[], $7::smallint[], $8::text[], $9::text[], $10::text[],
                          $11::smallint[], $12::timestamptz[], $13::timestamptz[], $14::text[],
-                         $15::text[], $16::text[], $18::bytea[])
+                         $15::text[], $16::text[], $18::bytea[], $19::bytea[], $20::bytea[],
+                         $21::text[], $22::boolean[])
         WITH ORDINALITY AS t(account_id, source, from_addr, to_addr, body, category, priority,
                              encoding, client_ref, callback_url, dlr_mask, send_at, valid_until,
-                             route_hint, meta, fingerprint, to_hash, ord)
+                             route_hint, meta, fingerprint, to_hash, payload, udh, smpp,
+                             due_now, ord)
 ), numbered AS MATERIALIZED (
     -- draw the row ids first so the dedupe key can point at its row in the same statement
     SELECT nextval('outbound_id_seq') AS id, input.* FROM input
@@ -54,11 +61,12 @@ WITH input AS (
     -- rows without a key, and rows whose key was claimed just now
     INSERT INTO outbound (id, account_id, source, from_addr, to_addr, body, category, priority,
                           encoding, client_ref, callback_url, dlr_mask, send_at, valid_until,
-                          route_hint, meta, run_after, to_hash)
+                          route_hint, meta, run_after, to_hash, payload, udh, smpp)
     OVERRIDING SYSTEM VALUE
     SELECT id, account_id, source, from_addr, to_addr, body, category, priority, encoding,
            client_ref, callback_url, dlr_mask, send_at, valid_until, route_hint, meta::jsonb,
-           coalesce(send_at, now()), to_hash
+           CASE WHEN due_now THEN now() ELSE coalesce(send_at, now()) END, to_hash,
+           payload, udh, smpp::jsonb
       FROM numbered
      WHERE client_ref IS NULL OR id IN (SELECT target_id FROM keys)
     RETURNING id
@@ -80,7 +88,9 @@ SELECT n.ord, n.id, (i.id IS NOT NULL) AS created
 --   and never block each other.
 -- - `decided`: the claim is the authoritative check where messages leave: past valid_until →
 --   expired; a marketing MT to a suppressed number (global or for its sender id) → suppressed;
---   a future send_at → back to queued with run_after = send_at; else sending.
+--   a future send_at → back to queued with run_after = send_at, unless $5 (this sender has
+--   a connector that passes schedules to the SMSC: it routes the message and holds it
+--   itself for the others); else sending.
 --   Suppression compares the keyed recipient hash stored on the row at intake (`to_hash`,
 --   shared/domain/suppression.py) with `suppressions.number_hash`: one index probe, no hashing here;
 --   a legacy entry (keyed = false, not yet re-keyed) matches by sha256 of the number through
@@ -130,7 +140,7 @@ SELECT n.ord, n.id, (i.id IS NOT NULL) AS created
                           WHERE NOT s.keyed
                             AND s.number_hash = sha256(convert_to(o.to_addr, 'UTF8'))
                             AND s.scope IN ('global', o.from_addr))) THEN 'suppressed'
-                WHEN o.send_at > now() AND NOT p.reclaimed THEN 'queued'
+                WHEN o.send_at > now() AND NOT p.reclaimed AND NOT $5::bool THEN 'queued'
                 ELSE 'sending' END AS next_status
       FROM picked p JOIN outbound o USING (id)
 )
@@ -151,7 +161,9 @@ UPDATE outbound AS m
  WHERE m.id = d.id
 RETURNING m.id, m.account_id, m.source, m.from_addr, m.to_addr, m.body, m.category,
           m.priority, m.encoding, m.connector, m.route_hint, m.client_ref, m.callback_url,
-          m.dlr_mask, m.meta, m.attempts, m.status, m.lease_until, m.valid_until, d.reclaimed,
+          m.dlr_mask, m.meta, m.attempts, m.status, m.lease_until, m.valid_until, m.send_at,
+          -- NULL for a plain text MT: nothing to decode on the hot path
+          m.payload, m.udh, m.smpp, d.reclaimed,
           (m.to_hash IS NULL AND m.category = 'marketing' AND m.status = 'sending') AS unhashed,
           CASE WHEN m.attempts > 0 THEN ARRAY(
               SELECT p.part_no FROM outbound_part p
