@@ -577,9 +577,15 @@ def _field_cases(t: Target, rng: random.Random, cls: str, json_value: Callable[[
         yield Case(cls, f"POST /v1/inbound/twilio {name}", t.twilio(params), want)
         yield Case(cls, f"GET /v1/inbound/twilio {name}", t.twilio(params, post=False), want)
     for name in ("msisdn", "to", "messageId", "text", "type", "keyword", "timestamp", "nonce",
-                 "concat-ref", "api-key"):
+                 "concat-ref", "concat-total", "concat-part", "message-timestamp", "data",
+                 "udh", "api-key"):
         want = NOT_FOUND_OK
         params = t.vonage_params(rng, **{name: param_value()})
+        if name.startswith("concat-"):  # a part: the other concat fields valid, this one bad
+            params = {b"concat": b"true", b"concat-ref": b"7", b"concat-total": b"2",
+                      b"concat-part": b"1", **params}
+        elif name in ("data", "udh"):
+            params[b"type"] = b"binary"
         for mode in (0, 1, 2):
             yield Case(cls, f"vonage mode {mode} {name}", t.vonage(params, mode=mode), want)
     for name in ("id", "from", "to", "text", "meta"):

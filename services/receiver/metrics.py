@@ -88,6 +88,11 @@ class ReceiverMetrics:
                                                                         outcome=outcome)
         for source in ("api", "sendsms", "twilio", "vonage", "generic"):
             m.duration_children[source] = m.request_duration.labels(source=source)
+        # provider webhooks (services/receiver/webhooks.py): stored, redelivered, refused with
+        # a 4xx, stored with a number in a format the provider should not have sent
+        for provider in ("twilio", "vonage", "generic"):
+            for outcome in ("accepted", "duplicate", "rejected", "number_unparsed"):
+                m.inbound_messages.labels(channel="http", provider=provider, outcome=outcome)
         return m
 
     def mt(self, source: str, outcome: str, n: int = 1) -> None:

@@ -8,6 +8,9 @@ start-up which routes are off (`routes_off`). There is no unsigned mode.
 A redelivered webhook (same provider message id) is answered as success and stored once
 (`dedupe_keys`, scope `mo:<provider>`). Each stores through the MO group committer after an
 admission check against the inbound queue (503 + Retry-After when it is over its watermark).
+Numbers are read in each provider's own format (Twilio "+E.164", Vonage international digits
+without the '+', a generic source's `number_format`); what each answer makes the provider do,
+and so what we answer, is in docs/ARCHITECTURE.md "Provider webhooks".
 
 * Twilio (`/v1/inbound/twilio`, form POST or GET): `X-Twilio-Signature` is base64
   HMAC-SHA1(auth token, URL + every parameter name and value, sorted by name), where URL is the
@@ -32,11 +35,14 @@ import dataclasses
 import hashlib
 import hmac
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import orjson
+import structlog
 from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
@@ -46,11 +52,12 @@ from smsgw.services.receiver.models import GenericInboundIn, field_errors
 from smsgw.services.receiver.responses import error, json_response
 from smsgw.shared.core.errors import DatabaseUnavailable
 from smsgw.shared.domain.intake import FragmentWrite, InboundResult, InboundWrite
-from smsgw.shared.domain.numbers import InvalidNumber, normalise
+from smsgw.shared.domain.numbers import InvalidNumber, normalise_provider
 from smsgw.shared.queue.groupcommit import IntakeClosed, IntakeFull
 from smsgw.shared.runtime.config import VonageSettings, WebhooksSettings
 
 Handler = Callable[[web.Request, ReceiverContext], Awaitable[web.StreamResponse]]
+log = structlog.get_logger("receiver.webhooks")
 
 TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 _VONAGE_DIGESTS = {"md5": hashlib.md5, "sha1": hashlib.sha1, "sha256": hashlib.sha256,
@@ -162,28 +169,100 @@ def routes_off(webhooks: WebhooksSettings) -> list[str]:
     return off
 
 
+# What each answer makes the provider do decides the answer (docs/ARCHITECTURE.md "Provider
+# webhooks"): Vonage resends everything but 200/204 for 24 hours; Twilio resends nothing by
+# itself — an error answer makes it call the number's Fallback URL, and a 5xx is retried
+# only with the connection override `rp=5xx` (within its 15 s total). So:
+# * a transient problem (database down, the inbound queue over its watermark) is 503 +
+#   Retry-After, the answer both can act on;
+# * what no resend can fix (a bad signature, a request that is not a message) is a 4xx,
+#   counted (`smsgw_inbound_messages_total{outcome="rejected"}`,
+#   `smsgw_receiver_requests_rejected_total{reason}`) and logged (`webhook_rejected`, at most
+#   one line per provider, status and reason every `_LOG_EVERY_S`, with the number left out);
+# * a number in a format the provider should not send is no reason to refuse: the message
+#   is stored, flagged (`_Addresses`).
+_LOG_EVERY_S = 10.0
+_last_logged: dict[tuple[int, str, int, str], tuple[float, int]] = {}
+
+
+def _log_rejection(ctx: ReceiverContext, provider: str, status: int, reason: str,
+                   field: str | None) -> None:
+    key = (id(ctx), provider, status, reason)
+    now = time.monotonic()
+    last, suppressed = _last_logged.get(key, (float("-inf"), 0))
+    if now - last < _LOG_EVERY_S:
+        _last_logged[key] = (last, suppressed + 1)
+        return
+    _last_logged[key] = (now, 0)
+    log.warning("webhook_rejected", provider=provider, status=status, reason=reason,
+                field=field, suppressed=suppressed)
+
+
+def _reject(ctx: ReceiverContext, provider: str, status: int, reason: str, message: str,
+            field: str | None = None, code: str = "validation_failed") -> Rejected:
+    """A counted, logged 4xx for a webhook no retry can make storable; `field` is named in
+    the answer (and the log), never its value."""
+    ctx.metrics.requests_rejected.labels(reason=reason).inc()
+    ctx.metrics.mo("http", provider, "rejected")
+    _log_rejection(ctx, provider, status, reason, field)
+    if field is None:
+        return Rejected(error(status, code, message))
+    return Rejected(error(status, code, f"{field}: {message}",
+                          errors=[{"field": field, "message": message}]))
+
+
 def _unauthorized(ctx: ReceiverContext, provider: str) -> Rejected:
-    ctx.metrics.requests_rejected.labels(reason="bad_signature").inc()
-    ctx.metrics.inbound_messages.labels(channel="http", provider=provider,
-                                        outcome="rejected").inc()
-    return Rejected(error(401, "bad_signature", "signature missing or invalid"))
+    return _reject(ctx, provider, 401, "bad_signature", "signature missing or invalid",
+                   code="bad_signature")
 
 
-def _number(ctx: ReceiverContext, field: str, value: str | None) -> str:
-    if not value:
-        raise _missing(ctx, field)
-    try:
-        return normalise(value, default_country=ctx.options.default_country)
-    except InvalidNumber as exc:
-        ctx.metrics.requests_rejected.labels(reason="validation").inc()
-        raise Rejected(error(422, "validation_failed", f"{field}: {exc}",
-                             errors=[{"field": field, "message": str(exc)}])) from exc
+def _missing(ctx: ReceiverContext, provider: str, field: str) -> Rejected:
+    return _reject(ctx, provider, 422, "validation", "field required", field)
 
 
-def _missing(ctx: ReceiverContext, field: str) -> Rejected:
-    ctx.metrics.requests_rejected.labels(reason="validation").inc()
-    return Rejected(error(422, "validation_failed", f"{field}: field required",
-                          errors=[{"field": field, "message": "field required"}]))
+_MAX_RAW_NUMBER = 64  # a kept unparsed value; longer is no address of any kind
+
+
+class _Addresses:
+    """Reads a provider's address fields in its own format (`normalise_provider`).
+
+    A value in another format is not refused — a refusal would be retried and refused again
+    until the provider gives up, and the message would be lost. It is stored as it came
+    (stripped) with the flag `meta.unparsed_numbers = {field: reason}`, counted
+    (`smsgw_inbound_messages_total{outcome="number_unparsed"}`) and logged
+    (`webhook_number_unparsed`, field and reason, not the value). An empty or absurd value
+    (over 64 characters) is not an address: 422."""
+
+    def __init__(self, ctx: ReceiverContext, provider: str, number_format: str,
+                 default_country: str | None) -> None:
+        self.ctx = ctx
+        self.provider = provider
+        self.number_format = number_format
+        self.default_country = default_country
+        self.unparsed: dict[str, str] = {}
+
+    def read(self, field: str, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise _missing(self.ctx, self.provider, field)
+        try:
+            return normalise_provider(value, self.number_format,
+                                      default_country=self.default_country)
+        except InvalidNumber as exc:
+            raw = value.strip()
+            if len(raw) > _MAX_RAW_NUMBER:
+                raise _reject(self.ctx, self.provider, 422, "validation",
+                              f"longer than {_MAX_RAW_NUMBER} characters", field) from exc
+            self.unparsed[field] = str(exc)
+            return raw
+
+    def flag(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """`meta` with the flag when a field was kept unparsed (counted and logged here)."""
+        if not self.unparsed:
+            return meta
+        self.ctx.metrics.mo("http", self.provider, "number_unparsed")
+        log.warning("webhook_number_unparsed", provider=self.provider,
+                    number_format=self.number_format, fields=self.unparsed)
+        return {**meta, "unparsed_numbers": dict(self.unparsed)}
 
 
 def _without_nul(item: InboundWrite | FragmentWrite) -> InboundWrite | FragmentWrite:
@@ -273,14 +352,17 @@ async def _twilio(request: web.Request, ctx: ReceiverContext) -> web.StreamRespo
     params = _twilio_fields(ctx, fields)
     sid = params.get("MessageSid") or params.get("SmsMessageSid")
     if not sid:
-        raise _missing(ctx, "MessageSid")
+        raise _missing(ctx, "twilio", "MessageSid")
+    # Twilio writes `From`/`To` as "+<E.164>" (a short code or an alphanumeric sender as is)
+    numbers = _Addresses(ctx, "twilio", "e164", None)
+    from_addr = numbers.read("From", params.get("From"))
+    to_addr = numbers.read("To", params.get("To"))
     meta = {k: v for k, v in params.items()
             if k not in ("From", "To", "Body", "MessageSid")}
     item = InboundWrite(channel="http", provider="twilio", connector=None,
-                        from_addr=_number(ctx, "From", params.get("From")),
-                        to_addr=_number(ctx, "To", params.get("To")),
-                        body=params.get("Body", ""), provider_message_id=sid, meta=meta,
-                        dedupe_scope="mo:twilio", dedupe_key=sid)
+                        from_addr=from_addr, to_addr=to_addr,
+                        body=params.get("Body", ""), provider_message_id=sid,
+                        meta=numbers.flag(meta), dedupe_scope="mo:twilio", dedupe_key=sid)
     await _store(ctx, "twilio", item)
     return web.Response(text=TWIML_EMPTY, content_type="text/xml")
 
@@ -300,10 +382,8 @@ def _twilio_fields(ctx: ReceiverContext, fields: list[tuple[str, str]]) -> dict[
             seen.append(value)
     for name in _TWILIO_SINGLE:
         if len(values.get(name, ())) > 1:
-            ctx.metrics.requests_rejected.labels(reason="validation").inc()
-            raise Rejected(error(422, "validation_failed", f"{name}: repeated with different "
-                                 "values", errors=[{"field": name,
-                                                    "message": "repeated with different values"}]))
+            raise _reject(ctx, "twilio", 422, "validation", "repeated with different values",
+                          name)
     return {name: vals[0] if len(vals) == 1 else vals for name, vals in values.items()}
 
 
@@ -323,12 +403,10 @@ async def _vonage_params(request: web.Request, ctx: ReceiverContext) -> dict[str
         try:
             data = orjson.loads(raw) if raw else {}
         except orjson.JSONDecodeError as exc:
-            raise Rejected(error(400, "invalid_json", "the body is not valid JSON",
-                                 errors=[{"field": "body", "message": "not valid JSON"}])) \
-                from exc
+            raise _reject(ctx, "vonage", 400, "validation", "not valid JSON", "body",
+                          code="invalid_json") from exc
         if not isinstance(data, dict):
-            raise Rejected(error(422, "validation_failed", "body: expected a JSON object",
-                                 errors=[{"field": "body", "message": "expected an object"}]))
+            raise _reject(ctx, "vonage", 422, "validation", "expected a JSON object", "body")
         params.update({str(k): v if isinstance(v, str) else orjson.dumps(v).decode()
                        for k, v in data.items()})
     else:
@@ -358,33 +436,78 @@ async def _vonage(request: web.Request, ctx: ReceiverContext) -> web.StreamRespo
     _vonage_check_signature(ctx, params, settings, secret)
     message_id = params.get("messageId")
     if not message_id:
-        raise _missing(ctx, "messageId")
-    from_addr = _number(ctx, "msisdn", params.get("msisdn"))
-    to_addr = _number(ctx, "to", params.get("to"))
-    text = params.get("text")
-    await _store(ctx, "vonage", _vonage_item(ctx, params, message_id, from_addr, to_addr, text))
+        raise _missing(ctx, "vonage", "messageId")
+    # Vonage writes `msisdn`/`to` as international digits without the '+' ("447700900001")
+    numbers = _Addresses(ctx, "vonage", "international_digits", None)
+    from_addr = numbers.read("msisdn", params.get("msisdn"))
+    to_addr = numbers.read("to", params.get("to"))
+    await _store(ctx, "vonage", _vonage_item(params, message_id, from_addr, to_addr, numbers))
     return web.Response(status=204)
 
 
-def _vonage_item(ctx: ReceiverContext, params: dict[str, str], message_id: str, from_addr: str,
-                 to_addr: str, text: str | None) -> InboundWrite | FragmentWrite:
-    if params.get("concat") == "true":
+# The inbound-SMS fields of Vonage's SMS API reference kept in `meta` as they came: `type` is
+# text | unicode | binary, `keyword` the first word upper-cased, `message-timestamp` UTC
+# "YYYY-MM-DD HH:MM:SS", `api-key` the receiving account; `udh` (hex) and `data` for binary.
+_VONAGE_META = ("type", "keyword", "message-timestamp", "udh", "data", "api-key")
+_DC_BINARY = 4  # SMPP data_coding 8-bit binary, as an SMPP MO with binary content is stored
+
+
+def _vonage_item(params: dict[str, str], message_id: str, from_addr: str, to_addr: str,
+                 numbers: _Addresses) -> InboundWrite | FragmentWrite:
+    text = params.get("text")
+    raw = data_coding = None
+    if params.get("type") == "binary":  # `data` is the content, hex like `udh`
         try:
-            ref, total, seq = (int(params[k]) for k in ("concat-ref", "concat-total",
-                                                         "concat-part"))
-        except (KeyError, ValueError) as exc:
-            raise _missing(ctx, "concat-ref/concat-total/concat-part") from exc
-        if not 1 <= seq <= total <= 255:
-            raise _missing(ctx, "concat-part")
+            raw, data_coding, text = bytes.fromhex(params.get("data", "")), _DC_BINARY, None
+        except ValueError:
+            raw = None  # not hex: kept in meta as it came
+    concat = _vonage_concat(params) if params.get("concat") == "true" else None
+    if concat is not None and not numbers.unparsed:
+        ref, total, seq = concat
         return FragmentWrite(channel="http", provider="vonage", connector="vonage",
                              from_addr=from_addr, to_addr=to_addr, ref=ref, total=total,
-                             seq=seq, body=text, provider_message_id=message_id,
-                             dedupe_scope="mo:vonage", dedupe_key=message_id)
-    meta = {k: v for k, v in params.items()
-            if k in ("type", "keyword", "message-timestamp", "udh", "data", "api-key")}
+                             seq=seq, body=text, raw=raw, data_coding=data_coding,
+                             provider_message_id=message_id, dedupe_scope="mo:vonage",
+                             dedupe_key=message_id)
+    meta: dict[str, Any] = {k: v for k, v in params.items() if k in _VONAGE_META}
+    if params.get("concat") == "true":
+        # a part kept whole: its numbers are flagged (a fragment carries no meta), or its
+        # concat fields cannot place it — kept rather than lost, with what it said
+        meta["concat_part"] = {k: params.get(k) for k in ("concat-ref", "concat-total",
+                                                          "concat-part")}
+    stamp = _vonage_timestamp(params.get("message-timestamp"))
+    if stamp is not None:
+        meta["provider_timestamp"] = stamp
     return InboundWrite(channel="http", provider="vonage", connector=None, from_addr=from_addr,
-                        to_addr=to_addr, body=text, provider_message_id=message_id,
-                        meta=meta, dedupe_scope="mo:vonage", dedupe_key=message_id)
+                        to_addr=to_addr, body=text, raw=raw, data_coding=data_coding,
+                        provider_message_id=message_id, meta=numbers.flag(meta),
+                        dedupe_scope="mo:vonage", dedupe_key=message_id)
+
+
+def _vonage_concat(params: dict[str, str]) -> tuple[int, int, int] | None:
+    """(ref, total, part) of a concatenated part, or None when they cannot place it. Vonage
+    calls `concat-ref` "the transaction reference" (a string): one that is not a small
+    integer is mapped to one (CRC-32, 31 bits), the same for every part."""
+    try:
+        total, seq = int(params.get("concat-total", "")), int(params.get("concat-part", ""))
+    except ValueError:
+        return None
+    if not 1 <= seq <= total <= 255:
+        return None
+    ref_text = params.get("concat-ref", "")
+    ref = int(ref_text) if ref_text.isascii() and ref_text.isdigit() else -1
+    if not 0 <= ref < 2**31:
+        ref = zlib.crc32(ref_text.encode("utf-8", "surrogateescape")) & 0x7FFFFFFF
+    return ref, total, seq
+
+
+def _vonage_timestamp(value: str | None) -> str | None:
+    """`message-timestamp` ("2020-01-01 12:00:00", UTC) as ISO 8601, or None."""
+    try:
+        return datetime.strptime(value or "", "%Y-%m-%d %H:%M:%S").replace(
+            tzinfo=UTC).isoformat()
+    except ValueError:
+        return None
 
 
 # -- generic --------------------------------------------------------------------------------------
@@ -414,13 +537,20 @@ async def _generic(request: web.Request, ctx: ReceiverContext) -> web.StreamResp
         msg = GenericInboundIn.model_validate_json(raw)
     except ValidationError as exc:
         errors = field_errors(exc)
-        ctx.metrics.requests_rejected.labels(reason="validation").inc()
+        _reject(ctx, "generic", 422, "validation", errors[0]["message"],
+                errors[0]["field"])  # counted and logged; the answer lists every error
         return error(422, "validation_failed", f"{errors[0]['field']}: {errors[0]['message']}",
                      errors=errors)
+    # the numbers in the format the source declared (`[webhooks.generic.NAME] number_format`)
+    numbers = _Addresses(ctx, "generic", settings.number_format,
+                         settings.default_country or ctx.options.default_country)
+    from_addr = numbers.read("from", msg.from_)
+    to_addr = numbers.read("to", msg.to)
+    meta = _json_meta(ctx, msg.meta)
     item = InboundWrite(channel="http", provider=f"generic:{source}", connector=None,
-                        from_addr=_number(ctx, "from", msg.from_),
-                        to_addr=_number(ctx, "to", msg.to), body=msg.text,
-                        provider_message_id=msg.id, meta=_json_meta(ctx, msg.meta),
+                        from_addr=from_addr, to_addr=to_addr, body=msg.text,
+                        provider_message_id=msg.id,
+                        meta=numbers.flag(meta or {}) if numbers.unparsed else meta,
                         dedupe_scope=f"mo:generic:{source}", dedupe_key=msg.id)
     result = await _store(ctx, "generic", item)
     return json_response({"id": result.inbound_id, "duplicate": result.duplicate,
@@ -436,10 +566,8 @@ def _json_meta(ctx: ReceiverContext, meta: dict[str, Any] | None) -> dict[str, A
     try:
         return dict(orjson.loads(orjson.dumps(meta)))
     except (TypeError, orjson.JSONEncodeError, orjson.JSONDecodeError) as exc:
-        ctx.metrics.requests_rejected.labels(reason="validation").inc()
-        raise Rejected(error(422, "validation_failed", "meta: not storable as JSON",
-                             errors=[{"field": "meta", "message": "not storable as JSON"}])) \
-            from exc
+        raise _reject(ctx, "generic", 422, "validation", "not storable as JSON",
+                      "meta") from exc
 
 
 def add_routes(app: web.Application) -> None:

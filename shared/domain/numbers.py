@@ -124,6 +124,54 @@ def normalise_recipient(number: str, *, default_country: str | None = None,
     return value
 
 
+# The formats an HTTP provider writes numbers in (docs/ARCHITECTURE.md "Provider webhooks"):
+# Twilio `From`/`To` are "+<E.164>"; Vonage `msisdn`/`to` are international digits without the
+# '+' ("447700900001" in Vonage's API reference); a generic source declares its own format.
+NUMBER_FORMATS = ("e164", "international_digits", "national")
+
+
+def normalise_provider(number: str, number_format: str, *, default_country: str | None = None,
+                       short_code_max_len: int = SHORT_CODE_MAX_LEN) -> str:
+    """Read a provider's address field in the provider's own `number_format` → E.164.
+
+    * "e164": "+<country code><number>" ("00" instead of "+" is read too);
+    * "international_digits": the same digits without the '+' (a '+' or "00" is read too);
+    * "national": a number of `default_country` (international forms are read too).
+
+    In every format a short code (up to `short_code_max_len` digits) and an alphanumeric sender
+    id stay as they are, as in `normalise`. Anything else raises `InvalidNumber` saying which
+    format was expected; the caller decides what to do with the message (the webhooks store it
+    with the raw value and a flag rather than lose it).
+    """
+    fast = _fast_e164(number)  # "+<digits>" is E.164 in every format: the common case
+    if fast is not None:
+        return fast
+    raw = number.strip()
+    if not raw:
+        raise InvalidNumber("empty number")
+    if _is_alphanumeric(raw):
+        return raw
+    value = _SEPARATORS_RE.sub("", raw)
+    if value.startswith("+"):
+        return _to_e164(value, None)
+    if not _DIGITS_RE.match(value):
+        raise InvalidNumber("number must be digits, optionally with a leading '+'")
+    if len(value) <= short_code_max_len:
+        return value
+    if number_format == "national":
+        if not default_country:
+            raise InvalidNumber("national number without a country: set default_country")
+        return normalise(value, default_country=default_country,
+                         short_code_max_len=short_code_max_len)
+    if value.startswith("00"):
+        return _to_e164("+" + value[2:], None)
+    if number_format == "international_digits" and not value.startswith("0"):
+        return _to_e164("+" + value, None)
+    expected = ("+<country code><number>" if number_format == "e164"
+                else "<country code><number> without a national prefix")
+    raise InvalidNumber(f"not in the {number_format} format: expected {expected}")
+
+
 def is_recipient(value: str) -> bool:
     """True if `value` is already a normalised recipient (E.164 or a short code)."""
     try:

@@ -193,12 +193,24 @@ class VonageSettings(SecretSection):
 
 
 class GenericSourceSettings(SecretSection):
-    """`[webhooks.generic.NAME]`: HMAC-SHA256 secret of one generic webhook source."""
+    """`[webhooks.generic.NAME]`: HMAC-SHA256 secret of one generic webhook source, and the
+    format its `from`/`to` numbers come in (`number_format`: "e164" "+4930…", the default;
+    "international_digits" "4930…"; "national" "030…" in `default_country`, required then).
+    Short codes and alphanumeric ids are read in every format (shared/domain/numbers.py)."""
 
     _secrets: ClassVar[dict[str, tuple[str, str]]] = {"secret": ("secret_env", "secret_file")}
     secret_env: str | None = None
     secret_file: str | None = None
     secret: SecretStr | None = Field(default=None, exclude=True)
+    number_format: Literal["e164", "international_digits", "national"] = "e164"
+    default_country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+
+    @model_validator(mode="after")
+    def _national_needs_a_country(self) -> Self:
+        if self.number_format == "national" and self.default_country is None:
+            raise ValueError("number_format = \"national\" needs default_country, the ISO "
+                             "country its numbers belong to, e.g. default_country = \"DE\"")
+        return self
 
 
 class WebhooksSettings(Section):
