@@ -355,6 +355,17 @@ class Target:
         return build_request("GET", b"/cgi-bin/sendsms?" + qs, self.headers({}, override=override),
                              None)
 
+    def sendsms_kannel_post(self, *, override: dict[bytes, bytes] | None = None,
+                            body: bytes = b"fuzz") -> bytes:
+        """Kannel's POST /cgi-bin/sendsms: the text as a text/plain body, the rest in
+        X-Kannel-* headers (`override` replaces or adds headers)."""
+        hs = self.headers({b"Content-Type": b"text/plain",
+                           b"X-Kannel-Username": self.account.encode(),
+                           b"X-Kannel-Password": self.api_key.encode(),
+                           b"X-Kannel-From": SENDER.encode(), b"X-Kannel-To": NUMBER.encode()},
+                          override=override)
+        return build_request("POST", b"/cgi-bin/sendsms", hs, body)
+
     # webhooks ---------------------------------------------------------------------------------
     def twilio(self, params: dict[bytes, bytes], *, post: bool = True, sign: bool = True,
                override: dict[bytes, bytes] | None = None) -> bytes:
@@ -474,6 +485,16 @@ SENDSMS_FIELDS: dict[str, frozenset[int]] = {
     "smsc": frozenset({400, 403, 422}), "priority": BAD_INPUT, "validity": BAD_INPUT,
     "deferred": BAD_INPUT, "x-unknown": ANY,
 }
+X_KANNEL_FIELDS: dict[bytes, frozenset[int]] = {
+    # Kannel's POST interface: a bad value in each header it reads (answered, never a 5xx)
+    b"X-Kannel-Username": frozenset({400, 403, 422}),
+    b"X-Kannel-Password": frozenset({400, 403, 422}),
+    b"X-Kannel-From": BAD_INPUT, b"X-Kannel-To": BAD_INPUT, b"X-Kannel-Coding": BAD_INPUT,
+    b"X-Kannel-DLR-Mask": BAD_INPUT, b"X-Kannel-DLR-URL": BAD_INPUT,
+    b"X-Kannel-SMSC": frozenset({400, 403, 422}), b"X-Kannel-UDH": ANY,
+    b"X-Kannel-Validity": BAD_INPUT, b"X-Kannel-Deferred": BAD_INPUT,
+    b"X-Kannel-Priority": BAD_INPUT,
+}
 API_FIELDS = ("to", "from", "text", "client_ref", "callback_url", "category", "encoding",
               "send_at")
 NOT_FOUND_OK = ANY - {404}
@@ -544,6 +565,22 @@ def _header_cases(t: Target, rng: random.Random, cls: str, value: Callable[[], b
                    wellformed)
 
 
+def _kannel_post_cases(t: Target, cls: str, param_value: Callable[[], bytes],
+                       strict: frozenset[int] | None) -> Iterator[Case]:
+    """Kannel's `user`/`pass` aliases and its POST interface: one bad value each."""
+    for alias, name in (("user", "username"), ("pass", "password")):
+        params = t.sendsms_params()
+        del params[name.encode()]
+        params[alias.encode()] = param_value()
+        yield Case(cls, f"GET /cgi-bin/sendsms {alias}", t.sendsms(params),
+                   SENDSMS_FIELDS[name] if strict is not None else ANY)
+    for header, want in X_KANNEL_FIELDS.items():
+        yield Case(cls, f"POST /cgi-bin/sendsms {header.decode()}", t.sendsms_kannel_post(
+            override={header: param_value()}), want if strict is not None else ANY)
+    yield Case(cls, "POST /cgi-bin/sendsms text/plain body", t.sendsms_kannel_post(
+        body=param_value()), ANY)
+
+
 def _field_cases(t: Target, rng: random.Random, cls: str, json_value: Callable[[], bytes],
                  param_value: Callable[[], bytes], strict: frozenset[int] | None) -> Iterator[Case]:
     """A bad value in every parameter and JSON field of every route. `strict`: the statuses a
@@ -557,6 +594,7 @@ def _field_cases(t: Target, rng: random.Random, cls: str, json_value: Callable[[
         {}, raw_body=_obj(t.api_fields())[:-1] + b',"x' + json_value() + b'":1}'), must)
     yield Case(cls, "GET /v1/messages/{id}", t.api_get(quote_from_bytes(
         param_value(), safe="").encode()), frozenset({400, 401, 404, 422}))
+    yield from _kannel_post_cases(t, cls, param_value, strict)
     for name, want in SENDSMS_FIELDS.items():
         bad = param_value()
         if name == "text" and strict is None:  # control characters are text too

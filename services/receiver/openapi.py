@@ -45,6 +45,8 @@ _SENDSMS_PARAMS = [
     {"name": n, "in": "query", "required": False, "schema": {"type": "string"},
      "description": d}
     for n, d in (("username", "Account name."), ("password", "One of the account's API keys."),
+                 ("user", "Kannel's alias of `username`."),
+                 ("pass", "Kannel's alias of `password`."),
                  ("from", "Sender id."), ("to", "Recipients, separated by spaces."),
                  ("text", "Message text (in `charset`)."), ("charset", "Charset of `text`."),
                  ("coding", "0 7-bit, 1 8-bit, 2 UCS-2."), ("dlr-mask", "Kannel DLR mask."),
@@ -54,8 +56,18 @@ _SENDSMS_PARAMS = [
 _SENDSMS_RESPONSES = {
     "202": _text("`0: Accepted for delivery`"), "400": _text("Invalid parameter (named)."),
     "403": _text("Authorization failed for sendsms"), "413": _err("Body too large."),
-    "429": _text("Account rate limit exceeded."), "503": _text("Sending failed. (retry later)"),
+    "415": _text("Unsupported content-type, rejected (Kannel's XML and HTML POSTs)."),
+    "429": _text("Account rate limit exceeded."),
+    "503": _text("Temporal failure, try again later. (with Retry-After)"),
 }
+# Kannel's POST: the text as the body, the other parameters in X-Kannel-* headers
+_X_KANNEL_PARAMS = [
+    {"name": n, "in": "header", "required": False, "schema": {"type": "string"},
+     "description": f"Kannel's POST: `{p}`."}
+    for n, p in (("X-Kannel-Username", "username"), ("X-Kannel-Password", "password"),
+                 ("X-Kannel-From", "from"), ("X-Kannel-To", "to"),
+                 ("X-Kannel-Coding", "coding"), ("X-Kannel-DLR-Mask", "dlr-mask"),
+                 ("X-Kannel-DLR-URL", "dlr-url"), ("X-Kannel-SMSC", "smsc"))]
 
 
 def _paths() -> dict[str, Any]:
@@ -99,11 +111,13 @@ def _paths() -> dict[str, Any]:
             "get": {"summary": "Kannel-compatible sendsms", "operationId": "sendsmsGet",
                     "security": [], "parameters": _SENDSMS_PARAMS,
                     "responses": _SENDSMS_RESPONSES},
-            "post": {"summary": "Kannel-compatible sendsms (form body)",
+            "post": {"summary": "Kannel-compatible sendsms (form body, or Kannel's text body "
+                                "with X-Kannel headers)",
                      "operationId": "sendsmsPost", "security": [],
-                     "parameters": _SENDSMS_PARAMS,
+                     "parameters": _SENDSMS_PARAMS + _X_KANNEL_PARAMS,
                      "requestBody": {"required": False, "content": {
-                         "application/x-www-form-urlencoded": {"schema": {"type": "object"}}}},
+                         "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
+                         "text/plain": {"schema": {"type": "string"}}}},
                      "responses": _SENDSMS_RESPONSES}},
         **_webhook_paths(),
     }

@@ -1,8 +1,10 @@
 """Kannel-compatible `GET|POST /cgi-bin/sendsms`, so applications written for Kannel switch over
 without code changes.
 
-Parameters as Kannel's smsbox takes them (query string, or a form-encoded POST body):
-`username` (the account name), `password` (one of its API keys), `from`, `to` (several
+Parameters as Kannel's smsbox takes them (query string, a form-encoded POST body, or Kannel's
+POST: the text as the body and the rest in `X-Kannel-*` headers, see `X_KANNEL_HEADERS`):
+`username` or `user` (the account name), `password` or `pass` (one of its API keys — the
+password of a Kannel sendsms-user becomes an smsgw API key), `from`, `to` (several
 recipients separated by spaces), `text`, `charset` (of `text`; Kannel's default is UTF-8, or
 UTF-16BE with `coding=2`), `coding` (0 7-bit, 1 8-bit, 2 UCS-2), `dlr-mask`, `dlr-url` (a
 template with Kannel's `%d %p %P %t %A …` escapes, rendered by the sender with
@@ -10,9 +12,13 @@ template with Kannel's `%d %p %P %t %A …` escapes, rendered by the sender with
 allowed to force, `smsgw accounts update NAME --allowed-connector NAME`), `priority` (0-3),
 `validity` and `deferred` (minutes). Unknown parameters are ignored, as Kannel does.
 
-Answers as Kannel does: `202 0: Accepted for delivery`; `403 Authorization failed for sendsms`;
-`4xx` with a plain-text reason naming the parameter; `503` with `Retry-After` when we cannot
-commit. Numbers and sender ids go through the same normalisation and checks as the JSON API.
+Answers as Kannel 1.4.5 does (gw/smsbox.c): `202 0: Accepted for delivery`; `403
+Authorization failed for sendsms`; `400 Missing receiver number, rejected` (POST: `Missing
+receiver(s) number(s), rejected`), `400 Empty receiver number not allowed, rejected`, `400
+Sender missing and no global set, rejected`, `415 Unsupported content-type, rejected`, `400
+Invalid content-type`; other `4xx` with a plain-text reason naming the parameter; `503
+Temporal failure, try again later.` with `Retry-After` when we cannot commit. Numbers and
+sender ids go through the same normalisation and checks as the JSON API.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import codecs
 import time
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from aiohttp import web
 
@@ -45,8 +51,15 @@ from smsgw.shared.domain.urlguard import UnsafeUrl, check_url
 from smsgw.shared.queue.groupcommit import IntakeClosed, IntakeFull
 from smsgw.shared.smpp.text import Encoding, estimate
 
+# Kannel 1.4.5's answers (gw/smsbox.c): 202 "0: Accepted for delivery" (ack_success);
+# 403 "Authorization failed for sendsms"; 503 "Temporal failure, try again later."
+# (ack_failed_tmp: its queues full) — ours for every "try again": a queue over its watermark,
+# the database unreachable (where Kannel's smsbox, unable to reach bearerbox, says 500
+# "Sending failed."). Kannel's 202 "3: Queued for later delivery" (no SMSC connected) is never
+# given: the receiver commits to the queue and does not know which connectors are up.
 ACCEPTED = "0: Accepted for delivery"
 AUTH_FAILED = "Authorization failed for sendsms"
+TEMPORAL_FAILURE = "Temporal failure, try again later."
 _CODING_ENCODING: dict[int, tuple[Encoding, ...]] = {0: ("gsm7", "ucs2"), 1: ("latin1",),
                                                       2: ("ucs2",)}
 
@@ -60,18 +73,67 @@ def _bad(ctx: ReceiverContext, field: str, message: str) -> Rejected:
     return Rejected(_text(400, f"Invalid parameter {field}: {message}"))
 
 
+# Kannel's POST interface (gw/smsbox.c `smsbox_sendsms_post`, `get_x_kannel_from_headers`):
+# a POST whose body is the message — `text/plain` (coding 0 unless given) or
+# `application/octet-stream` (coding 1 unless given), the charset from Content-Type — with
+# every other parameter in an `X-Kannel-*` header (names compared case-blind, values stripped).
+# The query string is not read then, as in Kannel. `text/html`, `text/vnd.wap.wml` and Kannel's
+# XML POST (`text/xml`) are refused with Kannel's 415; any other type with Kannel's 400. A
+# form-encoded POST (`application/x-www-form-urlencoded`, which Kannel refuses) is read like a
+# query string.
+X_KANNEL_HEADERS = {
+    "x-kannel-username": "username", "x-kannel-password": "password",
+    "x-kannel-from": "from", "x-kannel-to": "to", "x-kannel-smsc": "smsc",
+    "x-kannel-udh": "udh", "x-kannel-dlr-url": "dlr-url", "x-kannel-dlr-mask": "dlr-mask",
+    "x-kannel-account": "account", "x-kannel-binfo": "binfo", "x-kannel-coding": "coding",
+    "x-kannel-pid": "pid", "x-kannel-mwi": "mwi", "x-kannel-mclass": "mclass",
+    "x-kannel-alt-dcs": "alt-dcs", "x-kannel-compress": "compress",
+    "x-kannel-validity": "validity", "x-kannel-deferred": "deferred", "x-kannel-rpi": "rpi",
+    "x-kannel-priority": "priority", "x-kannel-meta-data": "meta-data"}
+_BODY_TYPES = {"text/plain": b"0", "application/octet-stream": b"1"}  # default coding
+_UNSUPPORTED_TYPES = ("text/html", "text/vnd.wap.wml", "text/xml")
+_POSTED = "\x00posted"  # marks parameters read from X-Kannel headers (Kannel's texts differ)
+
+
 async def _params(request: web.Request, ctx: ReceiverContext) -> dict[str, bytes]:
-    """Every parameter as raw bytes (query first, then a form body), decoded later per field:
-    `text` is in `charset`, the others in UTF-8."""
+    """Every parameter as raw bytes (query first, then a form body; or Kannel's POST: the
+    body and the X-Kannel headers), decoded later per field: `text` is in `charset`, the
+    others in UTF-8."""
     pairs = parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True,
                       encoding="latin-1")
     if request.method == "POST" and request.content_type in (
             "application/x-www-form-urlencoded", ""):
         body = await read_body(request, ctx)
         pairs += parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+    elif request.method == "POST" and request.body_exists:
+        return _posted_params(request, await read_body(request, ctx))
     params: dict[str, bytes] = {}
     for name, value in pairs:
         params.setdefault(name, value.encode("latin-1"))
+    return params
+
+
+def _posted_params(request: web.Request, body: bytes) -> dict[str, bytes]:
+    """Kannel's POST: the body is `text`, the X-Kannel headers the other parameters."""
+    ctype = request.content_type
+    if ctype in _UNSUPPORTED_TYPES:
+        raise Rejected(_text(415, "Unsupported content-type, rejected"))
+    if ctype not in _BODY_TYPES:
+        raise Rejected(_text(400, "Invalid content-type"))
+    params: dict[str, bytes] = {_POSTED: b"1", "text": body, "coding": _BODY_TYPES[ctype]}
+    if request.charset:
+        params["charset"] = request.charset.encode("latin-1", "replace")
+    for name, value in request.headers.items():
+        param = X_KANNEL_HEADERS.get(name.lower())
+        if param is None:
+            continue
+        raw = value.strip().encode("utf-8", "surrogateescape")
+        if param == "udh":  # hex, or else URL-encoded bytes, as Kannel reads X-Kannel-UDH
+            try:
+                raw = bytes.fromhex(raw.decode("ascii"))
+            except (UnicodeDecodeError, ValueError):
+                raw = unquote_to_bytes(raw)
+        params[param] = raw
     return params
 
 
@@ -116,7 +178,14 @@ def _int(ctx: ReceiverContext, params: dict[str, bytes], name: str, lo: int,
 
 
 async def _account(ctx: ReceiverContext, params: dict[str, bytes]) -> Account:
-    username, password = _str(params, "username"), _str(params, "password")
+    # Kannel's default_authorise_user (gw/smsbox.c): `username`, or else `user`; `password`,
+    # or else `pass`. The password is one of the account's API keys.
+    username = _str(params, "username")
+    password = _str(params, "password")
+    if username is None:
+        username = _str(params, "user")
+    if password is None:
+        password = _str(params, "pass")
     account = await ctx.auth.authenticate(password) if username and password else None
     if account is None or account.name != username:
         ctx.metrics.requests_rejected.labels(reason="unauthorized").inc()
@@ -140,10 +209,21 @@ def _message_text(ctx: ReceiverContext, params: dict[str, bytes], coding: int) -
     return text
 
 
-def _recipients(ctx: ReceiverContext, params: dict[str, bytes]) -> list[str]:
+def _receiver(ctx: ReceiverContext, params: dict[str, bytes]) -> str:
+    """`to`, checked as Kannel checks it right after the password, with Kannel's texts
+    (smsbox_req_sendsms, smsbox_sendsms_post in gw/smsbox.c)."""
     to = _str(params, "to")
     if not to:
-        raise _bad(ctx, "to", "missing receiver number")
+        ctx.metrics.requests_rejected.labels(reason="validation").inc()
+        if to is not None:
+            raise Rejected(_text(400, "Empty receiver number not allowed, rejected"))
+        raise Rejected(_text(400, "Missing receiver(s) number(s), rejected" if _POSTED in params
+                             else "Missing receiver number, rejected"))
+    return to
+
+
+def _recipients(ctx: ReceiverContext, params: dict[str, bytes]) -> list[str]:
+    to = _receiver(ctx, params)
     numbers = to.split()
     if len(numbers) > ctx.options.max_recipients:
         raise _bad(ctx, "to", f"at most {ctx.options.max_recipients} recipients")
@@ -162,8 +242,9 @@ def _items(ctx: ReceiverContext, account: Account, params: dict[str, bytes]) -> 
     coding = _int(ctx, params, "coding", 0, 2) or 0
     text = _message_text(ctx, params, coding)
     sender = _str(params, "from")
-    if not sender:
-        raise _bad(ctx, "from", "missing sender")
+    if not sender:  # Kannel's text (smsbox_req_handle): no account has a default sender here
+        ctx.metrics.requests_rejected.labels(reason="validation").inc()
+        raise Rejected(_text(400, "Sender missing and no global set, rejected"))
     try:
         from_addr = sender_id(account, sender, ctx.options.default_country)
     except FieldInvalid as exc:
@@ -207,6 +288,7 @@ async def sendsms(request: web.Request) -> web.StreamResponse:
     try:
         params = await _params(request, ctx)
         account = await _account(ctx, params)
+        _receiver(ctx, params)
         admit(ctx, "outbound")
         admit_account(ctx, account)
         items = _items(ctx, account, params)
@@ -217,15 +299,15 @@ async def sendsms(request: web.Request) -> web.StreamResponse:
         await ctx.mt.submit_many(items)
     except Rejected as exc:
         if exc.response.status == 503:
-            return _text(503, "Sending failed.",
+            return _text(503, TEMPORAL_FAILURE,
                          {"Retry-After": exc.response.headers.get("Retry-After", "2")})
         return exc.response
     except (DatabaseUnavailable, IntakeFull, IntakeClosed) as exc:
         resp = unavailable_for(ctx, exc)
-        return _text(503, "Sending failed.", {"Retry-After": resp.headers["Retry-After"]})
+        return _text(503, TEMPORAL_FAILURE, {"Retry-After": resp.headers["Retry-After"]})
     except CONNECTION_ERRORS as exc:
         resp = unavailable_for(ctx, exc)
-        return _text(503, "Sending failed.", {"Retry-After": resp.headers["Retry-After"]})
+        return _text(503, TEMPORAL_FAILURE, {"Retry-After": resp.headers["Retry-After"]})
     finally:
         ctx.metrics.duration("sendsms", time.perf_counter() - started)
     ctx.metrics.mt("sendsms", "accepted", len(items))
