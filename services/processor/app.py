@@ -77,7 +77,8 @@ class ProcessorDaemon(Daemon[ProcessorSettings]):
             self.pool, self.settings.callbacks, owner=self.worker_id,
             allowed_networks=self.config.webhooks.allowed_networks, metrics=pmetrics,
             secrets=SecretResolver(server_secret=_secret_bytes(self.config)),
-            poll_s=self.settings.poll_s)
+            poll_s=self.settings.poll_s, hasher=hasher,
+            connectors=[c.name for c in self.config.connectors])
         await self.callbacks.start()
         self.add_worker("inbound_loop", lambda: self.consume(CHANNELS["inbound"], self._claim_pass))
         self.add_worker("callbacks_loop", self._callbacks_loop)
@@ -126,6 +127,7 @@ class ProcessorDaemon(Daemon[ProcessorSettings]):
             await self.engine.ensure_rules(conn)
         self.callbacks.settings = new.daemon.callbacks
         self.callbacks.set_allowed_networks(new.webhooks.allowed_networks)
+        self.callbacks.connectors = frozenset(c.name for c in new.connectors)
 
     async def release(self) -> None:
         """After the drain: hand back callback leases still held, close the HTTP session."""

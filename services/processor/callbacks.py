@@ -26,7 +26,22 @@ Each request:
   be resolved is retried, never sent unsigned;
 - 2xx -> done; anything else (status, timeout, connection error) -> retry with exponential
   backoff and jitter (`retry_base_s` .. `retry_max_s`), dead after `max_attempts`. No response
-  body convention is required of the application; the body is not read.
+  body convention is required of the application; the body is not read, except for a forward
+  with `reply_from_body` (below).
+
+Replies from the body (a forward whose row carries a `reply` snapshot, migration 0012): the
+answer's body (at most the action's `max_body_bytes`, sent with `Accept-Encoding: identity`;
+a larger one ends the row `dead` at once, as a failed delivery, since asking again would make
+the application handle the MO twice) becomes the reply MT(s) as a Kannel sms-service's does
+(`kannel_reply.build`: max-messages, omit-empty, X-Kannel headers, charset, split). The reply
+rows are written in the transaction that marks the callback done, and only for rows this
+instance still held (`store.update_many` returns them): a late answer after another instance
+took the row over writes no reply. Each reply row also takes the dedupe key
+`reply` / `callback:<callback id>:<part>`, so a callback answered twice (a re-run after a lost
+commit acknowledgement, a requeue) still makes exactly one reply. A retry after a timeout or
+an error status never replies for the failed attempt: only the attempt that succeeds does.
+Replies go to `outbound` like the rules' auto-replies (source 'rule', the rule's id and
+category, the recipient's keyed hash for the sender's suppression check).
 
 Batched forwards: rows a forward action marked `batch_max` > 1 that were claimed together and
 go to the same URL with the same secret are sent as ONE POST whose body is the JSON array of
@@ -46,6 +61,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -53,10 +69,13 @@ import aiohttp
 import asyncpg
 import structlog
 
+from smsgw.services.processor import kannel_reply
+from smsgw.services.processor.kannel_reply import Answer, ReplyPlan
 from smsgw.services.processor.metrics import ProcessorMetrics
 from smsgw.services.processor.options import CallbackSettings
 from smsgw.shared.core.db import DATABASE_ERRORS
 from smsgw.shared.domain.callback_signing import account_secret, request_target, sign
+from smsgw.shared.domain.suppression import NumberHasher
 from smsgw.shared.domain.urlguard import (
     AddressPolicy,
     UnsafeUrl,
@@ -65,7 +84,7 @@ from smsgw.shared.domain.urlguard import (
     is_refusal,
 )
 from smsgw.shared.queue import store
-from smsgw.shared.queue.records import Callback
+from smsgw.shared.queue.records import Callback, DedupeKey
 from smsgw.shared.runtime.metrics import smsgw_version
 
 log = structlog.get_logger("smsgw.processor.callbacks")
@@ -87,8 +106,13 @@ class Result:
 
     id: int
     kind: str
-    outcome: str  # done, retry, refused
+    outcome: str  # done, retry, refused, failed (dead at once: refused and failed)
     error: str | None = None
+    reply: ReplyPlan | None = None  # a `reply_from_body` forward answered 2xx
+
+
+REPLY_DEDUPE_SCOPE: Final = "reply"
+REPLY_DEDUPE_TTL_S: Final = 7 * 86400.0  # longer than any callback's retries
 
 
 class SecretResolver:
@@ -149,16 +173,21 @@ class CallbackDelivery:
     `pool`, `settings`, `owner` (the lease owner name) and `allowed_networks` (`[webhooks]
     allowed_networks`; `set_allowed_networks` on reload) are injected; call
     `start()` inside the running loop (the HTTP session is opened there), `run(stop)` as a
-    worker, and `release()` after the drain to give back leases still held.
+    worker, and `release()` after the drain to give back leases still held. Replies from
+    bodies need `hasher` (the recipients' keyed hashes) and `connectors` (the names
+    X-Kannel-SMSC may name).
     """
 
     def __init__(self, pool: asyncpg.Pool, settings: CallbackSettings, *, owner: str,
                  allowed_networks: Iterable[Any] = (),
                  metrics: ProcessorMetrics | None = None,
-                 secrets: SecretResolver | None = None, poll_s: float = 5.0) -> None:
+                 secrets: SecretResolver | None = None, poll_s: float = 5.0,
+                 hasher: NumberHasher | None = None, connectors: Iterable[str] = ()) -> None:
         self.pool = pool
         self.settings = settings
         self.owner = owner
+        self.hasher = hasher
+        self.connectors = frozenset(connectors)
         self.policy = AddressPolicy(allowed_networks)
         self.metrics = metrics
         self.secrets = secrets or SecretResolver()
@@ -314,8 +343,11 @@ class CallbackDelivery:
         return headers
 
     async def _deliver(self, row: Callback, secret: str | None) -> list[Result]:
-        return await self._call([row], row.body if row.method == "POST" else None,
-                                self._headers(row, secret), secret)
+        headers = self._headers(row, secret)
+        if row.reply is not None:  # the body is read as it was sent (the session never decodes)
+            headers["Accept-Encoding"] = "identity"
+        return await self._call([row], row.body if row.method == "POST" else None, headers,
+                                secret)
 
     async def _deliver_many(self, rows: list[Callback], secret: str | None) -> list[Result]:
         # One POST of the rows' JSON objects as an array (see `batches`); one signature.
@@ -333,29 +365,54 @@ class CallbackDelivery:
             return _all(rows, "refused", f"url refused: {exc}")
         if first.secret_ref and secret is None:  # see SecretResolver.resolve
             return _all(rows, "retry", f"secret {first.secret_ref} unresolved")
+        limit = _body_limit(first)
         async with self._host_slot(first.url):
             started = time.perf_counter()
-            outcome, error = await self._request(first.method, first.url, body, headers)
+            outcome, error, answer = await self._request(first.method, first.url, body, headers,
+                                                         limit)
             if self.metrics:
                 self.metrics.callback_duration.observe(time.perf_counter() - started)
+        if outcome == "done" and answer is not None:
+            return [self._reply(first, answer)]
         return _all(rows, outcome, error)
 
+    def _reply(self, row: Callback, answer: Answer) -> Result:
+        """The reply plan of a `reply_from_body` forward's answer (pure; written back later)."""
+        try:
+            plan = kannel_reply.build(row.reply, answer, callback_id=row.id,
+                                      inbound_id=row.inbound_id, now=datetime.now(UTC),
+                                      connectors=self.connectors)
+        except ValueError as exc:  # a stored snapshot this release cannot read
+            plan = ReplyPlan("refused", reason=f"reply settings invalid: {exc}"[:300])
+        if plan.rows and self.hasher is None:
+            plan = ReplyPlan("refused", reason="no server secret to hash the recipient",
+                             denied=plan.denied)
+        return Result(row.id, row.kind, "done", reply=plan)
+
     async def _request(self, method: str, url: str, body: bytes | None,
-                       headers: dict[str, str]) -> tuple[str, str | None]:
+                       headers: dict[str, str], limit: int | None = None,
+                       ) -> tuple[str, str | None, Answer | None]:
+        """One HTTP attempt: (outcome, error, the answer when `limit` asks for its body)."""
         assert self._session is not None, "start() first"
+        answer = None
         try:
             async with self._session.request(method, url, data=body, headers=headers,
                                              allow_redirects=False) as resp:
                 status = resp.status
+                if limit is not None and 200 <= status < 300:
+                    data = await _read_at_most(resp, limit)
+                    if data is None:
+                        return "failed", f"reply body larger than {limit} bytes", None
+                    answer = Answer(status, list(resp.headers.items()), data)
         except UnsafeUrl as exc:
-            return "refused", f"url refused: {exc}"
+            return "refused", f"url refused: {exc}", None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             if is_refusal(exc):  # the socket factory refused the peer address
-                return "refused", f"url refused: {exc}"[:300]
-            return "retry", f"{type(exc).__name__}: {exc}"[:300]
+                return "refused", f"url refused: {exc}"[:300], None
+            return "retry", f"{type(exc).__name__}: {exc}"[:300], None
         if 200 <= status < 300:
-            return "done", None
-        return "retry", f"HTTP {status}"
+            return "done", None, answer
+        return "retry", f"HTTP {status}", None
 
     # -- write-back ---------------------------------------------------------------------------
 
@@ -382,11 +439,15 @@ class CallbackDelivery:
         for r in results:
             if r.outcome == "retry":
                 by_error.setdefault(r.error or "error", []).append(r)
+        replied: list[Result] = []
         async with self.pool.acquire() as conn, conn.transaction():
-            done = [r for r in results if r.outcome == "done"]
+            done = [r for r in results if r.outcome == "done" and r.reply is None]
             if done:
                 await store.ack(conn, "callbacks", [r.id for r in done], owner=self.owner)
-            refused = [r for r in results if r.outcome == "refused"]
+            replies = [r for r in results if r.outcome == "done" and r.reply is not None]
+            if replies:
+                replied = await self._write_replies(conn, replies)
+            refused = [r for r in results if r.outcome in ("refused", "failed")]
             for r in refused:  # rare: one statement each keeps each error
                 await store.fail(conn, "callbacks", [r.id], owner=self.owner, status="dead",
                                  error=r.error or "refused")
@@ -400,11 +461,53 @@ class CallbackDelivery:
             # (status, attempts, updated_at — what `smsgw trace` shows), and an events row for
             # it was one more INSERT per forwarded MO and per status callback.
             failures = [r for r in results if r.outcome != "done"]
-            if failures:
+            notes = [r for r in replied if r.reply and (r.reply.outcome != "queued"
+                                                         or r.reply.denied)]
+            if failures or notes:
                 await store.log_events(conn, [
                     ("callbacks", r.id, _label(r, dead), {"error": r.error} if r.error else None)
-                    for r in failures], "processor")
+                    for r in failures] + [
+                    ("callbacks", r.id, f"reply_{r.reply.outcome}", r.reply.detail())
+                    for r in notes if r.reply], "processor")
         self._count(results, dead)
+        self._count_replies(replied)
+
+    async def _write_replies(self, conn: asyncpg.Connection,
+                             results: list[Result]) -> list[Result]:
+        """Mark `results` done (fenced) and queue the replies of those we still held, each
+        under its dedupe key; return the results whose row this write marked done."""
+        acked = set(await store.update_many(conn, "callbacks",
+                                            [(r.id, "done", None) for r in results],
+                                            owner=self.owner))
+        ours = [r for r in results if r.id in acked]
+        rows: list[dict[str, Any]] = []
+        keys: list[DedupeKey | None] = []
+        for r in ours:
+            assert r.reply is not None
+            for part, row in enumerate(r.reply.rows):
+                assert self.hasher is not None  # `_reply` refuses rows without one
+                rows.append(row | {"to_hash": self.hasher(row["to_addr"])})
+                keys.append(DedupeKey(scope=REPLY_DEDUPE_SCOPE, key=f"callback:{r.id}:{part}",
+                                      ttl_s=REPLY_DEDUPE_TTL_S))
+        if rows:
+            await store.enqueue(conn, "outbound", rows, dedupe=keys, notify=True)
+        return ours
+
+    def _count_replies(self, results: list[Result]) -> None:
+        for r in results:
+            plan = r.reply
+            if plan is None:
+                continue
+            if self.metrics:
+                for row in plan.rows:
+                    self.metrics.replies.labels(category=row["category"]).inc()
+            if plan.outcome == "refused":
+                log.warning("forward_reply_refused", callback_id=r.id, reason=plan.reason)
+            elif plan.outcome == "omitted":
+                log.info("forward_reply_omitted", callback_id=r.id, reason=plan.reason)
+            if plan.denied:  # Kannel: "Tried to change …, denied."
+                log.warning("forward_reply_headers_denied", callback_id=r.id,
+                            headers=list(plan.denied))
 
     def _count(self, results: list[Result], dead: set[int]) -> None:
         for r in results:
@@ -418,6 +521,28 @@ class CallbackDelivery:
 
 def _all(rows: list[Callback], outcome: str, error: str | None) -> list[Result]:
     return [Result(r.id, r.kind, outcome, error) for r in rows]
+
+
+def _body_limit(row: Callback) -> int | None:
+    """How much of the answer to read: a `reply_from_body` forward's `max_body_bytes`."""
+    if row.reply is None:
+        return None
+    options = row.reply.get("options") or {}
+    limit = options.get("max_body_bytes")
+    return int(limit) if isinstance(limit, int) and limit > 0 else 65_536
+
+
+async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, or None when it is longer than `limit` bytes (never reads past limit + one
+    chunk: a Content-Length above the limit is refused before reading)."""
+    if resp.content_length is not None and resp.content_length > limit:
+        return None
+    data = bytearray()
+    async for chunk in resp.content.iter_any():
+        data += chunk
+        if len(data) > limit:
+            return None
+    return bytes(data)
 
 
 def batchable(row: Callback) -> bool:
@@ -451,6 +576,8 @@ def _label(r: Result, dead: set[int]) -> str:
         return "done"
     if r.outcome == "refused":
         return "refused"
+    if r.outcome == "failed":
+        return "dead"
     return "dead" if r.id in dead else "retried"
 
 

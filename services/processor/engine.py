@@ -42,7 +42,7 @@ import asyncpg
 import orjson
 import structlog
 
-from smsgw.services.processor import templates
+from smsgw.services.processor import kannel_reply, templates
 from smsgw.services.processor.metrics import ProcessorMetrics
 from smsgw.services.processor.options import ProcessorKeys
 from smsgw.services.processor.optout import OptOp, OptOutHit, OptOutKeywords
@@ -154,6 +154,7 @@ class Forward:
     body: bytes | None
     secret_ref: str | None
     batch: int = 1
+    reply: dict[str, Any] | None = None  # `reply_from_body`: `kannel_reply.snapshot`
 
     def row(self) -> dict[str, Any]:
         """The `callbacks` columns of this forward."""
@@ -161,7 +162,7 @@ class Forward:
         return {"kind": "mo", "inbound_id": self.inbound_id, "url": self.url,
                 "method": self.method, "body": self.body, "headers": headers,
                 "secret_ref": self.secret_ref,
-                "batch_max": self.batch if self.batch > 1 else None}
+                "batch_max": self.batch if self.batch > 1 else None, "reply": self.reply}
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,12 +366,17 @@ class Planner:
 
     def _forward(self, msg: Message, hit: Hit, index: int, action: ForwardAction) -> Forward:
         rule = hit.rule
+        # Kannel sms-service: the reply goes from the number the MO was sent to back to its
+        # sender (gw/smsbox.c obey_request_thread swaps them), unless the answer says otherwise
+        reply = None if action.reply_from_body is None else kannel_reply.snapshot(
+            options=action.reply_from_body, sender=msg.to_addr, recipient=msg.from_addr,
+            rule_id=rule.id, service=rule.rule.name)
         if action.get_url is not None:
             url = templates.render_get_url(
                 action.get_url, sender=msg.from_addr, receiver=msg.to_addr, text=msg.text,
                 keyword=hit.keyword, rest=hit.rest, at=msg.at, smsc=msg.connector,
                 message_id=msg.id, service=rule.rule.name)
-            return Forward(msg.id, url, "GET", None, None)
+            return Forward(msg.id, url, "GET", None, None, reply=reply)
         body = orjson.dumps({
             "id": msg.id, "from": msg.from_addr, "to": msg.to_addr, "text": msg.text,
             "keyword": hit.keyword, "rest": hit.rest, "channel": msg.channel,
@@ -378,7 +384,7 @@ class Planner:
             "rule": rule.rule.name, "groups": dict(hit.groups)})
         secret_ref = f"rule:{rule.id}:{index}" if action.secret_env else None
         assert action.url is not None
-        return Forward(msg.id, action.url, "POST", body, secret_ref, action.batch)
+        return Forward(msg.id, action.url, "POST", body, secret_ref, action.batch, reply=reply)
 
     # -- opt-out ----------------------------------------------------------------------------
 

@@ -32,6 +32,9 @@ managed with `smsgw rules import FILE | export | list | test` (`rules_cli.py`). 
         {"type": "forward", "url": "https://app.example/mo", "secret_env": "WIN_HOOK_SECRET",
          "batch": 1},
         {"type": "forward", "get_url": "https://app.example/mo?from=%p&text=%a"},
+        {"type": "forward", "get_url": "https://app.example/ask?q=%r",
+         "reply_from_body": {"max_messages": 3, "concatenation": true, "omit_empty": true,
+                             "accept_x_kannel_headers": true}},   (or `true`: the defaults)
         {"type": "optout", "op": "stop", "scope": "short_code", "reply": "Unsubscribed."}
       ]
     }
@@ -48,6 +51,22 @@ Semantics:
   `batch` > 1, up to that many MOs waiting for the same URL are POSTed together as a JSON
   array of the same objects (header `X-Smsgw-Batch: <count>`; one signature over the array);
   the application answers 2xx for the whole request, anything else retries all of them.
+- `forward` with `reply_from_body` (one request per MO, so not with `batch` > 1) is a Kannel
+  sms-service: the 2xx answer's body becomes the reply MT, from the number the MO was sent
+  to (or the table's `from`, Kannel's `faked-sender`) back to the MO's sender
+  (`kannel_reply.py` has the steps and Kannel's functions they follow). Its keys, Kannel's
+  with `_` for `-` and Kannel's defaults: `max_messages` (1; 0 = never a reply; a longer
+  text is split into at most this many SMS, the rest dropped), `concatenation` (false: the
+  parts go as separate SMS; true: as one concatenated MT), `omit_empty` (false: an empty
+  body sends `empty_message`, "<Empty reply from service provider>"), `header`, `footer`,
+  `split_chars`, `split_suffix`, `prefix` + `suffix` (what of an HTML body is kept),
+  `accept_x_kannel_headers` (false: X-Kannel-From, -To, -SMSC, -Coding, -DLR-Mask, -DLR-URL,
+  -Validity, -Deferred, -Priority … in the answer are ignored, as Kannel denies them), the
+  body's charset from its Content-Type (`default_charset`, ISO-8859-1, for text without
+  one), `unrepresentable_message` (sent for a body that is not text or does not decode),
+  `max_body_bytes` (65536; a larger answer fails the forward: dead at once, no reply),
+  `category`, `priority`, `dlr_url` + `dlr_mask` (the sms-service's DLR settings). A
+  forward retried after a timeout replies once, for the attempt that succeeded.
 - `optout`: `stop` adds the subscriber to the suppression list (scope: the short code it wrote
   to, or 'global'), `start` removes it (both scopes), `help` only replies. The built-in
   keyword lists (`[processor.optout]`) run before any rule; this action lets a rule do the same
@@ -59,6 +78,7 @@ Semantics:
 
 from __future__ import annotations
 
+import codecs
 import re
 import string
 import unicodedata
@@ -73,6 +93,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from smsgw.services.processor import templates
 from smsgw.shared.core.errors import SmsGatewayError
+from smsgw.shared.domain.numbers import InvalidNumber, normalise_sender
 from smsgw.shared.domain.urlguard import UnsafeUrl, check_url_form
 
 Category = Literal["transactional", "marketing"]
@@ -215,6 +236,84 @@ class CampaignAction(_Model):
         return v
 
 
+# Kannel 1.4.5's texts for a reply it cannot take from the body (gw/smsbox.c, init_smsbox:
+# `reply-emptymessage`, and the text `reply_couldnotrepresent` defaults to).
+KANNEL_EMPTY_REPLY = "<Empty reply from service provider>"
+KANNEL_UNREPRESENTABLE_REPLY = "Result could not be represented as an SMS message."
+# header + footer + split_suffix must leave room in the smallest part (67 UCS-2 characters)
+_DECORATION_MAX = 40
+
+
+class ReplyFromBody(_Model):
+    """Kannel sms-service reply semantics for a forward: the application's HTTP answer becomes
+    the reply MT (gw/smsbox.c `url_result_thread`, `fill_message`, `send_message`; the user
+    guide's sms-service group). Keys are Kannel's, with `_` for `-`; defaults are Kannel's."""
+
+    max_messages: int = Field(default=1, ge=0, le=255)  # 0: never a reply
+    concatenation: bool = False      # one concatenated MT, else up to max_messages single SMS
+    omit_empty: bool = False         # an empty body sends nothing (else `empty_message`)
+    empty_message: str = Field(default=KANNEL_EMPTY_REPLY, min_length=1, max_length=160)
+    unrepresentable_message: str = Field(default=KANNEL_UNREPRESENTABLE_REPLY, min_length=1,
+                                         max_length=160)
+    accept_x_kannel_headers: bool = False
+    header: str = Field(default="", max_length=_DECORATION_MAX)
+    footer: str = Field(default="", max_length=_DECORATION_MAX)
+    split_chars: str = Field(default="", max_length=32)
+    split_suffix: str = Field(default="", max_length=_DECORATION_MAX)
+    prefix: str | None = Field(default=None, min_length=1, max_length=200)  # text/html only,
+    suffix: str | None = Field(default=None, min_length=1, max_length=200)  # both or neither
+    # the charset of a text/* body whose Content-Type names none (RFC 2616 3.7.1, as Kannel's
+    # http_header_get_content_type assumes)
+    default_charset: str = Field(default="ISO-8859-1", min_length=1, max_length=40)
+    max_body_bytes: int = Field(default=65_536, ge=1, le=1_048_576)
+    # Kannel's faked-sender: the reply's sender instead of the number the MO was sent to
+    from_: str | None = Field(default=None, alias="from", min_length=1, max_length=20)
+    category: Category = "transactional"
+    priority: int = Field(default=0, ge=-32768, le=32767)
+    dlr_url: str | None = Field(default=None, min_length=1, max_length=2000)  # sms-service dlr-url
+    dlr_mask: int | None = Field(default=None, ge=0, le=31)
+
+    @field_validator("default_charset")
+    @classmethod
+    def _charset_known(cls, v: str) -> str:
+        try:
+            codecs.lookup(v)
+        except LookupError as exc:
+            raise ValueError(f"unknown charset {v!r}") from exc
+        return v
+
+    @field_validator("from_")
+    @classmethod
+    def _sender(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                return normalise_sender(v)
+            except InvalidNumber as exc:
+                raise ValueError(str(exc)) from exc
+        return v
+
+    @field_validator("dlr_url")
+    @classmethod
+    def _dlr_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            if not v.startswith(("http://", "https://")):
+                raise ValueError("dlr_url must start with http:// or https://")
+            try:
+                check_url_form(v)
+            except UnsafeUrl as exc:
+                raise ValueError(f"dlr_url refused: {exc}") from exc
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ReplyFromBody:
+        if (self.prefix is None) != (self.suffix is None):
+            raise ValueError("give both prefix and suffix, or neither")
+        if len(self.header) + len(self.footer) + len(self.split_suffix) > _DECORATION_MAX:
+            raise ValueError(f"header, footer and split_suffix together must stay within "
+                             f"{_DECORATION_MAX} characters (they go into every part)")
+        return self
+
+
 class ForwardAction(_Model):
     """Forward the MO to an application: JSON POST to `url`, or GET of a `get_url` template."""
 
@@ -225,6 +324,16 @@ class ForwardAction(_Model):
     # JSON POST only: up to `batch` MOs queued for this URL go in one request as a JSON array
     # (header X-Smsgw-Batch: <count>), signed as one body; 1 = one request per MO.
     batch: int = Field(default=1, ge=1, le=1000)
+    # the answer's body becomes the reply MT, as a Kannel sms-service's does; `true` takes
+    # Kannel's defaults, a table sets its keys
+    reply_from_body: ReplyFromBody | None = None
+
+    @field_validator("reply_from_body", mode="before")
+    @classmethod
+    def _reply_flag(cls, v: Any) -> Any:
+        if v is True:
+            return {}
+        return None if v is False else v
 
     @model_validator(mode="after")
     def _one_target(self) -> ForwardAction:
@@ -232,6 +341,9 @@ class ForwardAction(_Model):
             raise ValueError("give exactly one of url and get_url")
         if self.batch > 1 and self.url is None:
             raise ValueError("batch applies to a JSON `url` forward, not to `get_url`")
+        if self.batch > 1 and self.reply_from_body is not None:
+            raise ValueError("reply_from_body needs one request per MO (batch = 1): one body "
+                             "cannot answer several messages")
         target = self.url or self.get_url or ""
         if not target.startswith(("http://", "https://")):
             raise ValueError("the URL must start with http:// or https://")
@@ -532,6 +644,6 @@ def utcnow() -> datetime:
 
 __all__ = [
     "Action", "CampaignAction", "CompiledRule", "ForwardAction", "Hit", "Match", "Message",
-    "OptOutAction", "Quota", "ReplyAction", "Rule", "RuleError", "RuleSet", "Window", "fold",
-    "parse_rules", "period_key", "rule_from_row", "split_keyword", "utcnow",
+    "OptOutAction", "Quota", "ReplyAction", "ReplyFromBody", "Rule", "RuleError", "RuleSet",
+    "Window", "fold", "parse_rules", "period_key", "rule_from_row", "split_keyword", "utcnow",
 ]

@@ -209,7 +209,10 @@ async def test_message(conn: asyncpg.Connection | asyncpg.Pool, *, text: str, se
                               "entry_no": counts.get((e.campaign, e.number, e.period_key), 0) + 1}
                              for e in plan.entries],
         "forwards": [{"method": f.method, "url": f.url, "signed": f.secret_ref is not None,
-                      "body": f.body.decode() if f.body else None} for f in plan.forwards],
+                      "body": f.body.decode() if f.body else None,
+                      # the answer's body becomes the reply: from -> to, unless it says otherwise
+                      "reply_from_body": ({"from": f.reply["from"], "to": f.reply["to"]}
+                                          if f.reply else None)} for f in plan.forwards],
         "suppression_add": [c.scope for c in plan.adds],
         "suppression_remove": [c.scope for c in plan.removes],
         "error": outcome.error,
@@ -231,6 +234,9 @@ def _print_test(result: dict[str, Any]) -> None:
                   f"(entry #{e['entry_no']})\n")
     for f in result["forwards"]:
         out.write(f"  forward {f['method']} {f['url']}{' (signed)' if f['signed'] else ''}\n")
+        if f["reply_from_body"]:
+            reply = f["reply_from_body"]
+            out.write(f"    reply from the answer's body {reply['from']} -> {reply['to']}\n")
     for scope in result["suppression_add"]:
         out.write(f"  suppress in scope {scope}\n")
     for scope in result["suppression_remove"]:

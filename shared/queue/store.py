@@ -123,7 +123,7 @@ TABLES: Final[Mapping[str, _Table]] = {
         {"kind": ("text", None), "account_id": ("int8", None), "outbound_id": ("int8", None),
          "inbound_id": ("int8", None), "url": ("text", None), "method": ("text", "'POST'"),
          "body": ("bytea", None), "headers": ("jsonb", None), "secret_ref": ("text", None),
-         "batch_max": ("int2", None), **_QUEUE_COLS},
+         "batch_max": ("int2", None), "reply": ("jsonb", None), **_QUEUE_COLS},
         ("body",)),
     "mo_parts": _Table(
         "mo_parts", MoPart, frozenset(MoPartStatus), (MoPartStatus.QUEUED,),

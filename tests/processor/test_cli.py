@@ -34,7 +34,7 @@ async def test_import_export_list_test_and_audit(db_url, pool, tmp_path) -> None
     updated and deleted; 5. the audit log has a row per change, with old and new."""
     r = await rules(db_url, "import", str(EXAMPLE))
     assert r.returncode == 0, r.stderr
-    assert "created 5" in r.stdout
+    assert "created 6" in r.stdout
     t = await rules(db_url, "test", "win big", "--from", "+447700900001", "--to", "80080",
                     "--at", "2026-12-10T12:00:00+00:00")
     assert t.returncode == 0, t.stderr
@@ -42,6 +42,10 @@ async def test_import_export_list_test_and_audit(db_url, pool, tmp_path) -> None
     assert "Thanks WIN! Your entry to win a holiday for two is in (1/1 today)." in t.stdout
     assert "campaign entry xmas-2026 period 2026-12-10" in t.stdout
     assert "forward POST https://promo.example.com/entries (signed)" in t.stdout
+    w = await rules(db_url, "test", "weather Paris", "--from", "+447700900001", "--to", "80080")
+    assert "forward GET https://weather.example.com/sms?from=%2B447700900001&city=Paris" \
+        in w.stdout
+    assert "reply from the answer's body 80080 -> +447700900001" in w.stdout, w.stdout
     t2 = await rules(db_url, "test", "STOP", "--from", "+447700900001", "--to", "80080")
     assert "optout:stop" in t2.stdout and "suppress in scope 80080" in t2.stdout
     t3 = await rules(db_url, "test", "hello", "--from", "+447700900001", "--to", "12345")
@@ -50,21 +54,21 @@ async def test_import_export_list_test_and_audit(db_url, pool, tmp_path) -> None
     assert exported.returncode == 0
     data = json.loads(exported.stdout)
     again = await rules(db_url, "import", write(tmp_path, "same.json", data))
-    assert "created 0, updated 0, unchanged 5, deleted 0" in again.stdout
+    assert "created 0, updated 0, unchanged 6, deleted 0" in again.stdout
     data["rules"][0]["priority"] = 5
     del data["rules"][1]
     changed = await rules(db_url, "import", "--replace", write(tmp_path, "new.json", data))
-    assert "created 0, updated 1, unchanged 3, deleted 1" in changed.stdout, changed.stdout
+    assert "created 0, updated 1, unchanged 4, deleted 1" in changed.stdout, changed.stdout
     listing = await rules(db_url, "list")
     assert listing.stdout.splitlines()[0].split()[:2] == ["5", "win-promo"]
     audit = await pool.fetch("SELECT actor, action, object_id, detail FROM audit_log "
                              "WHERE object_type = 'rule' ORDER BY id")
-    assert [a["action"] for a in audit] == ["rule_create"] * 5 + ["rule_update", "rule_delete"]
+    assert [a["action"] for a in audit] == ["rule_create"] * 6 + ["rule_update", "rule_delete"]
     assert all(a["actor"] == "alice" for a in audit)
-    update = audit[5]
+    update = audit[6]
     assert update["object_id"] == "win-promo"
     assert (update["detail"]["old"]["priority"], update["detail"]["new"]["priority"]) == (10, 5)
-    assert audit[6]["object_id"] == "quiz" and audit[6]["detail"]["old"]["name"] == "quiz"
+    assert audit[7]["object_id"] == "quiz" and audit[7]["detail"]["old"]["name"] == "quiz"
 
 
 async def test_invalid_file_changes_nothing(db_url, pool, tmp_path) -> None:

@@ -155,3 +155,44 @@ actions = [{ type = "reply", template = "Thanks {from}" }]
 ''')
     [rule] = read_rule_file(str(path))
     assert rule.name == "win" and rule.priority == 5 and rule.match.keyword == ["WIN"]
+
+
+def test_reply_from_body_flag_table_and_validation() -> None:
+    """`reply_from_body`: true takes Kannel's defaults (max-messages 1, no concatenation,
+    omit-empty off, X-Kannel headers refused, ISO-8859-1 for text without a charset), a table
+    sets keys, false is no reply; every bad key is named with its path."""
+    def forward(**kw: object) -> dict:
+        return {"name": "svc", "actions": [{"type": "forward",
+                                            "get_url": "https://app.example/mo?t=%a", **kw}]}
+
+    [on] = parse_rules([forward(reply_from_body=True)])
+    options = on.actions[0].reply_from_body
+    assert options is not None
+    assert (options.max_messages, options.concatenation, options.omit_empty,
+            options.accept_x_kannel_headers, options.default_charset) == (
+        1, False, False, False, "ISO-8859-1")
+    assert options.empty_message == "<Empty reply from service provider>"
+    [off] = parse_rules([forward(reply_from_body=False)])
+    assert off.actions[0].reply_from_body is None
+    [table] = parse_rules([forward(reply_from_body={"max_messages": 3, "from": "+4930901820",
+                                                    "omit_empty": True})])
+    assert rule_from_row({**table.stored(), "id": 1}).stored() == table.stored()  # round trip
+    with pytest.raises(RuleError) as err:
+        parse_rules([
+            {"name": "batched", "actions": [{"type": "forward", "url": "https://a.example/x",
+                                             "batch": 5, "reply_from_body": True}]},
+            forward(reply_from_body={"max_messages": -1, "default_charset": "klingon",
+                                     "from": "not a+number!", "unknown": 1}),
+            {**forward(reply_from_body={"header": "h" * 30, "footer": "f" * 11}),
+             "name": "decorated"},
+            {**forward(reply_from_body={"prefix": "<b>"}), "name": "cut"},
+            {**forward(reply_from_body={"max_body_bytes": 2_000_000}), "name": "big"},
+        ])
+    text = "\n".join(err.value.errors)
+    assert "rules[0] (batched).actions.0.forward: Value error, reply_from_body needs one " \
+           "request per MO" in text
+    for path in ("max_messages", "default_charset", "from", "unknown"):
+        assert f"rules[1] (svc).actions.0.forward.reply_from_body.{path}" in text
+    assert "rules[2] (decorated)" in text and "within 40 characters" in text
+    assert "rules[3] (cut)" in text and "both prefix and suffix" in text
+    assert "rules[4] (big).actions.0.forward.reply_from_body.max_body_bytes" in text

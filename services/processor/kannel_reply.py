@@ -1,0 +1,471 @@
+"""Kannel sms-service replies: an application's HTTP answer to a forwarded MO → reply MT rows.
+
+A `forward` rule action with `reply_from_body` (services/processor/rules.py `ReplyFromBody`)
+behaves as a Kannel 1.4.5 `get-url`/`post-url` sms-service does with the answer of the
+application (gw/smsbox.c `url_result_thread`, `fill_message`, `send_message`; gw/sms.c
+`sms_split`): this module is that part, pure (no I/O), so each step is testable alone. The
+callback delivery (`callbacks.py`) reads the answer (at most `max_body_bytes`) and writes the
+rows this module returns in the transaction that marks the callback done.
+
+The steps, in Kannel's order:
+1. `max_messages` 0: no reply at all (`send_message`: "No reply sent, denied").
+2. Content-Type (`http_header_get_content_type`): none is `application/octet-stream`; a `text/*`
+   type without a charset is read as `default_charset` (ISO-8859-1, RFC 2616 3.7.1, as Kannel).
+   `text/plain` is the body as it is; `text/html` and `text/vnd.wap.wml` lose their tags,
+   comments and entities and their blanks are squeezed (`html_to_sms`), after the `prefix` …
+   `suffix` cut when both are set; `application/octet-stream` is 8-bit data (binary); any other
+   type (`text/xml` included, see "Not supported") is answered with `unrepresentable_message`,
+   as Kannel answers with its `reply_couldnotrepresent` text.
+3. The charset: a body that does not decode in it is answered with `unrepresentable_message`
+   (Kannel's `sms_charset_processing` failing).
+4. `X-Kannel-*` headers (`get_x_kannel_from_headers`) apply only with
+   `accept_x_kannel_headers`; without it they are ignored and named in the result's `denied`
+   (Kannel logs "Tried to change …, denied"). See `HEADERS` for what each one sets.
+5. Empty text: nothing with `omit_empty`, else `empty_message` (Kannel's `reply-emptymessage`).
+6. Split (`sms_split`): `header`/`footer` on every part, `split_suffix` on every part but the
+   last, cut after the last of `split_chars` that fits, at most `max_messages` parts (the rest
+   is dropped, as in Kannel). With `concatenation` the parts are joined again into ONE MT that
+   the sender sends as a concatenated message (Kannel joins them for the bearerbox to
+   concatenate); without it each part is an MT of its own, and only the first asks for a DLR.
+7. Numbers as Kannel swaps them: from the number the MO was sent to (or the action's `from`,
+   Kannel's `faked-sender`) to the MO's sender, unless `X-Kannel-From`/`X-Kannel-To` say
+   otherwise (both normalised and checked like any MT's numbers).
+
+Deliberate differences from Kannel (each one keeps a message that Kannel would mangle):
+- Text is stored as text and the sender picks GSM 7-bit or UCS-2 as for every MT; Kannel's
+  `coding=0` turns characters outside GSM 03.38 into '?'. `X-Kannel-Coding: 0` is therefore
+  "text, automatic" as for sendsms `coding=0`, and the split uses the encoding the text needs.
+- When the remainder of a text fits the last part, Kannel still cuts it `split_suffix` short
+  (and drops those characters); here the last part, which carries no suffix, takes them.
+- A refusal (a header that cannot be honoured, a number that is not one) sends nothing rather
+  than a text: `outcome` "refused" with the reason, logged and in the callback's events.
+
+Not supported (answered as refusals naming the header or the type): Kannel's XML replies
+(`text/xml`, `get_x_kannel_from_xml`), `X-Kannel-Compress` other than 0, and the fields listed
+in `PENDING` until the outbound table can hold them.
+"""
+
+from __future__ import annotations
+
+import codecs
+import html
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal
+
+from smsgw.services.processor.rules import ReplyFromBody
+from smsgw.shared.domain.numbers import (
+    InvalidNumber,
+    normalise,
+    normalise_recipient,
+    normalise_sender,
+)
+from smsgw.shared.domain.urlguard import UnsafeUrl, check_url_form
+from smsgw.shared.smpp.text import gsm_septets, is_gsm
+
+Outcome = Literal["queued", "omitted", "refused"]
+
+# Per part, in the units of the encoding: (one SMS, one part of a concatenated SMS). Kannel's
+# sms_split from 140 octets: 7-bit (140 - udh) * 8 / 7, UCS-2 and 8-bit 140 - udh octets, with
+# a 6-octet concatenation UDH (length octet + CATENATE_UDH_LEN 5).
+_LIMITS: Final[Mapping[str, tuple[int, int]]] = {"gsm7": (160, 153), "ucs2": (70, 67),
+                                                 "binary": (140, 134)}
+
+# Bounds as sendsms takes them (services/receiver/sendsms.py), in minutes.
+_VALIDITY_MAX_MIN: Final = 7 * 24 * 60
+_DEFERRED_MAX_MIN: Final = 30 * 24 * 60
+
+HEADERS: Final[Mapping[str, str]] = {
+    # X-Kannel header → what it sets on the reply
+    "X-Kannel-From": "the sender (E.164, a short code or an alphanumeric id)",
+    "X-Kannel-To": "the recipient (E.164 or a short code)",
+    "X-Kannel-SMSC": "the connector (one of [[connectors]]), as sendsms `smsc`",
+    "X-Kannel-Coding": "0 text (GSM 7-bit or UCS-2 as needed), 2 UCS-2; 1 (8-bit) is pending",
+    "X-Kannel-DLR-Mask": "the dlr-mask (0-31)",
+    "X-Kannel-DLR-URL": "the dlr-url (Kannel escapes, as sendsms `dlr-url`)",
+    "X-Kannel-Validity": "validity in minutes from now",
+    "X-Kannel-Deferred": "send after this many minutes",
+    "X-Kannel-Priority": "priority 0-3, as sendsms `priority`",
+    "X-Kannel-Account": "kept in the reply's meta as `account` (dlr-url %o)",
+    "X-Kannel-BInfo": "kept in the reply's meta as `billing` (dlr-url %B)",
+    "X-Kannel-Compress": "only 0 (GSM 03.42 compression is not supported)",
+}
+# Headers whose fields the outbound table cannot hold yet: a reply naming one is refused.
+PENDING: Final[Mapping[str, str]] = {
+    "X-Kannel-UDH": "a user data header",
+    "X-Kannel-MClass": "a message class (flash)",
+    "X-Kannel-MWI": "a message waiting indication",
+    "X-Kannel-PID": "a protocol id",
+    "X-Kannel-Alt-DCS": "an alternative data coding",
+    "X-Kannel-RPI": "a reply path indication",
+    "X-Kannel-Meta-Data": "SMPP TLVs (meta-data)",
+}
+# Header names are case-insensitive; Kannel's spelling, by lower case.
+_NAMES: Final[Mapping[str, str]] = {n.lower(): n for n in (*HEADERS, *PENDING)}
+_HTML_TYPES: Final = frozenset({"text/html", "text/vnd.wap.wml"})
+_COMMENT_RE: Final = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
+_TAG_RE: Final = re.compile(r"<[^>]*(?:>|\Z)")
+_BLANKS_RE: Final = re.compile(r"\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the application answered: status, headers (in order, repeats kept), body."""
+
+    status: int
+    headers: Sequence[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyPlan:
+    """The reply MTs of one answer (`outbound` rows without `to_hash`), or why there are none.
+
+    `outcome`: "queued" (rows), "omitted" (nothing, by the settings: max_messages 0, an empty
+    body with omit_empty), "refused" (nothing: the answer asks for what cannot be sent;
+    `reason` says what). `denied`: the X-Kannel headers ignored for want of
+    `accept_x_kannel_headers`.
+    """
+
+    outcome: Outcome
+    rows: tuple[dict[str, Any], ...] = ()
+    reason: str | None = None
+    denied: tuple[str, ...] = ()
+
+    def detail(self) -> dict[str, Any]:
+        """The callback event's detail (no body text, no number)."""
+        out: dict[str, Any] = {"outcome": self.outcome, "parts": len(self.rows)}
+        if self.reason:
+            out["reason"] = self.reason
+        if self.denied:
+            out["denied"] = list(self.denied)
+        return out
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --- the snapshot a forward stores (callbacks.reply) ------------------------------------------
+
+def snapshot(*, options: ReplyFromBody, sender: str, recipient: str, rule_id: int,
+             service: str) -> dict[str, Any]:
+    """What a forward stores in `callbacks.reply`: the swapped numbers, the rule and its
+    sms-service settings (`options`)."""
+    return {"from": options.from_ or sender, "to": recipient, "rule_id": rule_id,
+            "service": service,
+            "options": options.model_dump(mode="json", by_alias=True, exclude_none=True)}
+
+
+def options_of(reply: Mapping[str, Any]) -> ReplyFromBody:
+    """The settings of a stored snapshot (validated again: it may come from an older release)."""
+    return ReplyFromBody.model_validate(reply.get("options") or {})
+
+
+# --- Content-Type -------------------------------------------------------------------------------
+
+def content_type(value: str | None, default_charset: str) -> tuple[str, str]:
+    """(media type in lower case, charset or "") as Kannel's `http_header_get_content_type`
+    reads them: none → application/octet-stream; a text/* type without a charset →
+    `default_charset`."""
+    if value is None:
+        return "application/octet-stream", ""
+    media, _, params = value.partition(";")
+    media = media.strip().lower()
+    charset = ""
+    for param in params.split(";"):
+        name, eq, val = param.partition("=")
+        if eq and name.strip().lower() == "charset":
+            charset = val.strip().strip('"').strip()
+            break
+    if not charset and media.startswith("text"):
+        charset = default_charset
+    return media, charset
+
+
+def html_to_text(text: str) -> str:
+    """Kannel's `html_to_sms`: comments and tags dropped, entities decoded, blanks squeezed."""
+    text = _TAG_RE.sub("", _COMMENT_RE.sub("", text))
+    return _BLANKS_RE.sub(" ", html.unescape(text)).strip()
+
+
+def cut_prefix_suffix(text: str, prefix: str | None, suffix: str | None) -> str:
+    """Kannel's `strip_prefix_and_suffix`: keep what lies between the first `prefix` and the
+    first `suffix` after it (case-insensitive); the text unchanged when either is missing."""
+    if not prefix or not suffix:
+        return text
+    folded = text.casefold()
+    start = folded.find(prefix.casefold())
+    if start < 0:
+        return text
+    start += len(prefix)
+    end = folded.find(suffix.casefold(), start)
+    return text if end < 0 else text[start:end]
+
+
+# --- splitting (gw/sms.c sms_split) -------------------------------------------------------------
+
+def units(text: str, encoding: str) -> int:
+    """Length in the units a part is measured in: septets, UTF-16 code units or octets."""
+    if encoding == "gsm7":
+        return gsm_septets(text)
+    if encoding == "ucs2":
+        return len(text) + sum(1 for c in text if ord(c) > 0xFFFF)
+    return len(text)
+
+
+def _cut(text: str, encoding: str, limit: int) -> int:
+    """The longest prefix of `text` (in characters) within `limit` units."""
+    if encoding == "binary":
+        return min(len(text), limit)
+    used = 0
+    for i, c in enumerate(text):
+        used += units(c, encoding)
+        if used > limit:
+            return i
+    return len(text)
+
+
+def _extract(rest: str, encoding: str, split_chars: str, limit: int) -> tuple[str, str]:
+    # Kannel's extract_msgdata_part: cut after the last split character that fits
+    n = _cut(rest, encoding, limit)
+    if n < len(rest) and split_chars:
+        for i in range(n, 0, -1):
+            if rest[i - 1] in split_chars:
+                n = i
+                break
+    return rest[:n], rest[n:]
+
+
+def split_reply(text: str, encoding: str, *, header: str = "", footer: str = "",
+                split_chars: str = "", split_suffix: str = "", concatenation: bool = False,
+                max_messages: int = 1) -> list[str]:
+    """Kannel's `sms_split` for a reply text: the parts' texts, decorations included.
+
+    `encoding` ("gsm7", "ucs2", "binary" — latin-1 text standing for octets) sizes the parts;
+    with `concatenation` a text longer than one SMS is cut in concatenated-part sizes. Raises
+    ValueError when the decorations leave no room.
+    """
+    single, concat = _LIMITS[encoding]
+    decoration = units(header, encoding) + units(footer, encoding)
+    suffix = units(split_suffix, encoding)
+    max_len = single - decoration
+    if units(text, encoding) > max_len and concatenation:
+        max_len = concat - decoration
+    if max_len - suffix <= 0:
+        raise ValueError("header, footer and split_suffix leave no room for the text")
+    parts: list[str] = []
+    rest = text
+    while True:
+        fits = units(rest, encoding) <= max_len
+        last = fits or len(parts) + 1 >= max_messages
+        piece, rest = _extract(rest, encoding, split_chars,
+                               max_len if fits or last else max_len - suffix)
+        parts.append(header + piece + footer + ("" if last else split_suffix))
+        if last:
+            return parts
+
+
+# --- X-Kannel headers ---------------------------------------------------------------------------
+
+def _kannel_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    # Kannel's spelling → value; the last of repeated headers wins, as in
+    # get_x_kannel_from_headers' loop
+    out: dict[str, str] = {}
+    for name, value in headers:
+        canonical = _NAMES.get(name.lower())
+        if canonical is not None:
+            out[canonical] = value.strip()
+    return out
+
+
+def _int(headers: Mapping[str, str], name: str, low: int, high: int) -> int | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _Refused(f"{name}: {raw[:40]!r} is not an integer") from None
+    if not low <= value <= high:
+        raise _Refused(f"{name}: {value} is outside {low}-{high}")
+    return value
+
+
+def _sender(raw: str) -> str:
+    # Kannel-era applications write international numbers as bare digits, as at sendsms
+    try:
+        if any(c.isalpha() for c in raw):
+            return normalise_sender(raw)
+        return normalise(raw, assume_international=True)
+    except InvalidNumber as exc:
+        raise _Refused(f"X-Kannel-From: {exc}") from None
+
+
+def _recipient(raw: str, header: bool) -> str:
+    try:
+        return normalise_recipient(raw, assume_international=True)
+    except InvalidNumber as exc:
+        where = "X-Kannel-To" if header else "the MO's sender"
+        raise _Refused(f"{where}: {exc}") from None
+
+
+# --- the whole answer ---------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class _Fields:
+    """What the answer sets on the reply (Kannel's Msg fields for an mt_reply)."""
+
+    sender: str
+    recipient: str
+    to_from_header: bool = False
+    coding: int | None = None
+    route_hint: str | None = None
+    dlr_url: str | None = None
+    dlr_mask: int | None = None
+    validity: int | None = None
+    deferred: int | None = None
+    priority: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _apply_headers(f: _Fields, headers: Mapping[str, str], connectors: frozenset[str]) -> None:
+    """fill_message, for the headers accepted (see `HEADERS`; `PENDING` are refused)."""
+    for name, what in PENDING.items():
+        if name in headers:
+            raise _Refused(f"{name}: {what} cannot be sent in a reply yet")
+    if "X-Kannel-From" in headers:
+        f.sender = _sender(headers["X-Kannel-From"])
+    if "X-Kannel-To" in headers:
+        f.recipient, f.to_from_header = headers["X-Kannel-To"], True
+    smsc = headers.get("X-Kannel-SMSC")
+    if smsc is not None:
+        if smsc not in connectors:
+            raise _Refused(f"X-Kannel-SMSC: {smsc[:40]!r} is not a configured connector")
+        f.route_hint = smsc
+    _apply_delivery(f, headers)
+
+
+def _apply_delivery(f: _Fields, headers: Mapping[str, str]) -> None:
+    coding = _int(headers, "X-Kannel-Coding", 0, 2)
+    if coding == 1:
+        raise _Refused("X-Kannel-Coding: 1 (8-bit data) cannot be sent in a reply yet")
+    f.coding = coding if coding is not None else f.coding
+    if _int(headers, "X-Kannel-Compress", 0, 1):
+        raise _Refused("X-Kannel-Compress: compressed SMS (GSM 03.42) is not supported")
+    dlr_url = headers.get("X-Kannel-DLR-URL")
+    if dlr_url is not None:
+        if not dlr_url.startswith(("http://", "https://")):
+            raise _Refused("X-Kannel-DLR-URL: must start with http:// or https://")
+        try:
+            check_url_form(dlr_url)
+        except UnsafeUrl as exc:
+            raise _Refused(f"X-Kannel-DLR-URL: {exc}") from None
+        f.dlr_url = dlr_url
+    mask = _int(headers, "X-Kannel-DLR-Mask", 0, 31)
+    f.dlr_mask = mask if mask is not None else f.dlr_mask
+    f.validity = _int(headers, "X-Kannel-Validity", 1, _VALIDITY_MAX_MIN)
+    f.deferred = _int(headers, "X-Kannel-Deferred", 0, _DEFERRED_MAX_MIN)
+    f.priority = _int(headers, "X-Kannel-Priority", 0, 3)
+    for name, key in (("X-Kannel-Account", "account"), ("X-Kannel-BInfo", "billing")):
+        if name in headers:
+            f.meta[key] = headers[name][:200]
+
+
+def _decode(body: bytes, charset: str) -> str:
+    try:
+        return body.decode(codecs.lookup(charset).name)
+    except (LookupError, UnicodeDecodeError) as exc:
+        raise UnicodeError(str(exc)) from exc
+
+
+def build(reply: Mapping[str, Any], answer: Answer, *, callback_id: int, inbound_id: int | None,
+          now: datetime, connectors: Iterable[str] = ()) -> ReplyPlan:
+    """The reply MTs of `answer` to a forward whose `callbacks.reply` snapshot is `reply`.
+
+    `now` dates validity and deferral; `connectors` are the names X-Kannel-SMSC may take.
+    Never raises for anything the application sent: what cannot be sent is a "refused" plan.
+    """
+    o = options_of(reply)
+    if o.max_messages == 0:
+        return ReplyPlan("omitted", reason="max_messages is 0")
+    x = _kannel_headers(answer.headers)
+    denied: tuple[str, ...] = ()
+    if x and not o.accept_x_kannel_headers:
+        denied, x = tuple(sorted(x)), {}
+    f = _Fields(sender=str(reply.get("from") or ""), recipient=str(reply.get("to") or ""),
+                dlr_url=o.dlr_url, dlr_mask=o.dlr_mask)
+    try:
+        text = _text(answer, o, x, f, frozenset(connectors))
+        if text == "":
+            if o.omit_empty:
+                return ReplyPlan("omitted", reason="empty body (omit_empty)", denied=denied)
+            text = o.empty_message
+        to_addr = _recipient(f.recipient, f.to_from_header)
+        encoding = "ucs2" if f.coding == 2 or not is_gsm(o.header + text + o.footer
+                                                          + o.split_suffix) else "gsm7"
+        try:
+            parts = split_reply(text, encoding, header=o.header, footer=o.footer,
+                                split_chars=o.split_chars, split_suffix=o.split_suffix,
+                                concatenation=o.concatenation, max_messages=o.max_messages)
+        except ValueError as exc:
+            raise _Refused(str(exc)) from None
+    except _Refused as exc:
+        return ReplyPlan("refused", reason=exc.reason, denied=denied)
+    bodies = ["".join(parts)] if o.concatenation else parts
+    rows = tuple(_row(reply, o, f, body, to_addr=to_addr, callback_id=callback_id,
+                      inbound_id=inbound_id, now=now, first=i == 0)
+                 for i, body in enumerate(bodies))
+    return ReplyPlan("queued", rows=rows, denied=denied)
+
+
+def _text(answer: Answer, o: ReplyFromBody, x: Mapping[str, str], f: _Fields,
+          connectors: frozenset[str]) -> str:
+    """url_result_thread: the reply text by content type, the headers applied."""
+    media, charset = content_type(
+        next((v for k, v in reversed(answer.headers) if k.lower() == "content-type"), None),
+        o.default_charset)
+    if media in _HTML_TYPES:
+        kind = "html"
+    elif media == "text/plain":
+        kind = "plain"
+    elif media == "application/octet-stream":
+        kind = "binary"
+    else:  # text/xml included: Kannel's XML reply format is not supported
+        return o.unrepresentable_message
+    _apply_headers(f, x, connectors)
+    if kind == "binary":
+        if f.coding is None:  # Kannel: octet-stream is 8-bit data unless X-Kannel-Coding
+            raise _Refused("application/octet-stream: 8-bit data cannot be sent in a reply "
+                           "yet (answer text/plain for text)")
+        charset = charset or ("utf-16-be" if f.coding == 2 else "utf-8")
+    try:
+        text = _decode(answer.body, charset)
+    except UnicodeError:
+        return o.unrepresentable_message
+    if kind == "html":
+        text = html_to_text(cut_prefix_suffix(text, o.prefix, o.suffix))
+    return text
+
+
+def _row(reply: Mapping[str, Any], o: ReplyFromBody, f: _Fields, body: str, *, to_addr: str,
+         callback_id: int, inbound_id: int | None, now: datetime, first: bool) -> dict[str, Any]:
+    send_at = now + timedelta(minutes=f.deferred) if f.deferred else None
+    # fill_message: validity counts from now (`validity * 60 + time(NULL)`), not from send_at
+    valid_until = now + timedelta(minutes=f.validity) if f.validity else None
+    meta = {"reply": "forward", "callback_id": callback_id, "callback_style": "kannel",
+            # Kannel's %n of a reply is msg->sms.service: the sms-service's name (the rule)
+            "username": reply.get("service"), "coding": f.coding or 0, **f.meta}
+    # sms_split: when a message is split, only the first part asks for a DLR
+    dlr_url = f.dlr_url if first else None
+    return {"source": "rule", "from_addr": f.sender, "to_addr": to_addr, "body": body,
+            "category": o.category, "priority": f.priority if f.priority is not None
+            else o.priority, "encoding": "ucs2" if f.coding == 2 else None,
+            "inbound_id": inbound_id, "rule_id": reply.get("rule_id"),
+            "callback_url": dlr_url, "dlr_mask": f.dlr_mask if first else None,
+            "send_at": send_at, "valid_until": valid_until, "route_hint": f.route_hint,
+            "meta": meta}
