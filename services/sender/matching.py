@@ -21,12 +21,14 @@ it all back):
   any other mix → `undeliverable` (each part keeps its own state).
 - `outbound_part` outlives the retention move, so a late receipt still matches; the message
   row is updated wherever it is now (`outbound` or `outbound_history`).
-- Every state change an application asked for (JSON `callback_url`, or a Kannel `dlr-url`
-  with its mask) becomes a `callbacks` row in the same transaction (`status_callbacks`); the
-  processor delivers it.
+- Every state change an application asked for becomes a `callbacks` row in the same
+  transaction (`status_callbacks`); the processor delivers it. A JSON `callback_url` hears of
+  the message's final state; a Kannel `dlr-url` gets one report per matched receipt its
+  dlr-mask selects (part 1's only, or every part's with `kannel_dlr_parts = "each"`), until
+  the part's first final receipt, as Kannel's `dlr_find` does.
 
-The statements are the queue owners' (`shared.queue.receipts.match`, `shared.queue.outbound`
-`finalize` and `buffered_watchers`, `shared.queue.callbacks.insert_status`); this module only
+The statements are the queue owners' (`shared.queue.receipts.match` and `kannel_dlrs`,
+`shared.queue.outbound.finalize`, `shared.queue.callbacks.insert_status`); this module only
 decides what runs when.
 """
 
@@ -34,14 +36,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import structlog
 
 from smsgw.services.sender.settings import SenderSettings
-from smsgw.services.sender.status_callbacks import insert_callbacks
+from smsgw.services.sender.status_callbacks import (
+    DlrParts,
+    callback_row,
+    insert_rows,
+    is_kannel,
+    receipt_rows,
+)
 from smsgw.shared.core.aio import race_stop, sleep_or_stop
 from smsgw.shared.core.db import DATABASE_ERRORS
 from smsgw.shared.queue import outbound, receipts
@@ -63,6 +71,8 @@ class MatchSettings:
     part may be; a receipt is first tried `min_age_s` after it arrived (its part's write-back
     normally lands before); unmatched receipts retry after `retry_base_s` · 2^attempts until
     `max_attempts`, then end orphan. One pass matches up to `batch` receipts in one transaction.
+    `kannel_dlr_parts` says which parts' receipts a Kannel dlr-url reports ("first", "each");
+    `system_ids` maps connector → bind system_id (a Kannel receipt DLR's `%o`).
     """
 
     operators: Mapping[str, str]
@@ -71,6 +81,8 @@ class MatchSettings:
     max_attempts: int
     min_age_s: float
     batch: int
+    kannel_dlr_parts: DlrParts = "first"
+    system_ids: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, connectors: Iterable[ConnectorSettings],
@@ -82,7 +94,9 @@ class MatchSettings:
                    retry_base_s=settings.receipt_retry_base_s,
                    max_attempts=settings.receipt_max_attempts,
                    min_age_s=settings.receipt_min_age_s,
-                   batch=settings.receipt_batch)
+                   batch=settings.receipt_batch,
+                   kannel_dlr_parts=settings.kannel_dlr_parts,
+                   system_ids={c.name: c.system_id for c in connectors})
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +140,14 @@ async def match_batch(conn: asyncpg.Connection, settings: MatchSettings) -> Matc
         changes: list[StatusChange] = []
         if row.finals:
             changes = await outbound.finalize(conn, row.finals)
-        notify = list(changes)
-        if row.intermediates:
-            notify += await outbound.buffered_watchers(conn, row.intermediates)
-        n_callbacks = await insert_callbacks(conn, notify) if notify else 0
+        # JSON callbacks: the message's final state; Kannel dlr-urls: the receipts themselves
+        rows = [cb for c in changes if not is_kannel(c.meta)
+                for cb in (callback_row(c),) if cb is not None]
+        if row.reported:
+            rows += receipt_rows(await receipts.kannel_dlrs(conn, row.reported),
+                                 parts=settings.kannel_dlr_parts,
+                                 system_ids=settings.system_ids)
+        n_callbacks = await insert_rows(conn, rows)
     return MatchResult(matched=row.matched, retried=row.retried, orphaned=row.orphaned,
                        finalized=len(changes), callbacks=n_callbacks)
 

@@ -57,6 +57,9 @@ class SenderSettings(DaemonSection):
     receipt_retry_base_s: float = Field(default=0.5, gt=0)
     receipt_max_attempts: int = Field(default=12, ge=1)  # then `orphan`
     receipt_min_age_s: float = Field(default=0.5, ge=0)  # first try after (part written back)
+    # Kannel dlr-url receipts of a split message: "first" reports part 1's only, as Kannel
+    # 1.4.5 does (gw/sms.c sms_split asks a DLR for the first part only); "each" one per part
+    kannel_dlr_parts: Literal["first", "each"] = "first"
 
     @property
     def quiet_hours(self) -> tuple[dtime, dtime] | None:

@@ -18,11 +18,11 @@ import structlog
 from smsgw.services.sender.metrics import SenderMetrics
 from smsgw.services.sender.records import Outcome
 from smsgw.services.sender.settings import SenderSettings
-from smsgw.services.sender.status_callbacks import StatusChange, insert_callbacks
+from smsgw.services.sender.status_callbacks import StatusChange, callback_row, insert_rows
 from smsgw.shared.core.aio import race_stop
 from smsgw.shared.core.db import DATABASE_ERRORS
 from smsgw.shared.queue import outbound
-from smsgw.shared.queue.records import ClaimedOutbound, OutboundStatus
+from smsgw.shared.queue.records import ClaimedOutbound, OutboundStatus, StatusCallback
 
 log = structlog.get_logger("smsgw.sender")
 
@@ -40,6 +40,20 @@ def status_change(o: Outcome) -> StatusChange | None:
                         callback_url=row.callback_url, dlr_mask=row.dlr_mask, meta=row.meta,
                         parts_total=o.parts_total, delivered_parts=0, connector=o.connector,
                         error_code=o.error_code, error=o.error)
+
+
+def _first_part_id(o: Outcome) -> str | None:
+    """Part 1's SMSC id among the answered parts (a Kannel ACK/NACK's `%F`)."""
+    return next((sid for no, sid, _cs, _st in o.parts if no == 1), None)
+
+
+def outcome_callback(o: Outcome) -> StatusCallback | None:
+    """The callback row of an outcome the application asked for (None: none)."""
+    change = status_change(o)
+    if change is None:
+        return None
+    return callback_row(change, first_part_id=_first_part_id(o),
+                        forced_connector=o.row.route_hint if o.row is not None else None)
 
 
 def claim_change(row: ClaimedOutbound) -> StatusChange | None:
@@ -75,10 +89,10 @@ async def write_back(conn: asyncpg.Connection, owner: str, outcomes: Sequence[Ou
     """
     async with conn.transaction():
         owned = set(await outbound.write_back(conn, *_write_back_args(owner, outcomes)))
-        changes = [c for o in outcomes if o.msg_id in owned
-                   for c in (status_change(o),) if c is not None]
-        if changes:
-            await insert_callbacks(conn, changes)
+        rows = [cb for o in outcomes if o.msg_id in owned
+                for cb in (outcome_callback(o),) if cb is not None]
+        if rows:
+            await insert_rows(conn, rows)
         if events:
             evs = [(o.msg_id, "possible_duplicate" if o.possible_duplicate else o.status,
                     {"error": o.error, "error_code": o.error_code, "connector": o.connector})

@@ -25,6 +25,7 @@ STATEMENTS: Final[dict[str, LiteralString]] = {f"receipts.{k}": v for k, v in _S
 _INSERT: Final = _SQL["insert"]
 _MATCH: Final = _SQL["match"]
 _ORPHAN: Final = _SQL["orphan"]
+_KANNEL_DLRS: Final = _SQL["kannel_dlrs"]
 
 
 async def insert(conn: asyncpg.Connection, items: Sequence[ReceiptWrite]) -> list[int]:
@@ -52,7 +53,14 @@ async def match(conn: asyncpg.Connection, *, limit: int, connectors: Sequence[st
     assert row is not None
     return ReceiptMatch(finals=row["finals"], intermediates=row["intermediates"],
                         matched=int(row["matched"]), retried=int(row["retried"]),
-                        orphaned=int(row["orphaned"]))
+                        orphaned=int(row["orphaned"]), reported=row["reported"])
+
+
+async def kannel_dlrs(conn: asyncpg.Connection, ids: Sequence[int]) -> list[asyncpg.Record]:
+    """Of receipts `ids` (matched, in arrival order), those of messages with a Kannel dlr-url,
+    with the receipt's, its part's and its message's columns a Kannel DLR needs (see
+    `kannel_dlrs` in sql/receipts.sql). Read-only; runs in the caller's transaction."""
+    return list(await conn.fetch(_KANNEL_DLRS, list(ids)))
 
 
 async def orphan(conn: asyncpg.Connection, *, older_than_s: float, limit: int = 10_000) -> int:

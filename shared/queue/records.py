@@ -536,13 +536,15 @@ class StatusCallback(NamedTuple):
 class ReceiptMatch:
     """What one `receipts.match` statement did: the messages whose parts got a final receipt
     (`finals`) or an intermediate one (`intermediates`), and the receipts it matched, put back
-    for a retry and orphaned."""
+    for a retry and orphaned; `reported` the ids of the matched receipts whose part was not final
+    yet, in arrival order."""
 
     finals: Sequence[int]
     intermediates: Sequence[int]
     matched: int
     retried: int
     orphaned: int
+    reported: Sequence[int] = ()  # matched receipts of parts not final before (Kannel DLRs)
 
 
 # -- results of store functions -----------------------------------------------------------------

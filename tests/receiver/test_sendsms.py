@@ -1,13 +1,11 @@
-"""Kannel-compatible /cgi-bin/sendsms over real HTTP, and dlr-url rendering."""
+"""Kannel-compatible /cgi-bin/sendsms over real HTTP (dlr-url rendering: tests/sender/
+test_kannel_dlr.py)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from urllib.parse import quote
 
 import asyncpg
-
-from smsgw.shared.domain.kannel import DLR_MASK_FINAL, render_dlr_url, wants_dlr
 
 from .conftest import AccountFactory, Receiver
 
@@ -60,17 +58,3 @@ async def test_sendsms_errors_as_kannel(receiver: Receiver, account_factory: Acc
         status, body = await receiver.get("/cgi-bin/sendsms?" + base + extra)
         assert status == 400 and field in body, (extra, body)
     assert await pool.fetchval("SELECT count(*) FROM outbound") == 0
-
-
-def test_render_dlr_url_kannel_escapes() -> None:
-    """Kannel escapes are substituted and URL-encoded; unknown escapes stay as they are."""
-    url = render_dlr_url(
-        "http://app/dlr?type=%d&to=%p&from=%P&at=%t&ts=%T&reply=%A&smsc=%i&id=%I&err=%F&x=%Z",
-        dlr=1, to="+447700900123", from_addr="My Brand",
-        at=datetime(2026, 11, 27, 12, 30, 5, tzinfo=UTC), smsc_reply="id:1 stat:DELIVRD",
-        connector="vf1", message_id=42, err="000")
-    assert url == ("http://app/dlr?type=1&to=%2B447700900123&from=My%20Brand"
-                   "&at=2026-11-27%2012%3A30%3A05&ts=1795782605&reply=id%3A1%20stat%3ADELIVRD"
-                   "&smsc=vf1&id=42&err=000&x=%Z")
-    assert wants_dlr(DLR_MASK_FINAL, "delivered") and not wants_dlr(DLR_MASK_FINAL, "submitted")
-    assert wants_dlr(8, "submitted") and not wants_dlr(None, "delivered")

@@ -9,6 +9,7 @@ import asyncpg
 from smsgw.services.sender import matching
 from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.smsc_sim.server import SimConfig, Simulator
+from smsgw.shared.domain.kannel import message_uuid
 from smsgw.shared.queue import receipts
 
 from .conftest import add_mt, all_final, connector, running, statuses, wait_until
@@ -136,4 +137,5 @@ async def test_receipt_after_retention_move_and_callbacks(pool: asyncpg.Pool) ->
     cbs = {r["outbound_id"]: r for r in await pool.fetch("SELECT * FROM callbacks")}
     assert cbs[json_id]["method"] == "POST" and b'"status":"delivered"' in cbs[json_id]["body"]
     assert cbs[kannel_id]["method"] == "GET"
-    assert cbs[kannel_id]["url"] == f"http://127.0.0.1:9/dlr?s=1&id={kannel_id}"
+    # Kannel's %I is a UUID; smsgw's is the message id in that form (shared.domain.kannel)
+    assert cbs[kannel_id]["url"] == f"http://127.0.0.1:9/dlr?s=1&id={message_uuid(kannel_id)}"

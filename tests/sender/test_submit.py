@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote_plus
 
 import asyncpg
 
@@ -57,6 +58,14 @@ async def test_window_and_tps_are_never_exceeded(db_url: str, pool: asyncpg.Pool
     assert max_in_window(sim.timestamps()) <= 40
 
 
+# Kannel's smpp_error_to_string (gw/smsc/smpp_pdu.c) for the codes below
+_KANNEL_TEXT = {P.SMPP_ESME_RINVDSTADR: "Invalid Destination Address",
+                P.SMPP_ESME_RINVSRCADR: "Invalid Source Address",
+                P.SMPP_ESME_RINVMSGLEN: "Message Length is invalid",
+                P.SMPP_ESME_RSUBMITFAIL: "Submit failed",
+                P.SMPP_ESME_RX_P_APPN: "ESME Receiver Permanent App Error Code"}
+
+
 async def test_permanent_errors_end_rejected(db_url: str, pool: asyncpg.Pool,
                                              sim: Simulator) -> None:
     """For each permanent status: the next submit gets it, the message ends rejected with the
@@ -67,14 +76,17 @@ async def test_permanent_errors_end_rejected(db_url: str, pool: asyncpg.Pool,
         await stack.wait_bound()
         for code in codes:
             sim.inject(error_next=1, error_status=code)
-            (mid,) = await add_mt(pool, 1, callback_url="http://127.0.0.1:9/dlr?t=%d&e=%F",
+            (mid,) = await add_mt(pool, 1, callback_url="http://127.0.0.1:9/dlr?t=%d&r=%A",
                                   dlr_mask=16 + 8, meta={"callback_style": "kannel"})
             await wait_until(lambda mid=mid: all_final(pool, [mid], {"rejected"}))
             row = await pool.fetchrow("SELECT error_code, attempts FROM outbound WHERE id=$1",
                                       mid)
             assert row["error_code"] == code
             url = await pool.fetchval("SELECT url FROM callbacks WHERE outbound_id=$1", mid)
-            assert url == f"http://127.0.0.1:9/dlr?t=16&e={code}"  # Kannel: SMSC rejected
+            # Kannel's NACK: type 16, "NACK/0x%08lx/<smpp_error_to_string>" as the text
+            # (gw/smsc/smsc_smpp.c handle_pdu → bb_smscconn_send_failed)
+            reply = quote_plus(f"NACK/0x{code:08x}/{_KANNEL_TEXT[code]}", safe="")
+            assert url == f"http://127.0.0.1:9/dlr?t=16&r={reply}"
     assert len(sim.submits) == len(codes)
 
 

@@ -30,6 +30,7 @@ SELECT ins.id FROM ins CROSS JOIN (SELECT pg_notify($10, '')) AS wake
 -- - `parts`: final receipts set the part's state; every receipt keeps its err.
 -- - `rcpt`: matched receipts point at their part; the others retry with backoff ($5 base
 --   seconds) or end orphan after $6 attempts.
+-- `reported`: the matched receipts whose part was not final before (Kannel dlr-url reports).
 WITH sib AS (
     SELECT a.connector AS rc, b.connector AS pc
       FROM unnest($2::text[], $3::text[]) AS a(connector, grp)
@@ -44,10 +45,12 @@ WITH sib AS (
 ), res AS MATERIALIZED (
     -- one row per picked receipt with its part (NULL when none): the part lookup is one
     -- index probe on (smsc_id, connector) per receipt, the allowed connectors an array
-    SELECT pk.id, pk.state, pk.final, pk.err, m.part_id
+    SELECT pk.id, pk.state, pk.final, pk.err, m.part_id, m.part_done
       FROM picked pk
       LEFT JOIN LATERAL (
-          SELECT p.id AS part_id
+          SELECT p.id AS part_id,
+                 p.status IN ('delivered', 'undeliverable', 'expired', 'rejected',
+                              'unknown_receipt') AS part_done
             FROM outbound_part p
            WHERE p.smsc_id = pk.smsc_id
              AND p.connector = ANY(coalesce(
@@ -94,9 +97,37 @@ SELECT coalesce((SELECT array_agg(DISTINCT outbound_id) FROM parts WHERE final),
            AS finals,
        coalesce((SELECT array_agg(DISTINCT outbound_id) FROM parts WHERE NOT final), '{}')
            AS intermediates,
+       -- the matched receipts of parts that were not final yet, in arrival order: the ones a
+       -- Kannel dlr-url reports (Kannel drops its DLR entry at the first final receipt)
+       coalesce((SELECT array_agg(id ORDER BY id) FROM res
+                  WHERE part_id IS NOT NULL AND NOT part_done), '{}') AS reported,
        (SELECT count(*) FROM rcpt WHERE status = 'matched') AS matched,
        (SELECT count(*) FROM rcpt WHERE status = 'queued') AS retried,
        (SELECT count(*) FROM rcpt WHERE status = 'orphan') AS orphaned
+
+-- name: kannel_dlrs
+-- The receipts $1 (matched just now, in arrival order) of messages that asked for a Kannel
+-- dlr-url, with what a Kannel DLR carries: the receipt (text, state, err, when it arrived, the
+-- connector it came on), its part (number, SMSC id, connector) and the message (wherever it
+-- lives: outbound, or outbound_history after the retention move). Read-only; one statement per
+-- matching batch. The unnest join keeps each lookup on a primary key.
+SELECT r.id AS receipt_id, r.created_at AS received_at, r.state, r.err, r.body,
+       r.connector AS receipt_connector, p.part_no, p.parts_total, p.smsc_id, p.connector,
+       o.id AS outbound_id, o.account_id, o.from_addr, o.to_addr, o.callback_url, o.dlr_mask,
+       o.meta
+  FROM unnest($1::bigint[]) WITH ORDINALITY AS u(id, n)
+  JOIN receipts r ON r.id = u.id
+  JOIN outbound_part p ON p.id = r.outbound_part_id
+  JOIN LATERAL (
+      SELECT m.id, m.account_id, m.from_addr, m.to_addr, m.callback_url, m.dlr_mask, m.meta
+        FROM outbound m WHERE m.id = p.outbound_id
+      UNION ALL
+      SELECT h.id, h.account_id, h.from_addr, h.to_addr, h.callback_url, h.dlr_mask, h.meta
+        FROM outbound_history h WHERE h.id = p.outbound_id
+      LIMIT 1) o ON true
+ WHERE o.callback_url IS NOT NULL AND coalesce(o.dlr_mask, 0) <> 0
+   AND o.meta->>'callback_style' = 'kannel'
+ ORDER BY u.n
 
 -- name: orphan
 -- Periodic job: receipts still unmatched $1 seconds after they arrived end orphan (at most
