@@ -220,7 +220,8 @@ def to_message(row: InboundMessage) -> Message:
     """The rule-facing view of an inbound row (arrival time decides campaign windows)."""
     return Message(id=row.id, from_addr=row.from_addr, to_addr=row.to_addr,
                    text=row.body or "", channel=row.channel,
-                   connector=row.connector or row.provider, at=row.created_at)
+                   connector=row.connector or row.provider, at=row.created_at,
+                   coding=templates.kannel_coding(row.data_coding), raw=row.raw)
 
 
 def decide(messages: Iterable[Message], rules: RuleSet,
@@ -374,8 +375,9 @@ class Planner:
         if action.get_url is not None:
             url = templates.render_get_url(
                 action.get_url, sender=msg.from_addr, receiver=msg.to_addr, text=msg.text,
-                keyword=hit.keyword, rest=hit.rest, at=msg.at, smsc=msg.connector,
-                message_id=msg.id, service=rule.rule.name)
+                at=msg.at, smsc=msg.connector, message_id=msg.id, service=rule.rule.name,
+                coding=msg.coding, raw=msg.raw,
+                reply_sender=reply["from"] if reply is not None else None)
             return Forward(msg.id, url, "GET", None, None, reply=reply)
         body = orjson.dumps({
             "id": msg.id, "from": msg.from_addr, "to": msg.to_addr, "text": msg.text,

@@ -271,7 +271,7 @@ class ReplyFromBody(_Model):
     category: Category = "transactional"
     priority: int = Field(default=0, ge=-32768, le=32767)
     dlr_url: str | None = Field(default=None, min_length=1, max_length=2000)  # sms-service dlr-url
-    dlr_mask: int | None = Field(default=None, ge=0, le=31)
+    dlr_mask: int | None = Field(default=None, ge=0, le=63)
 
     @field_validator("default_charset")
     @classmethod
@@ -352,7 +352,10 @@ class ForwardAction(_Model):
         except UnsafeUrl as exc:
             raise ValueError(f"forward URL refused: {exc}") from exc
         if self.get_url is not None:
-            templates.check_get_url(self.get_url)
+            try:
+                templates.check_get_url(self.get_url)
+            except templates.TemplateError as exc:  # listed with its path, as every error
+                raise ValueError(str(exc)) from exc
         return self
 
 
@@ -505,6 +508,8 @@ class Message:
     channel: str
     connector: str | None
     at: datetime
+    coding: int = 0  # Kannel's coding of the MO: 0 text, 1 8-bit data, 2 UCS-2 (get-url %c)
+    raw: bytes | None = None  # 8-bit data as received (get-url escapes of a binary MO)
 
     @cached_property
     def keyword(self) -> tuple[str, str, str]:  # (as written, folded, rest)

@@ -14,7 +14,7 @@ Placeholders available to every template (`BUILTIN_FIELDS`):
   campaign, entries, quota_max, quota_left   campaign data (empty outside a campaign action)
 Plus the named groups of the rule's regex and the keys of a campaign action's `data` table.
 
-Kannel-style `get-url` templates for forwarded MO use `%` escapes instead (`render_get_url`).
+Kannel `get-url` templates for forwarded MO use Kannel's `%` escapes instead (`render_get_url`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from urllib.parse import quote
 
 from smsgw.shared.core.errors import SmsGatewayError
+from smsgw.shared.domain.kannel import DlrMsg, fill_escape_codes
 
 BUILTIN_FIELDS: frozenset[str] = frozenset({
     "from", "to", "keyword", "rest", "text", "rule",
@@ -78,44 +78,56 @@ def render(template: str, values: Mapping[str, object]) -> str:
     return _TOKEN.sub(sub, template)
 
 
-# Kannel sms-service get-url escapes that make sense for a forwarded MO.
-_GET_URL_ESCAPES = "kSsraAbtTpPiInc%"
-_GET_URL_TOKEN = re.compile(r"%(.)")
+# Every escape Kannel 1.4.5's urltrans_fill_escape_codes (gw/urltrans.c) fills, `%#` being the
+# start of `%#group#key#` (one meta-data value).
+GET_URL_ESCAPES = "aAbBcCdDefFiIkmMnoOpPqQrRsStTuvV%#"
+_GET_URL_TOKEN = re.compile(r"%(.)", re.S)
 
 
 def check_get_url(template: str) -> None:
-    """Raise `TemplateError` for a `%` escape that `render_get_url` does not know."""
+    """Raise `TemplateError` for a `%` escape Kannel does not know (Kannel would send it as
+    it is, which is almost always a typo in a rule) or a lone `%` at the end."""
     for m in _GET_URL_TOKEN.finditer(template):
-        if m.group(1) not in _GET_URL_ESCAPES:
+        if m.group(1) not in GET_URL_ESCAPES:
             raise TemplateError(f"unknown get-url escape %{m.group(1)}; "
-                                f"known: {' '.join('%' + c for c in _GET_URL_ESCAPES)}")
+                                f"known: {' '.join('%' + c for c in GET_URL_ESCAPES)}")
     if template.endswith("%") and not template.endswith("%%"):
         raise TemplateError("get-url ends with a lone '%'")
 
 
-def render_get_url(template: str, *, sender: str, receiver: str, text: str, keyword: str,
-                   rest: str, at: datetime, smsc: str | None, message_id: int,
-                   service: str) -> str:
-    """Fill a Kannel-style get-url (values URL-encoded, as Kannel does).
+def kannel_coding(data_coding: int | None) -> int:
+    """Kannel's coding of an MO from its SMPP data_coding (gw/sms.c `dcs_to_fields`):
+    0 7-bit text, 1 8-bit data, 2 UCS-2."""
+    dcs = data_coding or 0
+    if dcs & 0xF0 == 0xF0:  # data coding / message class group: bit 2 is 8-bit
+        return 1 if dcs & 0x04 else 0
+    if dcs & 0xC0 == 0:  # general data coding group: bits 3..2 are the alphabet
+        return {0x04: 1, 0x08: 2}.get(dcs & 0x0C, 0)
+    return 2 if dcs & 0xF0 == 0xE0 else 0  # message waiting groups (UCS-2 store: 0xE_)
 
-    %k keyword · %s next word after the keyword · %S the same with '*' as '~' · %r the words
-    after the keyword · %a all words · %b the original body · %t time (YYYY-MM-DD HH:MM:SS, UTC)
-    · %T unix time · %p sender · %P receiver · %i connector · %I message id · %n rule name ·
-    %c coding (0 = text) · %% a literal %.
+
+def render_get_url(template: str, *, sender: str, receiver: str, text: str, at: datetime,
+                   smsc: str | None, message_id: int, service: str, coding: int = 0,
+                   raw: bytes | None = None, reply_sender: str | None = None) -> str:
+    """Fill a Kannel `get-url` for a forwarded MO with Kannel's own escape filler
+    (`shared.domain.kannel.fill_escape_codes`, the port of `urltrans_fill_escape_codes`).
+
+    Kannel fills the escapes from the MO after it swapped its numbers for the reply
+    (gw/smsbox.c `obey_request_thread`): `%p` is the MO's sender (`sender`), `%P` the number it
+    was sent to (`receiver`; Kannel's faked-sender, `reply_sender`, when one is set). The text
+    is the MO's octets as Kannel holds them: UTF-8 for 7-bit text, UTF-16BE for UCS-2 (so
+    `%C` is UTF-16BE and `%a`/`%b` carry those octets, as in Kannel), the data itself for
+    8-bit (`raw`). `%n` is the service (the rule's name), `%i` the connector, `%I` our MO id,
+    `%t`/`%T` the arrival time; the fields an MO does not carry are empty (or -1, as Kannel
+    leaves them).
     """
-    words = rest.split()
-    nxt = words[0] if words else ""
-    values = {
-        "k": keyword, "s": nxt, "S": nxt.replace("*", "~"), "r": rest,
-        "a": " ".join(text.split()), "b": text, "t": at.strftime("%Y-%m-%d %H:%M:%S"),
-        "T": str(int(at.timestamp())), "p": sender, "P": receiver, "i": smsc or "",
-        "I": str(message_id), "n": service, "c": "0",
-    }
-
-    def sub(m: re.Match[str]) -> str:
-        code = m.group(1)
-        if code == "%":
-            return "%"
-        return quote(values.get(code, ""), safe="")
-
-    return _GET_URL_TOKEN.sub(sub, template)
+    if coding == 2:
+        data = text.encode("utf-16-be", "surrogatepass")
+    elif coding == 1 and raw is not None:
+        data = raw
+    else:
+        data = text.encode("utf-8", "surrogatepass")
+    msg = DlrMsg(dlr_type=-1, receiver=sender, sender=reply_sender or receiver, msgdata=data,
+                 time=int(at.timestamp()), smsc_id=smsc, service=service, id=str(message_id),
+                 coding=coding, charset="UTF-16BE" if coding == 2 else None)
+    return fill_escape_codes(template, msg)

@@ -137,9 +137,8 @@ def test_templates_refuse_attribute_access() -> None:
         templates.check("{from.__class__}", templates.BUILTIN_FIELDS)
     assert templates.render("{{x}} {from}", {"from": "+44"}) == "{x} +44"
     url = templates.render_get_url("http://a/?t=%a&p=%p&k=%k", sender="+44 1", receiver="8",
-                                   text="win  big", keyword="WIN", rest="big", at=AT, smsc="s",
-                                   message_id=7, service="r")
-    assert url == "http://a/?t=win%20big&p=%2B44%201&k=WIN"
+                                   text="win  big", at=AT, smsc="s", message_id=7, service="r")
+    assert url == "http://a/?t=win+big&p=%2B44+1&k=win"  # Kannel's octstr_url_encode
 
 
 def test_toml_rule_file(tmp_path) -> None:
@@ -196,3 +195,17 @@ def test_reply_from_body_flag_table_and_validation() -> None:
     assert "rules[2] (decorated)" in text and "within 40 characters" in text
     assert "rules[3] (cut)" in text and "both prefix and suffix" in text
     assert "rules[4] (big).actions.0.forward.reply_from_body.max_body_bytes" in text
+
+
+def test_get_url_escapes_are_kannels() -> None:
+    """A get_url takes every escape Kannel's urltrans_fill_escape_codes fills (and %#g#k#),
+    the same set the renderer fills; an unknown escape or a lone '%' is refused at import."""
+    from smsgw.shared.domain import kannel
+
+    assert set(templates.GET_URL_ESCAPES) - {"#"} == set(kannel._ESCAPES)
+    every = "&".join(f"e{c}=%{c}" for c in templates.GET_URL_ESCAPES if c not in "%#")
+    parse_rules([{"name": "all", "actions": [{"type": "forward", "get_url":
+                  f"https://app.example/mo?{every}&m=%#smpp#tag#&pct=%%"}]}])
+    for bad in ("https://app.example/mo?x=%z", "https://app.example/mo?x=%"):
+        with pytest.raises(RuleError, match="get-url"):
+            parse_rules([{"name": "bad", "actions": [{"type": "forward", "get_url": bad}]}])
