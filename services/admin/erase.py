@@ -55,8 +55,8 @@ _OUT = {c: _MSG for c in ("body", "callback_url", "category", "client_ref", "con
 _IN = {c: _MSG for c in ("body", "channel", "connector", "from_addr", "last_error",
                          "lease_owner", "meta", "provider", "provider_message_id", "raw",
                          "status", "to_addr")}
-_RCPT = {c: _MSG for c in ("body", "connector", "err", "last_error", "lease_owner", "raw_id",
-                           "smsc_id", "stat", "state", "status")}
+_RCPT = {c: _MSG for c in ("body", "connector", "err", "last_error", "lease_owner",
+                           "network_error", "raw_id", "smsc_id", "stat", "state", "status")}
 _CB = {c: _MSG for c in ("body", "headers", "kind", "last_error", "lease_owner", "method",
                          "secret_ref", "status", "url")}
 # Every text / varchar / json / jsonb / bytea / array column, by table.

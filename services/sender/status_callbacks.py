@@ -161,7 +161,7 @@ def receipt_rows(rows: Iterable[Mapping[str, Any]], *, parts: DlrParts = "first"
             time=K.unix_time(r["received_at"]), smsc_id=r["connector"],
             foreign_id=r["smsc_id"], service=_meta_str(r["meta"], "username"),
             account=system_ids.get(r["receipt_connector"]),
-            meta_data=K.receipt_meta(mask, K.dlr_err(r["err"], body)),
+            meta_data=K.receipt_meta(mask, r.get("network_error") or K.dlr_err(r["err"], body)),
             dlr_url=template, id=K.message_uuid(r["outbound_id"]))
         out.append(StatusCallback(r["account_id"], r["outbound_id"],
                                   K.fill_escape_codes(template, msg), "GET", None, None,

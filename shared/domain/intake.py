@@ -50,6 +50,7 @@ from smsgw.shared.queue.records import (
     ReceiptWrite,
 )
 from smsgw.shared.smpp.connector import ConnectorSettings
+from smsgw.shared.smpp.pdu import Tag
 from smsgw.shared.smpp.receipts import is_receipt, parse_receipt
 from smsgw.shared.smpp.text import decode_message
 
@@ -355,7 +356,23 @@ def _receipt_item(connector: Any, pdu: Any) -> ReceiptWrite:
     err = rec.err
     if err is None and rec.network_error is not None:
         err = f"{rec.network_error[0]}:{rec.network_error[1]}"
+    # the receipt's text: short_message, or message_payload when that is empty (Kannel's
+    # handle_dlr `respstr`); the message_state TLV counts, for a Kannel DLR's type, only with
+    # receipted_message_id (handle_dlr's SMPP 3.4 branch)
+    text = short_message or _tlv_bytes(pdu.tlvs, Tag.MESSAGE_PAYLOAD)
+    has_id = _tlv_bytes(pdu.tlvs, Tag.RECEIPTED_MESSAGE_ID) is not None
+    nec = rec.network_error
     return ReceiptWrite(connector=connector.name, smsc_id=rec.normalised_id,
                         raw_id=rec.message_id, stat=rec.stat, state=rec.state, final=rec.final,
                         err=err, done_date=rec.done_date,
-                        body=short_message.decode("latin-1") if short_message else None)
+                        body=text.decode("latin-1") if text else None,
+                        message_state=rec.message_state if has_id else None,
+                        network_error=None if nec is None else bytes(
+                            (nec[0] & 0xFF, (nec[1] >> 8) & 0xFF, nec[1] & 0xFF)))
+
+
+def _tlv_bytes(tlvs: Any, tag: int) -> bytes | None:
+    for t, value in tlvs:
+        if t == tag:
+            return bytes(value)
+    return None

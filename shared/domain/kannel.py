@@ -106,9 +106,10 @@ KNOWN_DIFFERENCES: Mapping[str, str] = {
          "sendsms 'to' as the application wrote it (00…, digits only). %q likewise.",
     "P": "as %p, for 'from'. %Q likewise.",
     "D": "keys of one meta-data group come in the order they were set; Kannel's follow its "
-         "hash table. A receipt's dlr_err is rebuilt from the stored err: the "
-         "network_error_code TLV's bytes when the receipt had no text err, else GSM (3) + the "
-         "text err, as Kannel does without the TLV.",
+         "hash table (one key per group in every report smsgw makes, so only a sendsms "
+         "meta-data with several keys in one group can differ).",
+    "A": "a receipt in a data_coding other than Latin-1/GSM is stored as text and sent back "
+         "as its Latin-1 bytes (Kannel: the octets as received); NUL bytes cannot be stored.",
 }
 
 _SAFE = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_.!~*'()")

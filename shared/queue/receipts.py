@@ -35,7 +35,8 @@ async def insert(conn: asyncpg.Connection, items: Sequence[ReceiptWrite]) -> lis
         _INSERT, [r.connector for r in items], [r.smsc_id for r in items],
         [r.raw_id for r in items], [r.stat for r in items], [r.state for r in items],
         [r.final for r in items], [r.err for r in items], [r.done_date for r in items],
-        [r.body for r in items], CHANNELS["receipts"])
+        [r.body for r in items], [r.message_state for r in items],
+        [r.network_error for r in items], CHANNELS["receipts"])
     return [int(r["id"]) for r in rows]
 
 

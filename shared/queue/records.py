@@ -235,6 +235,9 @@ class OutboundPart(_FromRecord):
 class Receipt(_FromRecord):
     """One delivery receipt (`receipts` / `receipts_history` row)."""
 
+    # migration 0013's columns: a row read before it (or by a query not naming them) has none
+    _optional: ClassVar[frozenset[str]] = frozenset({"message_state", "network_error"})
+
     id: int
     connector: str
     smsc_id: str
@@ -254,6 +257,8 @@ class Receipt(_FromRecord):
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+    message_state: int | None = None  # the message_state TLV (with receipted_message_id)
+    network_error: bytes | None = None  # the network_error_code TLV's 3 octets
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -423,6 +428,10 @@ class ReceiptWrite:
     err: str | None
     done_date: datetime | None
     body: str | None
+    # Kannel's receipt DLR (migration 0013): the message_state TLV of a receipt that also had
+    # receipted_message_id, and the network_error_code TLV's 3 octets, as received
+    message_state: int | None = None
+    network_error: bytes | None = None
 
 
 # -- rows the owners' statements return -------------------------------------------------------

@@ -40,12 +40,14 @@ async def _two_part_message(pool: asyncpg.Pool, mask: int = 31,
 
 
 async def _receipt(pool: asyncpg.Pool, smsc_id: str, stat: str, state: str,
-                   final: bool = True, err: str | None = "000") -> None:
+                   final: bool = True, err: str | None = "000", message_state: int | None = None,
+                   network_error: bytes | None = None) -> None:
     body = f"id:{smsc_id} sub:001 dlvrd:001 submit date:2612071303 done date:2612071303" \
            f" stat:{stat} err:{err} text:"
     await pool.execute(
-        "INSERT INTO receipts (connector, smsc_id, stat, state, final, err, body)"
-        " VALUES ('c1', $1, $2, $3, $4, $5, $6)", smsc_id, stat, state, final, err, body)
+        "INSERT INTO receipts (connector, smsc_id, stat, state, final, err, body, message_state,"
+        " network_error) VALUES ('c1', $1, $2, $3, $4, $5, $6, $7, $8)", smsc_id, stat, state,
+        final, err, body, message_state, network_error)
 
 
 async def _match(pool: asyncpg.Pool, parts: str = "first") -> matching.MatchResult:
@@ -90,6 +92,21 @@ async def test_each_part_with_its_own_values(pool: asyncpg.Pool) -> None:
     assert [(d["d"], d["F"]) for d in dlrs] == [("1", f"{mid}a"), ("2", f"{mid}b")]
     assert "stat:UNDELIV" in dlrs[1]["A"]
     assert dlrs[1]["D"] == "?orig_msg?dlr_mask=31&?smpp?dlr_err=%03%01%04&"  # 260 = 0x0104
+
+
+async def test_expired_by_tlv_is_34(pool: asyncpg.Pool) -> None:
+    """handle_dlr: a receipt with receipted_message_id and message_state EXPIRED (3) is
+    DLR_EXPIRED = 0x20|DLR_FAIL = 34 (gw/dlr.h), reported to a mask with bit 2; its dlr_err
+    is the network_error_code TLV's octets. The same receipt without the TLV is type 2."""
+    tlv = await _two_part_message(pool, mask=2)
+    text = await _two_part_message(pool, mask=2)
+    await _receipt(pool, f"{tlv}a", "EXPIRED", "expired", err="001", message_state=3,
+                   network_error=b"\x01\x00\x05")
+    await _receipt(pool, f"{text}a", "EXPIRED", "expired", err="001")
+    await _match(pool)
+    (by_tlv,), (by_text,) = await _dlrs(pool, tlv), await _dlrs(pool, text)
+    assert (by_tlv["d"], by_tlv["D"]) == ("34", "?orig_msg?dlr_mask=2&?smpp?dlr_err=%01%00%05&")
+    assert (by_text["d"], by_text["D"]) == ("2", "?orig_msg?dlr_mask=2&?smpp?dlr_err=%03%00%01&")
 
 
 async def test_no_report_after_the_first_final_receipt(pool: asyncpg.Pool) -> None:
@@ -195,3 +212,22 @@ def test_settings_refuse_an_unknown_parts_mode() -> None:
         SenderSettings(kannel_dlr_parts="all")  # type: ignore[arg-type]
     assert replace(matching.MatchSettings.from_config([], SenderSettings()),
                    kannel_dlr_parts="each").kannel_dlr_parts == "each"
+
+
+def test_intake_keeps_the_receipt_tlvs() -> None:
+    """The intake stores what handle_dlr reads: message_state only with receipted_message_id
+    (its SMPP 3.4 branch), network_error_code's 3 octets, and the text from message_payload
+    when short_message is empty (`respstr`)."""
+    from smsgw.shared.domain.intake import _receipt_item
+    from smsgw.shared.smpp import pdu as P
+
+    conn = connector("c1", 1)
+    text = b"id:77 sub:001 dlvrd:000 submit date:2612071303 done date:2612071303 stat:EXPIRED"
+    full = _receipt_item(conn, P.DeliverSm(esm_class=4, short_message=b"", tlvs=(
+        (P.Tag.RECEIPTED_MESSAGE_ID, b"77\0"), (P.Tag.MESSAGE_STATE, b"\x03"),
+        (P.Tag.NETWORK_ERROR_CODE, b"\x03\x01\x04"), (P.Tag.MESSAGE_PAYLOAD, text))))
+    assert (full.message_state, full.network_error, full.body) == (3, b"\x03\x01\x04",
+                                                                  text.decode())
+    no_id = _receipt_item(conn, P.DeliverSm(esm_class=4, short_message=text, tlvs=(
+        (P.Tag.MESSAGE_STATE, b"\x03"),)))
+    assert (no_id.message_state, no_id.network_error) == (None, None)

@@ -6,13 +6,15 @@
 -- statement (autocommit: one round trip). RETURNING follows the input order (plain insert).
 WITH ins AS (
     -- the receipts, in input order
-    INSERT INTO receipts (connector, smsc_id, raw_id, stat, state, final, err, done_date, body)
+    INSERT INTO receipts (connector, smsc_id, raw_id, stat, state, final, err, done_date, body,
+                          message_state, network_error)
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::boolean[], $7::text[], $8::timestamptz[], $9::text[])
+                         $6::boolean[], $7::text[], $8::timestamptz[], $9::text[],
+                         $10::smallint[], $11::bytea[])
     RETURNING id
 )
 -- one NOTIFY for the statement (delivered at commit)
-SELECT ins.id FROM ins CROSS JOIN (SELECT pg_notify($10, '')) AS wake
+SELECT ins.id FROM ins CROSS JOIN (SELECT pg_notify($12, '')) AS wake
 
 -- name: match
 -- Match up to $1 due receipts in one statement (run inside the caller's transaction):
@@ -112,7 +114,7 @@ SELECT coalesce((SELECT array_agg(DISTINCT outbound_id) FROM parts WHERE final),
 -- lives: outbound, or outbound_history after the retention move). Read-only; one statement per
 -- matching batch. The unnest join keeps each lookup on a primary key.
 SELECT r.id AS receipt_id, r.created_at AS received_at, r.state, r.err, r.body,
-       r.connector AS receipt_connector, p.part_no, p.parts_total, p.smsc_id, p.connector,
+       r.message_state, r.network_error, r.connector AS receipt_connector, p.part_no, p.parts_total, p.smsc_id, p.connector,
        o.id AS outbound_id, o.account_id, o.from_addr, o.to_addr, o.callback_url, o.dlr_mask,
        o.meta
   FROM unnest($1::bigint[]) WITH ORDINALITY AS u(id, n)
