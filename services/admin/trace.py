@@ -97,6 +97,9 @@ async def trace_outbound(conn: asyncpg.Connection, msg_id: int) -> dict[str, Any
     row = dbcli.record_dict(await conn.fetchrow(SQL_ROW.format(t="outbound"), msg_id))
     if row is None:
         return None
+    for key in ("payload", "udh"):  # binary content and the client's UDH, shown as hex
+        if isinstance(row.get(key), bytes):
+            row[key] = row[key].hex()
     parts = _rows(await conn.fetch(SQL_PARTS, msg_id))
     part_ids = [p["id"] for p in parts]
     rule = None
@@ -165,6 +168,11 @@ def _short(v: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _hex(value: str) -> str:
+    """Hex, cut after 64 octets (the length then follows)."""
+    return value if len(value) <= 128 else f"{value[:128]}…({len(value) // 2} octets)"
+
+
 def render_trace(t: dict[str, Any]) -> str:
     """One message's history as text."""
     m = t["message"]
@@ -173,6 +181,11 @@ def render_trace(t: dict[str, Any]) -> str:
     if t["kind"] == "mt":
         lines.append("  intake   " + _kv(m, ["source", "account_id", "client_ref", "from_addr",
                                               "to_addr", "category", "created_at"]))
+        if m.get("payload") is not None or m.get("udh") is not None or m.get("smpp"):
+            # a binary message (hex), the client's UDH (hex), its SMPP fields
+            lines.append("  content  " + "  ".join(
+                f"{k}={m[k] if k == 'smpp' else _hex(m[k])}"
+                for k in ("udh", "payload", "smpp") if m.get(k) is not None))
         if t.get("rule"):
             lines.append("  rule     " + _kv(t["rule"], ["id", "name"]) +
                          f"  (reply to MO {m.get('inbound_id')})")

@@ -483,7 +483,11 @@ SENDSMS_FIELDS: dict[str, frozenset[int]] = {
     "from": BAD_INPUT, "to": BAD_INPUT, "text": BAD_INPUT, "charset": BAD_INPUT,
     "coding": BAD_INPUT, "dlr-mask": BAD_INPUT, "dlr-url": BAD_INPUT,
     "smsc": frozenset({400, 403, 422}), "priority": BAD_INPUT, "validity": BAD_INPUT,
-    "deferred": BAD_INPUT, "x-unknown": ANY,
+    "deferred": BAD_INPUT, "mclass": BAD_INPUT, "mwi": BAD_INPUT, "pid": BAD_INPUT,
+    "alt-dcs": BAD_INPUT, "rpi": BAD_INPUT, "compress": BAD_INPUT, "binfo": BAD_INPUT,
+    "account": BAD_INPUT, "meta-data": BAD_INPUT,
+    "udh": ANY,  # binary: any octets may be a valid header ("\x00" is an empty one)
+    "x-unknown": ANY,
 }
 X_KANNEL_FIELDS: dict[bytes, frozenset[int]] = {
     # Kannel's POST interface: a bad value in each header it reads (answered, never a 5xx)
@@ -496,7 +500,8 @@ X_KANNEL_FIELDS: dict[bytes, frozenset[int]] = {
     b"X-Kannel-Priority": BAD_INPUT,
 }
 API_FIELDS = ("to", "from", "text", "client_ref", "callback_url", "category", "encoding",
-              "send_at")
+              "send_at", "binary", "udh", "flash", "mclass", "pid", "service_type",
+              "smpp_priority", "tlvs", "receipt")
 NOT_FOUND_OK = ANY - {404}
 
 

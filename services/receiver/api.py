@@ -31,7 +31,7 @@ from smsgw.shared.domain.numbers import InvalidNumber, normalise_recipient, norm
 from smsgw.shared.domain.urlguard import UnsafeUrl, check_url
 from smsgw.shared.queue.groupcommit import IntakeClosed, IntakeFull
 from smsgw.shared.runtime.http import BodyTimeout
-from smsgw.shared.smpp.text import estimate
+from smsgw.shared.smpp.text import TextTooLong, check_udh, estimate_content
 
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
 _ALLOWED_ENCODINGS: dict[str | None, tuple[Any, ...]] = {
@@ -226,7 +226,13 @@ def mt_item(ctx: ReceiverContext, account: Account, msg: MessageIn,
     opts = ctx.options
     to_addr = _number("to", msg.to, opts.default_country)
     from_addr = sender_id(account, msg.from_, opts.default_country)
-    encoding, parts = _estimate(msg.text, msg.encoding, opts.max_parts)
+    _check_content(msg)
+    payload = bytes.fromhex(msg.binary) if msg.binary is not None else None
+    udh = bytes.fromhex(msg.udh) if msg.udh is not None else None
+    content: str | bytes = payload if payload is not None else (msg.text or "")
+    field = "binary" if payload is not None else "text"
+    encoding, parts = estimate_parts(content, _ALLOWED_ENCODINGS[msg.encoding], udh,
+                                     opts.max_parts, field)
     callback_url = None
     if msg.callback_url is not None:
         try:
@@ -239,16 +245,94 @@ def mt_item(ctx: ReceiverContext, account: Account, msg: MessageIn,
         raise FieldInvalid("send_at", "at most 30 days ahead")
     start = max(send_at, now) if send_at is not None else now
     valid_until = start + timedelta(seconds=msg.validity) if msg.validity else None
+    route_hint = forced_connector(ctx, account, "connector", msg.connector)
     item = MtItem(
         account_id=account.id, source="api", from_addr=from_addr, to_addr=to_addr,
         body=msg.text, category=msg.category or account.default_category,
         priority=msg.priority,
         encoding=None if msg.encoding in (None, "auto") else msg.encoding,
         client_ref=msg.client_ref, callback_url=callback_url, send_at=send_at,
-        valid_until=valid_until, validity_s=msg.validity,
-        route_hint=forced_connector(ctx, account, "connector", msg.connector),
-        meta={"callback_style": "json"} if callback_url else None)
+        valid_until=valid_until, validity_s=msg.validity, route_hint=route_hint,
+        meta={"callback_style": "json"} if callback_url else None,
+        payload=payload, udh=udh, smpp=_smpp_fields(ctx, msg),
+        due_now=due_now(ctx, send_at, now, route_hint))
     return item, (encoding, parts)
+
+
+def _check_content(msg: MessageIn) -> None:
+    """The checks that span fields, each naming the field it blames."""
+    if (msg.text is None) == (msg.binary is None):
+        raise FieldInvalid("text", "give either text or binary")
+    if msg.binary == "" and not msg.udh:
+        raise FieldInvalid("binary", "may be empty only with a udh")
+    if msg.binary is not None and msg.encoding not in (None, "auto"):
+        raise FieldInvalid("encoding", "applies to text, not to binary")
+    if msg.flash and msg.mclass not in (None, 0):
+        raise FieldInvalid("mclass", "flash is message class 0")
+    if (msg.flash or msg.mclass is not None) and msg.encoding == "latin1":
+        raise FieldInvalid("encoding", "a message class needs GSM 7-bit or UCS-2")
+
+
+def _smpp_fields(ctx: ReceiverContext, msg: MessageIn) -> dict[str, Any] | None:
+    """The message's SMPP fields (shared/smpp/fields.py), None when it asks for none."""
+    out: dict[str, Any] = {}
+    mclass = 0 if msg.flash else msg.mclass
+    if mclass is not None:
+        out["mclass"] = mclass
+    if msg.pid is not None:
+        out["pid"] = msg.pid
+    if msg.service_type is not None:
+        out["service_type"] = msg.service_type
+    if msg.smpp_priority is not None:
+        out["priority_flag"] = msg.smpp_priority
+    if msg.receipt is False:
+        out["receipt"] = False  # the default asks the SMSC (the API tracks delivery)
+    if msg.tlvs:
+        out["tlvs"] = tlv_octets(ctx, msg.tlvs)
+    return out or None
+
+
+def tlv_octets(ctx: ReceiverContext, tlvs: dict[str, str]) -> dict[str, str]:
+    """JSON `tlvs` (name or tag → hex octets) checked against the catalogue, as stored."""
+    out: dict[str, str] = {}
+    for key, hexed in tlvs.items():
+        try:
+            tag, value = ctx.tlvs.from_octets(key, bytes.fromhex(hexed))
+        except ValueError as exc:
+            raise FieldInvalid("tlvs", str(exc)) from exc
+        if tag in out:
+            raise FieldInvalid("tlvs", f"TLV {tag} given twice")
+        out[tag] = value
+    return out
+
+
+def due_now(ctx: ReceiverContext, send_at: datetime | None, now: datetime,
+            route_hint: str | None) -> bool:
+    """A future `send_at` is due at once when its connector may pass the schedule to the
+    SMSC (`schedule_mode = "send"`): the forced one, or any when the routes decide."""
+    if send_at is None or send_at <= now or not ctx.schedule_send:
+        return False
+    return route_hint in ctx.schedule_send if route_hint else True
+
+
+def estimate_parts(content: str | bytes, allowed: tuple[Any, ...], udh: bytes | None,
+                   max_parts: int, field: str) -> tuple[str, int]:
+    """(encoding, parts) of a message's content next to its UDH; `FieldInvalid` naming
+    `udh` or `field` when it cannot be sent or needs more than `max_parts` parts."""
+    if udh is not None:
+        try:
+            check_udh(udh)
+        except ValueError as exc:
+            raise FieldInvalid("udh", str(exc)) from exc
+    try:
+        enc, parts = estimate_content(content, allowed, udh)
+    except TextTooLong as exc:
+        raise FieldInvalid("udh" if udh else field, str(exc)) from exc
+    except ValueError as exc:
+        raise FieldInvalid(field, "cannot be encoded with the requested encoding") from exc
+    if parts > max_parts:
+        raise FieldInvalid(field, f"needs {parts} parts, more than the {max_parts} allowed")
+    return enc, parts
 
 
 def _number(field: str, value: str, country: str | None) -> str:
@@ -268,17 +352,6 @@ def sender_id(account: Account, value: str, country: str | None) -> str:
     if account.allowed_senders is not None and sender not in account.allowed_senders:
         raise FieldInvalid("from", "sender id not allowed for this account")
     return sender
-
-
-def _estimate(text: str, encoding: str | None, max_parts: int) -> tuple[str, int]:
-    allowed = _ALLOWED_ENCODINGS[encoding]
-    try:
-        enc, parts = estimate(text, allowed)
-    except ValueError as exc:
-        raise FieldInvalid("text", f"cannot be encoded as {encoding}") from exc
-    if parts > max_parts:
-        raise FieldInvalid("text", f"needs {parts} parts, more than the {max_parts} allowed")
-    return enc, parts
 
 
 def _check_rate(ctx: ReceiverContext, account: Account, n: int) -> None:

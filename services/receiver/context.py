@@ -36,6 +36,8 @@ from smsgw.shared.domain.intake import (
 from smsgw.shared.domain.suppression import NumberHasher
 from smsgw.shared.queue.groupcommit import GroupCommitter
 from smsgw.shared.runtime.config import WebhooksSettings
+from smsgw.shared.smpp.connector import ConnectorSettings
+from smsgw.shared.smpp.fields import TlvCatalog
 
 
 @dataclass(slots=True, eq=False)
@@ -56,6 +58,10 @@ class ReceiverContext:
     clock: Callable[[], float] = time.time
     extra: dict[str, Any] = field(default_factory=dict)
     connectors: frozenset[str] = frozenset()  # `[[connectors]]` names a client may force
+    # the TLVs clients may set (SMPP 3.4's, the connectors' `tlvs`), and the connectors that
+    # pass a schedule to the SMSC (`schedule_mode = "send"`): their scheduled MTs are due now
+    tlvs: TlvCatalog = field(default_factory=TlvCatalog)
+    schedule_send: frozenset[str] = frozenset()
 
     def reload(self, options: ReceiverOptions, webhooks: WebhooksSettings) -> None:
         """Apply reloaded options (watermarks, limits) and webhook settings as a unit."""
@@ -77,7 +83,7 @@ def build_context(pool: asyncpg.Pool, options: ReceiverOptions, webhooks: Webhoo
                   registry: CollectorRegistry | None = None,
                   metrics: ReceiverMetrics | None = None,
                   clock: Callable[[], float] = time.time,
-                  connectors: Iterable[str] = ()) -> ReceiverContext:
+                  connectors: Iterable[str | ConnectorSettings] = ()) -> ReceiverContext:
     """Create the context and start its group committers (call inside the running loop).
 
     `server_secret` is kept as `SecretBytes` (printed as `**********`) and unwrapped only for
@@ -85,6 +91,9 @@ def build_context(pool: asyncpg.Pool, options: ReceiverOptions, webhooks: Webhoo
     and sendsms password is refused with 401/403; webhooks and SMPP intake still work.
     """
     metrics = metrics or ReceiverMetrics.create(registry or CollectorRegistry())
+    given = list(connectors)
+    settings = [c for c in given if isinstance(c, ConnectorSettings)]
+    names = frozenset(c.name if isinstance(c, ConnectorSettings) else c for c in given)
     admission = Admission(options)
 
     def committer(name: str, flush: Any, transactional: bool) -> GroupCommitter[Any, Any]:
@@ -118,4 +127,6 @@ def build_context(pool: asyncpg.Pool, options: ReceiverOptions, webhooks: Webhoo
         auth=Authenticator(pool, server_secret, cache_s=options.auth_cache_s),
         ratelimit=AccountRateLimiter(pool, clock=clock), admission=admission, metrics=metrics,
         mt=mt, inbound=inbound, receipts=receipts, intake=intake, clock=clock,
-        connectors=frozenset(connectors))
+        connectors=names,
+        tlvs=TlvCatalog(t.definition() for c in settings for t in c.tlvs),
+        schedule_send=frozenset(c.name for c in settings if c.schedule_mode == "send"))

@@ -9,12 +9,23 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 
 Category = Literal["transactional", "marketing"]
 EncodingName = Literal["auto", "gsm7", "latin1", "ucs2"]
 
 MAX_TEXT_CHARS = 10_000  # before the parts check (max_parts), to bound the work per request
+MAX_BINARY_OCTETS = 10_000  # the same bound for binary content
+_HEX = r"^([0-9A-Fa-f]{2})*$"
 
 
 class MessageIn(BaseModel):
@@ -29,7 +40,33 @@ class MessageIn(BaseModel):
     from_: str = Field(alias="from", min_length=1, max_length=32,
                        description="Sender id: a number, a short code, or alphanumeric "
                                    "(up to 11 characters).")
-    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS,
+                             description="The message text. Either `text` or `binary`.")
+    binary: str | None = Field(default=None, max_length=2 * MAX_BINARY_OCTETS, pattern=_HEX,
+                               description="8-bit binary content in hex (data_coding 4), "
+                                           "instead of `text`; empty only with a `udh`.")
+    udh: str | None = Field(default=None, min_length=2, max_length=280, pattern=_HEX,
+                            description="User data header in hex, its length octet first "
+                                        "(e.g. port addressing `06050415811581`); kept in "
+                                        "every part, the concatenation element added to it.")
+    flash: StrictBool = Field(default=False,
+                        description="Flash SMS (message class 0), shown and not stored.")
+    mclass: StrictInt | None = Field(default=None, ge=0, le=3,
+                               description="Message class 0-3 in data_coding (0 = flash).")
+    pid: StrictInt | None = Field(default=None, ge=0, le=255, description="SMPP protocol_id.")
+    service_type: str | None = Field(default=None, max_length=5, pattern=r"^[ -~]*$",
+                                     description="SMPP service_type (else the connector's).")
+    smpp_priority: StrictInt | None = Field(default=None, ge=0, le=3,
+                                      description="SMPP priority_flag 0-3 (on the wire; "
+                                                  "`priority` orders the queue).")
+    tlvs: dict[str, str] | None = Field(
+        default=None, max_length=16,
+        description="SMPP optional parameters: an SMPP 3.4 name (e.g. "
+                    "`user_message_reference`), a connector's `tlvs` name or a vendor tag "
+                    "(`0x1400`-`0x3FFF`) → the value's octets in hex.")
+    receipt: StrictBool = Field(default=True,
+                          description="Ask the SMSC for a delivery receipt (registered_"
+                                      "delivery); false: the message ends `submitted`.")
     category: Category | None = Field(default=None,
                                       description="Default: the account's category.")
     client_ref: str | None = Field(default=None, min_length=1, max_length=128,
@@ -38,9 +75,12 @@ class MessageIn(BaseModel):
                                      description="http(s) URL for status callbacks.")
     priority: int = Field(default=0, ge=0, le=9, description="Higher is sent first.")
     validity: int | None = Field(default=None, ge=60, le=7 * 86400,
-                                 description="Seconds the message stays deliverable.")
+                                 description="Seconds the message stays deliverable (also "
+                                             "the SMSC's validity_period).")
     send_at: AwareDatetime | None = Field(default=None,
-                                          description="Schedule (RFC 3339, with offset).")
+                                          description="Schedule (RFC 3339, with offset); "
+                                                      "held here, or passed to the SMSC on "
+                                                      "connectors that take schedules.")
     encoding: EncodingName | None = Field(default=None,
                                           description="Default auto: the cheapest that fits.")
     connector: str | None = Field(default=None, min_length=1, max_length=64,
@@ -53,6 +93,16 @@ class MessageIn(BaseModel):
         # Postgres text cannot hold U+0000; refuse it here rather than fail at the insert.
         if value is not None and "\x00" in value:
             raise ValueError("must not contain the NUL character")
+        return value
+
+    @field_validator("tlvs")
+    @classmethod
+    def _tlv_values(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for key, hexed in (value or {}).items():
+            if not 1 <= len(key) <= 64 or len(hexed) > 510 or len(hexed) % 2 or any(
+                    c not in "0123456789abcdefABCDEF" for c in hexed):
+                raise ValueError("each key a TLV name or tag (1-64 characters), each value "
+                                 "up to 255 octets in hex")
         return value
 
 

@@ -6,11 +6,19 @@ POST: the text as the body and the rest in `X-Kannel-*` headers, see `X_KANNEL_H
 `username` or `user` (the account name), `password` or `pass` (one of its API keys — the
 password of a Kannel sendsms-user becomes an smsgw API key), `from`, `to` (several
 recipients separated by spaces), `text`, `charset` (of `text`; Kannel's default is UTF-8, or
-UTF-16BE with `coding=2`), `coding` (0 7-bit, 1 8-bit, 2 UCS-2), `dlr-mask`, `dlr-url` (a
-template with Kannel's `%d %p %P %t %A …` escapes, rendered by the sender with
-`shared.domain.kannel.render_dlr_url`), `smsc` (a connector to force: only one the account is
-allowed to force, `smsgw accounts update NAME --allowed-connector NAME`), `priority` (0-3),
-`validity` and `deferred` (minutes). Unknown parameters are ignored, as Kannel does.
+UTF-16BE with `coding=2`), `coding` (0 7-bit, 1 8-bit: `text` is then the octets themselves,
+whatever `charset` says; 2 UCS-2; without it 8-bit when there is a `udh`, as Kannel), `udh`
+(URL-encoded octets, its length octet first), `dlr-mask` (0-63; also what the SMSC is asked
+for: no mask, no receipt), `dlr-url` (a template with Kannel's `%d %p %P %t %A …` escapes,
+rendered by the sender with `shared.domain.kannel`), `smsc` (a connector to force: only one
+the account is allowed to force, `smsgw accounts update NAME --allowed-connector NAME`),
+`priority` (0-3: priority_flag, and the queue order), `validity` and `deferred` (minutes from
+now, as Kannel counts both), `mclass`, `mwi`, `alt-dcs` (the data coding, as Kannel's
+`fields_to_dcs`), `pid`, `rpi`, `binfo` (the service_type), `meta-data` (`?smpp?name=value&…`:
+TLVs by SMPP 3.4 name or a connector's `tlvs` name), `account`; see shared/smpp/fields.py.
+A parameter that cannot be honoured (`compress=1`, a value out of Kannel's range, a TLV
+nobody defined, another meta-data group) is a 400 naming it, never dropped; unknown
+parameters are ignored, as Kannel does.
 
 Answers as Kannel 1.4.5 does (gw/smsbox.c): `202 0: Accepted for delivery`; `403
 Authorization failed for sendsms`; `400 Missing receiver number, rejected` (POST: `Missing
@@ -26,6 +34,7 @@ from __future__ import annotations
 import codecs
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 from aiohttp import web
@@ -36,6 +45,8 @@ from smsgw.services.receiver.api import (
     account_rate,
     admit,
     admit_account,
+    due_now,
+    estimate_parts,
     forced_connector,
     read_body,
     sender_id,
@@ -49,7 +60,8 @@ from smsgw.shared.domain.apikeys import Account
 from smsgw.shared.domain.numbers import InvalidNumber, normalise_recipient
 from smsgw.shared.domain.urlguard import UnsafeUrl, check_url
 from smsgw.shared.queue.groupcommit import IntakeClosed, IntakeFull
-from smsgw.shared.smpp.text import Encoding, estimate
+from smsgw.shared.smpp.fields import MAX_TLVS, parse_meta_data
+from smsgw.shared.smpp.text import Encoding
 
 # Kannel 1.4.5's answers (gw/smsbox.c): 202 "0: Accepted for delivery" (ack_success);
 # 403 "Authorization failed for sendsms"; 503 "Temporal failure, try again later."
@@ -60,7 +72,7 @@ from smsgw.shared.smpp.text import Encoding, estimate
 ACCEPTED = "0: Accepted for delivery"
 AUTH_FAILED = "Authorization failed for sendsms"
 TEMPORAL_FAILURE = "Temporal failure, try again later."
-_CODING_ENCODING: dict[int, tuple[Encoding, ...]] = {0: ("gsm7", "ucs2"), 1: ("latin1",),
+_CODING_ENCODING: dict[int, tuple[Encoding, ...]] = {0: ("gsm7", "ucs2"), 1: ("binary",),
                                                       2: ("ucs2",)}
 
 
@@ -193,9 +205,12 @@ async def _account(ctx: ReceiverContext, params: dict[str, bytes]) -> Account:
     return account
 
 
-def _message_text(ctx: ReceiverContext, params: dict[str, bytes], coding: int) -> str:
+def _message_text(ctx: ReceiverContext, params: dict[str, bytes], coding: int,
+                  optional: bool = False) -> str:
     raw = params.get("text")
     if raw is None or raw == b"":
+        if optional:  # a UDH-only or message-waiting message may have no text (Kannel)
+            return ""
         raise _bad(ctx, "text", "missing")
     charset = _str(params, "charset") or ("UTF-16BE" if coding == 2 else "UTF-8")
     codec = _charset(ctx, charset)
@@ -239,8 +254,22 @@ def _recipients(ctx: ReceiverContext, params: dict[str, bytes]) -> list[str]:
 
 
 def _items(ctx: ReceiverContext, account: Account, params: dict[str, bytes]) -> list[MtItem]:
-    coding = _int(ctx, params, "coding", 0, 2) or 0
-    text = _message_text(ctx, params, coding)
+    udh = params.get("udh") or None
+    # Kannel's "compatibility mode" (smsbox_req_handle): no coding → 8-bit with a UDH, else
+    # 7-bit. 8-bit `text` is the data itself: its URL-decoded octets, whatever `charset` says
+    # (charset_processing converts only 7-bit and UCS-2 text).
+    coding = _int(ctx, params, "coding", 0, 2)
+    if coding is None:
+        coding = 1 if udh else 0
+    fields = _smpp_params(ctx, params, coding)
+    payload = None
+    if coding == 1:
+        payload = params.get("text") or b""
+        if not payload and not udh:
+            raise _bad(ctx, "text", "missing")
+        text = None
+    else:
+        text = _message_text(ctx, params, coding, optional=bool(udh) or "mwi" in fields)
     sender = _str(params, "from")
     if not sender:  # Kannel's text (smsbox_req_handle): no account has a default sender here
         ctx.metrics.requests_rejected.labels(reason="validation").inc()
@@ -249,13 +278,14 @@ def _items(ctx: ReceiverContext, account: Account, params: dict[str, bytes]) -> 
         from_addr = sender_id(account, sender, ctx.options.default_country)
     except FieldInvalid as exc:
         raise _bad(ctx, "from", exc.message) from exc
-    try:
-        encoding, parts = estimate(text, _CODING_ENCODING[coding])
-    except ValueError as exc:
-        raise _bad(ctx, "text", "cannot be encoded with this coding") from exc
-    if parts > ctx.options.max_parts:
-        raise _bad(ctx, "text", f"needs {parts} parts, more than {ctx.options.max_parts}")
-    dlr_mask = _int(ctx, params, "dlr-mask", 0, 31)
+    try:  # the UDH, the parts limit
+        estimate_parts(payload if payload is not None else text or "",
+                       _CODING_ENCODING[coding], udh, ctx.options.max_parts, "text")
+    except FieldInvalid as exc:
+        raise _bad(ctx, exc.field, exc.message) from exc
+    # dlr-mask 0-63 as Kannel checks it; kept without a dlr-url too, because it is also what
+    # the SMSC is asked for (registered_delivery, shared/smpp/fields.py)
+    dlr_mask = _int(ctx, params, "dlr-mask", 0, 63)
     dlr_url = _str(params, "dlr-url") or None
     if dlr_url is not None:
         try:
@@ -263,22 +293,106 @@ def _items(ctx: ReceiverContext, account: Account, params: dict[str, bytes]) -> 
         except UnsafeUrl as exc:
             raise _bad(ctx, "dlr-url", str(exc)) from exc
     priority = _int(ctx, params, "priority", 0, 3) or 0
-    validity = _int(ctx, params, "validity", 1, 7 * 24 * 60)
-    deferred = _int(ctx, params, "deferred", 0, 30 * 24 * 60)
-    now = datetime.now(UTC)
-    send_at = now + timedelta(minutes=deferred) if deferred else None
-    valid_until = (send_at or now) + timedelta(minutes=validity) if validity else None
-    meta = {"callback_style": "kannel", "username": account.name, "coding": coding}
+    if priority:
+        fields["priority_flag"] = priority  # Kannel's priority is SMPP's; it orders our queue too
+    send_at, valid_until = _times(ctx, params)
+    meta = {"callback_style": "kannel", "username": account.name, "coding": coding,
+            **_kannel_meta(ctx, params)}
     try:  # `smsc`: only a connector this account may force, and one that exists
         route_hint = forced_connector(ctx, account, "smsc", _str(params, "smsc"))
     except FieldInvalid as exc:
         raise _bad(ctx, "smsc", exc.message) from exc
+    now = datetime.now(UTC)
     return [MtItem(account_id=account.id, source="sendsms", from_addr=from_addr, to_addr=to,
                    body=text, category=account.default_category, priority=priority,
-                   encoding=None if coding == 0 else encoding, callback_url=dlr_url,
-                   dlr_mask=dlr_mask if dlr_url else None, send_at=send_at,
-                   valid_until=valid_until, route_hint=route_hint, meta=meta)
+                   encoding="ucs2" if coding == 2 else None, callback_url=dlr_url,
+                   dlr_mask=dlr_mask, send_at=send_at, valid_until=valid_until,
+                   route_hint=route_hint, meta=meta, payload=payload, udh=udh,
+                   smpp=fields or None, due_now=due_now(ctx, send_at, now, route_hint))
             for to in _recipients(ctx, params)]
+
+
+def _times(ctx: ReceiverContext,
+           params: dict[str, bytes]) -> tuple[datetime | None, datetime | None]:
+    """(send_at, valid_until) from `deferred` and `validity`, minutes from now as Kannel
+    counts both (smsbox_req_handle: `validity * 60 + time(NULL)`)."""
+    validity = _int(ctx, params, "validity", 1, 7 * 24 * 60)
+    deferred = _int(ctx, params, "deferred", 0, 30 * 24 * 60)
+    now = datetime.now(UTC)
+    send_at = now + timedelta(minutes=deferred) if deferred else None
+    valid_until = now + timedelta(minutes=validity) if validity else None
+    if send_at is not None and valid_until is not None and valid_until <= send_at:
+        raise _bad(ctx, "validity", "ends before the deferred delivery")
+    return send_at, valid_until
+
+
+# Kannel's per-message SMPP parameters (smsbox_req_sendsms / smsbox_req_handle, gw/smsbox.c)
+# and their ranges there; stored as `outbound.smpp` (shared/smpp/fields.py).
+_SMPP_INTS = (("mclass", "mclass", 0, 3), ("mwi", "mwi", 0, 7), ("pid", "pid", 0, 255),
+              ("alt-dcs", "alt_dcs", 0, 1), ("rpi", "rpi", 0, 2))
+
+
+def _smpp_params(ctx: ReceiverContext, params: dict[str, bytes],
+                 coding: int) -> dict[str, Any]:
+    """The message's SMPP fields from Kannel's parameters; 400 naming a parameter smsgw
+    cannot honour (never dropped)."""
+    fields: dict[str, Any] = {}
+    for name, key, lo, hi in _SMPP_INTS:
+        value = _int(ctx, params, name, lo, hi)
+        if value is not None and (key != "rpi" or value > 0):
+            fields[key] = value
+    if "mwi" in fields and coding == 1:
+        raise _bad(ctx, "mwi", "a message waiting indication cannot carry 8-bit data")
+    if _int(ctx, params, "compress", 0, 1):
+        raise _bad(ctx, "compress", "compressed messages are not supported")
+    binfo = _str(params, "binfo")
+    if binfo:  # SMPP 3.4: Kannel sends binfo as the service_type (msg_to_pdu)
+        if len(binfo) > 5 or not all(" " <= c <= "~" for c in binfo):
+            raise _bad(ctx, "binfo", "is the SMPP service_type: up to 5 ASCII characters")
+        fields["service_type"] = binfo
+    meta_data = _str(params, "meta-data")
+    if meta_data:
+        tlvs = _meta_data_tlvs(ctx, meta_data)
+        if tlvs:
+            fields["tlvs"] = tlvs
+    return fields
+
+
+def _meta_data_tlvs(ctx: ReceiverContext, meta_data: str) -> dict[str, str]:
+    """The TLVs of Kannel meta-data's `?smpp?` group (name=value, packed as the catalogue's
+    type says); another group, an unknown name or a value Kannel would drop is a 400."""
+    try:
+        groups = parse_meta_data(meta_data)
+    except ValueError as exc:
+        raise _bad(ctx, "meta-data", str(exc)) from exc
+    if set(groups) - {"smpp"}:
+        raise _bad(ctx, "meta-data", "only the ?smpp? group is used here")
+    tlvs: dict[str, str] = {}
+    for key, value in groups.get("smpp", {}).items():
+        try:
+            tag, hexed = ctx.tlvs.from_text(key, value)
+        except ValueError as exc:
+            raise _bad(ctx, "meta-data", str(exc)) from exc
+        tlvs[tag] = hexed
+    if len(tlvs) > MAX_TLVS:
+        raise _bad(ctx, "meta-data", f"at most {MAX_TLVS} TLVs")
+    return tlvs
+
+
+def _kannel_meta(ctx: ReceiverContext, params: dict[str, bytes]) -> dict[str, str]:
+    """What Kannel keeps with a message for its dlr-url escapes: `account` (Kannel: up to 64
+    characters, none of `[]` or a line break), `binfo` and the `meta-data` text."""
+    out = {}
+    for name, key in (("account", "account"), ("binfo", "binfo"), ("meta-data", "meta_data")):
+        value = _str(params, name)
+        if not value:
+            continue
+        if "\ufffd" in value:
+            raise _bad(ctx, name, "not UTF-8")
+        if name == "account" and (len(value) > 64 or any(c in value for c in "[]\r\n")):
+            raise _bad(ctx, "account", "misformed or too long")
+        out[key] = value
+    return out
 
 
 async def sendsms(request: web.Request) -> web.StreamResponse:

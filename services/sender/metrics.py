@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 SUBMIT_OUTCOMES = ("ok", "throttled", "rejected", "timeout", "not_sent", "retry")
 MESSAGE_OUTCOMES = ("submitted", "rejected", "retry", "dead", "submit_unknown", "expired",
                     "suppressed")
-WAIT_REASONS = ("no_bind", "no_route", "quiet_hours")
+WAIT_REASONS = ("no_bind", "no_route", "quiet_hours", "scheduled")
 DLR_OUTCOMES = ("matched", "retry", "orphan")
 
 
@@ -69,7 +69,8 @@ class SenderMetrics:
                 "smsgw_possible_duplicates_total",
                 "Submits that may have reached the SMSC twice (no response, lease takeover).",
                 ["connector"], registry=registry),
-            # Messages put back to wait, by reason (no bound connector, no route, quiet hours).
+            # Messages put back to wait, by reason (no bound connector, no route, quiet hours,
+            # a schedule the connector does not pass to the SMSC).
             waiting=Counter("smsgw_sender_waiting_total",
                             "Claimed messages deferred without an attempt, by reason.",
                             ["reason"], registry=registry),

@@ -9,8 +9,11 @@ Flow, with the bounds that keep memory flat and the SMSC window full:
    `outbound.claim`). Transactional first, fair across accounts.
 2. **Prepare**: marketing inside quiet hours (recipient's zone, `policy.quiet_delay_s`) is
    deferred to the end of the quiet period; the route picks a bound connector (none bound:
-   deferred and counted, never failed); `shared.smpp.compose.build_parts` splits the text into
-   submit_sm PDUs (parts an earlier attempt already got accepted are skipped).
+   deferred and counted, never failed); a message scheduled for later (it comes early only
+   when some connector has `schedule_mode = "send"`) goes to such a connector with its
+   schedule_delivery_time, or is deferred to its `send_at` for any other;
+   `shared.smpp.compose.build_parts` splits the content into submit_sm PDUs with the
+   message's SMPP fields (parts an earlier attempt already got accepted are skipped).
 3. **Submit** (`lanes.Lane`): one bounded queue per connector, drained by `window x binds`
    workers; each worker submits on the least busy bound session (the session enforces window,
    per-slot TPS and throttling pauses).
@@ -84,6 +87,10 @@ class Submitter:
         self.in_flight: dict[int, InFlight] = {}
         self.results_ok = 0  # parts accepted by an SMSC (benchmarks and status)
         self.ported_enabled = True  # look up ported_numbers per claimed batch
+        # scheduled MTs come to this sender's claim early when one of its connectors passes
+        # schedules to the SMSC; `_prepare` holds them for the others
+        self.schedule_at_smsc = any(lane.connector.schedule_mode == "send"
+                                    for lane in self.lanes.values())
         self._space = asyncio.Event()
         for lane in self.lanes.values():
             lane.on_result = self._on_result
@@ -155,7 +162,8 @@ class Submitter:
         limit = max(1, min(budget, self.settings.batch * 10))
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await outbound.claim(conn, owner=self.owner, lease_s=self.settings.lease_s,
-                                        limit=limit, max_accounts=self.settings.max_accounts)
+                                        limit=limit, max_accounts=self.settings.max_accounts,
+                                        schedule_at_smsc=self.schedule_at_smsc)
             if any(r.unhashed for r in rows):
                 rows = await self._hash_unhashed(conn, rows)
             changes = [c for c in map(claim_change, rows) if c is not None]
@@ -233,11 +241,16 @@ class Submitter:
                                          row=row, error="lease expired before the response",
                                          connector=row.connector))
                 return None
+        # a message scheduled for later (claimed early for a connector that passes schedules
+        # to the SMSC); a reclaimed one goes now, as the claim decides for held ones
+        ahead = (row.send_at - now).total_seconds() \
+            if row.send_at is not None and not row.reclaimed else 0.0
         if row.category == "marketing" and self.quiet_hours is not None:
             zone = recipient_zone(row.to_addr, self.settings.default_time_zone)
-            delay = quiet_delay_s(now, zone, self.quiet_hours)
-            if delay > 0:
-                return delay, "quiet hours", "quiet_hours"
+            at = row.send_at if ahead > 0 and row.send_at is not None else now
+            delay = quiet_delay_s(at, zone, self.quiet_hours)
+            if delay > 0:  # the quiet hours of the instant it would be delivered
+                return ahead + delay if ahead > 0 else delay, "quiet hours", "quiet_hours"
         choice = self.router.choose(row.to_addr, account=self.account_names.get(
             row.account_id or 0), forced=row.connector or row.route_hint, ported=ported)
         if choice is None:
@@ -245,6 +258,8 @@ class Submitter:
         name = pick(choice, lambda c: c in self.lanes and self.lanes[c].up())
         if name is None:
             return self.settings.no_bind_wait_s, "no bound connector on route", "no_bind"
+        if ahead > 0 and self.lanes[name].connector.schedule_mode != "send":
+            return ahead, "scheduled", "scheduled"  # held here until send_at, as before
         if not self._enqueue(row, self.lanes[name]):
             return self.settings.no_bind_wait_s, "connector queue full", "no_bind"
         return None
@@ -256,7 +271,8 @@ class Submitter:
 
     def _enqueue(self, row: ClaimedOutbound, lane: Lane) -> bool:
         """Queue the message's parts on `lane`; False when the lane's queue cannot take them
-        (the caller defers the message). A text that cannot be encoded is rejected here."""
+        (the caller defers the message). A message that cannot be composed for this connector
+        (a text it cannot encode, TLVs it does not take) is rejected here."""
         try:
             total, parts = build_parts(row, lane.connector)
         except (ValueError, TextTooLong, UnicodeError) as exc:

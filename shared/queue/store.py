@@ -107,7 +107,8 @@ TABLES: Final[Mapping[str, _Table]] = {
          "callback_url": ("text", None), "dlr_mask": ("int2", None),
          "send_at": ("timestamptz", None), "valid_until": ("timestamptz", None),
          "inbound_id": ("int8", None), "rule_id": ("int8", None), "meta": ("jsonb", None),
-         "to_hash": ("bytea", None), **_QUEUE_COLS},
+         "to_hash": ("bytea", None), "payload": ("bytea", None), "udh": ("bytea", None),
+         "smpp": ("jsonb", None), **_QUEUE_COLS},
         ("body",)),
     "receipts": _Table(
         "receipts", Receipt, frozenset(ReceiptStatus), (ReceiptStatus.QUEUED,),

@@ -2,20 +2,40 @@
 
 Pure and SMPP-level (no I/O): the sender calls `build_parts` for each message it queues on a
 connector's lane. The encoding is the message's own when the connector allows it, else the
-cheapest the connector allows (`shared.smpp.text`); the text is split with the connector's
-concatenation method under a reference derived from the message id (`concat_ref`, stable
-across retries); the sender id gets its TON/NPI from its form (`source_ton_npi`). Parts an
-earlier attempt already got accepted are skipped.
+cheapest the connector allows (`shared.smpp.text`); a binary message (`payload`) is 8-bit
+data. The content is split with the connector's concatenation method under a reference
+derived from the message id (`concat_ref`, stable across retries), after the client's UDH
+when it has one (the concatenation element is added to it); the sender id gets its TON/NPI
+from its form (`source_ton_npi`). Parts an earlier attempt already got accepted are skipped.
+
+Every part carries the message's SMPP fields (`shared.smpp.fields`): validity_period from
+`valid_until` (unless the connector's `send_validity` is off), schedule_delivery_time from a
+future `send_at` when the connector's `schedule_mode` is "send" (absolute or relative per
+`time_format`), registered_delivery from the request (`registered_delivery`), esm_class
+(the connector's mode, UDHI, reply path), protocol_id, priority_flag, service_type (the
+message's, else the connector's), data_coding with the message class / message waiting
+group as Kannel's `fields_to_dcs`, and the client's TLVs.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol
 
 from smsgw.shared.smpp import pdu as P
 from smsgw.shared.smpp.connector import ConnectorSettings
-from smsgw.shared.smpp.text import choose_encoding, data_coding_for, split, transliterate
+from smsgw.shared.smpp.fields import fields_dcs, registered_delivery_for_mask, smpp_time
+from smsgw.shared.smpp.text import (
+    Encoding,
+    Part,
+    choose_encoding,
+    data_coding_for,
+    split,
+    split_bytes,
+    split_udh,
+    transliterate,
+)
 
 # Basic GSM 03.38 characters that cost one septet (no escapes), for the one-part fast path.
 _PLAIN_GSM = re.compile(
@@ -28,6 +48,8 @@ class Composable(Protocol):
     @property
     def id(self) -> int: ...
     @property
+    def source(self) -> str: ...
+    @property
     def body(self) -> str | None: ...
     @property
     def encoding(self) -> str | None: ...
@@ -36,7 +58,26 @@ class Composable(Protocol):
     @property
     def to_addr(self) -> str: ...
     @property
+    def callback_url(self) -> str | None: ...
+    @property
+    def dlr_mask(self) -> int | None: ...
+    @property
+    def valid_until(self) -> datetime | None: ...
+    @property
+    def send_at(self) -> datetime | None: ...
+    @property
+    def payload(self) -> bytes | None: ...
+    @property
+    def udh(self) -> bytes | None: ...
+    @property
+    def smpp(self) -> Any: ...
+    @property
     def done_parts(self) -> tuple[int, ...]: ...
+
+
+_NO_FIELDS: Final[dict[str, Any]] = {}
+_DCS_KEYS: Final = ("mclass", "mwi", "alt_dcs")
+_KANNEL_CODING: Final = {"gsm7": 0, "gsm7_packed": 0, "binary": 1, "ucs2": 2}
 
 
 def _is_alnum(addr: str) -> bool:
@@ -66,38 +107,109 @@ def concat_ref(msg_id: int, method: str) -> int:
     return msg_id & (0xFF if method == "udh8" else 0xFFFF)
 
 
-def build_parts(row: Composable,
-                connector: ConnectorSettings) -> tuple[int, list[tuple[int, P.SubmitSm]]]:
-    """Split a message for `connector`: (parts in total, [(part_no, submit_sm)]), skipping
-    the parts an earlier attempt already got accepted.
+def registered_delivery(row: Composable, connector: ConnectorSettings) -> int:
+    """What a message asks the SMSC for: a Kannel sendsms its dlr-mask's
+    (`fields.registered_delivery_for_mask`, 0 without a mask, as Kannel's `msg_to_pdu`);
+    a message whose request said `receipt: false` nothing; any other the connector's value
+    (the JSON API tracks every message's delivery). A connector with 0 never asks."""
+    if not connector.registered_delivery:
+        return 0
+    if row.source == "sendsms":
+        return registered_delivery_for_mask(row.dlr_mask)
+    if (row.smpp or _NO_FIELDS).get("receipt") is False:
+        return 0
+    return connector.registered_delivery
 
-    Raises ValueError/TextTooLong/UnicodeEncodeError when the text cannot be sent (the
-    caller rejects the message).
+
+def build_parts(row: Composable, connector: ConnectorSettings,
+                now: datetime | None = None) -> tuple[int, list[tuple[int, P.SubmitSm]]]:
+    """Split a message for `connector`: (parts in total, [(part_no, submit_sm)]), skipping
+    the parts an earlier attempt already got accepted. `now` (default: the clock) counts
+    relative times.
+
+    Raises ValueError/TextTooLong/UnicodeEncodeError when the message cannot be sent (the
+    caller rejects it).
     """
-    text = row.body or ""
-    if connector.transliterate:
-        text = transliterate(text)
-    allowed = connector.encodings
-    if row.encoding in allowed:
-        enc = row.encoding
-    elif allowed[0] == "gsm7" and len(text) <= 160 and _PLAIN_GSM.fullmatch(text):
-        enc = "gsm7"  # one part of basic GSM characters: nothing can beat it
+    fields = row.smpp or _NO_FIELDS
+    dcs_fields = bool(fields) and any(k in fields for k in _DCS_KEYS)
+    enc, empty, pieces = _pieces(row, connector, dcs_fields)
+    if dcs_fields:
+        dc = fields_dcs(_KANNEL_CODING[enc], mclass=fields.get("mclass"),
+                        mwi=fields.get("mwi"), alt_dcs=fields.get("alt_dcs"), empty=empty)
     else:
-        enc = choose_encoding(text, allowed, connector.long_message)
-    if enc == "gsm7" and connector.gsm7_packed:
-        enc = "gsm7_packed"
-    pieces = split(text, enc, connector.long_message, concat_ref(row.id, connector.long_message))
-    dc = data_coding_for(enc, connector.data_coding_0)
+        dc = data_coding_for(enc, connector.data_coding_0)
+    validity, schedule = _times(row, connector, now)
+    user_tlvs: P.Tlvs = ()
+    if fields.get("tlvs"):
+        if not connector.send_tlvs:
+            raise ValueError(f"connector {connector.name} takes no TLVs (send_tlvs = false)")
+        user_tlvs = tuple((int(k, 16), bytes.fromhex(v))
+                          for k, v in sorted(fields["tlvs"].items()))
+    esm = connector.esm_class_mode | (0x80 if fields.get("rpi") else 0)
     ston, snpi, source = source_ton_npi(row.from_addr, connector)
     dest = row.to_addr.lstrip("+")
+    rd = registered_delivery(row, connector)
+    service_type = fields.get("service_type", connector.service_type)
+    pid = fields.get("pid", 0)
+    priority = fields.get("priority_flag", 0)
     out = []
     for no, piece in enumerate(pieces, 1):
         if no in row.done_parts:
             continue
         out.append((no, P.SubmitSm(
+            service_type=service_type,
             source_addr_ton=ston, source_addr_npi=snpi, source_addr=source,
             dest_addr_ton=connector.dest_addr_ton, dest_addr_npi=connector.dest_addr_npi,
-            destination_addr=dest, esm_class=0x40 if piece.udhi else 0,
-            registered_delivery=connector.registered_delivery, data_coding=dc,
-            short_message=piece.short_message, tlvs=piece.tlvs)))
+            destination_addr=dest, esm_class=(esm | 0x40) if piece.udhi else esm,
+            protocol_id=pid, priority_flag=priority, schedule_delivery_time=schedule,
+            validity_period=validity, registered_delivery=rd, data_coding=dc,
+            short_message=piece.short_message,
+            tlvs=piece.tlvs + user_tlvs if user_tlvs else piece.tlvs)))
     return len(pieces), out
+
+
+def _pieces(row: Composable, connector: ConnectorSettings,
+            dcs_fields: bool) -> tuple[Encoding, bool, list[Part]]:
+    """(encoding, whether the content is empty, the parts) of a message's content."""
+    method = connector.long_message
+    ref = concat_ref(row.id, method)
+    if row.payload is not None:
+        pieces = (split_udh(row.payload, "binary", row.udh, method, ref) if row.udh
+                  else split_bytes(row.payload, method, ref))
+        return "binary", not row.payload, pieces
+    text = row.body or ""
+    if connector.transliterate:
+        text = transliterate(text)
+    allowed = connector.encodings
+    enc: Encoding
+    if dcs_fields:
+        # a class / message waiting data_coding holds GSM 7-bit or UCS-2 only, whatever
+        # data_coding 0 means on this SMSC (Kannel: "0xFX is always GSM 03.38")
+        enc = (row.encoding if row.encoding in ("gsm7", "ucs2")  # type: ignore[assignment]
+               else choose_encoding(text, ("gsm7", "ucs2"), method))
+    elif row.encoding in allowed:
+        enc = row.encoding  # type: ignore[assignment]
+    elif allowed[0] == "gsm7" and len(text) <= 160 and _PLAIN_GSM.fullmatch(text):
+        enc = "gsm7"  # one part of basic GSM characters: nothing can beat it
+    else:
+        enc = choose_encoding(text, allowed, method)
+    if enc == "gsm7" and connector.gsm7_packed:
+        enc = "gsm7_packed"
+    pieces = (split_udh(text, enc, row.udh, method, ref) if row.udh
+              else split(text, enc, method, ref))
+    return enc, not text, pieces
+
+
+def _times(row: Composable, connector: ConnectorSettings,
+           now: datetime | None) -> tuple[str, str]:
+    """(validity_period, schedule_delivery_time) of a message on `connector`."""
+    validity = schedule = ""
+    if row.valid_until is None and row.send_at is None:
+        return validity, schedule
+    now = now or datetime.now(UTC)
+    relative = connector.time_format == "relative"
+    if row.valid_until is not None and connector.send_validity:
+        validity = smpp_time(row.valid_until, now, relative)
+    if row.send_at is not None and connector.schedule_mode == "send" and row.send_at > now:
+        schedule = smpp_time(row.send_at, now, relative)
+    return validity, schedule

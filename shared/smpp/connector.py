@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from smsgw.shared.smpp.fields import RESERVED_TAGS, TlvDef, TlvType
 from smsgw.shared.smpp.pdu import SMPP_ESME_RX_T_APPN
 from smsgw.shared.smpp.receipts import ID_MODES
 from smsgw.shared.smpp.session import BindMode, SessionConfig
@@ -25,7 +26,38 @@ ReceiptState = Literal[
     "delivered", "undeliverable", "expired", "rejected", "unknown_receipt", "enroute", "accepted"
 ]
 
-__all__ = ["ConnectorSettings"]
+__all__ = ["ConnectorSettings", "TlvSetting"]
+
+
+class TlvSetting(BaseModel):
+    """One named optional parameter clients may set through Kannel's meta-data
+    (`?smpp?name=value`), as a Kannel `smpp-tlv` group declares it: `tag`, `type` (how the
+    value is packed) and `length` (octets of an integer; the most octets of a string)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    tag: int = Field(ge=1, le=0xFFFF)
+    type: TlvType = "octetstring"
+    length: int = Field(ge=1, le=255)
+
+    @field_validator("tag")
+    @classmethod
+    def _not_ours(cls, value: int) -> int:
+        if value in RESERVED_TAGS:
+            raise ValueError("smsgw sets this tag itself (concatenation, message_payload)")
+        return value
+
+    @model_validator(mode="after")
+    def _integer_size(self) -> "TlvSetting":
+        if self.type == "integer" and self.length not in (1, 2, 4):
+            raise ValueError("an integer TLV is 1, 2 or 4 octets long")
+        return self
+
+    def definition(self) -> TlvDef:
+        """The catalogue entry (`shared.smpp.fields.TlvCatalog`)."""
+        lo = self.length if self.type == "integer" else 0
+        return TlvDef(self.name, self.tag, self.type, lo, self.length)
 
 
 class ConnectorSettings(BaseModel):
@@ -37,10 +69,17 @@ class ConnectorSettings(BaseModel):
     this SMSC, `encodings` the allowed encodings in order of preference (the cheapest that
     holds the text wins), `transliterate` replaces look-alikes (smart quotes, dashes, ellipsis,
     NBSP) so they stay GSM,
-    `long_message` the concatenation method. Receipts: `submit_id_mode`/`receipt_id_mode`
-    normalise the ids on each side (e.g. "hex_to_dec" on submit ids when receipts carry
-    decimal), `stat_map` overrides the stat → state table, `time_zone` is the zone of the
-    receipt dates. `operator` groups sibling connectors whose receipts may cross over.
+    `long_message` the concatenation method. Per-message fields: `service_type` is sent when
+    the message names none, `esm_class_mode` the messaging mode bits of esm_class,
+    `send_validity` puts the message's validity in validity_period, `schedule_mode` "send"
+    passes a future `send_at` as schedule_delivery_time (else the sender holds the message),
+    `time_format` writes both absolute (UTC) or relative, `send_tlvs` False refuses messages
+    with TLVs, `tlvs` names optional parameters for Kannel's meta-data (its `smpp-tlv`).
+    Receipts: `submit_id_mode`/`receipt_id_mode` normalise the ids on each side (e.g.
+    "hex_to_dec" on submit ids when receipts carry decimal), `registered_delivery` is what
+    a message that wants a receipt asks for (0: never ask on this connector), `stat_map`
+    overrides the stat → state table, `time_zone` is the zone of the receipt dates.
+    `operator` groups sibling connectors whose receipts may cross over.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -77,6 +116,15 @@ class ConnectorSettings(BaseModel):
     short_codes: list[str] = Field(default_factory=list)
     registered_delivery: int = Field(default=1, ge=0, le=255)
     default_country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+
+    # Per-message fields on the wire (shared/smpp/fields.py), and what an SMSC refuses.
+    service_type: str = Field(default="", max_length=5, pattern=r"^[ -~]*$")
+    esm_class_mode: Literal[0, 3] = 0  # 0 SMSC default mode, 3 store and forward (Kannel's)
+    send_validity: bool = True  # validity_period from the message's validity, else local only
+    schedule_mode: Literal["hold", "send"] = "hold"  # hold until send_at, or send it on
+    time_format: Literal["absolute", "relative"] = "absolute"  # SMPP 3.4 7.1.1
+    send_tlvs: bool = True  # False: a message with TLVs is refused here, never sent without
+    tlvs: list[TlvSetting] = Field(default_factory=list, max_length=64)
 
     submit_id_mode: str = "as_is"
     receipt_id_mode: str = "as_is"
@@ -127,6 +175,9 @@ class ConnectorSettings(BaseModel):
             raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
         if "gsm7" in self.encodings and self.data_coding_0 != "gsm7":
             raise ValueError("encoding gsm7 needs data_coding_0 = 'gsm7'")
+        names = [t.name for t in self.tlvs]
+        if len(set(names)) != len(names) or len({t.tag for t in self.tlvs}) != len(names):
+            raise ValueError("tlvs: each name and each tag at most once")
         return self
 
     @property

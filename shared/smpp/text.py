@@ -27,18 +27,24 @@ __all__ = [
     "DecodedText",
     "Part",
     "TextTooLong",
+    "capacity",
+    "check_udh",
     "choose_encoding",
     "concat_info",
+    "count_parts_udh",
     "data_coding_for",
     "decode_message",
     "decode_text",
     "encode_text",
     "estimate",
+    "estimate_content",
     "gsm_septets",
     "is_gsm",
     "split",
     "split_bytes",
+    "split_udh",
     "transliterate",
+    "udh_elements",
 ]
 
 # GSM 03.38 default alphabet, index = septet value (3GPP TS 23.038 6.2.1). 0x1B is the escape.
@@ -418,6 +424,142 @@ def split_bytes(data: bytes, method: Method = "udh8", ref: int = 0) -> list[Part
     if method == "sar":
         return [Part(p, tlvs=_sar(ref, len(pieces), i)) for i, p in enumerate(pieces, 1)]
     return [Part(_udh(method, ref, len(pieces), i) + p, udhi=True) for i, p in enumerate(pieces, 1)]
+
+
+# --- a client's user data header ----------------------------------------------------------
+# An MT may carry the client's own UDH (Kannel `udh`, the JSON API's "udh"): port addressing,
+# WAP push, OTA, their own concatenation. It leads every part; when the message needs several
+# parts the concatenation element is appended to it and its length octet raised, as Kannel's
+# `sms_split` / `prepend_catenation_udh` (gw/sms.c) do. Capacities are what is left of the 140
+# octets of TP-User-Data (3GPP TS 23.040 9.2.3.24): (140 - UDH) octets, their septets for GSM
+# 7-bit (the fill bits round down), their pairs for UCS-2.
+
+MAX_UD = 140
+_CONCAT_IE = {"udh8": 5, "udh16": 6}  # octets a concatenation element adds: IEI, IEDL, data
+
+
+def udh_elements(udh: bytes) -> list[tuple[int, bytes]]:
+    """The (IEI, data) information elements of a UDH (its length octet first).
+
+    Raises ValueError naming what is wrong: the length octet does not match, an element is cut
+    off, or the header is longer than 140 octets."""
+    if not udh:
+        raise ValueError("is empty")
+    if len(udh) > MAX_UD:
+        raise ValueError(f"is {len(udh)} octets, more than {MAX_UD}")
+    if udh[0] + 1 != len(udh):
+        raise ValueError(f"its length octet says {udh[0]} octets follow, {len(udh) - 1} do")
+    out, i = [], 1
+    while i < len(udh):
+        if i + 2 > len(udh) or i + 2 + udh[i + 1] > len(udh):
+            raise ValueError(f"the information element at octet {i} is cut off")
+        out.append((udh[i], udh[i + 2 : i + 2 + udh[i + 1]]))
+        i += 2 + udh[i + 1]
+    return out
+
+
+def check_udh(udh: bytes) -> bool:
+    """Validate a client's UDH (see `udh_elements`); True when it carries its own
+    concatenation element (IEI 0x00 or 0x08), so the message must fit one part."""
+    return any(iei in (0x00, 0x08) for iei, _ in udh_elements(udh))
+
+
+def capacity(encoding: str, udh_len: int = 0) -> int:
+    """Units (septets, octets, UCS-2 code units) one part holds next to a UDH of `udh_len`
+    octets, its length octet included (0: no UDH)."""
+    octets = MAX_UD - udh_len
+    if encoding in ("gsm7", "gsm7_packed"):
+        return max(0, octets * 8 // 7)
+    if encoding == "ucs2":
+        return max(0, octets // 2)
+    return max(0, octets)
+
+
+def count_parts_udh(units: int, encoding: str, udh: bytes, method: Method = "udh8") -> int:
+    """Parts a content of `units` needs next to the client's `udh` with `method` (what
+    `split_udh` makes). Raises TextTooLong when it cannot be sent."""
+    own_concat = check_udh(udh)
+    if units <= capacity(encoding, len(udh)) or method == "payload":
+        return 1
+    if own_concat:
+        raise TextTooLong("the UDH carries its own concatenation element, so the content "
+                          "must fit one message")
+    if method == "sar":
+        per = capacity(encoding, len(udh))
+    else:
+        per = capacity(encoding, len(udh) + _CONCAT_IE[method])
+    if per <= 0:
+        raise TextTooLong("the UDH leaves no room for the content")
+    total = -(-units // per)
+    if total > MAX_PARTS:
+        raise TextTooLong(f"{total} parts exceed {MAX_PARTS}")
+    return total
+
+
+def estimate_content(content: str | bytes, allowed: Sequence[Encoding] = ("gsm7", "ucs2"),
+                     udh: bytes | None = None, method: Method = "udh8") -> tuple[Encoding, int]:
+    """(encoding, parts) of a text or 8-bit `content` next to the client's `udh` (the
+    receiver's answer and its parts limit). Raises ValueError / TextTooLong."""
+    if isinstance(content, bytes):
+        if udh:
+            return "binary", count_parts_udh(len(content), "binary", udh, method)
+        return "binary", _count_parts(len(content), "binary", method)
+    if not udh:
+        return estimate(content, allowed, method)
+    enc = choose_encoding(content, allowed, method)
+    return enc, count_parts_udh(_units(content, enc), enc, udh, method)
+
+
+def _with_concat(udh: bytes, method: Method, ref: int, total: int, seq: int) -> bytes:
+    ie = _udh(method, ref, total, seq)[1:]  # the element without the length octet
+    return bytes((len(udh) - 1 + len(ie),)) + udh[1:] + ie
+
+
+def split_udh(content: str | bytes, encoding: Encoding, udh: bytes, method: Method = "udh8",
+              ref: int = 0) -> list[Part]:
+    """Split `content` (text in `encoding`, or 8-bit data with encoding "binary") into parts
+    that each lead with the client's `udh`, plus the concatenation element when there are
+    several (`udh8`/`udh16`; `sar` puts it in TLVs, `payload` sends one message_payload).
+    Raises TextTooLong / UnicodeEncodeError like `split`."""
+    binary = isinstance(content, bytes)
+    units = len(content) if binary else _units(content, encoding)  # type: ignore[arg-type]
+    total = count_parts_udh(units, encoding, udh, method)
+
+    def encode(piece: str | bytes, header: bytes) -> bytes:
+        if isinstance(piece, bytes):
+            return header + piece
+        return _encode_part(piece, encoding, header)
+
+    if total == 1:
+        data = encode(content, udh)
+        if method == "payload" and len(data) > MAX_UD:
+            if len(data) > MAX_PAYLOAD:
+                raise TextTooLong(f"{len(data)} octets exceed message_payload")
+            return [Part(b"", udhi=True, tlvs=((Tag.MESSAGE_PAYLOAD, data),),
+                         text=None if binary else content)]  # type: ignore[arg-type]
+        return [Part(data, udhi=True, text=None if binary else content)]  # type: ignore[arg-type]
+    if method == "sar":
+        limit = capacity(encoding, len(udh))
+    else:
+        limit = capacity(encoding, len(udh) + _CONCAT_IE[method])
+    if binary:
+        pieces: list[str] | list[bytes] = [content[i : i + limit]  # type: ignore[misc]
+                                           for i in range(0, len(content), limit)]
+    else:
+        pieces = _chunks(content, encoding, limit)  # type: ignore[arg-type]
+    total = len(pieces)  # a GSM escape is never cut, which may take one part more
+    if total > MAX_PARTS:
+        raise TextTooLong(f"{total} parts exceed {MAX_PARTS}")
+    parts = []
+    for seq, piece in enumerate(pieces, 1):
+        text = None if binary else piece
+        if method == "sar":
+            parts.append(Part(encode(piece, udh), udhi=True, tlvs=_sar(ref, total, seq),
+                              text=text))  # type: ignore[arg-type]
+        else:
+            parts.append(Part(encode(piece, _with_concat(udh, method, ref, total, seq)),
+                              udhi=True, text=text))  # type: ignore[arg-type]
+    return parts
 
 
 # --- MO decoding ---------------------------------------------------------------------------

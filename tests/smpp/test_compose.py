@@ -7,6 +7,7 @@ under test."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -27,6 +28,14 @@ class Msg:
     from_addr: str = "SMSGW"
     to_addr: str = "+447700900001"
     done_parts: tuple[int, ...] = ()
+    source: str = "cli"
+    callback_url: str | None = None
+    dlr_mask: int | None = None
+    valid_until: datetime | None = None
+    send_at: datetime | None = None
+    payload: bytes | None = None
+    udh: bytes | None = None
+    smpp: dict[str, Any] | None = None
 
 
 @pytest.mark.parametrize(("addr", "expected"), [
