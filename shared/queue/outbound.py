@@ -6,7 +6,7 @@ their `outbound_part` rows.
   suppression and scheduling decided in the same statement), `hash_claimed`, `write_back`
   (message states and their `outbound_part` rows, fenced by the lease owner), `defer`,
   `release`, and `log_events` for the trace;
-- receipt matching (the sender's matcher): `finalize`, `buffered_watchers`;
+- receipt matching (the sender's matcher): `finalize`;
 - retention: `PURGE_PARTS`.
 
 The SQL is `sql/outbound.sql`, each statement with the comment that says why it is shaped that
@@ -43,7 +43,6 @@ _DEFER: Final = _SQL["defer"]
 _RELEASE: Final = _SQL["release"]
 _LOG_EVENTS: Final = _SQL["log_events"]
 _FINALIZE: Final = _SQL["finalize"]
-_BUFFERED_WATCHERS: Final = _SQL["buffered_watchers"]
 
 
 # -- intake -----------------------------------------------------------------------------------
@@ -166,8 +165,3 @@ async def finalize(conn: asyncpg.Connection, ids: Sequence[int]) -> list[StatusC
     retention move, `outbound_history`; return the changes (for status callbacks)."""
     return [StatusChange.from_record(r) for r in await conn.fetch(_FINALIZE, list(ids))]
 
-
-async def buffered_watchers(conn: asyncpg.Connection, ids: Sequence[int]) -> list[StatusChange]:
-    """Of messages `ids` that got an intermediate receipt, those whose application asked for
-    Kannel "queued on SMSC" reports (dlr-mask bit 4), as `enroute` changes."""
-    return [StatusChange.from_record(r) for r in await conn.fetch(_BUFFERED_WATCHERS, list(ids))]

@@ -499,7 +499,7 @@ def _check_claim_columns(names: list[str]) -> None:
 class StatusChange:
     """A message state change an application may want to hear about (a status callback).
 
-    Made by `outbound.finalize` and `outbound.buffered_watchers` after receipt matching, and by
+    Made by `outbound.finalize` after receipt matching, and by
     the sender for states it sets itself (rejected, expired, suppressed, …).
     """
 
@@ -520,7 +520,7 @@ class StatusChange:
 
     @classmethod
     def from_record(cls, r: _Row) -> StatusChange:
-        """From an `outbound.finalize` / `outbound.buffered_watchers` row."""
+        """From an `outbound.finalize` row."""
         return cls(outbound_id=r["id"], status=r["status"], account_id=r["account_id"],
                    from_addr=r["from_addr"], to_addr=r["to_addr"], client_ref=r["client_ref"],
                    callback_url=r["callback_url"], dlr_mask=r["dlr_mask"], meta=r["meta"],

@@ -324,22 +324,6 @@ SELECT * FROM hot
 UNION ALL
 SELECT * FROM hist
 
--- name: buffered_watchers
--- Of messages $1 that got an intermediate receipt, those whose application asked for Kannel
--- "queued on SMSC" reports (dlr-mask bit 4), wherever the row lives.
-SELECT o.id, 'enroute' AS status, o.account_id, o.from_addr, o.to_addr, o.client_ref,
-       o.callback_url, o.dlr_mask, o.meta, o.parts_total, o.connector, o.error_code,
-       o.last_error, 0 AS delivered
-  FROM unnest($1::bigint[]) AS u(id) JOIN outbound o ON o.id = u.id
- WHERE o.callback_url IS NOT NULL AND o.dlr_mask & 4 <> 0
-   AND o.meta->>'callback_style' = 'kannel'
-UNION ALL
-SELECT o.id, 'enroute', o.account_id, o.from_addr, o.to_addr, o.client_ref, o.callback_url,
-       o.dlr_mask, o.meta, o.parts_total, o.connector, o.error_code, o.last_error, 0
-  FROM unnest($1::bigint[]) AS u(id) JOIN outbound_history o ON o.id = u.id
- WHERE o.callback_url IS NOT NULL AND o.dlr_mask & 4 <> 0
-   AND o.meta->>'callback_style' = 'kannel'
-
 -- name: purge_parts
 -- Delete up to $2 outbound_part rows created more than $1 seconds ago (no receipt can still
 -- arrive for them: the smsc id → part map is kept that long).
