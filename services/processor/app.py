@@ -38,6 +38,7 @@ from smsgw.shared.domain.suppression import MISSING_SECRET, NumberHasher, rekey_
 from smsgw.shared.queue.listener import CHANNELS
 from smsgw.shared.runtime.config import AppConfig
 from smsgw.shared.runtime.daemon import Daemon
+from smsgw.shared.smpp.fields import TlvCatalog
 
 REKEY_INTERVAL_S: Final = 60.0
 
@@ -46,6 +47,11 @@ def _secret_bytes(config: AppConfig[ProcessorSettings]) -> bytes | None:
     """The server secret, which derives the accounts' callback signing secrets."""
     secret = config.server_secret
     return secret.get_secret_value().encode() if secret is not None else None
+
+
+def _tlv_catalog(config: AppConfig[ProcessorSettings]) -> TlvCatalog:
+    """The TLVs a reply's X-Kannel-Meta-Data may set: SMPP 3.4's and the connectors' `tlvs`."""
+    return TlvCatalog(t.definition() for c in config.connectors for t in c.tlvs)
 
 
 class ProcessorDaemon(Daemon[ProcessorSettings]):
@@ -69,7 +75,8 @@ class ProcessorDaemon(Daemon[ProcessorSettings]):
         pmetrics = ProcessorMetrics.create(self.registry)
         hasher = NumberHasher.from_config(self.config)
         assert hasher is not None  # required_config
-        self.engine = Engine(self.pool, self.settings, metrics=pmetrics, hasher=hasher)
+        self.engine = Engine(self.pool, self.settings, metrics=pmetrics, hasher=hasher,
+                             mo_accounts={c.name: c.system_id for c in self.config.connectors})
         async with self.pool.acquire() as conn:
             await self.engine.ensure_rules(conn)  # rules loaded before READY=1
             await self._rekey(conn)
@@ -78,7 +85,8 @@ class ProcessorDaemon(Daemon[ProcessorSettings]):
             allowed_networks=self.config.webhooks.allowed_networks, metrics=pmetrics,
             secrets=SecretResolver(server_secret=_secret_bytes(self.config)),
             poll_s=self.settings.poll_s, hasher=hasher,
-            connectors=[c.name for c in self.config.connectors])
+            connectors=[c.name for c in self.config.connectors],
+            tlvs=_tlv_catalog(self.config))
         await self.callbacks.start()
         self.add_worker("inbound_loop", lambda: self.consume(CHANNELS["inbound"], self._claim_pass))
         self.add_worker("callbacks_loop", self._callbacks_loop)
@@ -123,11 +131,13 @@ class ProcessorDaemon(Daemon[ProcessorSettings]):
     async def on_reload(self, new: AppConfig[ProcessorSettings]) -> None:
         """SIGHUP: new [processor] keys, a fresh rule set, the callback limits."""
         self.engine.update_settings(new.daemon)
+        self.engine.mo_accounts = {c.name: c.system_id for c in new.connectors}
         async with self.pool.acquire() as conn:
             await self.engine.ensure_rules(conn)
         self.callbacks.settings = new.daemon.callbacks
         self.callbacks.set_allowed_networks(new.webhooks.allowed_networks)
         self.callbacks.connectors = frozenset(c.name for c in new.connectors)
+        self.callbacks.tlvs = _tlv_catalog(new)
 
     async def release(self) -> None:
         """After the drain: hand back callback leases still held, close the HTTP session."""

@@ -58,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncpg
 import structlog
+from yarl import URL
 
 from smsgw.services.processor import kannel_reply
 from smsgw.services.processor.kannel_reply import Answer, ReplyPlan
@@ -86,6 +88,7 @@ from smsgw.shared.domain.urlguard import (
 from smsgw.shared.queue import store
 from smsgw.shared.queue.records import Callback, DedupeKey
 from smsgw.shared.runtime.metrics import smsgw_version
+from smsgw.shared.smpp.fields import TlvCatalog
 
 log = structlog.get_logger("smsgw.processor.callbacks")
 
@@ -174,20 +177,22 @@ class CallbackDelivery:
     allowed_networks`; `set_allowed_networks` on reload) are injected; call
     `start()` inside the running loop (the HTTP session is opened there), `run(stop)` as a
     worker, and `release()` after the drain to give back leases still held. Replies from
-    bodies need `hasher` (the recipients' keyed hashes) and `connectors` (the names
-    X-Kannel-SMSC may name).
+    bodies need `hasher` (the recipients' keyed hashes), `connectors` (the names
+    X-Kannel-SMSC may name) and `tlvs` (what X-Kannel-Meta-Data may set).
     """
 
     def __init__(self, pool: asyncpg.Pool, settings: CallbackSettings, *, owner: str,
                  allowed_networks: Iterable[Any] = (),
                  metrics: ProcessorMetrics | None = None,
                  secrets: SecretResolver | None = None, poll_s: float = 5.0,
-                 hasher: NumberHasher | None = None, connectors: Iterable[str] = ()) -> None:
+                 hasher: NumberHasher | None = None, connectors: Iterable[str] = (),
+                 tlvs: TlvCatalog | None = None) -> None:
         self.pool = pool
         self.settings = settings
         self.owner = owner
         self.hasher = hasher
         self.connectors = frozenset(connectors)
+        self.tlvs = tlvs or TlvCatalog()
         self.policy = AddressPolicy(allowed_networks)
         self.metrics = metrics
         self.secrets = secrets or SecretResolver()
@@ -381,7 +386,7 @@ class CallbackDelivery:
         try:
             plan = kannel_reply.build(row.reply, answer, callback_id=row.id,
                                       inbound_id=row.inbound_id, now=datetime.now(UTC),
-                                      connectors=self.connectors)
+                                      connectors=self.connectors, tlvs=self.tlvs)
         except ValueError as exc:  # a stored snapshot this release cannot read
             plan = ReplyPlan("refused", reason=f"reply settings invalid: {exc}"[:300])
         if plan.rows and self.hasher is None:
@@ -396,8 +401,8 @@ class CallbackDelivery:
         assert self._session is not None, "start() first"
         answer = None
         try:
-            async with self._session.request(method, url, data=body, headers=headers,
-                                             allow_redirects=False) as resp:
+            async with self._session.request(method, request_url(url), data=body,
+                                             headers=headers, allow_redirects=False) as resp:
                 status = resp.status
                 if limit is not None and 200 <= status < 300:
                     data = await _read_at_most(resp, limit)
@@ -521,6 +526,17 @@ class CallbackDelivery:
 
 def _all(rows: list[Callback], outcome: str, error: str | None) -> list[Result]:
     return [Result(r.id, r.kind, outcome, error) for r in rows]
+
+
+_NOT_AS_IS = re.compile(r"[^\x21-\x7e]")  # a character a request line cannot carry as it is
+
+
+def request_url(url: str) -> URL:
+    """The URL as the request sends it: byte for byte when it is already fit for a request
+    line (a rendered Kannel get-url or dlr-url says `%3F` and `%40` where yarl would write
+    `?` and `@`; the application and a signature over the request target see what the
+    template made), else quoted by yarl (a template with a space or non-ASCII text)."""
+    return URL(url, encoded=_NOT_AS_IS.search(url) is None)
 
 
 def _body_limit(row: Callback) -> int | None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -264,8 +264,10 @@ class Planner:
     """Phase 2, pure: turn decisions into a `Plan`, given recorded quota counts and floods."""
 
     def __init__(self, keywords: OptOutKeywords, counts: dict[QuotaKey, int],
-                 flooded: set[int], keys: dict[tuple[int, int], QuotaKey]) -> None:
+                 flooded: set[int], keys: dict[tuple[int, int], QuotaKey],
+                 mo_accounts: Mapping[str, str] | None = None) -> None:
         self.keywords = keywords
+        self.mo_accounts = mo_accounts or {}
         self.counts = counts
         self.flooded = flooded
         self.keys = keys
@@ -377,7 +379,11 @@ class Planner:
                 action.get_url, sender=msg.from_addr, receiver=msg.to_addr, text=msg.text,
                 at=msg.at, smsc=msg.connector, message_id=msg.id, service=rule.rule.name,
                 coding=msg.coding, raw=msg.raw,
-                reply_sender=reply["from"] if reply is not None else None)
+                reply_sender=reply["from"] if reply is not None else None,
+                # Kannel's SMPP MO: account = the bind's system-id, meta-data its "?smpp?"
+                # group (the MO's TLVs, which smsgw does not keep)
+                account=self.mo_accounts.get(msg.connector or ""),
+                meta_data="?smpp?" if msg.channel == "smpp" else None)
             return Forward(msg.id, url, "GET", None, None, reply=reply)
         body = orjson.dumps({
             "id": msg.id, "from": msg.from_addr, "to": msg.to_addr, "text": msg.text,
@@ -416,9 +422,11 @@ class Planner:
 
 def plan_batch(decisions: Sequence[Decision], keywords: OptOutKeywords,
                counts: dict[QuotaKey, int], flooded: set[int],
-               keys: dict[tuple[int, int], QuotaKey] | None = None) -> Plan:
-    """Phase 2, pure: the `Plan` of a batch (see `Planner`); `keys` from `quota_keys`."""
-    return Planner(keywords, dict(counts), flooded, keys or {}).build(decisions)
+               keys: dict[tuple[int, int], QuotaKey] | None = None,
+               mo_accounts: Mapping[str, str] | None = None) -> Plan:
+    """Phase 2, pure: the `Plan` of a batch (see `Planner`); `keys` from `quota_keys`;
+    `mo_accounts` the system-id of each connector (a get-url's `%o`, as Kannel fills it)."""
+    return Planner(keywords, dict(counts), flooded, keys or {}, mo_accounts).build(decisions)
 
 
 # --- database side ----------------------------------------------------------------------------
@@ -569,8 +577,10 @@ class Engine:
     """
 
     def __init__(self, pool: asyncpg.Pool, settings: ProcessorKeys, *, hasher: NumberHasher,
-                 metrics: ProcessorMetrics | None = None) -> None:
+                 metrics: ProcessorMetrics | None = None,
+                 mo_accounts: Mapping[str, str] | None = None) -> None:
         self.pool = pool
+        self.mo_accounts = dict(mo_accounts or {})  # connector → system-id (get-url %o)
         self.hasher = hasher  # keyed number hashes: suppressions and replies' to_hash
         self.settings = settings
         self.metrics = metrics
@@ -654,7 +664,7 @@ class Engine:
         decisions = decide(messages, rules, self.keywords)
         keys = quota_keys(decisions)
         counts = await quota_counts(conn, keys.values())
-        plan = plan_batch(decisions, self.keywords, counts, flooded, keys)
+        plan = plan_batch(decisions, self.keywords, counts, flooded, keys, self.mo_accounts)
         await write_plan(conn, plan, events=s.events, hasher=self.hasher)
         if self.metrics:
             for category, n in Counter(r.category for r in plan.replies).items():

@@ -2,10 +2,11 @@
 
 A `forward` rule action with `reply_from_body` (services/processor/rules.py `ReplyFromBody`)
 behaves as a Kannel 1.4.5 `get-url`/`post-url` sms-service does with the answer of the
-application (gw/smsbox.c `url_result_thread`, `fill_message`, `send_message`; gw/sms.c
-`sms_split`): this module is that part, pure (no I/O), so each step is testable alone. The
-callback delivery (`callbacks.py`) reads the answer (at most `max_body_bytes`) and writes the
-rows this module returns in the transaction that marks the callback done.
+application (gw/smsbox.c `url_result_thread`, `get_x_kannel_from_headers`, `fill_message`,
+`send_message`; gw/sms.c `sms_split`): this module is that part, pure (no I/O), so each step
+is testable alone. The callback delivery (`callbacks.py`) reads the answer (at most
+`max_body_bytes`) and writes the rows this module returns in the transaction that marks the
+callback done.
 
 The steps, in Kannel's order:
 1. `max_messages` 0: no reply at all (`send_message`: "No reply sent, denied").
@@ -13,20 +14,25 @@ The steps, in Kannel's order:
    type without a charset is read as `default_charset` (ISO-8859-1, RFC 2616 3.7.1, as Kannel).
    `text/plain` is the body as it is; `text/html` and `text/vnd.wap.wml` lose their tags,
    comments and entities and their blanks are squeezed (`html_to_sms`), after the `prefix` …
-   `suffix` cut when both are set; `application/octet-stream` is 8-bit data (binary); any other
-   type (`text/xml` included, see "Not supported") is answered with `unrepresentable_message`,
-   as Kannel answers with its `reply_couldnotrepresent` text.
-3. The charset: a body that does not decode in it is answered with `unrepresentable_message`
-   (Kannel's `sms_charset_processing` failing).
+   `suffix` cut when both are set; `application/octet-stream` is 8-bit data (binary, sent as
+   it is) unless `X-Kannel-Coding` says otherwise; any other type (`text/xml` included, see
+   "Not supported") is answered with `unrepresentable_message`, as Kannel answers with its
+   `reply_couldnotrepresent` text.
+3. The charset: text that does not decode in it is answered with `unrepresentable_message`
+   (Kannel's `sms_charset_processing` failing). 8-bit data is never converted.
 4. `X-Kannel-*` headers (`get_x_kannel_from_headers`) apply only with
    `accept_x_kannel_headers`; without it they are ignored and named in the result's `denied`
-   (Kannel logs "Tried to change …, denied"). See `HEADERS` for what each one sets.
-5. Empty text: nothing with `omit_empty`, else `empty_message` (Kannel's `reply-emptymessage`).
+   (Kannel logs "Tried to change …, denied"). `HEADERS` says what each one sets; their values
+   are checked as sendsms checks the same parameters (services/receiver/sendsms.py), and a
+   value smsgw cannot honour refuses the reply (never sent without it).
+5. Empty content: nothing with `omit_empty`, else `empty_message` (Kannel's
+   `reply-emptymessage`).
 6. Split (`sms_split`): `header`/`footer` on every part, `split_suffix` on every part but the
    last, cut after the last of `split_chars` that fits, at most `max_messages` parts (the rest
-   is dropped, as in Kannel). With `concatenation` the parts are joined again into ONE MT that
-   the sender sends as a concatenated message (Kannel joins them for the bearerbox to
-   concatenate); without it each part is an MT of its own, and only the first asks for a DLR.
+   is dropped, as in Kannel), part sizes next to the application's UDH as Kannel counts them.
+   With `concatenation` the parts are joined again into ONE MT that the sender sends as a
+   concatenated message (Kannel joins them for the bearerbox to concatenate); without it each
+   part is an MT of its own, and only the first asks for a DLR.
 7. Numbers as Kannel swaps them: from the number the MO was sent to (or the action's `from`,
    Kannel's `faked-sender`) to the MO's sender, unless `X-Kannel-From`/`X-Kannel-To` say
    otherwise (both normalised and checked like any MT's numbers).
@@ -37,12 +43,15 @@ Deliberate differences from Kannel (each one keeps a message that Kannel would m
   "text, automatic" as for sendsms `coding=0`, and the split uses the encoding the text needs.
 - When the remainder of a text fits the last part, Kannel still cuts it `split_suffix` short
   (and drops those characters); here the last part, which carries no suffix, takes them.
+- Header, footer and suffix are counted in the units of the encoding (a GSM extension
+  character is two septets); Kannel counts their UTF-8 octets.
+- A UDH that carries its own concatenation element limits the reply to one part (Kannel would
+  add a second concatenation element to each part).
 - A refusal (a header that cannot be honoured, a number that is not one) sends nothing rather
   than a text: `outcome` "refused" with the reason, logged and in the callback's events.
 
-Not supported (answered as refusals naming the header or the type): Kannel's XML replies
-(`text/xml`, `get_x_kannel_from_xml`), `X-Kannel-Compress` other than 0, and the fields listed
-in `PENDING` until the outbound table can hold them.
+Not supported (refusals naming the header or answered as unrepresentable): Kannel's XML
+replies (`text/xml`, `get_x_kannel_from_xml`) and `X-Kannel-Compress` other than 0.
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
+from urllib.parse import unquote_to_bytes
 
 from smsgw.services.processor.rules import ReplyFromBody
 from smsgw.shared.domain.numbers import (
@@ -63,47 +73,50 @@ from smsgw.shared.domain.numbers import (
     normalise_sender,
 )
 from smsgw.shared.domain.urlguard import UnsafeUrl, check_url_form
-from smsgw.shared.smpp.text import gsm_septets, is_gsm
+from smsgw.shared.smpp.fields import (
+    MAX_TLVS,
+    TlvCatalog,
+    parse_meta_data,
+    registered_delivery_for_mask,
+)
+from smsgw.shared.smpp.text import check_udh, gsm_septets, is_gsm
 
 Outcome = Literal["queued", "omitted", "refused"]
 
-# Per part, in the units of the encoding: (one SMS, one part of a concatenated SMS). Kannel's
-# sms_split from 140 octets: 7-bit (140 - udh) * 8 / 7, UCS-2 and 8-bit 140 - udh octets, with
-# a 6-octet concatenation UDH (length octet + CATENATE_UDH_LEN 5).
-_LIMITS: Final[Mapping[str, tuple[int, int]]] = {"gsm7": (160, 153), "ucs2": (70, 67),
-                                                 "binary": (140, 134)}
+MAX_UD: Final = 140  # octets of user data in one SMS (Kannel's sms_max_length)
+CATENATE_UDH_LEN: Final = 5  # gw/sms.c: the concatenation element, its IEI and length included
 
 # Bounds as sendsms takes them (services/receiver/sendsms.py), in minutes.
 _VALIDITY_MAX_MIN: Final = 7 * 24 * 60
 _DEFERRED_MAX_MIN: Final = 30 * 24 * 60
 
 HEADERS: Final[Mapping[str, str]] = {
-    # X-Kannel header → what it sets on the reply
+    # X-Kannel header → what it sets on the reply (as the sendsms parameter of the same name)
     "X-Kannel-From": "the sender (E.164, a short code or an alphanumeric id)",
     "X-Kannel-To": "the recipient (E.164 or a short code)",
     "X-Kannel-SMSC": "the connector (one of [[connectors]]), as sendsms `smsc`",
-    "X-Kannel-Coding": "0 text (GSM 7-bit or UCS-2 as needed), 2 UCS-2; 1 (8-bit) is pending",
-    "X-Kannel-DLR-Mask": "the dlr-mask (0-31)",
+    "X-Kannel-Coding": "0 text (GSM 7-bit or UCS-2 as needed), 1 8-bit data, 2 UCS-2",
+    "X-Kannel-UDH": "the user data header (hex, or URL-encoded octets)",
+    "X-Kannel-MClass": "the message class 0-3 (0: flash)",
+    "X-Kannel-MWI": "the message waiting indication 0-7",
+    "X-Kannel-PID": "the protocol id 0-255",
+    "X-Kannel-Alt-DCS": "the 0xFX data coding form (0, 1)",
+    "X-Kannel-RPI": "the reply path (1 set, 2 cleared)",
+    "X-Kannel-DLR-Mask": "the dlr-mask (0-63)",
     "X-Kannel-DLR-URL": "the dlr-url (Kannel escapes, as sendsms `dlr-url`)",
     "X-Kannel-Validity": "validity in minutes from now",
     "X-Kannel-Deferred": "send after this many minutes",
-    "X-Kannel-Priority": "priority 0-3, as sendsms `priority`",
-    "X-Kannel-Account": "kept in the reply's meta as `account` (dlr-url %o)",
-    "X-Kannel-BInfo": "kept in the reply's meta as `billing` (dlr-url %B)",
+    "X-Kannel-Priority": "priority 0-3: the SMPP priority_flag and the queue order",
+    "X-Kannel-Account": "kept with the reply as `account` (dlr-url %o)",
+    "X-Kannel-BInfo": "the SMPP service_type (up to 5 characters), as Kannel sends it",
+    "X-Kannel-Meta-Data": "TLVs of the ?smpp? group",
     "X-Kannel-Compress": "only 0 (GSM 03.42 compression is not supported)",
 }
-# Headers whose fields the outbound table cannot hold yet: a reply naming one is refused.
-PENDING: Final[Mapping[str, str]] = {
-    "X-Kannel-UDH": "a user data header",
-    "X-Kannel-MClass": "a message class (flash)",
-    "X-Kannel-MWI": "a message waiting indication",
-    "X-Kannel-PID": "a protocol id",
-    "X-Kannel-Alt-DCS": "an alternative data coding",
-    "X-Kannel-RPI": "a reply path indication",
-    "X-Kannel-Meta-Data": "SMPP TLVs (meta-data)",
-}
 # Header names are case-insensitive; Kannel's spelling, by lower case.
-_NAMES: Final[Mapping[str, str]] = {n.lower(): n for n in (*HEADERS, *PENDING)}
+_NAMES: Final[Mapping[str, str]] = {n.lower(): n for n in HEADERS}
+_SMPP_INTS: Final = (("X-Kannel-MClass", "mclass", 0, 3), ("X-Kannel-MWI", "mwi", 0, 7),
+                     ("X-Kannel-PID", "pid", 0, 255), ("X-Kannel-Alt-DCS", "alt_dcs", 0, 1),
+                     ("X-Kannel-RPI", "rpi", 0, 2))
 _HTML_TYPES: Final = frozenset({"text/html", "text/vnd.wap.wml"})
 _COMMENT_RE: Final = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
 _TAG_RE: Final = re.compile(r"<[^>]*(?:>|\Z)")
@@ -210,12 +223,29 @@ def cut_prefix_suffix(text: str, prefix: str | None, suffix: str | None) -> str:
 # --- splitting (gw/sms.c sms_split) -------------------------------------------------------------
 
 def units(text: str, encoding: str) -> int:
-    """Length in the units a part is measured in: septets, UTF-16 code units or octets."""
+    """Length in the units a part is measured in: septets, UTF-16 code units or octets
+    ("binary": a latin-1 string standing for the octets)."""
     if encoding == "gsm7":
         return gsm_septets(text)
     if encoding == "ucs2":
         return len(text) + sum(1 for c in text if ord(c) > 0xFFFF)
     return len(text)
+
+
+def limits(encoding: str, udh_len: int = 0) -> tuple[int, int]:
+    """Units per part (one SMS, one part of a concatenated SMS) next to a UDH of `udh_len`
+    octets, as sms_split counts them from 140 octets: 7-bit (140 - udh) * 8 / 7, UCS-2 half
+    the octets, 8-bit the octets; a concatenated part adds a 5-octet element (and the UDH's
+    length octet when there was no UDH)."""
+    single = MAX_UD - udh_len
+    concat = MAX_UD - (udh_len or 1) - CATENATE_UDH_LEN
+
+    def of(octets: int) -> int:
+        if encoding == "gsm7":
+            return octets * 8 // 7
+        return octets // 2 if encoding == "ucs2" else octets
+
+    return of(single), of(concat)
 
 
 def _cut(text: str, encoding: str, limit: int) -> int:
@@ -243,21 +273,22 @@ def _extract(rest: str, encoding: str, split_chars: str, limit: int) -> tuple[st
 
 def split_reply(text: str, encoding: str, *, header: str = "", footer: str = "",
                 split_chars: str = "", split_suffix: str = "", concatenation: bool = False,
-                max_messages: int = 1) -> list[str]:
-    """Kannel's `sms_split` for a reply text: the parts' texts, decorations included.
+                max_messages: int = 1, udh_len: int = 0) -> list[str]:
+    """Kannel's `sms_split` for a reply: the parts' contents, decorations included.
 
-    `encoding` ("gsm7", "ucs2", "binary" — latin-1 text standing for octets) sizes the parts;
-    with `concatenation` a text longer than one SMS is cut in concatenated-part sizes. Raises
-    ValueError when the decorations leave no room.
+    `encoding` ("gsm7", "ucs2", "binary" — a latin-1 string standing for octets) sizes the
+    parts next to a UDH of `udh_len` octets; with `concatenation` a content longer than one SMS
+    is cut in concatenated-part sizes. Raises ValueError when the decorations (or the UDH)
+    leave no room.
     """
-    single, concat = _LIMITS[encoding]
+    single, concat = limits(encoding, udh_len)
     decoration = units(header, encoding) + units(footer, encoding)
     suffix = units(split_suffix, encoding)
     max_len = single - decoration
     if units(text, encoding) > max_len and concatenation:
         max_len = concat - decoration
     if max_len - suffix <= 0:
-        raise ValueError("header, footer and split_suffix leave no room for the text")
+        raise ValueError("header, footer, split_suffix and UDH leave no room for the content")
     parts: list[str] = []
     rest = text
     while True:
@@ -314,6 +345,19 @@ def _recipient(raw: str, header: bool) -> str:
         raise _Refused(f"{where}: {exc}") from None
 
 
+def _udh(raw: str) -> bytes:
+    # get_x_kannel_from_headers: hex, or else URL-encoded octets
+    try:
+        udh = bytes.fromhex(raw)
+    except ValueError:
+        udh = unquote_to_bytes(raw)
+    try:
+        check_udh(udh)
+    except ValueError as exc:
+        raise _Refused(f"X-Kannel-UDH: {exc}") from None
+    return udh
+
+
 # --- the whole answer ---------------------------------------------------------------------------
 
 @dataclass(slots=True)
@@ -324,6 +368,8 @@ class _Fields:
     recipient: str
     to_from_header: bool = False
     coding: int | None = None
+    udh: bytes | None = None
+    smpp: dict[str, Any] = field(default_factory=dict)
     route_hint: str | None = None
     dlr_url: str | None = None
     dlr_mask: int | None = None
@@ -333,30 +379,67 @@ class _Fields:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _apply_headers(f: _Fields, headers: Mapping[str, str], connectors: frozenset[str]) -> None:
-    """fill_message, for the headers accepted (see `HEADERS`; `PENDING` are refused)."""
-    for name, what in PENDING.items():
-        if name in headers:
-            raise _Refused(f"{name}: {what} cannot be sent in a reply yet")
+@dataclass(frozen=True, slots=True)
+class _Context:
+    connectors: frozenset[str]
+    tlvs: TlvCatalog
+
+
+def _apply_headers(f: _Fields, headers: Mapping[str, str], ctx: _Context) -> None:
+    """fill_message, for the headers accepted (see `HEADERS`)."""
     if "X-Kannel-From" in headers:
         f.sender = _sender(headers["X-Kannel-From"])
     if "X-Kannel-To" in headers:
         f.recipient, f.to_from_header = headers["X-Kannel-To"], True
     smsc = headers.get("X-Kannel-SMSC")
     if smsc is not None:
-        if smsc not in connectors:
+        if smsc not in ctx.connectors:
             raise _Refused(f"X-Kannel-SMSC: {smsc[:40]!r} is not a configured connector")
         f.route_hint = smsc
-    _apply_delivery(f, headers)
-
-
-def _apply_delivery(f: _Fields, headers: Mapping[str, str]) -> None:
     coding = _int(headers, "X-Kannel-Coding", 0, 2)
-    if coding == 1:
-        raise _Refused("X-Kannel-Coding: 1 (8-bit data) cannot be sent in a reply yet")
     f.coding = coding if coding is not None else f.coding
     if _int(headers, "X-Kannel-Compress", 0, 1):
         raise _Refused("X-Kannel-Compress: compressed SMS (GSM 03.42) is not supported")
+    if "X-Kannel-UDH" in headers:
+        f.udh = _udh(headers["X-Kannel-UDH"])
+    _apply_smpp(f, headers, ctx)
+    _apply_delivery(f, headers)
+
+
+def _apply_smpp(f: _Fields, headers: Mapping[str, str], ctx: _Context) -> None:
+    # the fields sendsms stores in outbound.smpp (shared/smpp/fields.py)
+    for name, key, low, high in _SMPP_INTS:
+        value = _int(headers, name, low, high)
+        if value is not None and (key != "rpi" or value > 0):
+            f.smpp[key] = value
+    binfo = headers.get("X-Kannel-BInfo")
+    if binfo:  # SMPP 3.4: Kannel sends binfo as the service_type (msg_to_pdu)
+        if len(binfo) > 5 or not all(" " <= c <= "~" for c in binfo):
+            raise _Refused("X-Kannel-BInfo: is the SMPP service_type: up to 5 ASCII characters")
+        f.smpp["service_type"] = binfo
+        f.meta["binfo"] = binfo
+    meta_data = headers.get("X-Kannel-Meta-Data")
+    if meta_data:
+        try:
+            groups = parse_meta_data(meta_data)
+            if set(groups) - {"smpp"}:
+                raise ValueError("only the ?smpp? group is used here")
+            tlvs = dict(ctx.tlvs.from_text(k, v) for k, v in groups.get("smpp", {}).items())
+        except ValueError as exc:
+            raise _Refused(f"X-Kannel-Meta-Data: {exc}") from None
+        if len(tlvs) > MAX_TLVS:
+            raise _Refused(f"X-Kannel-Meta-Data: at most {MAX_TLVS} TLVs")
+        if tlvs:
+            f.smpp["tlvs"] = tlvs
+        f.meta["meta_data"] = meta_data[:1000]
+    account = headers.get("X-Kannel-Account")
+    if account:
+        if len(account) > 64 or any(c in account for c in "[]\r\n"):
+            raise _Refused("X-Kannel-Account: misformed or too long")
+        f.meta["account"] = account
+
+
+def _apply_delivery(f: _Fields, headers: Mapping[str, str]) -> None:
     dlr_url = headers.get("X-Kannel-DLR-URL")
     if dlr_url is not None:
         if not dlr_url.startswith(("http://", "https://")):
@@ -366,29 +449,35 @@ def _apply_delivery(f: _Fields, headers: Mapping[str, str]) -> None:
         except UnsafeUrl as exc:
             raise _Refused(f"X-Kannel-DLR-URL: {exc}") from None
         f.dlr_url = dlr_url
-    mask = _int(headers, "X-Kannel-DLR-Mask", 0, 31)
+    mask = _int(headers, "X-Kannel-DLR-Mask", 0, 63)
     f.dlr_mask = mask if mask is not None else f.dlr_mask
     f.validity = _int(headers, "X-Kannel-Validity", 1, _VALIDITY_MAX_MIN)
     f.deferred = _int(headers, "X-Kannel-Deferred", 0, _DEFERRED_MAX_MIN)
+    if f.validity is not None and f.deferred is not None and f.validity <= f.deferred:
+        raise _Refused("X-Kannel-Validity: ends before the deferred delivery")
     f.priority = _int(headers, "X-Kannel-Priority", 0, 3)
-    for name, key in (("X-Kannel-Account", "account"), ("X-Kannel-BInfo", "billing")):
-        if name in headers:
-            f.meta[key] = headers[name][:200]
+    if f.priority:  # Kannel's priority is SMPP's; it orders our queue too (as sendsms)
+        f.smpp["priority_flag"] = f.priority
 
 
 def _decode(body: bytes, charset: str) -> str:
     try:
-        return body.decode(codecs.lookup(charset).name)
+        info = codecs.lookup(charset)
+        if not getattr(info, "_is_text_encoding", True):  # rot13, base64 …: no charsets
+            raise LookupError(charset)
+        return body.decode(info.name)
     except (LookupError, UnicodeDecodeError) as exc:
         raise UnicodeError(str(exc)) from exc
 
 
 def build(reply: Mapping[str, Any], answer: Answer, *, callback_id: int, inbound_id: int | None,
-          now: datetime, connectors: Iterable[str] = ()) -> ReplyPlan:
+          now: datetime, connectors: Iterable[str] = (),
+          tlvs: TlvCatalog | None = None) -> ReplyPlan:
     """The reply MTs of `answer` to a forward whose `callbacks.reply` snapshot is `reply`.
 
-    `now` dates validity and deferral; `connectors` are the names X-Kannel-SMSC may take.
-    Never raises for anything the application sent: what cannot be sent is a "refused" plan.
+    `now` dates validity and deferral; `connectors` are the names X-Kannel-SMSC may take and
+    `tlvs` the TLVs X-Kannel-Meta-Data may set. Never raises for anything the application
+    sent: what cannot be sent is a "refused" plan.
     """
     o = options_of(reply)
     if o.max_messages == 0:
@@ -400,72 +489,102 @@ def build(reply: Mapping[str, Any], answer: Answer, *, callback_id: int, inbound
     f = _Fields(sender=str(reply.get("from") or ""), recipient=str(reply.get("to") or ""),
                 dlr_url=o.dlr_url, dlr_mask=o.dlr_mask)
     try:
-        text = _text(answer, o, x, f, frozenset(connectors))
-        if text == "":
+        content = _content(answer, o, x, f, _Context(frozenset(connectors),
+                                                     tlvs or TlvCatalog()))
+        if not content:
             if o.omit_empty:
                 return ReplyPlan("omitted", reason="empty body (omit_empty)", denied=denied)
-            text = o.empty_message
+            content = o.empty_message
         to_addr = _recipient(f.recipient, f.to_from_header)
-        encoding = "ucs2" if f.coding == 2 or not is_gsm(o.header + text + o.footer
-                                                          + o.split_suffix) else "gsm7"
-        try:
-            parts = split_reply(text, encoding, header=o.header, footer=o.footer,
-                                split_chars=o.split_chars, split_suffix=o.split_suffix,
-                                concatenation=o.concatenation, max_messages=o.max_messages)
-        except ValueError as exc:
-            raise _Refused(str(exc)) from None
+        bodies = _split(content, o, f)
     except _Refused as exc:
         return ReplyPlan("refused", reason=exc.reason, denied=denied)
-    bodies = ["".join(parts)] if o.concatenation else parts
     rows = tuple(_row(reply, o, f, body, to_addr=to_addr, callback_id=callback_id,
                       inbound_id=inbound_id, now=now, first=i == 0)
                  for i, body in enumerate(bodies))
     return ReplyPlan("queued", rows=rows, denied=denied)
 
 
-def _text(answer: Answer, o: ReplyFromBody, x: Mapping[str, str], f: _Fields,
-          connectors: frozenset[str]) -> str:
-    """url_result_thread: the reply text by content type, the headers applied."""
+def _content(answer: Answer, o: ReplyFromBody, x: Mapping[str, str], f: _Fields,
+             ctx: _Context) -> str | bytes:
+    """url_result_thread: the reply's text (str) or 8-bit data (bytes) by content type, the
+    headers applied."""
     media, charset = content_type(
         next((v for k, v in reversed(answer.headers) if k.lower() == "content-type"), None),
         o.default_charset)
-    if media in _HTML_TYPES:
-        kind = "html"
-    elif media == "text/plain":
-        kind = "plain"
-    elif media == "application/octet-stream":
-        kind = "binary"
-    else:  # text/xml included: Kannel's XML reply format is not supported
-        return o.unrepresentable_message
-    _apply_headers(f, x, connectors)
-    if kind == "binary":
-        if f.coding is None:  # Kannel: octet-stream is 8-bit data unless X-Kannel-Coding
-            raise _Refused("application/octet-stream: 8-bit data cannot be sent in a reply "
-                           "yet (answer text/plain for text)")
-        charset = charset or ("utf-16-be" if f.coding == 2 else "utf-8")
+    if media not in _HTML_TYPES and media not in ("text/plain", "application/octet-stream"):
+        return o.unrepresentable_message  # text/xml included: Kannel's XML is not supported
+    if media == "application/octet-stream":
+        f.coding = 1  # Kannel: octet-stream is 8-bit data, unless X-Kannel-Coding says not
+    _apply_headers(f, x, ctx)
+    if f.coding == 1 and "mwi" in f.smpp:
+        raise _Refused("X-Kannel-MWI: a message waiting indication cannot carry 8-bit data")
+    html_body = media in _HTML_TYPES
+    if f.coding == 1:  # sms_charset_processing converts 7-bit and UCS-2 text only
+        if not html_body:
+            return answer.body
+        octets = answer.body.decode("latin-1")  # html_to_sms works on the octets
+        return html_to_text(cut_prefix_suffix(octets, o.prefix, o.suffix)).encode(
+            "latin-1", "replace")
+    charset = charset or ("utf-16-be" if f.coding == 2 else "utf-8")
     try:
         text = _decode(answer.body, charset)
     except UnicodeError:
         return o.unrepresentable_message
-    if kind == "html":
-        text = html_to_text(cut_prefix_suffix(text, o.prefix, o.suffix))
-    return text
+    return html_to_text(cut_prefix_suffix(text, o.prefix, o.suffix)) if html_body else text
 
 
-def _row(reply: Mapping[str, Any], o: ReplyFromBody, f: _Fields, body: str, *, to_addr: str,
-         callback_id: int, inbound_id: int | None, now: datetime, first: bool) -> dict[str, Any]:
+def _split(content: str | bytes, o: ReplyFromBody, f: _Fields) -> list[str | bytes]:
+    """The bodies (text) or payloads (bytes) of the reply MTs."""
+    binary = isinstance(content, bytes)
+    if binary:
+        encoding = "binary"
+        # header/footer/suffix go in as their UTF-8 octets, as Kannel appends its octstr
+        deco = [s.encode().decode("latin-1") for s in (o.header, o.footer, o.split_suffix)]
+        text = content.decode("latin-1")  # type: ignore[union-attr]
+    else:
+        text = str(content)
+        deco = [o.header, o.footer, o.split_suffix]
+        encoding = "ucs2" if f.coding == 2 or not is_gsm("".join([*deco, text])) else "gsm7"
+    # a UDH with its own concatenation element: the content must fit one SMS
+    own_concat = f.udh is not None and check_udh(f.udh)
+    try:
+        parts = split_reply(text, encoding, header=deco[0], footer=deco[1],
+                            split_chars=o.split_chars, split_suffix=deco[2],
+                            concatenation=o.concatenation and not own_concat,
+                            max_messages=1 if own_concat else o.max_messages,
+                            udh_len=len(f.udh or b""))
+    except ValueError as exc:
+        raise _Refused(str(exc)) from None
+    joined = ["".join(parts)] if o.concatenation and not own_concat else parts
+    return [p.encode("latin-1") for p in joined] if binary else list(joined)
+
+
+def _row(reply: Mapping[str, Any], o: ReplyFromBody, f: _Fields, body: str | bytes, *,
+         to_addr: str, callback_id: int, inbound_id: int | None, now: datetime,
+         first: bool) -> dict[str, Any]:
     send_at = now + timedelta(minutes=f.deferred) if f.deferred else None
     # fill_message: validity counts from now (`validity * 60 + time(NULL)`), not from send_at
     valid_until = now + timedelta(minutes=f.validity) if f.validity else None
+    coding = f.coding or 0
     meta = {"reply": "forward", "callback_id": callback_id, "callback_style": "kannel",
             # Kannel's %n of a reply is msg->sms.service: the sms-service's name (the rule)
-            "username": reply.get("service"), "coding": f.coding or 0, **f.meta}
+            "username": reply.get("service"), "coding": coding, **f.meta}
+    binary = isinstance(body, bytes)
+    smpp = dict(f.smpp)
+    dlr_mask = f.dlr_mask if first else None  # sms_split: later parts ask for no DLR
+    if registered_delivery_for_mask(dlr_mask) == 0:
+        # Kannel's msg_to_pdu asks the SMSC for a receipt only for a dlr-mask with handset
+        # bits; the sender otherwise uses the connector's registered_delivery
+        smpp["receipt"] = False
     # sms_split: when a message is split, only the first part asks for a DLR
-    dlr_url = f.dlr_url if first else None
-    return {"source": "rule", "from_addr": f.sender, "to_addr": to_addr, "body": body,
+    return {"source": "rule", "from_addr": f.sender, "to_addr": to_addr,
+            "body": None if binary else body, "payload": body if binary else None,
+            "udh": f.udh, "smpp": smpp or None,
             "category": o.category, "priority": f.priority if f.priority is not None
-            else o.priority, "encoding": "ucs2" if f.coding == 2 else None,
+            else o.priority, "encoding": "ucs2" if coding == 2 else None,
             "inbound_id": inbound_id, "rule_id": reply.get("rule_id"),
-            "callback_url": dlr_url, "dlr_mask": f.dlr_mask if first else None,
+            "callback_url": f.dlr_url if first else None,
+            "dlr_mask": dlr_mask,
             "send_at": send_at, "valid_until": valid_until, "route_hint": f.route_hint,
             "meta": meta}

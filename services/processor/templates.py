@@ -108,7 +108,8 @@ def kannel_coding(data_coding: int | None) -> int:
 
 def render_get_url(template: str, *, sender: str, receiver: str, text: str, at: datetime,
                    smsc: str | None, message_id: int, service: str, coding: int = 0,
-                   raw: bytes | None = None, reply_sender: str | None = None) -> str:
+                   raw: bytes | None = None, reply_sender: str | None = None,
+                   account: str | None = None, meta_data: str | None = None) -> str:
     """Fill a Kannel `get-url` for a forwarded MO with Kannel's own escape filler
     (`shared.domain.kannel.fill_escape_codes`, the port of `urltrans_fill_escape_codes`).
 
@@ -118,8 +119,8 @@ def render_get_url(template: str, *, sender: str, receiver: str, text: str, at: 
     is the MO's octets as Kannel holds them: UTF-8 for 7-bit text, UTF-16BE for UCS-2 (so
     `%C` is UTF-16BE and `%a`/`%b` carry those octets, as in Kannel), the data itself for
     8-bit (`raw`). `%n` is the service (the rule's name), `%i` the connector, `%I` our MO id,
-    `%t`/`%T` the arrival time; the fields an MO does not carry are empty (or -1, as Kannel
-    leaves them).
+    `%t`/`%T` the arrival time, `%o` the `account` (Kannel: the SMPP bind's system-id), `%D`
+    the `meta_data`; the fields an MO does not carry are empty (or -1, as Kannel leaves them).
     """
     if coding == 2:
         data = text.encode("utf-16-be", "surrogatepass")
@@ -129,5 +130,6 @@ def render_get_url(template: str, *, sender: str, receiver: str, text: str, at: 
         data = text.encode("utf-8", "surrogatepass")
     msg = DlrMsg(dlr_type=-1, receiver=sender, sender=reply_sender or receiver, msgdata=data,
                  time=int(at.timestamp()), smsc_id=smsc, service=service, id=str(message_id),
-                 coding=coding, charset="UTF-16BE" if coding == 2 else None)
+                 coding=coding, charset="UTF-16BE" if coding == 2 else None, account=account,
+                 meta_data=meta_data)
     return fill_escape_codes(template, msg)

@@ -50,7 +50,8 @@ async def app() -> AsyncIterator[App]:
     state = App()
 
     async def svc(request: web.Request) -> web.StreamResponse:
-        state.seen.append({"query": dict(request.query), "headers": dict(request.headers)})
+        state.seen.append({"query": dict(request.query), "headers": dict(request.headers),
+                           "raw_query": request.rel_url.raw_query_string})
         assert state.respond is not None
         return await state.respond(request)
 
@@ -134,6 +135,15 @@ async def test_plain_body_is_the_reply_from_the_short_code(pool, app, make_engin
     assert await pool.fetchval("SELECT status FROM callbacks") == "done"
     assert app.seen[0]["query"] == {"from": SUBSCRIBER, "to": SHORT, "text": "ASK weather"}
     assert app.seen[0]["headers"]["Accept-Encoding"] == "identity"
+
+
+async def test_get_url_is_sent_byte_for_byte(pool, app, make_engine) -> None:
+    """The rendered get-url reaches the application as Kannel's octstr_url_encode wrote it:
+    `?` and `@` stay %3F and %40 (an HTTP client would normalise them), a space is '+'."""
+    await service(pool, app)
+    await ask(pool, make_engine, app, answer("ok"), text="ASK a?b @c")
+    [seen] = app.seen
+    assert seen["raw_query"].endswith("&text=ASK+a%3Fb+%40c")
 
 
 async def test_json_url_forward_replies_too(pool, app, make_engine) -> None:
@@ -249,6 +259,7 @@ async def test_x_kannel_headers_set_the_reply(pool, app, make_engine) -> None:
     assert (row["from_addr"], row["to_addr"]) == ("Weather", "+447700900777")
     assert (row["route_hint"], row["encoding"], row["priority"]) == ("smsc-a", "ucs2", 2)
     assert (row["callback_url"], row["dlr_mask"]) == ("http://127.0.0.1:9/dlr?type=%d", 3)
+    assert "receipt" not in row["smpp"]  # a mask with handset bits: the SMSC is asked
     assert row["meta"]["account"] == "acme" and row["meta"]["callback_style"] == "kannel"
     assert row["send_at"] - row["created_at"] == pytest.approx(timedelta(minutes=10),
                                                                abs=timedelta(seconds=5))
@@ -268,8 +279,44 @@ async def test_x_kannel_headers_denied_without_accept(pool, app, make_engine) ->
     assert event == "reply_queued" and detail["denied"] == sorted(KANNEL_HEADERS)
 
 
+async def test_binary_body_udh_and_smpp_fields(pool, app, make_engine) -> None:
+    """1. The app answers application/octet-stream (8-bit data, Kannel's default for it) with a
+    UDH (hex), flash (MClass 0), a PID, an SMPP priority, a reply path, a service type (BInfo)
+    and a TLV in Kannel meta-data. 2. One binary MT: `payload` holds the octets as sent (no
+    charset conversion), `body` is NULL, the UDH and the SMPP fields are stored as sendsms
+    stores the same parameters."""
+    await service(pool, app, {"accept_x_kannel_headers": True})
+    data = bytes(range(0x80, 0x90))
+    [row] = await ask(pool, make_engine, app, answer(data, content_type="application/octet-stream",
+                                                     headers={
+        "X-Kannel-UDH": "060504158a0000", "X-Kannel-MClass": "0", "X-Kannel-PID": "65",
+        "X-Kannel-Priority": "2", "X-Kannel-RPI": "1", "X-Kannel-BInfo": "WAP",
+        "X-Kannel-Meta-Data": "?smpp?user_message_reference=513"}))
+    assert (row["body"], bytes(row["payload"]), bytes(row["udh"])) == (
+        None, data, bytes.fromhex("060504158a0000"))
+    # no dlr-mask: no receipt asked of the SMSC, as Kannel's msg_to_pdu
+    assert row["smpp"] == {"mclass": 0, "pid": 65, "priority_flag": 2, "rpi": 1,
+                           "service_type": "WAP", "tlvs": {"0x0204": "0201"}, "receipt": False}
+    assert (row["priority"], row["meta"]["coding"], row["meta"]["binfo"]) == (2, 1, "WAP")
+
+
+async def test_text_with_a_udh_url_encoded(pool, app, make_engine) -> None:
+    """A text reply with a UDH given URL-encoded (Kannel reads X-Kannel-UDH as hex, else as
+    URL-encoded octets): the text stays text, the UDH is kept."""
+    await service(pool, app, {"accept_x_kannel_headers": True})
+    [row] = await ask(pool, make_engine, app, answer(
+        "port addressed", headers={"X-Kannel-UDH": "%06%05%04%15%8a%00%00"}))
+    assert (row["body"], bytes(row["udh"])) == ("port addressed",
+                                                bytes.fromhex("060504158a0000"))
+
+
 @pytest.mark.parametrize(("headers", "reason"), [
     ({"X-Kannel-SMSC": "nowhere"}, "X-Kannel-SMSC: 'nowhere' is not a configured connector"),
+    ({"X-Kannel-UDH": "0500"}, "X-Kannel-UDH: its length octet says 5 octets follow, 1 do"),
+    ({"X-Kannel-Coding": "1", "X-Kannel-MWI": "1"}, "X-Kannel-MWI: a message waiting"),
+    ({"X-Kannel-BInfo": "billing-id"}, "X-Kannel-BInfo: is the SMPP service_type"),
+    ({"X-Kannel-Meta-Data": "?smpp?no_such_tlv=1"}, "X-Kannel-Meta-Data: unknown TLV"),
+    ({"X-Kannel-Validity": "5", "X-Kannel-Deferred": "10"}, "X-Kannel-Validity: ends before"),
     ({"X-Kannel-To": "+44 7700 FLOWERS"}, "X-Kannel-To: a recipient must be a phone number"),
     ({"X-Kannel-Coding": "7"}, "X-Kannel-Coding: 7 is outside 0-2"),
     ({"X-Kannel-Validity": "soon"}, "X-Kannel-Validity: 'soon' is not an integer"),
@@ -396,7 +443,10 @@ async def test_replies_reach_the_smsc_as_kannel_would_send_them(
        concatenated submit_sm (8-bit reference UDH 05 00 03 ref 02 n) from the short code to
        the subscriber (no '+' on the wire), 153 + 47 characters.
     2. A second MO; the app answers with X-Kannel-Coding 2 and X-Kannel-From: one UCS-2
-       submit_sm (data_coding 8) from the alphanumeric sender."""
+       submit_sm (data_coding 8) from the alphanumeric sender.
+    3. A third; the app answers 8-bit data with a UDH, flash and a PID: one submit_sm with
+       UDHI, data_coding 0xF4 (GSM 03.38: 8-bit data, class 0), protocol_id 65, and the UDH
+       followed by the octets as short_message."""
     from smsgw.services.smsc_sim.server import SimConfig, Simulator
 
     from ..sender.conftest import connector, running, wait_until
@@ -407,16 +457,24 @@ async def test_replies_reach_the_smsc_as_kannel_would_send_them(
     await ask(pool, make_engine, app, answer(long_text))
     await ask(pool, make_engine, app, answer("Grüße", headers={"X-Kannel-Coding": "2",
                                                                "X-Kannel-From": "Weather"}))
+    data = b"\x01\x02\xfe\xff"
+    await ask(pool, make_engine, app, answer(data, content_type="application/octet-stream",
+                                             headers={"X-Kannel-UDH": "060504158a0000",
+                                                      "X-Kannel-MClass": "0",
+                                                      "X-Kannel-PID": "65"}))
     async with Simulator(SimConfig()) as sim:
         async with running(db_url, pool, [connector("smsc-a", sim.port)]) as stack:
             await stack.wait_bound()
-            await wait_until(lambda: len(sim.submits) >= 3)
+            await wait_until(lambda: len(sim.submits) >= 4)
         pdus = [s.pdu for s in sim.submits]
-    assert len(pdus) == 3
-    concat, ucs2 = pdus[:2], pdus[2]
+    assert len(pdus) == 4
+    concat, ucs2, binary = pdus[:2], pdus[2], pdus[3]
+    assert (binary.esm_class & 0x40, binary.data_coding, binary.protocol_id) == (0x40, 0xF4, 65)
+    assert binary.short_message == bytes.fromhex("060504158a0000") + data
     for no, pdu in enumerate(concat, 1):
         assert (pdu.source_addr, pdu.destination_addr) == (SHORT, SUBSCRIBER.lstrip("+"))
         assert pdu.esm_class & 0x40 and pdu.data_coding == 0
+        assert pdu.registered_delivery == 0  # no dlr-mask: none asked (Kannel's msg_to_pdu)
         udh = pdu.short_message[:6]
         assert (udh[:3], udh[4:]) == (bytes([5, 0, 3]), bytes([2, no]))
     # GSM 03.38 puts a-z where ASCII does (one octet per character, unpacked)
