@@ -61,7 +61,27 @@ SMSGW_FORWARD: dict[str, Any] = {
 
 # (case pattern, field pattern, reason): differences that are on purpose. fnmatch patterns over
 # the case name and the Diff.field (`submit.p1.esm_class`, `dlr.d1.eA`, `geturl.d0.eI`, ...).
-DELIBERATE: list[tuple[str, str, str]] = []
+# label → reason; README "Migrating from Kannel" explains each one too
+REASONS: dict[str, str] = {
+    "no '?' substitution": (
+        "smsgw never replaces a character GSM 03.38 lacks: Kannel's charset_utf8_to_gsm (gw/"
+        "smsc/smsc_smpp.c, msg_to_pdu) turns it into '?' (and `ç` into GSM 0x09, which TS "
+        "23.038 defines as `Ç`); smsgw sends such a text as UCS-2, whole, in 70-character "
+        "parts"),
+    "short code TON 3/0": (
+        "smsgw sends a short-code sender as TON 3 / NPI 0 (network specific, shared/smpp/"
+        "compose.py source_ton_npi); Kannel's source-addr-autodetect sends any digits-only "
+        "sender with its default national TON 2 / NPI 1"),
+}
+# (case pattern, field pattern, REASONS label): differences that are on purpose
+DELIBERATE: list[tuple[str, str, str]] = [
+    *((case, f"submit.p1.{f}", "no '?' substitution")
+      for case in ("latin1_not_gsm", "emoji_auto", "gsm_c_cedilla")
+      for f in ("data_coding", "short_message")),
+    *(("mo_ucs2", f"reply.p1.{f}", "no '?' substitution")
+      for f in ("data_coding", "short_message")),
+    *(("mo_*", f"reply.p*.source_addr_{f}", "short code TON 3/0") for f in ("ton", "npi")),
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +153,8 @@ SEND_CASES: list[SendCase] = [
     _case("dlr_1", "`dlr-mask=1`, receipt DELIVRD", "dlr 1", extra={"dlr-mask": "1"}, dlrs=1),
     _case("dlr_2", "`dlr-mask=2`, receipt UNDELIV", "dlr 2", extra={"dlr-mask": "2"}, dlrs=1,
           receipt="UNDELIV"),
+    _case("dlr_4", "`dlr-mask=4`, receipt ENROUTE (intermediate)", "dlr 4",
+          extra={"dlr-mask": "4"}, dlrs=1, receipt="ENROUTE"),
     _case("dlr_8", "`dlr-mask=8` (SMSC accepted)", "dlr 8", extra={"dlr-mask": "8"}, dlrs=1),
     _case("dlr_16", "`dlr-mask=16`, submit rejected 0x0B", "dlr 16", extra={"dlr-mask": "16"},
           dlrs=1, reject=P.SMPP_ESME_RINVDSTADR),
@@ -215,7 +237,11 @@ def _record(table: list[dict[str, Any]], case: str, sends: str, diffs: list[Diff
         result = "deliberate"
     else:
         result = "match"
-    details = [d.short() for d in other] + [f"{d.field}: {reason}" for d, reason in known]
+    labels: dict[str, list[str]] = {}
+    for d, label in known:
+        labels.setdefault(label, []).append(d.field)
+    details = [d.short() for d in other] + [f"deliberate ({label}): {', '.join(fields)}"
+                                            for label, fields in labels.items()]
     table.append({"case": case, "sends": sends.replace("|", "\\|"), "result": result,
                   "details": [x.replace("|", "\\|") for x in details]})
     return other
