@@ -138,34 +138,63 @@ def build_parts(row: Composable, connector: ConnectorSettings,
                         mwi=fields.get("mwi"), alt_dcs=fields.get("alt_dcs"), empty=empty)
     else:
         dc = data_coding_for(enc, connector.data_coding_0)
-    validity, schedule = _times(row, connector, now)
-    user_tlvs: P.Tlvs = ()
-    if fields.get("tlvs"):
-        if not connector.send_tlvs:
-            raise ValueError(f"connector {connector.name} takes no TLVs (send_tlvs = false)")
-        user_tlvs = tuple((int(k, 16), bytes.fromhex(v))
-                          for k, v in sorted(fields["tlvs"].items()))
-    esm = connector.esm_class_mode | (0x80 if fields.get("rpi") else 0)
     ston, snpi, source = source_ton_npi(row.from_addr, connector)
     dest = row.to_addr.lstrip("+")
-    rd = registered_delivery(row, connector)
-    service_type = fields.get("service_type", connector.service_type)
-    pid = fields.get("pid", 0)
-    priority = fields.get("priority_flag", 0)
+    esm = connector.esm_class_mode
+    user_tlvs: P.Tlvs = ()
+    if fields or row.source == "sendsms":
+        rd = registered_delivery(row, connector)
+    else:  # the common case, without a call
+        rd = connector.registered_delivery
+    if fields or row.valid_until is not None or row.send_at is not None \
+            or connector.service_type:
+        extra = _extra_fields(row, connector, fields, now)
+        user_tlvs = extra.pop("tlvs", ())
+        if fields.get("rpi"):
+            esm |= 0x80
+    else:
+        extra = _NO_FIELDS
     out = []
     for no, piece in enumerate(pieces, 1):
         if no in row.done_parts:
             continue
+        # a plain message passes only what it sets (the PDU's defaults are SMPP's NULLs):
+        # the claim loop composes every message, so this stays as cheap as it was
         out.append((no, P.SubmitSm(
-            service_type=service_type,
             source_addr_ton=ston, source_addr_npi=snpi, source_addr=source,
             dest_addr_ton=connector.dest_addr_ton, dest_addr_npi=connector.dest_addr_npi,
             destination_addr=dest, esm_class=(esm | 0x40) if piece.udhi else esm,
-            protocol_id=pid, priority_flag=priority, schedule_delivery_time=schedule,
-            validity_period=validity, registered_delivery=rd, data_coding=dc,
-            short_message=piece.short_message,
-            tlvs=piece.tlvs + user_tlvs if user_tlvs else piece.tlvs)))
+            registered_delivery=rd, data_coding=dc, short_message=piece.short_message,
+            tlvs=piece.tlvs + user_tlvs if user_tlvs else piece.tlvs, **extra)))
     return len(pieces), out
+
+
+def _extra_fields(row: Composable, connector: ConnectorSettings, fields: dict[str, Any],
+                  now: datetime | None) -> dict[str, Any]:
+    """The submit_sm fields beyond a plain message's, only those set: service_type,
+    protocol_id, priority_flag, validity_period, schedule_delivery_time, and the client's
+    TLVs (under "tlvs", sorted by tag)."""
+    extra: dict[str, Any] = {}
+    if connector.service_type or "service_type" in fields:
+        extra["service_type"] = fields.get("service_type", connector.service_type)
+    if row.valid_until is not None or row.send_at is not None:
+        validity, schedule = _times(row, connector, now)
+        if validity:
+            extra["validity_period"] = validity
+        if schedule:
+            extra["schedule_delivery_time"] = schedule
+    if not fields:
+        return extra
+    if "pid" in fields:
+        extra["protocol_id"] = fields["pid"]
+    if "priority_flag" in fields:
+        extra["priority_flag"] = fields["priority_flag"]
+    if fields.get("tlvs"):
+        if not connector.send_tlvs:
+            raise ValueError(f"connector {connector.name} takes no TLVs (send_tlvs = false)")
+        extra["tlvs"] = tuple((int(k, 16), bytes.fromhex(v))
+                              for k, v in sorted(fields["tlvs"].items()))
+    return extra
 
 
 def _pieces(row: Composable, connector: ConnectorSettings,
@@ -204,8 +233,6 @@ def _times(row: Composable, connector: ConnectorSettings,
            now: datetime | None) -> tuple[str, str]:
     """(validity_period, schedule_delivery_time) of a message on `connector`."""
     validity = schedule = ""
-    if row.valid_until is None and row.send_at is None:
-        return validity, schedule
     now = now or datetime.now(UTC)
     relative = connector.time_format == "relative"
     if row.valid_until is not None and connector.send_validity:
