@@ -48,11 +48,22 @@ _SENDSMS_PARAMS = [
                  ("user", "Kannel's alias of `username`."),
                  ("pass", "Kannel's alias of `password`."),
                  ("from", "Sender id."), ("to", "Recipients, separated by spaces."),
-                 ("text", "Message text (in `charset`)."), ("charset", "Charset of `text`."),
-                 ("coding", "0 7-bit, 1 8-bit, 2 UCS-2."), ("dlr-mask", "Kannel DLR mask."),
+                 ("text", "Message text (in `charset`); with coding=1 the octets themselves."),
+                 ("charset", "Charset of `text`."),
+                 ("coding", "0 7-bit, 1 8-bit, 2 UCS-2 (default: 1 with a udh, else 0)."),
+                 ("udh", "User data header octets (URL-encoded), its length octet first."),
+                 ("dlr-mask", "Kannel DLR mask 0-63; also whether the SMSC is asked for a "
+                              "receipt."),
                  ("dlr-url", "DLR callback URL template with Kannel escapes."),
-                 ("smsc", "Route hint."), ("priority", "0-3."),
-                 ("validity", "Minutes."), ("deferred", "Minutes."))]
+                 ("smsc", "Route hint."), ("priority", "0-3: SMPP priority_flag."),
+                 ("validity", "Minutes from now."), ("deferred", "Minutes from now."),
+                 ("mclass", "Message class 0-3 (0: flash)."),
+                 ("mwi", "Message waiting indication 0-7."), ("pid", "SMPP protocol_id."),
+                 ("alt-dcs", "1: the 0xFX data coding form."), ("rpi", "Reply path 0-2."),
+                 ("binfo", "SMPP service_type (up to 5 characters)."),
+                 ("meta-data", "Kannel meta-data: `?smpp?name=value&…` sets TLVs."),
+                 ("account", "Kannel's account label (kept for dlr-url)."),
+                 ("compress", "Only 0: compression is not supported."))]
 _SENDSMS_RESPONSES = {
     "202": _text("`0: Accepted for delivery`"), "400": _text("Invalid parameter (named)."),
     "403": _text("Authorization failed for sendsms"), "413": _err("Body too large."),
