@@ -15,9 +15,11 @@ The steps, in Kannel's order:
    `text/plain` is the body as it is; `text/html` and `text/vnd.wap.wml` lose their tags,
    comments and entities and their blanks are squeezed (`html_to_sms`), after the `prefix` …
    `suffix` cut when both are set; `application/octet-stream` is 8-bit data (binary, sent as
-   it is) unless `X-Kannel-Coding` says otherwise; any other type (`text/xml` included, see
-   "Not supported") is answered with `unrepresentable_message`, as Kannel answers with its
-   `reply_couldnotrepresent` text.
+   it is) unless `X-Kannel-Coding` says otherwise; `text/xml` is Kannel's XML reply
+   (`parse_xml_reply`: `<message><submit>` with `ud`, `oa/number`, `dcs/…`,
+   `statusrequest/…`, … standing for the X-Kannel headers, which are then not read); any other
+   type, or XML that is not such a document, is answered with `unrepresentable_message`, as
+   Kannel answers with its `reply_couldnotrepresent` text.
 3. The charset: text that does not decode in it is answered with `unrepresentable_message`
    (Kannel's `sms_charset_processing` failing). 8-bit data is never converted.
 4. `X-Kannel-*` headers (`get_x_kannel_from_headers`) apply only with
@@ -50,13 +52,13 @@ Deliberate differences from Kannel (each one keeps a message that Kannel would m
 - A refusal (a header that cannot be honoured, a number that is not one) sends nothing rather
   than a text: `outcome` "refused" with the reason, logged and in the callback's events.
 
-Not supported (refusals naming the header or answered as unrepresentable): Kannel's XML
-replies (`text/xml`, `get_x_kannel_from_xml`) and `X-Kannel-Compress` other than 0.
+Not supported (a refusal naming the header): `X-Kannel-Compress` (`dcs/compress`) other than 0.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import html
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -64,6 +66,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 from urllib.parse import unquote_to_bytes
+from xml.etree import ElementTree
 
 from smsgw.services.processor.rules import ReplyFromBody
 from smsgw.shared.domain.numbers import (
@@ -482,15 +485,26 @@ def build(reply: Mapping[str, Any], answer: Answer, *, callback_id: int, inbound
     o = options_of(reply)
     if o.max_messages == 0:
         return ReplyPlan("omitted", reason="max_messages is 0")
-    x = _kannel_headers(answer.headers)
+    media, charset = content_type(
+        next((v for k, v in reversed(answer.headers) if k.lower() == "content-type"), None),
+        o.default_charset)
+    xml: XmlReply | None = None
+    if media == "text/xml":  # the fields come from the document, not from the headers
+        xml = parse_xml_reply(answer.body)
+        x = dict(xml.fields) if xml is not None else {}
+    else:
+        x = _kannel_headers(answer.headers)
     denied: tuple[str, ...] = ()
     if x and not o.accept_x_kannel_headers:
         denied, x = tuple(sorted(x)), {}
     f = _Fields(sender=str(reply.get("from") or ""), recipient=str(reply.get("to") or ""),
                 dlr_url=o.dlr_url, dlr_mask=o.dlr_mask)
     try:
-        content = _content(answer, o, x, f, _Context(frozenset(connectors),
-                                                     tlvs or TlvCatalog()))
+        ctx = _Context(frozenset(connectors), tlvs or TlvCatalog())
+        if media == "text/xml":
+            content = _xml_content(xml, o, x, f, ctx)
+        else:
+            content = _content(answer, media, charset, o, x, f, ctx)
         if not content:
             if o.omit_empty:
                 return ReplyPlan("omitted", reason="empty body (omit_empty)", denied=denied)
@@ -505,15 +519,12 @@ def build(reply: Mapping[str, Any], answer: Answer, *, callback_id: int, inbound
     return ReplyPlan("queued", rows=rows, denied=denied)
 
 
-def _content(answer: Answer, o: ReplyFromBody, x: Mapping[str, str], f: _Fields,
-             ctx: _Context) -> str | bytes:
+def _content(answer: Answer, media: str, charset: str, o: ReplyFromBody,
+             x: Mapping[str, str], f: _Fields, ctx: _Context) -> str | bytes:
     """url_result_thread: the reply's text (str) or 8-bit data (bytes) by content type, the
     headers applied."""
-    media, charset = content_type(
-        next((v for k, v in reversed(answer.headers) if k.lower() == "content-type"), None),
-        o.default_charset)
     if media not in _HTML_TYPES and media not in ("text/plain", "application/octet-stream"):
-        return o.unrepresentable_message  # text/xml included: Kannel's XML is not supported
+        return o.unrepresentable_message
     if media == "application/octet-stream":
         f.coding = 1  # Kannel: octet-stream is 8-bit data, unless X-Kannel-Coding says not
     _apply_headers(f, x, ctx)
@@ -532,6 +543,110 @@ def _content(answer: Answer, o: ReplyFromBody, x: Mapping[str, str], f: _Fields,
     except UnicodeError:
         return o.unrepresentable_message
     return html_to_text(cut_prefix_suffix(text, o.prefix, o.suffix)) if html_body else text
+
+
+def _xml_content(xml: XmlReply | None, o: ReplyFromBody, x: Mapping[str, str], f: _Fields,
+                 ctx: _Context) -> str | bytes:
+    if xml is None:
+        return o.unrepresentable_message
+    if isinstance(xml.content, bytes) and "X-Kannel-Coding" not in x:
+        f.coding = 1  # <ud type="binary">: 8-bit data
+    _apply_headers(f, x, ctx)
+    if isinstance(xml.content, bytes) and f.coding != 1:
+        raise _Refused("<ud type=\"binary\"> needs coding 1 (8-bit data)")
+    if f.coding == 1 and "mwi" in f.smpp:
+        raise _Refused("X-Kannel-MWI: a message waiting indication cannot carry 8-bit data")
+    if f.coding == 1 and isinstance(xml.content, str):
+        return xml.content.encode("utf-8")
+    return xml.content
+
+
+# --- Kannel's XML reply (gw/smsbox.c get_x_kannel_from_xml) -----------------------------------
+
+# element path under /message/submit → the X-Kannel header it stands for (fill_message treats
+# them alike, accept_x_kannel_headers included)
+_XML_FIELDS: Final = (
+    ("oa/number", "X-Kannel-From"), ("da/number", "X-Kannel-To"), ("udh", "X-Kannel-UDH"),
+    ("smsc", "X-Kannel-SMSC"), ("to", "X-Kannel-SMSC"), ("pid", "X-Kannel-PID"),
+    ("rpi", "X-Kannel-RPI"), ("dcs/mclass", "X-Kannel-MClass"), ("dcs/mwi", "X-Kannel-MWI"),
+    ("dcs/coding", "X-Kannel-Coding"), ("dcs/compress", "X-Kannel-Compress"),
+    ("dcs/alt-dcs", "X-Kannel-Alt-DCS"), ("statusrequest/dlr-mask", "X-Kannel-DLR-Mask"),
+    ("statusrequest/dlr-url", "X-Kannel-DLR-URL"), ("vp/delay", "X-Kannel-Validity"),
+    ("timing/delay", "X-Kannel-Deferred"), ("priority", "X-Kannel-Priority"),
+    ("meta-data", "X-Kannel-Meta-Data"), ("from/account", "X-Kannel-Account"),
+    ("from/binfo", "X-Kannel-BInfo"),
+)
+_XML_NUMBERS: Final = frozenset({"X-Kannel-PID", "X-Kannel-RPI", "X-Kannel-MClass",
+                                 "X-Kannel-MWI", "X-Kannel-Coding", "X-Kannel-Compress",
+                                 "X-Kannel-Alt-DCS", "X-Kannel-DLR-Mask", "X-Kannel-Validity",
+                                 "X-Kannel-Deferred", "X-Kannel-Priority"})
+
+
+# a DTD (and so any entity declaration), in the encodings an XML document may start in
+_DECLARATIONS: Final = tuple(word.encode(enc) for word in ("<!DOCTYPE", "<!ENTITY")
+                             for enc in ("utf-8", "utf-16-le", "utf-16-be"))
+
+
+_XML_ENCODING: Final = re.compile(rb"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)""")
+
+
+@dataclass(frozen=True, slots=True)
+class XmlReply:
+    """A Kannel XML reply: its fields under their X-Kannel header names, and the `ud`."""
+
+    fields: tuple[tuple[str, str], ...]
+    content: str | bytes
+
+
+def parse_xml_reply(body: bytes) -> XmlReply | None:
+    """`get_x_kannel_from_xml` for an mt_reply: None when the body is no such document.
+
+    A document type declaration is refused (no entity of any kind is expanded). `ud` is
+    URL-encoded text in the document's charset (its `%XX` octets too), or hex octets with
+    `type="binary"`; Kannel converts the text libxml2 already gives as UTF-8 once more from a
+    non-UTF-8 document's charset, which garbles its literal non-ASCII characters: here both
+    forms read as meant. Numbers are read as XPath reads them (`5.0` is 5). Kannel 1.4.5
+    crashes on a `da/number` in a reply (it fills a list it was not given); here the first
+    one is the recipient, as X-Kannel-To.
+    """
+    if any(mark in body for mark in _DECLARATIONS):
+        return None
+    try:
+        root = ElementTree.fromstring(body)
+    except (ElementTree.ParseError, ValueError):
+        return None
+    submit = root.find("submit") if root.tag == "message" else None
+    if submit is None:
+        return None
+    fields: dict[str, str] = {}
+    for path, name in _XML_FIELDS:
+        if name in fields:  # `smsc` wins over `to`; the first `da/number`
+            continue
+        el = submit.find(path)
+        if el is None:
+            continue
+        value = "".join(el.itertext()).strip()
+        if name in _XML_NUMBERS:
+            with contextlib.suppress(ValueError, OverflowError):  # else refused by name
+                value = str(int(float(value)))
+        fields[name] = value
+    ud = submit.find("ud")
+    text = "".join(ud.itertext()).strip() if ud is not None else ""
+    content: str | bytes
+    if ud is not None and (ud.get("type") or "").lower() == "binary":
+        try:
+            content = bytes.fromhex(text)
+        except ValueError:
+            return None
+    else:  # octstr_url_decode: '+' is a space, %XX an octet, in the document's charset
+        charset = _XML_ENCODING.search(body[:200])
+        enc = charset.group(1).decode("ascii") if charset else "utf-8"
+        try:
+            octets = unquote_to_bytes(text.replace("+", " ").encode(enc, "replace"))
+            content = octets.decode(enc, "replace")
+        except LookupError:  # the parser read it, so Python knows it; never expected
+            return None
+    return XmlReply(tuple(fields.items()), content)
 
 
 def _split(content: str | bytes, o: ReplyFromBody, f: _Fields) -> list[str | bytes]:

@@ -61,9 +61,11 @@ Semantics:
   body sends `empty_message`, "<Empty reply from service provider>"), `header`, `footer`,
   `split_chars`, `split_suffix`, `prefix` + `suffix` (what of an HTML body is kept),
   `accept_x_kannel_headers` (false: X-Kannel-From, -To, -SMSC, -Coding, -DLR-Mask, -DLR-URL,
-  -Validity, -Deferred, -Priority … in the answer are ignored, as Kannel denies them), the
-  body's charset from its Content-Type (`default_charset`, ISO-8859-1, for text without
-  one), `unrepresentable_message` (sent for a body that is not text or does not decode),
+  -Validity, -Deferred, -Priority, -UDH, -MClass, -PID … in the answer are ignored, as
+  Kannel denies them), the body by its Content-Type (text/plain, text/html, 8-bit data for
+  application/octet-stream, Kannel's XML reply for text/xml) and charset
+  (`default_charset`, ISO-8859-1, for text without one), `unrepresentable_message` (sent for
+  a body of another type or one that does not decode),
   `max_body_bytes` (65536; a larger answer fails the forward: dead at once, no reply),
   `category`, `priority`, `dlr_url` + `dlr_mask` (the sms-service's DLR settings). A
   forward retried after a timeout replies once, for the attempt that succeeded.

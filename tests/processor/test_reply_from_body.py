@@ -310,6 +310,48 @@ async def test_text_with_a_udh_url_encoded(pool, app, make_engine) -> None:
                                                 bytes.fromhex("060504158a0000"))
 
 
+XML_REPLY = """<?xml version="1.0" encoding="ISO-8859-1"?>
+<message><submit>
+  <oa><number>Shop</number></oa>
+  <dcs><mclass>1</mclass><coding>2</coding></dcs>
+  <statusrequest><dlr-mask>3</dlr-mask><dlr-url>http://127.0.0.1:9/d?t=%d</dlr-url></statusrequest>
+  <vp><delay>30</delay></vp><pid>65.0</pid>
+  <ud>Gr%FC%DFe+aus+Köln</ud>
+</submit></message>""".encode("latin-1")
+
+
+async def test_kannel_xml_reply(pool, app, make_engine) -> None:
+    """text/xml is Kannel's XML reply (get_x_kannel_from_xml): the sender, class, coding, dlr
+    settings, validity and PID come from the document (numbers read as XPath reads them,
+    65.0 is 65), `ud` is URL-decoded in the document's charset (octets and literal text
+    alike); X-Kannel headers of the HTTP answer are not read for it."""
+    await service(pool, app, {"accept_x_kannel_headers": True})
+    [row] = await ask(pool, make_engine, app, answer(
+        XML_REPLY, content_type="text/xml", headers={"X-Kannel-From": "Ignored"}))
+    # %FC%DF are ISO-8859-1 octets, as the document's literal ö is
+    assert row["body"] == "Grüße aus Köln"
+    assert (row["from_addr"], row["encoding"], row["dlr_mask"]) == ("Shop", "ucs2", 3)
+    assert row["callback_url"] == "http://127.0.0.1:9/d?t=%d"
+    assert row["smpp"] == {"mclass": 1, "pid": 65}
+    assert row["valid_until"] - row["created_at"] == pytest.approx(timedelta(minutes=30),
+                                                                   abs=timedelta(seconds=5))
+
+
+@pytest.mark.parametrize("doc", [
+    b'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY x "boom">]><message><submit><ud>&x;</ud>'
+    b'</submit></message>',
+    b"<message><submit><ud>unclosed</submit></message>",
+    b"<other><submit><ud>wrong root</ud></submit></other>",
+])
+async def test_xml_that_is_no_kannel_reply_is_unrepresentable(pool, app, make_engine,
+                                                               doc) -> None:
+    """A DTD (no entity is ever expanded), broken XML or another document: Kannel's
+    "could not be represented" text, as for any body it cannot read."""
+    await service(pool, app)
+    [row] = await ask(pool, make_engine, app, answer(doc, content_type="text/xml"))
+    assert row["body"] == "Result could not be represented as an SMS message."
+
+
 @pytest.mark.parametrize(("headers", "reason"), [
     ({"X-Kannel-SMSC": "nowhere"}, "X-Kannel-SMSC: 'nowhere' is not a configured connector"),
     ({"X-Kannel-UDH": "0500"}, "X-Kannel-UDH: its length octet says 5 octets follow, 1 do"),
