@@ -58,7 +58,7 @@ _IN = {c: _MSG for c in ("body", "channel", "connector", "from_addr", "last_erro
 _RCPT = {c: _MSG for c in ("body", "connector", "err", "last_error", "lease_owner",
                            "network_error", "raw_id", "smsc_id", "stat", "state", "status")}
 _CB = {c: _MSG for c in ("body", "headers", "kind", "last_error", "lease_owner", "method",
-                         "secret_ref", "status", "url")}
+                         "reply", "secret_ref", "status", "url")}
 # Every text / varchar / json / jsonb / bytea / array column, by table.
 COVERAGE: Final[Mapping[str, Mapping[str, str]]] = {
     "outbound": _OUT, "outbound_history": _OUT,

@@ -121,6 +121,9 @@ def registered_delivery(row: Composable, connector: ConnectorSettings) -> int:
     return connector.registered_delivery
 
 
+_MORE_MESSAGES: Final = (P.Tag.MORE_MESSAGES_TO_SEND, b"\x01")
+
+
 def build_parts(row: Composable, connector: ConnectorSettings,
                 now: datetime | None = None) -> tuple[int, list[tuple[int, P.SubmitSm]]]:
     """Split a message for `connector`: (parts in total, [(part_no, submit_sm)]), skipping
@@ -155,9 +158,13 @@ def build_parts(row: Composable, connector: ConnectorSettings,
     else:
         extra = _NO_FIELDS
     out = []
+    last = len(pieces) if connector.more_messages_to_send else 0
     for no, piece in enumerate(pieces, 1):
         if no in row.done_parts:
             continue
+        tlvs = piece.tlvs + user_tlvs if user_tlvs else piece.tlvs
+        if no < last:  # more parts follow (a split message; Kannel's msg_to_pdu)
+            tlvs = (*tlvs, _MORE_MESSAGES)
         # a plain message passes only what it sets (the PDU's defaults are SMPP's NULLs):
         # the claim loop composes every message, so this stays as cheap as it was
         out.append((no, P.SubmitSm(
@@ -165,7 +172,7 @@ def build_parts(row: Composable, connector: ConnectorSettings,
             dest_addr_ton=connector.dest_addr_ton, dest_addr_npi=connector.dest_addr_npi,
             destination_addr=dest, esm_class=(esm | 0x40) if piece.udhi else esm,
             registered_delivery=rd, data_coding=dc, short_message=piece.short_message,
-            tlvs=piece.tlvs + user_tlvs if user_tlvs else piece.tlvs, **extra)))
+            tlvs=tlvs, **extra)))
     return len(pieces), out
 
 

@@ -74,7 +74,8 @@ class ConnectorSettings(BaseModel):
     `send_validity` puts the message's validity in validity_period, `schedule_mode` "send"
     passes a future `send_at` as schedule_delivery_time (else the sender holds the message),
     `time_format` writes both absolute (UTC) or relative, `send_tlvs` False refuses messages
-    with TLVs, `tlvs` names optional parameters for Kannel's meta-data (its `smpp-tlv`).
+    with TLVs, `tlvs` names optional parameters for Kannel's meta-data (its `smpp-tlv`),
+    `more_messages_to_send` marks every part of a split message but the last (TLV 0x0426).
     Receipts: `submit_id_mode`/`receipt_id_mode` normalise the ids on each side (e.g.
     "hex_to_dec" on submit ids when receipts carry decimal), `registered_delivery` is what
     a message that wants a receipt asks for (0: never ask on this connector), `stat_map`
@@ -125,6 +126,9 @@ class ConnectorSettings(BaseModel):
     time_format: Literal["absolute", "relative"] = "absolute"  # SMPP 3.4 7.1.1
     send_tlvs: bool = True  # False: a message with TLVs is refused here, never sent without
     tlvs: list[TlvSetting] = Field(default_factory=list, max_length=64)
+    # more_messages_to_send (0x0426) = 1 on every part of a split message but the last, as
+    # Kannel's msg_to_pdu sets it for SMPP 3.4; False for an SMSC that refuses the TLV
+    more_messages_to_send: bool = True
 
     submit_id_mode: str = "as_is"
     receipt_id_mode: str = "as_is"

@@ -228,9 +228,12 @@ def fields_dcs(coding: int, *, mclass: int | None = None, mwi: int | None = None
 
 
 def registered_delivery_for_mask(mask: int | None) -> int:
-    """registered_delivery for a Kannel dlr-mask, as `msg_to_pdu` sets it: failure only → 2,
-    success (or success and failure) → 1, nothing of the handset → 0; the intermediate bit
-    (32) adds 16. SMSC-level bits (8, 16) need no receipt."""
+    """registered_delivery for a Kannel dlr-mask, as Kannel 1.4.5's `msg_to_pdu` sets it:
+    failure only → 2, success (or success and failure) → 1, nothing of the handset → 0; the
+    buffered bit (4) asks for intermediate notifications too (+16, SMPP 3.4 5.2.17 bit 4).
+    SMSC-level bits (8, 16) need no receipt. The buffered rule is what Debian's kannel 1.4.5
+    binary puts on the wire (mask 4 → 16, 31 → 17; tests/kannel), which differs from the
+    0x20 test in a later source snapshot."""
     if mask is None or mask <= 0:
         return 0
     if mask & 0x02 and not mask & 0x01:
@@ -239,7 +242,7 @@ def registered_delivery_for_mask(mask: int | None) -> int:
         rd = 1
     else:
         rd = 0
-    return rd + 16 if mask & 0x20 else rd
+    return rd + 16 if mask & 0x04 else rd
 
 
 def smpp_time(at: datetime, now: datetime, relative: bool = False) -> str:

@@ -72,6 +72,12 @@ REASONS: dict[str, str] = {
         "smsgw sends a short-code sender as TON 3 / NPI 0 (network specific, shared/smpp/"
         "compose.py source_ton_npi); Kannel's source-addr-autodetect sends any digits-only "
         "sender with its default national TON 2 / NPI 1"),
+    "receipt on every part": (
+        "smsgw asks the SMSC for a receipt on every part of a split message, because a "
+        "message's state is built from each part's (delivered only when every part is); "
+        "Kannel's sms_split (gw/sms.c) clears the dlr-mask after part 1, so its parts 2..N "
+        "carry registered_delivery 0 and only part 1's receipt reaches the dlr-url — which "
+        "smsgw's default `[sender] kannel_dlr_parts = \"first\"` reproduces"),
 }
 # (case pattern, field pattern, REASONS label): differences that are on purpose
 DELIBERATE: list[tuple[str, str, str]] = [
@@ -81,6 +87,7 @@ DELIBERATE: list[tuple[str, str, str]] = [
     *(("mo_ucs2", f"reply.p1.{f}", "no '?' substitution")
       for f in ("data_coding", "short_message")),
     *(("mo_*", f"reply.p*.source_addr_{f}", "short code TON 3/0") for f in ("ton", "npi")),
+    ("*long*", "submit.p[2-9].registered_delivery", "receipt on every part"),
 ]
 
 

@@ -54,9 +54,10 @@ def test_fields_dcs(coding: int, kw: dict[str, Any], dcs: int) -> None:
 
 
 @pytest.mark.parametrize(("mask", "rd"), [
-    (None, 0), (0, 0), (1, 1), (2, 2), (3, 1), (31, 1), (19, 1),
-    (4, 0), (8, 0), (16, 0), (24, 0),  # buffered / SMSC-level only: no handset receipt
-    (34, 18), (33, 17), (63, 17),  # the intermediate bit (32) adds 16
+    (None, 0), (0, 0), (1, 1), (2, 2), (3, 1), (19, 1), (8, 0), (16, 0), (24, 0),
+    # the buffered bit (4) asks for intermediate notifications (+16), as Debian's kannel
+    # 1.4.5 sends it (tests/kannel: mask 4 → 16, 31 → 17)
+    (4, 16), (31, 17), (5, 17), (6, 18), (12, 16), (32, 0), (34, 2)
 ])
 def test_registered_delivery_from_a_dlr_mask(mask: int | None, rd: int) -> None:
     assert registered_delivery_for_mask(mask) == rd
@@ -226,7 +227,7 @@ def test_validity_and_schedule_per_connector() -> None:
     (Msg(smpp={"receipt": False}), conn(), 0),
     (Msg(source="sendsms"), conn(), 0),  # Kannel: no dlr-mask, no receipt
     (Msg(source="sendsms", dlr_mask=2), conn(), 2),
-    (Msg(source="sendsms", dlr_mask=35), conn(), 17),
+    (Msg(source="sendsms", dlr_mask=7), conn(), 17),  # buffered (4): intermediate too
     (Msg(source="rule"), conn(registered_delivery=2), 2),
     (Msg(source="sendsms", dlr_mask=3), conn(registered_delivery=0), 0),  # never on this SMSC
 ])
@@ -258,6 +259,10 @@ def test_flash_text_is_gsm_whatever_data_coding_0_means() -> None:
 def test_user_tlvs_follow_sar_and_a_connector_may_refuse_them() -> None:
     msg = Msg(body="x" * 200, smpp={"tlvs": {"0x1401": "01"}})
     _, parts = build_parts(msg, conn(long_message="sar"), NOW)
+    # sar_*, the client's, then more_messages_to_send on every part but the last
+    assert [t for t, _ in parts[0][1].tlvs] == [0x020C, 0x020E, 0x020F, 0x1401, 0x0426]
+    assert [t for t, _ in parts[-1][1].tlvs] == [0x020C, 0x020E, 0x020F, 0x1401]
+    _, parts = build_parts(msg, conn(long_message="sar", more_messages_to_send=False), NOW)
     assert [t for t, _ in parts[0][1].tlvs] == [0x020C, 0x020E, 0x020F, 0x1401]
     with pytest.raises(ValueError, match="send_tlvs"):
         build_parts(msg, conn(send_tlvs=False), NOW)
