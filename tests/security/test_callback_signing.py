@@ -129,9 +129,11 @@ async def _account(pool: asyncpg.Pool, name: str) -> int:
 
 async def _status_callback(pool: asyncpg.Pool, account_id: int, url: str, *,
                            style: str = "json", outbound_id: int = 7) -> None:
-    """Queue the callback the receipt code builds for a delivered message."""
+    """Queue the callback the sender builds: for JSON a delivered message; for a Kannel
+    dlr-url the SMSC's ACK of the submit (Kannel reports receipts through their own rows)."""
     change = StatusChange(
-        outbound_id=outbound_id, status="delivered", account_id=account_id,
+        outbound_id=outbound_id, status="delivered" if style == "json" else "submitted",
+        account_id=account_id,
         from_addr="Shop", to_addr="+447700900123", client_ref="r1", callback_url=url,
         dlr_mask=31 if style == "kannel" else None, meta={"callback_style": style},
         parts_total=1, delivered_parts=1, connector="sim", error_code=None, error=None)
@@ -198,11 +200,12 @@ async def test_get_dlr_url_callback_signature_covers_path_and_query(
     template = "/dlr?id=%I&type=%d&to=%p&at=%t&smsc=%i"
     await _status_callback(pool, account_id, sec_cbsign_app.url(template), style="kannel")
     [req] = await _delivered(pool, sec_cbsign_app, 1)
-    assert req["method"] == "GET" and req["target"].startswith("/dlr?id=7&type=1&")
+    assert req["method"] == "GET" and req["target"].startswith("/dlr?id=")
+    assert "&type=8&" in req["target"]  # Kannel's DLR type of the SMSC's ACK
     ts = req["headers"]["X-Smsgw-Timestamp"]
     signature = req["headers"]["X-Smsgw-Signature"]
     assert signature == _hmac(secret, f"{ts}.{req['target']}".encode())
-    for tampered in (req["target"].replace("type=1", "type=2"),
+    for tampered in (req["target"].replace("type=8", "type=16"),
                      req["target"].replace("%2B447700900123", "%2B447700900999"),
                      req["target"] + "&x=1"):
         assert tampered != req["target"]
