@@ -21,7 +21,6 @@ import asyncio
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import asyncpg
 from prometheus_client import CollectorRegistry
 
+from smsgw.services.bench.component import run_on_database
 from smsgw.services.bench.queue_bench import ServerCpu
 from smsgw.services.processor.engine import Engine
 from smsgw.services.processor.metrics import ProcessorMetrics
@@ -36,8 +36,6 @@ from smsgw.services.processor.options import ProcessorKeys
 from smsgw.services.processor.rules import parse_rules
 from smsgw.services.processor.rules_cli import import_rules
 from smsgw.shared.core import db
-from smsgw.shared.core.aio import loop_runner
-from smsgw.shared.core.embedded_pg import EmbeddedPostgres
 from smsgw.shared.core.logging import configure_logging
 from smsgw.shared.domain.suppression import NumberHasher
 from smsgw.shared.queue import store
@@ -171,22 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the processor benchmark; prints its conditions and figures."""
     args = _parse(list(sys.argv[1:] if argv is None else argv))
     configure_logging("warning", "processor", 1)  # the figures, not a log line per batch
-    runner = loop_runner()
-    if args.database_url:
-        runner(db.migrate(args.database_url))
-        runner(_bench(args, args.database_url, None))
-        return 0
-    with tempfile.TemporaryDirectory(prefix="smsgw-bench-pg-") as tmp:
-        cluster = EmbeddedPostgres(Path(tmp) / "data", fsync=not args.no_fsync)
-        cluster.start()
-        try:
-            postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
-            runner(db.migrate(cluster.url_with_password()))
-            runner(_bench(args, cluster.url_with_password(), postmaster))
-        finally:
-            cluster.stop(mode="fast")
-    return 0
-
+    return run_on_database(args.database_url, lambda dsn, pid: _bench(args, dsn, pid),
+                           fsync=not args.no_fsync)
 
 if __name__ == "__main__":
     sys.exit(main())

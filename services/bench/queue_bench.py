@@ -25,7 +25,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,9 +33,9 @@ from typing import Any
 
 import asyncpg
 
+from smsgw.services.bench.component import run_on_database
 from smsgw.shared.core import db
-from smsgw.shared.core.aio import loop_runner, sleep_or_stop
-from smsgw.shared.core.embedded_pg import EmbeddedPostgres
+from smsgw.shared.core.aio import sleep_or_stop
 from smsgw.shared.queue import outbound, store
 from smsgw.shared.queue.listener import CHANNELS, Listener, consume
 
@@ -302,24 +301,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     """Run the queue micro-benchmark; prints conditions and a table of medians."""
     args = _parse(argv)
-    runner = loop_runner()
-    if args.database_url:
-        runner(db.migrate(args.database_url))
-        runner(_bench(args, args.database_url, None))
-        return 0
-    with tempfile.TemporaryDirectory(prefix="smsgw-bench-pg-") as tmp:
-        extra = {"shared_preload_libraries": "pg_stat_statements"} if args.statements else {}
-        cluster = EmbeddedPostgres(Path(tmp) / "data", fsync=not args.no_fsync, extra_conf=extra)
-        cluster.start()
-        try:
-            postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
-            dsn = cluster.url_with_password()  # a throwaway cluster
-            runner(db.migrate(dsn))
-            runner(_bench(args, dsn, postmaster))
-        finally:
-            cluster.stop(mode="fast")
-    return 0
-
+    extra = {"shared_preload_libraries": "pg_stat_statements"} if args.statements else {}
+    return run_on_database(args.database_url, lambda dsn, pid: _bench(args, dsn, pid),
+                           fsync=not args.no_fsync, extra_conf=extra)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

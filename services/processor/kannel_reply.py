@@ -75,7 +75,7 @@ from smsgw.shared.domain.numbers import (
     normalise_recipient,
     normalise_sender,
 )
-from smsgw.shared.domain.urlguard import UnsafeUrl, check_url_form
+from smsgw.shared.domain.urlguard import UnsafeUrl, check_http_url
 from smsgw.shared.smpp.fields import (
     MAX_TLVS,
     TlvCatalog,
@@ -445,10 +445,8 @@ def _apply_smpp(f: _Fields, headers: Mapping[str, str], ctx: _Context) -> None:
 def _apply_delivery(f: _Fields, headers: Mapping[str, str]) -> None:
     dlr_url = headers.get("X-Kannel-DLR-URL")
     if dlr_url is not None:
-        if not dlr_url.startswith(("http://", "https://")):
-            raise _Refused("X-Kannel-DLR-URL: must start with http:// or https://")
         try:
-            check_url_form(dlr_url)
+            check_http_url(dlr_url)
         except UnsafeUrl as exc:
             raise _Refused(f"X-Kannel-DLR-URL: {exc}") from None
         f.dlr_url = dlr_url

@@ -96,7 +96,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from smsgw.services.processor import templates
 from smsgw.shared.core.errors import SmsGatewayError
 from smsgw.shared.domain.numbers import InvalidNumber, normalise_sender
-from smsgw.shared.domain.urlguard import UnsafeUrl, check_url_form
+from smsgw.shared.domain.urlguard import UnsafeUrl, check_http_url
 
 Category = Literal["transactional", "marketing"]
 
@@ -298,10 +298,8 @@ class ReplyFromBody(_Model):
     @classmethod
     def _dlr_url(cls, v: str | None) -> str | None:
         if v is not None:
-            if not v.startswith(("http://", "https://")):
-                raise ValueError("dlr_url must start with http:// or https://")
             try:
-                check_url_form(v)
+                check_http_url(v)
             except UnsafeUrl as exc:
                 raise ValueError(f"dlr_url refused: {exc}") from exc
         return v
@@ -347,10 +345,8 @@ class ForwardAction(_Model):
             raise ValueError("reply_from_body needs one request per MO (batch = 1): one body "
                              "cannot answer several messages")
         target = self.url or self.get_url or ""
-        if not target.startswith(("http://", "https://")):
-            raise ValueError("the URL must start with http:// or https://")
         try:  # the address itself is checked at send time, against [webhooks] allowed_networks
-            check_url_form(target)
+            check_http_url(target)
         except UnsafeUrl as exc:
             raise ValueError(f"forward URL refused: {exc}") from exc
         if self.get_url is not None:

@@ -174,6 +174,15 @@ def host_address(host: str) -> Address | None:
         return None
 
 
+def check_http_url(url: str) -> str:
+    """`check_url_form` for a URL an application writes as text (a rule's forward URL, a
+    dlr-url, Kannel's X-Kannel-DLR-URL), which must also start with a lower-case `http://` or
+    `https://` as Kannel requires; return the host the client will connect to."""
+    if not url.startswith(("http://", "https://")):
+        raise UnsafeUrl("must start with http:// or https://")
+    return check_url_form(url)
+
+
 def check_url_form(url: str) -> str:
     """Check everything but the address policy (scheme, host encoding, credentials, port);
     return the host the client will connect to. For URLs whose allowed networks are not known
