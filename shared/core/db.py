@@ -37,6 +37,9 @@ CONNECTION_ERRORS: Final[tuple[type[BaseException], ...]] = (
     asyncpg.CannotConnectNowError,  # starting up / shutting down
     asyncpg.AdminShutdownError,
     asyncpg.InterfaceError,  # connection closed under us
+    # a query issued while the server's termination of the connection is being read ("cannot
+    # switch to state …"): the connection is gone all the same (seen with pg_terminate_backend)
+    asyncpg.exceptions._base.InternalClientError,
     asyncpg.ReadOnlySQLTransactionError,  # a failed-over standby
 )
 # A failed round trip of any kind: unreachable (above) or an error the server raised. What a
