@@ -7,7 +7,7 @@ install line (`apt-get install -y kannel`, Kannel 1.4.5 on Debian 12): a CI job 
 the comparison must not go green by comparing nothing.
 
 The table of cases → results is printed at the end of the run and written to
-`$SMSGW_KANNEL_TABLE` (default: `kannel-differential.md` in the system's temp folder).
+`$KANNEL_DIFF_TABLE` (default: `kannel-differential.md` in the system's temp folder).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def table_path() -> Path:
-    return Path(os.environ.get("SMSGW_KANNEL_TABLE")
+    return Path(os.environ.get("KANNEL_DIFF_TABLE")
                 or Path(tempfile.gettempdir()) / "kannel-differential.md")
 
 

@@ -54,9 +54,9 @@ WAIT_S = 20.0
 
 
 def find_binary(name: str) -> str | None:
-    """`bearerbox`/`smsbox` from `$SMSGW_KANNEL_BIN_DIR` when set (a Kannel built elsewhere),
+    """`bearerbox`/`smsbox` from `$KANNEL_BIN_DIR` when set (a Kannel built elsewhere),
     else on PATH or in Debian's /usr/sbin (not on every user's PATH)."""
-    given = os.environ.get("SMSGW_KANNEL_BIN_DIR")
+    given = os.environ.get("KANNEL_BIN_DIR")
     if given is None:
         found = shutil.which(name)
         if found:
