@@ -18,10 +18,13 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from signal import SIGTERM, Signals
 from typing import Any, Literal
+
+from aiohttp import web
 
 from smsgw.shared.runtime import systemd
 
@@ -41,6 +44,18 @@ def clean_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, 
            if not k.startswith(("SMSGW_", "NOTIFY_", "WATCHDOG_"))}
     env.update(extra)
     return env
+
+
+@asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[int]:
+    """Serve `app` on 127.0.0.1 on a free port for the block; yield the port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
 
 
 def free_port() -> int:

@@ -27,7 +27,7 @@ from smsgw.services.sender.status_callbacks import StatusChange, callback_row
 from smsgw.shared.queue import store
 from smsgw.shared.runtime.config import WebhooksSettings
 
-from ..harness import CLI_MODULE, ROOT, Spawner, clean_env
+from ..harness import CLI_MODULE, ROOT, Spawner, clean_env, serve
 
 SERVER_SECRET = "sec-cbsign-server-secret"
 
@@ -58,15 +58,8 @@ async def sec_cbsign_app() -> AsyncIterator[SecCbsignApp]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.port = runner.addresses[0][1]
-    try:
+    async with serve(app) as state.port:
         yield state
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture

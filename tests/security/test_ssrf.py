@@ -27,7 +27,7 @@ from smsgw.services.receiver.web import create_api_app
 from smsgw.shared.queue import store
 from smsgw.shared.runtime.config import WebhooksSettings
 
-from ..harness import CLI_MODULE, ROOT, DaemonProcess, Spawner, clean_env
+from ..harness import CLI_MODULE, ROOT, DaemonProcess, Spawner, clean_env, serve
 
 SERVER_SECRET = b"sec-ssrf-server-secret"
 
@@ -98,16 +98,10 @@ async def sec_ssrf_receiver(pool: asyncpg.Pool) -> AsyncIterator[SecSsrfReceiver
     ctx = build_context(pool, ReceiverOptions(default_country="GB"),
                         WebhooksSettings.model_construct(**WebhooksSettings().model_dump()),
                         server_secret=SERVER_SECRET)
-    runner = web.AppRunner(create_api_app(ctx), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    http = aiohttp.ClientSession()
     try:
-        yield SecSsrfReceiver(f"http://127.0.0.1:{runner.addresses[0][1]}", http, key)
+        async with serve(create_api_app(ctx)) as port, aiohttp.ClientSession() as http:
+            yield SecSsrfReceiver(f"http://127.0.0.1:{port}", http, key)
     finally:
-        await http.close()
-        await runner.cleanup()
         await ctx.close(timeout_s=2)
 
 
@@ -155,15 +149,8 @@ async def sec_ssrf_app() -> AsyncIterator[SecSsrfApp]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.port = runner.addresses[0][1]
-    try:
+    async with serve(app) as state.port:
         yield state
-    finally:
-        await runner.cleanup()
 
 
 StartProcessor = Callable[..., Awaitable[DaemonProcess]]

@@ -19,7 +19,6 @@ from urllib.parse import quote_from_bytes
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp import web
 
 from smsgw.services.admin.accounts import create_account
 from smsgw.services.admin.trace import render_trace, trace_outbound
@@ -29,6 +28,7 @@ from smsgw.services.receiver.web import create_api_app
 from smsgw.services.smsc_sim.server import Simulator, SubmitRecord
 from smsgw.shared.smpp.connector import ConnectorSettings
 
+from ..harness import serve
 from ..receiver.conftest import SERVER_SECRET, Receiver, webhook_settings
 from .conftest import connector, running, statuses, wait_until
 
@@ -44,16 +44,10 @@ async def receiver_on(pool: asyncpg.Pool,
     schedule modes), as the daemon builds it."""
     ctx = build_context(pool, ReceiverOptions(default_country="GB"), webhook_settings(),
                         server_secret=SERVER_SECRET, connectors=connectors)
-    runner = web.AppRunner(create_api_app(ctx), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    http = aiohttp.ClientSession()
     try:
-        yield Receiver(ctx, f"http://127.0.0.1:{runner.addresses[0][1]}", http)
+        async with serve(create_api_app(ctx)) as port, aiohttp.ClientSession() as http:
+            yield Receiver(ctx, f"http://127.0.0.1:{port}", http)
     finally:
-        await http.close()
-        await runner.cleanup()
         await ctx.close(timeout_s=2)
 
 

@@ -6,8 +6,6 @@ under test."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -15,27 +13,17 @@ import pytest
 from smsgw.shared.smpp.compose import build_parts, concat_ref, source_ton_npi
 from smsgw.shared.smpp.connector import ConnectorSettings
 
+from .rows import Msg as Row
+
 
 def conn(**kw: Any) -> ConnectorSettings:
     return ConnectorSettings(name="c1", host="127.0.0.1", port=2775, system_id="smsgw", **kw)
 
 
-@dataclass(frozen=True)
-class Msg:
-    id: int = 0x1234
-    body: str | None = "hello"
-    encoding: str | None = None
-    from_addr: str = "SMSGW"
-    to_addr: str = "+447700900001"
-    done_parts: tuple[int, ...] = ()
-    source: str = "cli"
-    callback_url: str | None = None
-    dlr_mask: int | None = None
-    valid_until: datetime | None = None
-    send_at: datetime | None = None
-    payload: bytes | None = None
-    udh: bytes | None = None
-    smpp: dict[str, Any] | None = None
+
+def Msg(**kw: Any) -> Row:
+    """A row from the CLI (no receipt wish of its own) unless a test says otherwise."""
+    return Row(**{"source": "cli", **kw})
 
 
 @pytest.mark.parametrize(("addr", "expected"), [

@@ -10,7 +10,7 @@ gw/meta_data.c). One composed PDU is also read back with python-smpplib, an inde
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -28,6 +28,8 @@ from smsgw.shared.smpp.fields import (
     smpp_time,
 )
 from smsgw.shared.smpp.text import TextTooLong, check_udh, split_udh, udh_elements
+
+from .rows import Msg
 
 PORTS = bytes.fromhex("06050415811581")  # IEI 05 (16-bit ports), 4 octets: 0x1581 → 0x1581
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -177,22 +179,6 @@ def conn(**kw: Any) -> ConnectorSettings:
     return ConnectorSettings(name="c1", system_id="smsgw", **kw)
 
 
-@dataclass(frozen=True)
-class Msg:
-    id: int = 0x1234
-    body: str | None = "hello"
-    encoding: str | None = None
-    from_addr: str = "SMSGW"
-    to_addr: str = "+447700900001"
-    done_parts: tuple[int, ...] = ()
-    source: str = "api"
-    callback_url: str | None = None
-    dlr_mask: int | None = None
-    valid_until: datetime | None = None
-    send_at: datetime | None = None
-    payload: bytes | None = None
-    udh: bytes | None = None
-    smpp: dict[str, Any] | None = None
 
 
 def one(msg: Msg, connector: ConnectorSettings | None = None) -> P.SubmitSm:
