@@ -85,6 +85,7 @@ COVERAGE: Final[Mapping[str, Mapping[str, str]]] = {
     "schema_migrations": {"name": _INT},
     "periodic_runs": {"job": _INT, "last_owner": _INT},
     "queue_stats": {"queue": _INT, "status": _INT},
+    "connector_state": {"name": _CFG, "state": _CFG, "changed_by": _INT, "reason": _CFG},
 }
 
 # The ids of everything to erase, collected once into temp tables so each DELETE is one

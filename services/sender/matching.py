@@ -43,15 +43,15 @@ import asyncpg
 import structlog
 
 from smsgw.services.sender.settings import SenderSettings
-from smsgw.services.sender.status_callbacks import (
+from smsgw.shared.core.aio import race_stop, sleep_or_stop
+from smsgw.shared.core.db import DATABASE_ERRORS
+from smsgw.shared.domain.status_callbacks import (
     DlrParts,
     callback_row,
     insert_rows,
     is_kannel,
     receipt_rows,
 )
-from smsgw.shared.core.aio import race_stop, sleep_or_stop
-from smsgw.shared.core.db import DATABASE_ERRORS
 from smsgw.shared.queue import outbound, receipts
 from smsgw.shared.queue.records import StatusChange
 from smsgw.shared.smpp.connector import ConnectorSettings

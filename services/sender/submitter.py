@@ -41,10 +41,10 @@ from smsgw.services.sender.policy import THROTTLE, decide, quiet_delay_s, recipi
 from smsgw.services.sender.records import InFlight, Outcome, PartJob
 from smsgw.services.sender.routing import Router, pick, ported_routes
 from smsgw.services.sender.settings import SenderSettings
-from smsgw.services.sender.status_callbacks import insert_callbacks
 from smsgw.services.sender.writeback import Flusher, claim_change
 from smsgw.shared.core.aio import race_stop, sleep_or_stop
 from smsgw.shared.core.db import DATABASE_ERRORS
+from smsgw.shared.domain.status_callbacks import insert_callbacks
 from smsgw.shared.domain.suppression import NumberHasher
 from smsgw.shared.queue import outbound
 from smsgw.shared.queue.records import ClaimedOutbound, OutboundStatus

@@ -18,9 +18,9 @@ import structlog
 from smsgw.services.sender.metrics import SenderMetrics
 from smsgw.services.sender.records import Outcome
 from smsgw.services.sender.settings import SenderSettings
-from smsgw.services.sender.status_callbacks import StatusChange, callback_row, insert_rows
 from smsgw.shared.core.aio import race_stop
 from smsgw.shared.core.db import DATABASE_ERRORS
+from smsgw.shared.domain.status_callbacks import StatusChange, callback_row, insert_rows
 from smsgw.shared.queue import outbound
 from smsgw.shared.queue.records import ClaimedOutbound, OutboundStatus, StatusCallback
 

@@ -6,7 +6,7 @@ Applications written for Kannel give `dlr-mask` and a `dlr-url` template with `%
 and `meta->>'callback_style' = 'kannel'`); the sender builds, for each report Kannel would send,
 the `DlrMsg` Kannel would hand to smsbox and renders the template with `fill_escape_codes`, the
 port of `urltrans_fill_escape_codes` (gw/urltrans.c). The GET is queued as a `callbacks` row
-(`services/sender/status_callbacks.py`).
+(`shared/domain/status_callbacks.py`).
 
 Which reports Kannel sends, and what its DLR message holds (read from Kannel 1.4.5's source and
 checked against Debian's kannel 1.4.5 binaries):
@@ -73,6 +73,10 @@ NACK = b"NACK/"
 REASON_EXPIRED = "validity expired"
 REASON_RETRIES = "Retries Exceeded"
 REASON_BLACK_LIST = "receiver in black-list"
+# Kannel cannot cancel a queued message; smsgw's `cancelled` (an operator, or an ESME's
+# cancel_sm) is reported like a gateway refusal, as `bb_smscconn_send_failed(NULL, msg,
+# SMSCCONN_FAILED_DISCARDED, reason)` would report it: an SMSC NACK (16), text `NACK/Cancelled`
+REASON_CANCELLED = "Cancelled"
 
 # smsgw's part / receipt states (docs/ARCHITECTURE.md "SMPP status classes and receipts") → the
 # type Kannel's `handle_dlr` gives the stat word they come from: DELIVRD → 1; ACCEPTD, ENROUTE,

@@ -7,6 +7,7 @@ their `outbound_part` rows.
   (message states and their `outbound_part` rows, fenced by the lease owner), `defer`,
   `release`, and `log_events` for the trace;
 - receipt matching (the sender's matcher): `finalize`;
+- cancelling queued messages (an operator, an ESME's cancel_sm): `cancel_queued`;
 - retention: `PURGE_PARTS`.
 
 The SQL is `sql/outbound.sql`, each statement with the comment that says why it is shaped that
@@ -43,6 +44,8 @@ _DEFER: Final = _SQL["defer"]
 _RELEASE: Final = _SQL["release"]
 _LOG_EVENTS: Final = _SQL["log_events"]
 _FINALIZE: Final = _SQL["finalize"]
+_CANCEL_QUEUED: Final = _SQL["cancel_queued"]
+MAX_CANCEL_REASON: Final = 200
 
 
 # -- intake -----------------------------------------------------------------------------------
@@ -165,3 +168,31 @@ async def finalize(conn: asyncpg.Connection, ids: Sequence[int]) -> list[StatusC
     retention move, `outbound_history`; return the changes (for status callbacks)."""
     return [StatusChange.from_record(r) for r in await conn.fetch(_FINALIZE, list(ids))]
 
+
+
+# -- cancelling ------------------------------------------------------------------------------
+
+
+async def cancel_queued(conn: asyncpg.Connection, account_id: int,
+                        ids: Sequence[int] | None = None, *, reason: str, daemon: str,
+                        to_addr: str | None = None, from_addr: str | None = None,
+                        limit: int | None = None) -> list[StatusChange]:
+    """Cancel account `account_id`'s queued messages in ONE statement and return their changes
+    (status `cancelled`, for status callbacks); a terminal state, written with a `cancelled`
+    event (`reason`, `daemon`) for `smsgw trace`.
+
+    - `ids=None`: every queued message of the account; else only those ids (others' ids and
+      ids that are not queued are ignored: they are simply not in the result).
+    - `to_addr` / `from_addr`: only messages to / from that address (E.164 as stored).
+    - `limit`: at most that many (in id order), for callers that cancel a large backlog in
+      several transactions; None: all.
+
+    Never cancels a message a sender has claimed (`sending`) or submitted: the statement only
+    changes rows still `queued` once it holds their lock. Callers that must also queue the
+    status callbacks use `shared.domain.status_callbacks.cancel_queued` (same arguments,
+    one transaction)."""
+    if not reason or len(reason) > MAX_CANCEL_REASON:
+        raise ValueError(f"a cancel reason is 1-{MAX_CANCEL_REASON} characters")
+    rows = await conn.fetch(_CANCEL_QUEUED, account_id, None if ids is None else list(ids),
+                            reason, daemon, to_addr, from_addr, limit)
+    return [StatusChange.from_record(r) for r in rows]

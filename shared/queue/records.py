@@ -37,7 +37,8 @@ class InboundStatus(StrEnum):
 
 
 class OutboundStatus(StrEnum):
-    """`outbound.status`: queued → sending → submitted → a terminal state."""
+    """`outbound.status`: queued → sending → submitted → a terminal state; queued →
+    cancelled (an operator or an ESME withdrew it before any sender claimed it)."""
 
     QUEUED = "queued"
     SENDING = "sending"
@@ -49,6 +50,7 @@ class OutboundStatus(StrEnum):
     SUPPRESSED = "suppressed"
     SUBMIT_UNKNOWN = "submit_unknown"
     DEAD = "dead"
+    CANCELLED = "cancelled"
 
 
 class PartStatus(StrEnum):
@@ -499,7 +501,7 @@ def _check_claim_columns(names: list[str]) -> None:
 class StatusChange:
     """A message state change an application may want to hear about (a status callback).
 
-    Made by `outbound.finalize` after receipt matching, and by
+    Made by `outbound.finalize` after receipt matching, by `outbound.cancel_queued`, and by
     the sender for states it sets itself (rejected, expired, suppressed, …).
     """
 

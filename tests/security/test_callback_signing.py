@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from smsgw.services.admin import accounts
-from smsgw.services.sender.status_callbacks import StatusChange, callback_row
+from smsgw.shared.domain.status_callbacks import StatusChange, callback_row
 from smsgw.shared.queue import store
 from smsgw.shared.runtime.config import WebhooksSettings
 

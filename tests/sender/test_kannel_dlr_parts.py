@@ -17,7 +17,7 @@ import pytest
 
 from smsgw.services.sender import matching
 from smsgw.services.sender.settings import SenderSettings
-from smsgw.services.sender.status_callbacks import callback_row
+from smsgw.shared.domain.status_callbacks import callback_row
 from smsgw.shared.queue.records import StatusChange
 
 from .conftest import add_mt, connector

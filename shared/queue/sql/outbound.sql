@@ -324,6 +324,40 @@ SELECT * FROM hot
 UNION ALL
 SELECT * FROM hist
 
+-- name: cancel_queued
+-- Cancel account $1's queued messages in one statement: all of them, or those in $2 (NULL:
+-- all), only those to $5 / from $6 when given, at most $7 (NULL: no limit), picked on
+-- outbound_account_idx. Only `queued` rows: a row a sender has claimed is locked by the claim
+-- (FOR UPDATE SKIP LOCKED); this UPDATE waits for that lock, re-reads the row, finds it
+-- `sending` and leaves it alone, so a message is never both cancelled and submitted. Each
+-- cancelled row gets a `cancelled` event (reason $3, canceller $4) for the trace. Returns what a
+-- status callback needs; `connector` is the one forced on the message (or NULL): a queued
+-- message has not been routed yet.
+WITH pick AS MATERIALIZED (
+    SELECT id FROM outbound
+     WHERE account_id = $1::bigint AND status = 'queued'
+       AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
+       AND ($5::text IS NULL OR to_addr = $5::text)
+       AND ($6::text IS NULL OR from_addr = $6::text)
+     ORDER BY id
+     LIMIT $7::bigint
+), gone AS (
+    UPDATE outbound AS m
+       SET status = 'cancelled', done_at = now(), updated_at = now(), last_error = $3::text,
+           lease_owner = NULL, lease_until = NULL
+      FROM pick
+     WHERE m.id = pick.id AND m.status = 'queued'
+    RETURNING m.id, m.status, m.account_id, m.from_addr, m.to_addr, m.client_ref,
+              m.callback_url, m.dlr_mask, m.meta, m.parts_total,
+              coalesce(m.connector, m.route_hint) AS connector, m.error_code, m.last_error,
+              0 AS delivered
+), ev AS (
+    INSERT INTO events (message_table, message_id, event, detail, daemon)
+    SELECT 'outbound', id, 'cancelled', jsonb_build_object('reason', $3::text), $4::text
+      FROM gone
+)
+SELECT * FROM gone
+
 -- name: purge_parts
 -- Delete up to $2 outbound_part rows created more than $1 seconds ago (no receipt can still
 -- arrive for them: the smsc id → part map is kept that long).

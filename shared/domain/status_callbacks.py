@@ -6,14 +6,17 @@ a GET of the URL template with its escapes filled in as Kannel 1.4.5 fills them,
 reports Kannel sends (`shared.domain.kannel`):
 
 - the SMSC ACK (8) / NACK (16) of a message, when the sender writes back its submit outcome or
-  finishes it at the claim (`callback_row`, from the write-back and the claim);
+  finishes it at the claim (`callback_row`, from the write-back and the claim), or when a queued
+  message is cancelled (`cancel_queued`: `NACK/Cancelled`, Kannel has no cancel);
 - receipts (1, 2, 4, 34), one per matched receipt (`receipt_rows`, from receipt matching): by
   default only the first part's, as Kannel asks receipts for the first part of a split message
   only (gw/sms.c `sms_split`); with `[sender] kannel_dlr_parts = "each"`, one per part, each
   with its own SMSC id and state.
 
 The rows go into the same transaction as the state change (`shared.queue.callbacks
-.insert_status`); the processor delivers them.
+.insert_status`); the processor delivers them. The module is in the domain layer because
+more than the sender changes a message's state: `cancel_queued` is what `smsgw accounts
+disable --cancel-queued` and the receiver's SMPP server (cancel_sm) call.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ import asyncpg
 import orjson
 
 from smsgw.shared.domain import kannel as K
-from smsgw.shared.queue import callbacks
+from smsgw.shared.queue import callbacks, outbound
 from smsgw.shared.queue.records import OutboundStatus, StatusCallback, StatusChange
 
-__all__ = ["DlrParts", "StatusChange", "callback_row", "insert_callbacks", "insert_rows",
-           "is_kannel", "receipt_rows"]
+__all__ = ["DlrParts", "StatusChange", "callback_row", "cancel_queued", "insert_callbacks",
+           "insert_rows", "is_kannel", "receipt_rows"]
 
 DlrParts = Literal["first", "each"]
 
@@ -42,7 +45,12 @@ _NACK_REASON: dict[str, str] = {
     OutboundStatus.EXPIRED: K.REASON_EXPIRED,
     OutboundStatus.SUPPRESSED: K.REASON_BLACK_LIST,
     OutboundStatus.SUBMIT_UNKNOWN: "no submit_sm_resp",
+    OutboundStatus.CANCELLED: K.REASON_CANCELLED,
 }
+
+
+# states whose change carries the DLR's smsc-id in `connector` (no `forced_connector` given)
+_OWN_CONNECTOR = frozenset({OutboundStatus.SUBMIT_UNKNOWN, OutboundStatus.CANCELLED})
 
 
 def is_kannel(meta: Any) -> bool:
@@ -65,8 +73,9 @@ def callback_row(change: StatusChange, at: datetime | None = None, *,
     """The `callbacks` row for one state change, or None when the application did not ask.
 
     JSON style: a POST of the contract's body on every state change. Kannel style: the SMSC
-    ACK/NACK of a submit outcome (`submitted`; `rejected`, `dead`, `submit_unknown`) or of a
-    message the claim finished (`expired`, `suppressed`), as `bb_smscconn_sent` /
+    ACK/NACK of a submit outcome (`submitted`; `rejected`, `dead`, `submit_unknown`), of a
+    message the claim finished (`expired`, `suppressed`) or of a cancelled one (`cancelled`:
+    the connector forced on it is in `change.connector`), as `bb_smscconn_sent` /
     `bb_smscconn_send_failed` make it; receipt states give None here (`receipt_rows` reports
     receipts). `first_part_id` is the SMSC id of part 1, `forced_connector` the sendsms
     `smsc` (Kannel's smsc-id of a DLR the gateway made without a connection).
@@ -118,8 +127,7 @@ def _ack_nack(change: StatusChange, at: datetime, first_part_id: str | None,
         # message's own (the forced smsc) — except for submit_unknown, which smsgw decides
         # on the connection
         dlr_type, reply, from_resp = K.DLR_SMSC_FAIL, K.nack_text(_NACK_REASON[status]), False
-        smsc_id = change.connector if status == OutboundStatus.SUBMIT_UNKNOWN \
-            else forced_connector
+        smsc_id = change.connector if status in _OWN_CONNECTOR else forced_connector
         foreign = first_part_id if K.stores_receipts(mask) and not single else None
     else:
         return None
@@ -178,3 +186,24 @@ async def insert_callbacks(conn: asyncpg.Connection, changes: Iterable[StatusCha
     """Queue the callbacks the applications asked for (one INSERT); return how many."""
     rows = [row for row in (callback_row(c) for c in changes) if row is not None]
     return await insert_rows(conn, rows)
+
+
+async def cancel_queued(conn: asyncpg.Connection, account_id: int,
+                        ids: Sequence[int] | None = None, *, reason: str, daemon: str,
+                        to_addr: str | None = None, from_addr: str | None = None,
+                        limit: int | None = None) -> list[int]:
+    """Cancel `account_id`'s queued messages (all, or those in `ids`; optionally only those to
+    `to_addr` / from `from_addr`; at most `limit`) and queue the status callbacks they asked
+    for, in one transaction; return the ids cancelled.
+
+    Only rows no sender has claimed are cancelled (`shared.queue.outbound.cancel_queued`, one
+    statement); a message already `sending` or further is left alone and not returned, so a
+    caller answering an SMPP cancel_sm reports those ids as not cancellable. `reason` goes to
+    `last_error` and the trace event (≤ 200 characters), `daemon` names the canceller in it.
+    """
+    async with conn.transaction():
+        changes = await outbound.cancel_queued(conn, account_id, ids, reason=reason,
+                                               daemon=daemon, to_addr=to_addr,
+                                               from_addr=from_addr, limit=limit)
+        await insert_callbacks(conn, changes)
+    return [c.outbound_id for c in changes]
