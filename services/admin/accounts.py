@@ -4,7 +4,11 @@
                                [--allowed-sender ID ...] [--allowed-connector NAME ...]
                                                               prints the first key, once
     smsgw accounts update NAME [--category C] [--rate N|unlimited|default]
+                               [--allowed-sender ID ... | --any-sender]
                                [--allowed-connector NAME ... | --no-allowed-connectors]
+    smsgw accounts show NAME [--json]                         keys, limits, today's counts
+    smsgw accounts disable NAME [--cancel-queued] [--reason TEXT] [--yes]
+    smsgw accounts enable NAME
     smsgw accounts add-key NAME                               prints a new key, once
     smsgw accounts revoke-key NAME KEY_ID_OR_PREFIX
     smsgw accounts list [--json]
@@ -20,7 +24,15 @@ An account without its own `--rate` gets the receivers' `[receiver] default_acco
 (50 messages/s unless configured). By default an account may not force a connector (Kannel
 `smsc=`, the JSON API's `connector`): its routes decide; `--allowed-connector` (repeatable)
 names the ones it may force. `update` replaces only what it is given; receivers see the change
-within their `auth_cache_s`.
+within their `auth_cache_s` (at most 5 s).
+
+`disable` takes effect without a restart: the account's API keys are refused within the
+receivers' `auth_cache_s` (and its SMPP binds within the same bound), and no sender claims its
+queued messages any more: they are held, and sent after `enable` (which wakes the senders), or
+cancelled at once with `--cancel-queued` (status `cancelled`, with the status callbacks they
+asked for). With queued messages it asks first, saying how many (`--yes` skips the question;
+without a terminal it refuses). `show` prints the account's settings, its keys by listing prefix,
+and today's messages by status (UTC day).
 
 Every account's status callbacks are signed (`X-Smsgw-Signature`, see
 `shared.domain.callback_signing`) with a secret derived from the server secret and the account's
@@ -45,6 +57,8 @@ from smsgw.shared.core.errors import ConfigError
 from smsgw.shared.domain.apikeys import audit, create_key, list_keys, revoke_key
 from smsgw.shared.domain.callback_signing import account_secret
 from smsgw.shared.domain.numbers import InvalidNumber, normalise_sender
+from smsgw.shared.domain.status_callbacks import cancel_queued
+from smsgw.shared.queue.listener import CHANNELS
 from smsgw.shared.runtime.admin_config import TARGET_EPILOG
 
 ACTOR_HELP = "who makes the change, for the audit log (default: cli:<OS user>)"
@@ -95,6 +109,7 @@ async def create_account(conn: asyncpg.Connection, server_secret: bytes, name: s
 UPDATABLE: dict[str, str] = {
     "category": "default_category",
     "rate": "rate_per_s",
+    "allowed_sender": "allowed_senders",
     "allowed_connector": "allowed_connectors",
 }
 
@@ -197,12 +212,33 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("--rate", type=_rate_arg, default=argparse.SUPPRESS,
                         help="messages per second, 'unlimited', or 'default' (the receivers' "
                              "default_account_rate)")
+    senders = update.add_mutually_exclusive_group()
+    senders.add_argument("--allowed-sender", action="append", default=None, metavar="ID",
+                         help="a sender id the account may use (repeat; replaces the list)")
+    senders.add_argument("--any-sender", action="store_true",
+                         help="the account may use any sender id")
     forced = update.add_mutually_exclusive_group()
     forced.add_argument("--allowed-connector", action="append", default=None,
                         type=_connector_arg, metavar="NAME",
                         help="a connector the account may force (repeat; replaces the list)")
     forced.add_argument("--no-allowed-connectors", action="store_true",
                         help="the account may force no connector (the routes decide)")
+    show = add("show", "an account's settings, keys (by prefix) and today's messages")
+    show.add_argument("name", help="the account's name")
+    disable = add("disable", "refuse the account's keys and binds and hold its queued "
+                             "messages (or cancel them with --cancel-queued)")
+    disable.add_argument("name", help="the account's name")
+    disable.add_argument("--cancel-queued", action="store_true",
+                         help="cancel its queued messages (status cancelled, with the status "
+                              "callbacks they asked for) instead of holding them")
+    disable.add_argument("--reason", type=_reason_arg, default=None,
+                         help="why, for the audit log and the cancelled messages (≤ 200 "
+                              "characters)")
+    disable.add_argument("--yes", action="store_true",
+                         help="do not ask when the account has queued messages")
+    enable = add("enable", "accept the account's keys and binds again and send its held "
+                           "messages")
+    enable.add_argument("name", help="the account's name")
     add_key = add("add-key", "add a key to an account and print it (shown once)", secret=True)
     add_key.add_argument("name", help="the account's name")
     revoke = add("revoke-key", "revoke a key by id or listing prefix")
@@ -252,6 +288,8 @@ async def _run(conn: asyncpg.Connection, args: argparse.Namespace, secret: bytes
             dbcli.dump_json({**updated, "rate_per_s": _rate_detail(updated["rate_per_s"])})
         else:
             sys.stdout.write(f"updated account {args.name}\n")
+    elif args.command in ("show", "disable", "enable"):
+        return await _run_live(conn, args, actor)
     elif args.command == "add-key":
         key, stored = await create_key(conn, secret, await _account_id(conn, args.name),
                                        actor=actor)
@@ -277,11 +315,204 @@ def _update_changes(args: argparse.Namespace) -> dict[str, Any]:
         changes[UPDATABLE["category"]] = args.category
     if hasattr(args, "rate"):
         changes[UPDATABLE["rate"]] = args.rate
+    if args.allowed_sender is not None:
+        try:
+            changes[UPDATABLE["allowed_sender"]] = list(dict.fromkeys(
+                normalise_sender(s) for s in args.allowed_sender))
+        except InvalidNumber as exc:
+            raise dbcli.UsageError(f"--allowed-sender: {exc}") from exc
+    elif args.any_sender:
+        changes[UPDATABLE["allowed_sender"]] = None
     if args.allowed_connector is not None:
         changes[UPDATABLE["allowed_connector"]] = list(dict.fromkeys(args.allowed_connector))
     elif args.no_allowed_connectors:
         changes[UPDATABLE["allowed_connector"]] = None
     return changes
+
+
+# -- show, disable, enable ------------------------------------------------------------------
+
+# show_account: an account's settings by name.
+SHOW_ACCOUNT = """
+SELECT id, name, default_category, rate_per_s, allowed_senders, allowed_connectors, disabled,
+       disabled_at, created_at, updated_at
+  FROM accounts WHERE name = $1
+"""
+
+# today_counts: the account's MTs created since the start of today (UTC) by status, hot and
+# history; both scans are bounded by the account's rows (outbound*_account_idx).
+TODAY_COUNTS = """
+SELECT status, count(*) AS n
+  FROM (SELECT status FROM outbound
+         WHERE account_id = $1 AND created_at >= date_trunc('day', now(), 'UTC')
+        UNION ALL
+        SELECT status FROM outbound_history
+         WHERE account_id = $1 AND created_at >= date_trunc('day', now(), 'UTC')) m
+ GROUP BY status ORDER BY status
+"""
+
+# count_queued: the account's queued MTs (what disable holds or cancels).
+COUNT_QUEUED = "SELECT count(*) FROM outbound WHERE account_id = $1 AND status = 'queued'"
+
+# set_disabled: disable ($2 true) or enable an account by name; returns its id and whether it
+# was disabled before (so a repeated command says nothing changed).
+SET_DISABLED = """
+WITH prev AS (SELECT id, disabled FROM accounts WHERE name = $1 FOR UPDATE)
+UPDATE accounts AS a
+   SET disabled = $2::bool,
+       disabled_at = CASE WHEN NOT $2::bool THEN NULL
+                          WHEN prev.disabled THEN a.disabled_at ELSE now() END,
+       updated_at = now()
+  FROM prev
+ WHERE a.id = prev.id
+RETURNING a.id, prev.disabled AS was_disabled, a.disabled_at
+"""
+
+CANCEL_BATCH = 10_000  # queued messages cancelled per transaction by disable --cancel-queued
+MAX_REASON = 200
+
+
+def _reason_arg(value: str) -> str:
+    if not value.strip() or len(value) > MAX_REASON or not value.isprintable():
+        raise argparse.ArgumentTypeError(f"1-{MAX_REASON} printable characters")
+    return value.strip()
+
+
+async def show_account(conn: asyncpg.Connection, name: str) -> dict[str, Any]:
+    """The account's settings, its keys (prefix only), queued messages and today's counts."""
+    rec = await conn.fetchrow(SHOW_ACCOUNT, name)
+    if rec is None:
+        raise dbcli.UsageError(f"no account named {name!r}")
+    out = dbcli.record_dict(rec) or {}
+    out["rate_per_s"] = _rate_detail(out["rate_per_s"])
+    out["keys"] = [{"id": k.id, "prefix": k.prefix, "created_at": k.created_at,
+                    "revoked_at": k.revoked_at} for k in await list_keys(conn, rec["id"])]
+    out["queued"] = int(await conn.fetchval(COUNT_QUEUED, rec["id"]))
+    out["today"] = {r["status"]: int(r["n"]) for r in await conn.fetch(TODAY_COUNTS, rec["id"])}
+    return out
+
+
+async def count_queued(conn: asyncpg.Connection, name: str) -> tuple[int, int]:
+    """(account id, its queued messages); `UsageError` for an unknown account."""
+    account_id = await _account_id(conn, name)
+    return account_id, int(await conn.fetchval(COUNT_QUEUED, account_id))
+
+
+async def set_disabled(conn: asyncpg.Connection, name: str, disabled: bool, *, actor: str,
+                       detail: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Disable or enable the named account (audited; enabling wakes the senders); return
+    {id, name, disabled, changed, disabled_at}."""
+    async with conn.transaction():
+        rec = await conn.fetchrow(SET_DISABLED, name, disabled)
+        if rec is None:
+            raise dbcli.UsageError(f"no account named {name!r}")
+        if not disabled:  # wake the senders (at commit): they claim what the account held
+            await conn.execute("SELECT pg_notify($1, '')", CHANNELS["outbound"])
+        changed = rec["was_disabled"] != disabled
+        await audit(conn, actor=actor,
+                    action="account_disabled" if disabled else "account_enabled",
+                    object_type="account", object_id=str(rec["id"]),
+                    detail={"name": name, "changed": changed, **(detail or {})})
+    return {"id": rec["id"], "name": name, "disabled": disabled, "changed": changed,
+            "disabled_at": rec["disabled_at"]}
+
+
+async def set_enabled(conn: asyncpg.Connection, name: str, *, actor: str) -> dict[str, Any]:
+    """Enable the named account: its keys work again and the senders send what it held."""
+    return await set_disabled(conn, name, False, actor=actor)
+
+
+async def disable_account(conn: asyncpg.Connection, name: str, *, actor: str,
+                          cancel: bool = False, reason: str | None = None) -> dict[str, Any]:
+    """Disable the named account (audited); with `cancel`, then cancel its queued messages in
+    batches of `CANCEL_BATCH` (each batch one transaction with its status callbacks). Return
+    the `set_disabled` result with `cancelled` (how many)."""
+    account_id, queued = await count_queued(conn, name)
+    result = await set_disabled(conn, name, True, actor=actor,
+                                detail={"queued": queued, "cancel_queued": cancel,
+                                        "reason": reason})
+    cancelled = 0
+    if cancel:
+        why = reason or "account disabled"
+        while True:
+            ids = await cancel_queued(conn, account_id, reason=why, daemon=actor,
+                                      limit=CANCEL_BATCH)
+            cancelled += len(ids)
+            if len(ids) < CANCEL_BATCH:
+                break
+        async with conn.transaction():
+            await audit(conn, actor=actor, action="account_queued_cancelled",
+                        object_type="account", object_id=str(account_id),
+                        detail={"name": name, "cancelled": cancelled, "reason": why})
+    return {**result, "queued": queued, "cancelled": cancelled}
+
+
+def _confirm_disable(name: str, queued: int, cancel: bool) -> bool:
+    what = ("cancelled (status cancelled, not sent)" if cancel
+            else f"held until `smsgw accounts enable {name}`")
+    question = f"account {name} has {queued} queued message(s); they will be {what}."
+    if not sys.stdin.isatty():
+        sys.stderr.write(f"{question} Refusing without --yes (stdin is not a terminal).\n")
+        return False
+    answer = input(f"{question} Disable it? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+async def _disable(conn: asyncpg.Connection, args: argparse.Namespace, actor: str) -> int:
+    _, queued = await count_queued(conn, args.name)
+    if queued and not args.yes and not _confirm_disable(args.name, queued, args.cancel_queued):
+        return dbcli.EXIT_FAILURE
+    result = await disable_account(conn, args.name, actor=actor, cancel=args.cancel_queued,
+                                   reason=args.reason)
+    _print_state(args, result)
+    return dbcli.EXIT_OK
+
+
+async def _run_live(conn: asyncpg.Connection, args: argparse.Namespace, actor: str) -> int:
+    if args.command == "show":
+        _print_show(args, await show_account(conn, args.name))
+    elif args.command == "disable":
+        return await _disable(conn, args, actor)
+    else:
+        _print_state(args, await set_enabled(conn, args.name, actor=actor))
+    return dbcli.EXIT_OK
+
+
+def _print_state(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    if args.json:
+        dbcli.dump_json(result)
+        return
+    state = "disabled" if result["disabled"] else "enabled"
+    line = f"account {result['name']} {state}" if result["changed"] else \
+        f"account {result['name']} was already {state}"
+    if result["disabled"]:
+        queued, cancelled = result.get("queued", 0), result.get("cancelled", 0)
+        line += (f"; {cancelled} queued message(s) cancelled" if args.cancel_queued
+                 else f"; {queued} queued message(s) held")
+    sys.stdout.write(line + "\n")
+
+
+def _print_show(args: argparse.Namespace, a: dict[str, Any]) -> None:
+    if args.json:
+        dbcli.dump_json(a)
+        return
+    valid = [f"{k['id']}:{k['prefix']}" for k in a["keys"] if k["revoked_at"] is None]
+    revoked = [f"{k['id']}:{k['prefix']}" for k in a["keys"] if k["revoked_at"] is not None]
+    state = "enabled" if not a["disabled"] else \
+        f"DISABLED since {dbcli.fmt_time(a['disabled_at'])}"
+    lines = [
+        f"account {a['name']} (id {a['id']}): {state}",
+        f"  category           {a['default_category']}",
+        f"  rate/s             {a['rate_per_s'] or 'default ([receiver] default_account_rate)'}",
+        f"  allowed senders    {' '.join(a['allowed_senders'] or []) or 'any'}",
+        f"  allowed connectors {' '.join(a['allowed_connectors'] or []) or 'none (routes)'}",
+        f"  keys               {' '.join(valid) or '-'}"
+        + (f"  (revoked: {' '.join(revoked)})" if revoked else ""),
+        f"  queued now         {a['queued']}" + (" (held)" if a["disabled"] and a["queued"]
+                                                 else ""),
+        "  today (UTC)        " + (" ".join(f"{k}={v}" for k, v in a["today"].items()) or "-"),
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 # callback_secret_generation: an account's id and secret generation (--rotate: the next one).

@@ -54,7 +54,8 @@ class ReceiverOptions(BaseModel):
     stats_read_s: float = Field(default=0.25, gt=0)  # how often the snapshot is re-read
     retry_after_s: int = Field(default=2, ge=1)
     # accounts
-    auth_cache_s: float = Field(default=5.0, ge=0)  # revocation takes effect within this
+    # a revoked key or a disabled account is refused within this (at most 5 s)
+    auth_cache_s: float = Field(default=5.0, ge=0, le=5.0)
     # messages/s of an account without its own rate (`smsgw accounts update NAME --rate`);
     # 0 = no limit for such accounts
     default_account_rate: float = Field(default=50.0, ge=0)

@@ -8,13 +8,21 @@ full entropy, so a slow hash adds nothing; the server secret means a leaked tabl
 be used to check guesses offline). An account may hold several valid keys, so a key is rotated
 by adding the new one, moving the clients, then revoking the old one. Every change is written
 to `audit_log`.
+
+A disabled account (`smsgw accounts disable`) is refused by the key lookup itself; paths that
+do not go through a key (an SMPP bind by system_id, each PDU of a bound session) ask
+`DisabledAccounts`, which reads the set of disabled accounts at most every `max_age_s` (≤ 5 s),
+so a disable takes effect there within the same bound as the receivers' key cache.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,6 +43,11 @@ SELECT a.id, a.name, a.default_category, a.rate_per_s, a.allowed_senders, a.tran
   JOIN accounts a ON a.id = k.account_id
  WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND NOT a.disabled
 """
+
+# disabled_accounts: the ids of every disabled account (few: read whole, cached briefly).
+DISABLED_ACCOUNTS = "SELECT id FROM accounts WHERE disabled"
+
+MAX_DISABLED_AGE_S = 5.0  # the longest a disable may take to reach a cached check
 
 # insert_api_key: store a new key's hash and listing prefix.
 INSERT_API_KEY = """
@@ -162,3 +175,35 @@ async def revoke_key(conn: asyncpg.Connection, account_id: int, key_ref: str, *,
 async def list_keys(conn: asyncpg.Connection | asyncpg.Pool, account_id: int) -> list[ApiKey]:
     """Every key of the account (hashes are never returned)."""
     return [ApiKey.from_record(r) for r in await conn.fetch(LIST_API_KEYS, account_id)]
+
+
+class DisabledAccounts:
+    """Which accounts are disabled, as of at most `max_age_s` ago (≤ `MAX_DISABLED_AGE_S`).
+
+    For checks that do not go through the key lookup (which refuses a disabled account
+    itself): an SMPP bind by system_id and every PDU of a bound session. One query reads the
+    whole set (one index-less scan of `accounts`, a small table) when the copy is older than
+    `max_age_s`; concurrent callers share that read. A read that fails keeps the old copy and
+    raises (the caller answers with its transient error)."""
+
+    def __init__(self, pool: asyncpg.Pool | asyncpg.Connection, *,
+                 max_age_s: float = MAX_DISABLED_AGE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not 0 <= max_age_s <= MAX_DISABLED_AGE_S:
+            raise ValueError(f"max_age_s must be within 0-{MAX_DISABLED_AGE_S} s")
+        self._pool = pool
+        self._max_age_s = max_age_s
+        self._clock = clock
+        self._ids: frozenset[int] = frozenset()
+        self._read_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def is_disabled(self, account_id: int) -> bool:
+        """True when the account is disabled (as of at most `max_age_s` ago)."""
+        if self._clock() - self._read_at > self._max_age_s:
+            async with self._lock:
+                if self._clock() - self._read_at > self._max_age_s:
+                    rows = await self._pool.fetch(DISABLED_ACCOUNTS)
+                    self._ids = frozenset(r["id"] for r in rows)
+                    self._read_at = self._clock()
+        return account_id in self._ids

@@ -82,7 +82,9 @@ SELECT n.ord, n.id, (i.id IS NOT NULL) AS created
 --   they come back with reclaimed = true and count the lost attempt.
 -- - `accts`: a loose index scan (recursive CTE) over outbound_lane_idx lists each
 --   (category, account) with queued rows, at most $4 of them.
--- - `cand`: each account's oldest due rows (FIFO by run_after), ranked within the account.
+-- - `cand`: each account's oldest due rows (FIFO by run_after), ranked within the account;
+--   a disabled account's lane is skipped (its messages are held until it is enabled: one
+--   primary-key probe per lane, never per row).
 -- - `fresh`: transactional first, then round-robin across accounts by that rank; the ids are
 --   materialised and locked with SKIP LOCKED, so concurrent claimers never exceed $3 in total
 --   and never block each other.
@@ -108,7 +110,9 @@ SELECT n.ord, n.id, (i.id IS NOT NULL) AS created
 ), cand AS MATERIALIZED (
     SELECT c.id, a.category,
            row_number() OVER (PARTITION BY a.category, a.acct ORDER BY c.run_after, c.id) AS rn
-      FROM (SELECT * FROM accts LIMIT $4) a
+      FROM (SELECT * FROM accts l
+             WHERE NOT EXISTS (SELECT 1 FROM accounts x WHERE x.id = l.acct AND x.disabled)
+             LIMIT $4) a
       CROSS JOIN LATERAL (
           SELECT o.id, o.run_after
             FROM outbound o
