@@ -13,6 +13,9 @@
     smsgw accounts revoke-key NAME KEY_ID_OR_PREFIX
     smsgw accounts list [--json]
     smsgw accounts callback-secret NAME [--rotate]            prints the callback signing secret
+    smsgw accounts smpp-password NAME                         prints the SMPP password, once
+    (`update` also takes --smpp-allowed-network, --smpp-max-binds, --smpp-bind-mode: the
+    SMPP server for customer ESMEs, services/admin/accounts_smpp.py)
 
 Keys are stored as HMAC-SHA256 under the server secret (`[security] server_secret_env` or
 `server_secret_file`; next to a running `smsgw up`, up's `server-secret`), which must be the one
@@ -52,7 +55,7 @@ from typing import Any
 
 import asyncpg
 
-from smsgw.services.admin import dbcli
+from smsgw.services.admin import accounts_smpp, dbcli
 from smsgw.shared.core.errors import ConfigError
 from smsgw.shared.domain.apikeys import audit, create_key, list_keys, revoke_key
 from smsgw.shared.domain.callback_signing import account_secret
@@ -111,6 +114,7 @@ UPDATABLE: dict[str, str] = {
     "rate": "rate_per_s",
     "allowed_sender": "allowed_senders",
     "allowed_connector": "allowed_connectors",
+    **accounts_smpp.UPDATABLE_SMPP,
 }
 
 
@@ -244,6 +248,8 @@ def _parser() -> argparse.ArgumentParser:
     revoke = add("revoke-key", "revoke a key by id or listing prefix")
     revoke.add_argument("name", help="the account's name")
     revoke.add_argument("key", help="the key's id, or the prefix `list` shows")
+    accounts_smpp.add_update_args(update)
+    accounts_smpp.add_password_parser(add)
     add("list", "list accounts with their settings and number of valid keys")
     cbs = add("callback-secret", "print the account's status-callback signing secret",
               secret=True)
@@ -257,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `smsgw accounts …`; exit 0, 1 (database), 2 (usage), 78 (config)."""
     args = _parser().parse_args(argv)
     actor = args.actor or f"cli:{getpass.getuser()}"
-    needs_secret = args.command in ("create", "add-key", "callback-secret")
+    needs_secret = args.command in ("create", "add-key", "callback-secret", "smpp-password")
     try:
         secret = dbcli.server_secret(args) if needs_secret else b""
     except ConfigError as exc:
@@ -300,6 +306,8 @@ async def _run(conn: asyncpg.Connection, args: argparse.Namespace, secret: bytes
         if not revoked:
             raise dbcli.UsageError(f"no valid key {args.key!r} for account {args.name!r}")
         sys.stdout.write(f"revoked {len(revoked)} key(s)\n")
+    elif args.command == "smpp-password":
+        await accounts_smpp.run_password(conn, args, secret, actor)
     elif args.command == "callback-secret":
         _print_callback_secret(args, await callback_secret(conn, secret, args.name,
                                                            rotate=args.rotate, actor=actor))
@@ -327,6 +335,7 @@ def _update_changes(args: argparse.Namespace) -> dict[str, Any]:
         changes[UPDATABLE["allowed_connector"]] = list(dict.fromkeys(args.allowed_connector))
     elif args.no_allowed_connectors:
         changes[UPDATABLE["allowed_connector"]] = None
+    changes.update(accounts_smpp.update_changes(args))
     return changes
 
 

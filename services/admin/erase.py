@@ -78,8 +78,13 @@ COVERAGE: Final[Mapping[str, Mapping[str, str]]] = {
                      "scope": _CFG, "source": _INT},
     "audit_log": {"detail": SCRUBBED, "object_id": SCRUBBED, "action": _INT, "actor": _INT,
                   "object_type": _INT},
-    "accounts": {c: _CFG for c in ("name", "default_category", "callback_secret",
-                                   "allowed_senders", "allowed_connectors")},
+    "accounts": {**{c: _CFG for c in ("name", "default_category", "callback_secret",
+                                      "allowed_senders", "allowed_connectors",
+                                      "smpp_allowed_networks", "smpp_bind_modes")},
+                 "smpp_password_hash": _INT},
+    "esme_deliveries": {c: _MSG for c in ("kind", "message_ref", "from_addr", "to_addr", "stat",
+                                          "body", "raw", "status", "lease_owner",
+                                          "last_error")},
     "api_keys": {"key_hash": _INT, "prefix": _INT},
     "rules": {"name": _CFG, "match": _CFG, "actions": _CFG},
     "schema_migrations": {"name": _INT},
@@ -122,6 +127,8 @@ SQL_DELETES: list[tuple[str, str]] = [
     ("callbacks", "DELETE FROM callbacks WHERE id IN (SELECT id FROM erase_cb)"),
     ("callbacks_history",
      "DELETE FROM callbacks_history WHERE id IN (SELECT id FROM erase_cb)"),
+    ("esme_deliveries", "DELETE FROM esme_deliveries WHERE outbound_id IN (SELECT id FROM"
+                        " erase_mt) OR inbound_id IN (SELECT id FROM erase_mo)"),
     ("events", "DELETE FROM events WHERE (message_table = 'outbound'"
                " AND message_id IN (SELECT id FROM erase_mt)) OR (message_table = 'inbound'"
                " AND message_id IN (SELECT id FROM erase_mo)) OR (message_table = 'callbacks'"

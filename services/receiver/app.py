@@ -17,9 +17,13 @@ answered, then `release()` flushes and stops the committers while the pool is st
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from smsgw.services.receiver.context import ReceiverContext, build_context
+from smsgw.services.receiver.esme_app import CHANNEL as ESME_CHANNEL
+from smsgw.services.receiver.esme_app import EsmeService, start_esme
 from smsgw.services.receiver.metrics import ReceiverMetrics
 from smsgw.services.receiver.settings import ReceiverSettings
 from smsgw.services.receiver.smpp_intake import SmppIntake, receiver_connectors
@@ -45,7 +49,13 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
 
     ctx: ReceiverContext
     smpp: SmppIntake | None = None
+    esme: EsmeService | None = None
     api_port: int = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.settings.smpp_server.enabled:  # receipts/MO for ESMEs wake the delivery worker
+            self.listen_channels = (ESME_CHANNEL,)
 
     async def setup(self) -> None:
         """Build the context, add the periodic jobs, start the API site and the rx binds."""
@@ -75,6 +85,9 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
                                    **self.config.database.connect_kwargs())
             smpp = self.smpp
             self.add_worker("smpp_rx", lambda: smpp.run(self.stop))
+        if self.settings.smpp_server.enabled:
+            self.esme = await start_esme(
+                self, None if secret is None else secret.get_secret_value().encode())
 
     def _log_routes_off(self, webhooks: WebhooksSettings) -> None:
         # One line: the provider routes that answer 404 because no secret is configured.
@@ -104,5 +117,7 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
 
     async def release(self) -> None:
         """After the drain: flush whatever the committers still hold, then stop them."""
+        if self.esme is not None:
+            await self.esme.close(COMMITTER_CLOSE_S / 2)
         if hasattr(self, "ctx"):
             await self.ctx.close(COMMITTER_CLOSE_S)

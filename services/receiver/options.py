@@ -6,10 +6,58 @@ take exactly these options as an argument; `ReceiverSettings` inherits them.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal, Self
 
-from smsgw.shared.runtime.config import RECEIVER_HTTP_PORT_BASE
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from smsgw.shared.runtime.config import ESME_PORT_BASE, RECEIVER_HTTP_PORT_BASE
 from smsgw.shared.runtime.http import HttpLimits
+
+
+class SmppServerOptions(BaseModel):
+    """`[receiver.smpp_server]`: the SMPP 3.4 server customer ESMEs bind to (README "SMPP
+    server for your customers"; services/receiver/esme_server.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=0, le=65535)  # None: 2776 + (instance - 1)
+    # SMPP over TLS: both files (PEM) or neither
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    max_binds: int = Field(default=200, ge=1)  # connections on this listener
+    account_max_binds: int = Field(default=10, ge=1)  # per account, unless the account says
+    window: int = Field(default=100, ge=1, le=10_000)  # outstanding requests per bind
+    bind_timeout_s: float = Field(default=10.0, gt=0)  # connect → bind
+    idle_timeout_s: float = Field(default=120.0, gt=0)  # nothing received (enquire_link)
+    response_timeout_s: float = Field(default=10.0, gt=0)  # deliver_sm → deliver_sm_resp
+    max_pdu_length: int = Field(default=8192, ge=512, le=70_000)
+    # failed binds: after `failed_bind_limit` failures within `failed_bind_window_s` from one
+    # address or for one system_id, binds are refused without a lookup; every failure is
+    # answered after `failed_bind_delay_s`
+    failed_bind_limit: int = Field(default=5, ge=1)
+    failed_bind_window_s: float = Field(default=300.0, gt=0)
+    failed_bind_delay_s: float = Field(default=1.0, ge=0)
+    # a repeated submit with the same user_message_reference and content within this window
+    # answers the first one's id
+    dedupe_window_s: float = Field(default=3600.0, gt=0)
+    data_coding_0: Literal["gsm7", "latin1", "ascii"] = "gsm7"
+    # receipts and MO for ESMEs: kept this long while the account has no receiver bind
+    delivery_retention_s: float = Field(default=3 * 86400.0, gt=0)
+    delivery_window: int = Field(default=10, ge=1, le=1000)  # deliver_sm in flight per bind
+    delivery_max_attempts: int = Field(default=10, ge=1)
+    delivery_retry_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both tls_cert_file and tls_key_file (or neither)")
+        return self
+
+    def resolved_port(self, instance: int) -> int:
+        """The listener's port: configured, else 2776 + (instance - 1)."""
+        return self.port if self.port is not None else ESME_PORT_BASE + instance - 1
 
 
 class ReceiverOptions(BaseModel):
@@ -65,6 +113,8 @@ class ReceiverOptions(BaseModel):
     # a fragment re-sent within this window after its message was reassembled (same content)
     # is a duplicate, not the start of a new message
     mo_fragment_replay_s: float = Field(default=120, gt=0)
+    # the SMPP server for customer ESMEs
+    smpp_server: SmppServerOptions = Field(default_factory=SmppServerOptions)
 
     # slow and idle clients on the API site (shared/runtime/http.py): a request's head must
     # arrive within http_header_timeout_s of the connection (or of its first byte), its body

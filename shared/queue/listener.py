@@ -42,6 +42,7 @@ CHANNELS: Final[dict[str, str]] = {
     "receipts": "smsgw_receipts",
     "callbacks": "smsgw_callbacks",
     "rules": "smsgw_rules",
+    "esme_deliveries": "smsgw_esme_deliveries",
 }
 """Queue/topic → NOTIFY channel. The queue tables' channels carry an empty payload."""
 

@@ -90,6 +90,17 @@ class MoPartStatus(StrEnum):
     FAILED = "failed"
 
 
+class EsmeDeliveryStatus(StrEnum):
+    """`esme_deliveries.status`: queued → sending → delivered · expired (no receiver bind
+    within the retention) · dead (refused too often)."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    EXPIRED = "expired"
+    DEAD = "dead"
+
+
 _BUILDERS: dict[type, Any] = {}
 
 

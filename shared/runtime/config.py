@@ -55,6 +55,7 @@ DAEMONS: tuple[str, ...] = ("receiver", "processor", "sender")
 DAEMON_PORT_OFFSET: dict[str, int] = {"receiver": 1, "processor": 2, "sender": 3}
 METRICS_PORT_BASE = 9100
 RECEIVER_HTTP_PORT_BASE = 8080  # the receiver API's port: 8080 + (instance - 1), "Ports"
+ESME_PORT_BASE = 2776  # the receiver's SMPP server for ESMEs: 2776 + (instance - 1)
 DEFAULT_CONFIG_FILE = "smsgw.toml"
 ENV_PREFIX = "SMSGW_"
 ENV_INSTANCE = "SMSGW_INSTANCE"

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Final, Literal, NamedTuple
 from urllib.parse import unquote_to_bytes
 
@@ -41,6 +41,7 @@ __all__ = [
     "TlvDef",
     "fields_dcs",
     "parse_meta_data",
+    "parse_smpp_time",
     "registered_delivery_for_mask",
     "smpp_time",
     "tag_key",
@@ -265,3 +266,23 @@ def check_keys(smpp: Mapping[str, Any]) -> None:
     unknown = set(smpp) - KEYS
     if unknown:
         raise ValueError(f"unknown SMPP fields {sorted(unknown)}")
+
+
+def parse_smpp_time(value: str, now: datetime) -> datetime | None:
+    """An SMPP 3.4 time (7.1.1) as an aware datetime: absolute `YYMMDDhhmmsstnnp` (p `+`/`-`,
+    nn the offset from UTC in quarter hours) or relative `YYMMDDhhmmss000R` counted from `now`;
+    "" is None. Raises ValueError for anything else (the reverse of `smpp_time`)."""
+    if not value:
+        return None
+    if len(value) != 16 or not value[:15].isdigit() or value[15] not in "+-R":
+        raise ValueError("an SMPP time is 16 characters: YYMMDDhhmmsstnn and +, - or R")
+    yy, mo, dd, hh, mi, ss = (int(value[i:i + 2]) for i in range(0, 12, 2))
+    if value[15] == "R":
+        return now + timedelta(days=yy * 365 + mo * 30 + dd, hours=hh, minutes=mi, seconds=ss)
+    quarters = int(value[13:15])
+    if quarters > 48:
+        raise ValueError("an SMPP time's UTC offset is at most 48 quarter hours")
+    offset = timedelta(minutes=15 * quarters) * (1 if value[15] == "+" else -1)
+    local = datetime(2000 + yy, mo, dd, hh, mi, ss, int(value[12]) * 100_000,
+                     tzinfo=timezone(offset))
+    return local.astimezone(UTC)

@@ -8,17 +8,29 @@ import re
 
 import asyncpg
 
-from smsgw.shared.queue import callbacks, inbound, mo_parts, outbound, receipts, store
+from smsgw.shared.queue import (
+    callbacks,
+    esme_deliveries,
+    inbound,
+    mo_parts,
+    outbound,
+    receipts,
+    report_requests,
+    store,
+)
 from smsgw.shared.queue.records import (
     CallbackStatus,
+    EsmeDeliveryStatus,
     InboundStatus,
     MoPartStatus,
     OutboundStatus,
     PartStatus,
     ReceiptStatus,
+    ReportStatus,
 )
 
-OWNERS = (store, outbound, inbound, receipts, callbacks, mo_parts)
+OWNERS = (store, outbound, inbound, receipts, callbacks, mo_parts, esme_deliveries,
+          report_requests)
 
 
 async def test_every_query_prepares(pool: asyncpg.Pool) -> None:
@@ -61,7 +73,8 @@ async def test_records_and_history_match_the_schema(pool: asyncpg.Pool) -> None:
 
 
 STATUS_ENUMS = {"inbound": InboundStatus, "outbound": OutboundStatus, "outbound_part": PartStatus,
-                "receipts": ReceiptStatus, "callbacks": CallbackStatus, "mo_parts": MoPartStatus}
+                "receipts": ReceiptStatus, "callbacks": CallbackStatus, "mo_parts": MoPartStatus,
+                "esme_deliveries": EsmeDeliveryStatus, "report_requests": ReportStatus}
 
 
 async def test_status_enums_match_the_check_constraints(pool: asyncpg.Pool) -> None:

@@ -1,0 +1,213 @@
+"""Receipts and MO to customer ESMEs: the `esme_deliveries` queue over receiver binds.
+
+The worker claims (leases) due rows of the accounts that have a receiver or transceiver bind on
+this receiver, spreads them over those binds (round robin, at most `delivery_window` deliver_sm
+in flight per bind) and writes the outcomes back in one statement each: ESME_ROK → delivered
+(with an event for `smsgw trace`); any other status, a generic_nack, no answer within
+`response_timeout_s` or a bind that went away → queued again after `delivery_retry_s` (dead
+after `delivery_max_attempts`). The claim keeps one message's rows in order (an intermediate
+receipt before the final one). Rows wait while the account has no bind; after
+`delivery_retention_s` they end `expired` (an event, a metric) — the periodic `housekeeping`
+job, which also reclaims leases of a receiver that died and purges finished rows.
+
+A receipt is a deliver_sm with esm_class 0x04 (SMSC delivery receipt), source_addr the
+recipient, destination_addr the sender, the SMPP 3.4 Appendix B text
+`id:<our id> sub:001 dlvrd:001|000 submit date:YYMMDDhhmm done date:YYMMDDhhmm stat:DELIVRD
+err:000 text:<first 20 characters>`, and the TLVs receipted_message_id (the id from the
+submit_sm_resp) and message_state. An MO is a deliver_sm with the message's data_coding and
+user data as received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import structlog
+
+from smsgw.services.receiver.esme_metrics import EsmeMetrics
+from smsgw.services.receiver.esme_server import EsmeServer
+from smsgw.services.receiver.options import SmppServerOptions
+from smsgw.shared.core.db import DATABASE_ERRORS
+from smsgw.shared.queue import esme_deliveries as Q
+from smsgw.shared.queue import store
+from smsgw.shared.smpp import pdu as P
+from smsgw.shared.smpp.receipts import format_receipt_text
+from smsgw.shared.smpp.text import encode_text, is_gsm
+
+log = structlog.get_logger("smsgw.receiver.esme")
+
+BATCH = 200
+PURGE_AFTER_S = 86400.0  # finished rows stay a day (their events stay longer)
+
+
+def receipt_pdu(row: Q.EsmeDelivery) -> P.DeliverSm:
+    """The deliver_sm receipt of one row (see the module docstring)."""
+    assert row.submitted_at is not None and row.done_at is not None
+    text = format_receipt_text(row.message_ref or "", row.stat or "UNKNOWN", row.submitted_at,
+                               row.done_at, err=f"{(row.err or 0) % 1000:03d}",
+                               text=(row.body or "").encode("ascii", "replace").decode())
+    return P.DeliverSm(
+        source_addr_ton=1 if row.from_addr.startswith("+") else 0, source_addr_npi=1,
+        source_addr=row.from_addr.lstrip("+")[:20],
+        dest_addr_ton=_ton(row.to_addr), dest_addr_npi=0 if _alnum(row.to_addr) else 1,
+        destination_addr=row.to_addr.lstrip("+")[:20], esm_class=0x04,
+        short_message=text.encode("ascii", "replace")[:254],
+        tlvs=((P.Tag.RECEIPTED_MESSAGE_ID, (row.message_ref or "").encode() + b"\0"),
+              (P.Tag.MESSAGE_STATE, bytes((row.message_state or 7,)))))
+
+
+def mo_pdu(row: Q.EsmeDelivery) -> P.DeliverSm:
+    """The deliver_sm of one MO row: its user data as received when there is any, else its
+    text (GSM 03.38 when it fits, else UCS-2), in message_payload when longer than 254."""
+    data, dc = row.raw, row.data_coding
+    if data is None:
+        text = row.body or ""
+        if is_gsm(text):
+            data, dc = encode_text(text, "gsm7"), 0
+        else:
+            data, dc = encode_text(text, "ucs2"), 8
+    short, tlvs = (data, ()) if len(data) <= 254 else (b"", ((P.Tag.MESSAGE_PAYLOAD, data),))
+    return P.DeliverSm(
+        source_addr_ton=1 if row.from_addr.startswith("+") else 0, source_addr_npi=1,
+        source_addr=row.from_addr.lstrip("+")[:20], dest_addr_ton=_ton(row.to_addr),
+        dest_addr_npi=0 if _alnum(row.to_addr) else 1,
+        destination_addr=row.to_addr.lstrip("+")[:20], esm_class=row.esm_class or 0,
+        data_coding=dc or 0, short_message=short, tlvs=tlvs)
+
+
+def _alnum(addr: str) -> bool:
+    return not addr.lstrip("+").isdigit()
+
+
+def _ton(addr: str) -> int:
+    if _alnum(addr):
+        return 5
+    return 1 if addr.startswith("+") else 0
+
+
+class EsmeDeliverer:
+    """The delivery worker (see the module docstring)."""
+
+    def __init__(self, pool: asyncpg.Pool, server: EsmeServer, opts: SmppServerOptions, *,
+                 owner: str, metrics: EsmeMetrics, daemon: str = "receiver") -> None:
+        self.pool = pool
+        self.server = server
+        self.opts = opts
+        self.owner = owner
+        self.metrics = metrics
+        self.daemon = daemon
+        self.kick = asyncio.Event()
+        for source in ("receipt", "mo"):
+            for outcome in ("delivered", "retried", "dead", "expired"):
+                metrics.deliveries.labels(source=source, outcome=outcome)
+
+    def wake(self, *_args: Any) -> None:
+        """A new receiver bind, or a NOTIFY: look for work now."""
+        self.kick.set()
+
+    async def run(self, stop: asyncio.Event,
+                  wait_for_notify: Callable[[float], Awaitable[Any]]) -> None:
+        """Deliver until `stop`; between passes wait for a NOTIFY, a new bind or `poll_s`."""
+        while not stop.is_set():
+            self.kick.clear()
+            try:
+                n = await self.deliver_pass()
+            except DATABASE_ERRORS:
+                log.exception("esme_delivery_pass_failed")
+                n = 0
+                await asyncio.sleep(1.0)
+            if n >= BATCH:
+                continue
+            waits = [asyncio.ensure_future(wait_for_notify(5.0)),
+                     asyncio.ensure_future(self.kick.wait()),
+                     asyncio.ensure_future(stop.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+
+    async def deliver_pass(self) -> int:
+        """Claim one batch, deliver it, write the outcomes back; return how many rows."""
+        accounts = self.server.accounts_with_receivers()
+        if not accounts:
+            return 0
+        lease_s = self.opts.response_timeout_s * 3 + 30
+        rows = await Q.claim(self.pool, accounts, limit=BATCH, owner=self.owner,
+                             lease_s=lease_s)
+        if not rows:
+            return 0
+        outcomes = await asyncio.gather(*(self._deliver(r) for r in rows))
+        ok = [r for r, o in zip(rows, outcomes, strict=True) if o is None]
+        failed = [(r, o) for r, o in zip(rows, outcomes, strict=True) if o is not None]
+        async with self.pool.acquire() as conn, conn.transaction():
+            done = await Q.delivered(conn, [r.id for r in ok], owner=self.owner)
+            events = [_event(r, "esme_delivered", r["kind"], stat=r["stat"]) for r in done]
+            for reason in {o for _, o in failed}:
+                ids = [r.id for r, o in failed if o == reason]
+                changed = await Q.retry(conn, ids, owner=self.owner,
+                                        delay_s=self.opts.delivery_retry_s,
+                                        max_attempts=self.opts.delivery_max_attempts,
+                                        error=reason)
+                for r in changed:
+                    outcome = "dead" if r["status"] == "dead" else "retried"
+                    kind = next(x.kind for x in rows if x.id == r["id"])
+                    self.metrics.deliveries.labels(source=kind, outcome=outcome).inc()
+                    if outcome == "dead":
+                        events.append(_event(r, "esme_delivery_dead", kind, error=reason))
+            await store.log_events(conn, [e for e in events if e is not None], self.daemon)
+        for r in done:
+            self.metrics.deliveries.labels(source=r["kind"], outcome="delivered").inc()
+        return len(rows)
+
+    async def _deliver(self, row: Q.EsmeDelivery) -> str | None:
+        """Send one row; None when the ESME took it, else why not."""
+        conn = self.server.receiver_for(row.account_id)
+        if conn is None:
+            return "no receiver bind"
+        pdu = receipt_pdu(row) if row.kind == "receipt" else mo_pdu(row)
+        try:
+            resp = await conn.deliver(pdu, self.opts.response_timeout_s)
+        except TimeoutError:
+            return "no deliver_sm_resp in time"
+        except ConnectionError:
+            return "the bind closed"
+        if type(resp) is P.GenericNack:
+            return f"generic_nack {P.status_name(resp.command_status)}"
+        if resp.command_status != P.SMPP_ESME_ROK:
+            return f"deliver_sm_resp {P.status_name(resp.command_status)}"
+        return None
+
+    async def housekeeping(self, conn: asyncpg.Connection) -> None:
+        """Periodic: reclaim expired leases, expire rows past the retention, purge old ones."""
+        await Q.reclaim(conn)
+        expired = await Q.expire(conn, older_than_s=self.opts.delivery_retention_s)
+        if expired:
+            log.warning("esme_deliveries_expired", rows=len(expired),
+                        retention_s=self.opts.delivery_retention_s)
+            for r in expired:
+                self.metrics.deliveries.labels(source=r["kind"], outcome="expired").inc()
+            events = [_event(r, "esme_delivery_expired", r["kind"]) for r in expired]
+            await store.log_events(conn, [e for e in events if e is not None], self.daemon)
+        await Q.purge(conn, older_than_s=max(PURGE_AFTER_S, 0.0))
+
+    async def gauges(self, conn: asyncpg.Connection) -> None:
+        """Periodic: the queued depth and oldest age per kind."""
+        found = await Q.stats(conn)
+        for kind in ("receipt", "mo"):
+            depth, age = found.get(kind, (0, 0.0))
+            self.metrics.deliveries_queued.labels(source=kind).set(depth)
+            self.metrics.deliveries_oldest.labels(source=kind).set(age)
+
+
+def _event(row: Any, event: str, kind: str,
+           **detail: Any) -> tuple[str, int, str, dict[str, Any]] | None:
+    """An `events` row for the message a delivery belongs to (None for neither)."""
+    if row["outbound_id"] is not None:
+        return ("outbound", int(row["outbound_id"]), event, {"kind": kind, **detail})
+    if row["inbound_id"] is not None:
+        return ("inbound", int(row["inbound_id"]), event, {"kind": kind, **detail})
+    return None

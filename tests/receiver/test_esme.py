@@ -1,0 +1,309 @@
+"""The SMPP server for customer ESMEs, in process over the test database: binds and their
+refusals, PDUs in the wrong state, malformed PDUs, submit_sm committed before its response,
+the idempotency hint, the window, query_sm, and receipts delivered back (held while the
+account has no receiver bind). An independent client (python-smpplib) binds and submits; a
+raw client on the project's codec sends what smpplib cannot (malformed and out-of-state PDUs).
+
+The end-to-end runs (real daemons, the simulator, the npm `smpp` client, kill -9) are in
+tests/receiver/test_esme_e2e.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+import smpplib.client
+import smpplib.consts
+import smpplib.exceptions
+from prometheus_client import CollectorRegistry
+
+from smsgw.services.receiver.esme_app import EsmeService, build_esme
+from smsgw.services.receiver.options import SmppServerOptions
+from smsgw.shared.domain import esme as E
+from smsgw.shared.smpp import pdu as P
+
+from .conftest import SERVER_SECRET, AccountFactory, ReceiverFactory
+
+
+class Raw:
+    """A bare SMPP client on the project's codec (to send what real clients never send)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.decoder = P.Decoder()
+        self.seq = 0
+
+    @classmethod
+    async def open(cls, port: int) -> Raw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    def send(self, pdu: Any) -> int:
+        self.seq += 1
+        self.writer.write(P.encode(pdu, self.seq))
+        return self.seq
+
+    def send_bytes(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def recv(self, timeout_s: float = 5.0) -> Any:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                pdu = self.decoder.next_pdu()
+                if pdu is not None:
+                    return pdu
+                data = await self.reader.read(65536)
+                if not data:
+                    raise ConnectionError("closed")
+                self.decoder.feed(data)
+
+    async def bind(self, system_id: str, password: str, cls: Any = P.BindTransceiver) -> int:
+        self.send(cls(system_id=system_id, password=password))
+        return (await self.recv()).command_status
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+
+
+class Smpplib:
+    """python-smpplib's (blocking) client, driven from a thread; records what it receives."""
+
+    def __init__(self, port: int) -> None:
+        self.client = smpplib.client.Client("127.0.0.1", port, timeout=5,
+                                            allow_unknown_opt_params=True)
+        self.resps: list[Any] = []
+        self.delivered: list[Any] = []
+        self.errors: list[Any] = []
+        self.client.set_message_sent_handler(lambda pdu: self.resps.append(pdu))
+        self.client.set_message_received_handler(self._received)
+        self.client.set_error_pdu_handler(lambda pdu: self.errors.append(pdu))
+        self._stop = threading.Event()
+
+    def _received(self, pdu: Any) -> int:
+        self.delivered.append(pdu)
+        return smpplib.consts.SMPP_ESME_ROK
+
+    async def connect_bind(self, system_id: str, password: str, mode: str = "transceiver") -> None:
+        def run() -> None:
+            self.client.connect()
+            getattr(self.client, f"bind_{mode}")(system_id=system_id, password=password)
+        await asyncio.to_thread(run)
+
+    async def read_until(self, cond: Any, timeout_s: float = 10.0) -> None:
+        """Read PDUs in a thread until `cond()` holds."""
+        def run() -> None:
+            while not cond():
+                self.client.read_once()
+        async with asyncio.timeout(timeout_s):
+            await asyncio.to_thread(run)
+
+    async def submit(self, **fields: Any) -> Any:
+        return await asyncio.to_thread(lambda: self.client.send_message(**fields))
+
+    async def close(self) -> None:
+        def run() -> None:
+            with contextlib.suppress(Exception):
+                self.client.unbind()
+            with contextlib.suppress(Exception):
+                self.client.disconnect()
+        await asyncio.to_thread(run)
+
+
+@pytest.fixture
+async def esme(pool: asyncpg.Pool, db_url: str,
+               receiver_factory: ReceiverFactory) -> AsyncIterator[EsmeService]:
+    rx = await receiver_factory()
+    opts = SmppServerOptions(enabled=True, port=0, window=4, failed_bind_delay_s=0.01,
+                             failed_bind_limit=3, bind_timeout_s=5, response_timeout_s=2)
+    service = await build_esme(pool, rx.ctx, opts, secret=SERVER_SECRET,
+                               connect=lambda: asyncpg.connect(db_url),
+                               registry=CollectorRegistry(), actor="test", owner="test@1")
+    yield service
+    await service.server.close(1.0)
+    await service.close(2.0)
+
+
+async def _account(pool: asyncpg.Pool, account_factory: AccountFactory, name: str,
+                   **kw: Any) -> tuple[int, str]:
+    account_id, _key = await account_factory(name, rate_per_s=1000.0, **kw)
+    async with pool.acquire() as conn:
+        password = await E.set_password(conn, SERVER_SECRET, name, actor="test")
+    return account_id, password
+
+
+async def test_binds_states_and_malformed_pdus(esme: EsmeService, pool: asyncpg.Pool,
+                                               account_factory: AccountFactory,
+                                               unique: Any) -> None:
+    """1. Before a bind: submit_sm → ESME_RINVBNDSTS, enquire_link answered, an unknown
+          command → generic_nack ESME_RINVCMDID.
+       2. Bad password, unknown system_id → ESME_RBINDFAIL, audited; after the limit even the
+          right password is refused from that address (rate limit).
+       3. A malformed submit_sm (C-string without NUL) → its response with the decoder's
+          status, and the stream goes on; a receiver bind may not submit (RINVBNDSTS); a
+          second bind on a bound connection → ESME_RALYBND.
+       4. A broken frame (command_length beyond the limit) closes the connection.
+       5. The account's max binds (1) → ESME_RALYBND for the second; a network it does not
+          allow → ESME_RBINDFAIL."""
+    name = unique("e")[:15]
+    account_id, password = await _account(pool, account_factory, name)
+    port = esme.port
+    raw = await Raw.open(port)
+    raw.send(P.SubmitSm(source_addr="x", destination_addr="447700900001", short_message=b"hi"))
+    assert (await raw.recv()).command_status == P.SMPP_ESME_RINVBNDSTS
+    raw.send(P.EnquireLink())
+    assert type(await raw.recv()) is P.EnquireLinkResp
+    raw.send_bytes(struct.pack(">IIII", 16, 0x00000077, 0, 99))
+    nack = await raw.recv()
+    assert type(nack) is P.GenericNack and nack.command_status == P.SMPP_ESME_RINVCMDID
+    assert await raw.bind(name, "wrong") == P.SMPP_ESME_RBINDFAIL
+    assert await raw.bind("nosuch" + name[:5], password) == P.SMPP_ESME_RBINDFAIL
+    audited = await pool.fetch("SELECT object_id, detail FROM audit_log WHERE action = "
+                               "'smpp_bind_failed' ORDER BY id")
+    assert [a["detail"]["reason"] for a in audited] == ["bad_password", "unknown_system_id"]
+    assert audited[0]["object_id"] == str(account_id)
+    assert await raw.bind(name, "wrong") == P.SMPP_ESME_RBINDFAIL  # the third failure
+    assert await raw.bind(name, password) == P.SMPP_ESME_RBINDFAIL  # limited now
+    await raw.close()
+    esme.server.gate.by_address._seen.clear()  # a new window for the rest of the test
+    esme.server.gate.by_system_id._seen.clear()
+
+    raw = await Raw.open(port)
+    assert await raw.bind(name, password, P.BindReceiver) == P.SMPP_ESME_ROK
+    raw.send(P.SubmitSm(source_addr="x", destination_addr="447700900001", short_message=b"a"))
+    assert (await raw.recv()).command_status == P.SMPP_ESME_RINVBNDSTS
+    assert await raw.bind(name, password) == P.SMPP_ESME_RALYBND
+    await raw.close()
+
+    raw = await Raw.open(port)
+    assert await raw.bind(name, password) == P.SMPP_ESME_ROK
+    frame = bytearray(P.encode(P.SubmitSm(source_addr="x", destination_addr="1",
+                                          short_message=b"a"), 7))
+    frame[16:17] = b"X"  # service_type now runs into the next fields: no NUL within 6
+    frame[17:23] = b"YYYYYY"
+    raw.send_bytes(bytes(frame))
+    bad = await raw.recv()
+    assert type(bad) is P.SubmitSmResp and bad.sequence_number == 7
+    assert bad.command_status == P.SMPP_ESME_RINVSERTYP
+    raw.send(P.EnquireLink())
+    assert type(await raw.recv()) is P.EnquireLinkResp
+    raw.send_bytes(struct.pack(">IIII", 10_000_000, 4, 0, 8))
+    with pytest.raises(ConnectionError):
+        await raw.recv()
+    await raw.close()
+
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE accounts SET smpp_max_binds = 1, smpp_allowed_networks = "
+                           "'{10.0.0.0/8}' WHERE id = $1", account_id)
+    raw = await Raw.open(port)
+    assert await raw.bind(name, password) == P.SMPP_ESME_RBINDFAIL  # 127.0.0.1 not allowed
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE accounts SET smpp_allowed_networks = '{127.0.0.0/8}' "
+                           "WHERE id = $1", account_id)
+    assert await raw.bind(name, password) == P.SMPP_ESME_ROK
+    second = await Raw.open(port)
+    assert await second.bind(name, password) == P.SMPP_ESME_RALYBND
+    raw.send(P.Unbind())
+    assert type(await raw.recv()) is P.UnbindResp
+    await raw.close()
+    for _ in range(50):  # the slot is freed as the connection closes
+        if await second.bind(name, password) == P.SMPP_ESME_ROK:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the slot of an unbound ESME was not freed")
+    await second.close()
+
+
+async def test_submit_dedupe_window_query_and_receipts(esme: EsmeService, pool: asyncpg.Pool,
+                                                       account_factory: AccountFactory,
+                                                       unique: Any) -> None:
+    """1. smpplib submits (registered_delivery 1): submit_sm_resp carries the id of a row
+          that is committed (`source = 'smpp'`, `meta.esme_rd`), data_coding 8 is UCS-2.
+       2. The same user_message_reference and content again → the same id, one row; the same
+          reference with other content → a new message.
+       3. Beyond the window (4): ESME_RTHROTTLED, the first four answered with ids.
+       4. query_sm of our id → ENROUTE (1); of an id not the account's → ESME_RQUERYFAIL.
+       5. The message is delivered (the sender's state change): a receipt is queued for the
+          ESME and, with no receiver bind, held; once smpplib binds as a transceiver it gets
+          a deliver_sm with esm_class 0x04, the standard text with our id and the
+          receipted_message_id / message_state TLVs, and the row ends `delivered`."""
+    name = unique("e")[:15]
+    account_id, password = await _account(pool, account_factory, name)
+    client = Smpplib(esme.port)
+    await client.connect_bind(name, password, "transmitter")
+    await client.submit(source_addr_ton=1, source_addr="447700900123", dest_addr_ton=1,
+                        destination_addr="447700900456", short_message="héllo €".encode(
+                            "utf-16-be"), data_coding=8, registered_delivery=1)
+    await client.read_until(lambda: len(client.resps) == 1)
+    mid = int(client.resps[0].message_id)
+    row = await pool.fetchrow("SELECT source, body, to_addr, from_addr, meta, encoding FROM "
+                              "outbound WHERE id = $1", mid)
+    assert dict(row) == {"source": "smpp", "body": "héllo €", "to_addr": "+447700900456",
+                         "from_addr": "+447700900123", "meta": {"esme_rd": 1},
+                         "encoding": "ucs2"}
+    umr = [(P.Tag.USER_MESSAGE_REFERENCE, b"\x00\x2a")]
+    raw = await Raw.open(esme.port)
+    assert await raw.bind(name, password, P.BindTransmitter) == P.SMPP_ESME_ROK
+    same = P.SubmitSm(source_addr="Shop", source_addr_ton=5, destination_addr="447700900456",
+                      dest_addr_ton=1, short_message=b"code 1234", tlvs=tuple(umr))
+    raw.send(same)
+    first = await raw.recv()
+    raw.send(same)  # the response was "lost": the ESME submits again
+    again = await raw.recv()
+    assert first.command_status == again.command_status == P.SMPP_ESME_ROK
+    assert first.message_id == again.message_id
+    raw.send(P.SubmitSm(source_addr="Shop", source_addr_ton=5, destination_addr="447700900456",
+                        dest_addr_ton=1, short_message=b"code 9999", tlvs=tuple(umr)))
+    other = await raw.recv()
+    assert other.message_id not in ("", first.message_id)
+    assert await pool.fetchval("SELECT count(*) FROM outbound WHERE account_id = $1",
+                               account_id) == 3
+
+    for _ in range(6):  # one write: all six arrive before the first commit answers
+        raw.send(P.SubmitSm(source_addr="Shop", source_addr_ton=5,
+                            destination_addr="447700900456", dest_addr_ton=1,
+                            short_message=b"burst"))
+    answers = [await raw.recv() for _ in range(6)]
+    statuses = sorted(a.command_status for a in answers)
+    assert statuses.count(P.SMPP_ESME_ROK) >= 4
+    assert P.SMPP_ESME_RTHROTTLED in statuses
+
+    raw.send(P.QuerySm(message_id=str(mid)))
+    q = await raw.recv()
+    assert (q.command_status, q.message_state) == (P.SMPP_ESME_ROK, 1)
+    raw.send(P.QuerySm(message_id=str(mid + 10_000)))
+    assert (await raw.recv()).command_status == P.SMPP_ESME_RQUERYFAIL
+    await raw.close()
+    await client.close()
+
+    await pool.execute("UPDATE outbound SET status = 'delivered' WHERE id = $1", mid)
+    queued = await pool.fetchrow("SELECT status, stat, message_ref FROM esme_deliveries "
+                                 "WHERE outbound_id = $1", mid)
+    assert dict(queued) == {"status": "queued", "stat": "DELIVRD", "message_ref": str(mid)}
+    assert await esme.deliverer.deliver_pass() == 0  # no receiver bind: held
+
+    client = Smpplib(esme.port)
+    await client.connect_bind(name, password, "transceiver")
+    delivering = asyncio.create_task(esme.deliverer.deliver_pass())
+    await client.read_until(lambda: client.delivered)
+    assert await delivering == 1
+    dlr = client.delivered[0]
+    text = dlr.short_message.decode()
+    assert text.startswith(f"id:{mid} sub:001 dlvrd:001 submit date:")
+    assert " stat:DELIVRD err:000 text:" in text
+    assert dlr.esm_class == 0x04
+    assert dlr.receipted_message_id.rstrip(b"\0").decode() == str(mid)
+    assert dlr.message_state == 2
+    assert dlr.source_addr.decode() == "447700900456"
+    await client.close()
+    assert await pool.fetchval("SELECT status FROM esme_deliveries WHERE outbound_id = $1",
+                               mid) == "delivered"
