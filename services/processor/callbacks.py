@@ -203,6 +203,8 @@ class CallbackDelivery:
         self._ids: dict[asyncio.Task[list[Result]], list[int]] = {}
         self._hosts: dict[str, asyncio.Semaphore] = {}
         self._extended = time.monotonic()
+        self._more = True  # the last claim was full (or none yet): claim again at once
+        self._claim_due = True  # notified or timed out since the last claim
 
     async def start(self) -> None:
         """Open the HTTP session (connection pool sized to the concurrency)."""
@@ -238,10 +240,13 @@ class CallbackDelivery:
         """
         try:
             while not stop.is_set():
-                claimed = await self._turn()
+                await self._turn()
                 if stop.is_set():
                     break
-                if claimed == 0 or len(self._tasks) >= self.settings.concurrency:
+                if not self._more or len(self._tasks) >= self.settings.concurrency:
+                    # the last claim took every due row: claim again only when notified
+                    # (or by the timer), not after each finished request — at a moderate rate
+                    # that was an empty claim per request
                     await self._wait(stop, wake)
             if self._tasks:
                 await asyncio.wait(self._tasks)
@@ -254,9 +259,13 @@ class CallbackDelivery:
             await self._flush()
             await self._extend_leases()
             free = self.settings.concurrency - len(self._tasks)
-            if free <= 0:
+            if free <= 0 or not (self._more or self._claim_due):
                 return 0
-            return await self.deliver_batch(min(free, self.settings.batch))
+            limit = min(free, self.settings.batch)
+            claimed = await self.deliver_batch(limit)
+            self._more = claimed >= limit
+            self._claim_due = False
+            return claimed
         except DATABASE_ERRORS as exc:
             # loop boundary: the database is away; results stay buffered, retry next turn
             log.warning("callbacks_turn_failed", error=str(exc)[:200])
@@ -275,13 +284,38 @@ class CallbackDelivery:
                                  owner=self.owner, lease_s=self.settings.lease_s)
 
     async def _wait(self, stop: asyncio.Event, wake: asyncio.Event | None) -> None:
+        """Wait for a notification, the timer, or finished requests worth writing back.
+
+        A notification or the timer makes the next turn claim (the timer also serves retries
+        whose run_after has come). Finished requests alone do not: after the first one
+        finishes, the wait goes on while the others still running finish too (at most
+        `settings.writeback_linger_s`), so one statement acknowledges a claim's worth of
+        requests instead of one each."""
+        if wake is not None and wake.is_set():  # notified while we worked: claim now
+            wake.clear()
+            self._claim_due = True
+            return
         waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
         if wake is not None:
             waiters.add(asyncio.ensure_future(wake.wait()))
         try:
-            await asyncio.wait(waiters | self._tasks,
-                               timeout=min(self.poll_s, self.settings.lease_s / 3),
-                               return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waiters | self._tasks,
+                                         timeout=min(self.poll_s, self.settings.lease_s / 3),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done or done & waiters:
+                self._claim_due = True
+            else:
+                running = {t for t in self._tasks if not t.done()}
+                if running and self.settings.writeback_linger_s > 0:
+                    rest = asyncio.ensure_future(asyncio.wait(running))
+                    try:
+                        done, _ = await asyncio.wait(
+                            waiters | {rest}, timeout=self.settings.writeback_linger_s,
+                            return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        rest.cancel()  # stops waiting; the requests themselves go on
+                    if done & waiters:
+                        self._claim_due = True
         finally:
             for w in waiters:
                 w.cancel()
@@ -445,6 +479,14 @@ class CallbackDelivery:
             if r.outcome == "retry":
                 by_error.setdefault(r.error or "error", []).append(r)
         replied: list[Result] = []
+        if not results:
+            return
+        if all(r.outcome == "done" and r.reply is None for r in results):
+            # the common case, every request answered 2xx: one autocommitted statement (no
+            # BEGIN/COMMIT round trips)
+            await store.ack(self.pool, "callbacks", [r.id for r in results], owner=self.owner)
+            self._count(results, set())
+            return
         async with self.pool.acquire() as conn, conn.transaction():
             done = [r for r in results if r.outcome == "done" and r.reply is None]
             if done:

@@ -57,6 +57,9 @@ class CallbackSettings(_Sub):
     retry_max_s: float = Field(default=3600.0, ge=0)
     lease_s: float = Field(default=60.0, gt=0)
     batch: int = Field(default=100, ge=1)
+    # finished requests wait up to this long for the rest of their claim, so one statement
+    # writes a claim's results back (callbacks.CallbackDelivery._wait)
+    writeback_linger_s: float = Field(default=0.005, ge=0, le=1.0)
 
     @model_validator(mode="after")
     def _lease_outlasts_request(self) -> Self:

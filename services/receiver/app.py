@@ -70,7 +70,8 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
         self.ctx = build_context(
             self.pool, self.settings, self.config.webhooks,
             server_secret=secret,  # the SecretStr itself: unwrapped only at the HMAC
-            metrics=self.receiver_metrics, connectors=self.config.connectors)
+            metrics=self.receiver_metrics, connectors=self.config.connectors,
+            adaptive_linger_s=self.settings.adaptive_linger_s)
         self.add_periodic("admission_read", lambda: self.settings.stats_read_s,
                           self.ctx.admission.read, locked=False)
         self.add_periodic("ratelimit_sync", lambda: self.settings.ratelimit_sync_s,

@@ -83,7 +83,8 @@ def build_context(pool: asyncpg.Pool, options: ReceiverOptions, webhooks: Webhoo
                   registry: CollectorRegistry | None = None,
                   metrics: ReceiverMetrics | None = None,
                   clock: Callable[[], float] = time.time,
-                  connectors: Iterable[str | ConnectorSettings] = ()) -> ReceiverContext:
+                  connectors: Iterable[str | ConnectorSettings] = (),
+                  adaptive_linger_s: float = 0.0) -> ReceiverContext:
     """Create the context and start its group committers (call inside the running loop).
 
     `server_secret` is kept as `SecretBytes` (printed as `**********`) and unwrapped only for
@@ -102,7 +103,8 @@ def build_context(pool: asyncpg.Pool, options: ReceiverOptions, webhooks: Webhoo
                               max_pending=options.intake_max_pending,
                               linger_s=options.commit_linger_s,
                               on_commit=metrics.commit_observer(name),
-                              transactional=transactional)
+                              transactional=transactional,
+                              adaptive_linger_s=adaptive_linger_s)
 
     # flush_mt, flush_inbound and flush_receipts open a transaction only when a batch needs
     # several statements (one autocommitted statement saves the BEGIN/COMMIT round trips).

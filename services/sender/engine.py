@@ -89,11 +89,14 @@ class SenderEngine:
         self.wait_for_work = wait_for_work
         self.metrics = SenderMetrics.create(registry) if registry is not None else None
         self.manager_stop = asyncio.Event()
+        linger = config.daemon.adaptive_linger_s
         self.committers = [GroupCommitter(pool, flush_inbound, name="sender.inbound",
-                                          transactional=False),  # see flush_inbound
+                                          transactional=False,  # see flush_inbound
+                                          adaptive_linger_s=linger),
                            # one autocommitted INSERT + NOTIFY: no BEGIN/COMMIT round trips
                            GroupCommitter(pool, flush_receipts, name="sender.receipts",
-                                          max_batch=2000, transactional=False)]
+                                          max_batch=2000, transactional=False,
+                                          adaptive_linger_s=linger)]
         self.intake = DeliverIntake(inbound=self.committers[0], receipts=self.committers[1],
                                     observer=_IntakeMetrics(self.metrics))
         connectors = [c for c in config.connectors if c.bind_mode in SENDER_BIND_MODES]

@@ -11,7 +11,16 @@ load the batches grow by themselves while the previous flush commits.
 
 `max_inflight` flushers run at once, so one batch fills while another commits (commit latency
 overlaps with the next batch's collection); a flusher that finds few items while another is
-committing lingers up to `linger_s` to let the batch fill. `max_pending` bounds the buffer:
+committing lingers up to `linger_s` to let the batch fill.
+
+Adaptive linger (`adaptive_linger_s`): at a steady moderate rate (hundreds to a few thousand
+items a second) the flushes never overlap, so without it every item pays a whole transaction
+and WAL flush of its own. The committer keeps a moving average of the time between arrivals;
+when at least two more items are expected within `adaptive_linger_s`, a flusher that finds a
+short batch waits for about `target_batch` arrivals (never longer than `adaptive_linger_s`)
+before it writes. When quiet (arrivals further apart) it writes at once, so a lone item never
+waits; when the arrivals stop (a closed-loop client waiting for its answers) the wait is only
+a few arrival intervals long. `max_pending` bounds the buffer:
 past it `submit` raises `IntakeFull` at once (the caller answers "retry later"), it never
 queues without limit.
 
@@ -58,13 +67,15 @@ class GroupCommitter(Generic[T, R]):
     def __init__(self, pool: asyncpg.Pool, flush: FlushFn[T, R], *, name: str,
                  max_batch: int = 500, max_inflight: int = 2, max_pending: int = 20000,
                  linger_s: float = 0.001, acquire_timeout_s: float = 2.0,
-                 on_commit: CommitObserver | None = None, transactional: bool = True) -> None:
+                 on_commit: CommitObserver | None = None, transactional: bool = True,
+                 adaptive_linger_s: float = 0.0, target_batch: int = 8) -> None:
         """`flush(conn, items)` writes the items and returns one result per item, in order.
 
         With `transactional` (the default) the committer wraps each flush in a transaction;
         with False the flush manages its own (e.g. one autocommitted statement, which saves
         the BEGIN and COMMIT round trips). Either way the flush has committed when it
-        returns. `on_commit(rows, seconds)` observes each committed batch."""
+        returns. `on_commit(rows, seconds)` observes each committed batch.
+        `adaptive_linger_s` > 0 turns on the adaptive linger (module docstring)."""
         self._pool = pool
         self._flush = flush
         self.name = name
@@ -75,6 +86,10 @@ class GroupCommitter(Generic[T, R]):
         self._acquire_timeout_s = acquire_timeout_s
         self._on_commit = on_commit
         self._transactional = transactional
+        self._adaptive_linger_s = adaptive_linger_s
+        self._target_batch = max(1, min(target_batch, max_batch))
+        self._gap_s = 1.0  # moving average of the time between arrivals (per item)
+        self._last_arrival = 0.0
         self._pending: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._wake = asyncio.Event()
         self._batch_ready = asyncio.Event()
@@ -125,12 +140,18 @@ class GroupCommitter(Generic[T, R]):
         if len(self._pending) + len(items) > self._max_pending:
             raise IntakeFull(f"{self.name}: {len(self._pending)} items pending")
         loop = asyncio.get_running_loop()
+        if self._adaptive_linger_s:
+            now = loop.time()
+            gap = min(now - self._last_arrival, 1.0) / len(items)
+            self._last_arrival = now
+            self._gap_s += (gap - self._gap_s) * 0.125
         futures: list[asyncio.Future[R]] = []
         for item in items:
             fut: asyncio.Future[R] = loop.create_future()
             self._pending.append((item, fut))
             futures.append(fut)
-        if len(self._pending) >= self._max_batch:
+        if len(self._pending) >= (self._target_batch if self._adaptive_linger_s
+                                  else self._max_batch):
             self._batch_ready.set()
         self._wake.set()
         if len(futures) == 1:
@@ -150,7 +171,15 @@ class GroupCommitter(Generic[T, R]):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self._inflight > 0 and len(self._pending) < self._max_batch and self._linger_s:
+            linger = self._adaptive_wait()
+            if linger:
+                self._batch_ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._batch_ready.wait(), linger)
+                if not self._pending:
+                    continue
+            elif (self._inflight > 0 and len(self._pending) < self._max_batch
+                  and self._linger_s):
                 # Another flush is committing: let this batch fill a little instead of
                 # committing a handful of rows right behind it.
                 self._batch_ready.clear()
@@ -165,6 +194,16 @@ class GroupCommitter(Generic[T, R]):
                 await self._flush_batch(batch)
             finally:
                 self._inflight -= 1
+
+    def _adaptive_wait(self) -> float:
+        """Seconds to let a short batch fill before writing it (0: write now)."""
+        if not self._adaptive_linger_s or self._closing:
+            return 0.0
+        missing = self._target_batch - len(self._pending)
+        gap = self._gap_s
+        if missing <= 0 or 2 * gap > self._adaptive_linger_s:
+            return 0.0  # full enough, or quiet: a lone item does not wait
+        return min(self._adaptive_linger_s, missing * gap)
 
     async def _flush_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         items = [item for item, _ in batch]

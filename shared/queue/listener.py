@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -31,7 +32,7 @@ import stamina
 import structlog
 
 from smsgw.shared.core.aio import race_stop, sleep_or_stop
-from smsgw.shared.core.db import DATABASE_ERRORS
+from smsgw.shared.core.db import CONNECTION_ERRORS, DATABASE_ERRORS
 from smsgw.shared.core.errors import DatabaseUnavailable
 
 log = structlog.get_logger(__name__)
@@ -44,7 +45,8 @@ CHANNELS: Final[dict[str, str]] = {
     "rules": "smsgw_rules",
     "esme_deliveries": "smsgw_esme_deliveries",
 }
-"""Queue/topic → NOTIFY channel. The queue tables' channels carry an empty payload."""
+"""Queue/topic → NOTIFY channel. The queue tables' channels carry an empty payload; so does
+`connectors` (a connector's run-time state changed: `shared.domain.connector_state`)."""
 
 
 class Listener:
@@ -210,7 +212,8 @@ async def consume(listener: Listener, channel: str, claim_pass: Callable[[], Awa
                   stop: asyncio.Event, poll_s: float,
                   on_fallback: Callable[[], None] | None = None,
                   on_error: Callable[[BaseException], None] | None = None,
-                  error_backoff_s: float = 1.0, linger_s: float = 0.0) -> None:
+                  error_backoff_s: float = 1.0, linger_s: float = 0.0,
+                  adaptive_linger_s: float = 0.0) -> None:
     """Run `claim_pass` until it returns 0, then wait for a NOTIFY on `channel`, the fallback
     timer `poll_s` (which also serves retries whose run_after has come) or `stop`; repeat until
     `stop` is set.
@@ -221,16 +224,15 @@ async def consume(listener: Listener, channel: str, claim_pass: Callable[[], Awa
     tries again — a database outage does not end the consumer. `on_fallback` is called when the
     timer, not a notification, ended a wait. `linger_s` > 0: after a notification, wait that
     long (or `stop`) before the next claim, so that one claim takes what arrives meanwhile.
+    `adaptive_linger_s` > 0: the same, but only while busy — the loop keeps a moving average
+    of the rows it claims per second, and after a notification it waits for about
+    `ADAPTIVE_TARGET` rows (at most `adaptive_linger_s`) only when at least two rows are
+    expected in that time; when quiet it claims at once.
     """
+    rate = _RowRate()
     while not stop.is_set():
         listener.raise_if_failed()
-        try:
-            while not stop.is_set() and await claim_pass() > 0:
-                pass
-        except Exception as exc:  # loop boundary: log, count, back off, continue
-            log.exception("claim_pass_failed", channel=channel)
-            if on_error is not None:
-                on_error(exc)
+        if not await _claim_until_empty(claim_pass, stop, channel, on_error, rate):
             await sleep_or_stop(stop, error_backoff_s)
             continue
         if stop.is_set():
@@ -240,6 +242,67 @@ async def consume(listener: Listener, channel: str, claim_pass: Callable[[], Awa
                 on_fallback()
         elif linger_s > 0:
             await sleep_or_stop(stop, linger_s)
+        elif adaptive_linger_s > 0 and (wait := rate.linger(adaptive_linger_s)) > 0:
+            await sleep_or_stop(stop, wait)
+
+
+ADAPTIVE_TARGET: Final = 16
+"""Rows an adaptive claim linger waits for (bounded by its time limit)."""
+
+
+class _RowRate:
+    """Moving average of the rows a consumer claims per second (over its claim passes)."""
+
+    def __init__(self) -> None:
+        self._per_s = 0.0
+        self._since = time.monotonic()
+        self._rows = 0
+
+    def add(self, rows: int) -> None:
+        """Count the rows one claim pass took; fold them into the average every 50 ms."""
+        self._rows += max(rows, 0)
+        now = time.monotonic()
+        elapsed = now - self._since
+        if elapsed >= 0.05:
+            sample = self._rows / elapsed
+            # a long quiet spell (elapsed ≫ 50 ms) counts for more, so the average falls fast
+            weight = min(1.0, 0.25 * elapsed / 0.05)
+            self._per_s += (sample - self._per_s) * weight
+            self._since, self._rows = now, 0
+
+    def linger(self, limit_s: float) -> float:
+        """Seconds to wait before claiming after a notification (0: claim now)."""
+        if self._per_s * limit_s < 2:
+            return 0.0
+        return min(limit_s, ADAPTIVE_TARGET / self._per_s)
+
+
+async def _claim_until_empty(claim_pass: Callable[[], Awaitable[int]], stop: asyncio.Event,
+                             channel: str,
+                             on_error: Callable[[BaseException], None] | None,
+                             rate: _RowRate) -> bool:
+    """Claim passes until one returns 0 (or `stop`), counting their rows into `rate`; False
+    when one raised (logged, reported to `on_error`)."""
+    try:
+        while not stop.is_set():
+            rows = await claim_pass()
+            rate.add(rows)
+            if rows <= 0:
+                break
+    except CONNECTION_ERRORS as exc:  # the database is down or failing over: no traceback
+        # per pass; what the pass claimed comes back by its lease or its transaction's
+        # rollback, so nothing is half-applied
+        log.warning("claim_pass_db_unavailable", channel=channel,
+                    error=f"{type(exc).__name__}: {exc}"[:300])
+        error: BaseException = exc
+    except Exception as exc:  # loop boundary: log, count, back off, continue
+        log.exception("claim_pass_failed", channel=channel)
+        error = exc
+    else:
+        return True
+    if on_error is not None:
+        on_error(error)
+    return False
 
 
 async def _wait_event(event: asyncio.Event, stop: asyncio.Event, timeout_s: float) -> bool:

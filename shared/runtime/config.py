@@ -304,6 +304,9 @@ class DaemonSection(Section):
     # after a NOTIFY wake-up, wait this long before claiming so that one claim takes what
     # arrives meanwhile (fewer, fuller batches at moderate rates; adds up to this latency)
     claim_linger_s: float = Field(default=0.0, ge=0, le=1.0)
+    # adaptive batching (group commits and NOTIFY-driven claims): while busy, a short batch
+    # waits up to this long to fill; when quiet nothing waits (shared/queue/groupcommit.py)
+    adaptive_linger_s: float = Field(default=0.005, ge=0, le=0.1)
     queue_stats_s: float = Field(default=0.5, gt=0)  # depth/age snapshot refresh interval
     watchdog: bool = True
 

@@ -219,7 +219,8 @@ class Daemon(Generic[S]):
         """
         assert self.listener is not None, "consume() needs listen_channels"
         await consume(self.listener, channel, claim_pass, stop=self.stop,
-                      poll_s=self.settings.poll_s, linger_s=self.settings.claim_linger_s)
+                      poll_s=self.settings.poll_s, linger_s=self.settings.claim_linger_s,
+                      adaptive_linger_s=self.settings.adaptive_linger_s)
 
     async def wait_for_work(self, channel: str, timeout_s: float | None = None) -> bool:
         """Wait for a NOTIFY on `channel`, the `poll_s` fallback timer, or `stop`.
