@@ -4,7 +4,8 @@
 # Not built on the development machines (no Docker engine there).
 FROM python:3.11-slim-bookworm
 
-RUN useradd --system --no-create-home --home-dir /nonexistent smsgw
+RUN useradd --system --no-create-home --home-dir /nonexistent smsgw \
+    && install -d -o smsgw -g smsgw -m 0750 /var/lib/smsgw /var/lib/smsgw/reports
 WORKDIR /opt/smsgw
 COPY pyproject.toml README.md ./
 COPY shared ./shared

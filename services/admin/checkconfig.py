@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from smsgw.services.processor.settings import ProcessorSettings
 from smsgw.services.receiver.settings import ReceiverSettings
+from smsgw.services.reporter.settings import ReporterSettings
 from smsgw.services.sender.settings import SenderSettings
 from smsgw.shared.core.errors import ConfigError
 from smsgw.shared.runtime.admin_config import add_target_args, default_config_path
@@ -25,7 +26,8 @@ from smsgw.shared.runtime.config import ENV_DATABASE_URL, DaemonSection, load_al
 
 EXIT_CONFIG = 78
 SECTIONS: dict[str, type[DaemonSection]] = {
-    "receiver": ReceiverSettings, "processor": ProcessorSettings, "sender": SenderSettings}
+    "receiver": ReceiverSettings, "processor": ProcessorSettings, "sender": SenderSettings,
+    "reporter": ReporterSettings}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

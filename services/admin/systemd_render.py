@@ -29,7 +29,7 @@ DEFAULT_USER = "smsgw"
 _SERVICES_DIR = Path(__file__).resolve().parent.parent
 # Where each unit lives in the source tree: next to its daemon (docs/ARCHITECTURE.md "Daemons and
 # what each owns"), shared ones here.
-UNIT_DIRS = ("receiver", "processor", "sender", "smsc_sim", "admin/systemd")
+UNIT_DIRS = ("receiver", "processor", "sender", "reporter", "smsc_sim", "admin/systemd")
 
 
 @dataclass(frozen=True, slots=True)

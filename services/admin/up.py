@@ -96,10 +96,10 @@ STOP_TIMEOUT_S = 60.0  # per stage; above each daemon's drain_s plus its close t
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 BACKOFF_RESET_AFTER_S = 60.0
-METRICS_OFFSET = {"receiver": 1, "processor": 2, "sender": 3}
+METRICS_OFFSET = {"receiver": 1, "processor": 2, "sender": 3, "reporter": 4}
 # Stop order (docs/ARCHITECTURE.md, "The daemon contract": stop intake first); start order is the
 # reverse.
-STOP_ORDER = ("receiver", "processor", "sender", "smsc-sim")
+STOP_ORDER = ("receiver", "processor", "sender", "reporter", "smsc-sim")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -122,6 +122,7 @@ class Options:
     demo: bool
     log_level: str | None
     stop_timeout_s: float
+    reporters: int = 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -131,7 +132,8 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n", 1)[1].split("`DATA_DIR/endpoints.json`")[0],
         epilog="Ports: the API on --api-port (+1 per extra receiver), each daemon's /metrics "
                "on --metrics-port-base + 10 x (instance - 1) + n (n = 1 receiver, 2 "
-               "processor, 3 sender), the simulator's SMPP on --smpp-port. Use --port-offset "
+               "processor, 3 sender, 4 reporter), the simulator's SMPP on --smpp-port."
+               " Use --port-offset "
                "to shift them all (tests run several `up`s side by side).")
     p.add_argument("--data-dir", type=Path, default=Path(DEFAULT_DATA_DIR),
                    help="data folder: embedded Postgres, generated config, demo key, logs "
@@ -143,6 +145,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--receivers", type=int, default=1, help="receiver instances (1)")
     p.add_argument("--processors", type=int, default=1, help="processor instances (1)")
     p.add_argument("--senders", type=int, default=1, help="sender instances (1)")
+    p.add_argument("--reporters", type=int, default=1,
+                   help="reporter instances (1); reports go to DATA_DIR/reports unless your "
+                        "config sets [reporter] dir")
     p.add_argument("--api-port", type=int, default=RECEIVER_HTTP_PORT_BASE,
                    help=f"receiver API port ({RECEIVER_HTTP_PORT_BASE})")
     p.add_argument("--metrics-port-base", type=int, default=METRICS_PORT_BASE,
@@ -169,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
 def parse_options(argv: list[str]) -> Options:
     """Parse and check the command line."""
     a = _parser().parse_args(argv)
-    for name in ("receivers", "processors", "senders"):
+    for name in ("receivers", "processors", "senders", "reporters"):
         if getattr(a, name) < 1:
             raise SystemExit(f"smsgw up: --{name} must be at least 1")
     config = a.config
@@ -178,6 +183,7 @@ def parse_options(argv: list[str]) -> Options:
     return Options(
         data_dir=a.data_dir.resolve(), config=config.resolve() if config else None,
         receivers=a.receivers, processors=a.processors, senders=a.senders,
+        reporters=a.reporters,
         api_port=a.api_port + a.port_offset,
         metrics_port_base=a.metrics_port_base + a.port_offset,
         smpp_port=a.smpp_port + a.port_offset, pg_port=a.pg_port, sim=a.sim, demo=a.demo,
@@ -279,6 +285,8 @@ def generated_config(plan: Plan, opts: Options, *, database_url: str, secret_fil
     if plan.sim and not cfg.get("connectors"):
         cfg["connectors"] = [{"name": SIM_CONNECTOR, "host": "127.0.0.1",
                               "port": opts.smpp_port, "system_id": SIM_SYSTEM_ID}]
+    # the reports area next to the rest of up's data, unless the user's config names one
+    cfg.setdefault("reporter", {}).setdefault("dir", str(opts.data_dir / "reports"))
     webhooks = cfg.setdefault("webhooks", {})
     if plan.demo_only and "allowed_networks" not in webhooks:
         # The local demo's applications run on this machine: let callbacks reach loopback
@@ -570,7 +578,8 @@ def build_children(opts: Options, plan: Plan, env: Mapping[str, str]) -> list[Ch
     if plan.sim:
         children.append(Child("smsc-sim", 1, sim_argv(opts), daemon_env(env, "smsc-sim", 1, opts),
                               logs / "smsc-sim-1.log", ready_port=opts.smpp_port))
-    counts = {"sender": opts.senders, "processor": opts.processors, "receiver": opts.receivers}
+    counts = {"reporter": opts.reporters, "sender": opts.senders, "processor": opts.processors,
+              "receiver": opts.receivers}
     for daemon, n in counts.items():
         for i in range(1, n + 1):
             children.append(Child(daemon, i, daemon_argv(daemon, i, plan.config_path),

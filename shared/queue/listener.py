@@ -43,6 +43,7 @@ CHANNELS: Final[dict[str, str]] = {
     "receipts": "smsgw_receipts",
     "callbacks": "smsgw_callbacks",
     "rules": "smsgw_rules",
+    "reports": "smsgw_reports",
     "esme_deliveries": "smsgw_esme_deliveries",
 }
 """Queue/topic → NOTIFY channel. The queue tables' channels carry an empty payload; so does

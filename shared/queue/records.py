@@ -101,6 +101,16 @@ class EsmeDeliveryStatus(StrEnum):
     DEAD = "dead"
 
 
+class ReportStatus(StrEnum):
+    """`report_requests.status`: queued → running (leased) → done · failed · cancelled."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
 _BUILDERS: dict[type, Any] = {}
 
 
@@ -628,4 +638,31 @@ class QueueStat(_FromRecord):
     status: str
     depth: int
     oldest_at: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportRequest(_FromRecord):
+    """One `report_requests` row (migration 0016): a report, its progress and its files."""
+
+    id: int
+    kind: str
+    params: dict[str, Any]
+    account_id: int | None
+    requested_by: str
+    status: ReportStatus
+    attempts: int
+    run_after: datetime
+    lease_owner: str | None
+    lease_until: datetime | None
+    last_error: str | None
+    cancel_requested: bool
+    rows_scanned: int
+    rows_estimated: int | None
+    progress: float
+    files: dict[str, Any] | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    expires_at: datetime | None
+    created_at: datetime
     updated_at: datetime

@@ -50,9 +50,9 @@ from smsgw.shared.core.errors import ConfigError
 from smsgw.shared.queue.retention import RetentionSettings
 from smsgw.shared.smpp.connector import ConnectorSettings
 
-DAEMONS: tuple[str, ...] = ("receiver", "processor", "sender")
+DAEMONS: tuple[str, ...] = ("receiver", "processor", "sender", "reporter")
 # n in the metrics port of docs/ARCHITECTURE.md "Ports", 9100 + 10 x (instance - 1) + n
-DAEMON_PORT_OFFSET: dict[str, int] = {"receiver": 1, "processor": 2, "sender": 3}
+DAEMON_PORT_OFFSET: dict[str, int] = {"receiver": 1, "processor": 2, "sender": 3, "reporter": 4}
 METRICS_PORT_BASE = 9100
 RECEIVER_HTTP_PORT_BASE = 8080  # the receiver API's port: 8080 + (instance - 1), "Ports"
 ESME_PORT_BASE = 2776  # the receiver's SMPP server for ESMEs: 2776 + (instance - 1)

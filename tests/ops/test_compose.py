@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
 COMPOSE_CONFIG = "/etc/smsgw/smsgw.toml"
-METRICS_PORTS = {"receiver": 9101, "processor": 9102, "sender": 9103}
+METRICS_PORTS = {"receiver": 9101, "processor": 9102, "sender": 9103, "reporter": 9104}
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_daemon_commands_are_the_ones_smsgw_up_runs(compose: dict[str, Any]) -> 
     """
     commands = _smsgw_services(compose)
     prefix = up.cli_argv()
-    for daemon in ("receiver", "processor", "sender"):
+    for daemon in ("receiver", "processor", "sender", "reporter"):
         expected = up.daemon_argv(daemon, 1, Path(COMPOSE_CONFIG))
         assert expected[:len(prefix)] == prefix
         assert commands[daemon] == ["smsgw", *expected[len(prefix):]], daemon

@@ -15,6 +15,7 @@ import pytest
 from smsgw.services.admin import up
 from smsgw.services.processor.settings import ProcessorSettings
 from smsgw.services.receiver.settings import ReceiverSettings
+from smsgw.services.reporter.settings import ReporterSettings
 from smsgw.services.sender.settings import SenderSettings
 from smsgw.shared.runtime import lifecycle
 
@@ -27,6 +28,7 @@ DAEMONS = {
     "receiver": (ReceiverSettings, 2, True),   # health site + API site; rx binds
     "processor": (ProcessorSettings, 1, False),
     "sender": (SenderSettings, 1, True),       # tx/trx binds
+    "reporter": (ReporterSettings, 1, False),
 }
 
 

@@ -18,7 +18,7 @@ from smsgw.services.admin import systemd_render
 from smsgw.services.admin.systemd_render import Layout, render_all, unit_files
 
 REPO = Path(__file__).resolve().parents[2]
-DAEMONS = ("receiver", "processor", "sender")
+DAEMONS = ("receiver", "processor", "sender", "reporter")
 needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                    reason="systemd-analyze not installed")
 

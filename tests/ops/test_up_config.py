@@ -65,11 +65,12 @@ def test_children_ports_and_start_order(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     plan = up.make_plan(opts, {})
     children = up.build_children(opts, plan, {"SMSGW_INSTANCE": "7", "NOTIFY_SOCKET": "x"})
-    assert [c.name for c in children] == ["smsc-sim@1", "sender@1", "sender@2", "processor@1",
-                                          "receiver@1"]
+    assert [c.name for c in children] == ["smsc-sim@1", "reporter@1", "sender@1", "sender@2",
+                                          "processor@1", "receiver@1"]
     env = {c.name: c.env for c in children}
     assert env["sender@2"]["SMSGW_SENDER__METRICS_PORT"] == "19113"
+    assert env["reporter@1"]["SMSGW_REPORTER__METRICS_PORT"] == "19104"
     assert env["receiver@1"]["SMSGW_RECEIVER__HTTP_PORT"] == "18080"
     assert "SMSGW_INSTANCE" not in env["sender@1"] and "NOTIFY_SOCKET" not in env["sender@1"]
-    assert children[2].argv[-2:] == ["--instance", "2"]
-    assert list(up.STOP_ORDER) == ["receiver", "processor", "sender", "smsc-sim"]
+    assert children[3].argv[-2:] == ["--instance", "2"]
+    assert list(up.STOP_ORDER) == ["receiver", "processor", "sender", "reporter", "smsc-sim"]

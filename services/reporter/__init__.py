@@ -1,0 +1,1 @@
+"""The reporter daemon: campaign, traffic, inbound and opt-out reports, made in the background."""
