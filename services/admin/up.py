@@ -75,6 +75,7 @@ from smsgw.shared.runtime.admin_config import (
     UP_SERVER_SECRET,
 )
 from smsgw.shared.runtime.config import (
+    ESME_PORT_BASE,
     METRICS_PORT_BASE,
     RECEIVER_HTTP_PORT_BASE,
     redact_url,
@@ -122,6 +123,7 @@ class Options:
     demo: bool
     log_level: str | None
     stop_timeout_s: float
+    esme_port: int = ESME_PORT_BASE  # the receivers' SMPP server for ESMEs (+1 per receiver)
     reporters: int = 1
 
 
@@ -153,8 +155,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port-base", type=int, default=METRICS_PORT_BASE,
                    help=f"metrics ports base ({METRICS_PORT_BASE})")
     p.add_argument("--smpp-port", type=int, default=2775, help="simulator SMPP port (2775)")
+    p.add_argument("--esme-port", type=int, default=ESME_PORT_BASE,
+                   help=f"the receivers' SMPP server for customer ESMEs ({ESME_PORT_BASE}, "
+                        "+1 per extra receiver)")
     p.add_argument("--port-offset", type=int, default=0,
-                   help="added to --api-port, --metrics-port-base and --smpp-port")
+                   help="added to --api-port, --metrics-port-base, --smpp-port and "
+                        "--esme-port")
     p.add_argument("--pg-port", type=int, default=0,
                    help="embedded Postgres port (default: a free one)")
     sim = p.add_mutually_exclusive_group()
@@ -187,7 +193,8 @@ def parse_options(argv: list[str]) -> Options:
         api_port=a.api_port + a.port_offset,
         metrics_port_base=a.metrics_port_base + a.port_offset,
         smpp_port=a.smpp_port + a.port_offset, pg_port=a.pg_port, sim=a.sim, demo=a.demo,
-        log_level=a.log_level, stop_timeout_s=a.stop_timeout)
+        log_level=a.log_level, stop_timeout_s=a.stop_timeout,
+        esme_port=a.esme_port + a.port_offset)
 
 
 # --- config -------------------------------------------------------------------------------
@@ -542,6 +549,9 @@ def daemon_env(base: Mapping[str, str], daemon: str, instance: int,
         env[key] = str(metrics_port(opts, daemon, instance))
     if daemon == "receiver":
         env["SMSGW_RECEIVER__HTTP_PORT"] = str(opts.api_port + instance - 1)
+        # the SMPP server for customer ESMEs (README "SMPP server for your customers")
+        env["SMSGW_RECEIVER__SMPP_SERVER__ENABLED"] = "true"
+        env["SMSGW_RECEIVER__SMPP_SERVER__PORT"] = str(opts.esme_port + instance - 1)
     if opts.log_level and daemon in METRICS_OFFSET:
         env[f"SMSGW_{daemon.upper()}__LOG_LEVEL"] = opts.log_level
     return env
@@ -702,6 +712,7 @@ def endpoints(opts: Options, children: list[Child], key_file: Path | None,
         "metrics": [{"daemon": c.daemon, "instance": c.instance,
                      "url": f"http://127.0.0.1:{metrics_port(opts, c.daemon, c.instance)}/metrics"}
                     for c in children if c.daemon in METRICS_OFFSET],
+        "esme": f"127.0.0.1:{opts.esme_port}",
         "smpp": f"127.0.0.1:{opts.smpp_port}" if any(c.daemon == "smsc-sim" for c in children)
         else None,
         "children": {c.name: c.proc.pid if c.proc else None for c in children},
@@ -727,6 +738,8 @@ def banner(info: dict[str, Any], key: str | None, opts: Options, plan: Plan) -> 
         "",
         "smsgw is up.",
         f"  API:      {info['api']}   (OpenAPI: {info['api']}/v1/openapi.json)",
+        f"  SMPP for your ESMEs: {info['esme']}   (system_id: an account's name; "
+        "smsgw accounts smpp-password NAME)",
         "  metrics:",
         metrics,
         f"  SMSC simulator: {info['smpp']}" if info["smpp"] else "  SMSC: your connectors",

@@ -105,16 +105,18 @@ class Stack:
         self.config_path = self.data_dir / "smsgw.toml"
         # ports: API (one per receiver), metrics (10 per instance), SMPP, simulator control
         span = 10 * max(opts.receivers, opts.processors, opts.senders) + 10
-        base = _port_block(span + 20)
+        base = _port_block(span + 20 + opts.receivers)
         self.api_port = base
         self.metrics_base = base + 10
         self.smpp_port = base + span + 10
         self.control_port = base + span + 11
+        self.esme_port = base + span + 12  # the receivers' SMPP server for ESMEs (one each)
         self.up_opts = up.Options(
             data_dir=self.data_dir, config=None, receivers=opts.receivers,
             processors=opts.processors, senders=opts.senders, api_port=self.api_port,
             metrics_port_base=self.metrics_base, smpp_port=self.smpp_port, pg_port=0, sim=True,
-            demo=False, log_level=opts.log_level, stop_timeout_s=30.0)
+            demo=False, log_level=opts.log_level, stop_timeout_s=30.0,
+            esme_port=self.esme_port)
 
     # --- URLs ---------------------------------------------------------------------------
 
