@@ -46,6 +46,12 @@ CREATE INDEX IF NOT EXISTS report_requests_expires_idx ON report_requests (expir
     WHERE expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS report_requests_account_idx ON report_requests (account_id, id);
 
+-- accounts.operator: an operator's API keys may ask for the kinds whose data carries no account
+-- (campaign, inbound, opt-outs) and see every report; other keys only their own account's
+-- traffic reports. Set with `smsgw accounts update NAME --operator`. A constant default: a
+-- catalog change only, no table rewrite.
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS operator boolean NOT NULL DEFAULT false;
+
 -- report_chunks: each output file of a finished report, in chunks of at most 1 MiB, so a
 -- receiver on another host can stream it and neither side holds a whole file in memory.
 -- Written in the transaction that marks the report done (nothing half-written is served).

@@ -114,6 +114,7 @@ UPDATABLE: dict[str, str] = {
     "rate": "rate_per_s",
     "allowed_sender": "allowed_senders",
     "allowed_connector": "allowed_connectors",
+    "operator": "operator",
     **accounts_smpp.UPDATABLE_SMPP,
 }
 
@@ -249,6 +250,12 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("name", help="the account's name")
     revoke.add_argument("key", help="the key's id, or the prefix `list` shows")
     accounts_smpp.add_update_args(update)
+    operator = update.add_mutually_exclusive_group()
+    operator.add_argument("--operator", dest="operator", action="store_true", default=None,
+                          help="its API keys may ask for every report kind (campaign, "
+                               "inbound, opt-outs) and see every report")
+    operator.add_argument("--no-operator", dest="operator", action="store_false",
+                          help="its API keys see only its own traffic reports (the default)")
     accounts_smpp.add_password_parser(add)
     add("list", "list accounts with their settings and number of valid keys")
     cbs = add("callback-secret", "print the account's status-callback signing secret",
@@ -335,6 +342,8 @@ def _update_changes(args: argparse.Namespace) -> dict[str, Any]:
         changes[UPDATABLE["allowed_connector"]] = list(dict.fromkeys(args.allowed_connector))
     elif args.no_allowed_connectors:
         changes[UPDATABLE["allowed_connector"]] = None
+    if args.operator is not None:
+        changes[UPDATABLE["operator"]] = args.operator
     changes.update(accounts_smpp.update_changes(args))
     return changes
 
@@ -344,7 +353,7 @@ def _update_changes(args: argparse.Namespace) -> dict[str, Any]:
 # show_account: an account's settings by name.
 SHOW_ACCOUNT = """
 SELECT id, name, default_category, rate_per_s, allowed_senders, allowed_connectors, disabled,
-       disabled_at, created_at, updated_at
+       disabled_at, operator, created_at, updated_at
   FROM accounts WHERE name = $1
 """
 
@@ -515,6 +524,8 @@ def _print_show(args: argparse.Namespace, a: dict[str, Any]) -> None:
         f"  rate/s             {a['rate_per_s'] or 'default ([receiver] default_account_rate)'}",
         f"  allowed senders    {' '.join(a['allowed_senders'] or []) or 'any'}",
         f"  allowed connectors {' '.join(a['allowed_connectors'] or []) or 'none (routes)'}",
+        f"  reports            "
+        f"{'operator (every kind and report)' if a.get('operator') else 'own traffic'}",
         f"  keys               {' '.join(valid) or '-'}"
         + (f"  (revoked: {' '.join(revoked)})" if revoked else ""),
         f"  queued now         {a['queued']}" + (" (held)" if a["disabled"] and a["queued"]

@@ -38,7 +38,7 @@ LISTING_PREFIX_LEN = len(KEY_PREFIX) + 6
 # lookup_account_by_key_hash: the account a valid (unrevoked) key belongs to, if enabled.
 LOOKUP_ACCOUNT_BY_KEY_HASH = """
 SELECT a.id, a.name, a.default_category, a.rate_per_s, a.allowed_senders, a.transliterate,
-       a.disabled, a.allowed_connectors, k.id AS key_id
+       a.disabled, a.allowed_connectors, a.operator, k.id AS key_id
   FROM api_keys k
   JOIN accounts a ON a.id = k.account_id
  WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND NOT a.disabled
@@ -87,6 +87,8 @@ class Account:
     key_id: int
     # connectors the account may force (Kannel `smsc=`, JSON `connector`); empty: none
     allowed_connectors: tuple[str, ...] = ()
+    # an operator account (migration 0016): its keys may ask for every report kind
+    operator: bool = False
 
     @classmethod
     def from_record(cls, rec: Any) -> Account:
@@ -96,7 +98,8 @@ class Account:
                    rate_per_s=rec["rate_per_s"],
                    allowed_senders=tuple(senders) if senders is not None else None,
                    transliterate=rec["transliterate"], key_id=rec["key_id"],
-                   allowed_connectors=tuple(rec["allowed_connectors"] or ()))
+                   allowed_connectors=tuple(rec["allowed_connectors"] or ()),
+                   operator=bool(rec.get("operator", False)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
