@@ -112,7 +112,9 @@ SELECT coalesce((SELECT array_agg(DISTINCT outbound_id) FROM parts WHERE final),
 -- dlr-url, with what a Kannel DLR carries: the receipt (text, state, err, when it arrived, the
 -- connector it came on), its part (number, SMSC id, connector) and the message (wherever it
 -- lives: outbound, or outbound_history after the retention move). Read-only; one statement per
--- matching batch. The unnest join keeps each lookup on a primary key.
+-- matching batch. The unnest join keeps each lookup on a primary key. The two uncorrelated
+-- EXISTS are a one-time check on the partial indexes of migration 0018: with no Kannel-style
+-- message at all (the common case without Kannel applications) the joins never run.
 SELECT r.id AS receipt_id, r.created_at AS received_at, r.state, r.err, r.body,
        r.message_state, r.network_error, r.connector AS receipt_connector, p.part_no, p.parts_total, p.smsc_id, p.connector,
        o.id AS outbound_id, o.account_id, o.from_addr, o.to_addr, o.callback_url, o.dlr_mask,
@@ -129,6 +131,12 @@ SELECT r.id AS receipt_id, r.created_at AS received_at, r.state, r.err, r.body,
       LIMIT 1) o ON true
  WHERE o.callback_url IS NOT NULL AND coalesce(o.dlr_mask, 0) <> 0
    AND o.meta->>'callback_style' = 'kannel'
+   AND (EXISTS (SELECT 1 FROM outbound k
+                 WHERE k.callback_url IS NOT NULL AND coalesce(k.dlr_mask, 0) <> 0
+                   AND (k.meta->>'callback_style') = 'kannel')
+        OR EXISTS (SELECT 1 FROM outbound_history k
+                    WHERE k.callback_url IS NOT NULL AND coalesce(k.dlr_mask, 0) <> 0
+                      AND (k.meta->>'callback_style') = 'kannel'))
  ORDER BY u.n
 
 -- name: orphan
