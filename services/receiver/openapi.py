@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from pydantic.json_schema import models_json_schema
 
-from smsgw.services.receiver import models
+from smsgw.services.receiver import models, reports_api
 from smsgw.services.receiver.responses import json_response
 
 _REF = "#/components/schemas/{model}"
@@ -131,6 +131,7 @@ def _paths() -> dict[str, Any]:
                          "text/plain": {"schema": {"type": "string"}}}},
                      "responses": _SENDSMS_RESPONSES}},
         **_webhook_paths(),
+        **reports_api.openapi_paths(),
     }
 
 

@@ -12,6 +12,9 @@ from typing import Final
 
 import asyncpg
 
+# the receiver's fixtures, for the reports API test
+from ..receiver.conftest import account_factory, receiver_factory  # noqa: F401
+
 ZONE: Final = "Europe/London"
 START: Final = "2026-10-24T00:00"  # local, the report's range [START, END)
 END: Final = "2026-10-27T00:00"
