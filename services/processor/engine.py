@@ -48,6 +48,7 @@ from smsgw.services.processor.options import ProcessorKeys
 from smsgw.services.processor.optout import OptOp, OptOutHit, OptOutKeywords
 from smsgw.services.processor.rules import (
     CampaignAction,
+    DeliverToAccountAction,
     ForwardAction,
     Hit,
     Message,
@@ -61,7 +62,8 @@ from smsgw.services.processor.rules import (
 from smsgw.shared.domain import suppression
 from smsgw.shared.domain.numbers import is_recipient
 from smsgw.shared.domain.suppression import NumberHasher, SuppressionChange
-from smsgw.shared.queue import store
+from smsgw.shared.queue import esme_deliveries, store
+from smsgw.shared.queue.esme_deliveries import MoForEsme
 from smsgw.shared.queue.records import InboundMessage, QueueStat
 
 log = structlog.get_logger("smsgw.processor.engine")
@@ -187,6 +189,7 @@ class Plan:
     replies: list[Reply] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
     forwards: list[Forward] = field(default_factory=list)
+    to_esmes: list[MoForEsme] = field(default_factory=list)  # deliver_to_account
     outcomes: list[Outcome] = field(default_factory=list)
     # (number, scope) -> the last opt-out operation on it in this batch (in message order)
     suppression_ops: dict[tuple[str, str], tuple[str, SuppressionChange]] = field(
@@ -343,6 +346,12 @@ class Planner:
                 campaign_no += 1
             elif isinstance(action, ForwardAction):
                 self.plan.forwards.append(self._forward(msg, hit, i, action))
+            elif isinstance(action, DeliverToAccountAction):
+                binary = msg.coding == 1 and msg.raw is not None
+                self.plan.to_esmes.append(MoForEsme(
+                    account=action.account, inbound_id=msg.id, from_addr=msg.from_addr,
+                    to_addr=msg.to_addr, body=None if binary else msg.text,
+                    raw=msg.raw if binary else None, data_coding=4 if binary else None))
             elif isinstance(action, OptOutAction):
                 reply = templates.render(action.reply, ctx) if action.reply else None
                 op: OptOp = action.op
@@ -505,6 +514,8 @@ async def write_plan(conn: asyncpg.Connection, plan: Plan, *, events: bool,
         await suppression.remove_suppressions(conn, plan.removes, actor=DAEMON, hasher=hasher)
     if plan.forwards:
         await store.enqueue(conn, "callbacks", [f.row() for f in plan.forwards], notify=True)
+    if plan.to_esmes:
+        await esme_deliveries.insert_mo(conn, plan.to_esmes)
     if events:
         await store.log_events(conn, [
             ("inbound", o.inbound_id, "processed",

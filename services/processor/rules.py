@@ -366,8 +366,18 @@ class OptOutAction(_Model):
     reply: str | None = None
 
 
-Action = Annotated[ReplyAction | CampaignAction | ForwardAction | OptOutAction,
-                   Field(discriminator="type")]
+class DeliverToAccountAction(_Model):
+    """Deliver the MO to an account's ESMEs (deliver_sm over its receiver/transceiver binds on
+    the SMPP server; held while it has none, up to `[receiver.smpp_server]
+    delivery_retention_s`). A long MO arrives reassembled, as one deliver_sm (its text in
+    message_payload when longer than one SMS)."""
+
+    type: Literal["deliver_to_account"]
+    account: str = Field(min_length=1, max_length=200)
+
+
+Action = Annotated[ReplyAction | CampaignAction | ForwardAction | OptOutAction
+                   | DeliverToAccountAction, Field(discriminator="type")]
 
 
 class Rule(_Model):

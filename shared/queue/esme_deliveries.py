@@ -62,9 +62,10 @@ class EsmeDelivery:
 
 @dataclass(frozen=True, slots=True)
 class MoForEsme:
-    """One MO to queue for an account's ESMEs (`insert_mo`)."""
+    """One MO to queue for an account's ESMEs (`insert_mo`), by account name (a rule's
+    `deliver_to_account`); a name no account has queues nothing."""
 
-    account_id: int
+    account: str
     inbound_id: int | None
     from_addr: str
     to_addr: str
@@ -121,10 +122,12 @@ async def purge(conn: asyncpg.Connection | asyncpg.Pool, *, older_than_s: float,
 
 
 async def insert_mo(conn: asyncpg.Connection, rows: Sequence[MoForEsme]) -> int:
-    """Queue MO for ESMEs in one INSERT and wake the receivers once; return how many."""
+    """Queue MO for ESMEs in one INSERT and wake the receivers once; return how many rows
+    were queued (rows for unknown accounts are not)."""
     if not rows:
         return 0
-    cols = list(zip(*rows, strict=True))
+    cols = list(zip(*((r.account, r.inbound_id, r.from_addr, r.to_addr, r.body, r.raw,
+                       r.data_coding, r.esm_class) for r in rows), strict=True))
     result = await conn.fetchrow(_SQL["insert_mo"], *[list(c) for c in cols])
     return int(result["n"])
 

@@ -40,8 +40,11 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.asyncio(loop_scope="module")
 async def esme_stack(**sections: Any) -> Stack:
     """A stack with the SMPP server on, receipts from the simulator after 50 ms."""
     receiver = {"smpp_server": {"failed_bind_delay_s": 0.05, **sections}}
+    # MO to 55555 go to the stack's account's ESMEs (the processor's deliver_to_account)
+    rules = [{"name": "to-esme", "match": {"to": "55555"},
+              "actions": [{"type": "deliver_to_account", "account": BENCH_ACCOUNT}]}]
     stack = Stack(StackOptions(sections={"receiver": receiver}, receipt_delay_s=0.05,
-                               log_level="info"))
+                               log_level="info", rules=rules))
     await stack.start()
     return stack
 
@@ -103,6 +106,33 @@ async def test_smpplib_binds_submits_and_gets_receipts(stack: Stack) -> None:
     finally:
         await conn.close()
     assert parts == 5  # each reached the simulator as one submit_sm
+
+
+async def test_mo_reaches_the_esme(stack: Stack) -> None:
+    """MO the simulator delivers to 55555 match a `deliver_to_account` rule: smpplib, bound
+    as a receiver, gets each as a deliver_sm (esm_class 0, the text, the sender), and each
+    delivery is in the MO's trace events."""
+    password = stack.esme_password  # type: ignore[attr-defined]
+    client = Smpplib(stack.esme_port)
+    await client.connect_bind(BENCH_ACCOUNT, password, "receiver")
+    await stack.sim("/mo", {"count": 3, "rate": 50, "to": "55555", "prefix": "esme-mo"})
+    await client.read_until(lambda: len(client.delivered) >= 3, timeout_s=30)
+    await client.close()
+    texts = sorted(d.short_message.decode() for d in client.delivered)
+    assert texts == ["esme-mo 0", "esme-mo 1", "esme-mo 2"]
+    assert all(d.esm_class == 0 and d.destination_addr.decode() == "55555"
+               for d in client.delivered)
+    conn = await asyncpg.connect(stack.dsn, **stack.connect_kwargs)
+    try:
+        for _ in range(50):  # written once the deliver_sm_resp is in
+            events = await conn.fetchval("SELECT count(*) FROM events WHERE message_table = "
+                                         "'inbound' AND event = 'esme_delivered'")
+            if events == 3:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+    assert events == 3
 
 
 def _node_or_skip(request: pytest.FixtureRequest) -> str:

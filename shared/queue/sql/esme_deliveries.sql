@@ -77,15 +77,17 @@ DELETE FROM esme_deliveries
                LIMIT $2)
 
 -- name: insert_mo
--- Queue MO for an account's ESMEs (one INSERT per batch) and wake the receivers once.
+-- Queue MO for the ESMEs of the accounts named in $1 (one INSERT per batch; a name no account
+-- has queues nothing) and wake the receivers once.
 WITH ins AS (
     INSERT INTO esme_deliveries (account_id, kind, inbound_id, from_addr, to_addr, body, raw,
                                  data_coding, esm_class)
-    SELECT u.account_id, 'mo', u.inbound_id, u.from_addr, u.to_addr, u.body, u.raw,
-           u.data_coding, u.esm_class
-      FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bytea[],
+    SELECT a.id, 'mo', u.inbound_id, u.from_addr, u.to_addr, u.body, u.raw, u.data_coding,
+           u.esm_class
+      FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bytea[],
                   $7::int2[], $8::int2[])
-           AS u(account_id, inbound_id, from_addr, to_addr, body, raw, data_coding, esm_class)
+           AS u(account, inbound_id, from_addr, to_addr, body, raw, data_coding, esm_class)
+      JOIN accounts a ON a.name = u.account
     RETURNING id
 )
 SELECT count(*) AS n,
