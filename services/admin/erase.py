@@ -34,6 +34,7 @@ from smsgw.services.admin import dbcli
 from smsgw.shared.core.errors import ConfigError
 from smsgw.shared.domain.numbers import InvalidNumber, normalise
 from smsgw.shared.domain.suppression import NumberHasher, legacy_hash, rekey_legacy
+from smsgw.shared.queue import report_requests
 
 ERASED: Final = "[erased]"
 
@@ -91,6 +92,11 @@ COVERAGE: Final[Mapping[str, Mapping[str, str]]] = {
     "periodic_runs": {"job": _INT, "last_owner": _INT},
     "queue_stats": {"queue": _INT, "status": _INT},
     "connector_state": {"name": _CFG, "state": _CFG, "changed_by": _INT, "reason": _CFG},
+    # reports (migration 0016): a report whose files hold the number is deleted whole
+    # (shared/queue/report_requests.py erase_naming), running ones are restarted
+    "report_requests": {"kind": _INT, "params": _CFG, "requested_by": _INT, "status": _INT,
+                        "lease_owner": _INT, "last_error": _INT, "files": _INT},
+    "report_chunks": {"name": _INT, "data": BY_NUMBER},
 }
 
 # The ids of everything to erase, collected once into temp tables so each DELETE is one
@@ -226,6 +232,7 @@ async def erase(conn: asyncpg.Connection, number: str, *, hasher: NumberHasher, 
             status = await (conn.execute(stmt, number) if _uses_number(stmt)
                             else conn.execute(stmt))
             counts[label] = int(status.split()[-1])
+        counts["reports"] = await report_requests.erase_naming(conn, needle)
         sups = await conn.fetch(SQL_SUPPRESSIONS, keyed, legacy_hash(number))
         await conn.execute(SQL_BLANK_SUPPRESSIONS, [r["id"] for r in sups],
                            [scrub(r["evidence"], needle) for r in sups])
@@ -262,7 +269,7 @@ def _parser() -> argparse.ArgumentParser:
         "the suppression entry erase keeps.",
         description="Erase a number: its messages (MO from it, MT to it; hot and history "
                     "tables, with parts, receipts, callbacks, events), fragments, campaign "
-                    "entries, flood counters; keep only a keyed global suppression so it is "
+                    "entries, flood counters, the reports whose files hold it; keep only a keyed global suppression so it is "
                     "not messaged again, and write the audit log.")
     p.add_argument("number", help="the phone number (E.164, or national with --country)")
     dbcli.add_common_args(p)

@@ -129,3 +129,11 @@ async def purge(conn: Conn, *, limit: int = 1000) -> list[int]:
 async def known_ids(conn: Conn, ids: Sequence[int]) -> set[int]:
     """The ids among `ids` whose report is still queued, running or done (files to keep)."""
     return {r["id"] for r in await conn.fetch(_SQL["known_ids"], list(ids))}
+
+
+async def erase_naming(conn: asyncpg.Connection, digits: str) -> int:
+    """In the caller's (erase) transaction: delete the reports whose files hold `digits` and
+    restart the running ones; how many reports that touched."""
+    deleted = await conn.fetch(_SQL["erase_naming"], digits.encode())
+    restarted = await conn.fetch(_SQL["restart_running"])
+    return len(deleted) + len(restarted)

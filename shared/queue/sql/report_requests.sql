@@ -138,3 +138,28 @@ RETURNING id
 -- name: known_ids
 -- Which of these ids still have stored outputs (a reporter's sweep of its reports folder).
 SELECT id FROM report_requests WHERE id = ANY($1::bigint[]) AND status IN ('queued', 'running', 'done')
+
+-- name: erase_naming
+-- `smsgw erase`: delete every report one of whose stored files holds $1 (the number's
+-- national significant digits, in every form it is written; a match across two chunks is
+-- found through the last 32 bytes of one and the first 32 of the next). Their files in the
+-- reports areas go with the reporters' next sweep (a folder without a report is removed).
+DELETE FROM report_requests
+ WHERE id IN (SELECT c.report_id
+                FROM report_chunks c
+                LEFT JOIN report_chunks n ON n.report_id = c.report_id AND n.name = c.name
+                                         AND n.chunk_no = c.chunk_no + 1
+               WHERE position($1::bytea IN c.data) > 0
+                  OR position($1::bytea IN substring(c.data FROM greatest(length(c.data) - 31, 1))
+                              || coalesce(substring(n.data FROM 1 FOR 32), ''::bytea)) > 0)
+RETURNING id
+
+-- name: restart_running
+-- `smsgw erase`: reports running now read a snapshot taken before the erasure; hand them back
+-- to the queue (their reporter loses the lease at its next progress update and stores
+-- nothing), so they run again without the erased rows.
+UPDATE report_requests
+   SET status = 'queued', lease_owner = NULL, lease_until = NULL, rows_scanned = 0,
+       progress = 0, updated_at = now()
+ WHERE status = 'running'
+RETURNING id
