@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _pending(dsn: str, target: int | None,
                    connect_kwargs: dict[str, Any]) -> tuple[int, list[db.Migration]]:
-    conn = await asyncpg.connect(dsn, **connect_kwargs)
+    conn = await asyncpg.connect(db.primary_url(dsn), **connect_kwargs)
     try:
         current = await db.current_version(conn)
         done = set()

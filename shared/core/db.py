@@ -15,6 +15,7 @@ import re
 import weakref
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -41,12 +42,44 @@ CONNECTION_ERRORS: Final[tuple[type[BaseException], ...]] = (
     # switch to state …"): the connection is gone all the same (seen with pg_terminate_backend)
     asyncpg.exceptions._base.InternalClientError,
     asyncpg.ReadOnlySQLTransactionError,  # a failed-over standby
+    # no host of a multi-host URL takes writes (all standbys, or the primary is being
+    # promoted): an InternalClientError too, named for the reader
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
 )
 # A failed round trip of any kind: unreachable (above) or an error the server raised. What a
 # loop boundary catches, logs and retries after a pause, so a consumer outlives an outage.
 DATABASE_ERRORS: Final[tuple[type[BaseException], ...]] = (*CONNECTION_ERRORS,
                                                            asyncpg.PostgresError)
 _NAME_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+# The session attributes of a server smsgw may use: every daemon writes, so only a primary.
+WRITABLE_SESSION_ATTRS: Final = ("read-write", "primary")
+# Is this session on a server that takes writes now? (the readiness check and the primary
+# watch: a connection made to a primary stays open when the server is fenced read-only)
+WRITABLE_SQL = ("SELECT NOT pg_is_in_recovery()"
+                " AND current_setting('default_transaction_read_only') = 'off'")
+
+
+def primary_url(url: str) -> str:
+    """`url` with `target_session_attrs=read-write` added when it names none.
+
+    With several hosts (`postgresql://a:5432,b:5432/smsgw`) asyncpg tries them in order and
+    keeps the first that takes writes, on every new connection: so a pool, a LISTEN connection
+    or a bind-slot connection opened after a failover finds the new primary, and never settles
+    on a standby (asyncpg's default, `any`, would take the first host that answers). Raises
+    ValueError when the URL asks for a server that may refuse writes (`standby`, `read-only`,
+    `prefer-standby`, `any`).
+    """
+    parts = urlsplit(url)
+    attrs = [v for k, v in parse_qsl(parts.query, keep_blank_values=True)
+             if k == "target_session_attrs"]
+    if attrs:
+        if attrs[-1] not in WRITABLE_SESSION_ATTRS:
+            raise ValueError(f"target_session_attrs={attrs[-1]}: smsgw writes, so it needs "
+                             f"read-write or primary (or leave it out: read-write is the "
+                             f"default)")
+        return url
+    query = f"{parts.query}&" if parts.query else ""
+    return urlunsplit(parts._replace(query=query + "target_session_attrs=read-write"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,20 +147,22 @@ async def _reset(conn: asyncpg.Connection) -> None:
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
                       **kwargs: Any) -> asyncpg.Pool:
-    """Open an asyncpg pool whose connections decode json/jsonb with orjson.
+    """Open an asyncpg pool, to a primary (`primary_url`), whose connections decode
+    json/jsonb with orjson. Every new connection (also one replacing a broken one after a
+    failover) goes through the URL's host list again.
 
     `min_size`/`max_size` bound the connections this process holds; the pool size is a limit
     (acquire waits), never an unbounded queue. A released connection is reset only if it was
     marked with `mark_session_state` (see `_reset`). `kwargs` go to asyncpg (e.g. `password`,
     which never belongs in `dsn`: see `DatabaseSettings.connect_kwargs`).
     """
-    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+    return await asyncpg.create_pool(primary_url(dsn), min_size=min_size, max_size=max_size,
                                      init=_init_connection, reset=_reset, **kwargs)
 
 
 async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
-    """Open one dedicated connection with the same codecs as the pool."""
-    conn = await asyncpg.connect(dsn, **kwargs)
+    """Open one dedicated connection, to a primary (`primary_url`), with the pool's codecs."""
+    conn = await asyncpg.connect(primary_url(dsn), **kwargs)
     await _init_connection(conn)
     return conn
 
@@ -147,7 +182,7 @@ async def migrate(dsn: str, *, target: int | None = None, **connect_kwargs: Any)
     caller then finds nothing left to do. `connect_kwargs` go to asyncpg.connect (`password`:
     `DatabaseSettings.connect_kwargs()`).
     """
-    conn = await asyncpg.connect(dsn, **connect_kwargs)
+    conn = await asyncpg.connect(primary_url(dsn), **connect_kwargs)
     applied: list[str] = []
     try:
         await _take_migration_lock(conn)

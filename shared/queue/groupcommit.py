@@ -25,8 +25,13 @@ past it `submit` raises `IntakeFull` at once (the caller answers "retry later"),
 queues without limit.
 
 Errors: a flush that cannot reach the database fails its whole batch with `DatabaseUnavailable`
-(callers answer 503 / a transient SMPP status). Any other database error in a batch of several
-items is retried item by item, so one poisoned item cannot fail its neighbours.
+(callers answer 503 / a transient SMPP status). A caller waits at most `commit_wait_s` for its
+commit (a primary that stopped answering without closing its connections would otherwise hold
+it for the whole `command_timeout`): then it gets `DatabaseUnavailable` too, its items still
+waiting in the buffer are withdrawn (never written), and items already in a flush may still
+commit — unacknowledged, which a client's retry with the same `client_ref` stores once. Any
+other database error in a batch of several items is retried item by item, so one poisoned item
+cannot fail its neighbours.
 """
 
 from __future__ import annotations
@@ -51,6 +56,10 @@ FlushFn = Callable[[asyncpg.Connection, Sequence[T]], Awaitable[Sequence[R]]]
 CommitObserver = Callable[[int, float], None]
 
 log = structlog.get_logger("groupcommit")
+# How long a caller waits for its commit before answering "retry later": below the patience
+# of the clients (HTTP applications, an SMSC waiting for deliver_sm_resp), so that a primary
+# that stopped answering gets a 503 / transient status, never a hang or a client timeout.
+COMMIT_WAIT_S = 10.0
 
 
 class IntakeFull(SmsGatewayError):
@@ -68,6 +77,7 @@ class GroupCommitter(Generic[T, R]):
                  max_batch: int = 500, max_inflight: int = 2, max_pending: int = 20000,
                  linger_s: float = 0.001, acquire_timeout_s: float = 2.0,
                  on_commit: CommitObserver | None = None, transactional: bool = True,
+                 commit_wait_s: float = COMMIT_WAIT_S,
                  adaptive_linger_s: float = 0.0, target_batch: int = 8) -> None:
         """`flush(conn, items)` writes the items and returns one result per item, in order.
 
@@ -86,6 +96,7 @@ class GroupCommitter(Generic[T, R]):
         self._acquire_timeout_s = acquire_timeout_s
         self._on_commit = on_commit
         self._transactional = transactional
+        self._commit_wait_s = commit_wait_s
         self._adaptive_linger_s = adaptive_linger_s
         self._target_batch = max(1, min(target_batch, max_batch))
         self._gap_s = 1.0  # moving average of the time between arrivals (per item)
@@ -154,10 +165,19 @@ class GroupCommitter(Generic[T, R]):
                                   else self._max_batch):
             self._batch_ready.set()
         self._wake.set()
-        if len(futures) == 1:
-            return [await futures[0]]
-        # gather keeps waiting for the others if one fails; the first error is raised after.
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        try:
+            async with asyncio.timeout(self._commit_wait_s):
+                if len(futures) == 1:
+                    return [await futures[0]]
+                # gather keeps waiting for the others if one fails; the first error is raised
+                # after.
+                results = await asyncio.gather(*futures, return_exceptions=True)
+        except TimeoutError:
+            # the futures are cancelled: a flush skips them, or ignores their result
+            log.warning("group_commit_wait_timeout", committer=self.name, rows=len(futures),
+                        wait_s=self._commit_wait_s)
+            raise DatabaseUnavailable(
+                f"{self.name}: no commit within {self._commit_wait_s:g}s") from None
         for r in results:
             if isinstance(r, BaseException):
                 raise r
@@ -189,6 +209,10 @@ class GroupCommitter(Generic[T, R]):
                     continue
             batch = [self._pending.popleft()
                      for _ in range(min(self._max_batch, len(self._pending)))]
+            # withdrawn by a caller whose commit_wait_s passed: never written
+            batch = [entry for entry in batch if not entry[1].done()]
+            if not batch:
+                continue
             self._inflight += 1
             try:
                 await self._flush_batch(batch)

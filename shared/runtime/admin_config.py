@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from smsgw.shared.core import db
 from smsgw.shared.core.errors import ConfigError
 from smsgw.shared.runtime.config import DEFAULT_CONFIG_FILE, SharedConfig, load_shared
 
@@ -122,6 +123,10 @@ class AdminConfig:
     def database(self) -> tuple[str, dict[str, Any]]:
         """The database URL and the asyncpg keyword arguments (its password) to connect with."""
         if self.database_url:
+            try:
+                db.primary_url(self.database_url)
+            except ValueError as exc:
+                raise ConfigError([f"--database-url: {exc}"]) from None
             return self.database_url, {}
         if self.config.database.url:
             return self.config.database.url, self.config.database.connect_kwargs()

@@ -46,6 +46,7 @@ from pydantic import (
     model_validator,
 )
 
+from smsgw.shared.core import db
 from smsgw.shared.core.errors import ConfigError
 from smsgw.shared.queue.retention import RetentionSettings
 from smsgw.shared.smpp.connector import ConnectorSettings
@@ -141,6 +142,8 @@ class DatabaseSettings(SecretSection):
 
     @model_validator(mode="after")
     def _one_password(self) -> Self:
+        if self.url:  # several hosts: only a primary (db.primary_url); refuses standby attrs
+            db.primary_url(self.url)
         if self.password is not None and self.url and _url_password(self.url) is not None:
             raise ValueError("url carries a password and password_env/password_file is set: "
                              "keep the password out of the URL")

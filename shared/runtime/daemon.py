@@ -51,7 +51,6 @@ from contextlib import AsyncExitStack
 from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 import asyncpg
-import stamina
 import uvloop
 from aiohttp import web
 
@@ -70,10 +69,16 @@ from smsgw.shared.runtime.periodic import Job, run_periodic
 S = TypeVar("S", bound=DaemonSection)
 T = TypeVar("T")
 WorkerFn = Callable[[], Coroutine[Any, Any, None]]
-# Postgres is starting, restarting or briefly unreachable: worth retrying at start-up.
-_DB_START_ERRORS: tuple[type[Exception], ...] = (
-    OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
-    asyncpg.ConnectionDoesNotExistError)
+# Postgres is starting, restarting, failing over (no host of the URL is a primary) or briefly
+# unreachable: worth waiting for at start-up, however long it takes.
+_DB_START_ERRORS: tuple[type[BaseException], ...] = (
+    *db.CONNECTION_ERRORS, asyncpg.TooManyConnectionsError, DatabaseUnavailable)
+# How often the primary watch checks that the pool's server still takes writes.
+PRIMARY_CHECK_S = 2.0
+# While waiting for a primary at start-up, each attempt extends systemd's start timeout by
+# this much beyond the attempt's own worst case (EXTEND_TIMEOUT_USEC), so TimeoutStartSec=
+# bounds a hung start, not a wait for the database.
+START_EXTEND_MARGIN_S = 15.0
 _ENV_HELP = """\
 environment (overrides the file; unknown SMSGW_* names are errors):
   SMSGW_DATABASE_URL           [database] url
@@ -86,13 +91,6 @@ exit codes: 0 drained and stopped; 1 crashed, schema mismatch or drain deadline 
 signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the log level{reload}.
 """
 
-
-
-def _retry_forever(on: type[BaseException] | tuple[type[BaseException], ...]) -> Any:
-    """Retry attempts on `on` with backoff (0.5 s up to 10 s) until one succeeds: what a daemon
-    does at start while Postgres is not there yet (the drain ends it through `stop`)."""
-    return stamina.retry_context(on=on, attempts=None, timeout=None, wait_initial=0.5,
-                                 wait_max=10.0)
 
 class Daemon(Generic[S]):
     """Base class of the receiver, processor and sender (see the module docstring).
@@ -107,11 +105,11 @@ class Daemon(Generic[S]):
     listen_channels: ClassVar[tuple[str, ...]] = ()
     reload_help: ClassVar[str] = ""  # what else SIGHUP reloads, for --help
     extra_sites: ClassVar[int] = 0  # HTTP sites added with add_site (for the stop budget)
-    # Dotted config paths whose change needs a restart (SIGHUP warns); `connectors[].name`
-    # means "the set of connector names" (adding/removing a connector needs a restart).
+    # Dotted config paths whose change needs a restart (SIGHUP warns); `x[].y` means "the
+    # set of y over the list x". Connectors are not among them: the sender and the receiver
+    # add, remove and rebind connectors on SIGHUP (docs/ARCHITECTURE.md "Live control").
     restart_only_keys: ClassVar[tuple[str, ...]] = (
-        "database", "instance", "daemon.metrics_host", "daemon.metrics_port",
-        "connectors[].name")
+        "database", "instance", "daemon.metrics_host", "daemon.metrics_port")
 
     pool: asyncpg.Pool
 
@@ -318,13 +316,15 @@ class Daemon(Generic[S]):
                       worker_id=self.worker_id)
         self.metrics.config_last_reload_success.set(time.time())
         self.set_status("connecting to the database")
-        pool = await self._until_stopped(self._open_pool())
+        pool = await self._until_stopped(self._wait_for_primary("pool", self._open_pool))
         if pool is None:
             return False
         self.pool = pool
         stack.push_async_callback(self._close_pool)
-        async with self.pool.acquire() as conn:
-            version = await db.check_schema(conn, self.name)
+        version = await self._until_stopped(self._wait_for_primary(
+            "schema_check", self._check_schema))
+        if version is None:
+            return False
         self.log.info("schema_checked", version=version)
         # Registered after the pool so that it runs before the pool closes.
         stack.push_async_callback(self._release)
@@ -366,15 +366,37 @@ class Daemon(Generic[S]):
     async def _open_pool(self) -> asyncpg.Pool:
         cfg = self.config.database
         assert cfg.url is not None  # load_config requires it
-        async for attempt in _retry_forever(_DB_START_ERRORS):
-            with attempt:
-                if attempt.num > 1:
-                    self.log.warning("database_connect_retry", attempt=attempt.num)
-                return await db.create_pool(
-                    cfg.url, min_size=cfg.pool_min_size, max_size=cfg.pool_max_size,
-                    timeout=cfg.connect_timeout_s, command_timeout=cfg.command_timeout_s,
-                    **cfg.connect_kwargs())
-        raise AssertionError("unreachable: retry_context retries forever")
+        return await db.create_pool(
+            cfg.url, min_size=cfg.pool_min_size, max_size=cfg.pool_max_size,
+            timeout=cfg.connect_timeout_s, command_timeout=cfg.command_timeout_s,
+            **cfg.connect_kwargs())
+
+    async def _check_schema(self) -> int:
+        async with self.pool.acquire(timeout=self.config.database.connect_timeout_s) as conn:
+            return await db.check_schema(conn, self.name)
+
+    async def _wait_for_primary(self, step: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run `attempt()` until it succeeds, waiting out a database that is down or has no
+        primary (a failover in progress): each failure is logged (`database_wait`) and shown
+        in `STATUS=`, and systemd's start timeout is extended (`EXTEND_TIMEOUT_USEC`) so the
+        unit is not killed for waiting. Never exits: SIGTERM ends the wait (`_until_stopped`).
+        """
+        delay, tries, since = 0.5, 0, time.monotonic()
+        worst = self.config.database.connect_timeout_s * 2 + 10.0 + START_EXTEND_MARGIN_S
+        while True:
+            tries += 1
+            systemd.notify(systemd.extend_timeout_message(worst + delay))
+            try:
+                return await attempt()
+            except _DB_START_ERRORS as exc:
+                waited = round(time.monotonic() - since, 1)
+                error = f"{type(exc).__name__}: {exc}"[:300]
+                self.log.warning("database_wait", step=step, attempt=tries, waited_s=waited,
+                                 error=error, retry_in_s=delay)
+                self.set_status(f"waiting for a primary database ({step}, {waited:.0f}s, "
+                                f"attempt {tries}): {error}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     async def _until_stopped(self, coro: Awaitable[T]) -> T | None:
         """Await `coro` unless `stop` is set first (SIGTERM while Postgres is down)."""
@@ -394,11 +416,7 @@ class Daemon(Generic[S]):
         return True
 
     async def _start_with_retry(self, listener: Listener) -> bool:
-        async for attempt in _retry_forever(DatabaseUnavailable):
-            with attempt:
-                if attempt.num > 1:
-                    self.log.warning("listener_connect_retry", attempt=attempt.num)
-                await listener.start()
+        await self._wait_for_primary("listener", listener.start)
         return True
 
     def _on_listener_reconnect(self, *_args: object) -> None:
@@ -417,8 +435,40 @@ class Daemon(Generic[S]):
         self.log.info("http_site_started", site="health", host=site.host, port=site.port)
 
     async def _database_ok(self) -> bool:
+        # A primary, not just a server: a connection made before the server was fenced
+        # read-only (or demoted without a restart) answers SELECT 1 but takes no writes.
         async with self.pool.acquire(timeout=1.0) as conn:
-            return bool(await conn.fetchval("SELECT 1"))
+            return bool(await conn.fetchval(db.WRITABLE_SQL, timeout=1.0))
+
+    async def _primary_watch(self) -> None:
+        """Every `PRIMARY_CHECK_S`: does the pool still reach a primary? On the first failure
+        log `database_lost` and say so in `STATUS=` (the workers meanwhile fail their claims
+        and retry; intake answers 503); a connection to a server that no longer takes writes
+        makes the pool drop every connection (`expire_connections`), so the next ones go
+        through the URL's host list to the new primary. On recovery log `database_back` with
+        the outage's length."""
+        lost_at: float | None = None
+        while True:
+            await asyncio.sleep(PRIMARY_CHECK_S)
+            try:
+                ok = await self._database_ok()
+                error = "" if ok else "the server takes no writes (a standby or read-only)"
+            except (*db.DATABASE_ERRORS, DatabaseUnavailable) as exc:
+                ok, error = False, f"{type(exc).__name__}: {exc}"[:300]
+            if not ok and error.startswith("the server"):
+                await self.pool.expire_connections()
+            if ok and lost_at is not None:
+                outage = round(time.monotonic() - lost_at, 1)
+                self.log.warning("database_back", outage_s=outage)
+                self.set_status(f"ready; {len(self._workers)} workers (database back after "
+                                f"{outage:.0f}s)")
+                lost_at = None
+            elif not ok:
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                    self.log.warning("database_lost", error=error)
+                self.set_status(f"waiting for a primary database "
+                                f"({time.monotonic() - lost_at:.0f}s): {error}")
 
     async def _listener_ok(self) -> bool:
         return self.listener is not None and bool(self.listener.connected)
@@ -454,7 +504,8 @@ class Daemon(Generic[S]):
         return lifecycle.EXIT_OK
 
     def _helper_tasks(self) -> list[tuple[str, WorkerFn]]:
-        helpers = [("reload_on_hup", self._reload_loop), *self._helpers]
+        helpers = [("reload_on_hup", self._reload_loop), ("primary_watch", self._primary_watch),
+                   *self._helpers]
         interval = systemd.watchdog_interval_s()
         if interval and self.settings.watchdog:
             helpers.append(("watchdog", lambda: lifecycle.watchdog_loop(interval)))

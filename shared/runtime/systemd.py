@@ -56,6 +56,13 @@ def status_message(text: str) -> str:
     return "STATUS=" + " ".join(text.split("\n"))
 
 
+def extend_timeout_message(seconds: float) -> str:
+    """`EXTEND_TIMEOUT_USEC=`: "give me `seconds` more" for the current start/stop (systemd
+    236+); sent again before each wait, so a start that waits for the database is never
+    killed by `TimeoutStartSec=` while it still makes attempts."""
+    return f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}"
+
+
 def watchdog_interval_s(env: Mapping[str, str] | None = None) -> float | None:
     """The watchdog period systemd expects, in seconds, or None when no watchdog is asked for.
 

@@ -6,6 +6,7 @@ crashes on purpose, and the real `smsgw` daemons.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sys
 import time
@@ -16,6 +17,7 @@ import aiohttp
 import asyncpg
 
 from smsgw.shared.queue import store
+from smsgw.shared.runtime import systemd
 
 from ..harness import clean_env
 
@@ -80,15 +82,24 @@ async def test_second_sigint_exits_at_once(db_url: str, spawn: Any, notify_socke
 
 async def test_start_without_postgres_retries_and_stops_cleanly(
         spawn: Any, notify_socket: Any) -> None:
-    """1. the database URL points at a closed port; 2. the daemon logs retries and is not
-    READY; 3. SIGTERM during the retries exits 0 at once (nothing to drain)."""
+    """1. the database URL points at a closed port; 2. the daemon logs retries
+    (`database_wait`), says so in STATUS= and extends systemd's start timeout before each
+    attempt, and is not READY; 3. SIGTERM during the retries exits 0 at once (nothing to
+    drain)."""
     env = env_for("postgresql://postgres@127.0.0.1:9/none", notify_socket,
                   SMSGW_SENDER__METRICS_PORT="0")
     proc = await spawn("sender", env=env)
-    await proc.named("database_connect_retry", attempt=2)
+    await proc.named("database_wait", attempt=2, step="pool")
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(10):
+        while not any(m.get("STATUS", "").startswith("waiting for a primary database (pool, ")
+                      for m in notify_socket.messages):
+            notify_socket.messages.append(systemd.parse_message(
+                await loop.sock_recv(notify_socket.sock, 4096)))
     proc.signal(signal.SIGTERM)
     assert await proc.exit_code() == 0
     assert not [m for m in notify_socket.messages if m.get("READY")]
+    assert [m for m in notify_socket.messages if "EXTEND_TIMEOUT_USEC" in m]
 
 
 async def test_schema_too_old_exits_1_with_a_clear_message(
