@@ -192,6 +192,12 @@ def connector() -> dict[str, Any]:
         "refresh": 2, "includeAll": False, "multi": False, "sort": 1,
     }
     p = [
+        panel(g, "Run-time state", [
+            (f"max by (state) (smsgw_connector_state{c}) == 1", "{{state}}")],
+            kind="stat", w=24, h=4,
+            description="What an operator set with `smsgw connectors stop|start|isolate` "
+                        "(running, stopped, isolated), as every sender and receiver applies "
+                        "it."),
         panel(g, "Binds up", [(f"sum by (bind, job, instance) (smsgw_smpp_session_up{c})",
                                "{{bind}} {{job}} {{instance}}")], w=8),
         panel(g, "Window in use", [(f"sum by (job, instance) (smsgw_smpp_window_in_use{c})",

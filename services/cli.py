@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
            "run everything locally (embedded Postgres, all daemons, simulator)"),
     "check-config": ("admin.checkconfig", "main", "validate the configuration and exit"),
     "accounts": ("admin.accounts", "main", "manage accounts and API keys"),
+    "connectors": ("admin.connectors", "main",
+                   "list connectors; stop, start or isolate one in every daemon, live"),
     "rules": ("processor.rules_cli", "main", "import/export/list/test processor rules"),
     "status": ("admin.status", "main", "queue depths, rates, binds"),
     "trace": ("admin.trace", "main", "a message's whole history"),

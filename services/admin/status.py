@@ -5,6 +5,7 @@ only the claimable statuses; its age is shown, telling whether a daemon is refre
 Rates are rows per second over the last minute, read from the hot tables (rows move to history
 only after `[retention] finished_after_s`, an hour by default). Binds come from
 each daemon's `/metrics` (`smsgw_smpp_session_up`), because only the daemon knows its sockets.
+Connector states an operator set (`smsgw connectors stop|isolate`) come from the database.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
 from smsgw.services.admin import dbcli
+from smsgw.shared.domain.connector_state import read_states
 from smsgw.shared.runtime.config import DAEMON_PORT_OFFSET, METRICS_PORT_BASE
 
 QUEUES = ("inbound", "outbound", "outbound_part", "receipts", "callbacks", "mo_parts")
@@ -91,6 +93,8 @@ class Status:
     rates_per_s: dict[str, float]
     binds: list[Bind]
     daemons: dict[str, bool]
+    # connectors an operator stopped or isolated: name -> {state, changed_by, reason, at}
+    connectors: dict[str, dict[str, Any]] = field(default_factory=dict)
     at: float = field(default_factory=time.time)
 
 
@@ -191,7 +195,10 @@ async def collect(conn: asyncpg.Connection, args: argparse.Namespace) -> Status:
     binds, answered = await read_binds(targets)
     if not args.metrics and not (dbcli.data_dir(args) / ENDPOINTS_FILE).is_file():
         answered = {k: v for k, v in answered.items() if v}  # default probes: only those found
-    return Status(source, queues, rates, binds, answered)
+    connectors = {n: {"state": st.state.value, "changed_by": st.changed_by,
+                      "reason": st.reason, "at": st.updated_at.timestamp()}
+                  for n, st in (await read_states(conn)).items() if st.state != "running"}
+    return Status(source, queues, rates, binds, answered, connectors)
 
 
 def render(st: Status) -> str:
@@ -206,6 +213,10 @@ def render(st: Status) -> str:
     dead = {q.queue: q.by_status.get("dead", 0) for q in st.queues if q.by_status.get("dead")}
     out.append("dead rows: " + (", ".join(f"{k}={v}" for k, v in dead.items()) or "none")
                + ("  (smsgw requeue TABLE --dry-run)" if dead else ""))
+    out.append("connectors: " + (", ".join(
+        f"{n} {c['state'].upper()} (by {c['changed_by']}"
+        + (f": {c['reason']}" if c["reason"] else "") + ")"
+        for n, c in st.connectors.items()) or "all running"))
     out.append("")
     out.append("daemons: " + (", ".join(f"{k} {'up' if v else 'DOWN'}"
                                         for k, v in st.daemons.items()) or "none found"))

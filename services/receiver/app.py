@@ -8,7 +8,8 @@ refresh; `setup()` adds the receiver's parts in dependency order:
    counts across instances (neither needs a lock: every instance does both);
 3. the API site on `http_host:http_port` (8080 + instance - 1 by default), before READY=1;
 4. the SMPP rx binds of connectors with `bind_mode = "receiver"` (a worker; an SMSC that is
-   down does not delay READY=1).
+   down does not delay READY=1); they follow SIGHUP (connectors added, removed, rebound) and
+   `smsgw connectors stop|start` (the LISTEN channel `smsgw_connectors`) without a restart.
 
 Drain (SIGTERM): the runtime closes the API site first (in-flight requests finish: each waits
 for its commit), the rx binds unbind after their deliver_sm handlers have committed and
@@ -26,9 +27,10 @@ from smsgw.services.receiver.esme_app import CHANNEL as ESME_CHANNEL
 from smsgw.services.receiver.esme_app import EsmeService, start_esme
 from smsgw.services.receiver.metrics import ReceiverMetrics
 from smsgw.services.receiver.settings import ReceiverSettings
-from smsgw.services.receiver.smpp_intake import SmppIntake, receiver_connectors
+from smsgw.services.receiver.smpp_intake import SmppIntake
 from smsgw.services.receiver.web import create_api_app
 from smsgw.services.receiver.webhooks import routes_off
+from smsgw.shared.queue.listener import CHANNELS
 from smsgw.shared.runtime.config import AppConfig, WebhooksSettings
 from smsgw.shared.runtime.daemon import Daemon
 
@@ -40,7 +42,10 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
 
     name = "receiver"
     settings_model = ReceiverSettings
-    reload_help = "watermarks, limits, webhook secrets and connector rates"
+    # the rx binds follow the connectors' run-time state (smsgw connectors stop|start)
+    listen_channels = (CHANNELS["connectors"],)
+    reload_help = ("watermarks, limits, webhook secrets, connector rates, and rx connectors "
+                   "added, removed or rebound")
     restart_only_keys = (*Daemon.restart_only_keys, "daemon.http_host", "daemon.http_port",
                          "daemon.smpp_binds", "daemon.http_header_timeout_s",
                          "daemon.http_body_timeout_s", "daemon.http_keepalive_s",
@@ -55,7 +60,7 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.settings.smpp_server.enabled:  # receipts/MO for ESMEs wake the delivery worker
-            self.listen_channels = (ESME_CHANNEL,)
+            self.listen_channels = (*self.listen_channels, ESME_CHANNEL)
 
     async def setup(self) -> None:
         """Build the context, add the periodic jobs, start the API site and the rx binds."""
@@ -79,13 +84,15 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
         self.api_port = await self.add_site("api", self._api_app(), self.settings.http_host,
                                             self.settings.resolved_http_port(self.instance),
                                             access_log=False, limits=self.settings.http_limits())
-        if self.settings.smpp_binds and receiver_connectors(self.config.connectors):
+        if self.settings.smpp_binds:  # also without rx connectors: a SIGHUP may add one
             assert self.config.database.url is not None
             self.smpp = SmppIntake(self.config.connectors, self.config.database.url,
-                                   self.ctx.intake, on_up=self._bind_gauge,
+                                   self.ctx.intake, pool=self.pool, on_up=self._bind_gauge,
+                                   on_state=self.receiver_metrics.show_state,
                                    **self.config.database.connect_kwargs())
             smpp = self.smpp
-            self.add_worker("smpp_rx", lambda: smpp.run(self.stop))
+            self.add_worker("smpp_rx", lambda: smpp.run(
+                self.stop, lambda t: self.wait_for_work(CHANNELS["connectors"], t)))
         if self.settings.smpp_server.enabled:
             self.esme = await start_esme(
                 self, None if secret is None else secret.get_secret_value().encode())
@@ -110,7 +117,7 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
             self.set_status(f"ready; {self.smpp.bound()} rx binds up")
 
     async def on_reload(self, new: AppConfig[ReceiverSettings]) -> None:
-        """SIGHUP: new watermarks/limits and webhook secrets at once; connector rates."""
+        """SIGHUP: new watermarks/limits and webhook secrets at once; rx connectors."""
         self.ctx.reload(new.daemon, new.webhooks)
         self._log_routes_off(new.webhooks)
         if self.smpp is not None:

@@ -33,6 +33,7 @@ class ReceiverMetrics:
     commit_duration: Histogram
     request_duration: Histogram
     smpp_session_up: Gauge
+    connector_state: Gauge
     # pre-resolved children for the hot path (labels() costs a lock and a dict lookup)
     mt_children: dict[tuple[str, str], Counter]
     duration_children: dict[str, Histogram]
@@ -78,6 +79,10 @@ class ReceiverMetrics:
             smpp_session_up=Gauge("smsgw_smpp_session_up",
                                   "Bound SMPP sessions of this daemon, by connector and bind.",
                                   ["connector", "bind"], registry=registry),
+            # 1 for the run-time state of each rx connector (smsgw connectors), else 0
+            connector_state=Gauge("smsgw_connector_state",
+                                  "Connector run-time state (1 = current).",
+                                  ["connector", "state"], registry=registry),
             mt_children={}, duration_children={},
         )
         for reason in REASONS:
@@ -94,6 +99,11 @@ class ReceiverMetrics:
             for outcome in ("accepted", "duplicate", "rejected", "number_unparsed"):
                 m.inbound_messages.labels(channel="http", provider=provider, outcome=outcome)
         return m
+
+    def show_state(self, connector: str, state: str) -> None:
+        """Set `smsgw_connector_state` of one rx connector to `state`."""
+        for s in ("running", "stopped", "isolated"):
+            self.connector_state.labels(connector=connector, state=s).set(int(s == state))
 
     def mt(self, source: str, outcome: str, n: int = 1) -> None:
         """Count MTs taken by `source` with `outcome`."""

@@ -1,10 +1,12 @@
 """The sender's composition root: the runtime (`shared.runtime.daemon.Daemon`) plus `SenderEngine`.
 
-The runtime opens the pool, the LISTEN connection (outbound and receipts channels) and the
-health site; `setup()` builds the engine (bind slots and SMPP sessions per connector, lanes,
-submitter, receipt matcher) and registers its workers. SIGHUP applies connector rates and
-routes in place (`on_reload`, no rebind); the drain is the submitter's (stop claiming, wait for
-outstanding responses, write back, release unsent claims), then the binds unbind; `release()`
+The runtime opens the pool, the LISTEN connection (outbound, receipts and connector-state
+channels) and the health site; `setup()` builds the engine (bind slots and SMPP sessions per
+connector, lanes, submitter, receipt matcher) and registers its workers. SIGHUP applies
+routes, connector rates in place, and adds, removes or rebinds connectors (`on_reload`; see
+`engine.py`); `smsgw connectors stop|start|isolate` applies within a second; the drain is
+the submitter's (stop claiming, wait for outstanding responses, write back, release unsent
+claims), then the binds unbind; `release()`
 gives back anything still leased if the deadline cut the drain short. It refuses to start
 (exit 78) without `[security] server_secret`, which keys the recipient hashes the claim's
 suppression check compares; at start it re-keys legacy suppression entries.
@@ -32,8 +34,9 @@ class SenderDaemon(Daemon[SenderSettings]):
 
     name = "sender"
     settings_model = SenderSettings
-    listen_channels = (CHANNELS["outbound"], CHANNELS["receipts"])
-    reload_help = "connector rates (tps, burst) and routes, without dropping binds"
+    listen_channels = (CHANNELS["outbound"], CHANNELS["receipts"], CHANNELS["connectors"])
+    reload_help = ("routes, connector rates (in place), and connectors added, removed or "
+                   "rebound (only those whose bind keys changed)")
     engine: SenderEngine
 
     @classmethod
@@ -69,7 +72,7 @@ class SenderDaemon(Daemon[SenderSettings]):
         self.set_status(f"binds {self.engine.status_line()}")
 
     async def on_reload(self, new: AppConfig[SenderSettings]) -> None:
-        """SIGHUP: connector rates and routes, applied in place (binds stay up)."""
+        """SIGHUP: routes, connector rates in place; connectors added, removed, rebound."""
         self._check_lease(new)
         await self.engine.reload(new)
 

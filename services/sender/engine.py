@@ -12,9 +12,18 @@ only then are the binds unbound (`manager_stop`), so no response is lost to our 
 The matcher stops at `stop` (its transaction either commits or rolls back). The intake's
 group committers close last, after the binds are gone.
 
-SIGHUP (`reload`): connector rates (TPS, burst, window is restart-only) are applied in place to
-every bound session without rebinding; routes are rebuilt and swapped in one assignment; the
-operator groups used for receipt matching are swapped too.
+SIGHUP (`reload`): the whole config is validated first (a bad one is refused whole and the old
+one keeps running); then routes are rebuilt and swapped in one assignment, the operator groups
+used for receipt matching too, and the connectors are reconciled in the background
+(`shared.smpp.bindset.BindSet`): a new connector gets its lane and binds, a removed one stops
+taking parts, lets its window finish and unbinds, a changed one rebinds only when a bind key
+changed (`ConnectorSettings.rebind_keys`), else takes its new rates in place.
+
+Live control (`smsgw connectors stop|start|isolate`): the connector states are held in memory
+(`shared.domain.connector_state.StateWatcher`, re-read on NOTIFY and every 30 s, never per
+message). A stopped or isolated connector's lane is paused at once (no claim budget, not
+routed, queued parts not sent); a stopped one's binds close once its window has finished
+(`Lane.quiesce`, at most its response timeout), an isolated one keeps them for receipts and MO.
 """
 
 from __future__ import annotations
@@ -33,13 +42,15 @@ from smsgw.services.sender.metrics import SenderMetrics
 from smsgw.services.sender.routing import Router
 from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.sender.submitter import Submitter
-from smsgw.shared.core.aio import sleep_or_stop
+from smsgw.shared.core.aio import race_stop, sleep_or_stop
 from smsgw.shared.core.db import DATABASE_ERRORS
+from smsgw.shared.domain.connector_state import ConnectorState, StateWatcher, state_of
 from smsgw.shared.domain.intake import DeliverIntake, flush_inbound, flush_receipts
 from smsgw.shared.domain.suppression import NumberHasher
 from smsgw.shared.queue.groupcommit import GroupCommitter
 from smsgw.shared.queue.listener import CHANNELS
 from smsgw.shared.runtime.config import AppConfig
+from smsgw.shared.smpp.bindset import BindSet
 from smsgw.shared.smpp.bindslots import BindManager, bind_label
 from smsgw.shared.smpp.connector import ConnectorSettings
 from smsgw.shared.smpp.session import BindMode
@@ -80,7 +91,7 @@ class SenderEngine:
 
     def __init__(self, config: AppConfig[SenderSettings], pool: asyncpg.Pool, dsn: str,
                  owner: str, *,
-                 wait_for_work: Callable[[str], Awaitable[Any]],
+                 wait_for_work: Callable[..., Awaitable[Any]],
                  registry: CollectorRegistry | None = None) -> None:
         self.config = config
         self.pool = pool
@@ -100,9 +111,10 @@ class SenderEngine:
         self.intake = DeliverIntake(inbound=self.committers[0], receipts=self.committers[1],
                                     observer=_IntakeMetrics(self.metrics))
         connectors = [c for c in config.connectors if c.bind_mode in SENDER_BIND_MODES]
-        self.managers = {c.name: self._manager(c) for c in connectors}
-        self.lanes = {c.name: Lane(c, self.managers[c.name].sessions, lambda *a: None)
-                      for c in connectors}
+        self.binds = BindSet(self._manager)
+        self.watcher = StateWatcher(pool, self._states_changed)
+        self._reconcile_wanted = asyncio.Event()
+        self.lanes = {c.name: self._lane(c) for c in connectors}
         self.submitter = Submitter(
             pool, self.lanes, self._router(config), config.daemon, owner=owner,
             metrics=self.metrics, hasher=NumberHasher.from_config(config),
@@ -112,6 +124,9 @@ class SenderEngine:
             self.metrics.init_static()
             for c in connectors:
                 self.metrics.init_connector(c.name, bind_label(c.bind_mode))
+
+    def _lane(self, c: ConnectorSettings) -> Lane:
+        return Lane(c, lambda name=c.name: self.binds.sessions(name), lambda *a: None)
 
     def _manager(self, c: ConnectorSettings) -> BindManager:
         s = self.config.daemon
@@ -140,20 +155,81 @@ class SenderEngine:
 
     def workers(self, stop: asyncio.Event) -> list[tuple[str, WorkerFn]]:
         """(name, coroutine function) of every worker; each returns once drained."""
-        out: list[tuple[str, WorkerFn]] = [
+        return [
             ("submit_loop", lambda: self._run_submitter(stop)),
             ("receipt_matcher", lambda: self._run_matcher(stop)),
             ("gauges", lambda: self._gauges(stop)),  # and the account-name refresh
+            ("binds", self._run_binds),  # every connector's binds, until manager_stop
+            ("connector_states", lambda: self.watcher.run(
+                stop, lambda t: self.wait_for_work(CHANNELS["connectors"], t))),
         ]
-        for name, manager in self.managers.items():
-            out.append((f"binds.{name}", lambda m=manager: m.run(self.manager_stop)))
-        return out
 
     async def start(self) -> None:
-        """Start the intake's committers and load account names (before the workers)."""
+        """Start the intake's committers, load account names and the connector states
+        (before the workers: a stopped connector is never bound, even briefly)."""
         for gc in self.committers:
             gc.start()
         await self.load_accounts()
+        await self.watcher.load()
+        self._apply_lanes()
+
+    # -- connectors: config and run-time state ------------------------------------------------
+
+    def _configured(self) -> dict[str, ConnectorSettings]:
+        return {c.name: c for c in self.config.connectors if c.bind_mode in SENDER_BIND_MODES}
+
+    def _apply_lanes(self) -> None:
+        """Lanes follow the config and the states at once (the binds follow in `_reconcile`):
+        new connectors get a lane, removed ones' lanes pause, settings and states apply."""
+        configured = self._configured()
+        for name, c in configured.items():
+            lane = self.lanes.get(name)
+            if lane is None:
+                lane = self._lane(c)
+                self.submitter.add_lane(lane)
+                if self.metrics is not None:
+                    self.metrics.init_connector(name, bind_label(c.bind_mode))
+            elif lane.connector != c:
+                lane.connector = c
+                if self.submitter.running:
+                    lane.start()  # more workers for a larger window or more binds
+            state = state_of(self.watcher.states, name)
+            lane.set_state(state.value)
+            if self.metrics is not None:
+                self.metrics.show_state(name, state.value)
+        for name, lane in self.lanes.items():
+            if name not in configured:
+                lane.set_state("removed")
+        self.submitter.connectors_changed(frozenset(configured))
+
+    async def _states_changed(self, _states: object) -> None:
+        self._apply_lanes()
+        self._reconcile_wanted.set()
+
+    async def _reconcile(self) -> None:
+        """Bind what should be bound: every configured connector not stopped. A connector
+        that is to close first lets the submits in its window finish (responses taken)."""
+        configured = self._configured()
+        wanted = {n: c for n, c in configured.items()
+                  if state_of(self.watcher.states, n) is not ConnectorState.STOPPED}
+        closing = [n for n in self.binds.names() if n not in wanted and n in self.lanes]
+        await asyncio.gather(*(self.lanes[n].quiesce(self.lanes[n].connector.response_timeout_s
+                                                      + 1.0) for n in closing))
+        changes = await self.binds.apply(wanted)
+        self.submitter.wake()
+        if changes:
+            log.info("connectors_applied", changes=changes)
+
+    async def _run_binds(self) -> None:
+        """Keep the binds matching config and states until `manager_stop` (set after the
+        submitter's drain), then unbind everything."""
+        try:
+            while not self.manager_stop.is_set():
+                self._reconcile_wanted.clear()
+                await self._reconcile()
+                await race_stop(self._reconcile_wanted.wait(), self.manager_stop)
+        finally:
+            await self.binds.close()
 
     async def load_accounts(self) -> None:
         """Account id → name, for per-account routes (at start and on SIGHUP)."""
@@ -193,8 +269,8 @@ class SenderEngine:
                 except DATABASE_ERRORS:
                     log.warning("accounts_refresh_failed")
             if self.metrics is not None:
-                for name, manager in self.managers.items():
-                    used = sum(s.client.session.outstanding for s in manager.sessions()
+                for name in self.lanes:
+                    used = sum(s.client.session.outstanding for s in self.binds.sessions(name)
                                if getattr(s, "client", None) is not None
                                and s.client.session is not None)
                     self.metrics.window_in_use.labels(connector=name).set(used)
@@ -203,18 +279,21 @@ class SenderEngine:
     # -- reload and release -----------------------------------------------------------------
 
     async def reload(self, new: AppConfig[SenderSettings]) -> None:
-        """SIGHUP: new rates on the live binds, new routes and operator groups (no rebind)."""
+        """SIGHUP: new routes and operator groups; connectors added, removed, rebound or
+        updated in place (module docstring). Everything is validated before anything
+        changes: an error refuses the reload and the old config keeps running."""
         router = self._router(new)  # validate first: a bad route keeps the old config
-        by_name = {c.name: c for c in new.connectors}
-        for name, manager in self.managers.items():
-            if name in by_name:
-                manager.update_connector(by_name[name])
-                self.lanes[name].connector = by_name[name]
-        self.submitter.router = router
-        self.match = MatchSettings.from_config(new.connectors, new.daemon)
+        match = MatchSettings.from_config(new.connectors, new.daemon)
+        before = set(self._configured())
         self.config = new
+        self.submitter.router = router
+        self.match = match
+        self._apply_lanes()
+        self._reconcile_wanted.set()
         await self.load_accounts()
-        log.info("sender_reloaded", connectors=sorted(by_name), routes=len(router.routes))
+        after = set(self._configured())
+        log.info("sender_reloaded", connectors=sorted(after), added=sorted(after - before),
+                 removed=sorted(before - after), routes=len(router.routes))
 
     async def release(self) -> None:
         """After the drain: give back any row still leased to us, close the intake."""
@@ -224,8 +303,13 @@ class SenderEngine:
             await gc.close()
 
     def status_line(self) -> str:
-        """`connector: bound/binds` for every connector (systemd STATUS=)."""
-        return ", ".join(f"{n}: {m.up()}/{m.connector.binds}" for n, m in self.managers.items())
+        """`connector: bound/binds` for every configured connector, with its state when an
+        operator set one (systemd STATUS=)."""
+        states = self.watcher.states
+        return ", ".join(
+            f"{n}: {self.binds.up(n)}/{c.binds}"
+            + (f" {states[n]}" if n in states else "")
+            for n, c in self._configured().items())
 
 
 def connector_names(connectors: Sequence[Any]) -> list[str]:

@@ -4,6 +4,12 @@ Each worker takes the next part (`PartJob`) and submits it on the least busy bou
 its connector; the session enforces the window, the per-slot TPS and throttling pauses. The
 answer goes to `on_result` (the submitter's). The claim budget keeps the queues far below
 their bound.
+
+A lane's `state` follows its connector's run-time state (`shared.domain.connector_state`) and
+the config: `running`, `stopped` or `isolated` by an operator, `removed` by a SIGHUP. Any but
+`running` is `paused`: no capacity for the claim, not chosen by routing, and parts still in
+its queue resolve at once as not sent (their messages are retried: re-routed or waiting);
+submits already written finish on their sessions.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ class Lane:
         # Bounded as a safety net: the claim budget keeps it far below this.
         self.queue: asyncio.Queue[PartJob] = asyncio.Queue(maxsize=MAX_LANE_QUEUE)
         self.draining = False
+        self.state = "running"  # running | stopped | isolated | removed (module docstring)
+        self.paused = False  # state != running: read once per routed message
         self.in_flight = 0
         self._workers: list[asyncio.Task[None]] = []
         self._cached: Sequence[Any] = ()
@@ -46,21 +54,43 @@ class Lane:
         """Drop the cached bound-session list (a bind just came up or went away)."""
         self._cached_at = float("-inf")
 
+    def set_state(self, state: str) -> None:
+        """Follow the connector's run-time state (or `removed`)."""
+        self.state = state
+        self.paused = state != "running"
+
     @property
     def capacity(self) -> int:
-        """Parts this connector can have outstanding now: window x bound sessions."""
+        """Parts this connector can have outstanding now: window x bound sessions (0 while
+        paused)."""
+        if self.paused:
+            return 0
         return int(self.connector.window) * len(self._bound())
+
+    def usable(self) -> bool:
+        """True when routing may choose this lane: running and bound."""
+        return not self.paused and bool(self._bound())
+
+    async def quiesce(self, timeout_s: float) -> bool:
+        """Wait (at most `timeout_s`) until no submit of this lane is outstanding; True when
+        none is. Call once the lane is paused: its queue then empties at once."""
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight or not self.queue.empty():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     def up(self) -> bool:
         """True when at least one session of this connector is bound."""
         return bool(self._bound())
 
     def start(self) -> None:
-        """Start the workers: window x configured binds (capped at MAX_LANE_WORKERS; a
-        larger window needs a restart to get more workers, as does a larger `binds`)."""
+        """Start the workers: window x configured binds (capped at MAX_LANE_WORKERS); a
+        reload with a larger window or more binds adds workers (`start` again)."""
         n = min(MAX_LANE_WORKERS, int(self.connector.window) * int(self.connector.binds))
-        self._workers = [asyncio.create_task(self._work(), name=f"sender.lane.{self.name}.{i}")
-                         for i in range(n)]
+        self._workers += [asyncio.create_task(self._work(), name=f"sender.lane.{self.name}.{i}")
+                          for i in range(len(self._workers), n)]
 
     async def stop(self) -> None:
         """Cancel the workers (after the drain has emptied the queue)."""
@@ -104,6 +134,8 @@ class Lane:
     async def _submit(self, job: PartJob) -> SubmitResult:
         if self.draining:
             return SubmitResult(SubmitOutcome.NOT_SENT, reason="draining")
+        if self.paused:
+            return SubmitResult(SubmitOutcome.NOT_SENT, reason=f"connector {self.state}")
         session = self._pick_session()
         if session is None:
             return SubmitResult(SubmitOutcome.NOT_SENT, reason="no bound session")

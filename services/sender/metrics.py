@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 SUBMIT_OUTCOMES = ("ok", "throttled", "rejected", "timeout", "not_sent", "retry")
 MESSAGE_OUTCOMES = ("submitted", "rejected", "retry", "dead", "submit_unknown", "expired",
                     "suppressed")
-WAIT_REASONS = ("no_bind", "no_route", "quiet_hours", "scheduled")
+WAIT_REASONS = ("no_bind", "no_route", "quiet_hours", "scheduled", "stopped")
+CONNECTOR_STATES = ("running", "stopped", "isolated")  # shared.domain.connector_state
 DLR_OUTCOMES = ("matched", "retry", "orphan")
 
 
@@ -37,6 +38,7 @@ class SenderMetrics:
     dlr_received: Counter
     inbound: Counter
     backpressure: Counter
+    connector_state: Gauge
     # labels() children by (metric, label values): labels() validates its arguments and takes a
     # lock on every call (~1.5 µs), and the hot path used it several times per message.
     children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
@@ -100,7 +102,16 @@ class SenderMetrics:
             backpressure=Counter("smsgw_backpressure_rejections_total",
                                  "Intake refused for backpressure, by reason.", ["reason"],
                                  registry=registry),
+            # 1 for the run-time state an operator set (smsgw connectors), 0 for the others.
+            connector_state=Gauge("smsgw_connector_state",
+                                  "Connector run-time state (1 = current).",
+                                  ["connector", "state"], registry=registry),
         )
+
+    def show_state(self, name: str, state: str) -> None:
+        """Set `smsgw_connector_state` of one connector to `state`."""
+        for s in CONNECTOR_STATES:
+            self.connector_state.labels(connector=name, state=s).set(1 if s == state else 0)
 
     def init_connector(self, name: str, bind: str) -> None:
         """Create every label set of one connector at zero."""
@@ -110,6 +121,7 @@ class SenderMetrics:
         self.possible_duplicates.labels(connector=name)
         self.session_up.labels(connector=name, bind=bind).set(0)
         self.window_in_use.labels(connector=name).set(0)
+        self.show_state(name, "running")
 
     def init_static(self) -> None:
         """Create the connector-independent label sets at zero."""

@@ -14,6 +14,11 @@ of 0 makes a connector a pure standby, used only when no weighted one is bound).
 connector of the route is bound, `pick` returns None: the message waits (the submitter defers
 it and counts it), it is never failed.
 
+A connector an operator stopped or isolated (`smsgw connectors stop|isolate`) is skipped like
+an unbound one when the route's `when_stopped` is `failover` (the default); with `wait` it
+keeps its place in the route and the message waits for it (the submitter picks among running
+and stopped connectors, then defers the message when the pick is a stopped one).
+
 The `Router` is immutable: SIGHUP builds a new one and swaps it in one assignment.
 """
 
@@ -38,6 +43,7 @@ class Route:
     connectors: tuple[str, ...]
     weights: tuple[int, ...] | None = None
     account: str | None = None
+    when_stopped: str = "failover"  # or "wait" (module docstring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +53,7 @@ class Choice:
     connectors: tuple[str, ...]
     weights: tuple[int, ...] | None
     source: str  # forced, ported, account, prefix — for logs and tests
+    wait_when_stopped: bool = False  # the route's when_stopped = "wait"
 
 
 def _digits(number: str) -> str:
@@ -73,7 +80,7 @@ class Router:
         """Build from the `[[routes]]` and `[[connectors]]` config models."""
         built = [Route(prefix=r.prefix, connectors=tuple(r.connectors),
                        weights=tuple(r.weights) if r.weights else None,
-                       account=r.account) for r in routes]
+                       account=r.account, when_stopped=r.when_stopped) for r in routes]
         names = [c.name for c in connectors]
         if not built and names:
             # No routes configured: everything goes through the connectors in config order.
@@ -108,11 +115,12 @@ class Router:
         if account is not None and account in self._per_account:
             route = self._longest(self._per_account[account], digits)
             if route is not None:
-                return Choice(route.connectors, route.weights, "account")
+                return Choice(route.connectors, route.weights, "account",
+                              route.when_stopped == "wait")
         route = self._longest(self._global, digits)
         if route is None:
             return None
-        return Choice(route.connectors, route.weights, "prefix")
+        return Choice(route.connectors, route.weights, "prefix", route.when_stopped == "wait")
 
 
 def pick(choice: Choice, is_up: Callable[[str], bool],

@@ -56,6 +56,8 @@ from smsgw.shared.smpp.text import TextTooLong
 
 log = structlog.get_logger("smsgw.sender")
 
+HELD = frozenset({"stopped", "isolated"})  # lane states an operator set (not `removed`)
+
 
 class Submitter:
     """Claims, routes, splits, submits and writes back (see the module docstring).
@@ -91,9 +93,27 @@ class Submitter:
         # schedules to the SMSC; `_prepare` holds them for the others
         self.schedule_at_smsc = any(lane.connector.schedule_mode == "send"
                                     for lane in self.lanes.values())
+        # the connectors this sender binds (config): a message forced elsewhere is rejected
+        self.configured: frozenset[str] = frozenset(self.lanes)
+        self.running = False  # set by run(): lanes added later start at once
         self._space = asyncio.Event()
         for lane in self.lanes.values():
             lane.on_result = self._on_result
+
+    def add_lane(self, lane: Lane) -> None:
+        """A connector added by a reload: its lane joins (workers start if we run)."""
+        lane.on_result = self._on_result
+        self.lanes[lane.name] = lane
+        if self.running:
+            lane.start()
+
+    def connectors_changed(self, configured: frozenset[str]) -> None:
+        """The config's connectors changed (SIGHUP) or a lane's state did: recompute what
+        depends on them and re-check the budget."""
+        self.configured = configured
+        self.schedule_at_smsc = any(lane.connector.schedule_mode == "send"
+                                    for name, lane in self.lanes.items() if name in configured)
+        self.wake()
 
     # -- capacity -------------------------------------------------------------------------
 
@@ -128,6 +148,7 @@ class Submitter:
 
         The lanes' workers and the flusher run inside; the caller unbinds afterwards.
         """
+        self.running = True
         for lane in self.lanes.values():
             lane.start()
         flusher_stop = asyncio.Event()
@@ -251,18 +272,44 @@ class Submitter:
             delay = quiet_delay_s(at, zone, self.quiet_hours)
             if delay > 0:  # the quiet hours of the instant it would be delivered
                 return ahead + delay if ahead > 0 else delay, "quiet hours", "quiet_hours"
-        choice = self.router.choose(row.to_addr, account=self.account_names.get(
-            row.account_id or 0), forced=row.connector or row.route_hint, ported=ported)
-        if choice is None:
-            return self.settings.no_bind_wait_s, "no route for destination", "no_route"
-        name = pick(choice, lambda c: c in self.lanes and self.lanes[c].up())
-        if name is None:
-            return self.settings.no_bind_wait_s, "no bound connector on route", "no_bind"
-        if ahead > 0 and self.lanes[name].connector.schedule_mode != "send":
+        lane = self._route(row, ported)
+        if not isinstance(lane, Lane):
+            return lane  # a deferral, or None: the message was finished here
+        if ahead > 0 and lane.connector.schedule_mode != "send":
             return ahead, "scheduled", "scheduled"  # held here until send_at, as before
-        if not self._enqueue(row, self.lanes[name]):
+        if not self._enqueue(row, lane):
             return self.settings.no_bind_wait_s, "connector queue full", "no_bind"
         return None
+
+    def _route(self, row: ClaimedOutbound,
+               ported: list[str] | None) -> Lane | tuple[float, str, str] | None:
+        """The lane that takes the message now; else (delay_s, reason, label) to defer it, or
+        None when it was finished here (forced onto a connector that is not configured)."""
+        forced = row.connector or row.route_hint
+        if forced and forced not in self.configured:
+            # forced onto a connector this sender does not bind (removed by a reload): a clear
+            # failure rather than a wait that can only end at its validity
+            self.flusher.add(Outcome(msg_id=row.id, status=OutboundStatus.REJECTED, row=row,
+                                     error=f"forced connector {forced!r} is not configured",
+                                     connector=forced, attempts_inc=1))
+            return None
+        choice = self.router.choose(row.to_addr, account=self.account_names.get(
+            row.account_id or 0), forced=forced, ported=ported)
+        if choice is None:
+            return self.settings.no_bind_wait_s, "no route for destination", "no_route"
+        lanes = self.lanes
+        if choice.wait_when_stopped:  # a stopped connector keeps its place in the route
+            name = pick(choice, lambda c: (lane := lanes.get(c)) is not None
+                        and (lane.state in HELD or lane.usable()))
+            if name is not None and lanes[name].paused:
+                return self.settings.no_bind_wait_s, f"connector {name} stopped", "stopped"
+        else:
+            name = pick(choice, lambda c: (lane := lanes.get(c)) is not None and lane.usable())
+        if name is None:
+            if any(c in lanes and lanes[c].state in HELD for c in choice.connectors):
+                return self.settings.no_bind_wait_s, "connectors on route stopped", "stopped"
+            return self.settings.no_bind_wait_s, "no bound connector on route", "no_bind"
+        return lanes[name]
 
     def _possible_duplicate(self, row: ClaimedOutbound, connector: str | None, reason: str) -> None:
         if self.metrics is not None:

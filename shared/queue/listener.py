@@ -43,6 +43,7 @@ CHANNELS: Final[dict[str, str]] = {
     "receipts": "smsgw_receipts",
     "callbacks": "smsgw_callbacks",
     "rules": "smsgw_rules",
+    "connectors": "smsgw_connectors",  # connector_state's trigger (migration 0014)
     "reports": "smsgw_reports",
     "esme_deliveries": "smsgw_esme_deliveries",
 }

@@ -161,12 +161,17 @@ class DatabaseSettings(SecretSection):
 
 
 class RouteSettings(Section):
-    """`[[routes]]`: destination prefix -> ordered connector failover list."""
+    """`[[routes]]`: destination prefix -> ordered connector failover list.
+
+    `when_stopped`: what a message does when the connector it would take was stopped or
+    isolated by an operator (`smsgw connectors stop|isolate`): `failover` (default) skips it
+    like an unbound connector, `wait` keeps the message queued until it is started again."""
 
     prefix: str = Field(default="", pattern=r"^[0-9]*$")  # E.164 digits; "" = default route
     connectors: list[str] = Field(min_length=1)
     weights: list[int] | None = None
     account: str | None = None
+    when_stopped: Literal["failover", "wait"] = "failover"
 
     @model_validator(mode="after")
     def _weights_match(self) -> Self:
@@ -332,6 +337,20 @@ class SharedConfig(Section):
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+
+    @model_validator(mode="after")
+    def _connectors_known(self) -> Self:
+        # A reload that breaks either rule is refused as a whole (the old config keeps
+        # running); at start it is a config error.
+        names = [c.name for c in self.connectors]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"connectors: each name at most once ({', '.join(twice)})")
+        unknown = sorted({c for r in self.routes for c in r.connectors} - set(names))
+        if unknown and names:
+            raise ValueError(f"routes name connectors that are not configured: "
+                             f"{', '.join(unknown)}")
+        return self
 
     def redacted_dump(self) -> dict[str, Any]:
         """JSON-able dump for the `config_loaded` log: secrets excluded, URL password hidden."""

@@ -26,7 +26,16 @@ ReceiptState = Literal[
     "delivered", "undeliverable", "expired", "rejected", "unknown_receipt", "enroute", "accepted"
 ]
 
-__all__ = ["ConnectorSettings", "TlvSetting"]
+__all__ = ["BIND_KEYS", "ConnectorSettings", "TlvSetting"]
+
+# The keys a bind is opened with (and the window its lane is sized by): a SIGHUP that changes
+# one of them rebinds that connector's sessions; any other change (rates, text, receipts,
+# per-message fields, `binds`) applies to the live binds in place.
+BIND_KEYS = frozenset({
+    "host", "port", "system_id", "password_env", "password_file", "system_type", "bind_mode",
+    "address_range", "window", "enquire_link_s", "response_timeout_s", "connect_timeout_s",
+    "reconnect_min_s", "reconnect_max_s", "transient_mo_status", "handler_concurrency",
+    "max_pdu_length", "tls", "tls_ca_file", "tls_verify"})
 
 
 class TlvSetting(BaseModel):
@@ -183,6 +192,10 @@ class ConnectorSettings(BaseModel):
         if len(set(names)) != len(names) or len({t.tag for t in self.tlvs}) != len(names):
             raise ValueError("tlvs: each name and each tag at most once")
         return self
+
+    def rebind_keys(self, new: "ConnectorSettings") -> list[str]:
+        """The `BIND_KEYS` whose value differs in `new` (empty: no rebind needed)."""
+        return sorted(k for k in BIND_KEYS if getattr(self, k) != getattr(new, k))
 
     @property
     def operator_name(self) -> str:

@@ -1,5 +1,6 @@
 """Every statement the sender runs PREPAREs on the migrated schema: the `outbound` owner's
-(claim, write-back, receipt matching…), the `receipts` and `callbacks` owners', routing's."""
+(claim, write-back, receipt matching…), the `receipts` and `callbacks` owners', routing's, and
+the connector states it follows (`shared.domain.connector_state`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import asyncpg
 import pytest
 
 from smsgw.services.sender import routing
+from smsgw.shared.domain import connector_state
 from smsgw.shared.queue import callbacks, outbound, receipts
 
 STATEMENTS = {**outbound.STATEMENTS, **receipts.STATEMENTS, **callbacks.STATEMENTS,
-              **routing.STATEMENTS}
+              **routing.STATEMENTS, **connector_state.STATEMENTS}
 
 
 @pytest.mark.parametrize("name", sorted(STATEMENTS))
