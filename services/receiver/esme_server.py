@@ -65,7 +65,7 @@ _BIND_MODE = {P.BindTransmitter: ("transmitter", EsmeState.BOUND_TX, P.BindTrans
 CAN_SUBMIT = frozenset({EsmeState.BOUND_TX, EsmeState.BOUND_TRX})
 CAN_RECEIVE = frozenset({EsmeState.BOUND_RX, EsmeState.BOUND_TRX})
 # requests that go through the window (answered after a database round trip)
-_WINDOWED = (P.SubmitSm, P.DataSm, P.QuerySm)
+_WINDOWED = (P.SubmitSm, P.DataSm, P.QuerySm, P.SubmitMulti, P.CancelSm)
 
 
 class EsmeConnection(asyncio.Protocol):

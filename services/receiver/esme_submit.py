@@ -34,7 +34,7 @@ from typing import Any
 
 import structlog
 
-from smsgw.services.receiver.api import FieldInvalid, account_rate, mt_item
+from smsgw.services.receiver.api import FieldInvalid, account_rate, mt_item, sender_id
 from smsgw.services.receiver.context import ReceiverContext
 from smsgw.services.receiver.models import MessageIn
 from smsgw.services.receiver.options import SmppServerOptions
@@ -42,6 +42,8 @@ from smsgw.services.receiver.store import MtItem, MtOutcome, MtResult, find_mess
 from smsgw.shared.core.db import CONNECTION_ERRORS
 from smsgw.shared.core.errors import DatabaseUnavailable
 from smsgw.shared.domain.apikeys import Account, DisabledAccounts
+from smsgw.shared.domain.numbers import InvalidNumber, normalise_recipient
+from smsgw.shared.domain.status_callbacks import cancel_queued
 from smsgw.shared.queue.groupcommit import GroupCommitter, IntakeClosed, IntakeFull
 from smsgw.shared.smpp import pdu as P
 from smsgw.shared.smpp.fields import parse_smpp_time, tag_key
@@ -59,6 +61,12 @@ _FIELD_STATUS = {"to": P.SMPP_ESME_RINVDSTADR, "from": P.SMPP_ESME_RINVSRCADR,
 # consumed here, not passed on as the client's TLVs
 _OWN_TAGS = frozenset({P.Tag.MESSAGE_PAYLOAD, P.Tag.SAR_MSG_REF_NUM, P.Tag.SAR_TOTAL_SEGMENTS,
                        P.Tag.SAR_SEGMENT_SEQNUM, P.Tag.MORE_MESSAGES_TO_SEND})
+# esme_group: the account's queued message `$2` and the other destinations of its
+# submit_multi (meta.esme_id), for cancel_sm.
+ESME_GROUP = """
+SELECT id FROM outbound
+ WHERE account_id = $1 AND status = 'queued' AND (id = $2 OR meta ->> 'esme_id' = $3)
+"""
 # query_sm: outbound status → message_state (SMPP 3.4 5.2.28)
 QUERY_STATE = {"queued": 1, "sending": 1, "submitted": 1, "delivered": 2, "expired": 3,
                "cancelled": 4, "undeliverable": 5, "dead": 5, "submit_unknown": 7,
@@ -99,8 +107,13 @@ class EsmeIntake:
             return P.response_for(pdu, P.SMPP_ESME_RSYSERR)
         if disabled:
             raise AccountDisabled(account.name)
-        if type(pdu) is P.QuerySm:
+        kind = type(pdu)
+        if kind is P.QuerySm:
             return await self.query(account, pdu)
+        if kind is P.CancelSm:
+            return await self.cancel(account, pdu)
+        if kind is P.SubmitMulti:
+            return await self.submit_multi(account, pdu)
         return await self.submit(account, pdu)
 
     async def submit(self, account: Account, pdu: Any) -> Any:
@@ -130,6 +143,94 @@ class EsmeIntake:
         self.mt_counts["accepted" if result.outcome is MtOutcome.CREATED
                        else "duplicate"].inc()
         return P.response_for(pdu, P.SMPP_ESME_ROK, message_id=str(result.id))
+
+    async def submit_multi(self, account: Account, pdu: P.SubmitMulti) -> Any:
+        """submit_multi: one MT per SME destination. The first stored message's id is the
+        one submit_multi_resp returns; the others carry it (`meta.esme_id`), so every
+        destination's receipt names that one id (its source_addr tells them apart) and
+        query_sm / cancel_sm with it act on the first / on all of them. A distribution list
+        or a destination that fails its checks is listed in unsuccess_sme with its status."""
+        ctx = self.ctx
+        reason = ctx.admission.check("outbound") or ctx.admission.check_account(account.id)
+        if reason is not None:
+            ctx.metrics.backpressure_rejections.labels(reason=reason).inc()
+            return P.response_for(pdu, P.SMPP_ESME_RMSGQFUL)
+        now = datetime.now(UTC)
+        items: list[MtItem] = []
+        unsuccess: list[tuple[int, int, str, int]] = []
+        for flag, ton, npi, addr in pdu.dests:
+            if flag != 1:
+                unsuccess.append((0, 0, addr, P.SMPP_ESME_RINVDLNAME))
+                continue
+            one = P.SubmitSm(
+                service_type=pdu.service_type, source_addr_ton=pdu.source_addr_ton,
+                source_addr_npi=pdu.source_addr_npi, source_addr=pdu.source_addr,
+                dest_addr_ton=ton, dest_addr_npi=npi, destination_addr=addr,
+                esm_class=pdu.esm_class, protocol_id=pdu.protocol_id,
+                priority_flag=pdu.priority_flag, schedule_delivery_time=pdu.schedule_delivery_time,
+                validity_period=pdu.validity_period, registered_delivery=pdu.registered_delivery,
+                data_coding=pdu.data_coding, short_message=pdu.short_message, tlvs=pdu.tlvs)
+            try:
+                items.append(self.build(account, one, now))
+            except Refused as exc:
+                unsuccess.append((ton, npi, addr, exc.status))
+        if not items:
+            self.mt_counts["rejected"].inc(len(unsuccess))
+            return P.SubmitMultiResp(pdu.sequence_number, P.SMPP_ESME_RSUBMITFAIL,
+                                     unsuccess=tuple(unsuccess))
+        if ctx.ratelimit.try_acquire(account.id, account_rate(ctx, account),
+                                     len(items)) is not None:
+            ctx.metrics.requests_rejected.labels(reason="rate_limited").inc()
+            return P.response_for(pdu, P.SMPP_ESME_RTHROTTLED)
+        try:
+            first = await self.committer.submit(items[0])
+            rest = [dataclasses.replace(it, meta={**(it.meta or {}), "esme_id": str(first.id)})
+                    for it in items[1:]]
+            results = [first, *(await self.committer.submit_many(rest) if rest else [])]
+        except (DatabaseUnavailable, IntakeFull, IntakeClosed) as exc:
+            # what was stored stays stored; a resubmit with user_message_reference finds it
+            ctx.metrics.backpressure_rejections.labels(reason="database_unavailable").inc()
+            return P.response_for(pdu, P.SMPP_ESME_RMSGQFUL if isinstance(exc, IntakeFull)
+                                  else P.SMPP_ESME_RSYSERR)
+        for r in results:
+            self.mt_counts["accepted" if r.outcome is MtOutcome.CREATED else "duplicate"].inc()
+        return P.SubmitMultiResp(pdu.sequence_number, P.SMPP_ESME_ROK,
+                                 message_id=str(first.id), unsuccess=tuple(unsuccess))
+
+    async def cancel(self, account: Account, pdu: P.CancelSm) -> Any:
+        """cancel_sm: cancel the account's message(s) still queued (not yet taken by a
+        sender) — by message_id (with a submit_multi id: all its destinations; source_addr,
+        when given, must match), or with an empty message_id every queued message from
+        source_addr to destination_addr. ESME_RCANCELFAIL when nothing could be cancelled."""
+        ref = pdu.message_id
+        from_addr = _address(pdu.source_addr, pdu.source_addr_ton) or None
+        to_addr = _address(pdu.destination_addr, pdu.dest_addr_ton) or None
+        try:
+            from_addr = sender_id(account, from_addr, self.ctx.options.default_country) \
+                if from_addr else None
+            to_addr = normalise_recipient(to_addr, default_country=self.ctx.options
+                                          .default_country) if to_addr else None
+        except InvalidNumber:
+            return P.response_for(pdu, P.SMPP_ESME_RINVDSTADR)
+        except FieldInvalid as exc:
+            return P.response_for(pdu, _FIELD_STATUS.get(exc.field, P.SMPP_ESME_RCANCELFAIL))
+        if ref:
+            if not (ref.isascii() and ref.isdigit()) or len(ref) > 18:
+                return P.response_for(pdu, P.SMPP_ESME_RINVMSGID)
+        elif from_addr is None or to_addr is None:
+            return P.response_for(pdu, P.SMPP_ESME_RCANCELFAIL)
+        try:
+            async with self.ctx.pool.acquire() as conn:
+                ids = await conn.fetch(ESME_GROUP, account.id, int(ref), ref) if ref else None
+                cancelled = await cancel_queued(
+                    conn, account.id, [r["id"] for r in ids] if ids is not None else None,
+                    reason="cancel_sm from the ESME", daemon="receiver",
+                    to_addr=None if ref else to_addr, from_addr=from_addr)
+        except CONNECTION_ERRORS:
+            return P.response_for(pdu, P.SMPP_ESME_RSYSERR)
+        if not cancelled:
+            return P.response_for(pdu, P.SMPP_ESME_RCANCELFAIL)
+        return P.response_for(pdu, P.SMPP_ESME_ROK)
 
     def build(self, account: Account, pdu: Any, now: datetime) -> MtItem:
         """The MT of one submit_sm / data_sm, checked as the API checks it; raises Refused."""

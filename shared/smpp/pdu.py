@@ -35,6 +35,8 @@ __all__ = [
     "BindTransceiverResp",
     "BindTransmitter",
     "BindTransmitterResp",
+    "CancelSm",
+    "CancelSmResp",
     "CommandId",
     "DataSm",
     "DataSmResp",
@@ -50,6 +52,8 @@ __all__ = [
     "QuerySmResp",
     "SmppFramingError",
     "SmppPduError",
+    "SubmitMulti",
+    "SubmitMultiResp",
     "SubmitSm",
     "SubmitSmResp",
     "Tag",
@@ -318,6 +322,16 @@ _QUERY_SM_FIELDS = (
     _u8("source_addr_ton"),
     _u8("source_addr_npi"),
     _c("source_addr", 21, SMPP_ESME_RINVSRCADR),
+)
+_CANCEL_SM_FIELDS = (
+    _c("service_type", 6, SMPP_ESME_RINVSERTYP),
+    _c("message_id", 65, SMPP_ESME_RINVMSGID),
+    _u8("source_addr_ton"),
+    _u8("source_addr_npi"),
+    _c("source_addr", 21, SMPP_ESME_RINVSRCADR),
+    _u8("dest_addr_ton"),
+    _u8("dest_addr_npi"),
+    _c("destination_addr", 21, SMPP_ESME_RINVDSTADR),
 )
 _QUERY_SM_RESP_FIELDS = (
     _c("message_id", 65, SMPP_ESME_RINVMSGID),
@@ -665,6 +679,77 @@ class QuerySmResp(_PduBase):
     error_code: int = 0
 
 
+@_pdu(CommandId.CANCEL_SM, _CANCEL_SM_FIELDS)
+class CancelSm(_PduBase):
+    """cancel_sm (4.9.1): cancel a message still waiting (by message_id, or every message
+    from source_addr to destination_addr when message_id is empty)."""
+
+    sequence_number: int = 0
+    command_status: int = 0
+    service_type: str = ""
+    message_id: str = ""
+    source_addr_ton: int = 0
+    source_addr_npi: int = 0
+    source_addr: str = ""
+    dest_addr_ton: int = 0
+    dest_addr_npi: int = 0
+    destination_addr: str = ""
+
+
+@_pdu(CommandId.CANCEL_SM_RESP)
+class CancelSmResp(_PduBase):
+    """cancel_sm_resp (4.9.2): header only."""
+
+    sequence_number: int = 0
+    command_status: int = 0
+
+
+# submit_multi's destinations: (dest_flag, ton, npi, address); dest_flag 1 is an SME address,
+# 2 a distribution list name (ton/npi 0). Its response's unsuccess_sme entries:
+# (ton, npi, address, error_status_code).
+MultiDest = tuple[int, int, int, str]
+Unsuccess = tuple[int, int, str, int]
+MAX_MULTI_DESTS = 254  # number_of_dests is one octet (SMPP 3.4 5.2.24: at most 254)
+
+
+@_pdu(CommandId.SUBMIT_MULTI, (_c("service_type", 6, SMPP_ESME_RINVSERTYP),
+                               _c("source_addr", 21, SMPP_ESME_RINVSRCADR),
+                               _c("schedule_delivery_time", 17, SMPP_ESME_RINVSCHED),
+                               _c("validity_period", 17, SMPP_ESME_RINVEXPIRY),
+                               ("short_message", _SM, 254, SMPP_ESME_RINVMSGLEN)))
+class SubmitMulti(_PduBase):
+    """submit_multi (4.5.1): one message to up to 254 destinations (`dests`)."""
+
+    sequence_number: int = 0
+    command_status: int = 0
+    service_type: str = ""
+    source_addr_ton: int = 0
+    source_addr_npi: int = 0
+    source_addr: str = ""
+    dests: tuple[MultiDest, ...] = ()
+    esm_class: int = 0
+    protocol_id: int = 0
+    priority_flag: int = 0
+    schedule_delivery_time: str = ""
+    validity_period: str = ""
+    registered_delivery: int = 0
+    replace_if_present_flag: int = 0
+    data_coding: int = 0
+    sm_default_msg_id: int = 0
+    short_message: bytes = b""
+    tlvs: Tlvs = ()
+
+
+@_pdu(CommandId.SUBMIT_MULTI_RESP, _MSGID_FIELDS, body_optional=True)
+class SubmitMultiResp(_PduBase):
+    """submit_multi_resp (4.5.2): the message id and the destinations refused."""
+
+    sequence_number: int = 0
+    command_status: int = 0
+    message_id: str = ""
+    unsuccess: tuple[Unsuccess, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class UnknownPdu:
     """A well-framed PDU whose command_id this codec does not know; `body` is kept raw.
@@ -704,6 +789,10 @@ Pdu = (
     | DataSmResp
     | QuerySm
     | QuerySmResp
+    | CancelSm
+    | CancelSmResp
+    | SubmitMulti
+    | SubmitMultiResp
     | UnknownPdu
 )
 
@@ -728,6 +817,10 @@ _ALL_CLASSES: tuple[type[Any], ...] = (
     DataSmResp,
     QuerySm,
     QuerySmResp,
+    CancelSm,
+    CancelSmResp,
+    SubmitMulti,
+    SubmitMultiResp,
 )
 PDU_CLASSES: dict[int, type[Any]] = {cls.command_id: cls for cls in _ALL_CLASSES}
 
@@ -741,6 +834,8 @@ _RESPONSE_CLASS: dict[type[Any], type[Any]] = {
     DeliverSm: DeliverSmResp,
     DataSm: DataSmResp,
     QuerySm: QuerySmResp,
+    CancelSm: CancelSmResp,
+    SubmitMulti: SubmitMultiResp,
 }
 
 
@@ -888,8 +983,37 @@ _BODY_ENCODERS: dict[type[Any], Callable[[Any], bytes]] = {
 }
 _BODY_ENCODERS.update({c: _encode_msgid_body for c in (SubmitSmResp, DeliverSmResp, DataSmResp)})
 _BODY_ENCODERS.update(
-    {c: _encode_empty_body for c in (Unbind, UnbindResp, EnquireLink, EnquireLinkResp, GenericNack)}
+    {c: _encode_empty_body for c in (Unbind, UnbindResp, EnquireLink, EnquireLinkResp, GenericNack,
+                                     CancelSmResp)}
 )
+
+
+def _encode_submit_multi(p: Any) -> bytes:
+    def c(v: str) -> bytes:
+        return v.encode("latin-1") + _NUL
+    if len(p.dests) > MAX_MULTI_DESTS:
+        raise SmppEncodeError(f"submit_multi takes at most {MAX_MULTI_DESTS} destinations")
+    parts = [c(p.service_type), bytes((p.source_addr_ton, p.source_addr_npi)), c(p.source_addr),
+             bytes((len(p.dests),))]
+    for flag, ton, npi, addr in p.dests:
+        parts.append(bytes((flag, ton, npi)) + c(addr) if flag == 1 else bytes((flag,)) + c(addr))
+    parts += [bytes((p.esm_class, p.protocol_id, p.priority_flag)),
+              c(p.schedule_delivery_time), c(p.validity_period),
+              bytes((p.registered_delivery, p.replace_if_present_flag, p.data_coding,
+                     p.sm_default_msg_id, len(p.short_message))), p.short_message,
+              _encode_tlvs(p.tlvs) if p.tlvs else b""]
+    return b"".join(parts)
+
+
+def _encode_submit_multi_resp(p: Any) -> bytes:
+    parts = [p.message_id.encode("latin-1") + _NUL, bytes((len(p.unsuccess),))]
+    for ton, npi, addr, status in p.unsuccess:
+        parts.append(bytes((ton, npi)) + addr.encode("latin-1") + _NUL + _U32.pack(status))
+    return b"".join(parts)
+
+
+_BODY_ENCODERS[SubmitMulti] = _encode_submit_multi
+_BODY_ENCODERS[SubmitMultiResp] = _encode_submit_multi_resp
 
 
 def encode(pdu: Any, sequence_number: int | None = None) -> bytes:
@@ -1045,9 +1169,67 @@ for _cls in (SubmitSm, DeliverSm):
     _DECODERS[_cls.command_id] = (_decode_sm, _cls)
 for _cls in (SubmitSmResp, DeliverSmResp, DataSmResp):
     _DECODERS[_cls.command_id] = (_decode_msgid, _cls)
-for _cls in (Unbind, UnbindResp, EnquireLink, EnquireLinkResp, GenericNack):
+for _cls in (Unbind, UnbindResp, EnquireLink, EnquireLinkResp, GenericNack, CancelSmResp):
     _DECODERS[_cls.command_id] = (_decode_empty, _cls)
 del _cls
+
+
+def _decode_submit_multi(cls: type[Any], frame: bytes, status: int, seq: int) -> Any:
+    """submit_multi: the destination list, then the submit_sm fields after source_addr."""
+    service_type, p = _cstr(frame, 16, 6, SMPP_ESME_RINVSERTYP)
+    src_ton, src_npi = frame[p], frame[p + 1]
+    source_addr, p = _cstr(frame, p + 2, 21, SMPP_ESME_RINVSRCADR)
+    count = frame[p]
+    p += 1
+    if count == 0 or count > MAX_MULTI_DESTS:
+        raise _BodyError(f"number_of_dests {count}", SMPP_ESME_RINVNUMDESTS)
+    dests: list[MultiDest] = []
+    for _ in range(count):
+        flag = frame[p]
+        if flag == 1:
+            ton, npi = frame[p + 1], frame[p + 2]
+            addr, p = _cstr(frame, p + 3, 21, SMPP_ESME_RINVDSTADR)
+            dests.append((1, ton, npi, addr))
+        elif flag == 2:
+            name, p = _cstr(frame, p + 1, 21, SMPP_ESME_RINVDLNAME)
+            dests.append((2, 0, 0, name))
+        else:
+            raise _BodyError(f"dest_flag {flag}", SMPP_ESME_RINVDESTFLAG)
+    esm_class, protocol_id, priority_flag = frame[p], frame[p + 1], frame[p + 2]
+    schedule, p = _cstr(frame, p + 3, 17, SMPP_ESME_RINVSCHED)
+    validity, p = _cstr(frame, p, 17, SMPP_ESME_RINVEXPIRY)
+    registered, replace_flag, data_coding, default_id, sm_length = frame[p : p + 5]
+    p += 5
+    if p + sm_length > len(frame):
+        raise _BodyError("short_message overruns the PDU", SMPP_ESME_RINVMSGLEN)
+    short_message = frame[p : p + sm_length]
+    tlvs = _decode_tlvs(frame, p + sm_length)
+    return _MAKERS[cls](
+        seq, status, service_type, src_ton, src_npi, source_addr, tuple(dests), esm_class,
+        protocol_id, priority_flag, schedule, validity, registered, replace_flag, data_coding,
+        default_id, short_message, tlvs)
+
+
+def _decode_submit_multi_resp(cls: type[Any], frame: bytes, status: int, seq: int) -> Any:
+    if len(frame) == 16:
+        return _MAKERS[cls](seq, status, "", ())
+    message_id, p = _cstr(frame, 16, 65, SMPP_ESME_RINVMSGID)
+    if p == len(frame):
+        return _MAKERS[cls](seq, status, message_id, ())
+    count = frame[p]
+    p += 1
+    out: list[Unsuccess] = []
+    for _ in range(count):
+        ton, npi = frame[p], frame[p + 1]
+        addr, p = _cstr(frame, p + 2, 21, SMPP_ESME_RINVDSTADR)
+        (code,) = _U32.unpack_from(frame, p)
+        p += 4
+        out.append((ton, npi, addr, code))
+    return _MAKERS[cls](seq, status, message_id, tuple(out))
+
+
+_DECODERS[SubmitMulti.command_id] = (_decode_submit_multi, SubmitMulti)
+_DECODERS[SubmitMultiResp.command_id] = (_decode_submit_multi_resp, SubmitMultiResp)
 
 
 def decode_frame(frame: bytes) -> Any:

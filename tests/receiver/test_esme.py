@@ -307,3 +307,56 @@ async def test_submit_dedupe_window_query_and_receipts(esme: EsmeService, pool: 
     await client.close()
     assert await pool.fetchval("SELECT status FROM esme_deliveries WHERE outbound_id = $1",
                                mid) == "delivered"
+
+
+async def test_submit_multi_data_sm_and_cancel_sm(esme: EsmeService, pool: asyncpg.Pool,
+                                                  account_factory: AccountFactory,
+                                                  unique: Any) -> None:
+    """1. submit_multi to two numbers, a malformed number and a distribution list: one id
+          back, two messages stored (the second carrying the first's id), the other two in
+          unsuccess_sme with ESME_RINVDSTADR / ESME_RINVDLNAME.
+       2. cancel_sm with that id cancels both (status `cancelled`); each destination's
+          receipt (registered_delivery 1) is queued with stat DELETED under the one id;
+          a second cancel_sm → ESME_RCANCELFAIL.
+       3. data_sm (message_payload) → data_sm_resp with an id; cancel_sm without an id, by
+          source and destination, cancels it."""
+    name = unique("e")[:15]
+    account_id, password = await _account(pool, account_factory, name)
+    raw = await Raw.open(esme.port)
+    assert await raw.bind(name, password) == P.SMPP_ESME_ROK
+    raw.send(P.SubmitMulti(source_addr="Shop", source_addr_ton=5, registered_delivery=1,
+                           short_message=b"to many",
+                           dests=((1, 1, 1, "447700900001"), (1, 1, 1, "447700900002"),
+                                  (1, 0, 0, "12ab"), (2, 0, 0, "friends"))))
+    resp = await raw.recv()
+    assert type(resp) is P.SubmitMultiResp and resp.command_status == P.SMPP_ESME_ROK
+    assert sorted(u[3] for u in resp.unsuccess) == [P.SMPP_ESME_RINVDSTADR,
+                                                     P.SMPP_ESME_RINVDLNAME]
+    first = int(resp.message_id)
+    rows = await pool.fetch("SELECT id, to_addr, meta FROM outbound WHERE account_id = $1 "
+                            "ORDER BY id", account_id)
+    assert [(r["to_addr"], r["meta"].get("esme_id")) for r in rows] == [
+        ("+447700900001", None), ("+447700900002", str(first))]
+    assert rows[0]["id"] == first
+    raw.send(P.CancelSm(message_id=str(first)))
+    assert (await raw.recv()).command_status == P.SMPP_ESME_ROK
+    assert {r["status"] for r in await pool.fetch(
+        "SELECT status FROM outbound WHERE account_id = $1", account_id)} == {"cancelled"}
+    receipts = await pool.fetch("SELECT message_ref, stat, from_addr FROM esme_deliveries "
+                                "ORDER BY id")
+    assert [(r["message_ref"], r["stat"]) for r in receipts] == [(str(first), "DELETED")] * 2
+    raw.send(P.CancelSm(message_id=str(first)))
+    assert (await raw.recv()).command_status == P.SMPP_ESME_RCANCELFAIL
+
+    raw.send(P.DataSm(source_addr="Shop", source_addr_ton=5, destination_addr="447700900003",
+                      dest_addr_ton=1, tlvs=((P.Tag.MESSAGE_PAYLOAD, b"data sm text"),)))
+    data = await raw.recv()
+    assert type(data) is P.DataSmResp and data.command_status == P.SMPP_ESME_ROK
+    assert await pool.fetchval("SELECT body FROM outbound WHERE id = $1",
+                               int(data.message_id)) == "data sm text"
+    raw.send(P.CancelSm(source_addr="Shop", source_addr_ton=5, destination_addr="447700900003",
+                        dest_addr_ton=1))
+    assert (await raw.recv()).command_status == P.SMPP_ESME_ROK
+    assert await pool.fetchval("SELECT status FROM outbound WHERE id = $1",
+                               int(data.message_id)) == "cancelled"
+    await raw.close()

@@ -39,7 +39,7 @@ def test_unset_fields_are_the_specifications_null_values() -> None:
     """SMPP 3.4 section 3.1: an unset Integer is NULL (0) and an unset C-Octet String is the
     empty string; a PDU built without a field must send exactly that. The bind PDUs' one
     exception is interface_version, 0x34 for SMPP 3.4 (section 4.1)."""
-    nulls = {"int": 0, "str": "", "bytes": b""}
+    nulls = {"int": 0, "str": "", "bytes": b"", "tuple": ()}  # tuple: submit_multi's lists
     for cls in P.PDU_CLASSES.values():
         pdu = cls()
         for field in dataclasses.fields(pdu):
