@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import ssl
 import struct
+import subprocess
 import threading
+from pathlib import Path
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -77,9 +81,10 @@ class Raw:
 class Smpplib:
     """python-smpplib's (blocking) client, driven from a thread; records what it receives."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
         self.client = smpplib.client.Client("127.0.0.1", port, timeout=5,
-                                            allow_unknown_opt_params=True)
+                                            allow_unknown_opt_params=True,
+                                            ssl_context=ssl_context)
         self.resps: list[Any] = []
         self.delivered: list[Any] = []
         self.errors: list[Any] = []
@@ -360,3 +365,49 @@ async def test_submit_multi_data_sm_and_cancel_sm(esme: EsmeService, pool: async
     assert await pool.fetchval("SELECT status FROM outbound WHERE id = $1",
                                int(data.message_id)) == "cancelled"
     await raw.close()
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True)
+    return cert, key
+
+
+async def test_tls_listener(pool: asyncpg.Pool, db_url: str, receiver_factory: ReceiverFactory,
+                            account_factory: AccountFactory, unique: Any,
+                            tls_files: tuple[Path, Path]) -> None:
+    """With tls_cert_file/tls_key_file the listener speaks SMPP over TLS only: smpplib with
+    the certificate as its CA binds and submits; a plain-TCP bind gets no SMPP answer."""
+    cert, key = tls_files
+    rx = await receiver_factory()
+    opts = SmppServerOptions(enabled=True, port=0, tls_cert_file=str(cert),
+                             tls_key_file=str(key), bind_timeout_s=2)
+    service = await build_esme(pool, rx.ctx, opts, secret=SERVER_SECRET,
+                               connect=lambda: asyncpg.connect(db_url),
+                               registry=CollectorRegistry(), actor="test", owner="test@1")
+    try:
+        name = unique("t")[:15]
+        _, password = await _account(pool, account_factory, name)
+        ctx = ssl.create_default_context(cafile=str(cert))
+        ctx.check_hostname = False  # smpplib wraps without server_hostname; the CA still counts
+        client = Smpplib(service.port, ssl_context=ctx)
+        await client.connect_bind(name, password, "transmitter")
+        await client.submit(source_addr_ton=5, source_addr="Shop", dest_addr_ton=1,
+                            destination_addr="447700900001", short_message=b"over tls")
+        await client.read_until(lambda: client.resps)
+        assert client.resps[0].status == 0 and client.resps[0].message_id
+        await client.close()
+        raw = await Raw.open(service.port)
+        with pytest.raises((ConnectionError, TimeoutError)):
+            await raw.bind(name, password)
+        await raw.close()
+    finally:
+        await service.server.close(1.0)
+        await service.close(2.0)
