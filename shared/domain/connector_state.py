@@ -54,20 +54,27 @@ READ_STATES: Final[LiteralString] = """
 SELECT name, state, changed_by, reason, updated_at FROM connector_state ORDER BY name
 """
 
-# set_state: store connector $1's state $2 (by $3, reason $4); returns the state before (NULL:
-# no row, i.e. running). The row lock makes two operators' changes of one connector queue up:
-# the later commit wins and both are audited.
+# ensure_row: a `running` row for connector $1 unless it has one ($2: who), so that `set_state`
+# always finds a row to lock (a concurrent first change waits here for the other's insert).
+ENSURE_ROW: Final[LiteralString] = """
+INSERT INTO connector_state (name, state, changed_by) VALUES ($1, 'running', $2)
+ON CONFLICT (name) DO NOTHING
+"""
+
+# set_state: store connector $1's state $2 (by $3, reason $4); returns the state before. The
+# row lock (FOR UPDATE re-reads the row once the lock is granted) makes two operators' changes
+# of one connector queue up: the later commit wins, and its `previous` is the earlier one's.
 SET_STATE: Final[LiteralString] = """
-WITH prev AS (SELECT state FROM connector_state WHERE name = $1 FOR UPDATE)
-INSERT INTO connector_state AS c (name, state, changed_by, reason, updated_at)
-VALUES ($1, $2, $3, $4, now())
-ON CONFLICT (name) DO UPDATE
-   SET state = EXCLUDED.state, changed_by = EXCLUDED.changed_by, reason = EXCLUDED.reason,
-       updated_at = EXCLUDED.updated_at
-RETURNING (SELECT state FROM prev) AS previous, c.updated_at
+WITH prev AS (SELECT name, state FROM connector_state WHERE name = $1 FOR UPDATE)
+UPDATE connector_state AS c
+   SET state = $2, changed_by = $3, reason = $4, updated_at = now()
+  FROM prev
+ WHERE c.name = prev.name
+RETURNING prev.state AS previous, c.updated_at
 """
 
 STATEMENTS: Final[dict[str, LiteralString]] = {"connector_state.read": READ_STATES,
+                                               "connector_state.ensure": ENSURE_ROW,
                                                "connector_state.set": SET_STATE}
 """Statement label → SQL of every statement this module runs (the PREPARE test reads it)."""
 
@@ -100,9 +107,10 @@ async def set_state(conn: asyncpg.Connection, names: Iterable[str], state: Conne
     before: dict[str, ConnectorState] = {}
     async with conn.transaction():
         for name in names:
+            await conn.execute(ENSURE_ROW, name, actor)
             rec = await conn.fetchrow(SET_STATE, name, state.value, actor, reason)
             assert rec is not None
-            before[name] = ConnectorState(rec["previous"] or ConnectorState.RUNNING)
+            before[name] = ConnectorState(rec["previous"])
             action = {ConnectorState.RUNNING: "connector_started",
                       ConnectorState.STOPPED: "connector_stopped",
                       ConnectorState.ISOLATED: "connector_isolated"}[state]
