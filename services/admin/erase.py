@@ -269,8 +269,9 @@ def _parser() -> argparse.ArgumentParser:
         "the suppression entry erase keeps.",
         description="Erase a number: its messages (MO from it, MT to it; hot and history "
                     "tables, with parts, receipts, callbacks, events), fragments, campaign "
-                    "entries, flood counters, the reports whose files hold it; keep only a keyed global suppression so it is "
-                    "not messaged again, and write the audit log.")
+                    "entries, flood counters, the reports whose files hold it; keep only a "
+                    "keyed global suppression so it is not messaged again, and write the "
+                    "audit log.")
     p.add_argument("number", help="the phone number (E.164, or national with --country)")
     dbcli.add_common_args(p)
     p.add_argument("--country", help="ISO country for a national number (e.g. GB)")

@@ -18,6 +18,8 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "processor": ("bench.processor_bench",
                   "processor alone: prefilled inbound queue with rules"),
     "sender": ("bench.sender_bench", "sender alone: prefilled outbound queue to the simulator"),
+    "report": ("bench.report_bench",
+               "reporter alone: a campaign report over 1M and 10M history rows (time, RSS)"),
     # end-to-end scenarios (issue 8)
     "mt": ("bench.e2e", "HTTP POST /v1/messages -> submit_sm -> receipt -> delivered"),
     "sendsms": ("bench.e2e", "the same through the Kannel-compatible /cgi-bin/sendsms"),

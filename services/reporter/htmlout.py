@@ -90,11 +90,11 @@ def svg_chart(chart: Chart) -> str:
     out.append(f'<line class="axis" x1="{PAD_L}" x2="{PAD_L}" y1="{PAD_T}" y2="{PAD_T + ph}"/>'
                f'<line class="axis" x1="{PAD_L}" x2="{W - PAD_R}" y1="{PAD_T + ph}" '
                f'y2="{PAD_T + ph}"/>')
-    step = max(1, math.ceil(n / 8))
-    for i in range(0, len(chart.x_labels), step):  # x labels, at most 8
+    step = max(1, math.ceil(n / 6))
+    for i in range(0, len(chart.x_labels), step):  # x labels, at most 6
         x = PAD_L + pw * (i + 0.5) / n
         out.append(f'<text x="{x:.1f}" y="{PAD_T + ph + 16}" text-anchor="middle">'
-                   f'{escape(chart.x_labels[i][:16])}</text>')
+                   f'{escape(_short(chart.x_labels[i]))}</text>')
     if chart.y_label:
         out.append(f'<text x="{W - PAD_R}" y="16" text-anchor="end">'
                    f'{escape(chart.y_label)}</text>')
@@ -108,6 +108,14 @@ def svg_chart(chart: Chart) -> str:
                    f'y="{y + 1}">{escape(name[:24])}</text>')
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _short(label: str) -> str:
+    """An axis label: an ISO hour as "MM-DD HH:MM" (its offset is in the table), else the
+    first 16 characters."""
+    if len(label) >= 16 and label[4] == "-" and label[10] == "T":
+        return label[5:16].replace("T", " ")
+    return label[:16]
 
 
 def _data(values: Sequence[float | None]) -> str:

@@ -116,6 +116,13 @@ async def estimate(conn: asyncpg.Connection, sql: str, *args: Any) -> int:
     return int(data[0]["Plan"]["Plan Rows"])
 
 
+def range_text(p: ReportParams) -> str:
+    """The report's range in its own zone, e.g. "2026-10-24 00:00 to 2026-10-27 00:00"."""
+    z = p.zone
+    return (f"{p.start.astimezone(z):%Y-%m-%d %H:%M} to {p.end.astimezone(z):%Y-%m-%d %H:%M} "
+            f"({p.tz})")
+
+
 def _ratio(num: int, den: int) -> float | None:
     return round(num / den, 4) if den else None
 
@@ -149,8 +156,8 @@ async def traffic(ctx: Ctx) -> Page:
             ctx.progress.scanned += r["accepted"]
         for name, (d, s) in per_conn.items():
             ratio.setdefault(name, {})[day.isoformat()] = (100.0 * d / s) if s else None
-    page = Page(f"Traffic {p.start:%Y-%m-%d} to {p.end:%Y-%m-%d} ({p.tz})")
-    page.facts = [("range", f"{p.start.isoformat()} to {p.end.isoformat()}"), ("time zone", p.tz),
+    page = Page(f"Traffic {range_text(p)}")
+    page.facts = [("range", range_text(p)),
                   ("account", p.account or "all"), *totals.items(),
                   ("delivery ratio", _ratio(totals["delivered"], totals["submitted"]))]
     page.charts.append(Chart("Delivery ratio per connector (%)", days,
@@ -201,9 +208,8 @@ async def campaign(ctx: Ctx) -> Page:
     totals = [sum(v[i] for _, v in ordered) for i in range(7)]
     unique = sum(r["participants"] for r in participants)
     page = Page(f"Campaign {p.campaign}")
-    page.facts = [("campaign", p.campaign), ("range", f"{p.start.isoformat()} to "
-                                                      f"{p.end.isoformat()}"),
-                  ("time zone", p.tz), ("entries", totals[0]), ("unique participants", unique),
+    page.facts = [("campaign", p.campaign), ("range", range_text(p)), ("entries", totals[0]),
+                  ("unique participants", unique),
                   ("entries per participant", round(totals[0] / unique, 2) if unique else None),
                   ("over-quota attempts", totals[1]), ("replies sent", totals[2]),
                   ("replies delivered", totals[3]), ("replies failed", totals[4]),
@@ -274,10 +280,9 @@ async def inbound(ctx: Ctx) -> Page:
         for name, v in zip(per_day, sums, strict=True):
             per_day[name].append(float(v))
         ctx.progress.scanned += sums[0]
-    page = Page(f"Inbound {p.start:%Y-%m-%d} to {p.end:%Y-%m-%d} ({p.tz})")
+    page = Page(f"Inbound {range_text(p)}")
     totals = {k: int(sum(v or 0 for v in vals)) for k, vals in per_day.items()}
-    page.facts = [("range", f"{p.start.isoformat()} to {p.end.isoformat()}"), ("time zone", p.tz),
-                  *totals.items()]
+    page.facts = [("range", range_text(p)), *totals.items()]
     page.charts.append(Chart("MO per day", days, per_day))
     top = sorted(keys.items(), key=lambda kv: (-kv[1][0], kv[0]))[:TOP_KEYS]
     page.tables.append(Table("Top short code x keyword x channel x provider",
@@ -303,8 +308,8 @@ async def optouts(ctx: Ctx) -> Page:
         by_kw[(r["op"], r["keyword"])] = by_kw.get((r["op"], r["keyword"]), 0) + r["n"]
         ctx.progress.scanned += r["n"]
     labels = sorted(days)
-    page = Page(f"Opt-outs {p.start:%Y-%m-%d} to {p.end:%Y-%m-%d} ({p.tz})")
-    page.facts = [("range", f"{p.start.isoformat()} to {p.end.isoformat()}"), ("time zone", p.tz),
+    page = Page(f"Opt-outs {range_text(p)}")
+    page.facts = [("range", range_text(p)),
                   ("STOP", int(sum(d["STOP"] for d in days.values()))),
                   ("START", int(sum(d["START"] for d in days.values())))]
     page.charts.append(Chart("STOP and START per day", labels,

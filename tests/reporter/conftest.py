@@ -8,9 +8,11 @@ as BST, 01:00-02:00 UTC as GMT), so that day is 25 hours long.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Final
 
 import asyncpg
+import pytest
 
 # the receiver's fixtures, for the reports API test
 from ..receiver.conftest import account_factory, receiver_factory  # noqa: F401
@@ -80,10 +82,22 @@ async def seed(pool: asyncpg.Pool) -> None:
             " VALUES ('processor', $1, 'suppression', $2, $3, $4)",
             [("suppression_add" if i % 3 else "suppression_remove", f"h{i}",
               {"scope": ("global", "80080")[i % 2], "source": "sms",
-               ("evidence" if i % 3 else "reason"): {"keyword": ("stop", "end", "start")[i % 3]}},
+               ("evidence" if i % 3 else "reason"): {
+                   "keyword": ("stop", "end")[i % 2] if i % 3 else "start"}},
               t) for i, t in enumerate(times) if i % 2 == 0])
         # half of every queue table moves to history (as the retention move would)
         for table in ("outbound", "inbound"):
             await conn.execute(f"INSERT INTO {table}_history SELECT * FROM {table}"
                                f" WHERE id % 2 = 0")
             await conn.execute(f"DELETE FROM {table} WHERE id % 2 = 0")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`browser` tests of this directory are opt-in: they run only with `-m browser`."""
+    if "browser" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="opt-in: run with -m browser")
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents and item.get_closest_marker("browser"):
+            item.add_marker(skip)
