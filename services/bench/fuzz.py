@@ -8,6 +8,9 @@ import sys
 
 TARGETS: dict[str, tuple[str, str]] = {
     "smpp": ("smsc_sim.fuzz", "random and mutated byte streams into the SMPP decoder"),
+    "esme": ("bench.fuzz_esme",
+             "malformed PDUs at the receiver's SMPP server for ESMEs (a stack; never a crash, "
+             "a hang or unbounded memory)"),
     "http": ("bench.fuzz_http",
              "the HTTP API from its OpenAPI document, and the webhooks"),
     "attacks": ("bench.fuzz_attacks",
@@ -20,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     """Dispatch `smsgw fuzz TARGET ARGS` to the target's `main(ARGS)`; `all` runs each in turn."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
-        sys.stdout.write("usage: smsgw fuzz {smpp,http,attacks,all} [options]\n\n" + "\n".join(
+        sys.stdout.write("usage: smsgw fuzz {smpp,esme,http,attacks,all} [options]\n\n" + "\n".join(
             f"  {n:<8} {h}" for n, (_, h) in TARGETS.items())
             + "\n  all      every target in turn\n")
         return 0 if args else 2

@@ -90,6 +90,7 @@ class EsmeConnection(asyncio.Protocol):
         self.flush_scheduled = False
         self.last_rx = self.connected_at = time.monotonic()
         self.write_paused_at: float | None = None
+        self.partial_since: float | None = None  # a frame's first bytes arrived, not all yet
         self.reading_paused = False
         self.timer: asyncio.TimerHandle | None = None
         self.closed = asyncio.Event()
@@ -104,8 +105,8 @@ class EsmeConnection(asyncio.Protocol):
             self.server.metrics.refused_connections.inc()
             transport.close()
             return
-        self.timer = asyncio.get_running_loop().call_later(self.opts.bind_timeout_s,
-                                                           self._check_timers)
+        self.timer = asyncio.get_running_loop().call_later(
+            min(self.opts.bind_timeout_s, self.opts.pdu_timeout_s), self._check_timers)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = EsmeState.CLOSED
@@ -146,7 +147,12 @@ class EsmeConnection(asyncio.Protocol):
                 self.close()
                 return
             if pdu is None:
+                if self.decoder.buffered == 0:
+                    self.partial_since = None
+                elif self.partial_since is None:
+                    self.partial_since = self.last_rx
                 return
+            self.partial_since = None
             self.on_pdu(pdu)
             if self.reading_paused:
                 return  # the rest stays in the decoder until reading resumes
@@ -357,13 +363,20 @@ class EsmeConnection(asyncio.Protocol):
             return
         stuck = self.write_paused_at is not None and \
             now - self.write_paused_at >= self.opts.idle_timeout_s
+        torn = self.partial_since is not None and not self.reading_paused and \
+            now - self.partial_since >= self.opts.pdu_timeout_s
+        if torn:
+            self.server.metrics.idle_closed.inc()
+            log.info("esme_pdu_timeout", peer=self.peer, buffered=self.decoder.buffered)
+            self.close()
+            return
         if stuck or now - self.last_rx >= self.opts.idle_timeout_s:
             self.server.metrics.idle_closed.inc()
             log.info("esme_idle_closed", peer=self.peer, not_reading=stuck)
             self.close()
             return
         self.timer = asyncio.get_running_loop().call_later(
-            min(self.opts.idle_timeout_s, 5.0), self._check_timers)
+            min(self.opts.idle_timeout_s, self.opts.pdu_timeout_s, 5.0), self._check_timers)
 
     def _count(self, command_id: int, status: int) -> None:
         self.server.metrics.pdu(command_id, status)

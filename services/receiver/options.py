@@ -32,6 +32,7 @@ class SmppServerOptions(BaseModel):
     bind_timeout_s: float = Field(default=10.0, gt=0)  # connect → bind
     idle_timeout_s: float = Field(default=120.0, gt=0)  # nothing received (enquire_link)
     response_timeout_s: float = Field(default=10.0, gt=0)  # deliver_sm → deliver_sm_resp
+    pdu_timeout_s: float = Field(default=10.0, gt=0)  # a PDU's first byte → its last
     max_pdu_length: int = Field(default=8192, ge=512, le=70_000)
     # failed binds: after `failed_bind_limit` failures within `failed_bind_window_s` from one
     # address or for one system_id, binds are refused without a lookup; every failure is

@@ -17,8 +17,8 @@ import ssl
 import struct
 import subprocess
 import threading
-from pathlib import Path
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -28,6 +28,7 @@ import smpplib.consts
 import smpplib.exceptions
 from prometheus_client import CollectorRegistry
 
+from smsgw.services.bench.fuzz_esme import fuzz_listener, still_serves
 from smsgw.services.receiver.esme_app import EsmeService, build_esme
 from smsgw.services.receiver.options import SmppServerOptions
 from smsgw.shared.domain import esme as E
@@ -124,17 +125,29 @@ class Smpplib:
 
 
 @pytest.fixture
-async def esme(pool: asyncpg.Pool, db_url: str,
-               receiver_factory: ReceiverFactory) -> AsyncIterator[EsmeService]:
-    rx = await receiver_factory()
-    opts = SmppServerOptions(enabled=True, port=0, window=4, failed_bind_delay_s=0.01,
-                             failed_bind_limit=3, bind_timeout_s=5, response_timeout_s=2)
-    service = await build_esme(pool, rx.ctx, opts, secret=SERVER_SECRET,
-                               connect=lambda: asyncpg.connect(db_url),
-                               registry=CollectorRegistry(), actor="test", owner="test@1")
-    yield service
-    await service.server.close(1.0)
-    await service.close(2.0)
+async def esme_factory(pool: asyncpg.Pool, db_url: str,
+                       receiver_factory: ReceiverFactory) -> AsyncIterator[Any]:
+    """Start SMPP servers (in process, over a receiver context) with the given options."""
+    started: list[EsmeService] = []
+
+    async def start(**options: Any) -> EsmeService:
+        rx = await receiver_factory()
+        opts = SmppServerOptions(**{"enabled": True, "port": 0, **options})
+        service = await build_esme(pool, rx.ctx, opts, secret=SERVER_SECRET,
+                                   connect=lambda: asyncpg.connect(db_url),
+                                   registry=CollectorRegistry(), actor="test", owner="test@1")
+        started.append(service)
+        return service
+    yield start
+    for service in started:
+        await service.server.close(1.0)
+        await service.close(2.0)
+
+
+@pytest.fixture
+async def esme(esme_factory: Any) -> EsmeService:
+    return await esme_factory(window=4, failed_bind_delay_s=0.01, failed_bind_limit=3,
+                              bind_timeout_s=5, response_timeout_s=2)
 
 
 async def _account(pool: asyncpg.Pool, account_factory: AccountFactory, name: str,
@@ -380,34 +393,46 @@ def tls_files(tmp_path: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-async def test_tls_listener(pool: asyncpg.Pool, db_url: str, receiver_factory: ReceiverFactory,
+async def test_tls_listener(pool: asyncpg.Pool, esme_factory: Any,
                             account_factory: AccountFactory, unique: Any,
                             tls_files: tuple[Path, Path]) -> None:
     """With tls_cert_file/tls_key_file the listener speaks SMPP over TLS only: smpplib with
     the certificate as its CA binds and submits; a plain-TCP bind gets no SMPP answer."""
     cert, key = tls_files
-    rx = await receiver_factory()
-    opts = SmppServerOptions(enabled=True, port=0, tls_cert_file=str(cert),
-                             tls_key_file=str(key), bind_timeout_s=2)
-    service = await build_esme(pool, rx.ctx, opts, secret=SERVER_SECRET,
-                               connect=lambda: asyncpg.connect(db_url),
-                               registry=CollectorRegistry(), actor="test", owner="test@1")
-    try:
-        name = unique("t")[:15]
-        _, password = await _account(pool, account_factory, name)
-        ctx = ssl.create_default_context(cafile=str(cert))
-        ctx.check_hostname = False  # smpplib wraps without server_hostname; the CA still counts
-        client = Smpplib(service.port, ssl_context=ctx)
-        await client.connect_bind(name, password, "transmitter")
-        await client.submit(source_addr_ton=5, source_addr="Shop", dest_addr_ton=1,
-                            destination_addr="447700900001", short_message=b"over tls")
-        await client.read_until(lambda: client.resps)
-        assert client.resps[0].status == 0 and client.resps[0].message_id
-        await client.close()
-        raw = await Raw.open(service.port)
-        with pytest.raises((ConnectionError, TimeoutError)):
-            await raw.bind(name, password)
-        await raw.close()
-    finally:
-        await service.server.close(1.0)
-        await service.close(2.0)
+    service = await esme_factory(tls_cert_file=str(cert), tls_key_file=str(key),
+                                 bind_timeout_s=2)
+    name = unique("t")[:15]
+    _, password = await _account(pool, account_factory, name)
+    ctx = ssl.create_default_context(cafile=str(cert))
+    ctx.check_hostname = False  # smpplib wraps without server_hostname; the CA still counts
+    client = Smpplib(service.port, ssl_context=ctx)
+    await client.connect_bind(name, password, "transmitter")
+    await client.submit(source_addr_ton=5, source_addr="Shop", dest_addr_ton=1,
+                        destination_addr="447700900001", short_message=b"over tls")
+    await client.read_until(lambda: client.resps)
+    assert client.resps[0].status == 0 and client.resps[0].message_id
+    await client.close()
+    raw = await Raw.open(service.port)
+    with pytest.raises((ConnectionError, TimeoutError)):
+        await raw.bind(name, password)
+    await raw.close()
+
+
+async def test_fuzzed_pdus_never_crash_or_hang(pool: asyncpg.Pool, esme_factory: Any,
+                                               account_factory: AccountFactory,
+                                               unique: Any) -> None:
+    """`smsgw fuzz esme`'s run, shortened (2,000 streams over 4 connections, two bound):
+    every probe is answered or the connection closed (no hang; a frame whose bytes stop
+    coming is closed after pdu_timeout_s), and afterwards the listener still binds and takes
+    a submit_sm. The full run (1,000,000, on the real daemon) is
+    `smsgw fuzz esme`."""
+    service = await esme_factory(failed_bind_limit=1_000_000, failed_bind_delay_s=0.0,
+                                 max_pdu_length=4096, pdu_timeout_s=0.3)
+    name = unique("f")[:15]
+    _, password = await _account(pool, account_factory, name)
+    stats = await fuzz_listener("127.0.0.1", service.port, streams=2000, seed=7,
+                                connections=4, credentials=(name, password),
+                                probe_timeout_s=5.0)
+    assert stats.problems == [] and stats.hangs == 0
+    assert stats.streams == 2000 and stats.probes_answered > 0 and stats.closed_by_server > 0
+    assert await still_serves("127.0.0.1", service.port, (name, password)) is None
