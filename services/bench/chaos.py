@@ -9,6 +9,9 @@ Cases (all by default, in this order):
               ESME_RTHROTTLED and with a transient error status;
 - `watermark` pause the sender (SIGSTOP) until the outbound queue passes the receiver's
               watermark, so the API answers 503 + Retry-After, then let it drain.
+- `failover`  (only when named) a Postgres primary and streaming standby: a planned switchover
+              and a crash + promote under MT and MO load (`services.bench.failover`; options
+              --replication sync|async|both, --runs N, --failover-cases, --mo-rate).
 
 Each case runs its own stack (see `services.bench.stack`) with MT load through `POST
 /v1/messages` at `--rate`, every request carrying a `client_ref` (so a retry after a lost answer
@@ -351,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="soak: seconds between RSS/fd samples")
     p.add_argument("--json", type=Path, default=None, help="write the results here too")
     p.add_argument("--keep", action="store_true", help="keep data folders and logs")
+    from smsgw.services.bench import failover
+
+    failover.add_arguments(p)
     return p
 
 
@@ -367,6 +373,13 @@ async def _main(a: argparse.Namespace) -> int:
             a.json.write_text(json.dumps(res, indent=2, default=str))
         return 0 if res["ok"] else 1
     results = []
+    if "failover" in a.cases:
+        from smsgw.services.bench import failover
+
+        code = await failover.main_async(a)
+        a.cases = [c for c in a.cases if c != "failover"]
+        if not a.cases:
+            return code
     for case in a.cases or CASES:
         _say(f"case {case}: starting")
         r = await run_case(case, a.rate, keep=a.keep)
@@ -387,7 +400,7 @@ def main(argv: list[str]) -> int:
     """Entry point of `smsgw chaos`."""
     parser = build_parser()
     a = parser.parse_args(argv)
-    unknown = [c for c in a.cases if c not in CASES]
+    unknown = [c for c in a.cases if c not in (*CASES, "failover")]
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
     try:  # the standard loop: uvloop's subprocess_exec rejects up.Child's process_group

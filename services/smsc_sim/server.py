@@ -202,9 +202,12 @@ class _Connection(asyncio.Protocol):
             self.bind_mode = None
         if self.mo_task is not None:
             self.mo_task.cancel()
+        # A deliver_sm without its response: the sender of it gets ConnectionError and may
+        # deliver it again (a real SMSC redelivers), never a CancelledError that would end the
+        # caller's task (the MO load driver's worker) as if it had been cancelled itself.
         for fut in self.pending.values():
             if not fut.done():
-                fut.cancel()
+                fut.set_exception(ConnectionError("connection lost before the response"))
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = asyncio.get_running_loop().time()
