@@ -15,6 +15,14 @@ per hour, the draw list of every entry, the HTML page). Printed per size: the re
 
 Target (issue 17): under 5 minutes for 10 million on the 2-vCPU machine, and the same peak RSS
 for both sizes (rows are streamed, never loaded).
+
+    smsgw bench report --rows 1000000 --beside-mt 20000 --pairs 3
+
+`--beside-mt N`: the message path with and without a report beside it. After seeding, runs
+`smsgw bench mt --count N` on the same database `--pairs` times each way, alternating: without
+a report, then with the reporter kept busy (a campaign report over the seeded rows, queued
+again as soon as one finishes) for the whole run. Prints each run's MT rate and the medians
+(a drop above 15 % needs a fix, e.g. a lower priority or a replica).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -102,16 +111,91 @@ async def _explain(conn: asyncpg.Connection) -> dict[str, str]:
     return plans
 
 
+def _load_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _reporter_env(dsn: str, folder: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMSGW_")}
+    env.update(SMSGW_DATABASE_URL=dsn, SMSGW_REPORTER__DIR=str(folder),
+               SMSGW_REPORTER__METRICS_PORT="0", SMSGW_REPORTER__LOG_LEVEL="warning")
+    return env
+
+
+async def _mt_rate(dsn: str, count: int, out: Path) -> dict[str, Any]:
+    """One `smsgw bench mt` run on `dsn`; its throughput figures."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMSGW_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "smsgw.services.cli", "bench", "mt", "--database-url", dsn,
+        "--count", str(count), "--json", str(out), "--quiet", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    await proc.wait()
+    figures = _load_json(out)["summary"]["figures"]
+    return {k: figures.get(k) for k in ("acked_per_s_load", "final_per_s_sustained")}
+
+
+async def _keep_busy(conn: asyncpg.Connection, stop: asyncio.Event) -> int:
+    """Queue campaign reports one after the other until `stop`; how many finished."""
+    params = parse_request("campaign", start=START, end=END, campaign=CAMPAIGN)
+    done = 0
+    while not stop.is_set():
+        req = await rq.insert(conn, kind="campaign", params=params.as_json(), account_id=None,
+                              requested_by="bench", keep_s=600)
+        while not stop.is_set():
+            row = await rq.get(conn, req.id, account_id=None)
+            if row is not None and row.status in ("done", "failed", "cancelled"):
+                done += row.status == "done"
+                break
+            await asyncio.sleep(0.2)
+    return done
+
+
+async def _beside_mt(dsn: str, rows: int, count: int, pairs: int, folder: Path) -> dict[str, Any]:
+    conn = await db.connect(dsn)
+    proc = None
+    try:
+        await _seed(conn, rows)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "smsgw.services.cli", "reporter",
+            env=_reporter_env(dsn, folder), stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL)
+        runs: list[dict[str, Any]] = []
+        for i in range(pairs):
+            for with_report in (False, True):
+                stop = asyncio.Event()
+                busy = asyncio.create_task(_keep_busy(conn, stop)) if with_report else None
+                if busy is not None:
+                    await asyncio.sleep(2.0)  # the report is under way before the load starts
+                rate = await _mt_rate(dsn, count, folder / f"mt-{i}-{with_report}.json")
+                stop.set()
+                reports = await busy if busy is not None else 0
+                runs.append({"pair": i, "report_beside": with_report, **rate,
+                             "reports_finished_meanwhile": reports})
+                sys.stdout.write(json.dumps(runs[-1]) + "\n")
+                sys.stdout.flush()
+        def med(flag: bool, key: str) -> float:
+            return statistics.median(r[key] for r in runs if r["report_beside"] is flag)
+        out = {"rows": rows, "mt_count": count, "pairs": pairs, "runs": runs}
+        for key in ("acked_per_s_load", "final_per_s_sustained"):
+            without, beside = med(False, key), med(True, key)
+            out[key] = {"without": without, "with_report": beside,
+                        "drop_pct": round(100 * (without - beside) / without, 1)}
+        return out
+    finally:
+        if proc is not None:
+            proc.terminate()
+            await proc.wait()
+        await conn.close()
+
+
 async def _run_size(dsn: str, rows: int, folder: Path) -> dict[str, Any]:
     conn = await db.connect(dsn)
     try:
         seed_s = await _seed(conn, rows)
         params = parse_request("campaign", start=START, end=END, campaign=CAMPAIGN)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SMSGW_")}
-        env.update(SMSGW_DATABASE_URL=dsn, SMSGW_REPORTER__DIR=str(folder),
-                   SMSGW_REPORTER__METRICS_PORT="0", SMSGW_REPORTER__LOG_LEVEL="warning")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "smsgw.services.cli", "reporter", env=env,
+            sys.executable, "-m", "smsgw.services.cli", "reporter",
+            env=_reporter_env(dsn, folder),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         try:
             req = await rq.insert(conn, kind="campaign", params=params.as_json(),
@@ -149,11 +233,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="history rows per run (default: 1000000 10000000)")
     p.add_argument("--database-url", default=None,
                    help="an existing database (default: a throwaway cluster, fsync off)")
+    p.add_argument("--beside-mt", type=int, default=0, metavar="N",
+                   help="instead: the MT rate of `smsgw bench mt --count N` with and without "
+                        "a report beside it (the first --rows size is seeded)")
+    p.add_argument("--pairs", type=int, default=3, help="runs each way for --beside-mt (3)")
     args = p.parse_args(argv)
     results: list[dict[str, Any]] = []
 
     async def bench(dsn: str, _postmaster: int | None) -> None:
         with tempfile.TemporaryDirectory(prefix="smsgw-bench-reports-") as tmp:
+            if args.beside_mt:
+                res = await _beside_mt(dsn, args.rows[0], args.beside_mt, args.pairs,
+                                       Path(tmp))
+                sys.stdout.write(json.dumps({k: v for k, v in res.items() if k != "runs"})
+                                 + "\n")
+                return
             for n in args.rows:
                 res = await _run_size(dsn, n, Path(tmp) / str(n))
                 results.append(res)
@@ -162,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.flush()
 
     sys.stdout.write(json.dumps({"machine": machine()}) + "\n")
-    run_on_database(args.database_url, bench, fsync=False)
+    run_on_database(args.database_url, bench, fsync=args.beside_mt > 0)
+    if args.beside_mt:
+        return 0
     sys.stdout.write("\n| history rows | report time | rows read | reporter peak RSS | "
                      "draw list |\n|---|---|---|---|---|\n")
     for r in results:

@@ -58,6 +58,7 @@ class ReporterDaemon(Daemon[ReporterSettings]):
     async def setup(self) -> None:
         """Create the reports area, add the loop and the retention jobs."""
         self.rmetrics = ReporterMetrics.create(self.registry)
+        self._lower_priority()
         self._running: dict[int, asyncio.Task[None]] = {}
         self._released: list[int] = []
         if not await asyncio.to_thread(_prepare_dir, Path(self.settings.dir)):
@@ -67,6 +68,17 @@ class ReporterDaemon(Daemon[ReporterSettings]):
                           self._retention)
         self.add_periodic("report_sweep", lambda: self.settings.retention_interval_s,
                           self._sweep, locked=False)
+
+    def _lower_priority(self) -> None:
+        """`nice` below the message path (under systemd the unit's Nice= does it: its
+        seccomp filter refuses setpriority)."""
+        want = self.settings.nice
+        try:
+            now = os.getpriority(os.PRIO_PROCESS, 0)
+            if now < want:
+                os.setpriority(os.PRIO_PROCESS, 0, want)
+        except OSError as exc:
+            self.log.info("nice_not_changed", want=want, error=exc.strerror)
 
     async def _loop(self) -> None:
         assert self.listener is not None

@@ -76,6 +76,7 @@ class Ctx:
     progress: Progress
     open_text: Callable[[str, str], IO[str]]  # (file name, extension) -> UTF-8 text file
     fetch_rows: int = 5000
+    pause: Callable[[], Awaitable[None]] = field(default=lambda: _no_pause())
 
     def csv(self, name: str, header: list[str]) -> CsvWriter:
         """A CSV output file (`csv` is the main table)."""
@@ -85,6 +86,10 @@ class Ctx:
     def zone(self) -> ZoneInfo:
         """The report's time zone."""
         return self.params.zone
+
+
+async def _no_pause() -> None:
+    return None
 
 
 def local_days(start: datetime, end: datetime, zone: ZoneInfo) -> list[tuple[date, datetime,
@@ -139,6 +144,7 @@ async def traffic(ctx: Ctx) -> Page:
     lat: dict[str, list[float]] = {}
     totals = {k: 0 for k in TRAFFIC_COLUMNS[3:11]}
     for day, lo, hi in local_days(p.start, p.end, ctx.zone):
+        await ctx.pause()
         days.append(day.isoformat())
         per_conn: dict[str, list[int]] = {}
         for r in await ctx.conn.fetch(q.TRAFFIC_DAY, lo, hi, ctx.account_id):
@@ -186,19 +192,20 @@ async def campaign(ctx: Ctx) -> Page:
     rules = await conn.fetch(q.CAMPAIGN_RULES, p.campaign)
     hours: dict[datetime, list[int]] = {}
 
-    def add(rows: list[Any], col: int, *keys: str) -> None:
+    async def add(rows: list[Any], col: int, *keys: str) -> None:
+        await ctx.pause()
         for r in rows:
             slot = hours.setdefault(r["bucket"], [0] * 7)
             for i, k in enumerate(keys):
                 slot[col + i] += r[k]
 
-    add(await conn.fetch(q.CAMPAIGN_HOURS, *span, p.campaign, p.tz), 0, "entries")
+    await add(await conn.fetch(q.CAMPAIGN_HOURS, *span, p.campaign, p.tz), 0, "entries")
     ctx.progress.scanned += sum(v[0] for v in hours.values())
-    add(await conn.fetch(q.CAMPAIGN_OVER_QUOTA, *span, [r["name"] for r in rules], p.tz), 1,
+    await add(await conn.fetch(q.CAMPAIGN_OVER_QUOTA, *span, [r["name"] for r in rules], p.tz), 1,
         "attempts")
-    add(await conn.fetch(q.CAMPAIGN_REPLIES, *span, [r["id"] for r in rules], p.tz), 2,
+    await add(await conn.fetch(q.CAMPAIGN_REPLIES, *span, [r["id"] for r in rules], p.tz), 2,
         "sent", "delivered", "failed", "suppressed")
-    add(await conn.fetch(q.CAMPAIGN_STOPS, *span, p.tz), 6, "n")
+    await add(await conn.fetch(q.CAMPAIGN_STOPS, *span, p.tz), 6, "n")
     participants = await conn.fetch(q.CAMPAIGN_PARTICIPANTS, *span, p.campaign)
     keywords = await conn.fetch(q.CAMPAIGN_KEYWORDS, *span, p.campaign)
     out = ctx.csv("csv", CAMPAIGN_COLUMNS)
@@ -251,6 +258,7 @@ async def _draw_list(ctx: Ctx) -> int:
                    r["inbound_id"], json.dumps(data, ensure_ascii=False, sort_keys=True)
                    if data is not None else None])
         ctx.progress.scanned += 1
+        await ctx.pause()
     return out.rows
 
 
@@ -266,6 +274,7 @@ async def inbound(ctx: Ctx) -> Page:
                                                               "dead")}
     keys: dict[tuple[str, str, str, str], list[int]] = {}
     for day, lo, hi in local_days(p.start, p.end, ctx.zone):
+        await ctx.pause()
         days.append(day.isoformat())
         sums = [0, 0, 0, 0]
         for r in await ctx.conn.fetch(q.INBOUND_DAY, lo, hi):

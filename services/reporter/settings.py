@@ -14,6 +14,10 @@
     statement_timeout_s = 3600.0    # one report's longest query
     work_mem = "32MB"               # Postgres work_mem of a report's transaction
     retention_interval_s = 300.0    # how often expired reports are removed
+    nice = 10                       # the reporter's CPU priority below the message path's
+                                    # (systemd units set Nice=10 themselves)
+    busy_share = 1.0                # < 1: a report pauses so that it works at most this
+                                    # share of the time (its Postgres backend idles too)
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class ReporterSettings(DaemonSection):
     statement_timeout_s: float = Field(default=3600.0, gt=0)
     work_mem: str = Field(default="32MB", pattern=r"^[0-9]{1,6}(kB|MB|GB)$")
     retention_interval_s: float = Field(default=300.0, gt=0)
+    nice: int = Field(default=10, ge=0, le=19)
+    busy_share: float = Field(default=1.0, gt=0, le=1.0)
 
     @model_validator(mode="after")
     def _lease_outlasts_progress(self) -> Self:
