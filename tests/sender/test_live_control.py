@@ -21,6 +21,7 @@ import asyncpg
 
 from smsgw.services.admin import accounts
 from smsgw.services.smsc_sim.server import Simulator
+from smsgw.shared.domain.connector_state import ConnectorState, set_state
 
 from ..harness import Spawner, clean_env
 from .conftest import add_mt, all_final, statuses, wait_until
@@ -98,6 +99,12 @@ async def test_connector_and_account_commands_reach_every_running_instance(
         assert code == 0, out
         return out
 
+    async def connectors(action: ConnectorState, name: str) -> None:
+        # what `smsgw connectors` runs once it has checked the name (the CLI itself: the first
+        # stop here, and tests/ops/test_connectors_cli.py); a subprocess costs ~0.7 s
+        async with pool.acquire() as conn:
+            await set_state(conn, [name], action, actor="test")
+
     async def effect(name: str, pred: Any, within_s: float = 10.0) -> None:
         t0 = time.monotonic()
         await wait_until(pred, timeout=within_s, every=0.02)
@@ -133,7 +140,7 @@ async def test_connector_and_account_commands_reach_every_running_instance(
             assert reasons == {"connector a stopped"}
 
             # 2. isolate a: binds back, MO taken, nothing submitted on it
-            await cli("connectors", "isolate", "a")
+            await connectors(ConnectorState.ISOLATED, "a")
             await effect("isolate_binds_again", lambda: sa.bind_count == 2)
             assert await sa.send_mo("over isolated a") == 0
             assert await pool.fetchval(
@@ -145,15 +152,15 @@ async def test_connector_and_account_commands_reach_every_running_instance(
             assert set((await statuses(pool, waiting)).values()) == {"queued"}
 
             # 3. start a: the waiting MTs go out on a
-            await cli("connectors", "start", "a")
+            await connectors(ConnectorState.RUNNING, "a")
             await effect("start_sends_waiting",
                          lambda: all_final(pool, waiting, {"submitted"}))
             assert await _submitted_on(pool, waiting) == {"a": 3}
 
             # 4. the receivers' rx binds
-            await cli("connectors", "stop", "r")
+            await connectors(ConnectorState.STOPPED, "r")
             await effect("stop_unbinds_both_receivers", lambda: sr.bind_count == 0)
-            await cli("connectors", "start", "r")
+            await connectors(ConnectorState.RUNNING, "r")
             await effect("start_rebinds_receivers", lambda: sr.bind_count == 2, within_s=15)
 
             # 5. accounts disable / enable
@@ -167,18 +174,20 @@ async def test_connector_and_account_commands_reach_every_running_instance(
                                          headers={"Authorization": f"Bearer {key}"}) as resp:
                         return resp.status
                 assert [await post(p) for p in ports] == [202, 202]
-                await cli("accounts", "disable", "acme", "--yes")
+                async with pool.acquire() as conn:
+                    await accounts.disable_account(conn, "acme", actor="test")
                 held = await add_mt(pool, 3, to_addr=OTHER, account_id=acme)
                 await effect("disable_refuses_keys",
                              lambda: _all_refused(post, ports), within_s=10)
             control = await add_mt(pool, 2, to_addr=OTHER)
             await wait_until(lambda: all_final(pool, control, {"submitted"}))
             assert set((await statuses(pool, held)).values()) == {"queued"}
-            await cli("accounts", "enable", "acme")
+            async with pool.acquire() as conn:
+                await accounts.set_enabled(conn, "acme", actor="test")
             await effect("enable_sends_held", lambda: all_final(pool, held, {"submitted"}))
 
             # 6. a sender started while b is stopped never binds b
-            await cli("connectors", "stop", "b")
+            await connectors(ConnectorState.STOPPED, "b")
             await effect("stop_b", lambda: sb.bind_count == 0)
             for d in senders:
                 assert await d.stop() == 0
@@ -202,6 +211,12 @@ async def test_connector_and_account_commands_reach_every_running_instance(
                      ("connector_started", "r"), ("connector_stopped", "b")]
 
 
+async def _metrics(port: int) -> str:
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        return await resp.text()
+
+
 async def _all_refused(post: Any, ports: list[int]) -> bool:
     return all([await post(p) == 401 for p in ports])
 
@@ -211,9 +226,11 @@ async def test_reload_adds_and_removes_a_connector_under_load_losing_nothing(
     """1. One sender with connector a; MTs keep coming (no routes: every connector).
     2. SIGHUP with a and b: b binds (a keeps its bind: no rebind), and takes messages.
     3. SIGHUP with b only: a drains its window and unbinds; b takes the rest.
-    4. A SIGHUP with an invalid connector is refused whole: logged, counted, b stays bound.
+    4. A SIGHUP with an invalid connector is refused whole: logged, counted in /metrics, b
+       stays bound (and shows running).
     5. Every MT ends submitted exactly once (simulator submits = MTs), none lost, and each
-       on the connector the simulators saw it on."""
+       on the connector the simulators saw it on.
+    6. A SIGHUP changing a bind key of b (system_id) rebinds b once."""
     spawner = Spawner(tmp_path, stderr="stdout")
     cfg = tmp_path / "smsgw.toml"
     try:
@@ -256,8 +273,18 @@ async def test_reload_adds_and_removes_a_connector_under_load_losing_nothing(
             failed = await sender.wait_event(
                 lambda e: e.get("event") == "config_reload_failed", start=mark)
             assert "port" in json.dumps(failed["errors"])
+            metrics = await _metrics(await sender.site_port("health"))
+            assert 'smsgw_config_reloads_total{outcome="failed"} 1.0' in metrics
+            assert 'smsgw_connector_state{connector="b",state="running"} 1.0' in metrics
             await wait_until(lambda: all_final(pool, ids, {"submitted"}), timeout=30)
-            assert sb.bind_count == 1
+            assert sb.bind_count == 1 and sb.counters.binds == 1
+
+            # a bind key changed (system_id): b rebinds once; nothing else changes
+            write_config(cfg, [_connector("b", sb.port, binds=1, system_id="smsgw2")],
+                         routes=False)
+            sender.signal(SIGHUP)
+            await wait_until(lambda: sb.counters.binds == 2 and sb.bind_count == 1)
+            assert sb.counters.unbinds == 1
             # exactly once each: no MT lost, none submitted twice by the hand-over
             assert len(sa.submits) + len(sb.submits) == len(ids) >= 200
             assert len(sa.submits) >= 50
