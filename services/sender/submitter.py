@@ -43,7 +43,7 @@ from smsgw.services.sender.routing import Router, pick, ported_routes
 from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.sender.writeback import Flusher, claim_change
 from smsgw.shared.core.aio import race_stop, sleep_or_stop
-from smsgw.shared.core.db import DATABASE_ERRORS
+from smsgw.shared.core.db import CONNECTION_ERRORS, DATABASE_ERRORS
 from smsgw.shared.domain.status_callbacks import insert_callbacks
 from smsgw.shared.domain.suppression import NumberHasher
 from smsgw.shared.queue import outbound
@@ -97,6 +97,8 @@ class Submitter:
         self.configured: frozenset[str] = frozenset(self.lanes)
         self.running = False  # set by run(): lanes added later start at once
         self._space = asyncio.Event()
+        # xids of claims that failed with a connection error: maybe committed (release_unknown)
+        self._unknown_claims: list[int] = []
         for lane in self.lanes.values():
             lane.on_result = self._on_result
 
@@ -170,7 +172,15 @@ class Submitter:
             if budget <= 0:
                 continue
             try:
+                if self._unknown_claims:
+                    await self._release_unknown()
                 claimed = await self.claim_once(budget)
+            except CONNECTION_ERRORS as exc:
+                log.warning("claim_failed_db_unavailable",
+                            error=f"{type(exc).__name__}: {exc}"[:300],
+                            unknown_claims=len(self._unknown_claims))
+                await sleep_or_stop(stop, 1.0)
+                continue
             except DATABASE_ERRORS:
                 log.exception("claim_failed")
                 await sleep_or_stop(stop, 1.0)
@@ -181,20 +191,38 @@ class Submitter:
     async def claim_once(self, budget: int) -> int:
         """Claim up to `budget` messages and hand them to the lanes; return how many rows."""
         limit = max(1, min(budget, self.settings.batch * 10))
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await outbound.claim(conn, owner=self.owner, lease_s=self.settings.lease_s,
-                                        limit=limit, max_accounts=self.settings.max_accounts,
-                                        schedule_at_smsc=self.schedule_at_smsc)
-            if any(r.unhashed for r in rows):
-                rows = await self._hash_unhashed(conn, rows)
-            changes = [c for c in map(claim_change, rows) if c is not None]
-            if changes:
-                await insert_callbacks(conn, changes)
-            if self.settings.events:
-                await self._claim_events(conn, rows)
-            ported = await self._ported(conn, rows)
+        xid: int | None = None
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                xid = await outbound.current_xid(conn)
+                rows = await outbound.claim(conn, owner=self.owner,
+                                            lease_s=self.settings.lease_s, limit=limit,
+                                            max_accounts=self.settings.max_accounts,
+                                            schedule_at_smsc=self.schedule_at_smsc)
+                if any(r.unhashed for r in rows):
+                    rows = await self._hash_unhashed(conn, rows)
+                changes = [c for c in map(claim_change, rows) if c is not None]
+                if changes:
+                    await insert_callbacks(conn, changes)
+                if self.settings.events:
+                    await self._claim_events(conn, rows)
+                ported = await self._ported(conn, rows)
+        except CONNECTION_ERRORS:
+            # the COMMIT may have happened with its answer lost (a failover): the rows would
+            # stay leased to us and unknown, and the claim never takes over our own leases
+            if xid is not None:
+                self._unknown_claims.append(xid)
+            raise
         await self._dispatch(rows, ported)
         return len(rows)
+
+    async def _release_unknown(self) -> None:
+        """Requeue what claims with a lost COMMIT answer leased to us (see claim_once)."""
+        async with self.pool.acquire() as conn:
+            ids = await outbound.release_unknown(conn, self.owner, self._unknown_claims)
+        log.warning("unknown_claims_resolved", claims=len(self._unknown_claims),
+                    released=len(ids), msg_ids=ids[:20])
+        self._unknown_claims.clear()
 
     async def _hash_unhashed(self, conn: asyncpg.Connection,
                              rows: list[ClaimedOutbound]) -> list[ClaimedOutbound]:

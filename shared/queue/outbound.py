@@ -43,6 +43,8 @@ _WRITE_BACK: Final = _SQL["write_back"]
 _DEFER: Final = _SQL["defer"]
 _RELEASE: Final = _SQL["release"]
 _LOG_EVENTS: Final = _SQL["log_events"]
+_CURRENT_XID: Final = _SQL["current_xid"]
+_RELEASE_UNKNOWN: Final = _SQL["release_unknown"]
 _FINALIZE: Final = _SQL["finalize"]
 _CANCEL_QUEUED: Final = _SQL["cancel_queued"]
 MAX_CANCEL_REASON: Final = 200
@@ -149,6 +151,20 @@ async def release(conn: asyncpg.Connection, owner: str,
     returns their ids."""
     return [r["id"] for r in await conn.fetch(_RELEASE, owner,
                                               None if ids is None else list(ids))]
+
+
+async def current_xid(conn: asyncpg.Connection) -> int:
+    """The id of the open transaction (call inside a claim's transaction; see
+    `release_unknown`)."""
+    return int(await conn.fetchval(_CURRENT_XID))
+
+
+async def release_unknown(conn: asyncpg.Connection, owner: str, xids: Sequence[int]) -> list[int]:
+    """Give back the rows claims `xids` leased to `owner`, if those claims committed although
+    their caller saw a connection error at COMMIT (a failover): never submitted, so queued
+    again with no duplicate. Returns their ids (none when the claims did not commit)."""
+    rows = await conn.fetch(_RELEASE_UNKNOWN, owner, [str(x % 2**32) for x in xids])
+    return [r["id"] for r in rows]
 
 
 async def log_events(conn: asyncpg.Connection,

@@ -273,6 +273,21 @@ UPDATE outbound
    AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
 RETURNING id
 
+-- name: current_xid
+-- The claim transaction's id (64-bit): if its COMMIT's answer is lost (the primary crashed or
+-- failed over), `release_unknown` finds what it leased.
+SELECT pg_current_xact_id()::text
+
+-- name: release_unknown
+-- A claim whose commit outcome we never learnt: if it committed, its rows are leased to owner
+-- $1, still `sending`, untouched since (xmin is still that transaction's 32-bit id), and were
+-- never submitted (we never saw them): give them back. $2 = the claims' 32-bit xids as text.
+-- Needed because the claim never takes over its own owner's expired leases.
+UPDATE outbound
+   SET status = 'queued', lease_owner = NULL, lease_until = NULL, updated_at = now()
+ WHERE lease_owner = $1::text AND status = 'sending' AND xmin::text = ANY($2::text[])
+RETURNING id
+
 -- name: log_events
 -- Append message events (trace) in one INSERT.
 INSERT INTO events (message_table, message_id, event, detail, daemon)
