@@ -4,13 +4,14 @@ A stack (`smsgw up`'s supervisor: Postgres, simulator, the daemons) runs with th
 on; several connections — half of them bound with the stack account's real credentials first,
 half never bound — send random and mutated PDU streams (`smsc_sim.fuzz.make_stream`: bit flips,
 insertions, truncations, command_length rewritten, lengths that overrun; wrong command ids,
-C-strings without NUL, unknown TLVs). After each stream an enquire_link probes the
-connection: it must be answered, or the connection closed, within `--probe-timeout` (a
+C-strings without NUL, unknown TLVs). After every `--probe-every` streams an enquire_link
+probes the connection: it must be answered, or the connection closed, within `--probe-timeout` (a
 connection that neither answers nor closes is a hang). A closed connection is reopened.
 
 At the end: the receiver has not restarted (same pid, no `daemon_crashed` in its log), its
 resident memory grew by less than `--max-rss-growth-mb`, and it still binds and answers a
-submit_sm. Default: 1,000,000 streams (each 1-3 PDUs).
+submit_sm. Default: 1,000,000 streams (each 1-3 PDUs). The stack runs with `pdu_timeout_s`
+0.25, so a stream cut off inside a frame is closed soon instead of at the default 10 s.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ async def _probe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 
 async def _connection(host: str, port: int, bind: tuple[str, str] | None, rng: random.Random,
-                      quota: int, stats: EsmeFuzzStats, probe_timeout_s: float) -> None:
+                      quota: int, stats: EsmeFuzzStats, probe_timeout_s: float,
+                      probe_every: int) -> None:
     sent = 0
     while sent < quota:
         try:
@@ -99,7 +101,7 @@ async def _connection(host: str, port: int, bind: tuple[str, str] | None, rng: r
                 sent += 1
                 stats.streams += 1
                 stats.bytes_sent += len(stream)
-                if sent % 8 == 0 or rng.random() < 0.05:
+                if sent % probe_every == 0:
                     alive = await _probe(reader, writer, decoder, probe_timeout_s, stats)
         except (ConnectionError, OSError):
             stats.closed_by_server += 1
@@ -111,14 +113,14 @@ async def _connection(host: str, port: int, bind: tuple[str, str] | None, rng: r
 
 async def fuzz_listener(host: str, port: int, *, streams: int, seed: int = 0,
                         connections: int = 4, credentials: tuple[str, str] | None = None,
-                        probe_timeout_s: float = 10.0) -> EsmeFuzzStats:
+                        probe_timeout_s: float = 10.0, probe_every: int = 8) -> EsmeFuzzStats:
     """Send `streams` fuzzed streams over `connections` connections (half bound with
     `credentials`, when given); return what happened."""
     stats = EsmeFuzzStats()
     quota = max(1, streams // connections)
     await asyncio.gather(*(
         _connection(host, port, credentials if i % 2 == 0 else None, random.Random(seed + i),
-                    quota, stats, probe_timeout_s) for i in range(connections)))
+                    quota, stats, probe_timeout_s, probe_every) for i in range(connections)))
     return stats
 
 
@@ -166,9 +168,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from smsgw.shared.core import db
     from smsgw.shared.domain import esme as E
 
-    # generous failed-bind limits: fuzzed binds would otherwise lock the real one out
+    # generous failed-bind limits: fuzzed binds would otherwise lock the real one out; a
+    # short pdu_timeout_s: a truncated frame is closed well within the probe's timeout
     sections = {"receiver": {"smpp_server": {"failed_bind_limit": 1_000_000,
                                              "failed_bind_delay_s": 0.0,
+                                             "pdu_timeout_s": 0.25,
                                              "max_binds": args.connections * 4}}}
     stack = Stack(StackOptions(sections=sections, receipt_delay_s=None,
                                say=lambda m: sys.stderr.write(m + "\n")))
@@ -188,7 +192,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.monotonic()
         stats = await fuzz_listener("127.0.0.1", stack.esme_port, streams=args.streams,
                                     seed=args.seed, connections=args.connections,
-                                    credentials=creds, probe_timeout_s=args.probe_timeout)
+                                    credentials=creds, probe_timeout_s=args.probe_timeout,
+                                    probe_every=args.probe_every)
         elapsed = time.monotonic() - started
         problems = list(dict.fromkeys(stats.problems))[:20]
         if child.proc is None or child.proc.pid != pid or child.restarts:
@@ -222,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fuzzed streams to send, 1-3 PDUs each (%(default)s)")
     p.add_argument("--connections", type=int, default=8, help="connections (%(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
+    p.add_argument("--probe-every", type=int, default=64,
+                   help="streams between two enquire_link probes (%(default)s)")
     p.add_argument("--probe-timeout", type=float, default=10.0,
                    help="seconds an enquire_link probe may wait (%(default)s)")
     p.add_argument("--max-rss-growth-mb", type=float, default=64.0,
