@@ -118,7 +118,7 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
 
     async def on_reload(self, new: AppConfig[ReceiverSettings]) -> None:
         """SIGHUP: new watermarks/limits and webhook secrets at once; rx connectors."""
-        self.ctx.reload(new.daemon, new.webhooks)
+        self.ctx.reload(new.daemon, new.webhooks, new.connectors)
         self._log_routes_off(new.webhooks)
         if self.smpp is not None:
             self.smpp.update_connectors(new.connectors)

@@ -63,11 +63,16 @@ class ReceiverContext:
     tlvs: TlvCatalog = field(default_factory=TlvCatalog)
     schedule_send: frozenset[str] = frozenset()
 
-    def reload(self, options: ReceiverOptions, webhooks: WebhooksSettings) -> None:
-        """Apply reloaded options (watermarks, limits) and webhook settings as a unit."""
+    def reload(self, options: ReceiverOptions, webhooks: WebhooksSettings,
+               connectors: Iterable[str | ConnectorSettings] | None = None) -> None:
+        """Apply reloaded options (watermarks, limits) and webhook settings as a unit; with
+        `connectors`, what clients may force and set follows the reloaded `[[connectors]]`
+        (a connector a SIGHUP added may be forced at once, a removed one no more)."""
         self.options = options
         self.webhooks = webhooks
         self.admission.update_options(options)
+        if connectors is not None:
+            self.connectors, self.tlvs, self.schedule_send = connector_views(connectors)
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Flush what the committers hold (callers get their answers), then stop them."""
@@ -92,9 +97,7 @@ def build_context(pool: asyncpg.Pool, options: ReceiverOptions, webhooks: Webhoo
     and sendsms password is refused with 401/403; webhooks and SMPP intake still work.
     """
     metrics = metrics or ReceiverMetrics.create(registry or CollectorRegistry())
-    given = list(connectors)
-    settings = [c for c in given if isinstance(c, ConnectorSettings)]
-    names = frozenset(c.name if isinstance(c, ConnectorSettings) else c for c in given)
+    names, tlvs, schedule_send = connector_views(connectors)
     admission = Admission(options)
 
     def committer(name: str, flush: Any, transactional: bool) -> GroupCommitter[Any, Any]:
@@ -129,6 +132,15 @@ def build_context(pool: asyncpg.Pool, options: ReceiverOptions, webhooks: Webhoo
         auth=Authenticator(pool, server_secret, cache_s=options.auth_cache_s),
         ratelimit=AccountRateLimiter(pool, clock=clock), admission=admission, metrics=metrics,
         mt=mt, inbound=inbound, receipts=receipts, intake=intake, clock=clock,
-        connectors=names,
-        tlvs=TlvCatalog(t.definition() for c in settings for t in c.tlvs),
-        schedule_send=frozenset(c.name for c in settings if c.schedule_mode == "send"))
+        connectors=names, tlvs=tlvs, schedule_send=schedule_send)
+
+
+def connector_views(connectors: Iterable[str | ConnectorSettings],
+                    ) -> tuple[frozenset[str], TlvCatalog, frozenset[str]]:
+    """What the intake needs of `[[connectors]]`: the names a client may force, the TLV
+    catalogue, the connectors that pass schedules to the SMSC."""
+    given = list(connectors)
+    settings = [c for c in given if isinstance(c, ConnectorSettings)]
+    return (frozenset(c.name if isinstance(c, ConnectorSettings) else c for c in given),
+            TlvCatalog(t.definition() for c in settings for t in c.tlvs),
+            frozenset(c.name for c in settings if c.schedule_mode == "send"))
