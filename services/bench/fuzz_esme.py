@@ -4,14 +4,16 @@ A stack (`smsgw up`'s supervisor: Postgres, simulator, the daemons) runs with th
 on; several connections — half of them bound with the stack account's real credentials first,
 half never bound — send random and mutated PDU streams (`smsc_sim.fuzz.make_stream`: bit flips,
 insertions, truncations, command_length rewritten, lengths that overrun; wrong command ids,
-C-strings without NUL, unknown TLVs). After every `--probe-every` streams an enquire_link
-probes the connection: it must be answered, or the connection closed, within `--probe-timeout` (a
-connection that neither answers nor closes is a hang). A closed connection is reopened.
+C-strings without NUL, unknown TLVs). A stream whose last frame is cut off is completed with
+zero octets (as the listener's decoder, the same codec, reads it), then an enquire_link
+probes the connection: it must be answered, or the connection closed, within
+`--probe-timeout` (a connection that neither answers nor closes is a hang). A closed
+connection is reopened. (A frame that stays cut off is closed by `pdu_timeout_s`, tested
+apart.)
 
 At the end: the receiver has not restarted (same pid, no `daemon_crashed` in its log), its
 resident memory grew by less than `--max-rss-growth-mb`, and it still binds and answers a
-submit_sm. Default: 1,000,000 streams (each 1-3 PDUs). The stack runs with `pdu_timeout_s`
-0.25, so a stream cut off inside a frame is closed soon instead of at the default 10 s.
+submit_sm. Default: 1,000,000 streams (each 1-3 PDUs).
 """
 
 from __future__ import annotations
@@ -78,9 +80,34 @@ async def _probe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         return False
 
 
+def complete(stream: bytes, max_length: int) -> bytes:
+    """`stream` plus the zero octets that finish its last, cut-off frame (as the server's
+    decoder, the same codec, sees it), so an enquire_link after it is read as a PDU of its
+    own; a stream whose framing breaks is left as it is (the server must close)."""
+    decoder = P.Decoder(max_length)
+    decoder.feed(stream)
+    while True:
+        try:
+            if decoder.next_pdu() is None:
+                break
+        except P.SmppFramingError:
+            return stream
+        except P.SmppProtocolError:
+            continue
+    tail = stream[len(stream) - decoder.buffered:] if decoder.buffered else b""
+    if not tail:
+        return stream
+    if len(tail) < 4:
+        return stream + bytes(4 - len(tail))  # a command_length of 0 or so: framing breaks
+    length = int.from_bytes(tail[:4], "big")
+    if length > max_length or length < 16:
+        return stream
+    return stream + bytes(length - len(tail))
+
+
 async def _connection(host: str, port: int, bind: tuple[str, str] | None, rng: random.Random,
                       quota: int, stats: EsmeFuzzStats, probe_timeout_s: float,
-                      probe_every: int) -> None:
+                      max_length: int) -> None:
     sent = 0
     while sent < quota:
         try:
@@ -96,13 +123,12 @@ async def _connection(host: str, port: int, bind: tuple[str, str] | None, rng: r
                 writer.write(P.encode(P.BindTransceiver(system_id=bind[0], password=bind[1]), 1))
             alive = True
             while alive and sent < quota:
-                stream = make_stream(rng)
+                stream = complete(make_stream(rng), max_length)
                 writer.write(stream)
                 sent += 1
                 stats.streams += 1
                 stats.bytes_sent += len(stream)
-                if sent % probe_every == 0:
-                    alive = await _probe(reader, writer, decoder, probe_timeout_s, stats)
+                alive = await _probe(reader, writer, decoder, probe_timeout_s, stats)
         except (ConnectionError, OSError):
             stats.closed_by_server += 1
         finally:
@@ -113,14 +139,15 @@ async def _connection(host: str, port: int, bind: tuple[str, str] | None, rng: r
 
 async def fuzz_listener(host: str, port: int, *, streams: int, seed: int = 0,
                         connections: int = 4, credentials: tuple[str, str] | None = None,
-                        probe_timeout_s: float = 10.0, probe_every: int = 8) -> EsmeFuzzStats:
+                        probe_timeout_s: float = 10.0,
+                        max_length: int = 8192) -> EsmeFuzzStats:
     """Send `streams` fuzzed streams over `connections` connections (half bound with
     `credentials`, when given); return what happened."""
     stats = EsmeFuzzStats()
     quota = max(1, streams // connections)
     await asyncio.gather(*(
         _connection(host, port, credentials if i % 2 == 0 else None, random.Random(seed + i),
-                    quota, stats, probe_timeout_s, probe_every) for i in range(connections)))
+                    quota, stats, probe_timeout_s, max_length) for i in range(connections)))
     return stats
 
 
@@ -168,11 +195,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from smsgw.shared.core import db
     from smsgw.shared.domain import esme as E
 
-    # generous failed-bind limits: fuzzed binds would otherwise lock the real one out; a
-    # short pdu_timeout_s: a truncated frame is closed well within the probe's timeout
+    # generous failed-bind limits: fuzzed binds would otherwise lock the real one out
     sections = {"receiver": {"smpp_server": {"failed_bind_limit": 1_000_000,
                                              "failed_bind_delay_s": 0.0,
-                                             "pdu_timeout_s": 0.25,
                                              "max_binds": args.connections * 4}}}
     stack = Stack(StackOptions(sections=sections, receipt_delay_s=None,
                                say=lambda m: sys.stderr.write(m + "\n")))
@@ -192,8 +217,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.monotonic()
         stats = await fuzz_listener("127.0.0.1", stack.esme_port, streams=args.streams,
                                     seed=args.seed, connections=args.connections,
-                                    credentials=creds, probe_timeout_s=args.probe_timeout,
-                                    probe_every=args.probe_every)
+                                    credentials=creds, probe_timeout_s=args.probe_timeout)
         elapsed = time.monotonic() - started
         problems = list(dict.fromkeys(stats.problems))[:20]
         if child.proc is None or child.proc.pid != pid or child.restarts:
@@ -227,8 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fuzzed streams to send, 1-3 PDUs each (%(default)s)")
     p.add_argument("--connections", type=int, default=8, help="connections (%(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
-    p.add_argument("--probe-every", type=int, default=64,
-                   help="streams between two enquire_link probes (%(default)s)")
     p.add_argument("--probe-timeout", type=float, default=10.0,
                    help="seconds an enquire_link probe may wait (%(default)s)")
     p.add_argument("--max-rss-growth-mb", type=float, default=64.0,

@@ -422,9 +422,9 @@ async def test_fuzzed_pdus_never_crash_or_hang(pool: asyncpg.Pool, esme_factory:
                                                account_factory: AccountFactory,
                                                unique: Any) -> None:
     """`smsgw fuzz esme`'s run, shortened (2,000 streams over 4 connections, two bound):
-    every probe is answered or the connection closed (no hang; a frame whose bytes stop
-    coming is closed after pdu_timeout_s), and afterwards the listener still binds and takes
-    a submit_sm. The full run (1,000,000, on the real daemon) is
+    every probe is answered or the connection closed (no hang), and afterwards the listener
+    still binds and takes a submit_sm; a frame whose bytes stop coming is closed after
+    pdu_timeout_s. The full run (1,000,000, on the real daemon) is
     `smsgw fuzz esme`."""
     service = await esme_factory(failed_bind_limit=1_000_000, failed_bind_delay_s=0.0,
                                  max_pdu_length=4096, pdu_timeout_s=0.3)
@@ -436,3 +436,8 @@ async def test_fuzzed_pdus_never_crash_or_hang(pool: asyncpg.Pool, esme_factory:
     assert stats.problems == [] and stats.hangs == 0
     assert stats.streams == 2000 and stats.probes_answered > 0 and stats.closed_by_server > 0
     assert await still_serves("127.0.0.1", service.port, (name, password)) is None
+    raw = await Raw.open(service.port)  # a frame that stops halfway: closed by pdu_timeout_s
+    raw.send_bytes(P.encode(P.EnquireLink(), 1)[:10])
+    with pytest.raises(ConnectionError):
+        await raw.recv(timeout_s=3.0)
+    await raw.close()
