@@ -9,9 +9,10 @@ reclaimed by the claim itself.
 Each request:
 - URL guard at send time (`shared.domain.urlguard`): `check_url` refuses non-http(s),
   credentials and hosts that are (once IDNA-mapped as the client maps them) non-public
-  addresses outside `[webhooks] allowed_networks`; the connector's `GuardedResolver` drops
-  such addresses of names (DNS rebinding) and its socket factory checks the peer address of
-  every connection, IP literals included. A refused URL is permanent: the row ends `dead` at once.
+  addresses outside `[webhooks] allowed_networks`; the HTTP client
+  (`shared.runtime.httpclient`) resolves names itself and dials only the addresses the policy
+  allows (DNS rebinding), IP literals checked the same way. A refused URL is permanent: the
+  row ends `dead` at once.
 - redirects are not followed (a 3xx is "not 2xx": retried, then dead);
 - bounded concurrency: `concurrency` rows in flight in this process, `per_host` per host (a
   semaphore per host, taken before the request's timeout starts, so waiting for a slow host's
@@ -47,7 +48,8 @@ Batched forwards: rows a forward action marked `batch_max` > 1 that were claimed
 go to the same URL with the same secret are sent as ONE POST whose body is the JSON array of
 their objects (`X-Smsgw-Batch: <count>`, one signature over the array); the request's outcome
 applies to every row in it. An application answering one HTTP request per MO costs the
-processor one aiohttp request each (~100+ CPU-µs); a batch spreads that over its rows.
+processor one HTTP request each (keep-alive, `shared.runtime.httpclient`); a batch spreads
+that over its rows.
 
 Results are written back in batches (one statement per outcome kind per loop turn), not one
 round trip per callback.
@@ -66,7 +68,6 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import aiohttp
 import asyncpg
 import structlog
 from yarl import URL
@@ -78,15 +79,10 @@ from smsgw.services.processor.options import CallbackSettings
 from smsgw.shared.core.db import DATABASE_ERRORS
 from smsgw.shared.domain.callback_signing import account_secret, request_target, sign
 from smsgw.shared.domain.suppression import NumberHasher
-from smsgw.shared.domain.urlguard import (
-    AddressPolicy,
-    UnsafeUrl,
-    check_url,
-    guarded_connector_kwargs,
-    is_refusal,
-)
+from smsgw.shared.domain.urlguard import AddressPolicy, UnsafeAddress, UnsafeUrl, check_url
 from smsgw.shared.queue import store
 from smsgw.shared.queue.records import Callback, DedupeKey
+from smsgw.shared.runtime.httpclient import HttpClient
 from smsgw.shared.runtime.metrics import smsgw_version
 from smsgw.shared.smpp.fields import TlvCatalog
 
@@ -198,7 +194,7 @@ class CallbackDelivery:
         self.secrets = secrets or SecretResolver()
         self.poll_s = poll_s
         self.user_agent = f"smsgw/{smsgw_version()}"
-        self._session: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None
         self._tasks: set[asyncio.Task[list[Result]]] = set()
         self._ids: dict[asyncio.Task[list[Result]], list[int]] = {}
         self._hosts: dict[str, asyncio.Semaphore] = {}
@@ -207,24 +203,23 @@ class CallbackDelivery:
         self._claim_due = True  # notified or timed out since the last claim
 
     async def start(self) -> None:
-        """Open the HTTP session (connection pool sized to the concurrency)."""
+        """Open the HTTP client (keep-alive connections, at most `per_host` idle per host)."""
         s = self.settings
-        connector = aiohttp.TCPConnector(
-            limit=s.concurrency, limit_per_host=s.per_host, ttl_dns_cache=30,
-            **guarded_connector_kwargs(self.policy))
-        self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=s.timeout_s, connect=s.connect_timeout_s))
+        self._http = HttpClient(self.policy, connect_timeout_s=s.connect_timeout_s,
+                                timeout_s=s.timeout_s, max_idle_per_host=s.per_host)
 
     def set_allowed_networks(self, networks: Iterable[Any]) -> None:
-        """Apply a new `[webhooks] allowed_networks` (SIGHUP) to the next connections."""
+        """Apply a new `[webhooks] allowed_networks` (SIGHUP) to the next connections; idle
+        connections dialled under the old rule are closed."""
         self.policy.networks = AddressPolicy(networks).networks
+        if self._http is not None:
+            self._http.close_idle()
 
     async def close(self) -> None:
-        """Close the HTTP session."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the HTTP client's idle connections."""
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     async def release(self) -> int:
         """Give every lease this owner still holds back to the queue (attempt not counted)."""
@@ -432,25 +427,21 @@ class CallbackDelivery:
                        headers: dict[str, str], limit: int | None = None,
                        ) -> tuple[str, str | None, Answer | None]:
         """One HTTP attempt: (outcome, error, the answer when `limit` asks for its body)."""
-        assert self._session is not None, "start() first"
-        answer = None
+        assert self._http is not None, "start() first"
         try:
-            async with self._session.request(method, request_url(url), data=body,
-                                             headers=headers, allow_redirects=False) as resp:
-                status = resp.status
-                if limit is not None and 200 <= status < 300:
-                    data = await _read_at_most(resp, limit)
-                    if data is None:
-                        return "failed", f"reply body larger than {limit} bytes", None
-                    answer = Answer(status, list(resp.headers.items()), data)
-        except UnsafeUrl as exc:
-            return "refused", f"url refused: {exc}", None
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            if is_refusal(exc):  # the socket factory refused the peer address
-                return "refused", f"url refused: {exc}"[:300], None
+            resp = await self._http.request(method, request_url(url), body, headers,
+                                            read_limit=limit)
+        except (UnsafeUrl, UnsafeAddress) as exc:  # the policy refused every address
+            return "refused", f"url refused: {exc}"[:300], None
+        except (TimeoutError, OSError) as exc:  # connection, TLS, protocol, timeout
             return "retry", f"{type(exc).__name__}: {exc}"[:300], None
+        status = resp.status
         if 200 <= status < 300:
-            return "done", None, answer
+            if limit is None:
+                return "done", None, None
+            if resp.too_large or resp.body is None:
+                return "failed", f"reply body larger than {limit} bytes", None
+            return "done", None, Answer(status, resp.headers, resp.body)
         return "retry", f"HTTP {status}", None
 
     # -- write-back ---------------------------------------------------------------------------
@@ -588,19 +579,6 @@ def _body_limit(row: Callback) -> int | None:
     options = row.reply.get("options") or {}
     limit = options.get("max_body_bytes")
     return int(limit) if isinstance(limit, int) and limit > 0 else 65_536
-
-
-async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """The body, or None when it is longer than `limit` bytes (never reads past limit + one
-    chunk: a Content-Length above the limit is refused before reading)."""
-    if resp.content_length is not None and resp.content_length > limit:
-        return None
-    data = bytearray()
-    async for chunk in resp.content.iter_any():
-        data += chunk
-        if len(data) > limit:
-            return None
-    return bytes(data)
 
 
 def batchable(row: Callback) -> bool:

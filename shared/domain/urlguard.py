@@ -18,12 +18,12 @@ link-local, CGNAT, multicast and reserved addresses are all refused unless liste
   `*.localhost`). It does not resolve names: intake must not wait on DNS, and a name can
   change its address before we connect. The URL is stored as given: the same parse gives the
   same host again at send time.
-* At connect time, for every connection (`guarded_connector_kwargs`): a `GuardedResolver`
-  drops the refused addresses a name resolves to (DNS rebinding: public at intake, 127.0.0.1
-  now), and a `socket_factory` checks the address each socket is about to `connect()` to — IP
-  literals included, which aiohttp never hands to a resolver. A refused connection raises
-  `UnsafeAddress` (an `OSError`, which aiohttp wraps in `ClientConnectorError`); callers map
-  it to "refused". Use it with redirects off (`allow_redirects=False`).
+* At connect time, for every connection (the HTTP client, `shared.runtime.httpclient`): a name
+  is resolved by the client itself and only the addresses `AddressPolicy.allows` are dialled
+  (DNS rebinding: public at intake, 127.0.0.1 now), IP literals checked the same way (the
+  legacy forms through `host_address`), and the connected peer is checked once more. A
+  refused connection raises `UnsafeUrl` or `UnsafeAddress` (an `OSError`); callers map both
+  to "refused". Redirects are never followed.
 
 An IPv6 address that embeds an IPv4 one (IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible
 `::a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) is judged by the IPv4 address too.
@@ -38,8 +38,6 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from smsgw.shared.core.errors import SmsGatewayError
@@ -232,62 +230,3 @@ def _check(url: str, policy: AddressPolicy) -> None:
     if address is not None:
         policy.check(address, f"host {host}" + (f" ({address})" if str(address) != host
                                                 else ""))
-
-
-class GuardedResolver(AbstractResolver):
-    """aiohttp resolver that drops the addresses `policy` refuses."""
-
-    def __init__(self, policy: AddressPolicy, *, inner: AbstractResolver | None = None) -> None:
-        self.policy = policy
-        self._inner = inner or DefaultResolver()
-
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        """Resolve `host` and drop every refused address; raise `UnsafeUrl` if none is left."""
-        results = await self._inner.resolve(host, port, family)
-        allowed = [r for r in results if self.policy.allows(ipaddress.ip_address(r["host"]))]
-        if not allowed:
-            raise UnsafeUrl(f"{host} resolves only to non-public addresses outside "
-                            f"[webhooks] allowed_networks")
-        return allowed
-
-    async def close(self) -> None:
-        """Close the wrapped resolver."""
-        await self._inner.close()
-
-
-def guarded_socket_factory(policy: AddressPolicy) -> Any:
-    """An aiohttp `socket_factory`: checks the address each socket is about to connect to."""
-
-    def factory(addr_info: tuple[Any, ...]) -> socket.socket:
-        family, type_, proto, _, sockaddr = addr_info
-        try:
-            address = ipaddress.ip_address(sockaddr[0])
-        except ValueError as exc:
-            raise UnsafeAddress(f"connection to {sockaddr[0]!r} refused: not an IP "
-                                f"address") from exc
-        if not policy.allows(address):
-            raise UnsafeAddress(f"connection to {address} refused: a non-public address "
-                                f"outside [webhooks] allowed_networks")
-        return socket.socket(family=family, type=type_, proto=proto)
-
-    return factory
-
-
-def guarded_connector_kwargs(policy: AddressPolicy) -> dict[str, Any]:
-    """Keyword arguments for `aiohttp.TCPConnector` that apply `policy` to every connection:
-    the resolver filters names' addresses, the socket factory checks every peer address."""
-    return {"resolver": GuardedResolver(policy),
-            "socket_factory": guarded_socket_factory(policy)}
-
-
-def is_refusal(exc: BaseException) -> bool:
-    """True if `exc` (from an aiohttp request) is the guard refusing the address."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, UnsafeUrl | UnsafeAddress):
-            return True
-        seen.add(id(cur))
-        cur = getattr(cur, "os_error", None) or cur.__cause__
-    return False

@@ -219,23 +219,24 @@ async def test_allowed_network_still_delivers(pool: asyncpg.Pool, sec_ssrf_app: 
 
 
 async def test_connect_time_check_covers_ip_literals(sec_ssrf_app: SecSsrfApp) -> None:
-    """The connector's own check, without the URL check before it: a request to the local
-    application by an IP literal (ASCII or Unicode, which aiohttp never resolves) or by a name
-    that resolves to loopback is refused before connect(); listing the network lets it
-    through."""
-    from smsgw.shared.domain.urlguard import AddressPolicy, guarded_connector_kwargs, is_refusal
+    """The HTTP client's own check, without the URL check before it: a request to the local
+    application by an IP literal (ASCII, Unicode digits or full stops, IPv4-mapped IPv6, which
+    no resolver is asked about) or by a name that resolves to loopback is refused before
+    connect(); listing the network lets it through, on the next connection."""
+    from yarl import URL
+
+    from smsgw.shared.domain.urlguard import AddressPolicy, UnsafeAddress, UnsafeUrl
+    from smsgw.shared.runtime.httpclient import HttpClient
     policy = AddressPolicy()
-    async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(**guarded_connector_kwargs(policy))) as http:
-        for host in ("127.0.0.1", "①②⑦.0.0.1", "127\u30020\u30020\u30021", "[::ffff:127.0.0.1]",
-                     "localhost"):
-            with pytest.raises((aiohttp.ClientError, ValueError)) as info:
-                async with http.post(f"http://{host}:{sec_ssrf_app.port}/x",
-                                     allow_redirects=False):
-                    pass
-            assert is_refusal(info.value), (host, info.value)
-        assert sec_ssrf_app.seen == []
-        policy.networks = AddressPolicy(["127.0.0.0/8"]).networks
-        async with http.post(f"http://①②⑦.0.0.1:{sec_ssrf_app.port}/ok") as resp:
-            assert resp.status == 204
+    http = HttpClient(policy, connect_timeout_s=2, timeout_s=5)
+    for host in ("127.0.0.1", "①②⑦.0.0.1", "127\u30020\u30020\u30021", "[::ffff:127.0.0.1]",
+                 "localhost", "127.1", "2130706433"):
+        with pytest.raises((UnsafeUrl, UnsafeAddress)):
+            await http.request("POST", URL(f"http://{host}:{sec_ssrf_app.port}/x"), b"", {})
+    assert sec_ssrf_app.seen == []
+    policy.networks = AddressPolicy(["127.0.0.0/8"]).networks
+    answer = await http.request("POST", URL(f"http://①②⑦.0.0.1:{sec_ssrf_app.port}/ok"),
+                                b"", {})
+    assert answer.status == 204
+    await http.close()
     assert sec_ssrf_app.seen == ["POST /ok"]
