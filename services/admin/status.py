@@ -4,7 +4,8 @@ Depths are live counts of the hot tables per status (the daemons' `queue_stats` 
 only the claimable statuses; its age is shown, telling whether a daemon is refreshing it).
 Rates are rows per second over the last minute, read from the hot tables (rows move to history
 only after `[retention] finished_after_s`, an hour by default). Binds come from
-each daemon's `/metrics` (`smsgw_smpp_session_up`), because only the daemon knows its sockets.
+each daemon's `/metrics` (`smsgw_smpp_session_up`; the ESMEs bound to the receivers' SMPP
+server from `smsgw_esme_binds`), because only the daemon knows its sockets.
 Connector states an operator set (`smsgw connectors stop|isolate`) come from the database.
 """
 
@@ -26,7 +27,8 @@ from smsgw.services.admin import dbcli
 from smsgw.shared.domain.connector_state import read_states
 from smsgw.shared.runtime.config import DAEMON_PORT_OFFSET, METRICS_PORT_BASE
 
-QUEUES = ("inbound", "outbound", "outbound_part", "receipts", "callbacks", "mo_parts")
+QUEUES = ("inbound", "outbound", "outbound_part", "receipts", "callbacks", "mo_parts",
+          "esme_deliveries")  # receipts and MO waiting for customers' ESMEs
 STATS_FRESH_S = 5.0
 RATE_WINDOW_S = 60
 SCRAPE_TIMEOUT_S = 1.0
@@ -141,12 +143,16 @@ def metrics_targets(args: argparse.Namespace) -> list[tuple[str, int, str]]:
 
 
 def parse_binds(text: str, daemon: str, instance: int) -> list[Bind]:
-    """The `smsgw_smpp_session_up` series (with window in use) in one /metrics page."""
+    """The `smsgw_smpp_session_up` series (with window in use) in one /metrics page, and the
+    ESME binds (`smsgw_esme_binds`: connector "esme:<account>", one row per bound session)."""
     ups: list[tuple[str, str, bool]] = []
     window: dict[str, float] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
-            if s.name == "smsgw_smpp_session_up":
+            if s.name == "smsgw_esme_binds":
+                name = f"esme:{s.labels.get('account', '?')}"
+                ups += [(name, s.labels.get("bind", "?"), True)] * int(s.value)
+            elif s.name == "smsgw_smpp_session_up":
                 ups.append((s.labels.get("connector", "?"), s.labels.get("bind", "?"),
                             s.value >= 1))
             elif s.name == "smsgw_smpp_window_in_use":

@@ -26,6 +26,7 @@ import pytest
 import pytest_asyncio
 
 from smsgw.services.admin import up
+from smsgw.services.admin.status import read_binds
 from smsgw.services.bench.stack import BENCH_ACCOUNT, Stack, StackOptions
 from smsgw.shared.core import db
 from smsgw.shared.domain import esme as E
@@ -76,7 +77,8 @@ async def test_smpplib_binds_submits_and_gets_receipts(stack: Stack) -> None:
        2. Over a transceiver bind it submits 5 messages with registered_delivery 1: each
           submit_sm_resp carries an id; the simulator gets 5 submit_sm.
        3. 5 receipts come back over the same bind: esm_class 0x04, stat DELIVRD, the id
-          from the submit_sm_resp in the text and in receipted_message_id."""
+          from the submit_sm_resp in the text and in receipted_message_id; `smsgw status`
+          reads the ESME's bind from the receiver's /metrics."""
     password = stack.esme_password  # type: ignore[attr-defined]
     for mode in ("transmitter", "receiver"):
         client = Smpplib(stack.esme_port)
@@ -90,6 +92,8 @@ async def test_smpplib_binds_submits_and_gets_receipts(stack: Stack) -> None:
                             registered_delivery=1)
     await client.read_until(lambda: len(client.resps) == 5 and len(client.delivered) == 5,
                             timeout_s=30)
+    binds, _ = await read_binds([("receiver", 1, stack.metrics_url("receiver"))])
+    assert ("esme:bench", "transceiver") in {(b.connector, b.bind) for b in binds}  # status
     ids = {r.message_id.decode() for r in client.resps}
     assert len(ids) == 5 and all(i.isdigit() for i in ids)
     receipts = {d.receipted_message_id.rstrip(b"\0").decode(): d for d in client.delivered}
