@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -99,6 +100,14 @@ async def test_cli_daemon_cancel_drain_and_takeover(pool: asyncpg.Pool, db_url: 
         assert read(dl) == read(done["files"]["entries_csv"])
         code, out, _ = await _cli(env, "show", str(done["id"]), "--json")
         assert json.loads(out)["progress"]["percent"] == 100.0
+        port = await a.site_port("health")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                assert resp.status == 200 and '"listener": true' in await resp.text()
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                metrics = await resp.text()
+        assert 'smsgw_build_info{daemon="reporter"' in metrics
+        assert 'smsgw_reporter_reports_total{kind="campaign",outcome="done"} 1.0' in metrics
         audit = await pool.fetch("SELECT action FROM audit_log WHERE object_type = 'report'")
         assert [r["action"] for r in audit] == ["report_requested"]
 
