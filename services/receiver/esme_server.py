@@ -373,7 +373,10 @@ class EsmeConnection(asyncio.Protocol):
         if stuck or now - self.last_rx >= self.opts.idle_timeout_s:
             self.server.metrics.idle_closed.inc()
             log.info("esme_idle_closed", peer=self.peer, not_reading=stuck)
-            self.close()
+            if self.transport.get_write_buffer_size():
+                self.transport.abort()  # close() would wait for a peer that does not read
+            else:
+                self.close()
             return
         self.timer = asyncio.get_running_loop().call_later(
             min(self.opts.idle_timeout_s, self.opts.pdu_timeout_s, 5.0), self._check_timers)

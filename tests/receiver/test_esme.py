@@ -441,3 +441,64 @@ async def test_fuzzed_pdus_never_crash_or_hang(pool: asyncpg.Pool, esme_factory:
     with pytest.raises(ConnectionError):
         await raw.recv(timeout_s=3.0)
     await raw.close()
+
+
+async def test_esme_that_drops_or_never_reads(pool: asyncpg.Pool, esme_factory: Any,
+                                              account_factory: AccountFactory,
+                                              unique: Any) -> None:
+    """1. An ESME drops its connection right after writing 50 submits (each with its own
+          user_message_reference), binds again and resubmits all 50: 50 messages stored,
+          every answer an id, none twice.
+       2. A data_coding smsgw cannot take (0x05, JIS) → ESME_RSUBMITFAIL, nothing stored.
+       3. An ESME that never reads: it pipelines enquire_links while the server's answers
+          pile up; the server stops reading (its write buffer stays bounded) and closes the
+          connection after idle_timeout_s."""
+    service = await esme_factory(window=100, idle_timeout_s=1.0)
+    name = unique("d")[:15]
+    account_id, password = await _account(pool, account_factory, name)
+
+    def submit(i: int, dc: int = 0) -> P.SubmitSm:
+        return P.SubmitSm(source_addr="Shop", source_addr_ton=5, dest_addr_ton=1,
+                          destination_addr="447700900555", short_message=b"drop %d" % i,
+                          data_coding=dc, tlvs=((P.Tag.USER_MESSAGE_REFERENCE,
+                                                 i.to_bytes(2, "big")),))
+    raw = await Raw.open(service.port)
+    assert await raw.bind(name, password) == P.SMPP_ESME_ROK
+    for i in range(50):
+        raw.send(submit(i))
+    await raw.writer.drain()
+    await raw.close()  # gone mid-window: some were committed, none acknowledged to it
+    raw = await Raw.open(service.port)
+    assert await raw.bind(name, password) == P.SMPP_ESME_ROK
+    seqs = {raw.send(submit(i)): i for i in range(50)}
+    ids = {}
+    for _ in range(50):
+        r = await raw.recv()
+        assert r.command_status == P.SMPP_ESME_ROK
+        ids[seqs[r.sequence_number]] = r.message_id
+    rows = await pool.fetch("SELECT id, body FROM outbound WHERE account_id = $1", account_id)
+    assert len(rows) == len({r["body"] for r in rows}) == 50
+    assert {int(v) for v in ids.values()} == {r["id"] for r in rows}
+    raw.send(submit(99, dc=0x05))
+    assert (await raw.recv()).command_status == P.SMPP_ESME_RSUBMITFAIL
+    assert await pool.fetchval("SELECT count(*) FROM outbound WHERE account_id = $1",
+                               account_id) == 50
+    await raw.close()
+
+    raw = await Raw.open(service.port)
+    assert await raw.bind(name, password) == P.SMPP_ESME_ROK
+    conn = next(c for c in service.server.connections if c.mode is not None)
+    link = P.encode(P.EnquireLink(), 5) * 4096  # 64 KiB of requests per write, never read back
+    highest = 0
+    with contextlib.suppress(ConnectionError, OSError):
+        for _ in range(200):
+            raw.send_bytes(link)
+            await asyncio.sleep(0)
+            if conn.transport is not None:
+                highest = max(highest, conn.transport.get_write_buffer_size())
+            if conn.reading_paused or conn.transport is None or conn.transport.is_closing():
+                break
+    assert conn.reading_paused or conn.state.value == "closed"
+    assert highest < 1024 * 1024  # bounded by the transport's high-water mark, not the input
+    await asyncio.wait_for(conn.closed.wait(), 5.0)  # idle_timeout_s: it never read
+    await raw.close()
