@@ -78,7 +78,7 @@ def test_help_explains_everything() -> None:
 def test_up_sends_a_message_restarts_a_killed_child_and_stops_in_order(
         up_factory: Any, ops: Any) -> None:
     """1. `smsgw up` on an empty data folder: embedded Postgres, migrations, demo key, the
-       simulator and the three daemons; it prints the banner with a curl line.
+       simulator and the four daemons; it prints the banner with a curl line.
     2. The curl line sends a message (202); `smsgw trace ID` shows it delivered, with its part
        and the simulator's receipt.
     3. SIGKILL the sender child: up restarts it (new pid, READY again) and a second message is
@@ -129,7 +129,7 @@ def test_up_sends_a_message_restarts_a_killed_child_and_stops_in_order(
     assert processor_done <= sender_drain, "sender stopped before the processor finished"
     stopped = [line for line in up.err if line.startswith("[smsgw up] stopped")]
     assert [s.split()[3].rstrip(":") for s in stopped] == [
-        "receiver", "processor", "sender", "smsc-sim", "postgres"], stopped
+        "receiver", "processor", "sender", "reporter", "smsc-sim", "postgres"], stopped
     for name, pid in children.items():
         assert not ops.pid_alive(pid), f"{name} (pid {pid}) left behind"
     assert not ops.pid_alive(up_pid)
