@@ -221,3 +221,31 @@ async def test_nul_in_an_mo_is_stored_as_replacement_not_refused_forever(  # typ
         assert bodies["+447700900124"] == "C\ufffdD"
         assert bodies.get("+447700900126") in ("G\ufffdH", None)  # binary: text or no text
         assert await pool.fetchval("SELECT body FROM mo_parts") == "E\ufffdF"
+
+
+async def test_reload_adds_rebinds_and_removes_rx_connectors(start_instance) -> None:  # type: ignore[no-untyped-def]
+    """SIGHUP's `update_connectors` (issue 19): 1. rx1 only: one bind on its simulator;
+    2. rx1 and rx2: rx2 binds, rx1 is not rebound; 3. rx2 with a changed bind key (system_id):
+    rx2 rebinds once, rx1 (removed) unbinds cleanly (unbind_resp, not a dropped socket)."""
+    async with Simulator() as s1, Simulator() as s2:
+        inst = await start_instance([connector(s1.port, binds=1)])
+        await wait_until_true(lambda: s1.bind_count == 1)
+        inst.intake.update_connectors([connector(s1.port, binds=1),
+                                       connector(s2.port, binds=1, name="rx2")])
+        await wait_until_true(lambda: s2.bind_count == 1)
+        assert s1.counters.binds == 1
+        changed = connector(s2.port, binds=1, name="rx2").model_copy(
+            update={"system_id": "other"})
+        inst.intake.update_connectors([changed])
+        await wait_until_true(lambda: s1.bind_count == 0 and s2.counters.binds == 2
+                              and s2.bind_count == 1)
+        assert s1.counters.unbinds == 1 and s2.counters.unbinds == 1
+
+
+async def wait_until_true(pred: Callable[[], bool], within_s: float = 10.0) -> None:
+    """Poll `pred` every 20 ms; fail after `within_s`."""
+    for _ in range(int(within_s / 0.02)):
+        if pred():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"condition not met within {within_s} s")
