@@ -47,7 +47,7 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
     reload_help = ("watermarks, limits, webhook secrets, connector rates, and rx connectors "
                    "added, removed or rebound")
     restart_only_keys = (*Daemon.restart_only_keys, "daemon.http_host", "daemon.http_port",
-                         "daemon.smpp_binds", "daemon.http_header_timeout_s",
+                         "daemon.smpp_binds", "daemon.smpp_server", "daemon.http_header_timeout_s",
                          "daemon.http_body_timeout_s", "daemon.http_keepalive_s",
                          "daemon.http_max_connections")
     extra_sites = 1  # the API site (for the stop budget)

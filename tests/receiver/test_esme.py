@@ -502,3 +502,41 @@ async def test_esme_that_drops_or_never_reads(pool: asyncpg.Pool, esme_factory: 
     assert highest < 1024 * 1024  # bounded by the transport's high-water mark, not the input
     await asyncio.wait_for(conn.closed.wait(), 5.0)  # idle_timeout_s: it never read
     await raw.close()
+
+
+async def test_disabled_account_and_expired_receipts(pool: asyncpg.Pool, esme_factory: Any,
+                                                     account_factory: AccountFactory,
+                                                     unique: Any) -> None:
+    """1. A disabled account's bind → ESME_RBINDFAIL, audited as account_disabled.
+       2. A receipt no bind took within delivery_retention_s ends `expired`, with an
+          `esme_delivery_expired` event on the message and the expired counter."""
+    service = await esme_factory(delivery_retention_s=0.05, failed_bind_delay_s=0.0)
+    name = unique("x")[:15]
+    account_id, password = await _account(pool, account_factory, name)
+    raw = await Raw.open(service.port)
+    assert await raw.bind(name, password, P.BindTransmitter) == P.SMPP_ESME_ROK
+    raw.send(P.SubmitSm(source_addr="Shop", source_addr_ton=5, dest_addr_ton=1,
+                        destination_addr="447700900444", registered_delivery=2,
+                        short_message=b"will fail"))
+    mid = int((await raw.recv()).message_id)
+    await raw.close()
+    await pool.execute("UPDATE accounts SET disabled = true WHERE id = $1", account_id)
+    raw = await Raw.open(service.port)
+    assert await raw.bind(name, password) == P.SMPP_ESME_RBINDFAIL
+    await raw.close()
+    reasons = [r["detail"]["reason"] for r in await pool.fetch(
+        "SELECT detail FROM audit_log WHERE action = 'smpp_bind_failed'")]
+    assert reasons == ["account_disabled"]
+    await pool.execute("UPDATE outbound SET status = 'delivered' WHERE id = $1", mid)
+    assert await pool.fetchval("SELECT count(*) FROM esme_deliveries") == 0  # failure only
+    await pool.execute("UPDATE outbound SET status = 'undeliverable' WHERE id = $1", mid)
+    await asyncio.sleep(0.1)
+    async with pool.acquire() as conn:
+        await service.deliverer.housekeeping(conn)
+    assert await pool.fetchval("SELECT status FROM esme_deliveries WHERE outbound_id = $1",
+                               mid) == "expired"
+    assert await pool.fetchval("SELECT count(*) FROM events WHERE message_table = 'outbound' "
+                               "AND message_id = $1 AND event = 'esme_delivery_expired'",
+                               mid) == 1
+    expired = service.deliverer.metrics.deliveries.labels(source="receipt", outcome="expired")
+    assert expired._value.get() == 1
