@@ -15,7 +15,8 @@ restarts and SIGHUPs. Two operators changing one connector at once: the later ch
 both are in the audit log (actor: `--actor`, default cli:<OS user>).
 
 Names are checked against the `[[connectors]]` of the config (`--config`, ./smsgw.toml, or
-`smsgw up`'s); an unknown name is an error listing the known ones.
+`smsgw up`'s); an unknown name is an error listing the known ones. `start` also takes a name
+that is no longer configured but still has a stored state (`list` shows it), to clear it.
 """
 
 from __future__ import annotations
@@ -54,9 +55,14 @@ def configured(cfg: AdminConfig) -> list[ConnectorSettings]:
     return list(up.connectors) if up is not None else []
 
 
-def check_names(names: Sequence[str], known: Sequence[ConnectorSettings]) -> None:
-    """`UsageError` naming each unknown connector and listing the known ones."""
+def check_names(names: Sequence[str], known: Sequence[ConnectorSettings],
+                extra: Sequence[str] = ()) -> None:
+    """`UsageError` naming each unknown connector and listing the known ones (`extra`: other
+    names accepted too)."""
     known_names = [c.name for c in known]
+    names = [n for n in names if n not in extra]
+    if not names:
+        return
     unknown = [n for n in dict.fromkeys(names) if n not in known_names]
     if not known_names:
         raise dbcli.UsageError("no [[connectors]] in the config: give --config FILE (the one "
@@ -83,7 +89,7 @@ async def list_connectors(conn: asyncpg.Connection,
                     "updated_at": s.updated_at if s else None})
     names = {c.name for c in known}
     for name, s in stored.items():
-        if name not in names:
+        if name not in names and s.state != ConnectorState.RUNNING:
             out.append({"name": name, "configured": False, "state": s.state.value,
                         "changed_by": s.changed_by, "reason": s.reason,
                         "updated_at": s.updated_at})
@@ -135,8 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "list":
             _print_list(args, await list_connectors(conn, known))
             return dbcli.EXIT_OK
-        check_names(args.names, known)
         state = ACTIONS[args.command]
+        stale = [n for n, s in (await read_states(conn)).items()
+                 if s.state != ConnectorState.RUNNING] if state is ConnectorState.RUNNING else []
+        check_names(args.names, known, stale)
         before = await set_state(conn, list(dict.fromkeys(args.names)), state, actor=actor,
                                  reason=getattr(args, "reason", None))
         if args.json:

@@ -4,7 +4,8 @@ and sender obey a disable without a restart is tests/ops/test_live_control.py.)"
 
 from __future__ import annotations
 
-from pathlib import Path
+import asyncio
+import json
 
 import asyncpg
 import pytest
@@ -12,8 +13,6 @@ import pytest
 from smsgw.services.admin import accounts
 from smsgw.shared.domain.apikeys import DisabledAccounts
 from smsgw.shared.queue import outbound, store
-
-from .test_admin import as_json, smsgw
 
 
 async def _mts(pool: asyncpg.Pool, account_id: int, n: int, **kw: object) -> list[int]:
@@ -29,7 +28,7 @@ async def _claimed(pool: asyncpg.Pool) -> set[int]:
 
 
 async def test_disable_holds_or_cancels_asks_first_and_is_audited(
-        pool: asyncpg.Pool, db_url: str, tmp_path: Path) -> None:
+        pool: asyncpg.Pool, db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     """1. Account a has 3 queued MTs. `accounts disable a` without a terminal refuses,
        saying 3 are queued; nothing changes.
     2. `disable --yes`: a's MTs are held (a sender's claim takes b's MT, not a's: positive
@@ -37,18 +36,29 @@ async def test_disable_holds_or_cancels_asks_first_and_is_audited(
     3. `enable`: the same claim now takes a's 3 MTs.
     4. 2 new MTs; `disable --cancel-queued`: both `cancelled`, counted in the result.
     5. `update --allowed-sender --rate` then `--any-sender`; an unknown name is exit 2 naming it.
-    6. audit_log holds every change in order."""
+    6. audit_log holds every change in order.
+    (`accounts.main` runs in a thread as the console script would run it, without a
+    terminal on stdin.)"""
+
+    async def smsgw(args: list[str]) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = await asyncio.to_thread(accounts.main, [*args[1:], "--database-url", db_url])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
     a = await pool.fetchval("INSERT INTO accounts (name) VALUES ('a') RETURNING id")
     b = await pool.fetchval("INSERT INTO accounts (name) VALUES ('b') RETURNING id")
     held = await _mts(pool, a, 3)
 
-    res = smsgw(["accounts", "disable", "a"], db_url, tmp_path)
-    assert res.returncode == 1, res.stdout + res.stderr
-    assert "3 queued message(s)" in res.stderr and "--yes" in res.stderr
+    code, out, err = await smsgw(["accounts", "disable", "a"])
+    assert code == 1, out + err
+    assert "3 queued message(s)" in err and "--yes" in err
     assert not await pool.fetchval("SELECT disabled FROM accounts WHERE id = $1", a)
 
-    out = as_json(smsgw(["accounts", "disable", "a", "--yes", "--reason", "abuse",
-                         "--json"], db_url, tmp_path))
+    code, text, err = await smsgw(["accounts", "disable", "a", "--yes", "--reason", "abuse",
+                                   "--json"])
+    assert code == 0, err
+    out = json.loads(text)
     assert (out["disabled"], out["changed"], out["queued"], out["cancelled"]) == \
         (True, True, 3, 0)
     [other] = await _mts(pool, b, 1)
@@ -74,11 +84,11 @@ async def test_disable_holds_or_cancels_asks_first_and_is_audited(
         shown = await accounts.show_account(conn, "a")
         assert (shown["allowed_senders"], shown["rate_per_s"]) == (["ACME"], 5.0)
 
-    res = smsgw(["accounts", "update", "a", "--any-sender"], db_url, tmp_path)
-    assert res.returncode == 0, res.stderr
+    code, _, err = await smsgw(["accounts", "update", "a", "--any-sender"])
+    assert code == 0, err
     assert await pool.fetchval("SELECT allowed_senders FROM accounts WHERE id = $1", a) is None
-    res = smsgw(["accounts", "show", "nobody"], db_url, tmp_path)
-    assert res.returncode == 2 and "nobody" in res.stderr
+    code, _, err = await smsgw(["accounts", "show", "nobody"])
+    assert code == 2 and "nobody" in err
 
     actions = [r["action"] for r in await pool.fetch(
         "SELECT action FROM audit_log WHERE object_type = 'account' ORDER BY id")]

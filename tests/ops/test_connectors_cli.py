@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from smsgw.services.admin import connectors
 from smsgw.shared.core import db
 from smsgw.shared.domain.connector_state import (
     CHANNEL,
@@ -17,8 +19,6 @@ from smsgw.shared.domain.connector_state import (
     read_states,
     set_state,
 )
-
-from .test_admin import as_json, smsgw
 
 CONFIG = """
 [[connectors]]
@@ -33,23 +33,45 @@ bind_mode = "receiver"
 
 
 async def test_unknown_name_is_refused_naming_it_and_the_known_ones(
-        pool: asyncpg.Pool, db_url: str, tmp_path: Path) -> None:
+        pool: asyncpg.Pool, db_url: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """1. `stop opA nope` exits 2 naming 'nope' and listing opA, opB; nothing is stored.
-    2. `stop opA --reason …` then `list --json`: opA stopped with who and why, opB running."""
-    (tmp_path / "smsgw.toml").write_text(CONFIG)
-    res = smsgw(["connectors", "stop", "opA", "nope"], db_url, tmp_path)
-    assert res.returncode == 2
-    assert "'nope'" in res.stderr and "known: opA, opB" in res.stderr
+    2. `stop opA --reason …` then `list --json`: opA stopped with who and why, opB running.
+    3. opA leaves the config while stopped: `list` still shows it, `start opA` clears it.
+    (The command's `main` runs in a thread, as the console script would run it; the
+    subprocess form is tests/ops/test_admin.py's.)"""
+    config = tmp_path / "smsgw.toml"
+    config.write_text(CONFIG)
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = await asyncio.to_thread(connectors.main, [*args, "--config", str(config),
+                                                         "--database-url", db_url])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    async def listed() -> dict[str, dict[str, object]]:
+        code, out, err = await run("list", "--json")
+        assert code == 0, err
+        return {r["name"]: r for r in json.loads(out)}
+
+    code, _, err = await run("stop", "opA", "nope")
+    assert code == 2
+    assert "'nope'" in err and "known: opA, opB" in err
     assert await read_states(pool) == {}
 
-    res = smsgw(["connectors", "stop", "opA", "--reason", "flapping", "--actor", "ops:kim"],
-                db_url, tmp_path)
-    assert res.returncode == 0, res.stderr
-    rows = {r["name"]: r for r in as_json(smsgw(["connectors", "list", "--json"], db_url,
-                                                tmp_path))}
+    code, _, err = await run("stop", "opA", "--reason", "flapping", "--actor", "ops:kim")
+    assert code == 0, err
+    rows = await listed()
     assert (rows["opA"]["state"], rows["opA"]["changed_by"], rows["opA"]["reason"]) == \
         ("stopped", "ops:kim", "flapping")
     assert rows["opB"]["state"] == "running" and rows["opB"]["bind_mode"] == "receiver"
+
+    config.write_text(CONFIG.replace('[[connectors]]\nname = "opA"\nsystem_id = "a"\n', ""))
+    rows = await listed()
+    assert rows["opA"]["configured"] is False and rows["opA"]["state"] == "stopped"
+    assert (await run("start", "opA"))[0] == 0
+    assert "opA" not in await listed()
 
 
 async def test_two_operators_at_once_last_wins_both_audited_and_notified(
