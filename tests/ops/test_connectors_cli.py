@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from smsgw.services.admin import connectors
+from smsgw.services.admin import connectors, status
 from smsgw.shared.core import db
 from smsgw.shared.domain.connector_state import (
     CHANNEL,
@@ -66,6 +67,10 @@ async def test_unknown_name_is_refused_naming_it_and_the_known_ones(
     assert (rows["opA"]["state"], rows["opA"]["changed_by"], rows["opA"]["reason"]) == \
         ("stopped", "ops:kim", "flapping")
     assert rows["opB"]["state"] == "running" and rows["opB"]["bind_mode"] == "receiver"
+    async with pool.acquire() as conn:  # `smsgw status` reads the states from the database
+        shown = status.render(await status.collect(conn, argparse.Namespace(
+            metrics=["http://127.0.0.1:9/metrics"], data_dir=str(tmp_path))))
+    assert "connectors: opA STOPPED (by ops:kim: flapping)" in shown
 
     config.write_text(CONFIG.replace('[[connectors]]\nname = "opA"\nsystem_id = "a"\n', ""))
     rows = await listed()
