@@ -121,7 +121,8 @@ def test_every_admin_command_works_with_no_option_next_to_smsgw_up(up_factory: A
 
 ADMIN_HELP = [["accounts"], ["accounts", "create"], ["accounts", "list"], ["rules"],
               ["rules", "import"], ["rules", "test"], ["status"], ["trace"], ["requeue"],
-              ["send"], ["erase"], ["migrate"], ["check-config"]]
+              ["send"], ["erase"], ["migrate"], ["check-config"], ["reports"],
+              ["reports", "create"]]
 
 
 @pytest.mark.parametrize("command", ADMIN_HELP, ids=" ".join)
