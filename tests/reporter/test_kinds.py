@@ -222,3 +222,25 @@ async def test_inbound_and_optouts_match_an_independent_count(data: asyncpg.Pool
             opt[(day(a["at"]), op, kw, d["scope"], d["source"])] += 1
     assert got[0] == ["day", "op", "keyword", "scope", "source", "count"]
     assert {tuple(r[:5]): int(r[5]) for r in got[1:]} == dict(opt)
+
+
+async def test_an_unwritable_reports_area_fails_the_report_with_its_reason(
+        data: asyncpg.Pool, tmp_path: Path) -> None:
+    """1. [reporter] dir is under a regular file (no folder can be made there; the tests run
+       as root, for whom permission bits would not stop a write).
+    2. The report ends `failed` naming the reports area and the OS error; nothing is stored
+       in Postgres and no file is served."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    params = parse_request("traffic", start=START, end=END, tz=ZONE)
+    req = await rq.insert(data, kind="traffic", params=params.as_json(), account_id=None,
+                          requested_by="test", keep_s=60)
+    [claimed] = await rq.claim(data, owner=OWNER, limit=1, lease_s=60)
+    outcome = await run_report(data, claimed, Progress(), owner=OWNER,
+                               settings=ReporterSettings(dir=str(blocker / "reports")))
+    assert outcome == "failed"
+    row = await rq.get(data, req.id, account_id=None)
+    assert row is not None and row.status == ReportStatus.FAILED and row.files is None
+    assert row.last_error is not None and "writing the reports area" in row.last_error
+    assert "Not a directory" in row.last_error
+    assert await data.fetchval("SELECT count(*) FROM report_chunks") == 0
