@@ -30,6 +30,10 @@ async def test_claims_are_fair_bounded_fenced_and_reclaimed(pool: asyncpg.Pool) 
     a1 = await _queue(pool, 1, 4)
     [a2] = await _queue(pool, 2, 1)
     [op] = await _queue(pool, None, 1)
+    # with nothing running, every account's first request goes before anyone's second
+    probe = await rq.claim(pool, owner="p", limit=3, lease_s=60)
+    assert [r.id for r in probe] == [a1[0], a2, op]
+    assert sorted(await rq.release(pool, [r.id for r in probe], owner="p")) == [a1[0], a2, op]
     [first] = await rq.claim(pool, owner="w1", limit=1, lease_s=60)
     assert first.id == a1[0] and first.status == ReportStatus.RUNNING
     got = await rq.claim(pool, owner="w2", limit=2, lease_s=60)

@@ -11,21 +11,28 @@ WITH ins AS (
 SELECT ins.*, pg_notify($6::text, '') IS NULL AS woke FROM ins
 
 -- name: claim
--- Lease up to $2 queued reports to $1 for $3 seconds. Fairness: a request whose account (the
--- operator's reports count as account 0) already has reports running comes after those of
--- accounts with fewer, then in id order, so one account's big report never holds back the
--- others. The ids are picked in a MATERIALIZED CTE with SKIP LOCKED, so concurrent claims
--- never take one row twice nor more than $2 (guarantee 3). The running set is tiny (at most
--- `concurrency` per instance) and read through report_requests_lease_idx.
+-- Lease up to $2 queued reports to $1 for $3 seconds. Fairness: each queued request is ranked
+-- by the reports its account already has running (the operator's CLI reports count as
+-- account 0) plus its place among that account's queued ones, so the claim takes every
+-- account's first request before anyone's second, and one account's big reports never hold
+-- back the others; ties go by id. The ranking reads only report requests (a small table) and
+-- takes no lock; the pick then locks in that order with SKIP LOCKED in a MATERIALIZED CTE, so
+-- concurrent claims never take one row twice nor more than $2 (guarantee 3).
 WITH busy AS (
     SELECT coalesce(account_id, 0) AS account, count(*) AS n
       FROM report_requests WHERE status = 'running' GROUP BY 1
-), picked AS MATERIALIZED (
-    SELECT r.id
+), ranked AS MATERIALIZED (
+    SELECT r.id, coalesce(b.n, 0) + row_number() OVER (
+               PARTITION BY coalesce(r.account_id, 0) ORDER BY r.id) AS rank
       FROM report_requests r
       LEFT JOIN busy b ON b.account = coalesce(r.account_id, 0)
      WHERE r.status = 'queued' AND r.run_after <= now()
-     ORDER BY coalesce(b.n, 0), r.id
+), picked AS MATERIALIZED (
+    SELECT r.id
+      FROM report_requests r
+      JOIN ranked k ON k.id = r.id
+     WHERE r.status = 'queued'
+     ORDER BY k.rank, r.id
      LIMIT $2
        FOR UPDATE OF r SKIP LOCKED
 )
