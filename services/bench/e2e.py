@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_plus, urlencode, urlsplit
+from urllib.parse import quote_plus, unquote_plus, urlencode, urlsplit
 
 import aiohttp
 import asyncpg
@@ -87,7 +87,18 @@ def build_parser(scenario: str) -> argparse.ArgumentParser:
                       help="take latency percentiles only over messages that arrived S seconds "
                            "or more after the first (daemons' first batches prepare statements "
                            "and load caches); losses and states still count every message")
+    if scenario == "sendsms":
+        load.add_argument("--status-callback", action="store_true",
+                          help="every message asks for one status callback (a Kannel dlr-url "
+                               "with dlr-mask 3: the final state) from a local application, "
+                               "which counts them: the run drains when every message's "
+                               "callback has arrived")
     if scenario == "mo":
+        load.add_argument("--rates", default=None, metavar="R1,R2,...",
+                          help="one measurement per offered rate (msg/s; 'max' = as fast as "
+                               "accepted), each a fresh stack loaded for --duration seconds "
+                               "(default 10), then a table of CPU-us per message by rate "
+                               "(how the cost per message holds as the rate falls)")
         load.add_argument("--forward-batch", type=int, default=1, metavar="N",
                           help="the forward rule's `batch`: MOs per request to the application "
                                "(1 = one request per MO, as Kannel's get-url; N > 1 = JSON "
@@ -180,6 +191,7 @@ class Run:
     stack: Stack
     driver: DriverStats = field(default_factory=DriverStats)
     sink: Sink | None = None
+    sink_url: str | None = None
 
     @property
     def prefix(self) -> str:
@@ -277,6 +289,9 @@ def request_for(run: Run, n: int) -> tuple[str, str, dict[str, str], bytes | Non
     s = run.stack
     to = f"+4477009{n % run.args.sources:05d}"
     text = f"{run.prefix} {n}"
+    # a status callback's URL carries the message's number (the sink counts it from there)
+    callback = (f"{run.sink_url}?m={quote_plus(text)}" if run.sink_url
+                and getattr(run.args, "status_callback", False) else None)
     if run.scenario == "mt":
         msg = {"to": to, "from": "BENCH", "text": text}
         if getattr(run.args, "client_ref", False):
@@ -285,8 +300,11 @@ def request_for(run: Run, n: int) -> tuple[str, str, dict[str, str], bytes | Non
         return "POST", s.api_url + "/v1/messages", {
             "Authorization": f"Bearer {s.api_key}", "Content-Type": "application/json"}, body
     if run.scenario == "sendsms":
-        q = urlencode({"username": "bench", "password": s.api_key, "from": "BENCH", "to": to,
-                       "text": text})
+        params = {"username": "bench", "password": s.api_key, "from": "BENCH", "to": to,
+                  "text": text}
+        if callback:
+            params |= {"dlr-url": callback + "&type=%d", "dlr-mask": "3"}
+        q = urlencode(params)
         return "GET", s.api_url + "/cgi-bin/sendsms?" + q, {}, None
     body = json.dumps({"id": f"{run.tag}-{n}", "from": to, "to": SHORT_CODE,
                        "text": text}).encode()
@@ -476,7 +494,7 @@ async def pending(conn: asyncpg.Connection, run: Run) -> int:
         made = await conn.fetchval("SELECT count(*) FROM outbound WHERE body LIKE $1",
                                    mt_like(run))
         n += max(len(run.driver.acked) - int(made), 0)
-    if run.scenario == "mo" and run.sink is not None:
+    if run.sink is not None and run.scenario in ("mo", "sendsms"):
         n += max(len(run.driver.acked) - len(run.sink.seen), 0)
     return n
 
@@ -686,10 +704,12 @@ def _acked_now(run: Run, sim: dict[str, Any]) -> int:
 async def one_run(scenario: str, a: argparse.Namespace, index: int) -> dict[str, Any]:
     """Start a stack, drive it, drain, measure, verify; return the results."""
     lean = getattr(a, "http_client", "lean") == "lean"
-    sink = Sink("MO", lean=lean) if scenario == "mo" else None
+    callbacks = getattr(a, "status_callback", False)
+    sink = (Sink("MO", lean=lean) if scenario == "mo"
+            else Sink("B", lean=lean) if callbacks else None)
     sink_url = await sink.start() if sink else None
-    stack = Stack(stack_options(scenario, a, sink_url))
-    run = Run(scenario, a, uuid.uuid4().hex[:8], stack, sink=sink)
+    stack = Stack(stack_options(scenario, a, sink_url if scenario == "mo" else None))
+    run = Run(scenario, a, uuid.uuid4().hex[:8], stack, sink=sink, sink_url=sink_url)
     try:
         await stack.start()
         return await _measure(run, index)
@@ -813,6 +833,7 @@ async def _results(run: Run, conn: asyncpg.Connection, cond: dict[str, Any],
         "receipts_matched_per_s": round(int(matched) / total_s, 1) if matched else None,
         "mo_acked_by_gateway": (sim1.get("mo") or {}).get("acked"),
         "sink_received": len(run.sink.seen) if run.sink else None,
+        "sink_per_s": round(len(run.sink.seen) / total_s, 1) if run.sink else None,
         "http_latency": stage(d.latencies) if d.latencies else None,
     }
     cpu = cpu_report(cpu0, cpu1, acked, run.stack)
@@ -879,10 +900,11 @@ def verify(run: Run, checks: dict[str, Any], sim1: dict[str, Any], sim_delta: di
         if accepted < len(run.driver.acked) - out["states"].get("rejected", 0):
             problems.append(f"simulator accepted {accepted} distinct messages for "
                             f"{len(run.driver.acked)} acknowledged")
-    if run.scenario == "mo" and run.sink is not None:
+    if run.sink is not None:
         missing = len(run.driver.acked) - len(run.sink.seen)
         if missing > 0:
-            problems.append(f"application sink is missing {missing} MO")
+            problems.append(f"application sink is missing {missing} "
+                            f"{'MO' if run.scenario == 'mo' else 'status callbacks'}")
     return {"ok": not problems, "problems": problems}
 
 
@@ -944,7 +966,8 @@ def render(results: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     f = summary["figures"]
     for key in ("acked", "acked_per_s_load", "final_per_s_sustained", "submit_sm",
                 "submit_sm_per_s", "submit_sm_per_s_active", "receipts_matched",
-                "receipts_matched_per_s", "mo_acked_by_gateway", "sink_received", "load_s",
+                "receipts_matched_per_s", "mo_acked_by_gateway", "sink_received",
+                "sink_per_s", "load_s",
                 "sustained_s"):
         if f.get(key) is not None:
             lines.append(f"  {key:<24} {f[key]}")
@@ -981,8 +1004,58 @@ def render(results: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parse_rates(text: str) -> list[float]:
+    """`--rates 250,500,max` -> [250.0, 500.0, 0.0] (0: as fast as accepted)."""
+    rates = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if item == "max":
+            rates.append(0.0)
+            continue
+        try:
+            rate = float(item)
+        except ValueError:
+            raise SystemExit(f"smsgw bench: --rates: {item!r} is not a rate (msg/s) or "
+                             "'max'") from None
+        if rate <= 0:
+            raise SystemExit(f"smsgw bench: --rates: {item!r} must be above 0 (or 'max')")
+        rates.append(rate)
+    return rates
+
+
+async def run_rates(scenario: str, a: argparse.Namespace) -> int:
+    """`--rates`: the whole measurement once per offered rate, then CPU-us per message by
+    rate (per daemon, Postgres and the gateway total) in one table."""
+    if a.duration is None:
+        a.duration = 10.0
+    table: list[tuple[str, dict[str, Any]]] = []
+    all_ok = True
+    for rate in parse_rates(a.rates):
+        a.rate = rate
+        _say(f"--rates: offered {'max' if rate == 0 else f'{rate:g}/s'}")
+        results = [await one_run(scenario, a, i) for i in range(a.runs)]
+        summary = medians(results)
+        sys.stdout.write(render(results, summary))
+        table.append(("max" if rate == 0 else f"{rate:g}", summary))
+        all_ok = all_ok and summary["all_ok"]
+    names = [n for n in table[0][1]["cpu"] if n != "driver"]
+    lines = [f"smsgw bench {scenario} --rates: CPU-us per message by offered rate "
+             f"(medians of {a.runs} run(s) each; delivered/s = to the application)",
+             f"  {'rate':>6} {'delivered/s':>12} " + " ".join(f"{n:>13}" for n in names)
+             + f" {'gateway':>9}"]
+    for label, summary in table:
+        fig = summary["figures"]
+        lines.append(f"  {label:>6} {fig.get('final_per_s_sustained') or 0:>12} " + " ".join(
+            f"{summary['cpu'][n]['us_per_msg'] or 0:>13}" for n in names)
+            + f" {summary['gateway_us_per_msg']:>9}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0 if all_ok else 1
+
+
 async def run_all(scenario: str, a: argparse.Namespace) -> int:
     """Every run, then the report."""
+    if getattr(a, "rates", None):
+        return await run_rates(scenario, a)
     results = []
     for i in range(a.runs):
         results.append(await one_run(scenario, a, i))
