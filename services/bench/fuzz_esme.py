@@ -97,12 +97,11 @@ def complete(stream: bytes, max_length: int) -> bytes:
     tail = stream[len(stream) - decoder.buffered:] if decoder.buffered else b""
     if not tail:
         return stream
-    if len(tail) < 4:
-        return stream + bytes(4 - len(tail))  # a command_length of 0 or so: framing breaks
-    length = int.from_bytes(tail[:4], "big")
+    pad = bytes(max(0, 4 - len(tail)))  # the rest of a cut-off command_length: zeros
+    length = int.from_bytes((tail + pad)[:4], "big")
     if length > max_length or length < 16:
-        return stream
-    return stream + bytes(length - len(tail))
+        return stream + pad  # framing breaks: the server closes
+    return stream + pad + bytes(length - len(tail) - len(pad))
 
 
 async def _connection(host: str, port: int, bind: tuple[str, str] | None, rng: random.Random,
@@ -196,8 +195,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from smsgw.shared.domain import esme as E
 
     # generous failed-bind limits: fuzzed binds would otherwise lock the real one out
+    # and a frame the prediction missed is closed (pdu_timeout_s) well before a probe gives up
     sections = {"receiver": {"smpp_server": {"failed_bind_limit": 1_000_000,
                                              "failed_bind_delay_s": 0.0,
+                                             "pdu_timeout_s": 2.0,
                                              "max_binds": args.connections * 4}}}
     stack = Stack(StackOptions(sections=sections, receipt_delay_s=None,
                                say=lambda m: sys.stderr.write(m + "\n")))
@@ -226,8 +227,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         growth_mb = (rss_after - rss_before) / 1024
         if growth_mb > args.max_rss_growth_mb:
             problems.append(f"receiver RSS grew {growth_mb:.1f} MB")
-        crashed = "daemon_crashed" in (up.logs_dir(stack.data_dir) / "receiver-1.log").read_text(
-            errors="replace")
+        log_path = child.log_path
+        crashed = log_path.is_file() and "daemon_crashed" in log_path.read_text(errors="replace")
         if crashed:
             problems.append("the receiver logged daemon_crashed")
         after = await still_serves("127.0.0.1", stack.esme_port, creds)
