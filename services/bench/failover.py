@@ -282,12 +282,15 @@ async def start_pair(base: Path, *, sync: bool) -> HaPair:
 async def run_case(case: str, *, sync: bool = True, rate: float = 100.0,
                    mo_rate: float = 20.0, warmup_s: float = 4.0, after_s: float = 6.0,
                    keep: bool = False, base: Path | None = None, rejoin: bool = True,
-                   pair: HaPair | None = None,
+                   pair: HaPair | None = None, lag_s: float = 0.0,
                    on_promoted: Callable[[], Awaitable[None]] | None = None) -> FailoverResult:
     """One failover case on a fresh stack and primary/standby pair (module docstring).
 
     `pair`: use this started pair (the caller stops it) instead of a new one; `on_promoted`
-    runs right after the promote (a test's own checks of the outage)."""
+    runs right after the promote (a test's own checks of the outage); `lag_s` > 0 (crash
+    only): the standby is down for that long before the crash and comes back just before the
+    promote, so it lacks what the primary committed meanwhile (asynchronous: those commits
+    were acknowledged and are lost; synchronous: none was acknowledged)."""
     res = FailoverResult(f"{case}-{'sync' if sync else 'async'}")
     tmp = base is None and pair is None
     base = Path(base or tempfile.mkdtemp(prefix="smsgw-failover-"))
@@ -301,7 +304,7 @@ async def run_case(case: str, *, sync: bool = True, rate: float = 100.0,
             stack.dsn = db.primary_url(stack.dsn)  # our own checks: the primary too
             await _run_in_stack(case, res, pair, stack, rate=rate, mo_rate=mo_rate,
                                 warmup_s=warmup_s, after_s=after_s, rejoin=rejoin,
-                                on_promoted=on_promoted)
+                                lag_s=lag_s, on_promoted=on_promoted)
     finally:
         if own and pair is not None:
             await asyncio.to_thread(pair.stop)
@@ -313,7 +316,7 @@ async def run_case(case: str, *, sync: bool = True, rate: float = 100.0,
 
 async def _run_in_stack(case: str, res: FailoverResult, pair: HaPair, stack: Stack, *,
                         rate: float, mo_rate: float, warmup_s: float, after_s: float,
-                        rejoin: bool,
+                        rejoin: bool, lag_s: float,
                         on_promoted: Callable[[], Awaitable[None]] | None) -> None:
     load = Load(stack, rate)
     mo = MoLoad(stack, count=int(mo_rate * (warmup_s + after_s + 6)), rate=mo_rate)
@@ -332,7 +335,14 @@ async def _run_in_stack(case: str, res: FailoverResult, pair: HaPair, stack: Sta
     elif case == "switchover":
         promoted_at = await asyncio.to_thread(pair.switchover)
     else:
+        if lag_s > 0:
+            await asyncio.to_thread(pair.standby.stop, "fast")
+            acked_lag = load.acked
+            await asyncio.sleep(lag_s)
+            res.details["acked_while_standby_down"] = load.acked - acked_lag
         await asyncio.to_thread(pair.crash)
+        if lag_s > 0:
+            await asyncio.to_thread(pair.standby.start)
         promoted_at = await asyncio.to_thread(pair.promote)
     _say(f"{case}: primary is now {pair.primary_name} (outage to promote "
          f"{promoted_at - t0:.2f}s)")
@@ -409,14 +419,15 @@ async def _checks(res: FailoverResult, pair: HaPair, stack: Stack, load: Load, m
 
 
 async def run_all(cases: list[str], *, sync_modes: list[bool], runs: int, rate: float,
-                  mo_rate: float, keep: bool) -> list[FailoverResult]:
+                  mo_rate: float, keep: bool, lag_s: float = 0.0) -> list[FailoverResult]:
     """Every case, replication mode and run, printing each result line as it comes."""
     results = []
     for sync in sync_modes:
         for case in cases:
             for i in range(runs):
                 _say(f"{case} ({'sync' if sync else 'async'}) run {i + 1}/{runs}")
-                r = await run_case(case, sync=sync, rate=rate, mo_rate=mo_rate, keep=keep)
+                r = await run_case(case, sync=sync, rate=rate, mo_rate=mo_rate, keep=keep,
+                                   lag_s=lag_s if case == "crash" else 0.0)
                 results.append(r)
                 sys.stdout.write(r.line() + "\n")
                 for p in r.problems:
@@ -436,6 +447,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "acknowledged is lost) or not (async: shows what is lost)")
     g.add_argument("--runs", type=int, default=1, help="runs of each failover case")
     g.add_argument("--mo-rate", type=float, default=20.0, help="MO messages/s offered")
+    g.add_argument("--standby-lag", type=float, default=0.0, metavar="S",
+                   help="crash case: stop the standby S seconds before the crash (it lacks "
+                        "what was committed meanwhile: lost with async, never acknowledged "
+                        "with sync)")
 
 
 async def main_async(a: argparse.Namespace) -> int:
@@ -448,5 +463,5 @@ async def main_async(a: argparse.Namespace) -> int:
     modes = {"sync": [True], "async": [False], "both": [True, False]}[a.replication]
     rate = a.rate if a.rate != 200.0 else 100.0
     results = await run_all(cases, sync_modes=modes, runs=a.runs, rate=rate,
-                            mo_rate=a.mo_rate, keep=a.keep)
+                            mo_rate=a.mo_rate, keep=a.keep, lag_s=a.standby_lag)
     return 0 if all(r.ok for r in results) else 1

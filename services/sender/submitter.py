@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -99,6 +100,7 @@ class Submitter:
         self._space = asyncio.Event()
         # xids of claims that failed with a connection error: maybe committed (release_unknown)
         self._unknown_claims: list[int] = []
+        self._next_orphan_check = time.monotonic() + settings.lease_s
         for lane in self.lanes.values():
             lane.on_result = self._on_result
 
@@ -174,6 +176,8 @@ class Submitter:
             try:
                 if self._unknown_claims:
                     await self._release_unknown()
+                if time.monotonic() >= self._next_orphan_check:
+                    await self._disown_orphans()
                 claimed = await self.claim_once(budget)
             except CONNECTION_ERRORS as exc:
                 log.warning("claim_failed_db_unavailable",
@@ -223,6 +227,16 @@ class Submitter:
         log.warning("unknown_claims_resolved", claims=len(self._unknown_claims),
                     released=len(ids), msg_ids=ids[:20])
         self._unknown_claims.clear()
+
+    async def _disown_orphans(self) -> None:
+        """Every `lease_s`: rows leased to us that we do not hold, expired for a lease_s more,
+        go to the stale-lease takeover (`outbound.disown_orphans`)."""
+        self._next_orphan_check = time.monotonic() + self.settings.lease_s
+        held = [*self.in_flight, *(o.msg_id for o in self.flusher.buffer)]
+        async with self.pool.acquire() as conn:
+            ids = await outbound.disown_orphans(conn, self.owner, held, self.settings.lease_s)
+        if ids:
+            log.warning("orphaned_leases_disowned", messages=len(ids), msg_ids=ids[:20])
 
     async def _hash_unhashed(self, conn: asyncpg.Connection,
                              rows: list[ClaimedOutbound]) -> list[ClaimedOutbound]:

@@ -45,6 +45,7 @@ _RELEASE: Final = _SQL["release"]
 _LOG_EVENTS: Final = _SQL["log_events"]
 _CURRENT_XID: Final = _SQL["current_xid"]
 _RELEASE_UNKNOWN: Final = _SQL["release_unknown"]
+_DISOWN_ORPHANS: Final = _SQL["disown_orphans"]
 _FINALIZE: Final = _SQL["finalize"]
 _CANCEL_QUEUED: Final = _SQL["cancel_queued"]
 MAX_CANCEL_REASON: Final = 200
@@ -164,6 +165,15 @@ async def release_unknown(conn: asyncpg.Connection, owner: str, xids: Sequence[i
     their caller saw a connection error at COMMIT (a failover): never submitted, so queued
     again with no duplicate. Returns their ids (none when the claims did not commit)."""
     rows = await conn.fetch(_RELEASE_UNKNOWN, owner, [str(x % 2**32) for x in xids])
+    return [r["id"] for r in rows]
+
+
+async def disown_orphans(conn: asyncpg.Connection, owner: str, held: Sequence[int],
+                         grace_s: float) -> list[int]:
+    """Hand `owner`'s rows it no longer holds (not in `held`), leased and expired more than
+    `grace_s` ago, to the claim's takeover of stale leases; returns their ids. The claim never
+    takes over its own owner's leases, so without this such a row would stay `sending`."""
+    rows = await conn.fetch(_DISOWN_ORPHANS, owner, list(held), grace_s)
     return [r["id"] for r in rows]
 
 

@@ -8,6 +8,8 @@ again, gives back exactly the rows that transaction leased and nothing else.
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from smsgw.shared.queue import outbound, store
@@ -47,3 +49,25 @@ async def test_release_unknown_gives_back_exactly_the_lost_claims_rows(
         assert [states[i] for i in ids_a] == ["sending", "queued", "queued"]
         assert [states[i] for i in ids_b] == ["sending"] * 3
         assert await outbound.release_unknown(conn, "s1", [xid_a, xid_c]) == []
+
+
+async def test_disown_orphans_hands_lost_leases_to_the_takeover(pool: asyncpg.Pool) -> None:
+    """A write-back lost with an asynchronous standby leaves rows `sending`, leased to a sender
+    that no longer holds them. 1. s1 claims 3 rows (short lease) and still holds one;
+    2. disown_orphans renames the other two's owner, once their lease is over by the grace;
+    3. s1's next claim takes them over as stale leases (`reclaimed`: possible duplicates);
+    the held row stays s1's."""
+    await store.enqueue(pool, "outbound", [outbound_row(body=f"o{i}") for i in range(3)],
+                        notify=False)
+    async with pool.acquire() as conn:
+        rows = await outbound.claim(conn, owner="s1", lease_s=0.05, limit=3, max_accounts=10)
+        ids = [r.id for r in rows]
+        assert await outbound.disown_orphans(conn, "s1", ids[:1], grace_s=60) == []
+        await asyncio.sleep(0.2)
+        disowned = await outbound.disown_orphans(conn, "s1", ids[:1], grace_s=0.1)
+        assert sorted(disowned) == sorted(ids[1:])
+        again = await outbound.claim(conn, owner="s1", lease_s=60, limit=10, max_accounts=10)
+        assert sorted(r.id for r in again) == sorted(ids[1:])
+        assert all(r.reclaimed for r in again)
+        owner = await conn.fetchval("SELECT lease_owner FROM outbound WHERE id = $1", ids[0])
+        assert owner == "s1"

@@ -79,3 +79,19 @@ async def test_crash_promote_with_synchronous_standby_loses_nothing(tmp_path: Pa
         notify.close()
         await asyncio.to_thread(pair.stop)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_switchover_freeze_and_asynchronous_crash() -> None:
+    """The longer cases (`pytest -m slow`): a planned switchover and a 15 s freeze of the
+    primary with a synchronous standby lose nothing (the freeze's requests get 503 +
+    Retry-After within the commit wait); a crash with an asynchronous standby is survived the
+    same way, and whatever it lost is counted (the result line says how many)."""
+    for case in ("switchover", "freeze"):
+        result = await failover.run_case(case, sync=True, rate=60.0, mo_rate=10.0)
+        assert result.ok, (case, result.problems, result.details)
+        assert result.figures["lost"] == 0, result.figures
+    result = await failover.run_case("crash", sync=False, rate=60.0, mo_rate=10.0)
+    assert result.ok, (result.problems, result.details)
+    assert result.figures["acknowledged"] >= result.figures["stored"] > 0

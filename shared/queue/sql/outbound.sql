@@ -288,6 +288,19 @@ UPDATE outbound
  WHERE lease_owner = $1::text AND status = 'sending' AND xmin::text = ANY($2::text[])
 RETURNING id
 
+-- name: disown_orphans
+-- Rows leased to owner $1, `sending`, whose lease ran out more than $3 s ago and that the owner
+-- does not hold ($2: every id it has in flight or waiting for its write-back): their state was
+-- lost (an asynchronous standby promoted without the write-back that finished them). Renamed
+-- to another owner, the claim takes them over like any stale lease (counted as a possible
+-- duplicate: they may have been submitted).
+UPDATE outbound
+   SET lease_owner = $1::text || ' (orphaned)', updated_at = now()
+ WHERE lease_owner = $1::text AND status = 'sending'
+   AND lease_until < now() - make_interval(secs => $3::float8)
+   AND NOT (id = ANY($2::bigint[]))
+RETURNING id
+
 -- name: log_events
 -- Append message events (trace) in one INSERT.
 INSERT INTO events (message_table, message_id, event, detail, daemon)
