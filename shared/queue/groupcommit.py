@@ -101,6 +101,7 @@ class GroupCommitter(Generic[T, R]):
         self._target_batch = max(1, min(target_batch, max_batch))
         self._gap_s = 1.0  # moving average of the time between arrivals (per item)
         self._last_arrival = 0.0
+        self._lingering = False  # one flusher at a time lets a batch fill
         self._pending: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._wake = asyncio.Event()
         self._batch_ready = asyncio.Event()
@@ -155,7 +156,7 @@ class GroupCommitter(Generic[T, R]):
             now = loop.time()
             gap = min(now - self._last_arrival, 1.0) / len(items)
             self._last_arrival = now
-            self._gap_s += (gap - self._gap_s) * 0.125
+            self._gap_s += (gap - self._gap_s) * 0.25
         futures: list[asyncio.Future[R]] = []
         for item in items:
             fut: asyncio.Future[R] = loop.create_future()
@@ -192,10 +193,20 @@ class GroupCommitter(Generic[T, R]):
                 await self._wake.wait()
                 continue
             linger = self._adaptive_wait()
+            if linger and self._lingering:
+                # another flusher is already letting this batch fill: splitting it between
+                # two lingering flushers would halve it
+                self._wake.clear()
+                await self._wake.wait()
+                continue
             if linger:
+                self._lingering = True
                 self._batch_ready.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._batch_ready.wait(), linger)
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._batch_ready.wait(), linger)
+                finally:
+                    self._lingering = False
                 if not self._pending:
                     continue
             elif (self._inflight > 0 and len(self._pending) < self._max_batch

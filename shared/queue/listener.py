@@ -250,6 +250,8 @@ async def consume(listener: Listener, channel: str, claim_pass: Callable[[], Awa
 
 ADAPTIVE_TARGET: Final = 16
 """Rows an adaptive claim linger waits for (bounded by its time limit)."""
+QUIET_AFTER_S: Final = 0.05
+"""No claim pass for this long (or 4 lingers): the queue is quiet, claim at once."""
 
 
 class _RowRate:
@@ -257,13 +259,13 @@ class _RowRate:
 
     def __init__(self) -> None:
         self._per_s = 0.0
-        self._since = time.monotonic()
+        self._since = self._last_pass = time.monotonic()
         self._rows = 0
 
     def add(self, rows: int) -> None:
         """Count the rows one claim pass took; fold them into the average every 50 ms."""
         self._rows += max(rows, 0)
-        now = time.monotonic()
+        now = self._last_pass = time.monotonic()
         elapsed = now - self._since
         if elapsed >= 0.05:
             sample = self._rows / elapsed
@@ -274,6 +276,8 @@ class _RowRate:
 
     def linger(self, limit_s: float) -> float:
         """Seconds to wait before claiming after a notification (0: claim now)."""
+        if time.monotonic() - self._last_pass > max(QUIET_AFTER_S, 4 * limit_s):
+            return 0.0  # no claim pass for a while: quiet, whatever the average last said
         if self._per_s * limit_s < 2:
             return 0.0
         return min(limit_s, ADAPTIVE_TARGET / self._per_s)
