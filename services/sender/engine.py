@@ -200,6 +200,8 @@ class SenderEngine:
         for name, lane in self.lanes.items():
             if name not in configured:
                 lane.set_state("removed")
+                if self.metrics is not None:
+                    self.metrics.show_state(name, "removed")  # every state 0: not shown
         self.submitter.connectors_changed(frozenset(configured))
 
     async def _states_changed(self, _states: object) -> None:
