@@ -15,7 +15,7 @@ import re
 import weakref
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 import orjson
@@ -78,8 +78,9 @@ def primary_url(url: str) -> str:
                              f"read-write or primary (or leave it out: read-write is the "
                              f"default)")
         return url
-    query = f"{parts.query}&" if parts.query else ""
-    return urlunsplit(parts._replace(query=query + "target_session_attrs=read-write"))
+    # appended as text: urlunsplit would drop the empty host of "postgresql:///db?host=/run"
+    sep = "&" if parts.query else ("" if url.endswith("?") else "?")
+    return f"{url}{sep}target_session_attrs=read-write"
 
 
 @dataclass(frozen=True, slots=True)
