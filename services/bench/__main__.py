@@ -18,6 +18,8 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "processor": ("bench.processor_bench",
                   "processor alone: prefilled inbound queue with rules"),
     "sender": ("bench.sender_bench", "sender alone: prefilled outbound queue to the simulator"),
+    "esme": ("bench.esme_bench",
+             "ESMEs bound to the SMPP server: submit_sm -> SMSC -> receipts back to the ESMEs"),
     "report": ("bench.report_bench",
                "reporter alone: a campaign report over 1M and 10M history rows (time, RSS)"),
     # end-to-end scenarios (issue 8)

@@ -83,6 +83,10 @@ class EsmeConnection(asyncio.Protocol):
         self.peer = ""
         self.slot: int | None = None
         self.inflight: set[asyncio.Task[Any]] = set()
+        # requests counted against the window: freed just before the response is queued, so
+        # an ESME that sends its next request the moment it reads a response finds the slot
+        # free (a task's done callback may run an I/O poll later)
+        self.busy = 0
         self.pending: dict[int, asyncio.Future[Any]] = {}  # our deliver_sm → its response
         self.deliver_slots = asyncio.Semaphore(self.opts.delivery_window)
         self.seq = itertools.count(1)
@@ -90,6 +94,7 @@ class EsmeConnection(asyncio.Protocol):
         self.flush_scheduled = False
         self.last_rx = self.connected_at = time.monotonic()
         self.write_paused_at: float | None = None
+        self.writing_paused = False
         self.partial_since: float | None = None  # a frame's first bytes arrived, not all yet
         self.reading_paused = False
         self.timer: asyncio.TimerHandle | None = None
@@ -106,7 +111,8 @@ class EsmeConnection(asyncio.Protocol):
             transport.close()
             return
         self.timer = asyncio.get_running_loop().call_later(
-            min(self.opts.bind_timeout_s, self.opts.pdu_timeout_s), self._check_timers)
+            min(self.opts.bind_timeout_s, self.opts.pdu_timeout_s, self.opts.idle_timeout_s,
+                5.0), self._check_timers)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = EsmeState.CLOSED
@@ -121,12 +127,17 @@ class EsmeConnection(asyncio.Protocol):
         self.closed.set()
 
     def pause_writing(self) -> None:
-        # the ESME does not read: stop reading its requests until it does
-        self.write_paused_at = time.monotonic()
+        # the ESME does not read: stop reading its requests until it does. The clock of a
+        # peer that stopped reading runs from the first pause until our buffer is empty
+        # again (`_check_timers`), not merely below the low-water mark: one that never reads
+        # would otherwise restart it with every drip the kernel takes.
+        self.writing_paused = True
+        if self.write_paused_at is None:
+            self.write_paused_at = time.monotonic()
         self._pause_reading()
 
     def resume_writing(self) -> None:
-        self.write_paused_at = None
+        self.writing_paused = False
         self._resume_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -183,18 +194,22 @@ class EsmeConnection(asyncio.Protocol):
         if self.state not in CAN_SUBMIT:
             self.reply(P.response_for(pdu, P.SMPP_ESME_RINVBNDSTS), pdu)
             return
-        if len(self.inflight) >= self.opts.window:
+        if self.busy >= self.opts.window:
             self.server.metrics.window_full.inc()
             self.reply(P.response_for(pdu, P.SMPP_ESME_RTHROTTLED), pdu)
             return
         task = asyncio.get_running_loop().create_task(self._handle(pdu))
         self.inflight.add(task)
+        self.busy += 1
         self.server.metrics.window_in_use.inc()
         task.add_done_callback(self._done)
 
+    def _free(self) -> None:
+        self.busy -= 1
+        self.server.metrics.window_in_use.dec()
+
     def _done(self, task: asyncio.Task[Any]) -> None:
         self.inflight.discard(task)
-        self.server.metrics.window_in_use.dec()
         if not task.cancelled() and task.exception() is not None:
             log.error("esme_request_failed", peer=self.peer, exc_info=task.exception())
 
@@ -204,6 +219,7 @@ class EsmeConnection(asyncio.Protocol):
             resp = await self.server.intake.handle(self.account, pdu)
         except AccountDisabled:
             log.warning("esme_account_disabled", account=self.account.name, peer=self.peer)
+            self._free()
             self.reply(P.response_for(pdu, P.SMPP_ESME_RSUBMITFAIL), pdu)
             self.close()
             return
@@ -211,6 +227,10 @@ class EsmeConnection(asyncio.Protocol):
             # a bug must not leave the request unanswered: the ESME retries a transient status
             log.exception("esme_request_error", peer=self.peer)
             resp = P.response_for(pdu, P.SMPP_ESME_RSYSERR)
+        except BaseException:  # cancelled: the slot is free all the same
+            self._free()
+            raise
+        self._free()
         self.reply(resp, pdu)
 
     def _bind(self, pdu: Any) -> None:
@@ -343,7 +363,7 @@ class EsmeConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self.reading_paused and self.write_paused_at is None \
+        if self.reading_paused and not self.writing_paused \
                 and self.state not in (EsmeState.BINDING, EsmeState.CLOSED):
             self.reading_paused = False
             if self.transport is not None and not self.transport.is_closing():
@@ -361,6 +381,8 @@ class EsmeConnection(asyncio.Protocol):
             log.info("esme_bind_timeout", peer=self.peer)
             self.close()
             return
+        if self.write_paused_at is not None and not self.transport.get_write_buffer_size():
+            self.write_paused_at = None  # it read everything: not stuck
         stuck = self.write_paused_at is not None and \
             now - self.write_paused_at >= self.opts.idle_timeout_s
         torn = self.partial_since is not None and not self.reading_paused and \

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import socket
 import ssl
 import struct
 import subprocess
@@ -485,22 +486,27 @@ async def test_esme_that_drops_or_never_reads(pool: asyncpg.Pool, esme_factory: 
                                account_id) == 50
     await raw.close()
 
-    raw = await Raw.open(service.port)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it fills sooner
+    sock.connect(("127.0.0.1", service.port))
+    raw = Raw(*await asyncio.open_connection(sock=sock))
     assert await raw.bind(name, password) == P.SMPP_ESME_ROK
-    conn = next(c for c in service.server.connections if c.mode is not None)
-    link = P.encode(P.EnquireLink(), 5) * 4096  # 64 KiB of requests per write, never read back
+    local = raw.writer.get_extra_info("sockname")[1]
+    conn = next(c for c in service.server.connections if c.transport is not None
+                and c.transport.get_extra_info("peername")[1] == local)
+    link = P.encode(P.EnquireLink(), 5) * 256  # 4 KiB of requests per write, never read back
     highest = 0
     with contextlib.suppress(ConnectionError, OSError):
-        for _ in range(200):
+        for _ in range(5000):
             raw.send_bytes(link)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)
             if conn.transport is not None:
                 highest = max(highest, conn.transport.get_write_buffer_size())
             if conn.reading_paused or conn.transport is None or conn.transport.is_closing():
                 break
     assert conn.reading_paused or conn.state.value == "closed"
     assert highest < 1024 * 1024  # bounded by the transport's high-water mark, not the input
-    await asyncio.wait_for(conn.closed.wait(), 5.0)  # idle_timeout_s: it never read
+    await asyncio.wait_for(conn.closed.wait(), 10.0)  # idle_timeout_s: it never read
     await raw.close()
 
 
