@@ -72,7 +72,11 @@ async def test_crash_promote_with_synchronous_standby_loses_nothing(tmp_path: Pa
         assert f["lost"] == 0 and f["acknowledged"] > 100, f
         assert f["stored"] == f["final"] == f["acknowledged"], f
         assert f["recovery_s"] is not None and f["recovery_s"] < 30, f
-        await lone.ready(within_s=30)
+        try:
+            await lone.ready(within_s=45)
+        except TimeoutError:
+            raise AssertionError(f"the waiting processor is not ready: {lone.events[-6:]}") \
+                from None
         assert lone.proc.returncode is None
     finally:
         await spawner.close()
