@@ -199,6 +199,7 @@ class CallbackDelivery:
         self._ids: dict[asyncio.Task[list[Result]], list[int]] = {}
         self._hosts: dict[str, asyncio.Semaphore] = {}
         self._extended = time.monotonic()
+        self._kick = asyncio.Event()  # `take` started requests the loop is not watching yet
         self._more = True  # the last claim was full (or none yet): claim again at once
         self._claim_due = True  # notified or timed out since the last claim
 
@@ -293,12 +294,16 @@ class CallbackDelivery:
         waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
         if wake is not None:
             waiters.add(asyncio.ensure_future(wake.wait()))
+        self._kick.clear()
+        kick = asyncio.ensure_future(self._kick.wait())
         try:
-            done, _ = await asyncio.wait(waiters | self._tasks,
+            done, _ = await asyncio.wait(waiters | self._tasks | {kick},
                                          timeout=min(self.poll_s, self.settings.lease_s / 3),
                                          return_when=asyncio.FIRST_COMPLETED)
             if not done or done & waiters:
                 self._claim_due = True
+            elif done == {kick}:
+                pass  # new requests from `take`: wait again, watching them too
             else:
                 running = {t for t in self._tasks if not t.done()}
                 if running and self.settings.writeback_linger_s > 0:
@@ -312,7 +317,7 @@ class CallbackDelivery:
                     if done & waiters:
                         self._claim_due = True
         finally:
-            for w in waiters:
+            for w in (*waiters, kick):
                 w.cancel()
         if wake is not None and wake.is_set():
             wake.clear()
@@ -325,6 +330,21 @@ class CallbackDelivery:
         with contextlib.suppress(*DATABASE_ERRORS):
             await self._flush()
 
+    @property
+    def lease_s(self) -> float:
+        """How long a claimed (or inserted-leased) row stays ours."""
+        return self.settings.lease_s
+
+    def free(self) -> int:
+        """Requests this process may still start (the processor's forwards are inserted
+        leased to it up to this many: `engine.write_plan`)."""
+        return max(self.settings.concurrency - len(self._tasks), 0)
+
+    async def take(self, rows: list[Callback]) -> None:
+        """Start delivering rows already leased to us (forwards inserted leased)."""
+        await self._start(rows)
+        self._kick.set()  # the delivery loop watches the new requests too
+
     async def deliver_batch(self, limit: int) -> int:
         """Claim up to `limit` callbacks and start delivering them; return how many."""
         rows: list[Callback] = await store.claim_leased(
@@ -332,6 +352,10 @@ class CallbackDelivery:
             lease_s=self.settings.lease_s)
         if not rows:
             return 0
+        await self._start(rows)
+        return len(rows)
+
+    async def _start(self, rows: list[Callback]) -> None:
         refs = {r.secret_ref for r in rows if r.secret_ref}
         secrets = await self.secrets.resolve(self.pool, refs) if refs else {}
         for group in batches(rows):
@@ -344,7 +368,6 @@ class CallbackDelivery:
             self._ids[task] = [r.id for r in group]
         if self.metrics:
             self.metrics.callbacks_in_flight.set(len(self._tasks))
-        return len(rows)
 
     # -- one request --------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import asyncpg
 import orjson
@@ -62,9 +62,10 @@ from smsgw.services.processor.rules import (
 from smsgw.shared.domain import suppression
 from smsgw.shared.domain.numbers import is_recipient
 from smsgw.shared.domain.suppression import NumberHasher, SuppressionChange
+from smsgw.shared.queue import callbacks as callbacks_queue
 from smsgw.shared.queue import esme_deliveries, store
 from smsgw.shared.queue.esme_deliveries import MoForEsme
-from smsgw.shared.queue.records import InboundMessage, QueueStat
+from smsgw.shared.queue.records import Callback, InboundMessage, QueueStat
 
 log = structlog.get_logger("smsgw.processor.engine")
 DAEMON: Final = "processor"
@@ -494,12 +495,34 @@ async def flood_check(conn: asyncpg.Connection, messages: Sequence[Message], *,
     return flooded
 
 
+class ForwardLease(Protocol):
+    """Where forwarded MO go straight to delivery (the processor's `CallbackDelivery`)."""
+
+    owner: str
+
+    @property
+    def lease_s(self) -> float:
+        """How long a row inserted for it stays leased to `owner`."""
+        ...
+
+    def free(self) -> int:
+        """How many more rows it can start delivering now."""
+        ...
+
+    async def take(self, rows: list[Callback]) -> None:
+        """Start delivering rows leased to `owner` (after their transaction committed)."""
+        ...
+
+
 async def write_plan(conn: asyncpg.Connection, plan: Plan, *, events: bool,
-                     hasher: NumberHasher) -> None:
+                     hasher: NumberHasher, lease: ForwardLease | None = None) -> list[Callback]:
     """Write a plan inside the caller's transaction: one statement per kind of row.
 
     Each reply carries its recipient's keyed hash (`to_hash`, for the sender's suppression
-    check); suppression changes are keyed by the same hasher.
+    check); suppression changes are keyed by the same hasher. With `lease`, as many forwards
+    as it has room for are inserted already leased to it (`callbacks.insert_leased`) and
+    returned, for the caller to hand over once the transaction has committed; the rest are
+    queued with a NOTIFY as before.
     """
     if plan.replies:
         await store.enqueue(conn, "outbound", [r.row() | {"to_hash": hasher(r.to_addr)}
@@ -512,8 +535,15 @@ async def write_plan(conn: asyncpg.Connection, plan: Plan, *, events: bool,
     if plan.suppression_ops:
         await suppression.add_suppressions(conn, plan.adds, actor=DAEMON, hasher=hasher)
         await suppression.remove_suppressions(conn, plan.removes, actor=DAEMON, hasher=hasher)
+    leased: list[Callback] = []
     if plan.forwards:
-        await store.enqueue(conn, "callbacks", [f.row() for f in plan.forwards], notify=True)
+        rows = [f.row() for f in plan.forwards]
+        room = min(lease.free(), len(rows)) if lease is not None else 0
+        if room and lease is not None:
+            leased = await callbacks_queue.insert_leased(conn, rows[:room], owner=lease.owner,
+                                                         lease_s=lease.lease_s)
+        if rows[room:]:
+            await store.enqueue(conn, "callbacks", rows[room:], notify=True)
     if plan.to_esmes:
         await esme_deliveries.insert_mo(conn, plan.to_esmes)
     if events:
@@ -527,6 +557,7 @@ async def write_plan(conn: asyncpg.Connection, plan: Plan, *, events: bool,
                                                   for o in plan.outcomes], owner=None)
     else:
         await store.ack(conn, "inbound", [o.inbound_id for o in plan.outcomes])
+    return leased
 
 
 class OutboundGate:
@@ -599,6 +630,9 @@ class Engine:
         self.keywords = OptOutKeywords.build(settings.optout)
         self.gate = OutboundGate(settings.outbound_high_watermark, settings.low_watermark,
                                  refresh_s=settings.queue_stats_s)
+        # forwards inserted already leased to this process's delivery (None: queued for any)
+        self.forward_lease: ForwardLease | None = None
+        self._leased: list[Callback] = []
 
     def update_settings(self, settings: ProcessorKeys) -> None:
         """Apply reloaded settings (SIGHUP): batch size, opt-out lists, flood, watermarks."""
@@ -637,10 +671,12 @@ class Engine:
             self.metrics.paused.set(0)
         started = time.perf_counter()
         async with self.pool.acquire() as conn:
+            self._leased = []
             try:
                 async with conn.transaction():
                     outcomes = await self._batch(conn)
             except _DB_ERRORS as exc:
+                self._leased = []  # rolled back: never inserted
                 if _is_systemic(exc):
                     raise
                 log.warning("batch_failed", error=str(exc)[:300], sqlstate=exc.sqlstate)
@@ -648,6 +684,9 @@ class Engine:
                     self.metrics.batch_failures.inc()
                 async with conn.transaction():
                     outcomes = await self._one_by_one(conn)
+        leased, self._leased = self._leased, []
+        if leased and self.forward_lease is not None:  # committed: deliver them now
+            await self.forward_lease.take(leased)
         duration = time.perf_counter() - started
         self._count(outcomes, duration)
         if outcomes:  # one line per batch (debug): per-message lines would dwarf the work
@@ -663,11 +702,13 @@ class Engine:
         rows = await self._claim(conn)
         if not rows:
             return []
-        return await self.apply(conn, rows)
+        return await self.apply(conn, rows, lease=self.forward_lease)
 
-    async def apply(self, conn: asyncpg.Connection,
-                    rows: Sequence[InboundMessage]) -> list[Outcome]:
-        """Evaluate and write `rows` (already locked by this transaction); return outcomes."""
+    async def apply(self, conn: asyncpg.Connection, rows: Sequence[InboundMessage], *,
+                    lease: ForwardLease | None = None) -> list[Outcome]:
+        """Evaluate and write `rows` (already locked by this transaction); return outcomes.
+        With `lease`, forwards it has room for are inserted leased to it (`write_plan`) and
+        kept for `run_batch` to hand over after the commit."""
         rules = await self.ensure_rules(conn)
         s = self.settings
         messages = [to_message(r) for r in rows]
@@ -676,7 +717,8 @@ class Engine:
         keys = quota_keys(decisions)
         counts = await quota_counts(conn, keys.values())
         plan = plan_batch(decisions, self.keywords, counts, flooded, keys, self.mo_accounts)
-        await write_plan(conn, plan, events=s.events, hasher=self.hasher)
+        self._leased += await write_plan(conn, plan, events=s.events, hasher=self.hasher,
+                                         lease=lease)
         if self.metrics:
             for category, n in Counter(r.category for r in plan.replies).items():
                 self.metrics.replies.labels(category=category).inc(n)

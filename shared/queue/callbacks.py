@@ -8,13 +8,13 @@ queue table shares (claim, ack, retry, release, retention move).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Final, LiteralString
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, LiteralString
 
 import asyncpg
 
 from smsgw.shared.queue.listener import CHANNELS
-from smsgw.shared.queue.records import StatusCallback
+from smsgw.shared.queue.records import Callback, StatusCallback
 from smsgw.shared.queue.sql import load
 
 _SQL: Final = load("callbacks")
@@ -22,6 +22,7 @@ STATEMENTS: Final[dict[str, LiteralString]] = {f"callbacks.{k}": v for k, v in _
 """Statement label → SQL of every statement this module runs (the PREPARE test reads it)."""
 
 _INSERT_STATUS: Final = _SQL["insert_status"]
+_INSERT_LEASED: Final = _SQL["insert_leased"]
 _CHANNEL: Final = CHANNELS["callbacks"]
 
 
@@ -32,3 +33,17 @@ async def insert_status(conn: asyncpg.Connection, rows: Sequence[StatusCallback]
     cols = list(zip(*rows, strict=True))
     result = await conn.fetchrow(_INSERT_STATUS, *[list(c) for c in cols], _CHANNEL)
     return int(result["n"])
+
+
+async def insert_leased(conn: asyncpg.Connection, rows: Sequence[Mapping[str, Any]], *,
+                        owner: str, lease_s: float) -> list[Callback]:
+    """Insert forwarded-MO rows (`kind`, `inbound_id`, `url`, `method`, `body`, `headers`,
+    `secret_ref`, `batch_max`, `reply`) already leased to `owner` for `lease_s` seconds, in
+    the caller's transaction; return them as claimed rows (the caller delivers them once its
+    transaction has committed). No NOTIFY: nobody else needs waking."""
+    if not rows:
+        return []
+    doc = [{**row, "body": None if row.get("body") is None else "\\x" + row["body"].hex()}
+           for row in rows]
+    return [Callback.from_record(r) for r in await conn.fetch(_INSERT_LEASED, doc, owner,
+                                                              float(lease_s))]

@@ -287,3 +287,68 @@ def test_batch_needs_a_json_url() -> None:
     with pytest.raises(RuleError, match="batch applies"):
         parse_rules([{"name": "x", "actions": [
             {"type": "forward", "get_url": "https://app.example/mo?t=%a", "batch": 10}]}])
+
+
+async def test_forwards_leased_at_insert_go_straight_to_delivery(pool, app, make_engine) -> None:
+    """The processor's own delivery takes forwards leased at insert (no claim, no NOTIFY):
+    1. room for 2 requests, 3 MOs in one batch: 2 rows are inserted `sending`, leased to the
+    delivery's owner and handed to it once the batch committed; the third is queued as
+    before; 2. the delivery loop delivers all three (the two without a claim) and writes them
+    back `done`, bodies and signatures as for claimed rows; 3. a batch whose transaction rolls
+    back hands nothing over (its re-run queues the forward instead)."""
+    from .conftest import add_mo, mo, set_rules
+    await set_rules(pool, [{"name": "fwd", "actions": [
+        {"type": "forward", "url": app.url(), "secret_env": "FWD_SECRET"}]}])
+    await add_mo(pool, [mo(f"+44770090000{i}", f"leased {i}") for i in range(3)])
+    d = delivery(pool, env={"FWD_SECRET": "k"})
+    d.settings = d.settings.model_copy(update={"concurrency": 2})
+    taken: list[list[int]] = []
+
+    class Spy:
+        owner, lease_s = d.owner, d.lease_s
+
+        def free(self) -> int:
+            return d.free()
+
+        async def take(self, rows) -> None:
+            taken.append([r.id for r in rows])
+            states = await pool.fetch("SELECT status, lease_owner, lease_until > now() AS live "
+                                      "FROM callbacks WHERE id = ANY($1)", [r.id for r in rows])
+            assert {tuple(s) for s in states} == {("sending", "test-proc", True)}
+            await d.take(rows)
+
+    engine = make_engine()
+    engine.forward_lease = Spy()
+    await d.start()
+    try:
+        assert await engine.run_batch() == 3
+        assert [len(t) for t in taken] == [2]
+        assert await pool.fetchval("SELECT count(*) FROM callbacks WHERE status = 'queued'") == 1
+        await deliver_until_idle(d, timeout_s=10, idle=lambda: _none_open(pool))
+    finally:
+        await d.close()
+    assert sorted(r["body"].split(b'"text":"')[1][:8] for r in app.seen) == [
+        b"leased 0", b"leased 1", b"leased 2"]
+    for req in app.seen:
+        ts = req["headers"]["X-Smsgw-Timestamp"]
+        assert req["headers"]["X-Smsgw-Signature"] == "sha256=" + hmac.new(
+            b"k", f"{ts}.".encode() + req["body"], hashlib.sha256).hexdigest()
+    assert await pool.fetchval("SELECT count(*) FROM callbacks WHERE status = 'done'") == 3
+    # a batch whose leased insert fails rolls back and hands nothing over; the message-by-
+    # message re-run queues its forward for any processor instead
+    await pool.execute("""
+        CREATE FUNCTION no_leased() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.status = 'sending' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW;
+        END $$;
+        CREATE TRIGGER no_leased BEFORE INSERT ON callbacks FOR EACH ROW
+            EXECUTE FUNCTION no_leased()""")
+    await add_mo(pool, [mo("+447700900009", "rolled back")])
+    taken.clear()
+    assert await engine.run_batch() == 1
+    assert taken == []
+    assert await pool.fetchval("SELECT count(*) FROM callbacks WHERE status = 'queued'") == 1
+
+
+async def _none_open(pool: asyncpg.Pool) -> bool:
+    return await pool.fetchval(
+        "SELECT count(*) FROM callbacks WHERE status IN ('queued', 'sending')") == 0
