@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, LiteralString
 
 import asyncpg
+import orjson
 
 from smsgw.shared.queue.listener import CHANNELS
 from smsgw.shared.queue.records import Callback, StatusCallback
@@ -43,7 +44,7 @@ async def insert_leased(conn: asyncpg.Connection, rows: Sequence[Mapping[str, An
     transaction has committed). No NOTIFY: nobody else needs waking."""
     if not rows:
         return []
-    doc = [{**row, "body": None if row.get("body") is None else "\\x" + row["body"].hex()}
-           for row in rows]
+    doc = orjson.dumps([{**row, "body": None if row.get("body") is None
+                         else "\\x" + row["body"].hex()} for row in rows]).decode()
     return [Callback.from_record(r) for r in await conn.fetch(_INSERT_LEASED, doc, owner,
                                                               float(lease_s))]

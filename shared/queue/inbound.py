@@ -34,20 +34,21 @@ async def insert(conn: asyncpg.Connection, items: Sequence[InboundWrite], *, ttl
     No two items may carry the same key (the statement claims a key once). `notify`: a channel
     to wake, in the same statement, when a row was inserted (None: no NOTIFY).
     """
-    rows = await conn.fetch(_INSERT, *_columns(items), ttl_s, notify)
+    rows = await conn.fetch(_INSERT, _document(items), ttl_s, notify)
     return [(r["id"], r["created"]) for r in rows]
 
 
-def _columns(items: Sequence[InboundWrite]) -> list[list[Any]]:
-    return [
-        [it.channel for it in items], [it.provider for it in items],
-        [it.connector for it in items], [it.from_addr for it in items],
-        [it.to_addr for it in items], [it.body for it in items], [it.raw for it in items],
-        [it.data_coding for it in items], [it.provider_message_id for it in items],
-        [orjson.dumps(it.meta).decode() if it.meta is not None else None for it in items],
-        [it.dedupe_scope if it.dedupe_key is not None else None for it in items],
-        [it.dedupe_key if it.dedupe_scope is not None else None for it in items],
-    ]
+def _document(items: Sequence[InboundWrite]) -> str:
+    """The items as the statement's one JSON parameter (bytea as "\\x<hex>")."""
+    return orjson.dumps([{
+        "channel": it.channel, "provider": it.provider, "connector": it.connector,
+        "from_addr": it.from_addr, "to_addr": it.to_addr, "body": it.body,
+        "raw": None if it.raw is None else "\\x" + it.raw.hex(),
+        "data_coding": it.data_coding, "provider_message_id": it.provider_message_id,
+        "meta": it.meta,
+        "dedupe_scope": it.dedupe_scope if it.dedupe_key is not None else None,
+        "dedupe_key": it.dedupe_key if it.dedupe_scope is not None else None,
+    } for it in items]).decode()
 
 
 async def insert_one(conn: asyncpg.Connection, *, channel: str, provider: str,

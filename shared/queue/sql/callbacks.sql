@@ -28,5 +28,5 @@ INSERT INTO callbacks (kind, inbound_id, url, method, body, headers, secret_ref,
                        reply, status, lease_owner, lease_until)
 SELECT r.kind, r.inbound_id, r.url, r.method, r.body, r.headers, r.secret_ref, r.batch_max,
        r.reply, 'sending', $2, now() + make_interval(secs => $3::float8)
-  FROM json_populate_recordset(NULL::callbacks, $1::json) AS r
+  FROM json_populate_recordset(NULL::callbacks, $1::text::json) AS r
 RETURNING *, false AS reclaimed

@@ -5,11 +5,14 @@
 -- name: insert
 -- insert whole MO messages, claiming each provider id in dedupe_keys.
 -- Returns, per input position, the id drawn and whether the row was inserted.
+-- The messages come as one JSON array $1 (one parameter: asyncpg encodes an array per column
+-- element by element, which cost more than the rest of the statement's client side).
 WITH input AS (
     -- one row per message, in caller order
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::bytea[], $8::smallint[], $9::text[], $10::text[], $11::text[],
-                         $12::text[])
+    SELECT * FROM ROWS FROM (json_to_recordset($1::text::json) AS (
+                      channel text, provider text, connector text, from_addr text, to_addr text,
+                      body text, raw bytea, data_coding smallint, provider_message_id text,
+                      meta jsonb, dedupe_scope text, dedupe_key text))
         WITH ORDINALITY AS t(channel, provider, connector, from_addr, to_addr, body, raw,
                              data_coding, provider_message_id, meta, dedupe_scope, dedupe_key,
                              ord)
@@ -19,7 +22,7 @@ WITH input AS (
 ), keys AS (
     -- claim provider ids (an expired key is taken over: the dedupe rule, dedupe.sql)
     INSERT INTO dedupe_keys (scope, key, target_table, target_id, expires_at)
-    SELECT dedupe_scope, dedupe_key, 'inbound', id, now() + make_interval(secs => $13)
+    SELECT dedupe_scope, dedupe_key, 'inbound', id, now() + make_interval(secs => $2)
       FROM numbered WHERE dedupe_key IS NOT NULL
     {take_over_expired}
     RETURNING target_id
@@ -29,16 +32,16 @@ WITH input AS (
                          data_coding, provider_message_id, meta)
     OVERRIDING SYSTEM VALUE
     SELECT id, channel, provider, connector, from_addr, to_addr, body, raw, data_coding,
-           provider_message_id, meta::jsonb
+           provider_message_id, meta
       FROM numbered
      WHERE dedupe_key IS NULL OR id IN (SELECT target_id FROM keys)
     RETURNING id
 )
--- one NOTIFY on channel $14 when a row was inserted (NULL: none), delivered at commit
+-- one NOTIFY on channel $3 when a row was inserted (NULL: none), delivered at commit
 SELECT n.ord, n.id, (i.id IS NOT NULL) AS created
   FROM numbered n LEFT JOIN ins i ON i.id = n.id
- CROSS JOIN (SELECT CASE WHEN $14::text IS NOT NULL AND EXISTS (SELECT 1 FROM ins)
-                         THEN pg_notify($14::text, '') END) AS wake
+ CROSS JOIN (SELECT CASE WHEN $3::text IS NOT NULL AND EXISTS (SELECT 1 FROM ins)
+                         THEN pg_notify($3::text, '') END) AS wake
  ORDER BY n.ord
 
 -- name: insert_one
