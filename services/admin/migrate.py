@@ -13,8 +13,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import asyncpg
-
 from smsgw.shared.core import db
 from smsgw.shared.core.errors import ConfigError
 from smsgw.shared.runtime.admin_config import TARGET_EPILOG, AdminConfig, add_target_args
@@ -38,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _pending(dsn: str, target: int | None,
                    connect_kwargs: dict[str, Any]) -> tuple[int, list[db.Migration]]:
-    conn = await asyncpg.connect(db.primary_url(dsn), **connect_kwargs)
+    conn = await db.connect_primary(dsn, **connect_kwargs)
     try:
         current = await db.current_version(conn)
         done = set()

@@ -368,6 +368,7 @@ async def _run_in_stack(case: str, res: FailoverResult, pair: HaPair, stack: Sta
                         "readyz_unready_s": round(watch.unready_s, 1),
                         "readyz_unready_samples": watch.unready_samples,
                         "mo_error_status": mo_stats.get("error_status"),
+                        "mo_statuses": mo_stats.get("statuses"),
                         "mo_timeouts": mo_stats.get("timeouts"),
                         "mt_driver_retries": load.run.driver.retries})
 

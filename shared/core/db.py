@@ -158,14 +158,67 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
     which never belongs in `dsn`: see `DatabaseSettings.connect_kwargs`).
     """
     return await asyncpg.create_pool(primary_url(dsn), min_size=min_size, max_size=max_size,
-                                     init=_init_connection, reset=_reset, **kwargs)
+                                     init=_init_connection, reset=_reset,
+                                     connect=_connect_hosts, **kwargs)
 
 
 async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     """Open one dedicated connection, to a primary (`primary_url`), with the pool's codecs."""
-    conn = await asyncpg.connect(primary_url(dsn), **kwargs)
+    conn = await connect_primary(dsn, **kwargs)
     await _init_connection(conn)
     return conn
+
+
+async def connect_primary(dsn: str, **kwargs: Any) -> asyncpg.Connection:
+    """asyncpg.connect to the primary among `dsn`'s hosts (`primary_url`, `host_urls`), no
+    codecs (the LISTEN connection)."""
+    return await _connect_hosts(primary_url(dsn), **kwargs)
+
+
+def host_urls(url: str) -> list[str]:
+    """One URL per host of a multi-host URL (`postgresql://u@a:5432,b:5432/db?…` →
+    `postgresql://u@a:5432/db?…`, `postgresql://u@b:5432/db?…`); `[url]` for one host."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        return [url]
+    head = f"{parts.scheme}://{userinfo}{at}"
+    rest = url[len(parts.scheme) + 3 + len(parts.netloc):]
+    return [head + host + rest for host in hosts.split(",") if host]
+
+
+# The host of each multi-host URL that last gave a connection: tried first next time, so after a
+# failover only the first new connection pays for the hosts that no longer answer.
+_LAST_GOOD: dict[str, int] = {}
+
+
+async def _connect_hosts(dsn: str, *,
+                         timeout: float = 60.0,  # noqa: ASYNC109 - asyncpg.connect's own
+                         **kwargs: Any) -> asyncpg.Connection:
+    """asyncpg.connect to each host of `dsn` in turn, each with its own `timeout`.
+
+    asyncpg walks a multi-host URL itself, but its `timeout` covers all the hosts together: a
+    host that accepts TCP and never answers (a hung or frozen old primary) uses it up, and the
+    next host — the new primary — is never tried. libpq's connect_timeout is per host; this is
+    that. The host that worked last is tried first. A host that is down, starting, shutting
+    down, not a primary or silent moves on to the next; any other error (a wrong password) is
+    raised at once. Also the pool's `connect=`.
+    """
+    urls = host_urls(dsn)
+    if len(urls) == 1:
+        return await asyncpg.connect(dsn, timeout=timeout, **kwargs)
+    first = _LAST_GOOD.get(dsn, 0) % len(urls)
+    error: BaseException | None = None
+    for i in [first, *(j for j in range(len(urls)) if j != first)]:
+        try:
+            conn = await asyncpg.connect(urls[i], timeout=timeout, **kwargs)
+        except CONNECTION_ERRORS as exc:
+            error = exc
+            continue
+        _LAST_GOOD[dsn] = i
+        return conn
+    assert error is not None
+    raise error
 
 
 async def current_version(conn: asyncpg.Connection) -> int:
@@ -183,7 +236,7 @@ async def migrate(dsn: str, *, target: int | None = None, **connect_kwargs: Any)
     caller then finds nothing left to do. `connect_kwargs` go to asyncpg.connect (`password`:
     `DatabaseSettings.connect_kwargs()`).
     """
-    conn = await asyncpg.connect(primary_url(dsn), **connect_kwargs)
+    conn = await connect_primary(dsn, **connect_kwargs)
     applied: list[str] = []
     try:
         await _take_migration_lock(conn)

@@ -32,7 +32,7 @@ import stamina
 import structlog
 
 from smsgw.shared.core.aio import race_stop, sleep_or_stop
-from smsgw.shared.core.db import CONNECTION_ERRORS, DATABASE_ERRORS, primary_url
+from smsgw.shared.core.db import CONNECTION_ERRORS, DATABASE_ERRORS, connect_primary
 from smsgw.shared.core.errors import DatabaseUnavailable
 
 log = structlog.get_logger(__name__)
@@ -145,7 +145,7 @@ class Listener:
         self._lost.set()
 
     async def _connect(self) -> None:
-        conn = await asyncpg.connect(primary_url(self._dsn), timeout=self._health_check_s + 5,
+        conn = await connect_primary(self._dsn, timeout=self._health_check_s + 5,
                                      password=self._password,
                                      server_settings={"application_name": self._app_name})
         try:

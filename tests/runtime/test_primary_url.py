@@ -7,7 +7,10 @@ tests/reliability/test_failover.py; here the URL rules and their errors.
 from __future__ import annotations
 
 import argparse
+import socket
+import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -55,3 +58,37 @@ async def test_no_primary_among_the_hosts_is_a_connection_error(db_url: str) -> 
     with pytest.raises(db.CONNECTION_ERRORS) as exc:
         await asyncpg.connect(url, timeout=5)
     assert isinstance(exc.value, asyncpg.exceptions.TargetServerAttributeNotMatched)
+
+
+async def test_a_silent_first_host_does_not_hide_the_primary(db_url: str) -> None:
+    """A host that accepts TCP and never answers (a hung old primary) listed first: asyncpg's
+    own walk would spend its whole timeout there and never try the next host. `db.connect`
+    gives each host its own timeout, then tries the host that worked last first: the first
+    connection takes ~1 timeout, the next ones none; so does a pool."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        parts = urlsplit(db_url)
+        user, _, hosts = parts.netloc.rpartition("@")
+        netloc = f"{user}@127.0.0.1:{silent.getsockname()[1]},{hosts}"
+        url = urlunsplit(parts._replace(netloc=netloc))
+        assert len(db.host_urls(url)) == 2
+        with pytest.raises(TimeoutError):  # what asyncpg alone does
+            await asyncpg.connect(url, timeout=1.0)
+        t0 = time.monotonic()
+        conn = await db.connect(url, timeout=1.0)
+        first = time.monotonic() - t0
+        await conn.close()
+        t0 = time.monotonic()
+        conn = await db.connect(url, timeout=1.0)
+        again = time.monotonic() - t0
+        await conn.close()
+        assert 0.9 < first < 3.0 and again < 0.5, (first, again)
+        pool = await db.create_pool(url, min_size=2, max_size=2, timeout=1.0)
+        try:
+            assert await pool.fetchval("SELECT 1") == 1
+        finally:
+            await pool.close()
+    finally:
+        silent.close()
