@@ -10,9 +10,11 @@ the queue core (`shared.queue.store`) adds the generic statements every queue ta
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC
 from typing import Final, LiteralString
 
 import asyncpg
+import orjson
 
 from smsgw.shared.queue.listener import CHANNELS
 from smsgw.shared.queue.records import ReceiptMatch, ReceiptWrite
@@ -31,12 +33,15 @@ _KANNEL_DLRS: Final = _SQL["kannel_dlrs"]
 async def insert(conn: asyncpg.Connection, items: Sequence[ReceiptWrite]) -> list[int]:
     """Store receipts and wake the matchers in one statement (autocommit: one round trip);
     returns the ids in input order. Needs no surrounding transaction."""
-    rows = await conn.fetch(
-        _INSERT, [r.connector for r in items], [r.smsc_id for r in items],
-        [r.raw_id for r in items], [r.stat for r in items], [r.state for r in items],
-        [r.final for r in items], [r.err for r in items], [r.done_date for r in items],
-        [r.body for r in items], [r.message_state for r in items],
-        [r.network_error for r in items], CHANNELS["receipts"])
+    doc = orjson.dumps([{
+        "connector": r.connector, "smsc_id": r.smsc_id, "raw_id": r.raw_id, "stat": r.stat,
+        "state": r.state, "final": r.final, "err": r.err,
+        "done_date": None if r.done_date is None else (
+            r.done_date if r.done_date.tzinfo else r.done_date.replace(tzinfo=UTC)).isoformat(),
+        "body": r.body, "message_state": r.message_state,
+        "network_error": None if r.network_error is None else "\\x" + r.network_error.hex(),
+    } for r in items]).decode()
+    rows = await conn.fetch(_INSERT, doc, CHANNELS["receipts"])
     return [int(r["id"]) for r in rows]
 
 

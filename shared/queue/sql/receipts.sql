@@ -4,17 +4,19 @@
 -- name: insert
 -- store a batch of receipts for the sender to match and wake it, in one
 -- statement (autocommit: one round trip). RETURNING follows the input order (plain insert).
+-- The receipts come as one JSON array $1 read through the table's row type (one parameter:
+-- asyncpg encodes an array per column element by element).
 WITH ins AS (
     -- the receipts, in input order
     INSERT INTO receipts (connector, smsc_id, raw_id, stat, state, final, err, done_date, body,
                           message_state, network_error)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::boolean[], $7::text[], $8::timestamptz[], $9::text[],
-                         $10::smallint[], $11::bytea[])
+    SELECT r.connector, r.smsc_id, r.raw_id, r.stat, r.state, r.final, r.err, r.done_date,
+           r.body, r.message_state, r.network_error
+      FROM json_populate_recordset(NULL::receipts, $1::text::json) AS r
     RETURNING id
 )
 -- one NOTIFY for the statement (delivered at commit)
-SELECT ins.id FROM ins CROSS JOIN (SELECT pg_notify($12, '')) AS wake
+SELECT ins.id FROM ins CROSS JOIN (SELECT pg_notify($2, '')) AS wake
 
 -- name: match
 -- Match up to $1 due receipts in one statement (run inside the caller's transaction):
