@@ -115,10 +115,11 @@ def _load_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def _reporter_env(dsn: str, folder: Path) -> dict[str, str]:
+def _reporter_env(dsn: str, folder: Path, busy_share: float = 1.0) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMSGW_")}
     env.update(SMSGW_DATABASE_URL=dsn, SMSGW_REPORTER__DIR=str(folder),
-               SMSGW_REPORTER__METRICS_PORT="0", SMSGW_REPORTER__LOG_LEVEL="warning")
+               SMSGW_REPORTER__METRICS_PORT="0", SMSGW_REPORTER__LOG_LEVEL="warning",
+               SMSGW_REPORTER__BUSY_SHARE=str(busy_share))
     return env
 
 
@@ -135,29 +136,34 @@ async def _mt_rate(dsn: str, count: int, out: Path) -> dict[str, Any]:
 
 
 async def _keep_busy(conn: asyncpg.Connection, stop: asyncio.Event) -> int:
-    """Queue campaign reports one after the other until `stop`; how many finished."""
+    """Queue campaign reports one after the other until `stop`, then cancel the one running
+    and wait until it stopped (so no report runs into the next run without one); how many
+    finished meanwhile."""
     params = parse_request("campaign", start=START, end=END, campaign=CAMPAIGN)
     done = 0
     while not stop.is_set():
         req = await rq.insert(conn, kind="campaign", params=params.as_json(), account_id=None,
                               requested_by="bench", keep_s=600)
-        while not stop.is_set():
+        while True:
             row = await rq.get(conn, req.id, account_id=None)
             if row is not None and row.status in ("done", "failed", "cancelled"):
                 done += row.status == "done"
                 break
+            if stop.is_set():
+                await rq.cancel(conn, req.id, account_id=None)
             await asyncio.sleep(0.2)
     return done
 
 
-async def _beside_mt(dsn: str, rows: int, count: int, pairs: int, folder: Path) -> dict[str, Any]:
+async def _beside_mt(dsn: str, rows: int, count: int, pairs: int, folder: Path,
+                     busy_share: float) -> dict[str, Any]:
     conn = await db.connect(dsn)
     proc = None
     try:
         await _seed(conn, rows)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "smsgw.services.cli", "reporter",
-            env=_reporter_env(dsn, folder), stdout=asyncio.subprocess.DEVNULL,
+            env=_reporter_env(dsn, folder, busy_share), stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL)
         runs: list[dict[str, Any]] = []
         for i in range(pairs):
@@ -175,7 +181,8 @@ async def _beside_mt(dsn: str, rows: int, count: int, pairs: int, folder: Path) 
                 sys.stdout.flush()
         def med(flag: bool, key: str) -> float:
             return statistics.median(r[key] for r in runs if r["report_beside"] is flag)
-        out = {"rows": rows, "mt_count": count, "pairs": pairs, "runs": runs}
+        out = {"rows": rows, "mt_count": count, "pairs": pairs, "busy_share": busy_share,
+               "runs": runs}
         for key in ("acked_per_s_load", "final_per_s_sustained"):
             without, beside = med(False, key), med(True, key)
             out[key] = {"without": without, "with_report": beside,
@@ -237,14 +244,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead: the MT rate of `smsgw bench mt --count N` with and without "
                         "a report beside it (the first --rows size is seeded)")
     p.add_argument("--pairs", type=int, default=3, help="runs each way for --beside-mt (3)")
+    p.add_argument("--busy-share", type=float, default=1.0,
+                   help="the reporter's [reporter] busy_share for --beside-mt (1.0)")
     args = p.parse_args(argv)
     results: list[dict[str, Any]] = []
 
     async def bench(dsn: str, _postmaster: int | None) -> None:
-        with tempfile.TemporaryDirectory(prefix="smsgw-bench-reports-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="reporter-bench-") as tmp:
             if args.beside_mt:
                 res = await _beside_mt(dsn, args.rows[0], args.beside_mt, args.pairs,
-                                       Path(tmp))
+                                       Path(tmp), args.busy_share)
                 sys.stdout.write(json.dumps({k: v for k, v in res.items() if k != "runs"})
                                  + "\n")
                 return
