@@ -18,6 +18,7 @@ shares (enqueue for the processor's replies, retention move, requeue, lookups).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, Final, LiteralString
 
 import asyncpg
@@ -59,8 +60,7 @@ async def insert(conn: asyncpg.Connection, items: Sequence[MtItem],
     """Insert MTs without a client_ref and wake the senders in ONE statement (autocommit: one
     round trip, durable when it returns); returns the ids in input order. `hashes[i]` is item
     i's keyed recipient hash (`to_hash`) or None."""
-    rows = await conn.fetch(_INSERT, *_columns(items, [None] * len(items)), CHANNEL,
-                            list(hashes), *_smpp_columns(items))
+    rows = await conn.fetch(_INSERT, _document(items, [None] * len(items), hashes), CHANNEL)
     return [row["id"] for row in rows]
 
 
@@ -71,33 +71,34 @@ async def insert_keyed(conn: asyncpg.Connection, items: Sequence[MtItem],
     seconds) in one statement; returns (id drawn, inserted) per item in order. An item is not
     inserted when its key is live (the one dedupe rule, `sql/dedupe.sql`: an expired key is
     taken over). No two items may carry the same key. Sends no NOTIFY."""
-    rows = await conn.fetch(_INSERT_KEYED, *_columns(items, fingerprints), ttl_s, list(hashes),
-                            *_smpp_columns(items))
+    rows = await conn.fetch(_INSERT_KEYED, _document(items, fingerprints, hashes), ttl_s)
     return [(row["id"], row["created"]) for row in rows]
 
 
-def _columns(items: Sequence[MtItem], fingerprints: Sequence[str | None]) -> list[list[Any]]:
-    return [
-        [it.account_id for it in items], [it.source for it in items],
-        [it.from_addr for it in items], [it.to_addr for it in items],
-        [it.body for it in items], [it.category for it in items],
-        [it.priority for it in items], [it.encoding for it in items],
-        [it.client_ref for it in items], [it.callback_url for it in items],
-        [it.dlr_mask for it in items], [it.send_at for it in items],
-        [it.valid_until for it in items], [it.route_hint for it in items],
-        [orjson.dumps(it.meta).decode() if it.meta is not None else None for it in items],
-        list(fingerprints),
-    ]
+def _document(items: Sequence[MtItem], fingerprints: Sequence[str | None],
+              hashes: Sequence[bytes | None]) -> str:
+    """The MTs as the insert statements' one JSON parameter: bytea as "\\x<hex>",
+    timestamps as ISO 8601 with their offset (a naive one is UTC, as asyncpg read it)."""
+    return orjson.dumps([{
+        "account_id": it.account_id, "source": it.source, "from_addr": it.from_addr,
+        "to_addr": it.to_addr, "body": it.body, "category": it.category,
+        "priority": it.priority, "encoding": it.encoding, "client_ref": it.client_ref,
+        "callback_url": it.callback_url, "dlr_mask": it.dlr_mask,
+        "send_at": _iso(it.send_at), "valid_until": _iso(it.valid_until),
+        "route_hint": it.route_hint, "meta": it.meta, "fingerprint": fp,
+        "to_hash": _hex(h), "payload": _hex(it.payload), "udh": _hex(it.udh), "smpp": it.smpp,
+        "due_now": it.due_now,
+    } for it, fp, h in zip(items, fingerprints, hashes, strict=True)]).decode()
 
 
-def _smpp_columns(items: Sequence[MtItem]) -> list[list[Any]]:
-    # binary payload, UDH, per-message SMPP fields (migration 0011), and whether a scheduled
-    # MT is due at once; all None/False for plain text MTs
-    return [
-        [it.payload for it in items], [it.udh for it in items],
-        [orjson.dumps(it.smpp).decode() if it.smpp is not None else None for it in items],
-        [it.due_now for it in items],
-    ]
+def _hex(value: bytes | None) -> str | None:
+    return None if value is None else "\\x" + value.hex()
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
 # -- the sender's lease cycle ----------------------------------------------------------------------

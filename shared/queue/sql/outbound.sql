@@ -5,42 +5,43 @@
 -- name: insert
 -- insert MTs without a client_ref and wake the senders, in ONE statement
 -- (autocommit: one round trip, durable when it returns). RETURNING yields the rows in the
--- order the SELECT produced them (a plain insert from unnest), which is the input order.
--- $19-$21 are the binary payload, the client's UDH and the per-message SMPP fields (NULL for
--- a plain text MT); $22 says a scheduled MT is due at once because a connector may pass the
--- schedule to the SMSC (the sender holds it for the others), else it waits for send_at.
+-- order the SELECT produced them (a plain insert from the document), which is the input order.
+-- The MTs come as one JSON array $1 (`outbound._document`: one parameter, where asyncpg
+-- encoded an array per column element by element); `payload`, `udh` (the binary payload,
+-- the client's UDH) and `smpp` (per-message SMPP fields) are NULL for a plain text MT;
+-- `due_now` says a scheduled MT is due at once because a connector may pass the schedule to
+-- the SMSC (the sender holds it for the others), else it waits for send_at. $2: the channel.
 WITH ins AS (
     -- the rows, in input order
     INSERT INTO outbound (account_id, source, from_addr, to_addr, body, category, priority,
                           encoding, callback_url, dlr_mask, send_at, valid_until, route_hint,
                           meta, run_after, to_hash, payload, udh, smpp)
     SELECT account_id, source, from_addr, to_addr, body, category, priority, encoding,
-           callback_url, dlr_mask, send_at, valid_until, route_hint, meta::jsonb,
+           callback_url, dlr_mask, send_at, valid_until, route_hint, meta,
            CASE WHEN due_now THEN now() ELSE coalesce(send_at, now()) END, to_hash,
-           payload, udh, smpp::jsonb
-      FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                  $7::smallint[], $8::text[], $9::text[], $10::text[], $11::smallint[],
-                  $12::timestamptz[], $13::timestamptz[], $14::text[], $15::text[],
-                  $16::text[], $18::bytea[], $19::bytea[], $20::bytea[], $21::text[],
-                  $22::boolean[])
-               AS t(account_id, source, from_addr, to_addr, body, category, priority,
-                    encoding, client_ref, callback_url, dlr_mask, send_at, valid_until,
-                    route_hint, meta, fingerprint, to_hash, payload, udh, smpp, due_now)
+           payload, udh, smpp
+      FROM json_to_recordset($1::text::json) AS t(
+                  account_id bigint, source text, from_addr text, to_addr text, body text,
+                  category text, priority smallint, encoding text, client_ref text,
+                  callback_url text, dlr_mask smallint, send_at timestamptz,
+                  valid_until timestamptz, route_hint text, meta jsonb, fingerprint text,
+                  to_hash bytea, payload bytea, udh bytea, smpp jsonb, due_now boolean)
     RETURNING id
 )
 -- one NOTIFY for the statement (delivered at commit)
-SELECT ins.id FROM ins CROSS JOIN (SELECT pg_notify($17, '')) AS wake
+SELECT ins.id FROM ins CROSS JOIN (SELECT pg_notify($2, '')) AS wake
 
 -- name: insert_keyed
 -- insert a batch of MTs and their client_ref keys in one statement.
 -- Returns, per input position, the id drawn for it and whether its row was inserted.
 WITH input AS (
-    -- one row per MT, in caller order
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::text[], $7::smallint[], $8::text[], $9::text[], $10::text[],
-                         $11::smallint[], $12::timestamptz[], $13::timestamptz[], $14::text[],
-                         $15::text[], $16::text[], $18::bytea[], $19::bytea[], $20::bytea[],
-                         $21::text[], $22::boolean[])
+    -- one row per MT, in caller order (the document $1 as in `insert`; $2: the keys' ttl)
+    SELECT * FROM ROWS FROM (json_to_recordset($1::text::json) AS (
+                  account_id bigint, source text, from_addr text, to_addr text, body text,
+                  category text, priority smallint, encoding text, client_ref text,
+                  callback_url text, dlr_mask smallint, send_at timestamptz,
+                  valid_until timestamptz, route_hint text, meta jsonb, fingerprint text,
+                  to_hash bytea, payload bytea, udh bytea, smpp jsonb, due_now boolean))
         WITH ORDINALITY AS t(account_id, source, from_addr, to_addr, body, category, priority,
                              encoding, client_ref, callback_url, dlr_mask, send_at, valid_until,
                              route_hint, meta, fingerprint, to_hash, payload, udh, smpp,
@@ -53,7 +54,7 @@ WITH input AS (
     -- dedupe rule, dedupe.sql)
     INSERT INTO dedupe_keys (scope, key, target_table, target_id, fingerprint, expires_at)
     SELECT 'mt:' || account_id, client_ref, 'outbound', id, fingerprint,
-           now() + make_interval(secs => $17)
+           now() + make_interval(secs => $2)
       FROM numbered WHERE client_ref IS NOT NULL
     {take_over_expired}
     RETURNING target_id
@@ -64,9 +65,9 @@ WITH input AS (
                           route_hint, meta, run_after, to_hash, payload, udh, smpp)
     OVERRIDING SYSTEM VALUE
     SELECT id, account_id, source, from_addr, to_addr, body, category, priority, encoding,
-           client_ref, callback_url, dlr_mask, send_at, valid_until, route_hint, meta::jsonb,
+           client_ref, callback_url, dlr_mask, send_at, valid_until, route_hint, meta,
            CASE WHEN due_now THEN now() ELSE coalesce(send_at, now()) END, to_hash,
-           payload, udh, smpp::jsonb
+           payload, udh, smpp
       FROM numbered
      WHERE client_ref IS NULL OR id IN (SELECT target_id FROM keys)
     RETURNING id
