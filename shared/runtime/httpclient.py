@@ -273,6 +273,7 @@ class HttpClient:
         self.idle_s = idle_s
         self._ssl = ssl_context
         self._idle: dict[tuple[str, str, int], deque[tuple[float, _Protocol]]] = {}
+        self._pruned = time.monotonic()
 
     def set_policy(self, policy: AddressPolicy) -> None:
         """Apply a new address policy; idle connections (dialled under the old one) close."""
@@ -345,11 +346,30 @@ class HttpClient:
         if not proto.reusable:
             self._drop(proto)
             return
+        now = time.monotonic()
+        if now - self._pruned > self.idle_s:
+            self._prune(now)
         idle = self._idle.setdefault(key, deque())
         if len(idle) >= self.max_idle_per_host:
             self._drop(proto)
             return
         idle.append((time.monotonic(), proto))
+
+    def _prune(self, now: float) -> None:
+        """Close idle connections past `idle_s` (or closed by their server) and forget hosts
+        with none left, so a gateway calling many hosts keeps neither sockets nor entries."""
+        self._pruned = now
+        for key in list(self._idle):
+            idle = self._idle[key]
+            keep = deque((since, p) for since, p in idle
+                         if not p.closed and now - since < self.idle_s)
+            for since, p in idle:
+                if p.closed or now - since >= self.idle_s:
+                    self._drop(p)
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
 
     @staticmethod
     def _drop(proto: _Protocol) -> None:

@@ -32,6 +32,7 @@ class WireServer:
         self.handler = handler
         self.close_after = close_after
         self.connections = 0
+        self.ended = 0  # connections the client closed
         self.requests: list[bytes] = []
         self.port = 0
 
@@ -56,6 +57,8 @@ class WireServer:
                 answered += 1
                 if self.close_after is not None and answered >= self.close_after:
                     break
+        if reader.at_eof():
+            self.ended += 1
         writer.close()
 
 
@@ -204,3 +207,21 @@ async def test_https_verifies_the_certificate(tls_files: tuple[Path, Path]) -> N
             assert answer.body == b"secure"
         await trusting.close()
     assert len(srv.requests) == 2 and srv.connections == 1  # kept alive between the two
+
+
+async def test_idle_connections_expire_and_are_closed() -> None:
+    """A keep-alive connection idle longer than idle_s is closed (not kept for ever when its
+    host is never called again) and the next request to that host opens a new one."""
+    async with wire(lambda req, n: ok()) as a, wire(lambda req, n: ok()) as b:
+        http = HttpClient(LOOPBACK, connect_timeout_s=2, timeout_s=5, idle_s=0.2)
+        await http.request("GET", URL(f"http://127.0.0.1:{a.port}/"), None, {})
+        await asyncio.sleep(0.3)
+        await http.request("GET", URL(f"http://127.0.0.1:{b.port}/"), None, {})
+        for _ in range(50):
+            if a.ended:
+                break
+            await asyncio.sleep(0.01)
+        assert a.ended == 1
+        await http.request("GET", URL(f"http://127.0.0.1:{a.port}/"), None, {})
+        assert a.connections == 2
+        await http.close()
