@@ -78,7 +78,10 @@ async def test_cli_daemon_cancel_drain_and_takeover(pool: asyncpg.Pool, db_url: 
         " timestamptz '2026-01-10' + g * interval '1 second' FROM generate_series(1, $2) g",
         BIG, BIG_ROWS)
     folder = tmp_path / "reports"
-    env = _env(db_url, folder)
+    # A and B work a third of the time, so the big report outlasts the drain (0.8 s) and the
+    # kill; C, which takes the report over, runs at full speed
+    env = _env(db_url, folder, SMSGW_REPORTER__BUSY_SHARE="0.3")
+    fast = _env(db_url, folder)
     spawner = Spawner(tmp_path, stderr="devnull")
     try:
         a = await (await spawner.start(*CLI_MODULE[1:], "reporter", env=env,
@@ -135,7 +138,7 @@ async def test_cli_daemon_cancel_drain_and_takeover(pool: asyncpg.Pool, db_url: 
         await _until(pool, rid, "status = 'running' AND rows_scanned > 0")
         await b.kill()
         c: DaemonProcess = await (await spawner.start(
-            *CLI_MODULE[1:], "reporter", env=env, python=[sys.executable])).ready()
+            *CLI_MODULE[1:], "reporter", env=fast, python=[sys.executable])).ready()
         row = await _until(pool, rid, "status = 'done'", within_s=60)
         assert row["attempts"] == 1  # the lost try of the killed reporter
         await c.named("report_reclaimed", report_id=rid)
