@@ -26,7 +26,8 @@ async def test_reports_api_scope_validation_and_files(pool: asyncpg.Pool,
     3. Another plain account cannot see the report (404); an operator's key sees it and may
        ask for a campaign report.
     4. Once the reporter made it, GET shows the file links, and each file streams the bytes
-       the reporter wrote, with its type and a CSP that lets nothing load or run."""
+       the reporter wrote, with its type and a CSP that lets nothing load or run.
+    5. An account with 20 open reports gets a 429 for the next."""
     await seed(pool)
     r: Receiver = await receiver_factory()
     _, key = await account_factory("shopkeeper")
@@ -82,3 +83,11 @@ async def test_reports_api_scope_validation_and_files(pool: asyncpg.Pool,
     assert (await r.get(f"/v1/reports/{camp['id']}/files/entries_csv", key=key))[0] == 404
     status, _ = await r.get(f"/v1/reports/{camp['id']}/files/entries_csv", key=op)
     assert status == 200
+    # 5. at most 20 open (queued or running) reports per account: the 21st is a 429
+    own = await pool.fetchval("SELECT id FROM accounts WHERE name = 'shopkeeper'")
+    for _ in range(20):
+        await rq.insert(pool, kind="traffic", params={}, account_id=own, requested_by="t",
+                        keep_s=60)
+    status, err = await r.post("/v1/reports", key=key, json=body)
+    assert (status, err["error"]) == (429, "too_many_reports")
+    assert r.last_headers["Retry-After"] == "60"
