@@ -412,6 +412,10 @@ async def _checks(res: FailoverResult, pair: HaPair, stack: Stack, load: Load, m
     if sim["duplicates"] > possible:
         res.problems.append(f"the simulator got {sim['duplicates']} duplicate SMS, the sender "
                             f"counted {possible:.0f} possible duplicates")
+    restarts = {c.name: c.restarts for c in stack.children if c.restarts}
+    res.details["restarts"] = restarts
+    if restarts:
+        res.problems.append(f"daemons exited and were restarted: {restarts}")
     if await _slot_holders(stack) < stack.opts.senders:
         res.problems.append("the sender holds no bind slot on the new primary")
     res.problems += await recovered(stack)
