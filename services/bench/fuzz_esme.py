@@ -200,7 +200,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                              "failed_bind_delay_s": 0.0,
                                              "pdu_timeout_s": 2.0,
                                              "max_binds": args.connections * 4}}}
-    stack = Stack(StackOptions(sections=sections, receipt_delay_s=None,
+    stack = Stack(StackOptions(sections=sections, receipt_delay_s=None, keep=args.keep,
                                say=lambda m: sys.stderr.write(m + "\n")))
     await stack.start()
     try:
@@ -254,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
     p.add_argument("--probe-timeout", type=float, default=10.0,
                    help="seconds an enquire_link probe may wait (%(default)s)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the stack's data folder (its logs) after the run")
     p.add_argument("--max-rss-growth-mb", type=float, default=64.0,
                    help="allowed growth of the receiver's resident memory (%(default)s)")
     return p
