@@ -139,6 +139,25 @@ def overview() -> dict[str, Any]:
     p.append(panel(g, "Throttling (submit_sm answered THROTTLED)", [
         (f'sum by (connector) (rate(smsgw_sender_submits_total{{outcome="throttled"}}[{RI}]))',
          "{{connector}}")], unit="reqps", w=8))
+    p.append(row(g, "Customers' ESMEs (the receivers' SMPP server)"))
+    p.append(panel(g, "ESME binds", [
+        ("sum by (account, bind) (smsgw_esme_binds) or on() vector(0)",
+         "{{account}} {{bind}}")], w=6,
+        description="Customers' ESMEs bound to the receivers, per account and bind mode."))
+    p.append(panel(g, "ESME requests waiting for their commit", [
+        ("sum(smsgw_esme_window_in_use)", "in flight")], w=6,
+        description="submit_sm and friends accepted into a bind's window, not yet answered."))
+    p.append(panel(g, "Receipts and MO waiting for ESMEs", [
+        ("sum by (source) (smsgw_esme_deliveries_queued)", "{{source}}")], w=6,
+        description="Rows of esme_deliveries queued or in flight; they wait while the "
+                    "account has no receiver bind."))
+    p.append(panel(g, "Oldest receipt or MO waiting for an ESME", [
+        ("max by (source) (smsgw_esme_deliveries_oldest_age_seconds)", "{{source}}")],
+        unit="s", w=6, description="Expired after [receiver.smpp_server] "
+                                   "delivery_retention_s."))
+    p.append(panel(g, "Deliveries to ESMEs", [
+        (f"sum by (source, outcome) (rate(smsgw_esme_deliveries_total[{RI}]))",
+         "{{source}} {{outcome}}")], unit="reqps", w=24))
     p.append(row(g, "Delivery"))
     p.append(panel(g, "Receipt states", [
         (f"sum by (state) (rate(smsgw_dlr_received_total[{RI}]))", "{{state}}")],

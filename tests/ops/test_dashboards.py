@@ -17,6 +17,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from smsgw.services.processor.metrics import ProcessorMetrics
+from smsgw.services.receiver.esme_metrics import EsmeMetrics
 from smsgw.services.receiver.metrics import ReceiverMetrics
 from smsgw.services.sender.metrics import SenderMetrics
 from smsgw.shared.runtime.metrics import RuntimeMetrics, create_registry
@@ -30,7 +31,8 @@ _METRIC_RE = re.compile(r"\bsmsgw_[a-z_]+\b")
 def exported_names() -> set[str]:
     """Every sample name the daemons can export (counters with _total, histogram series)."""
     names: set[str] = set()
-    for build in (ReceiverMetrics.create, ProcessorMetrics.create, SenderMetrics.create):
+    for build in (ReceiverMetrics.create, ProcessorMetrics.create, SenderMetrics.create,
+                  EsmeMetrics.create):
         registry: CollectorRegistry = create_registry("test")
         RuntimeMetrics.create(registry)
         build(registry)
