@@ -80,10 +80,12 @@ async def build_esme(pool: asyncpg.Pool, ctx: Any, opts: SmppServerOptions, *,
     slots = EsmeSlots(connect, on_lost=lambda: server_ref[0].close_all() if server_ref else None)
     gate = BindGate(pool, slots, server_secret=secret, options=opts, actor=actor,
                     metrics=metrics)
-    server = EsmeServer(opts, gate=gate, intake=EsmeIntake(ctx, opts, committer),
-                        metrics=metrics, ssl_context=tls_context(opts))
+    intake = EsmeIntake(ctx, opts, committer)
+    server = EsmeServer(opts, gate=gate, intake=intake, metrics=metrics,
+                        ssl_context=tls_context(opts))
     server_ref.append(server)
-    deliverer = EsmeDeliverer(pool, server, opts, owner=owner, metrics=metrics)
+    deliverer = EsmeDeliverer(pool, server, opts, owner=owner, metrics=metrics,
+                              disabled=intake.disabled)
     server.on_bind = deliverer.wake
     port = await server.start(opts.host, opts.port or 0)
     return EsmeService(server, deliverer, committer, slots, port)

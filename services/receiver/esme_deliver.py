@@ -31,6 +31,7 @@ from smsgw.services.receiver.esme_metrics import EsmeMetrics
 from smsgw.services.receiver.esme_server import EsmeServer
 from smsgw.services.receiver.options import SmppServerOptions
 from smsgw.shared.core.db import DATABASE_ERRORS
+from smsgw.shared.domain.apikeys import DisabledAccounts
 from smsgw.shared.queue import esme_deliveries as Q
 from smsgw.shared.queue import store
 from smsgw.shared.smpp import pdu as P
@@ -92,8 +93,10 @@ class EsmeDeliverer:
     """The delivery worker (see the module docstring)."""
 
     def __init__(self, pool: asyncpg.Pool, server: EsmeServer, opts: SmppServerOptions, *,
-                 owner: str, metrics: EsmeMetrics, daemon: str = "receiver") -> None:
+                 owner: str, metrics: EsmeMetrics, daemon: str = "receiver",
+                 disabled: DisabledAccounts | None = None) -> None:
         self.pool = pool
+        self.disabled = disabled or DisabledAccounts(pool)
         self.server = server
         self.opts = opts
         self.owner = owner
@@ -132,7 +135,7 @@ class EsmeDeliverer:
 
     async def deliver_pass(self) -> int:
         """Claim one batch, deliver it, write the outcomes back; return how many rows."""
-        accounts = self.server.accounts_with_receivers()
+        accounts = await self._enabled(self.server.accounts_with_receivers())
         if not accounts:
             return 0
         lease_s = self.opts.response_timeout_s * 3 + 30
@@ -162,6 +165,19 @@ class EsmeDeliverer:
         for r in done:
             self.metrics.deliveries.labels(source=r["kind"], outcome="delivered").inc()
         return len(rows)
+
+    async def _enabled(self, accounts: list[int]) -> list[int]:
+        """The accounts still enabled; a disabled one's receiver binds are closed (its
+        transmitter binds close at their next request)."""
+        out = []
+        for account_id in accounts:
+            if await self.disabled.is_disabled(account_id):
+                log.warning("esme_account_disabled", account_id=account_id)
+                for conn in list(self.server.receivers.get(account_id, ())):
+                    conn.close()
+            else:
+                out.append(account_id)
+        return out
 
     async def _deliver(self, row: Q.EsmeDelivery) -> str | None:
         """Send one row; None when the ESME took it, else why not."""

@@ -33,6 +33,7 @@ from smsgw.services.bench.fuzz_esme import fuzz_listener, still_serves
 from smsgw.services.receiver.esme_app import EsmeService, build_esme
 from smsgw.services.receiver.options import SmppServerOptions
 from smsgw.shared.domain import esme as E
+from smsgw.shared.domain.apikeys import DisabledAccounts
 from smsgw.shared.smpp import pdu as P
 
 from .conftest import SERVER_SECRET, AccountFactory, ReceiverFactory
@@ -513,7 +514,8 @@ async def test_esme_that_drops_or_never_reads(pool: asyncpg.Pool, esme_factory: 
 async def test_disabled_account_and_expired_receipts(pool: asyncpg.Pool, esme_factory: Any,
                                                      account_factory: AccountFactory,
                                                      unique: Any) -> None:
-    """1. A disabled account's bind → ESME_RBINDFAIL, audited as account_disabled.
+    """1. A disabled account's bind → ESME_RBINDFAIL, audited as account_disabled; its open
+          receiver bind is closed by the delivery worker.
        2. A receipt no bind took within delivery_retention_s ends `expired`, with an
           `esme_delivery_expired` event on the message and the expired counter."""
     service = await esme_factory(delivery_retention_s=0.05, failed_bind_delay_s=0.0)
@@ -526,10 +528,17 @@ async def test_disabled_account_and_expired_receipts(pool: asyncpg.Pool, esme_fa
                         short_message=b"will fail"))
     mid = int((await raw.recv()).message_id)
     await raw.close()
+    rx = await Raw.open(service.port)
+    assert await rx.bind(name, password, P.BindReceiver) == P.SMPP_ESME_ROK
     await pool.execute("UPDATE accounts SET disabled = true WHERE id = $1", account_id)
     raw = await Raw.open(service.port)
     assert await raw.bind(name, password) == P.SMPP_ESME_RBINDFAIL
     await raw.close()
+    service.deliverer.disabled = DisabledAccounts(pool, max_age_s=0)  # no cache: see it now
+    assert await service.deliverer.deliver_pass() == 0
+    with pytest.raises(ConnectionError):  # its receiver bind is closed
+        await rx.recv(timeout_s=2.0)
+    await rx.close()
     reasons = [r["detail"]["reason"] for r in await pool.fetch(
         "SELECT detail FROM audit_log WHERE action = 'smpp_bind_failed'")]
     assert reasons == ["account_disabled"]
