@@ -68,6 +68,7 @@ _SENDSMS_RESPONSES = {
     "202": _text("`0: Accepted for delivery`"), "400": _text("Invalid parameter (named)."),
     "403": _text("Authorization failed for sendsms"), "413": _err("Body too large."),
     "415": _text("Unsupported content-type, rejected (Kannel's XML and HTML POSTs)."),
+    "422": _text("A parameter Postgres cannot store (a NUL character: named)."),
     "429": _text("Account rate limit exceeded."),
     "503": _text("Temporal failure, try again later. (with Retry-After)"),
 }
