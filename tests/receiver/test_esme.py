@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import socket
 import ssl
@@ -555,3 +556,54 @@ async def test_disabled_account_and_expired_receipts(pool: asyncpg.Pool, esme_fa
                                mid) == 1
     expired = service.deliverer.metrics.deliveries.labels(source="receipt", outcome="expired")
     assert expired._value.get() == 1
+
+
+def test_accounts_cli_smpp_password_and_flags(db_url: str, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`smsgw accounts smpp-password NAME` prints an 8-character password once and stores
+    only its keyed hash (audited); a name over 15 characters is refused with the reason;
+    `update --smpp-allowed-network/--smpp-max-binds/--smpp-bind-mode` set the policy, and
+    `--smpp-any-network` / `default` clear it."""
+    from smsgw.services.admin import accounts
+    from smsgw.shared.core import db
+
+    monkeypatch.setenv("SMSGW_SECURITY__SERVER_SECRET_ENV", "ESME_TEST_SECRET")
+    monkeypatch.setenv("ESME_TEST_SECRET", "esme-secret")
+    monkeypatch.delenv("SMSGW_TEST_DATABASE_URL", raising=False)
+    base = ["--database-url", db_url]
+
+    def query(sql: str) -> list[Any]:
+        async def run() -> list[Any]:
+            conn = await db.connect(db_url)
+            try:
+                return [dict(r) for r in await conn.fetch(sql)]
+            finally:
+                await conn.close()
+        return asyncio.run(run())
+    assert accounts.main(["create", "shop", *base]) == 0
+    assert accounts.main(["create", "a-very-long-account-name", *base]) == 0
+    capsys.readouterr()
+    assert accounts.main(["smpp-password", "shop", "--json", *base]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["system_id"] == "shop" and len(shown["password"]) == 8
+    row = query("SELECT id, smpp_password_hash FROM accounts WHERE name = 'shop'")[0]
+    assert bytes(row["smpp_password_hash"]) == E.hash_password(b"esme-secret", row["id"],
+                                                                shown["password"])
+    assert shown["password"].encode() not in bytes(row["smpp_password_hash"])
+    assert accounts.main(["smpp-password", "a-very-long-account-name", *base]) == 2
+    assert "15" in capsys.readouterr().err
+    assert accounts.main(["update", "shop", "--smpp-allowed-network", "192.0.2.7/24",
+                          "--smpp-allowed-network", "2001:db8::/32", "--smpp-max-binds", "3",
+                          "--smpp-bind-mode", "transceiver", *base]) == 0
+    policy = query("SELECT smpp_allowed_networks::text[] AS nets, smpp_max_binds, "
+                   "smpp_bind_modes FROM accounts WHERE name = 'shop'")[0]
+    assert policy == {"nets": ["192.0.2.0/24", "2001:db8::/32"], "smpp_max_binds": 3,
+                      "smpp_bind_modes": ["transceiver"]}
+    assert accounts.main(["update", "shop", "--smpp-any-network", "--smpp-max-binds",
+                          "default", "--smpp-any-bind-mode", *base]) == 0
+    assert query("SELECT smpp_allowed_networks, smpp_max_binds, smpp_bind_modes FROM accounts "
+                 "WHERE name = 'shop'")[0] == {"smpp_allowed_networks": None,
+                                               "smpp_max_binds": None,
+                                               "smpp_bind_modes": None}
+    actions = [r["action"] for r in query("SELECT action FROM audit_log ORDER BY id")]
+    assert actions.count("smpp_password_set") == 1 and actions.count("account_updated") == 2
