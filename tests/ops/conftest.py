@@ -78,11 +78,14 @@ class Up:
     _pumps: list[threading.Thread] = field(default_factory=list)
 
     def start(self) -> None:
-        # offsets from the base: API 80, metrics 100 + 1..3 (+10 per instance), SMPP 75
-        self.base = free_block([80, 81, 75, 101, 102, 103, 111, 112, 113])
+        # offsets from the base: API 80, metrics 100 + 1..4 (+10 per instance), SMPP 75, the
+        # receivers' SMPP server for ESMEs 76-77 (every port a child binds: a port another test
+        # or process holds made a child exit 1 at start)
+        self.base = free_block([80, 81, 75, 76, 77, 101, 102, 103, 104, 111, 112, 113, 114])
         argv = [sys.executable, "-m", "smsgw.services.cli", "up", "--data-dir", str(self.data_dir),
                 "--api-port", str(self.base + 80), "--metrics-port-base", str(self.base + 100),
-                "--smpp-port", str(self.base + 75), "--stop-timeout", "30", *self.extra]
+                "--smpp-port", str(self.base + 75), "--esme-port", str(self.base + 76),
+                "--stop-timeout", "30", *self.extra]
         self.proc = subprocess.Popen(argv, env=self.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, cwd=self.data_dir.parent)
         for stream, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
