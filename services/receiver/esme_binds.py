@@ -97,6 +97,7 @@ class EsmeSlots:
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()
         self._held: dict[int, set[int]] = {}  # account → slots this connection holds
+        self._closing = False
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
@@ -105,6 +106,8 @@ class EsmeSlots:
         return self._conn
 
     def _lost(self) -> None:
+        if self._closing:
+            return  # our own close() at shutdown
         log.warning("esme_slots_connection_lost", hint="every ESME bind here is closed; the "
                                                         "ESMEs bind again")
         self._conn = None
@@ -140,6 +143,7 @@ class EsmeSlots:
 
     async def close(self) -> None:
         """Close the connection (every slot it holds is freed)."""
+        self._closing = True
         if self._conn is not None and not self._conn.is_closed():
             await self._conn.close()
         self._conn = None
