@@ -79,6 +79,7 @@ PRIMARY_CHECK_S = 2.0
 # this much beyond the attempt's own worst case (EXTEND_TIMEOUT_USEC), so TimeoutStartSec=
 # bounds a hung start, not a wait for the database.
 START_EXTEND_MARGIN_S = 15.0
+WAIT_RETRY_MAX_S = 2.0  # the longest pause between two tries of a daemon waiting for a primary
 _ENV_HELP = """\
 environment (overrides the file; unknown SMSGW_* names are errors):
   SMSGW_DATABASE_URL           [database] url
@@ -396,7 +397,9 @@ class Daemon(Generic[S]):
                 self.set_status(f"waiting for a primary database ({step}, {waited:.0f}s, "
                                 f"attempt {tries}): {error}")
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            # at most 2 s between tries: a promoted standby is found within 2 s (a try is
+            # one connection attempt per host, cheap next to a gateway that waits longer)
+            delay = min(delay * 2, WAIT_RETRY_MAX_S)
 
     async def _until_stopped(self, coro: Awaitable[T]) -> T | None:
         """Await `coro` unless `stop` is set first (SIGTERM while Postgres is down)."""

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 READY = "READY=1"
 STOPPING = "STOPPING=1"
 WATCHDOG = "WATCHDOG=1"
+SEND_TIMEOUT_S = 0.2
+"""The longest `notify` waits for room in the notify socket's queue."""
 
 
 def _address(raw: str) -> str:
@@ -27,18 +29,23 @@ def notify(msg: str, env: Mapping[str, str] | None = None) -> bool:
     """Send `msg` to systemd; return True if a notify socket was configured and took it.
 
     Errors sending (socket gone) are swallowed on purpose: telling systemd is best effort and
-    must never crash the daemon; the return value says whether it went out.
+    must never crash the daemon; the return value says whether it went out. It must never hang
+    the daemon either: the send waits at most `SEND_TIMEOUT_S` for room in the receiver's
+    queue (a daemon waiting for its database sends a STATUS= every try; a listener that stops
+    reading once froze the whole event loop in a blocking send), then gives up.
     """
     addr = (os.environ if env is None else env).get("NOTIFY_SOCKET")
     if not addr:
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(SEND_TIMEOUT_S)
             sock.connect(_address(addr))
             sock.sendall(msg.encode("utf-8"))
-    except OSError:
+    except OSError:  # socket.timeout is an OSError too
         return False
     return True
+
 
 
 def monotonic_usec() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +50,26 @@ def test_notify_path_socket_and_status_newlines(tmp_path: Path) -> None:
         assert systemd.notify(systemd.status_message("binding\nconnector a"),
                               {"NOTIFY_SOCKET": str(path)})
         assert sock.recv(4096) == b"STATUS=binding connector a"
+
+
+def test_notify_never_hangs_on_a_listener_that_stopped_reading(tmp_path: Path) -> None:
+    """A notify socket nobody reads fills up; each notify then gives up within its send
+    timeout (a blocking send froze a daemon's event loop waiting for its database, which
+    sends a STATUS= every try) and says it did not go out."""
+    path = tmp_path / "full.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        env = {"NOTIFY_SOCKET": str(path)}
+        sent = 0
+        started = time.monotonic()
+        while systemd.notify(systemd.status_message("waiting " + "x" * 200), env):
+            sent += 1
+            assert sent < 100_000
+        assert sent > 0
+        slowest = time.monotonic()
+        assert systemd.notify(systemd.READY, env) is False
+        assert time.monotonic() - slowest < systemd.SEND_TIMEOUT_S + 0.5
+        assert time.monotonic() - started < 30
 
 
 def test_notify_without_socket_is_a_no_op(tmp_path: Path) -> None:
