@@ -115,7 +115,7 @@ SELECT coalesce((SELECT array_agg(DISTINCT outbound_id) FROM parts WHERE final),
 -- connector it came on), its part (number, SMSC id, connector) and the message (wherever it
 -- lives: outbound, or outbound_history after the retention move). Read-only; one statement per
 -- matching batch. The unnest join keeps each lookup on a primary key. The two uncorrelated
--- EXISTS are a one-time check on the partial indexes of migration 0018: with no Kannel-style
+-- EXISTS are a one-time check on the partial indexes of migration 0017: with no Kannel-style
 -- message at all (the common case without Kannel applications) the joins never run.
 SELECT r.id AS receipt_id, r.created_at AS received_at, r.state, r.err, r.body,
        r.message_state, r.network_error, r.connector AS receipt_connector, p.part_no, p.parts_total, p.smsc_id, p.connector,

@@ -1,5 +1,5 @@
 -- smsgw: no-transaction
--- 0018: a guard for the receipt matcher's Kannel dlr-url lookup (issue 14).
+-- 0017: a guard for the receipt matcher's Kannel dlr-url lookup (issue 14).
 --
 -- Each matching batch asked `receipts.kannel_dlrs` for the Kannel-style messages among its
 -- matched receipts: three index probes per receipt (receipt, part, message), about 13 µs of
