@@ -1,20 +1,13 @@
--- smsgw: no-transaction
--- 0017: a guard for the receipt matcher's Kannel dlr-url lookup (issue 14).
+-- 0017: which parts a Kannel dlr-url reports on (issue 14).
 --
--- Each matching batch asked `receipts.kannel_dlrs` for the Kannel-style messages among its
--- matched receipts: three index probes per receipt (receipt, part, message), about 13 µs of
--- server time per message even when no message had a dlr-url. These partial indexes hold only
--- the messages that ask for a Kannel DLR, so the statement's one-time check "is there any such
--- message at all" is one probe into an index that is empty on a gateway without Kannel
--- applications, and costs an INSERT nothing for every other message.
+-- outbound_part.kannel_dlr: true when the part's message asked for a Kannel dlr-url (a
+--   callback_url, a non-zero dlr_mask, callback_style 'kannel'), false when it did not; NULL
+--   for parts written before this migration (read as "maybe"). The sender knows it when it
+--   records the part (it holds the claimed message), so receipt matching reports only the
+--   receipts of such parts to `receipts.kannel_dlrs`, instead of looking up three rows per
+--   matched receipt (~13 µs of server time per message) to find that nobody asked.
 --
--- Expand only: two indexes, built CONCURRENTLY (outbound is hot on a live system); daemons of
--- the previous release never read them.
+-- Expand only: a nullable column without a default (a catalog change, no rewrite); daemons of
+-- the previous release never name it.
 
-CREATE INDEX CONCURRENTLY IF NOT EXISTS outbound_kannel_dlr_idx ON outbound (id)
-    WHERE callback_url IS NOT NULL AND coalesce(dlr_mask, 0) <> 0
-      AND (meta->>'callback_style') = 'kannel';
-
-CREATE INDEX CONCURRENTLY IF NOT EXISTS outbound_history_kannel_dlr_idx ON outbound_history (id)
-    WHERE callback_url IS NOT NULL AND coalesce(dlr_mask, 0) <> 0
-      AND (meta->>'callback_style') = 'kannel';
+ALTER TABLE outbound_part ADD COLUMN IF NOT EXISTS kannel_dlr boolean;

@@ -141,7 +141,7 @@ def _lease_pass(conn: asyncpg.Connection, batch: int, owner: str, acked: list[in
             n = len(rows)
             await outbound.write_back(conn, owner, [r.id for r in rows], ["submitted"] * n,
                                       [None] * n, [None] * n, [0.0] * n, [0] * n, [None] * n,
-                                      [None] * n, *([] for _ in range(7)))
+                                      [None] * n, *([] for _ in range(8)))
             acked[0] += len(rows)
             if acked[0] >= total:
                 done.set()

@@ -20,7 +20,12 @@ from smsgw.services.sender.records import Outcome
 from smsgw.services.sender.settings import SenderSettings
 from smsgw.shared.core.aio import race_stop
 from smsgw.shared.core.db import DATABASE_ERRORS
-from smsgw.shared.domain.status_callbacks import StatusChange, callback_row, insert_rows
+from smsgw.shared.domain.status_callbacks import (
+    StatusChange,
+    callback_row,
+    insert_rows,
+    is_kannel,
+)
 from smsgw.shared.queue import outbound
 from smsgw.shared.queue.records import ClaimedOutbound, OutboundStatus, StatusCallback
 
@@ -67,11 +72,19 @@ def claim_change(row: ClaimedOutbound) -> StatusChange | None:
                         error=row.status)
 
 
+def _kannel_dlr(o: Outcome) -> bool | None:
+    """Whether the outcome's message asked for a Kannel dlr-url (None: not known here)."""
+    row = o.row
+    if row is None:
+        return None
+    return bool(row.callback_url and row.dlr_mask and is_kannel(row.meta))
+
+
 def _write_back_args(owner: str, outcomes: Sequence[Outcome]) -> list[Any]:
-    parts = [(o.msg_id, no, o.parts_total or 1, o.connector or "", sid, cs, st)
-             for o in outcomes for (no, sid, cs, st) in o.parts]
+    parts = [(o.msg_id, no, o.parts_total or 1, o.connector or "", sid, cs, st, dlr)
+             for o in outcomes for dlr in (_kannel_dlr(o),) for (no, sid, cs, st) in o.parts]
     pcols: list[list[Any]] = [list(c) for c in zip(*parts, strict=True)] if parts else \
-        [[] for _ in range(7)]
+        [[] for _ in range(8)]
     return [owner,
             [o.msg_id for o in outcomes], [o.status for o in outcomes],
             [o.error_code for o in outcomes], [o.error for o in outcomes],

@@ -129,10 +129,11 @@ async def write_back(conn: asyncpg.Connection, owner: str, *columns: list[Any]) 
     """Record a batch of submit outcomes in one statement, fenced by lease owner `owner`;
     returns the ids of the messages it still owned (and so updated).
 
-    `columns` are 15 arrays: per message id, status, error_code, error, delay_s (a retry's
+    `columns` are 16 arrays: per message id, status, error_code, error, delay_s (a retry's
     backoff), attempts_inc, parts_total, connector; then per answered part outbound_id,
-    part_no, parts_total, connector, smsc_id, command_status, status (`outbound_part` rows;
-    a resubmitted part replaces the earlier attempt's row).
+    part_no, parts_total, connector, smsc_id, command_status, status, kannel_dlr (whether its
+    message asked for a Kannel dlr-url; None: unknown) — `outbound_part` rows; a resubmitted
+    part replaces the earlier attempt's row.
     """
     row = await conn.fetchrow(_WRITE_BACK, owner, *columns)
     assert row is not None

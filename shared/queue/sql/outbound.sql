@@ -205,8 +205,9 @@ RETURNING m.id, m.status
 -- - `owned`: update only the messages still leased to $1 and still sending, so a late response
 --   can never overwrite a row another sender has taken over; retries go back to queued with
 --   run_after = now + their backoff.
--- - `parts`: insert each answered part (smsc id, command_status) of the owned messages; a
---   resubmitted part replaces the earlier attempt's row.
+-- - `parts`: insert each answered part (smsc id, command_status, whether its message asked for
+--   a Kannel dlr-url) of the owned messages; a resubmitted part replaces the earlier attempt's
+--   row.
 -- Receipts that arrived before their part was recorded are not woken here: the matcher tries
 -- a receipt only after a short minimum age and retries unmatched ones with backoff, which
 -- costs less than probing the receipts for every recorded part.
@@ -238,18 +239,20 @@ WITH msg AS (
     RETURNING m.id
 ), parts AS (
     INSERT INTO outbound_part AS p (outbound_id, part_no, parts_total, connector, smsc_id,
-                                    command_status, status, submitted_at, done_at)
+                                    command_status, status, submitted_at, done_at, kannel_dlr)
     SELECT u.outbound_id, u.part_no, u.parts_total, u.connector, u.smsc_id, u.command_status,
-           u.status, now(), CASE WHEN u.status = 'rejected' THEN now() END
+           u.status, now(), CASE WHEN u.status = 'rejected' THEN now() END, u.kannel_dlr
       FROM unnest($10::bigint[], $11::smallint[], $12::smallint[], $13::text[], $14::text[],
-                  $15::int[], $16::text[])
-           AS u(outbound_id, part_no, parts_total, connector, smsc_id, command_status, status)
+                  $15::int[], $16::text[], $17::boolean[])
+           AS u(outbound_id, part_no, parts_total, connector, smsc_id, command_status, status,
+                kannel_dlr)
      WHERE u.outbound_id IN (SELECT id FROM owned)
     ON CONFLICT (outbound_id, part_no) DO UPDATE
        SET smsc_id = EXCLUDED.smsc_id, connector = EXCLUDED.connector,
            parts_total = EXCLUDED.parts_total, command_status = EXCLUDED.command_status,
            status = EXCLUDED.status, submitted_at = EXCLUDED.submitted_at,
-           done_at = EXCLUDED.done_at, attempts = p.attempts + 1, updated_at = now()
+           done_at = EXCLUDED.done_at, kannel_dlr = EXCLUDED.kannel_dlr,
+           attempts = p.attempts + 1, updated_at = now()
     RETURNING p.smsc_id
 )
 SELECT coalesce((SELECT array_agg(id) FROM owned), '{}') AS owned,

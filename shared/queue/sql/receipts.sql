@@ -49,12 +49,13 @@ WITH sib AS (
 ), res AS MATERIALIZED (
     -- one row per picked receipt with its part (NULL when none): the part lookup is one
     -- index probe on (smsc_id, connector) per receipt, the allowed connectors an array
-    SELECT pk.id, pk.state, pk.final, pk.err, m.part_id, m.part_done
+    SELECT pk.id, pk.state, pk.final, pk.err, m.part_id, m.part_done, m.kannel_dlr
       FROM picked pk
       LEFT JOIN LATERAL (
           SELECT p.id AS part_id,
                  p.status IN ('delivered', 'undeliverable', 'expired', 'rejected',
-                              'unknown_receipt') AS part_done
+                              'unknown_receipt') AS part_done,
+                 p.kannel_dlr
             FROM outbound_part p
            WHERE p.smsc_id = pk.smsc_id
              AND p.connector = ANY(coalesce(
@@ -102,9 +103,11 @@ SELECT coalesce((SELECT array_agg(DISTINCT outbound_id) FROM parts WHERE final),
        coalesce((SELECT array_agg(DISTINCT outbound_id) FROM parts WHERE NOT final), '{}')
            AS intermediates,
        -- the matched receipts of parts that were not final yet, in arrival order: the ones a
-       -- Kannel dlr-url reports (Kannel drops its DLR entry at the first final receipt)
+       -- Kannel dlr-url reports (Kannel drops its DLR entry at the first final receipt); only
+       -- parts whose message asked for one (NULL: a part written before migration 0017)
        coalesce((SELECT array_agg(id ORDER BY id) FROM res
-                  WHERE part_id IS NOT NULL AND NOT part_done), '{}') AS reported,
+                  WHERE part_id IS NOT NULL AND NOT part_done
+                    AND coalesce(kannel_dlr, true)), '{}') AS reported,
        (SELECT count(*) FROM rcpt WHERE status = 'matched') AS matched,
        (SELECT count(*) FROM rcpt WHERE status = 'queued') AS retried,
        (SELECT count(*) FROM rcpt WHERE status = 'orphan') AS orphaned
@@ -114,9 +117,8 @@ SELECT coalesce((SELECT array_agg(DISTINCT outbound_id) FROM parts WHERE final),
 -- dlr-url, with what a Kannel DLR carries: the receipt (text, state, err, when it arrived, the
 -- connector it came on), its part (number, SMSC id, connector) and the message (wherever it
 -- lives: outbound, or outbound_history after the retention move). Read-only; one statement per
--- matching batch. The unnest join keeps each lookup on a primary key. The two uncorrelated
--- EXISTS are a one-time check on the partial indexes of migration 0017: with no Kannel-style
--- message at all (the common case without Kannel applications) the joins never run.
+-- matching batch. The unnest join keeps each lookup on a primary key. `match` passes only the
+-- receipts of parts whose message asked for a Kannel DLR (outbound_part.kannel_dlr).
 SELECT r.id AS receipt_id, r.created_at AS received_at, r.state, r.err, r.body,
        r.message_state, r.network_error, r.connector AS receipt_connector, p.part_no, p.parts_total, p.smsc_id, p.connector,
        o.id AS outbound_id, o.account_id, o.from_addr, o.to_addr, o.callback_url, o.dlr_mask,
@@ -133,12 +135,6 @@ SELECT r.id AS receipt_id, r.created_at AS received_at, r.state, r.err, r.body,
       LIMIT 1) o ON true
  WHERE o.callback_url IS NOT NULL AND coalesce(o.dlr_mask, 0) <> 0
    AND o.meta->>'callback_style' = 'kannel'
-   AND (EXISTS (SELECT 1 FROM outbound k
-                 WHERE k.callback_url IS NOT NULL AND coalesce(k.dlr_mask, 0) <> 0
-                   AND (k.meta->>'callback_style') = 'kannel')
-        OR EXISTS (SELECT 1 FROM outbound_history k
-                    WHERE k.callback_url IS NOT NULL AND coalesce(k.dlr_mask, 0) <> 0
-                      AND (k.meta->>'callback_style') = 'kannel'))
  ORDER BY u.n
 
 -- name: orphan
