@@ -13,11 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -382,18 +380,6 @@ async def test_submit_multi_data_sm_and_cancel_sm(esme: EsmeService, pool: async
                                int(data.message_id)) == "cancelled"
     await raw.close()
 
-
-@pytest.fixture
-def tls_files(tmp_path: Path) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True)
-    return cert, key
 
 
 async def test_tls_listener(pool: asyncpg.Pool, esme_factory: Any,

@@ -6,9 +6,7 @@ in for the external SMSC and counts what arrives with its own clock.
 
 import asyncio
 import random
-import shutil
 import ssl
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -395,19 +393,6 @@ async def test_set_rate_on_a_live_session(sim, session_factory):
     times = sim.timestamps()
     assert times[-1] - times[0] >= 0.45  # 10 intervals of 50 ms
 
-
-@pytest.fixture
-def tls_files(tmp_path):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 async def test_tls_bind_and_submit(tls_files):
