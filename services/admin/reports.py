@@ -40,11 +40,13 @@ from smsgw.shared.domain.reports import (
     KINDS,
     ReportInputError,
     check_names,
+    configured_range_days,
     parse_request,
 )
 from smsgw.shared.queue import report_requests as rq
 from smsgw.shared.queue.records import ReportRequest, ReportStatus
 from smsgw.shared.runtime.admin_config import TARGET_EPILOG
+from smsgw.shared.runtime.config import peer_setting
 
 DEFAULT_KEEP_S: Final = 7 * 86400.0  # until the reporter sets the expiry of a finished one
 WAIT_POLL_S: Final = 0.5
@@ -152,8 +154,11 @@ async def _wait(conn: asyncpg.Connection, req: ReportRequest) -> ReportRequest:
 
 async def _create(conn: asyncpg.Connection, args: argparse.Namespace, actor: str) -> int:
     try:
+        limit = configured_range_days(peer_setting(
+            dbcli.AdminConfig.load(args).config_path(), "reporter", "max_range_days"))
         params = parse_request(args.kind, start=args.start, end=args.end, tz=args.tz,
-                               campaign=args.campaign, account=args.account)
+                               campaign=args.campaign, account=args.account,
+                               max_range_days=limit)
         await check_names(conn, params)
     except ReportInputError as exc:
         where = "KIND" if exc.field == "kind" else f"--{exc.field}"

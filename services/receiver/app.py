@@ -30,8 +30,9 @@ from smsgw.services.receiver.settings import ReceiverSettings
 from smsgw.services.receiver.smpp_intake import SmppIntake
 from smsgw.services.receiver.web import create_api_app
 from smsgw.services.receiver.webhooks import routes_off
+from smsgw.shared.domain.reports import configured_range_days
 from smsgw.shared.queue.listener import CHANNELS
-from smsgw.shared.runtime.config import AppConfig, WebhooksSettings
+from smsgw.shared.runtime.config import AppConfig, WebhooksSettings, peer_setting
 from smsgw.shared.runtime.daemon import Daemon
 
 COMMITTER_CLOSE_S = 4.0  # inside the runtime's RELEASE_TIMEOUT_S (5 s) for release()
@@ -77,6 +78,7 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
             server_secret=secret,  # the SecretStr itself: unwrapped only at the HMAC
             metrics=self.receiver_metrics, connectors=self.config.connectors,
             adaptive_linger_s=self.settings.adaptive_linger_s)
+        self._read_report_range()
         self.add_periodic("admission_read", lambda: self.settings.stats_read_s,
                           self.ctx.admission.read, locked=False)
         self.add_periodic("ratelimit_sync", lambda: self.settings.ratelimit_sync_s,
@@ -116,9 +118,16 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
         if self.smpp is not None:
             self.set_status(f"ready; {self.smpp.bound()} rx binds up")
 
+    def _read_report_range(self) -> None:
+        # the reporter's `max_range_days`, so a report request over it is refused at once (422)
+        self.ctx.report_max_range_days = configured_range_days(
+            peer_setting(self.config_path, "reporter", "max_range_days"))
+
     async def on_reload(self, new: AppConfig[ReceiverSettings]) -> None:
-        """SIGHUP: new watermarks/limits and webhook secrets at once; rx connectors."""
+        """SIGHUP: new watermarks/limits and webhook secrets at once; rx connectors; the
+        reporter's range maximum."""
         self.ctx.reload(new.daemon, new.webhooks, new.connectors)
+        self._read_report_range()
         self._log_routes_off(new.webhooks)
         if self.smpp is not None:
             self.smpp.update_connectors(new.connectors)

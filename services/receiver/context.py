@@ -33,6 +33,7 @@ from smsgw.shared.domain.intake import (
     flush_inbound,
     flush_receipts,
 )
+from smsgw.shared.domain.reports import MAX_RANGE_DAYS
 from smsgw.shared.domain.suppression import NumberHasher
 from smsgw.shared.queue.groupcommit import GroupCommitter
 from smsgw.shared.runtime.config import WebhooksSettings
@@ -62,6 +63,9 @@ class ReceiverContext:
     # pass a schedule to the SMSC (`schedule_mode = "send"`): their scheduled MTs are due now
     tlvs: TlvCatalog = field(default_factory=TlvCatalog)
     schedule_send: frozenset[str] = frozenset()
+    # the longest range a report request may span: `[reporter] max_range_days` as the config
+    # file and environment give it (the receiver's API checks it at request time)
+    report_max_range_days: int = MAX_RANGE_DAYS
 
     def reload(self, options: ReceiverOptions, webhooks: WebhooksSettings,
                connectors: Iterable[str | ConnectorSettings] | None = None) -> None:

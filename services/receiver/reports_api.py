@@ -98,7 +98,8 @@ async def post_report(request: web.Request) -> web.StreamResponse:
         data = _parse(await read_body(request, ctx), account)
         params = parse_request(data.get("kind"), start=data.get("from"), end=data.get("to"),
                                tz=data.get("tz"), campaign=data.get("campaign"),
-                               account=data.get("account"))
+                               account=data.get("account"),
+                               max_range_days=ctx.report_max_range_days)
         async with ctx.pool.acquire() as conn:
             await check_names(conn, params)
             if await conn.fetchval(OPEN_REPORTS, account.id) >= MAX_OPEN_PER_ACCOUNT:

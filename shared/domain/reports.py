@@ -24,6 +24,19 @@ import asyncpg
 KINDS: Final = ("campaign", "traffic", "inbound", "optouts")
 OPERATOR_KINDS: Final = frozenset({"campaign", "inbound", "optouts"})
 MAX_RANGE_DAYS: Final = 400  # the longest range a request may span (also `[reporter]`)
+RANGE_DAYS_CEILING: Final = 3660  # what `[reporter] max_range_days` may be set to at most
+
+
+def configured_range_days(value: Any) -> int:
+    """`[reporter] max_range_days` as another daemon reads it (`config.peer_setting`): the
+    value when it is a whole number of days the reporter accepts, else the default (the
+    reporter itself refuses to start with a bad one)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and \
+            1 <= value <= RANGE_DAYS_CEILING:
+        return value
+    return MAX_RANGE_DAYS
 DEFAULT_RANGE: Final = timedelta(days=7)
 MAX_NAME_LEN: Final = 100
 FILE_NAMES: Final = ("csv", "html", "entries_csv")  # what a report's `files` may hold

@@ -431,6 +431,17 @@ def load_config(daemon: str, section_model: type[D], *, path: str | None,
     return model(daemon_name=daemon, instance=inst, daemon=section, **shared)
 
 
+def peer_setting(path: str | None, section: str, key: str,
+                 env: Mapping[str, str] = os.environ) -> Any:
+    """One key of another daemon's section, as the file and the environment give it (None when
+    unset or unreadable; not validated: the owner validates it, the caller checks the value it
+    gets). For a limit one daemon enforces and others check early: the reporter's
+    `max_range_days`, which the receiver's API and the CLI check at request time."""
+    loader = _Loader(path, env)
+    section_data = loader.merged(keep=section).get(section)
+    return section_data.get(key) if isinstance(section_data, dict) else None
+
+
 def load_shared(path: str | None, env: Mapping[str, str] = os.environ) -> SharedConfig:
     """Load only the shared sections (admin commands); daemon sections are ignored."""
     loader = _Loader(path, env)

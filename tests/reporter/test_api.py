@@ -9,6 +9,7 @@ import asyncpg
 from smsgw.services.reporter.kinds import Progress
 from smsgw.services.reporter.runner import run_report
 from smsgw.services.reporter.settings import ReporterSettings
+from smsgw.shared.domain.reports import MAX_RANGE_DAYS
 from smsgw.shared.queue import report_requests as rq
 
 from ..receiver.conftest import AccountFactory, Receiver, ReceiverFactory
@@ -50,6 +51,14 @@ async def test_reports_api_scope_validation_and_files(pool: asyncpg.Pool,
             ({"kind": "traffic", "colour": "red"}, 422, "colour")):
         status, err = await r.post("/v1/reports", key=key, json=bad)
         assert (status, err["errors"][0]["field"]) == (code, field), (bad, err)
+    # the reporter's configured maximum (`[reporter] max_range_days`, read by the receiver
+    # at start and on SIGHUP) is checked at request time too
+    r.ctx.report_max_range_days = 30
+    status, err = await r.post("/v1/reports", key=key, json={
+        "kind": "traffic", "from": "2026-01-01", "to": "2026-03-01"})
+    assert (status, err["errors"][0]["field"]) == (422, "to"), err
+    assert "30 days" in err["errors"][0]["message"], err
+    r.ctx.report_max_range_days = MAX_RANGE_DAYS
     status, err = await r.post("/v1/reports", key=op, json={"kind": "campaign",
                                                             "campaign": "nope"})
     assert (status, err["errors"][0]["field"]) == (422, "campaign")

@@ -202,3 +202,22 @@ def test_mask_number() -> None:
     assert mask_number("+447911123456") == "+4479*****456"
     assert mask_number("12345") == "1****"
     assert mask_number(None) is None
+
+
+def test_peer_setting_reads_another_daemons_key_from_file_and_env(tmp_path: Path) -> None:
+    """The receiver and the CLI read the reporter's `max_range_days` without validating the
+    reporter's section: the file's value, an environment override, None when unset; a value
+    the reporter would refuse falls back to the default."""
+    from smsgw.shared.domain.reports import MAX_RANGE_DAYS, configured_range_days
+    from smsgw.shared.runtime.config import peer_setting
+    cfg = tmp_path / "smsgw.toml"
+    cfg.write_text("[reporter]\nmax_range_days = 30\nconcurrency = 2\n")
+    assert peer_setting(str(cfg), "reporter", "max_range_days", env={}) == 30
+    assert configured_range_days(peer_setting(
+        str(cfg), "reporter", "max_range_days", env={"SMSGW_REPORTER__MAX_RANGE_DAYS": "45"})) == 45
+    assert peer_setting(str(cfg), "reporter", "dir", env={}) is None
+    assert peer_setting(str(tmp_path / "none.toml"), "reporter", "max_range_days",
+                        env={}) is None
+    assert configured_range_days(30) == 30 and configured_range_days("45") == 45
+    for bad in (None, 0, 5000, "many", True, 2.5):
+        assert configured_range_days(bad) == MAX_RANGE_DAYS
