@@ -265,6 +265,7 @@ async def test_reload_adds_and_removes_a_connector_under_load_losing_nothing(
             await wait_until(lambda: sa.bind_count == 0)
             assert sa.counters.unbinds == 1  # drained and unbound, not dropped
             await wait_until(lambda: len(sb.submits) >= 50)  # b alone under load
+            await wait_until(lambda: len(ids) >= 200)  # enough load however fast the reloads
             stop_load.set()
             await loader
             write_config(cfg, [b, _connector("c", 0)], routes=False)
