@@ -96,10 +96,8 @@ class BenchEsme(asyncio.Protocol):
 
 async def one_run(args: argparse.Namespace, index: int) -> dict[str, Any]:
     """One stack, one measured run."""
-    from smsgw.services.admin import up
     from smsgw.services.bench.stack import BENCH_ACCOUNT, Stack, StackOptions
     from smsgw.shared.core import db
-    from smsgw.shared.domain import esme as E
 
     sections = {"receiver": {"smpp_server": {"window": args.window}}}
     stack = Stack(StackOptions(sections=sections, log_level="warning",
@@ -108,10 +106,9 @@ async def one_run(args: argparse.Namespace, index: int) -> dict[str, Any]:
                                say=lambda m: sys.stderr.write(m + "\n")))
     await stack.start()
     try:
-        secret = up.server_secret(stack.data_dir).read_text().strip().encode()
+        password = await stack.esme_password("smsgw bench")
         conn = await db.connect(stack.dsn, **stack.connect_kwargs)
         try:
-            password = await E.set_password(conn, secret, BENCH_ACCOUNT, actor="smsgw bench")
             pg = {r["name"]: r["setting"] for r in await conn.fetch(
                 "SELECT name, setting FROM pg_settings WHERE name = ANY($1)",
                 ["fsync", "synchronous_commit", "full_page_writes"])}

@@ -189,10 +189,7 @@ def _rss_kb(pid: int) -> int:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start a stack, fuzz its receiver's listener, check it survived; return the report."""
-    from smsgw.services.admin import up
     from smsgw.services.bench.stack import BENCH_ACCOUNT, Stack, StackOptions
-    from smsgw.shared.core import db
-    from smsgw.shared.domain import esme as E
 
     # generous failed-bind limits: fuzzed binds would otherwise lock the real one out
     # and a frame the prediction missed is closed (pdu_timeout_s) well before a probe gives up
@@ -204,13 +201,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                say=lambda m: sys.stderr.write(m + "\n")))
     await stack.start()
     try:
-        secret = up.server_secret(stack.data_dir).read_text().strip().encode()
-        conn = await db.connect(stack.dsn, **stack.connect_kwargs)
-        try:
-            password = await E.set_password(conn, secret, BENCH_ACCOUNT, actor="smsgw fuzz")
-        finally:
-            await conn.close()
-        creds = (BENCH_ACCOUNT, password)
+        creds = (BENCH_ACCOUNT, await stack.esme_password("smsgw fuzz"))
         child = stack.child("receiver@1")
         assert child.proc is not None
         pid = child.proc.pid

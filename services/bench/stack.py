@@ -337,6 +337,18 @@ class Stack:
             with contextlib.suppress(OSError):
                 shutil.rmtree(self.data_dir)
 
+    async def esme_password(self, actor: str) -> str:
+        """A fresh SMPP password for the bench account (its ESMEs bind with it), set with the
+        stack's own server secret."""
+        from smsgw.shared.domain import esme
+
+        secret = up.server_secret(self.data_dir).read_text().strip().encode()
+        conn = await db.connect(self.dsn, **self.connect_kwargs)
+        try:
+            return await esme.set_password(conn, secret, BENCH_ACCOUNT, actor=actor)
+        finally:
+            await conn.close()
+
     async def __aenter__(self) -> Stack:
         try:
             await self.start()
