@@ -137,9 +137,10 @@ async def match_batch(conn: asyncpg.Connection, settings: MatchSettings) -> Matc
                                    retry_base_s=settings.retry_base_s,
                                    max_attempts=settings.max_attempts,
                                    min_age_s=settings.min_age_s)
+        finalized = 0
         changes: list[StatusChange] = []
         if row.finals:
-            changes = await outbound.finalize(conn, row.finals)
+            finalized, changes = await outbound.finalize(conn, row.finals)
         # JSON callbacks: the message's final state; Kannel dlr-urls: the receipts themselves
         rows = [cb for c in changes if not is_kannel(c.meta)
                 for cb in (callback_row(c),) if cb is not None]
@@ -149,7 +150,7 @@ async def match_batch(conn: asyncpg.Connection, settings: MatchSettings) -> Matc
                                  system_ids=settings.system_ids)
         n_callbacks = await insert_rows(conn, rows)
     return MatchResult(matched=row.matched, retried=row.retried, orphaned=row.orphaned,
-                       finalized=len(changes), callbacks=n_callbacks)
+                       finalized=finalized, callbacks=n_callbacks)
 
 
 async def run_matcher(pool: asyncpg.Pool, settings: MatchSettings, *, stop: asyncio.Event,

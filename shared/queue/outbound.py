@@ -190,11 +190,14 @@ async def log_events(conn: asyncpg.Connection,
 # -- receipt matching -------------------------------------------------------------------------
 
 
-async def finalize(conn: asyncpg.Connection, ids: Sequence[int]) -> list[StatusChange]:
+async def finalize(conn: asyncpg.Connection,
+                   ids: Sequence[int]) -> tuple[int, list[StatusChange]]:
     """Give messages `ids` whose every part is now final their state (all delivered →
     delivered, all expired → expired, else undeliverable), in `outbound` or, after the
-    retention move, `outbound_history`; return the changes (for status callbacks)."""
-    return [StatusChange.from_record(r) for r in await conn.fetch(_FINALIZE, list(ids))]
+    retention move, `outbound_history`; return how many changed and the changes of the
+    messages that asked for a status callback (a `callback_url`; the others need no record)."""
+    rows = await conn.fetch(_FINALIZE, list(ids))
+    return len(rows), [StatusChange.from_record(r) for r in rows if r["callback_url"]]
 
 
 

@@ -356,9 +356,12 @@ WITH agg AS (
               o.callback_url, o.dlr_mask, o.meta, o.parts_total, o.connector, o.error_code,
               o.last_error, d.delivered
 )
-SELECT * FROM hot
-UNION ALL
-SELECT * FROM hist
+-- one row per finalised message; `meta` (a jsonb the client decodes in Python) only where a
+-- callback was asked for: most messages asked for none and only count
+SELECT id, status, account_id, from_addr, to_addr, client_ref, callback_url, dlr_mask,
+       CASE WHEN callback_url IS NOT NULL THEN meta END AS meta, parts_total, connector,
+       error_code, last_error, delivered
+  FROM (SELECT * FROM hot UNION ALL SELECT * FROM hist) c
 
 -- name: cancel_queued
 -- Cancel account $1's queued messages in one statement: all of them, or those in $2 (NULL:
