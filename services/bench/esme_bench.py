@@ -100,7 +100,9 @@ async def one_run(args: argparse.Namespace, index: int) -> dict[str, Any]:
     from smsgw.shared.core import db
 
     sections = {"receiver": {"smpp_server": {"window": args.window}}}
-    stack = Stack(StackOptions(sections=sections, log_level="warning",
+    pg_conf = ({"shared_preload_libraries": "pg_stat_statements",
+                "pg_stat_statements.track": "all"} if args.statements else {})
+    stack = Stack(StackOptions(sections=sections, log_level="warning", pg_conf=pg_conf,
                                receipt_delay_s=0.05 if args.receipts else None,
                                connector={"window": 100},
                                say=lambda m: sys.stderr.write(m + "\n")))
@@ -112,6 +114,8 @@ async def one_run(args: argparse.Namespace, index: int) -> dict[str, Any]:
             pg = {r["name"]: r["setting"] for r in await conn.fetch(
                 "SELECT name, setting FROM pg_settings WHERE name = ANY($1)",
                 ["fsync", "synchronous_commit", "full_page_writes"])}
+            if args.statements:
+                await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         finally:
             await conn.close()
         acked = [0]
@@ -138,6 +142,8 @@ async def one_run(args: argparse.Namespace, index: int) -> dict[str, Any]:
             if await esme.bound != 0:
                 raise RuntimeError("the bench ESME could not bind")
             esmes.append(esme)
+        if args.statements:
+            await _reset_statements(stack)
         sim0 = (await stack.sim_stats())["counters"]["submits"]
         cpu0 = cpu_snapshot(stack)
         start = time.monotonic()
@@ -154,6 +160,7 @@ async def one_run(args: argparse.Namespace, index: int) -> dict[str, Any]:
                 break
             await asyncio.sleep(0.05)
         cpu1 = cpu_snapshot(stack)
+        statements = await _statements(stack, acked[0]) if args.statements else []
         sim = (await stack.sim_stats())["counters"]["submits"] - sim0
         elapsed_ack = max(t_ack[0] - start, 1e-9)
         rejected: dict[str, int] = {}
@@ -169,9 +176,29 @@ async def one_run(args: argparse.Namespace, index: int) -> dict[str, Any]:
             "receipts_per_s": round(receipts[0] / max(t_receipt[0] - start, 1e-9))
             if receipts[0] else None,
             "cpu": cpu_report(cpu0, cpu1, acked[0], stack), "pg_settings": pg,
+            "statements": statements,
         }
     finally:
         await stack.stop()
+
+
+async def _reset_statements(stack: Any) -> None:
+    from smsgw.shared.core import db
+    conn = await db.connect(stack.dsn, **stack.connect_kwargs)
+    try:
+        await conn.execute("SELECT pg_stat_statements_reset()")
+    finally:
+        await conn.close()
+
+
+async def _statements(stack: Any, messages: int) -> list[dict[str, Any]]:
+    from smsgw.services.bench.e2e import top_statements
+    from smsgw.shared.core import db
+    conn = await db.connect(stack.dsn, **stack.connect_kwargs)
+    try:
+        return await top_statements(conn, messages)
+    finally:
+        await conn.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registered_delivery without simulator receipts")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds a run may take after the last submit (%(default)s)")
+    p.add_argument("--statements", action="store_true",
+                   help="load pg_stat_statements and print the top statements by server time "
+                        "per message (last run)")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     return p
 
@@ -225,4 +255,7 @@ def main(argv: list[str]) -> int:
         f"reaching the SMSC, {m['receipts_per_s']} receipts/s reaching the ESMEs\n"
         f"CPU per message (us): gateway {m['gateway_cpu_us_per_msg']}; "
         + ", ".join(f"{k} {v}" for k, v in m["cpu_us_per_msg"].items()) + "\n")
+    for st in results[-1]["statements"]:
+        sys.stdout.write(f"  {st['us_per_msg']:>7} us/msg {st['share_pct']:>5}% "
+                         f"{st['calls']:>7} calls {st['rows']:>7} rows  {st['query']}\n")
     return 0

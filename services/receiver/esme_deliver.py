@@ -2,13 +2,14 @@
 
 The worker claims (leases) due rows of the accounts that have a receiver or transceiver bind on
 this receiver, spreads them over those binds (round robin, at most `delivery_window` deliver_sm
-in flight per bind) and writes the outcomes back in one statement each: ESME_ROK → delivered
-(with an event for `smsgw trace`); any other status, a generic_nack, no answer within
-`response_timeout_s` or a bind that went away → queued again after `delivery_retry_s` (dead
-after `delivery_max_attempts`). The claim keeps one message's rows in order (an intermediate
-receipt before the final one). Rows wait while the account has no bind; after
-`delivery_retention_s` they end `expired` (an event, a metric) — the periodic `housekeeping`
-job, which also reclaims leases of a receiver that died and purges finished rows.
+in flight per bind) and writes a batch's outcomes back in one statement: ESME_ROK → the row
+is deleted with an `esme_delivered` event (for `smsgw trace`); any other status, a
+generic_nack, no answer within `response_timeout_s` or a bind that went away → queued again
+after `delivery_retry_s` (deleted with an `esme_delivery_dead` event after
+`delivery_max_attempts`). The claim keeps one message's rows in order (an intermediate receipt
+before the final one) and takes a row whose lease ran out (its receiver died) again. Rows wait
+while the account has no bind; after `delivery_retention_s` they are deleted with an
+`esme_delivery_expired` event and the expired metric — the periodic `housekeeping` job.
 
 A receipt is a deliver_sm with esm_class 0x04 (SMSC delivery receipt), source_addr the
 recipient, destination_addr the sender, the SMPP 3.4 Appendix B text
@@ -33,7 +34,6 @@ from smsgw.services.receiver.options import SmppServerOptions
 from smsgw.shared.core.db import DATABASE_ERRORS
 from smsgw.shared.domain.apikeys import DisabledAccounts
 from smsgw.shared.queue import esme_deliveries as Q
-from smsgw.shared.queue import store
 from smsgw.shared.smpp import pdu as P
 from smsgw.shared.smpp.receipts import format_receipt_text
 from smsgw.shared.smpp.text import encode_text, is_gsm
@@ -41,7 +41,7 @@ from smsgw.shared.smpp.text import encode_text, is_gsm
 log = structlog.get_logger("smsgw.receiver.esme")
 
 BATCH = 200
-PURGE_AFTER_S = 86400.0  # finished rows stay a day (their events stay longer)
+PURGE_AFTER_S = 86400.0  # finished rows an older release left stay a day (events stay longer)
 
 
 def receipt_pdu(row: Q.EsmeDelivery) -> P.DeliverSm:
@@ -144,26 +144,14 @@ class EsmeDeliverer:
         if not rows:
             return 0
         outcomes = await asyncio.gather(*(self._deliver(r) for r in rows))
-        ok = [r for r, o in zip(rows, outcomes, strict=True) if o is None]
-        failed = [(r, o) for r, o in zip(rows, outcomes, strict=True) if o is not None]
-        async with self.pool.acquire() as conn, conn.transaction():
-            done = await Q.delivered(conn, [r.id for r in ok], owner=self.owner)
-            events = [_event(r, "esme_delivered", r["kind"], stat=r["stat"]) for r in done]
-            for reason in {o for _, o in failed}:
-                ids = [r.id for r, o in failed if o == reason]
-                changed = await Q.retry(conn, ids, owner=self.owner,
-                                        delay_s=self.opts.delivery_retry_s,
-                                        max_attempts=self.opts.delivery_max_attempts,
-                                        error=reason)
-                for r in changed:
-                    outcome = "dead" if r["status"] == "dead" else "retried"
-                    kind = next(x.kind for x in rows if x.id == r["id"])
-                    self.metrics.deliveries.labels(source=kind, outcome=outcome).inc()
-                    if outcome == "dead":
-                        events.append(_event(r, "esme_delivery_dead", kind, error=reason))
-            await store.log_events(conn, [e for e in events if e is not None], self.daemon)
-        for r in done:
-            self.metrics.deliveries.labels(source=r["kind"], outcome="delivered").inc()
+        counts = await Q.finish(
+            self.pool, owner=self.owner,
+            delivered=[r.id for r, o in zip(rows, outcomes, strict=True) if o is None],
+            failed=[(r.id, o) for r, o in zip(rows, outcomes, strict=True) if o is not None],
+            delay_s=self.opts.delivery_retry_s, max_attempts=self.opts.delivery_max_attempts,
+            daemon=self.daemon)
+        for (outcome, kind), n in counts.items():
+            self.metrics.deliveries.labels(source=kind, outcome=outcome).inc(n)
         return len(rows)
 
     async def _enabled(self, accounts: list[int]) -> list[int]:
@@ -198,17 +186,17 @@ class EsmeDeliverer:
         return None
 
     async def housekeeping(self, conn: asyncpg.Connection) -> None:
-        """Periodic: reclaim expired leases, expire rows past the retention, purge old ones."""
-        await Q.reclaim(conn)
-        expired = await Q.expire(conn, older_than_s=self.opts.delivery_retention_s)
+        """Periodic: delete rows past the retention (event + metric each); tidy what an
+        older release left (leases of `sending` rows, finished rows)."""
+        expired = await Q.expire(conn, older_than_s=self.opts.delivery_retention_s,
+                                 daemon=self.daemon)
         if expired:
             log.warning("esme_deliveries_expired", rows=len(expired),
                         retention_s=self.opts.delivery_retention_s)
-            for r in expired:
-                self.metrics.deliveries.labels(source=r["kind"], outcome="expired").inc()
-            events = [_event(r, "esme_delivery_expired", r["kind"]) for r in expired]
-            await store.log_events(conn, [e for e in events if e is not None], self.daemon)
-        await Q.purge(conn, older_than_s=max(PURGE_AFTER_S, 0.0))
+            for kind in expired:
+                self.metrics.deliveries.labels(source=kind, outcome="expired").inc()
+        await Q.reclaim(conn)
+        await Q.purge(conn, older_than_s=PURGE_AFTER_S)
 
     async def gauges(self, conn: asyncpg.Connection) -> None:
         """Periodic: the queued depth and oldest age per kind."""
@@ -218,12 +206,3 @@ class EsmeDeliverer:
             self.metrics.deliveries_queued.labels(source=kind).set(depth)
             self.metrics.deliveries_oldest.labels(source=kind).set(age)
 
-
-def _event(row: Any, event: str, kind: str,
-           **detail: Any) -> tuple[str, int, str, dict[str, Any]] | None:
-    """An `events` row for the message a delivery belongs to (None for neither)."""
-    if row["outbound_id"] is not None:
-        return ("outbound", int(row["outbound_id"]), event, {"kind": kind, **detail})
-    if row["inbound_id"] is not None:
-        return ("inbound", int(row["inbound_id"]), event, {"kind": kind, **detail})
-    return None

@@ -3,10 +3,12 @@
 Receipts are queued by the `esme_receipt` trigger on `outbound` (migration 0015) when an MT an
 ESME submitted reaches a state its registered_delivery asked for; MO routed to an account by
 the processor's `deliver_to_account` action are queued by `insert_mo`. The receiver delivers
-them over the account's receiver/transceiver binds under leases (`claim` … `delivered` /
-`retry` / `release`), in order per message; rows no bind took within the retention end
-`expired` (`expire`), finished rows are purged after a while (`purge`). The SQL is
-`sql/esme_deliveries.sql`.
+them over the account's receiver/transceiver binds under leases (`claim` … `finish`), in
+order per message. A row lives only while it is owed: `finish` deletes the
+delivered ones (and those refused too often) and queues the others again, `expire` deletes
+those no bind took within the retention — each with its event, in the same statement. A
+leased row stays `queued` (migration 0018: the claim is a heap-only update). `reclaim` and
+`purge` only tidy rows an older release left. The SQL is `sql/esme_deliveries.sql`.
 """
 
 from __future__ import annotations
@@ -84,40 +86,38 @@ async def claim(conn: asyncpg.Connection | asyncpg.Pool, account_ids: Sequence[i
     return sorted((EsmeDelivery.from_record(r) for r in rows), key=lambda d: d.id)
 
 
-async def reclaim(conn: asyncpg.Connection | asyncpg.Pool) -> int:
-    """Expired leases back to queued; return how many."""
-    return _count(await conn.execute(_SQL["reclaim"]))
-
-
-async def delivered(conn: asyncpg.Connection | asyncpg.Pool, ids: Sequence[int], *,
-                    owner: str) -> list[asyncpg.Record]:
-    """Mark rows delivered (only while the lease is `owner`'s); return the changed rows."""
-    return await conn.fetch(_SQL["delivered"], list(ids), owner) if ids else []
-
-
-async def retry(conn: asyncpg.Connection | asyncpg.Pool, ids: Sequence[int], *, owner: str,
-                delay_s: float, max_attempts: int, error: str) -> list[asyncpg.Record]:
-    """Queue rows again after `delay_s` (dead after `max_attempts`); return the changed rows."""
-    if not ids:
-        return []
-    return await conn.fetch(_SQL["retry"], list(ids), owner, delay_s, max_attempts, error[:500])
-
-
-async def release(conn: asyncpg.Connection | asyncpg.Pool, ids: Sequence[int], *,
-                  owner: str) -> int:
-    """Give rows back unsent (no attempt counted)."""
-    return _count(await conn.execute(_SQL["release"], list(ids), owner)) if ids else 0
+async def finish(conn: asyncpg.Connection | asyncpg.Pool, *, owner: str,
+                 delivered: Sequence[int], failed: Sequence[tuple[int, str]], delay_s: float,
+                 max_attempts: int, daemon: str) -> dict[tuple[str, str], int]:
+    """Write one batch's outcomes in one statement (only rows whose lease is `owner`'s):
+    `delivered` ids deleted with an `esme_delivered` event; `failed` (id, why) queued again
+    after `delay_s`, or deleted with an `esme_delivery_dead` event at `max_attempts`. Return
+    (outcome, kind) → rows, outcome 'delivered' | 'retried' | 'dead'."""
+    if not delivered and not failed:
+        return {}
+    rows = await conn.fetch(_SQL["finish"], list(delivered), owner,
+                            [i for i, _ in failed], [why[:500] for _, why in failed],
+                            delay_s, max_attempts, daemon)
+    return {(r["outcome"], r["kind"]): int(r["n"]) for r in rows}
 
 
 async def expire(conn: asyncpg.Connection | asyncpg.Pool, *, older_than_s: float,
-                 limit: int = 1000) -> list[asyncpg.Record]:
-    """End rows queued for longer than the retention `expired`; return them."""
-    return await conn.fetch(_SQL["expire"], older_than_s, limit)
+                 daemon: str, limit: int = 1000) -> list[str]:
+    """Delete rows waiting for longer than the retention, each with an
+    `esme_delivery_expired` event; return their kinds."""
+    return [r["kind"] for r in await conn.fetch(_SQL["expire"], older_than_s, limit, daemon)]
+
+
+async def reclaim(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """Rows an older release left `sending` past their lease back to queued; return how
+    many."""
+    return _count(await conn.execute(_SQL["reclaim"]))
 
 
 async def purge(conn: asyncpg.Connection | asyncpg.Pool, *, older_than_s: float,
                 limit: int = 5000) -> int:
-    """Delete finished rows older than `older_than_s`; return how many."""
+    """Delete finished rows an older release left, older than `older_than_s`; return how
+    many."""
     return _count(await conn.execute(_SQL["purge"], older_than_s, limit))
 
 
@@ -136,12 +136,6 @@ async def stats(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, tuple[int,
     """kind → (rows queued or in flight, oldest age in seconds)."""
     return {r["kind"]: (int(r["depth"]), float(r["oldest_age_s"]))
             for r in await conn.fetch(_SQL["stats"])}
-
-
-async def for_message(conn: asyncpg.Connection | asyncpg.Pool, table: str,
-                      message_id: int) -> list[asyncpg.Record]:
-    """The deliveries of one message (`table` 'outbound' or 'inbound'), oldest first."""
-    return await conn.fetch(_SQL["for_message"], table, message_id)
 
 
 def _count(status: str) -> int:

@@ -324,8 +324,12 @@ async def test_submit_dedupe_window_query_and_receipts(esme: EsmeService, pool: 
     assert dlr.message_state == 2
     assert dlr.source_addr.decode() == "447700900456"
     await client.close()
-    assert await pool.fetchval("SELECT status FROM esme_deliveries WHERE outbound_id = $1",
-                               mid) == "delivered"
+    # delivered: the row is gone, its event stays for `smsgw trace`
+    assert await pool.fetchval("SELECT count(*) FROM esme_deliveries WHERE outbound_id = $1",
+                               mid) == 0
+    assert [dict(r["detail"]) for r in await pool.fetch(
+        "SELECT detail FROM events WHERE message_table = 'outbound' AND message_id = $1 "
+        "AND event = 'esme_delivered'", mid)] == [{"kind": "receipt", "stat": "DELIVRD"}]
 
 
 async def test_submit_multi_data_sm_and_cancel_sm(esme: EsmeService, pool: asyncpg.Pool,
@@ -503,7 +507,7 @@ async def test_disabled_account_and_expired_receipts(pool: asyncpg.Pool, esme_fa
                                                      unique: Any) -> None:
     """1. A disabled account's bind → ESME_RBINDFAIL, audited as account_disabled; its open
           receiver bind is closed by the delivery worker.
-       2. A receipt no bind took within delivery_retention_s ends `expired`, with an
+       2. A receipt no bind took within delivery_retention_s is deleted, with an
           `esme_delivery_expired` event on the message and the expired counter."""
     service = await esme_factory(delivery_retention_s=0.05, failed_bind_delay_s=0.0)
     name = unique("x")[:15]
@@ -535,8 +539,8 @@ async def test_disabled_account_and_expired_receipts(pool: asyncpg.Pool, esme_fa
     await asyncio.sleep(0.1)
     async with pool.acquire() as conn:
         await service.deliverer.housekeeping(conn)
-    assert await pool.fetchval("SELECT status FROM esme_deliveries WHERE outbound_id = $1",
-                               mid) == "expired"
+    assert await pool.fetchval("SELECT count(*) FROM esme_deliveries WHERE outbound_id = $1",
+                               mid) == 0  # expired: deleted, with its event and the metric
     assert await pool.fetchval("SELECT count(*) FROM events WHERE message_table = 'outbound' "
                                "AND message_id = $1 AND event = 'esme_delivery_expired'",
                                mid) == 1
