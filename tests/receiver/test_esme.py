@@ -597,3 +597,77 @@ def test_accounts_cli_smpp_password_and_flags(db_url: str, monkeypatch: pytest.M
                                                "smpp_bind_modes": None}
     actions = [r["action"] for r in query("SELECT action FROM audit_log ORDER BY id")]
     assert actions.count("smpp_password_set") == 1 and actions.count("account_updated") == 2
+
+
+async def test_delivery_queue_leases_retries_order_and_dead(pool: asyncpg.Pool,
+                                                            account_factory: AccountFactory,
+                                                            unique: Any) -> None:
+    """The `esme_deliveries` queue at the statement level (migration 0018):
+       1. A claim leases rows and leaves them `queued`; another receiver's claim skips them
+          while the lease holds and takes them (one attempt counted) once it ran out.
+       2. In order per message: a message's second receipt is not claimed while its first is
+          unfinished (queued, in flight or waiting out a retry).
+       3. `finish`: a delivered row is deleted with an `esme_delivered` event; a failed one is
+          queued again after the retry delay (last_error kept), and deleted with an
+          `esme_delivery_dead` event at the attempt limit; only the lease holder's rows
+          change. The claim's update is heap-only (no index entry written)."""
+    from smsgw.shared.queue import esme_deliveries as Q
+
+    account_id, _ = await account_factory(unique("q"))
+
+    async def add(outbound_id: int, stat: str) -> int:
+        return int(await pool.fetchval(
+            "INSERT INTO esme_deliveries (account_id, kind, outbound_id, message_ref, "
+            "from_addr, to_addr, stat, message_state, final, err, submitted_at, done_at, body) "
+            "VALUES ($1, 'receipt', $2::bigint, $2::bigint::text, '+447700900001', 'Shop', $3, "
+            "2, true, 0, now(), now(), 'x') RETURNING id", account_id, outbound_id, stat))
+
+    first, second = await add(1, "ENROUTE"), await add(1, "DELIVRD")
+    other = await add(2, "DELIVRD")
+    rows = await Q.claim(pool, [account_id], limit=10, owner="a", lease_s=0.3)
+    assert [r.id for r in rows] == [first, other]  # `second` waits for `first`
+    assert {r["status"] for r in await pool.fetch("SELECT status FROM esme_deliveries")} == {
+        "queued"}
+    assert await Q.claim(pool, [account_id], limit=10, owner="b", lease_s=30) == []
+    await asyncio.sleep(0.35)  # receiver a "died": its leases run out
+    again = await Q.claim(pool, [account_id], limit=10, owner="b", lease_s=30)
+    assert [(r.id, r.attempts) for r in again] == [(first, 1), (other, 1)]
+    # a's late outcome changes nothing: the rows are b's now
+    assert await Q.finish(pool, owner="a", delivered=[first, other], failed=[], delay_s=0,
+                          max_attempts=3, daemon="receiver") == {}
+    counts = await Q.finish(pool, owner="b", delivered=[other],
+                            failed=[(first, "deliver_sm_resp ESME_RX_T_APPNACK")], delay_s=0.2,
+                            max_attempts=3, daemon="receiver")
+    assert counts == {("delivered", "receipt"): 1, ("retried", "receipt"): 1}
+    assert await pool.fetchval("SELECT count(*) FROM esme_deliveries WHERE id = $1", other) == 0
+    row = await pool.fetchrow("SELECT attempts, last_error, lease_owner, run_after > now() AS "
+                              "later FROM esme_deliveries WHERE id = $1", first)
+    assert dict(row) == {"attempts": 2, "last_error": "deliver_sm_resp ESME_RX_T_APPNACK",
+                         "lease_owner": None, "later": True}
+    assert await Q.claim(pool, [account_id], limit=10, owner="b", lease_s=30) == []  # backoff
+    await asyncio.sleep(0.25)
+    assert [r.id for r in await Q.claim(pool, [account_id], limit=10, owner="b",
+                                        lease_s=30)] == [first]
+    counts = await Q.finish(pool, owner="b", delivered=[],
+                            failed=[(first, "no deliver_sm_resp")], delay_s=0, max_attempts=3,
+                            daemon="receiver")
+    assert counts == {("dead", "receipt"): 1}
+    assert [r.id for r in await Q.claim(pool, [account_id], limit=10, owner="b",
+                                        lease_s=30)] == [second]  # its predecessor is gone
+    events = [(r["message_id"], r["event"], dict(r["detail"])) for r in await pool.fetch(
+        "SELECT message_id, event, detail FROM events WHERE message_table = 'outbound' "
+        "AND event LIKE 'esme_%' AND daemon = 'receiver' ORDER BY id")]
+    assert events == [(2, "esme_delivered", {"kind": "receipt", "stat": "DELIVRD"}),
+                      (1, "esme_delivery_dead", {"kind": "receipt",
+                                                 "error": "no deliver_sm_resp"})]
+    # heap-only: the six claimed rows' updates wrote no index entry; only the retry's (it
+    # moves run_after, which the claim index names) did. A backend reports its counts within
+    # about a second of going idle.
+    stats = None
+    for _ in range(50):
+        stats = await pool.fetchrow("SELECT n_tup_upd AS upd, n_tup_hot_upd AS hot FROM "
+                                    "pg_stat_user_tables WHERE relname = 'esme_deliveries'")
+        if stats["upd"] >= 7:
+            break
+        await asyncio.sleep(0.1)
+    assert stats is not None and dict(stats) == {"upd": 7, "hot": 6}
