@@ -68,6 +68,47 @@ def test_check_url_refuses_hosts_that_do_not_encode() -> None:
     assert check_url("https://bücher.example/cb") == "https://bücher.example/cb"
 
 
+def test_check_url_judges_the_origin_as_the_whole_url() -> None:
+    """The verdict is cached per scheme + authority (the path and query of a dlr-url change
+    with every message): for hostile and plain authorities, with paths, queries, fragments
+    and characters yarl drops or keeps, `check_url` says exactly what judging the whole URL
+    says, with and without allowed networks; and the length limit still counts the whole URL."""
+    from smsgw.shared.domain.urlguard import (
+        MAX_URL_LENGTH,
+        AddressPolicy,
+        UnsafeUrl,
+        _check,
+        check_url,
+    )
+    authorities = (UNICODE_HOSTS + OTHER_LOOPBACK + UNICODE_PRIVATE
+                   + ["example.com", "user:pw@example.com", "example.com:0", "example.com:99999",
+                      "h\\@evil", "a\tb.example", "[::1", "example.com:8080", "localhost",
+                      "x.localhost", "8.8.8.8", "10.0.0.1:80", ""])
+    tails = ["", "/", "/x?a=%d&b=%p", "?x=1", "#f", "/a b/%zz?q=\udcff", "/\\x@10.0.0.1/",
+             "?@127.0.0.1", "#@127.0.0.1:80/", ";x", ":80"]
+    for networks in ((), ("127.0.0.0/8",)):
+        policy = AddressPolicy(networks)
+        for scheme in ("http://", "https://", "HTTP://", "ftp://", "http:/", ""):
+            for authority in authorities:
+                for tail in tails:
+                    url = scheme + authority + tail
+                    try:
+                        _check(url, policy)
+                        whole = None
+                    except UnsafeUrl as exc:
+                        whole = str(exc)
+                    try:
+                        check_url(url, allowed_networks=networks)
+                        cached = None
+                    except UnsafeUrl as exc:
+                        cached = str(exc)
+                    assert cached == whole, (url, networks)
+    long_url = "https://example.com/" + "x" * MAX_URL_LENGTH
+    check_url("https://example.com/x")  # the origin's verdict is cached: the length is not
+    with pytest.raises(UnsafeUrl, match="longer than"):
+        check_url(long_url)
+
+
 # -- intake over HTTP ---------------------------------------------------------------------------
 
 class SecSsrfReceiver:
