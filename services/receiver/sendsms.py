@@ -35,7 +35,7 @@ import codecs
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, unquote_to_bytes
+from urllib.parse import unquote, unquote_to_bytes
 
 from aiohttp import web
 
@@ -111,18 +111,29 @@ async def _params(request: web.Request, ctx: ReceiverContext) -> dict[str, bytes
     """Every parameter as raw bytes (query first, then a form body; or Kannel's POST: the
     body and the X-Kannel headers), decoded later per field: `text` is in `charset`, the
     others in UTF-8."""
-    pairs = parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True,
-                      encoding="latin-1")
+    params: dict[str, bytes] = {}
+    _add_pairs(params, request.rel_url.raw_query_string)
     if request.method == "POST" and request.content_type in (
             "application/x-www-form-urlencoded", ""):
-        body = await read_body(request, ctx)
-        pairs += parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+        _add_pairs(params, (await read_body(request, ctx)).decode("latin-1"))
     elif request.method == "POST" and request.body_exists:
         return _posted_params(request, await read_body(request, ctx))
-    params: dict[str, bytes] = {}
-    for name, value in pairs:
-        params.setdefault(name, value.encode("latin-1"))
     return params
+
+
+def _add_pairs(params: dict[str, bytes], query: str) -> None:
+    """Add the `name=value` pairs of `query` (URL-encoded, `+` for a space) to `params` as raw
+    bytes, the first of a repeated name winning: what `parse_qsl(query,
+    keep_blank_values=True, encoding="latin-1")` then `.encode("latin-1")` of each value
+    gave, in half the time (a dlr-url is long and percent-encoded)."""
+    for pair in query.split("&"):
+        if pair:
+            name, _, value = pair.partition("=")
+            if "%" in name or "+" in name:
+                name = unquote(name.replace("+", " "), encoding="latin-1")
+            if name not in params:
+                params[name] = (unquote_to_bytes(value.replace("+", " ").encode("latin-1"))
+                                if "%" in value or "+" in value else value.encode("latin-1"))
 
 
 def _posted_params(request: web.Request, body: bytes) -> dict[str, bytes]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import asyncpg
+import pytest
 
 from .conftest import AccountFactory, Receiver
 
@@ -58,3 +59,31 @@ async def test_sendsms_errors_as_kannel(receiver: Receiver, account_factory: Acc
         status, body = await receiver.get("/cgi-bin/sendsms?" + base + extra)
         assert status == 400 and field in body, (extra, body)
     assert await pool.fetchval("SELECT count(*) FROM outbound") == 0
+
+
+def test_query_pairs_read_as_parse_qsl_read_them() -> None:
+    """The handler's own query reader gives what `parse_qsl(…, keep_blank_values=True,
+    encoding="latin-1")` gave (first value of a repeated name, `+` a space, blank values kept,
+    bad escapes left as they are, a name decoded, a value as raw bytes), and refuses the same
+    characters (a value outside Latin-1)."""
+    from urllib.parse import parse_qsl
+
+    from smsgw.services.receiver.sendsms import _add_pairs
+
+    def reference(query: str) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for name, value in parse_qsl(query, keep_blank_values=True, encoding="latin-1"):
+            out.setdefault(name, value.encode("latin-1"))
+        return out
+
+    for query in ["", "a", "a&&b=", "=x", "a+b=c+d%2B", "x=%zz%4", "t=\u00e9%E9", "a=1;b=2",
+                  "&", "a=1&a=2", "n%41me=v", "\u20ac=1", "%E2%82%AC=2", "x=%00", "\udce2=1",
+                  "dlr-url=http%3A%2F%2Fh%2Fd%3Fs%3D%25d%26t%3D%25T&to=%2B44&text=a+b"]:
+        got: dict[str, bytes] = {}
+        _add_pairs(got, query)
+        assert got == reference(query), query
+    for query in ["t=\u20ac", "t=\udce2"]:
+        with pytest.raises(UnicodeEncodeError):
+            reference(query)
+        with pytest.raises(UnicodeEncodeError):
+            _add_pairs({}, query)
