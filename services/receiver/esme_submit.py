@@ -19,6 +19,14 @@ message's validity (clamped to 60 s … 7 days) and send_at; priority_flag, prot
 service_type and the client-settable TLVs travel to the SMSC; TLVs SMPP 3.4 does not let a
 client set, or that no connector defines, are ignored, as SMPP 3.4 5.3 asks of a receiver.
 
+Failures: a database that cannot be reached, or a commit whose outcome is unknown (the
+connection went away mid-commit, no commit within `commit_wait_s`) → ESME_RSYSERR, which
+Kannel and Jasmin resubmit (with user_message_reference the resubmit stores nothing twice);
+the buffer full → ESME_RMSGQFUL; a message the database refuses to store for what it holds (a
+data or constraint error, SQLSTATE class 22/23: it would fail again) → ESME_RSUBMITFAIL,
+which clients do not resubmit. SMPP 3.4 has no "outcome unknown" status; RSYSERR ("system
+error") is the one both clients treat as transient.
+
 Idempotency: a submit carrying user_message_reference is stored with the client_ref
 `smpp:<reference>:<fingerprint of its content>`, in its own group committer whose key window is
 `dedupe_window_s`; a repeat within the window (an ESME resubmitting after a lost response)
@@ -32,6 +40,7 @@ import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import structlog
 
 from smsgw.services.receiver.api import FieldInvalid, account_rate, mt_item, sender_id
@@ -140,6 +149,8 @@ class EsmeIntake:
             ctx.metrics.backpressure_rejections.labels(reason=reason).inc()
             return P.response_for(pdu, P.SMPP_ESME_RMSGQFUL if isinstance(exc, IntakeFull)
                                   else P.SMPP_ESME_RSYSERR)
+        except asyncpg.PostgresError as exc:
+            return self._commit_refused(account, pdu, exc, 1)
         self.mt_counts["accepted" if result.outcome is MtOutcome.CREATED
                        else "duplicate"].inc()
         return P.response_for(pdu, P.SMPP_ESME_ROK, message_id=str(result.id))
@@ -192,10 +203,29 @@ class EsmeIntake:
             ctx.metrics.backpressure_rejections.labels(reason="database_unavailable").inc()
             return P.response_for(pdu, P.SMPP_ESME_RMSGQFUL if isinstance(exc, IntakeFull)
                                   else P.SMPP_ESME_RSYSERR)
+        except asyncpg.PostgresError as exc:  # what was stored stays stored, as above
+            return self._commit_refused(account, pdu, exc, len(items))
         for r in results:
             self.mt_counts["accepted" if r.outcome is MtOutcome.CREATED else "duplicate"].inc()
         return P.SubmitMultiResp(pdu.sequence_number, P.SMPP_ESME_ROK,
                                  message_id=str(first.id), unsuccess=tuple(unsuccess))
+
+    def _commit_refused(self, account: Account, pdu: Any, exc: asyncpg.PostgresError,
+                        messages: int) -> Any:
+        """The answer to a submit whose commit the database refused (the group committer
+        retries a failed batch item by item, so this is the item's own error): the message is
+        not stored. A data or constraint error (SQLSTATE class 22, 23) fails again whatever
+        the ESME does → ESME_RSUBMITFAIL, which clients do not retry; anything else (a
+        deadlock, a serialization failure, no resources, a cancelled statement) may pass
+        next time → ESME_RSYSERR, which Kannel and Jasmin resubmit later."""
+        state = getattr(exc, "sqlstate", None) or ""
+        permanent = state[:2] in ("22", "23")
+        log.warning("esme_submit_not_stored", account=account.name, sqlstate=state,
+                    error=type(exc).__name__, permanent=permanent)
+        if permanent:
+            self.mt_counts["rejected"].inc(messages)
+        return P.response_for(pdu, P.SMPP_ESME_RSUBMITFAIL if permanent
+                              else P.SMPP_ESME_RSYSERR)
 
     async def cancel(self, account: Account, pdu: P.CancelSm) -> Any:
         """cancel_sm: cancel the account's message(s) still queued (not yet taken by a

@@ -91,8 +91,9 @@ class MoPartStatus(StrEnum):
 
 
 class EsmeDeliveryStatus(StrEnum):
-    """`esme_deliveries.status`: queued → sending → delivered · expired (no receiver bind
-    within the retention) · dead (refused too often)."""
+    """`esme_deliveries.status`: `queued` (leased in place; a finished row is deleted with its
+    event). SENDING, DELIVERED, EXPIRED, DEAD: only rows a release before migration 0018
+    wrote (reclaimed and purged by the housekeeping)."""
 
     QUEUED = "queued"
     SENDING = "sending"

@@ -254,7 +254,8 @@ async def test_submit_dedupe_window_query_and_receipts(esme: EsmeService, pool: 
        5. The message is delivered (the sender's state change): a receipt is queued for the
           ESME and, with no receiver bind, held; once smpplib binds as a transceiver it gets
           a deliver_sm with esm_class 0x04, the standard text with our id and the
-          receipted_message_id / message_state TLVs, and the row ends `delivered`."""
+          receipted_message_id / message_state TLVs; the row is deleted, its
+          `esme_delivered` event kept."""
     name = unique("e")[:15]
     account_id, password = await _account(pool, account_factory, name)
     client = Smpplib(esme.port)
@@ -671,3 +672,38 @@ async def test_delivery_queue_leases_retries_order_and_dead(pool: asyncpg.Pool,
             break
         await asyncio.sleep(0.1)
     assert stats is not None and dict(stats) == {"upd": 7, "hot": 6}
+
+
+async def test_submit_whose_commit_fails(esme: EsmeService, pool: asyncpg.Pool,
+                                         account_factory: AccountFactory, unique: Any) -> None:
+    """A submit the database refuses to store is answered by the kind of error: a data or
+    constraint error (it would fail again) → ESME_RSUBMITFAIL, which clients do not resubmit;
+    a transient one (here a deadlock) → ESME_RSYSERR, which Kannel and Jasmin resubmit. A
+    neighbour in the same commit batch is stored and answered ESME_ROK."""
+    await pool.execute("""
+        CREATE FUNCTION test_refuse_insert() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+            IF NEW.body = 'poison' THEN
+                RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation';
+            ELSIF NEW.body = 'busy' THEN
+                RAISE EXCEPTION 'deadlock' USING ERRCODE = 'deadlock_detected';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER test_refuse BEFORE INSERT ON outbound
+            FOR EACH ROW EXECUTE FUNCTION test_refuse_insert();""")
+    name = unique("c")[:15]
+    account_id, password = await _account(pool, account_factory, name)
+    raw = await Raw.open(esme.port)
+    assert await raw.bind(name, password, P.BindTransmitter) == P.SMPP_ESME_ROK
+    seqs = {raw.send(P.SubmitSm(source_addr="Shop", source_addr_ton=5, dest_addr_ton=1,
+                                destination_addr="447700900777", short_message=body)): body
+            for body in (b"poison", b"fine", b"busy")}  # one write: usually one batch
+    answers = {}
+    for _ in range(3):
+        r = await raw.recv()
+        answers[seqs[r.sequence_number]] = r.command_status
+    assert answers == {b"poison": P.SMPP_ESME_RSUBMITFAIL, b"fine": P.SMPP_ESME_ROK,
+                       b"busy": P.SMPP_ESME_RSYSERR}
+    assert [r["body"] for r in await pool.fetch(
+        "SELECT body FROM outbound WHERE account_id = $1", account_id)] == ["fine"]
+    await raw.close()
