@@ -1,26 +1,32 @@
 """Apply a batch of inbound messages in ONE transaction (docs/ARCHITECTURE.md, guarantee 3,
 transaction mode).
 
-One batch:
+One batch, in a `store.claim_transaction` (BEGIN with the claim plan pinned: one round trip):
 
-1. `claim_tx(inbound, limit, hol_column='from_addr')` locks up to `batch` due rows
-   (`FOR UPDATE SKIP LOCKED`); head-of-line: a row is claimable only when no earlier unfinished
-   row of the same number exists — also not one waiting for its retry — so one number's
-   messages are applied in arrival order across any number of processors (guarantee 7).
-2. the rules version (`rules_version`, moved by a trigger on every change to `rules`) is read
-   in the same transaction; a changed version reloads the rule set before evaluating, so a
-   CLI change applies to the very next batch whether or not its NOTIFY has arrived yet.
-3. flood control: one upsert adds the batch to per-number counters (fixed windows by arrival
-   time); messages over `flood_max` per window are recorded (event, outcome `flooded`), not
-   answered. Opt-out keywords are still honoured for them (a STOP is never ignored), without
-   the confirmation.
-4. in memory: opt-out keywords, then the rules (first match wins) -> a `Plan`. Campaign quotas
+1. `claim_batch`, one statement: the `claim_tx(inbound, limit, hol_column='from_addr')` claim
+   locks up to `batch` due rows (`FOR UPDATE SKIP LOCKED`); head-of-line: a row is claimable
+   only when no earlier unfinished row of the same number exists — also not one waiting for
+   its retry — so one number's messages are applied in arrival order across any number of
+   processors (guarantee 7). The same statement reads
+   - the rules version (`rules_version`, moved by a trigger on every change to `rules`); a
+     changed version reloads the rule set before evaluating, so a CLI change applies to the
+     very next batch whether or not its NOTIFY has arrived yet;
+   - flood control: an upsert adds the batch to per-number counters (fixed windows by arrival
+     time); messages over `flood_max` per window are recorded (event, outcome `flooded`), not
+     answered. Opt-out keywords are still honoured for them (a STOP is never ignored), without
+     the confirmation;
+   - whether a queued row waits behind a claimed one (`Engine.more`: the consume loop claims
+     again after a short batch only then; a row that arrives later sends its own NOTIFY).
+2. in memory: opt-out keywords, then the rules (first match wins) -> a `Plan`. Campaign quotas
    need one lookup of the entries already recorded (one query for the batch).
-5. writes, one statement each for the whole batch: replies (`outbound`, one multi-row insert +
+3. writes, one statement each for the whole batch: replies (`outbound`, one multi-row insert +
    one NOTIFY), campaign entries, suppression adds/removes (with their audit rows), forwards
-   (`callbacks` + NOTIFY), events, and the inbound rows advanced to done/failed.
-6. commit. A crash anywhere before it rolls everything back and the row locks vanish with the
+   beyond the delivery's free room (`callbacks` + NOTIFY); then `finish_batch`, one statement:
+   the other forwards inserted leased to this process's delivery, the inbound rows advanced
+   to done/failed and their events.
+4. commit. A crash anywhere before it rolls everything back and the row locks vanish with the
    connection: no reply without its inbound row advanced, and no advanced row without its reply.
+   A plain forwarding batch is four round trips: BEGIN, `claim_batch`, `finish_batch`, COMMIT.
 
 A batch that fails in the database (a constraint, a trigger, a deadlock…) is rolled back and
 re-run one message per savepoint in a new transaction: the messages that fail again get a
@@ -65,7 +71,7 @@ from smsgw.shared.domain.suppression import NumberHasher, SuppressionChange
 from smsgw.shared.queue import callbacks as callbacks_queue
 from smsgw.shared.queue import esme_deliveries, store
 from smsgw.shared.queue.esme_deliveries import MoForEsme
-from smsgw.shared.queue.records import Callback, InboundMessage, QueueStat
+from smsgw.shared.queue.records import Callback, InboundMessage, InboundStatus, QueueStat
 
 log = structlog.get_logger("smsgw.processor.engine")
 DAEMON: Final = "processor"
@@ -107,9 +113,67 @@ FLOOD_CLEANUP: Final = """
 -- flood_cleanup: drop counters of windows that ended more than $1 seconds ago
 DELETE FROM flood_counters WHERE window_start < now() - make_interval(secs => $1)
 """
+_FLOOD_WINDOW: Final = ("to_timestamp(floor(extract(epoch FROM c.created_at)::float8 / $3::float8)"
+                        " * $3::float8)")  # `flood_window` in SQL (the same float arithmetic)
+CLAIM_BATCH: Final = f"""
+-- claim_batch: a batch's claim (in a claim_transaction: its plan pinned) with everything the
+-- batch must read before deciding, in one round trip: the claimed rows (in no order: a sort
+-- here costs the pinned plan's "disabled" cost; the caller orders them by id); flood
+-- control ($2 > 0: at most $2 per number per $3-second window) adds the batch to each
+-- (number, window) counter and returns the total; the rules version; and `blocked`: whether a
+-- queued row waits behind a claimed one (head-of-line), so that the consume loop claims again
+-- once this batch has committed.
+WITH claimed AS MATERIALIZED (
+{store.claim_tx_sql("inbound", "from_addr")}
+), flood AS (
+    -- the batch's messages counted into their (number, window) counters
+    INSERT INTO flood_counters AS f (number, window_start, count)
+    SELECT c.from_addr, {_FLOOD_WINDOW}, count(*)::int4
+      FROM claimed c WHERE $2::int4 > 0
+     GROUP BY 1, 2
+    ON CONFLICT (number, window_start) DO UPDATE SET count = f.count + EXCLUDED.count
+    RETURNING number, window_start, count
+)
+SELECT c.*, f.window_start AS flood_window, f.count AS flood_total,
+       (SELECT version FROM rules_version) AS rules_version,
+       -- one probe of inbound_hol_idx per claimed row (LIMIT keeps it a nested loop)
+       EXISTS (SELECT 1 FROM claimed b, LATERAL (
+                   SELECT 1 FROM inbound e WHERE e.from_addr = b.from_addr
+                      AND e.status = 'queued' AND e.id > b.id LIMIT 1) w) AS blocked
+  FROM claimed c
+  LEFT JOIN flood f ON f.number = c.from_addr AND f.window_start = {_FLOOD_WINDOW}
+"""
+_TERMINAL: Final = ", ".join(f"'{s}'" for s in (InboundStatus.DONE, InboundStatus.FAILED,
+                                                  InboundStatus.DEAD))
+FINISH_BATCH: Final = f"""
+-- finish_batch: a batch's last write, one statement: the forwards inserted leased to this
+-- processor's delivery ($1-$3, callbacks.insert_leased: '[]' for none), each claimed row's
+-- outcome ($4, a JSON array of id, status, error, detail: done, or failed keeping its error)
+-- and, when $5, its `processed` event (the detail).
+WITH fwd AS (
+{callbacks_queue.INSERT_LEASED}
+), outcome AS MATERIALIZED (
+    SELECT * FROM json_to_recordset($4::text::json)
+                  AS o(id bigint, status text, error text, detail jsonb)
+), ev AS (
+    INSERT INTO events (message_table, message_id, event, detail, daemon)
+    SELECT 'inbound', o.id, 'processed', o.detail, '{DAEMON}' FROM outcome o WHERE $5::bool
+), fin AS (
+    UPDATE inbound m
+       SET status = o.status, last_error = coalesce(o.error, m.last_error),
+           lease_owner = NULL, lease_until = NULL, updated_at = now()
+      FROM outcome o
+     -- the ids as an array: a probe of the primary key each (a join on them was planned as
+     -- a scan of every row the table still holds)
+     WHERE m.id = ANY (ARRAY(SELECT id FROM outcome)) AND m.id = o.id
+       AND m.status NOT IN ({_TERMINAL})
+)
+SELECT * FROM fwd
+"""
 STATEMENTS: Final = {"rules_version": RULES_VERSION, "load_rules": LOAD_RULES,
                       "flood_count": FLOOD_COUNT, "quota_counts": QUOTA_COUNTS,
-                      "insert_entries": INSERT_ENTRIES, "flood_cleanup": FLOOD_CLEANUP}
+                      "insert_entries": INSERT_ENTRIES, "flood_cleanup": FLOOD_CLEANUP,
+                      "claim_batch": CLAIM_BATCH, "finish_batch": FINISH_BATCH}
 
 
 # --- the plan of a batch (pure data) ----------------------------------------------------------
@@ -181,6 +245,11 @@ class Outcome:
     def status(self) -> str:
         """The inbound row's new status."""
         return "failed" if self.outcome == "failed" else "done"
+
+    def detail(self) -> dict[str, Any]:
+        """Its `processed` event's detail."""
+        return {"outcome": self.outcome, "rule": self.rule,
+                **({"error": self.error} if self.error else {})}
 
 
 @dataclass(slots=True)
@@ -487,12 +556,56 @@ async def flood_check(conn: asyncpg.Connection, messages: Sequence[Message], *,
         keyed.setdefault((m.from_addr, flood_window(m.at, window_s)), []).append(m.id)
     rows = await conn.fetch(FLOOD_COUNT, [k[0] for k in keyed], [k[1] for k in keyed],
                             [len(v) for v in keyed.values()])
+    return over_limit(keyed, {(r["number"], r["window_start"]): r["count"] for r in rows},
+                      limit)
+
+
+def over_limit(keyed: Mapping[tuple[str, datetime], list[int]],
+               totals: Mapping[tuple[str, datetime], int], limit: int) -> set[int]:
+    """The message ids past `limit` in their (number, window): `keyed` holds the batch's ids
+    per window, `totals` each window's count with the batch added (the batch's messages
+    count in id order, after what the window held before)."""
     flooded: set[int] = set()
-    for r in rows:
-        ids = keyed[(r["number"], r["window_start"])]
-        before = r["count"] - len(ids)
+    for key, total in totals.items():
+        ids = keyed[key]
+        before = total - len(ids)
         flooded.update(i for k, i in enumerate(sorted(ids), start=1) if before + k > limit)
     return flooded
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What `claim_batch` returned: the rows, which are flooded, the rules version, and
+    whether a queued row waits behind one of them (head-of-line)."""
+
+    rows: list[InboundMessage]
+    flooded: set[int]
+    rules_version: int | None
+    blocked: bool
+
+    @classmethod
+    def from_records(cls, records: Sequence[asyncpg.Record], *, flood_max: int) -> Claimed:
+        """Decode `claim_batch`'s rows."""
+        keyed: dict[tuple[str, datetime], list[int]] = {}
+        totals: dict[tuple[str, datetime], int] = {}
+        for r in records:
+            if r["flood_total"] is not None:
+                key = (r["from_addr"], r["flood_window"])
+                keyed.setdefault(key, []).append(r["id"])
+                totals[key] = r["flood_total"]
+        first = records[0] if records else None
+        rows = sorted((InboundMessage.from_record(r) for r in records), key=lambda m: m.id)
+        return cls(rows=rows,
+                   flooded=over_limit(keyed, totals, flood_max) if flood_max > 0 else set(),
+                   rules_version=None if first is None else first["rules_version"],
+                   blocked=bool(first is not None and first["blocked"]))
+
+
+async def claim_batch(conn: asyncpg.Connection, *, limit: int, flood_max: int,
+                      flood_window_s: float) -> Claimed:
+    """Claim a batch with `CLAIM_BATCH`, inside a `store.claim_transaction`."""
+    records = await conn.fetch(CLAIM_BATCH, limit, flood_max, float(flood_window_s))
+    return Claimed.from_records(records, flood_max=flood_max)
 
 
 class ForwardLease(Protocol):
@@ -535,29 +648,23 @@ async def write_plan(conn: asyncpg.Connection, plan: Plan, *, events: bool,
     if plan.suppression_ops:
         await suppression.add_suppressions(conn, plan.adds, actor=DAEMON, hasher=hasher)
         await suppression.remove_suppressions(conn, plan.removes, actor=DAEMON, hasher=hasher)
-    leased: list[Callback] = []
+    leased: list[dict[str, Any]] = []
     if plan.forwards:
         rows = [f.row() for f in plan.forwards]
         room = min(lease.free(), len(rows)) if lease is not None else 0
-        if room and lease is not None:
-            leased = await callbacks_queue.insert_leased(conn, rows[:room], owner=lease.owner,
-                                                         lease_s=lease.lease_s)
+        leased = rows[:room]
         if rows[room:]:
             await store.enqueue(conn, "callbacks", rows[room:], notify=True)
     if plan.to_esmes:
         await esme_deliveries.insert_mo(conn, plan.to_esmes)
-    if events:
-        await store.log_events(conn, [
-            ("inbound", o.inbound_id, "processed",
-             {"outcome": o.outcome, "rule": o.rule, **({"error": o.error} if o.error else {})})
-            for o in plan.outcomes], DAEMON)
-    failed = [o for o in plan.outcomes if o.status == "failed"]
-    if failed:
-        await store.update_many(conn, "inbound", [(o.inbound_id, o.status, o.error)
-                                                  for o in plan.outcomes], owner=None)
-    else:
-        await store.ack(conn, "inbound", [o.inbound_id for o in plan.outcomes])
-    return leased
+    # the leased forwards, the outcomes and their events: one statement
+    outcomes = orjson.dumps([{"id": o.inbound_id, "status": o.status, "error": o.error,
+                              "detail": o.detail()} for o in plan.outcomes]).decode()
+    records = await conn.fetch(
+        FINISH_BATCH, callbacks_queue.leased_document(leased),
+        lease.owner if lease is not None and leased else None,
+        lease.lease_s if lease is not None and leased else None, outcomes, events)
+    return [Callback.from_record(r) for r in records]
 
 
 class OutboundGate:
@@ -633,6 +740,7 @@ class Engine:
         # forwards inserted already leased to this process's delivery (None: queued for any)
         self.forward_lease: ForwardLease | None = None
         self._leased: list[Callback] = []
+        self.more = False  # see run_batch
 
     def update_settings(self, settings: ProcessorKeys) -> None:
         """Apply reloaded settings (SIGHUP): batch size, opt-out lists, flood, watermarks."""
@@ -646,9 +754,11 @@ class Engine:
         """Force a reload of the rules before the next batch (NOTIFY 'smsgw_rules', SIGHUP)."""
         self.rules = RuleSet(rules=self.rules.rules, version=-1)
 
-    async def ensure_rules(self, conn: asyncpg.Connection) -> RuleSet:
-        """Reload the rules when the stored version moved; inside the batch transaction."""
-        version = await conn.fetchval(RULES_VERSION)
+    async def ensure_rules(self, conn: asyncpg.Connection, version: int | None = None) -> RuleSet:
+        """Reload the rules when the stored version (read now, or `version` as the batch's
+        claim read it) moved; inside the batch transaction."""
+        if version is None:
+            version = await conn.fetchval(RULES_VERSION)
         if version != self.rules.version:
             self.rules = await load_rules(conn)
             if self.metrics:
@@ -658,11 +768,18 @@ class Engine:
         return self.rules
 
     async def run_batch(self) -> int:
-        """Claim and apply one batch; returns the rows claimed (0: nothing due).
+        """Claim and apply one batch; returns the rows claimed (0: nothing due) and sets
+        `more`: whether a claim now may find rows (a full batch, or a queued row that waited
+        behind one of this batch's, head-of-line). Rows that arrive later send a NOTIFY.
+
+        One batch is four round trips: BEGIN with the claim plan pinned, `claim_batch` (rows,
+        flood counts, rules version), `finish_batch` (leased forwards, outcomes, events), and
+        COMMIT; replies, campaign entries, opt-outs and queued forwards add a statement each.
 
         Paused (returns 0) while outbound is above its high watermark. Connection errors
         propagate to the caller's loop boundary.
         """
+        self.more = False
         if not await self.gate.is_open(self.pool):
             if self.metrics:
                 self.metrics.paused.set(1)
@@ -673,7 +790,7 @@ class Engine:
         async with self.pool.acquire() as conn:
             self._leased = []
             try:
-                async with conn.transaction():
+                async with store.claim_transaction(conn):
                     outcomes = await self._batch(conn)
             except _DB_ERRORS as exc:
                 self._leased = []  # rolled back: never inserted
@@ -684,6 +801,7 @@ class Engine:
                     self.metrics.batch_failures.inc()
                 async with conn.transaction():
                     outcomes = await self._one_by_one(conn)
+                self.more = bool(outcomes)
         leased, self._leased = self._leased, []
         if leased and self.forward_lease is not None:  # committed: deliver them now
             await self.forward_lease.take(leased)
@@ -699,20 +817,30 @@ class Engine:
         return rows
 
     async def _batch(self, conn: asyncpg.Connection) -> list[Outcome]:
-        rows = await self._claim(conn)
-        if not rows:
+        s = self.settings
+        claimed = await claim_batch(conn, limit=s.batch, flood_max=s.flood_max,
+                                    flood_window_s=s.flood_window_s)
+        self.more = claimed.blocked or len(claimed.rows) >= s.batch
+        if not claimed.rows:
             return []
-        return await self.apply(conn, rows, lease=self.forward_lease)
+        return await self.apply(conn, claimed.rows, lease=self.forward_lease, claimed=claimed)
 
     async def apply(self, conn: asyncpg.Connection, rows: Sequence[InboundMessage], *,
-                    lease: ForwardLease | None = None) -> list[Outcome]:
+                    lease: ForwardLease | None = None,
+                    claimed: Claimed | None = None) -> list[Outcome]:
         """Evaluate and write `rows` (already locked by this transaction); return outcomes.
         With `lease`, forwards it has room for are inserted leased to it (`write_plan`) and
-        kept for `run_batch` to hand over after the commit."""
-        rules = await self.ensure_rules(conn)
+        kept for `run_batch` to hand over after the commit. `claimed`: what `claim_batch`
+        already read for these rows (flood counts, rules version); else read here."""
         s = self.settings
         messages = [to_message(r) for r in rows]
-        flooded = await flood_check(conn, messages, limit=s.flood_max, window_s=s.flood_window_s)
+        if claimed is not None:
+            rules = await self.ensure_rules(conn, claimed.rules_version)
+            flooded = claimed.flooded
+        else:
+            rules = await self.ensure_rules(conn)
+            flooded = await flood_check(conn, messages, limit=s.flood_max,
+                                        window_s=s.flood_window_s)
         decisions = decide(messages, rules, self.keywords)
         keys = quota_keys(decisions)
         counts = await quota_counts(conn, keys.values())

@@ -44,7 +44,16 @@ async def insert_leased(conn: asyncpg.Connection, rows: Sequence[Mapping[str, An
     transaction has committed). No NOTIFY: nobody else needs waking."""
     if not rows:
         return []
-    doc = orjson.dumps([{**row, "body": None if row.get("body") is None
-                         else "\\x" + row["body"].hex()} for row in rows]).decode()
-    return [Callback.from_record(r) for r in await conn.fetch(_INSERT_LEASED, doc, owner,
-                                                              float(lease_s))]
+    return [Callback.from_record(r) for r in await conn.fetch(
+        _INSERT_LEASED, leased_document(rows), owner, float(lease_s))]
+
+
+def leased_document(rows: Sequence[Mapping[str, Any]]) -> str:
+    """`insert_leased`'s $1: the rows as one JSON array (a bytea body as "\\x<hex>")."""
+    return orjson.dumps([{**row, "body": None if row.get("body") is None
+                          else "\\x" + row["body"].hex()} for row in rows]).decode()
+
+
+INSERT_LEASED: Final[LiteralString] = _INSERT_LEASED
+"""`insert_leased`'s SQL ($1 the rows' document, $2 owner, $3 lease seconds), for a writer that
+makes it part of a larger statement (the processor's `finish_batch`)."""

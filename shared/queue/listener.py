@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import asyncpg
 import stamina
@@ -210,7 +210,17 @@ class Listener:
             self._on_reconnect()
 
 
-async def consume(listener: Listener, channel: str, claim_pass: Callable[[], Awaitable[int]], *,
+class Pass(NamedTuple):
+    """What a claim pass may return instead of a row count: `rows` claimed, and `more`, False
+    when the consumer knows a claim now would find nothing (a short batch with no row waiting
+    behind its own, head-of-line), so `consume` waits for a NOTIFY instead of an empty claim."""
+
+    rows: int
+    more: bool
+
+
+async def consume(listener: Listener, channel: str,
+                  claim_pass: Callable[[], Awaitable[int | Pass]], *,
                   stop: asyncio.Event, poll_s: float,
                   on_fallback: Callable[[], None] | None = None,
                   on_error: Callable[[BaseException], None] | None = None,
@@ -221,10 +231,13 @@ async def consume(listener: Listener, channel: str, claim_pass: Callable[[], Awa
     `stop` is set.
 
     `claim_pass` claims, processes and writes back one batch and returns how many rows it
-    claimed. An exception from it is this loop's boundary: logged as `claim_pass_failed`,
-    reported to `on_error` (a counter), then the loop waits `error_backoff_s` (or `stop`) and
-    tries again — a database outage does not end the consumer. `on_fallback` is called when the
-    timer, not a notification, ended a wait. `linger_s` > 0: after a notification, wait that
+    claimed, or a `Pass` whose `more` False ends the claim passes before an empty one. A row
+    committed after a pass's claim sends its NOTIFY after that, which sets the channel's
+    event, which only the wait clears: the next wait returns at once. An exception from it is
+    this loop's boundary: logged as `claim_pass_failed`, reported to `on_error` (a counter),
+    then the loop waits `error_backoff_s` (or `stop`) and tries again — a database outage does
+    not end the consumer. `on_fallback` is called when the timer, not a notification, ended a
+    wait. `linger_s` > 0: after a notification, wait that
     long (or `stop`) before the next claim, so that one claim takes what arrives meanwhile.
     `adaptive_linger_s` > 0: the same, but only while busy — the loop keeps a moving average
     of the rows it claims per second, and after a notification it waits for about
@@ -283,17 +296,19 @@ class _RowRate:
         return min(limit_s, ADAPTIVE_TARGET / self._per_s)
 
 
-async def _claim_until_empty(claim_pass: Callable[[], Awaitable[int]], stop: asyncio.Event,
-                             channel: str,
+async def _claim_until_empty(claim_pass: Callable[[], Awaitable[int | Pass]],
+                             stop: asyncio.Event, channel: str,
                              on_error: Callable[[BaseException], None] | None,
                              rate: _RowRate) -> bool:
-    """Claim passes until one returns 0 (or `stop`), counting their rows into `rate`; False
-    when one raised (logged, reported to `on_error`)."""
+    """Claim passes until one returns 0 or `Pass(more=False)` (or `stop`), counting their
+    rows into `rate`; False when one raised (logged, reported to `on_error`)."""
     try:
         while not stop.is_set():
-            rows = await claim_pass()
+            result = await claim_pass()
+            rows, more = (result.rows, result.more) if isinstance(result, Pass) \
+                else (result, result > 0)
             rate.add(rows)
-            if rows <= 0:
+            if rows <= 0 or not more:
                 break
     except CONNECTION_ERRORS as exc:  # the database is down or failing over: no traceback
         # per pass; what the pass claimed comes back by its lease or its transaction's

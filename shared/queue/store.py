@@ -20,7 +20,7 @@ Attempts count failed tries: `retry` adds one, a lease reclaim adds one (the los
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final, LiteralString, TypeAlias
@@ -298,8 +298,39 @@ async def read_dedupe_keys(conn: Conn, keys: Sequence[DedupeKey]
 # -- claims --------------------------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def claim_transaction(conn: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction for a transaction-mode consumer, with the claim plan pinned (the two SET
+    LOCALs of `pin_claim_plan`) for ALL of it: BEGIN and the pin are one round trip, there is
+    no unpin, and the caller's claims go with `claim_tx(..., pinned=True)` or `claim_tx_sql`.
+    Commits at the end, rolls back on any exception. Its other statements also plan without
+    sorts or bitmap scans: fine for inserts, upserts and updates by primary key (an ORDER BY
+    that only a sort can serve still sorts). No `conn.transaction()` inside (asyncpg refuses
+    a savepoint in a transaction it did not start)."""
+    await conn.execute(_SQL["begin_pinned"])
+    try:
+        yield conn
+    except BaseException:
+        # An aborted transaction or a cancelled statement: roll back here; if even that fails
+        # the pool's reset at release rolls back (or discards the connection).
+        with contextlib.suppress(Exception):
+            if not conn.is_closed() and conn.is_in_transaction():
+                await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
+
+
+def claim_tx_sql(table: str, hol_column: str | None = None) -> LiteralString:
+    """The SQL of `claim_tx` ($1: the limit), for a consumer that claims inside a larger
+    statement of its own (a CTE), in a `claim_transaction`."""
+    _table(table)
+    if hol_column is not None and hol_column not in HOL_COLUMNS[table]:
+        raise ValueError(f"{table}: head-of-line column must be one of {HOL_COLUMNS[table]}")
+    return _q("claim_tx", table, hol_column or "")
+
+
 async def claim_tx(conn: asyncpg.Connection, table: str, *, limit: int,
-                   hol_column: str | None = None) -> list[Any]:
+                   hol_column: str | None = None, pinned: bool = False) -> list[Any]:
     """Lock up to `limit` due queued rows of `table` for the caller's open transaction.
 
     Rows other transactions hold are skipped (`FOR UPDATE SKIP LOCKED`). With `hol_column`
@@ -307,6 +338,7 @@ async def claim_tx(conn: asyncpg.Connection, table: str, *, limit: int,
     the same value exists — also not one waiting for its retry — so one key's rows are handed
     out strictly in id order, one at a time, across any number of consumers. Write the results
     and `ack`/`retry`/`fail` the rows in the same transaction; a rollback returns them.
+    `pinned`: the transaction is a `claim_transaction` (its plan is pinned already).
     """
     spec = _table(table)
     if hol_column is not None and hol_column not in HOL_COLUMNS[table]:
@@ -317,9 +349,12 @@ async def claim_tx(conn: asyncpg.Connection, table: str, *, limit: int,
     # the queue looked empty sorted every queued row per claim (60 ms instead of 0.5 ms at
     # 10k rows with the head-of-line condition), and asyncpg's cached generic plan kept it.
     # No try/finally: after an error the transaction is aborted and SET LOCAL ends with it.
-    await conn.execute(_SQL["pin_claim_plan"])
-    rows = await conn.fetch(_q("claim_tx", table, hol_column or ""), limit)
-    await conn.execute(_SQL["unpin_claim_plan"])
+    if pinned:
+        rows = await conn.fetch(_q("claim_tx", table, hol_column or ""), limit)
+    else:
+        await conn.execute(_SQL["pin_claim_plan"])
+        rows = await conn.fetch(_q("claim_tx", table, hol_column or ""), limit)
+        await conn.execute(_SQL["unpin_claim_plan"])
     return [spec.record.from_record(r) for r in rows]
 
 
@@ -699,7 +734,8 @@ def _statements() -> dict[str, LiteralString]:
 STATEMENTS: Final[dict[str, LiteralString]] = _statements()
 """Statement label → SQL of every statement the queue core runs, each template filled for
 every table it serves (the PREPARE test reads it; the owners have their own). Not here:
-`pin_claim_plan`/`unpin_claim_plan`, two SETs each, which run by the simple protocol."""
+`pin_claim_plan`/`unpin_claim_plan`, two SETs each, and `begin_pinned`, which run by the simple
+protocol."""
 
 
 __all__ = [
@@ -714,7 +750,9 @@ __all__ = [
     "ack",
     "advisory_unlock",
     "claim_leased",
+    "claim_transaction",
     "claim_tx",
+    "claim_tx_sql",
     "enqueue",
     "extend_lease",
     "fail",

@@ -59,7 +59,7 @@ from smsgw.shared.core.aio import race_stop, sleep_or_stop
 from smsgw.shared.core.errors import ConfigError, DatabaseUnavailable, SchemaVersionError
 from smsgw.shared.core.logging import configure_logging, get_logger, set_level
 from smsgw.shared.queue import store
-from smsgw.shared.queue.listener import Listener, consume
+from smsgw.shared.queue.listener import Listener, Pass, consume
 from smsgw.shared.runtime import lifecycle, systemd
 from smsgw.shared.runtime.config import AppConfig, DaemonSection, load_config
 from smsgw.shared.runtime.http import HttpLimits, HttpSite, health_app
@@ -209,12 +209,14 @@ class Daemon(Generic[S]):
         """Tell systemd a one-line status (`systemctl status` shows it)."""
         systemd.notify(systemd.status_message(text))
 
-    async def consume(self, channel: str, claim_pass: Callable[[], Awaitable[int]]) -> None:
+    async def consume(self, channel: str,
+                      claim_pass: Callable[[], Awaitable[int | Pass]]) -> None:
         """Run `claim_pass()` until it returns 0, then wait for a NOTIFY on `channel` (or the
         `poll_s` fallback timer), until `stop` is set; see `shared.queue.listener.consume`.
 
         `claim_pass` claims, processes and writes back one batch and returns how many rows it
-        claimed; its exceptions are logged, and the loop backs off and goes on.
+        claimed (or a `Pass`: rows, and whether to claim again before waiting); its exceptions
+        are logged, and the loop backs off and goes on.
         """
         assert self.listener is not None, "consume() needs listen_channels"
         await consume(self.listener, channel, claim_pass, stop=self.stop,

@@ -131,6 +131,27 @@ async def test_flood_limit(pool, make_engine) -> None:
     assert await pool.fetchval("SELECT count(*) FROM inbound WHERE status <> 'done'") == 0
 
 
+async def test_more_says_when_to_claim_again(pool, make_engine) -> None:
+    """`run_batch` sets `more` so that the consume loop skips the empty claim after a short
+    batch, but never strands a row behind one of the batch's (head-of-line):
+    1. batch 3; A, B, A queued: the batch takes A and B (A's second waits) -> more;
+    2. the next takes A's second -> a short batch, nothing waiting -> not more;
+    3. four from four numbers: a full batch -> more; then the last one -> not more;
+    4. nothing queued -> 0, not more."""
+    await set_rules(pool, [{"name": "echo", "actions": [{"type": "reply", "template": "ok"}]}])
+    engine = make_engine(batch=3)
+    a1, b1, a2 = await add_mo(pool, [mo(A, "1"), mo(B, "1"), mo(A, "2")])
+    assert (await engine.run_batch(), engine.more) == (2, True)
+    assert (await engine.run_batch(), engine.more) == (1, False)
+    await add_mo(pool, [mo(f"+44770090010{i}", "x") for i in range(4)])
+    assert (await engine.run_batch(), engine.more) == (3, True)
+    assert (await engine.run_batch(), engine.more) == (1, False)
+    assert (await engine.run_batch(), engine.more) == (0, False)
+    done = await pool.fetch("SELECT id FROM inbound WHERE status = 'done' AND id = ANY($1) "
+                            "ORDER BY updated_at, id", [a1, b1, a2])
+    assert [r["id"] for r in done] == [a1, b1, a2]
+
+
 async def test_no_rule_and_empty_body(pool, make_engine) -> None:
     """Messages no rule matches (also without text) are done with outcome no_rule."""
     await add_mo(pool, [mo(A, "hello"), mo(B, None)])

@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 
 from smsgw.shared.queue import store
-from smsgw.shared.queue.listener import CHANNELS, Listener, consume
+from smsgw.shared.queue.listener import CHANNELS, Listener, Pass, consume
 
 from .conftest import outbound_row
 
@@ -177,6 +177,39 @@ async def test_consume_survives_failing_claim_pass(pool: asyncpg.Pool, db_url: s
     try:
         await asyncio.wait_for(done.wait(), 5)
         assert len(errors) == 2
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await listener.close()
+
+
+async def test_pass_without_more_waits_for_the_next_notify(pool: asyncpg.Pool,
+                                                           db_url: str) -> None:
+    """1. Every claim pass claims a row and returns `Pass(1, more=False)` (a short batch with
+    nothing behind it). 2. After the first, the loop waits: no second (empty) pass within
+    0.3 s, the fallback being 60 s. 3. A NOTIFY wakes it for exactly one more pass."""
+    listener = Listener(db_url, [CH])
+    await listener.start()
+    passes = 0
+    woke = asyncio.Event()
+
+    async def short_batch() -> Pass:
+        nonlocal passes
+        passes += 1
+        woke.set()
+        return Pass(1, False)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(consume(listener, CH, short_batch, stop=stop, poll_s=60))
+    try:
+        await asyncio.wait_for(woke.wait(), 5)
+        await asyncio.sleep(0.3)
+        assert passes == 1
+        woke.clear()
+        await store.notify(pool, CH)
+        await asyncio.wait_for(woke.wait(), 5)
+        await asyncio.sleep(0.3)
+        assert passes == 2
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)

@@ -95,6 +95,15 @@ SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off
 -- After claim_tx: the caller's own queries in the same transaction plan normally again.
 RESET enable_sort; RESET enable_bitmapscan
 
+-- name: begin_pinned
+-- Open a claim transaction with the claim plan pinned for all of it (claim_transaction): BEGIN
+-- and pin_claim_plan's two SET LOCALs in one round trip, no unpin (the simple protocol runs
+-- them all; the transaction stays open after them). And no JIT: a statement of the
+-- transaction that can only sort gets the planner's "disabled" cost (10^10), far above
+-- jit_above_cost, and compiling it took ~0.9 s (measured: a claim whose rows were then
+-- ordered by id).
+BEGIN; SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off; SET LOCAL jit = off
+
 -- name: claim_leased
 -- Lease up to $1 due queued rows to owner $2 for $3 seconds (status 'sending'). The ids are
 -- picked in a MATERIALIZED CTE, so the UPDATE can never touch more than $1 rows even when the
