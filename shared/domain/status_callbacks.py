@@ -164,13 +164,16 @@ def receipt_rows(rows: Iterable[Mapping[str, Any]], *, parts: DlrParts = "first"
             continue
         template = r["callback_url"]
         body = (r["body"] or "").encode("latin-1", "replace")
+        # the meta-data (%D, %#group#key#) and the uuid (%I) only for a template that may
+        # use them: most dlr-urls do not, and they are most of the cost of a report
+        meta = (K.receipt_meta(mask, r.get("network_error") or K.dlr_err(r["err"], body))
+                if "%D" in template or "%#" in template else None)
         msg = K.DlrMsg(
             dlr_type=dlr_type, receiver=r["to_addr"], sender=r["from_addr"], msgdata=body,
             time=K.unix_time(r["received_at"]), smsc_id=r["connector"],
             foreign_id=r["smsc_id"], service=_meta_str(r["meta"], "username"),
-            account=system_ids.get(r["receipt_connector"]),
-            meta_data=K.receipt_meta(mask, r.get("network_error") or K.dlr_err(r["err"], body)),
-            dlr_url=template, id=K.message_uuid(r["outbound_id"]))
+            account=system_ids.get(r["receipt_connector"]), meta_data=meta, dlr_url=template,
+            id=K.message_uuid(r["outbound_id"]) if "%I" in template else "")
         out.append(StatusCallback(r["account_id"], r["outbound_id"],
                                   K.fill_escape_codes(template, msg), "GET", None, None,
                                   _secret(r["account_id"])))
