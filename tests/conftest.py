@@ -75,9 +75,7 @@ def pg_template(pg_server: dict[str, object]) -> Iterator[str]:
     asyncio.run(drop())
 
 
-@pytest.fixture
-def db_url(pg_server: dict[str, object], pg_template: str) -> Iterator[str]:
-    """URL of a fresh, migrated database for this test alone (dropped afterwards)."""
+def _fresh_database(pg_server: dict[str, object], pg_template: str) -> Iterator[str]:
     admin = str(pg_server["url"])
     name = f"smsgw_t_{uuid.uuid4().hex[:12]}"
 
@@ -98,6 +96,19 @@ def db_url(pg_server: dict[str, object], pg_template: str) -> Iterator[str]:
     asyncio.run(create())
     yield _with_db(admin, name)
     asyncio.run(drop())
+
+
+@pytest.fixture
+def db_url(pg_server: dict[str, object], pg_template: str) -> Iterator[str]:
+    """URL of a fresh, migrated database for this test alone (dropped afterwards)."""
+    yield from _fresh_database(pg_server, pg_template)
+
+
+@pytest.fixture(scope="module")
+def module_db_url(pg_server: dict[str, object], pg_template: str) -> Iterator[str]:
+    """URL of a fresh, migrated database shared by one module's tests (for a module that runs
+    one stack for all its tests, each test keeping to its own messages)."""
+    yield from _fresh_database(pg_server, pg_template)
 
 
 @pytest.fixture

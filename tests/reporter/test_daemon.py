@@ -28,7 +28,7 @@ from .conftest import CAMPAIGN, END, START, ZONE, seed
 from .test_kinds import read
 
 BIG = "big"
-BIG_ROWS = 150_000
+BIG_ROWS = 40_000
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -78,9 +78,9 @@ async def test_cli_daemon_cancel_drain_and_takeover(pool: asyncpg.Pool, db_url: 
         " timestamptz '2026-01-10' + g * interval '1 second' FROM generate_series(1, $2) g",
         BIG, BIG_ROWS)
     folder = tmp_path / "reports"
-    # A and B work a third of the time, so the big report outlasts the drain (0.8 s) and the
+    # A and B work a fifth of the time, so the big report outlasts the drain (0.8 s) and the
     # kill; C, which takes the report over, runs at full speed
-    env = _env(db_url, folder, SMSGW_REPORTER__BUSY_SHARE="0.3")
+    env = _env(db_url, folder, SMSGW_REPORTER__BUSY_SHARE="0.2")
     fast = _env(db_url, folder)
     spawner = Spawner(tmp_path, stderr="devnull")
     try:
