@@ -97,3 +97,48 @@ async def test_claim_loop_lingers_only_while_busy(pool: asyncpg.Pool, db_url: st
         stop.set()
         await task
         await listener.close()
+
+
+async def test_a_commit_that_does_not_come_is_answered_unavailable(pool: asyncpg.Pool) -> None:
+    """1. a flush hangs (a primary that stopped answering) with one item in it, a second waits
+    in the buffer, a third is submitted later  2. each caller gets DatabaseUnavailable
+    `commit_wait_s` after its own submit (not before), the waiting item is withdrawn (never
+    written) once the flush comes back, and the committer then writes new items."""
+    from smsgw.shared.core.errors import DatabaseUnavailable
+
+    release = asyncio.Event()
+    written: list[int] = []
+
+    async def flush(conn: asyncpg.Connection, items: list[int]) -> list[int]:
+        if 1 in items:
+            await release.wait()
+        await conn.execute("SELECT 1")
+        written.extend(items)
+        return items
+
+    gc: GroupCommitter[int, int] = GroupCommitter(pool, flush, name="hang", max_inflight=1,
+                                                  linger_s=0, commit_wait_s=0.3)
+    gc.start()
+    try:
+        t0 = time.perf_counter()
+        first = asyncio.create_task(gc.submit(1))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(gc.submit_many([2, 3]))
+        await asyncio.sleep(0.15)
+        third = asyncio.create_task(gc.submit(4))
+        answered: dict[str, float] = {}
+        for name, task in (("first", first), ("second", second), ("third", third)):
+            try:
+                await task
+            except DatabaseUnavailable:
+                answered[name] = time.perf_counter() - t0
+        assert list(answered) == ["first", "second", "third"]
+        assert 0.28 <= answered["first"] < 1.0, answered
+        assert 0.33 <= answered["second"] < 1.1, answered
+        assert 0.48 <= answered["third"] < 1.3, answered
+        release.set()
+        assert await gc.submit(5) == 5
+        assert written == [1, 5]  # 2, 3 and 4 were withdrawn; 1 committed unacknowledged
+    finally:
+        release.set()
+        await gc.close()
