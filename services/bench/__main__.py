@@ -22,6 +22,9 @@ SCENARIOS: dict[str, tuple[str, str]] = {
              "ESMEs bound to the SMPP server: submit_sm -> SMSC -> receipts back to the ESMEs"),
     "report": ("bench.report_bench",
                "reporter alone: a campaign report over 1M and 10M history rows (time, RSS)"),
+    "kannel": ("bench.kannel_bench",
+               "Kannel (bearerbox + smsbox, memory queues) driven like mt/sendsms/mo; "
+               "--with-smsgw alternates smsgw's runs"),
     # end-to-end scenarios (issue 8)
     "mt": ("bench.e2e", "HTTP POST /v1/messages -> submit_sm -> receipt -> delivered"),
     "sendsms": ("bench.e2e", "the same through the Kannel-compatible /cgi-bin/sendsms"),

@@ -38,6 +38,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from smsgw.services.bench.kannel_bench import conf_groups
 from smsgw.services.bench.stack import BENCH_ACCOUNT, Stack, StackOptions
 from smsgw.services.smsc_sim.server import SimConfig, Simulator
 
@@ -216,20 +217,6 @@ def escape_query() -> str:
     return "&".join(f"e{c}=%{c}" for c in ESCAPES) + f"&meta=%#smpp#{TLV_NAME}#"
 
 
-def _conf_groups(groups: list[tuple[str, dict[str, Any]]]) -> str:
-    out = []
-    for name, keys in groups:
-        out.append(f"group = {name}")
-        for key, value in keys.items():
-            if isinstance(value, bool):
-                value = "true" if value else "false"
-            if isinstance(value, str) and not value.isdigit():
-                value = '"' + value.replace('"', '\\"') + '"'
-            out.append(f"{key} = {value}")
-        out.append("")
-    return "\n".join(out)
-
-
 class KannelGateway:
     """bearerbox + smsbox on loopback ports, configured the way a Kannel operator would."""
 
@@ -251,7 +238,7 @@ class KannelGateway:
 
     def conf(self) -> str:
         f = self.folder
-        return _conf_groups([
+        return conf_groups([
             ("core", {"admin-port": self.admin_port, "admin-interface": "127.0.0.1",
                       "admin-password": "kannel-admin", "admin-allow-ip": "127.0.0.1",
                       "smsbox-port": self.box_port, "smsbox-interface": "127.0.0.1",
