@@ -88,8 +88,10 @@ class ProcessorDaemon(Daemon[ProcessorSettings]):
             connectors=[c.name for c in self.config.connectors],
             tlvs=_tlv_catalog(self.config))
         await self.callbacks.start()
-        # forwarded MO go straight to this process's delivery, leased at insert (no claim)
+        # forwarded MO go straight to this process's delivery, leased at insert (no claim),
+        # and the inbound batches acknowledge what it delivered (callbacks.ACK_RIDE_S)
         self.engine.forward_lease = self.callbacks
+        self.callbacks.acks_ride = True
         self.add_worker("inbound_loop", lambda: self.consume(CHANNELS["inbound"], self._claim_pass))
         self.add_worker("callbacks_loop", self._callbacks_loop)
         self.add_worker("rules_watch", self._rules_watch)

@@ -52,7 +52,8 @@ processor one HTTP request each (keep-alive, `shared.runtime.httpclient`); a bat
 that over its rows.
 
 Results are written back in batches (one statement per outcome kind per loop turn), not one
-round trip per callback.
+round trip per callback. In the processor daemon (`acks_ride`) plain successes wait up to
+`ACK_RIDE_S` for the next inbound batch to acknowledge them in its own transaction.
 """
 
 from __future__ import annotations
@@ -109,6 +110,15 @@ class Result:
     error: str | None = None
     reply: ReplyPlan | None = None  # a `reply_from_body` forward answered 2xx
 
+
+ACK_RIDE_S: Final = 0.05
+"""How long plain successes (2xx, no reply) wait to be acknowledged in the processor's next
+inbound batch (`take_acks`: `engine.finish_batch` marks them done in that batch's own
+statement and commit) before the delivery loop acknowledges them itself. At a few MO a second
+and more a batch comes within that time: one statement and one commit (a WAL flush) less per
+forwarded MO. Until either commits the rows stay leased to us: after a crash they are
+delivered again when the lease expires (at-least-once, as after any crash between a request
+and its write-back)."""
 
 REPLY_DEDUPE_SCOPE: Final = "reply"
 REPLY_DEDUPE_TTL_S: Final = 7 * 86400.0  # longer than any callback's retries
@@ -202,6 +212,12 @@ class CallbackDelivery:
         self._kick = asyncio.Event()  # `take` started requests the loop is not watching yet
         self._more = True  # the last claim was full (or none yet): claim again at once
         self._claim_due = True  # notified or timed out since the last claim
+        # plain successes not acknowledged yet (ACK_RIDE_S), since when, and those handed to
+        # the engine's batch in progress; `acks_ride` False: acknowledged at once
+        self.acks_ride = False
+        self._acks: list[Result] = []
+        self._acks_since = 0.0
+        self._riding: list[Result] = []
 
     async def start(self) -> None:
         """Open the HTTP client (keep-alive connections, at most `per_host` idle per host)."""
@@ -223,8 +239,48 @@ class CallbackDelivery:
             self._http = None
 
     async def release(self) -> int:
-        """Give every lease this owner still holds back to the queue (attempt not counted)."""
+        """Give every lease this owner still holds back to the queue (attempt not counted),
+        after acknowledging the successes still waiting for it (never re-deliver those)."""
+        await self._ack_pending(force=True)
         return await store.release(self.pool, "callbacks", self.owner)
+
+    # -- acknowledgements riding on the engine's batches ----------------------------------------
+
+    def take_acks(self) -> list[int]:
+        """Hand the plain successes waiting for an acknowledgement to the engine's batch that
+        is starting (their ids, fenced by our lease there); `acks_committed` tells how it
+        ended."""
+        self._riding, self._acks = self._riding + self._acks, []
+        return [r.id for r in self._riding]
+
+    def acks_committed(self, committed: bool) -> None:
+        """The batch that took the acknowledgements committed (they are done), or not (they
+        wait again, due at once)."""
+        riding, self._riding = self._riding, []
+        if committed:
+            self._count(riding, set())
+        elif riding:
+            self._acks = riding + self._acks
+            self._acks_since = 0.0
+            self._kick.set()
+
+    async def _ack_pending(self, *, force: bool) -> None:
+        """Acknowledge the waiting successes ourselves once they waited `ACK_RIDE_S`."""
+        if not self._acks or (not force and self._ack_wait() > 0):
+            return
+        acks, self._acks = self._acks, []
+        try:
+            await store.ack(self.pool, "callbacks", [r.id for r in acks], owner=self.owner)
+        except BaseException:
+            self._acks = acks + self._acks
+            raise
+        self._count(acks, set())
+
+    def _ack_wait(self) -> float:
+        """Seconds until the waiting successes are due (inf: none wait)."""
+        if not self._acks:
+            return float("inf")
+        return self._acks_since + ACK_RIDE_S - time.monotonic()
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -253,6 +309,7 @@ class CallbackDelivery:
         """Write back finished results, then claim into the free capacity."""
         try:
             await self._flush()
+            await self._ack_pending(force=False)
             await self._extend_leases()
             free = self.settings.concurrency - len(self._tasks)
             if free <= 0 or not (self._more or self._claim_due):
@@ -296,11 +353,13 @@ class CallbackDelivery:
             waiters.add(asyncio.ensure_future(wake.wait()))
         self._kick.clear()
         kick = asyncio.ensure_future(self._kick.wait())
+        timer = min(self.poll_s, self.settings.lease_s / 3)
+        acks_due = max(self._ack_wait(), 0.0)
         try:
             done, _ = await asyncio.wait(waiters | self._tasks | {kick},
-                                         timeout=min(self.poll_s, self.settings.lease_s / 3),
+                                         timeout=min(timer, acks_due),
                                          return_when=asyncio.FIRST_COMPLETED)
-            if not done or done & waiters:
+            if (not done and acks_due >= timer) or done & waiters:
                 self._claim_due = True
             elif done == {kick}:
                 pass  # new requests from `take`: wait again, watching them too
@@ -329,6 +388,7 @@ class CallbackDelivery:
             t.cancel()
         with contextlib.suppress(*DATABASE_ERRORS):
             await self._flush()
+            await self._ack_pending(force=True)
 
     @property
     def lease_s(self) -> float:
@@ -478,6 +538,13 @@ class CallbackDelivery:
         for t in done:
             if not t.cancelled() and t.exception() is not None:
                 log.error("callback_task_crashed", error=repr(t.exception()))
+        if self.acks_ride:  # plain successes wait for a batch to acknowledge them (ACK_RIDE_S)
+            plain = [r for r in results if r.outcome == "done" and r.reply is None]
+            if plain:
+                if not self._acks:
+                    self._acks_since = time.monotonic()
+                self._acks += plain
+                results = [r for r in results if r.outcome != "done" or r.reply is not None]
         await self.write_back(results)
         self._tasks.difference_update(done)
         for t in done:

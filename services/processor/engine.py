@@ -149,7 +149,9 @@ FINISH_BATCH: Final = f"""
 -- finish_batch: a batch's last write, one statement: the forwards inserted leased to this
 -- processor's delivery ($1-$3, callbacks.insert_leased: '[]' for none), each claimed row's
 -- outcome ($4, a JSON array of id, status, error, detail: done, or failed keeping its error)
--- and, when $5, its `processed` event (the detail).
+-- and, when $5, its `processed` event (the detail); and the callbacks $6 that the delivery
+-- (owner $2) delivered, acknowledged as `store.ack` does (fenced by the lease, never out of
+-- a terminal state).
 WITH fwd AS (
 {callbacks_queue.INSERT_LEASED}
 ), outcome AS MATERIALIZED (
@@ -167,6 +169,10 @@ WITH fwd AS (
      -- a scan of every row the table still holds)
      WHERE m.id = ANY (ARRAY(SELECT id FROM outcome)) AND m.id = o.id
        AND m.status NOT IN ({_TERMINAL})
+), acked AS (
+    UPDATE callbacks
+       SET status = 'done', lease_owner = NULL, lease_until = NULL, updated_at = now()
+     WHERE id = ANY ($6::bigint[]) AND lease_owner = $2 AND status NOT IN ('done', 'dead')
 )
 SELECT * FROM fwd
 """
@@ -626,16 +632,26 @@ class ForwardLease(Protocol):
         """Start delivering rows leased to `owner` (after their transaction committed)."""
         ...
 
+    def take_acks(self) -> list[int]:
+        """Ids of callbacks it delivered that a batch starting now may acknowledge."""
+        ...
+
+    def acks_committed(self, committed: bool) -> None:
+        """How the batch that took them ended (not committed: it acknowledges them itself)."""
+        ...
+
 
 async def write_plan(conn: asyncpg.Connection, plan: Plan, *, events: bool,
-                     hasher: NumberHasher, lease: ForwardLease | None = None) -> list[Callback]:
+                     hasher: NumberHasher, lease: ForwardLease | None = None,
+                     acks: Sequence[int] = ()) -> list[Callback]:
     """Write a plan inside the caller's transaction: one statement per kind of row.
 
     Each reply carries its recipient's keyed hash (`to_hash`, for the sender's suppression
     check); suppression changes are keyed by the same hasher. With `lease`, as many forwards
     as it has room for are inserted already leased to it (`callbacks.insert_leased`) and
     returned, for the caller to hand over once the transaction has committed; the rest are
-    queued with a NOTIFY as before.
+    queued with a NOTIFY as before. `acks`: callbacks its delivery delivered, acknowledged in
+    the same statement.
     """
     if plan.replies:
         await store.enqueue(conn, "outbound", [r.row() | {"to_hash": hasher(r.to_addr)}
@@ -662,8 +678,9 @@ async def write_plan(conn: asyncpg.Connection, plan: Plan, *, events: bool,
                               "detail": o.detail()} for o in plan.outcomes]).decode()
     records = await conn.fetch(
         FINISH_BATCH, callbacks_queue.leased_document(leased),
-        lease.owner if lease is not None and leased else None,
-        lease.lease_s if lease is not None and leased else None, outcomes, events)
+        lease.owner if lease is not None else None,
+        lease.lease_s if lease is not None else None, outcomes, events,
+        list(acks) if lease is not None else [])
     return [Callback.from_record(r) for r in records]
 
 
@@ -787,21 +804,29 @@ class Engine:
         if self.metrics:
             self.metrics.paused.set(0)
         started = time.perf_counter()
-        async with self.pool.acquire() as conn:
-            self._leased = []
-            try:
-                async with store.claim_transaction(conn):
-                    outcomes = await self._batch(conn)
-            except _DB_ERRORS as exc:
-                self._leased = []  # rolled back: never inserted
-                if _is_systemic(exc):
-                    raise
-                log.warning("batch_failed", error=str(exc)[:300], sqlstate=exc.sqlstate)
-                if self.metrics:
-                    self.metrics.batch_failures.inc()
-                async with conn.transaction():
-                    outcomes = await self._one_by_one(conn)
-                self.more = bool(outcomes)
+        lease = self.forward_lease
+        acks = lease.take_acks() if lease is not None else []
+        acked = False
+        try:
+            async with self.pool.acquire() as conn:
+                self._leased = []
+                try:
+                    async with store.claim_transaction(conn):
+                        outcomes = await self._batch(conn, acks)
+                    acked = bool(outcomes)  # rows claimed: finish_batch acknowledged them
+                except _DB_ERRORS as exc:
+                    self._leased = []  # rolled back: never inserted
+                    if _is_systemic(exc):
+                        raise
+                    log.warning("batch_failed", error=str(exc)[:300], sqlstate=exc.sqlstate)
+                    if self.metrics:
+                        self.metrics.batch_failures.inc()
+                    async with conn.transaction():
+                        outcomes = await self._one_by_one(conn)
+                    self.more = bool(outcomes)
+        finally:
+            if lease is not None:
+                lease.acks_committed(acked)
         leased, self._leased = self._leased, []
         if leased and self.forward_lease is not None:  # committed: deliver them now
             await self.forward_lease.take(leased)
@@ -816,22 +841,24 @@ class Engine:
             conn, "inbound", limit=self.settings.batch, hol_column="from_addr")
         return rows
 
-    async def _batch(self, conn: asyncpg.Connection) -> list[Outcome]:
+    async def _batch(self, conn: asyncpg.Connection, acks: Sequence[int]) -> list[Outcome]:
         s = self.settings
         claimed = await claim_batch(conn, limit=s.batch, flood_max=s.flood_max,
                                     flood_window_s=s.flood_window_s)
         self.more = claimed.blocked or len(claimed.rows) >= s.batch
         if not claimed.rows:
             return []
-        return await self.apply(conn, claimed.rows, lease=self.forward_lease, claimed=claimed)
+        return await self.apply(conn, claimed.rows, lease=self.forward_lease, claimed=claimed,
+                                acks=acks)
 
     async def apply(self, conn: asyncpg.Connection, rows: Sequence[InboundMessage], *,
-                    lease: ForwardLease | None = None,
-                    claimed: Claimed | None = None) -> list[Outcome]:
+                    lease: ForwardLease | None = None, claimed: Claimed | None = None,
+                    acks: Sequence[int] = ()) -> list[Outcome]:
         """Evaluate and write `rows` (already locked by this transaction); return outcomes.
         With `lease`, forwards it has room for are inserted leased to it (`write_plan`) and
-        kept for `run_batch` to hand over after the commit. `claimed`: what `claim_batch`
-        already read for these rows (flood counts, rules version); else read here."""
+        kept for `run_batch` to hand over after the commit, and `acks` (callbacks it
+        delivered) are acknowledged. `claimed`: what `claim_batch` already read for these
+        rows (flood counts, rules version); else read here."""
         s = self.settings
         messages = [to_message(r) for r in rows]
         if claimed is not None:
@@ -846,7 +873,7 @@ class Engine:
         counts = await quota_counts(conn, keys.values())
         plan = plan_batch(decisions, self.keywords, counts, flooded, keys, self.mo_accounts)
         self._leased += await write_plan(conn, plan, events=s.events, hasher=self.hasher,
-                                         lease=lease)
+                                         lease=lease, acks=acks)
         if self.metrics:
             for category, n in Counter(r.category for r in plan.replies).items():
                 self.metrics.replies.labels(category=category).inc(n)

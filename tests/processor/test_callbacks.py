@@ -310,6 +310,12 @@ async def test_forwards_leased_at_insert_go_straight_to_delivery(pool, app, make
         def free(self) -> int:
             return d.free()
 
+        def take_acks(self) -> list[int]:
+            return d.take_acks()
+
+        def acks_committed(self, committed: bool) -> None:
+            d.acks_committed(committed)
+
         async def take(self, rows) -> None:
             taken.append([r.id for r in rows])
             states = await pool.fetch("SELECT status, lease_owner, lease_until > now() AS live "
@@ -347,6 +353,65 @@ async def test_forwards_leased_at_insert_go_straight_to_delivery(pool, app, make
     assert await engine.run_batch() == 1
     assert taken == []
     assert await pool.fetchval("SELECT count(*) FROM callbacks WHERE status = 'queued'") == 1
+
+
+async def test_acknowledgements_ride_on_the_next_batch(pool, app, make_engine,
+                                                       monkeypatch) -> None:
+    """With `acks_ride` (the daemon's setting) a delivered forward's acknowledgement waits for
+    the processor's next inbound batch, which writes it in its own statement and commit:
+    1. MO 1's forward is delivered; its row stays `sending`, leased to us (ACK_RIDE_S made
+    long here, so only a batch can acknowledge it); 2. the batch of MO 2 acknowledges it:
+    `done`; 3. a batch that claims nothing hands MO 2's acknowledgement back, and the
+    delivery loop writes it at once; 4. nothing was sent twice."""
+    from smsgw.services.processor import callbacks as callbacks_module
+
+    from .conftest import add_mo, mo, set_rules
+    monkeypatch.setattr(callbacks_module, "ACK_RIDE_S", 30.0)
+    await set_rules(pool, [{"name": "fwd", "actions": [{"type": "forward", "url": app.url()}]}])
+    d = delivery(pool)
+    d.acks_ride = True
+    engine = make_engine()
+    engine.forward_lease = d
+    await d.start()
+    stop = asyncio.Event()
+    loop = asyncio.create_task(d.run(stop))
+
+    async def status(inbound_id: int) -> str:
+        return await pool.fetchval("SELECT status FROM callbacks WHERE inbound_id = $1",
+                                   inbound_id)
+
+    async def until(check, timeout_s: float = 5.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not await check():  # noqa: ASYNC110 - polls the database
+                await asyncio.sleep(0.02)
+
+    try:
+        [m1] = await add_mo(pool, [mo("+447700900001", "one")])
+        assert await engine.run_batch() == 1
+        await until(lambda: _sent(app, 1))
+        await asyncio.sleep(0.2)  # the loop has written back whatever it would
+        assert await status(m1) == "sending"
+        [m2] = await add_mo(pool, [mo("+447700900001", "two")])
+        assert await engine.run_batch() == 1
+        assert await status(m1) == "done"
+        await until(lambda: _sent(app, 2))
+        await asyncio.sleep(0.2)
+        assert await status(m2) == "sending"
+        assert await engine.run_batch() == 0
+        await until(lambda: _is(status(m2), "done"))
+    finally:
+        stop.set()
+        await loop
+        await d.close()
+    assert len(app.seen) == 2
+
+
+async def _sent(app, n: int) -> bool:
+    return len(app.seen) >= n
+
+
+async def _is(value, want: str) -> bool:
+    return await value == want
 
 
 async def _none_open(pool: asyncpg.Pool) -> bool:
