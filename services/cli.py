@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(_usage() + "\n")
         return 0 if args else 2
     name, rest = args[0], args[1:]
+    # structlog imports `rich` (and through it pygments) for its development console renderer
+    # whenever rich is installed, as test and lint tools install it; smsgw never renders with
+    # it, and the import cost ~60 to 150 ms of every daemon's and admin command's start here. A
+    # None entry makes that optional import fail at once (structlog then uses plain tracebacks).
+    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
     if name not in COMMANDS:
         sys.stderr.write(f"smsgw: unknown command {name!r}\n\n{_usage()}\n")
         return 2
