@@ -202,13 +202,26 @@ def check_url(url: str, *, allowed_networks: Iterable[Any] | AddressPolicy = ())
 
     The host is judged as the HTTP client will see it (see the module docstring)."""
     networks = (allowed_networks.networks if isinstance(allowed_networks, AddressPolicy)
-                else AddressPolicy(allowed_networks).networks)
+                else _networks(tuple(allowed_networks)))
     if len(url) > MAX_URL_LENGTH:
         raise UnsafeUrl(f"URL longer than {MAX_URL_LENGTH} characters")
     error = _verdict(_origin(url), networks)
     if error is not None:
         raise UnsafeUrl(error)
     return url
+
+
+def _networks(networks: tuple[Any, ...]) -> tuple[Network, ...]:
+    """The parsed networks (the same few configured ones every call: parsed once)."""
+    try:
+        return _parsed_networks(networks)
+    except TypeError:  # an unhashable entry: parse it every time
+        return AddressPolicy(networks).networks
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_networks(networks: tuple[Any, ...]) -> tuple[Network, ...]:
+    return AddressPolicy(networks).networks
 
 
 def _origin(url: str) -> str:

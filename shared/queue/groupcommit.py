@@ -186,8 +186,11 @@ class GroupCommitter(Generic[T, R]):
     def _watch(self, loop: asyncio.AbstractEventLoop, futures: list[asyncio.Future[R]]) -> None:
         """Give `futures` `commit_wait_s` to be answered (see `_expire`)."""
         deadlines = self._deadlines
-        while deadlines and all(f.done() for f in deadlines[0][1]):
-            deadlines.popleft()  # answered: forget them
+        while deadlines:  # forget the oldest ones once answered
+            done = deadlines[0][1]
+            if not (done[0].done() if len(done) == 1 else all(f.done() for f in done)):
+                break
+            deadlines.popleft()
         deadlines.append((loop.time() + self._commit_wait_s, futures))
         if self._watchdog is None:
             self._watchdog = loop.call_at(deadlines[0][0], self._expire, loop)
