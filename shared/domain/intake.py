@@ -330,13 +330,24 @@ def _mo_item(connector: ConnectorSettings, pdu: Any) -> InboundWrite | FragmentW
                              data_coding=pdu.data_coding)
     # SMPP 3.4 MO carries no message id: dedupe only where the connector names a TLV that
     # holds one (`mo_id_tlv`, a vendor extension); otherwise MO is at-least-once.
-    mo_id = _tlv_text(pdu.tlvs, getattr(connector, "mo_id_tlv", None))
+    mo_id = _tlv_text(pdu.tlvs, _mo_id_tlv(connector))
     return InboundWrite(channel="smpp", provider=connector.name, connector=connector.name,
                         from_addr=from_addr, to_addr=to_addr, body=decoded.text,
                         raw=decoded.raw, data_coding=pdu.data_coding, provider_message_id=mo_id,
                         meta={"encoding": decoded.encoding, "esm_class": pdu.esm_class},
                         dedupe_scope=f"mo:smpp:{connector.name}" if mo_id else None,
                         dedupe_key=mo_id)
+
+
+def _mo_id_tlv(connector: Any) -> int | None:
+    """The connector's `mo_id_tlv`, if it has one. Read from the instance's `__dict__`: a
+    `getattr` default on a pydantic model that lacks the attribute raises and catches an
+    AttributeError inside pydantic, which was 5 % of the sender's CPU at 1,000 MO/s."""
+    fields = getattr(connector, "__dict__", None)
+    if fields is None:  # a slotted object
+        return getattr(connector, "mo_id_tlv", None)
+    tag = fields.get("mo_id_tlv")
+    return tag if isinstance(tag, int) else None
 
 
 def _tlv_text(tlvs: Any, tag: int | None) -> str | None:
