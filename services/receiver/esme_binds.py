@@ -12,7 +12,9 @@ A bind beyond the account's maximum (the account's `smpp_max_binds`, else
 `account_max_binds`) gets ESME_RALYBND. The maximum holds across receiver instances: bind
 `i` of an account holds the advisory lock (`esme:<account id>`, i) on one connection per
 receiver (`EsmeSlots`), so a crashed receiver's binds free their slots with its connection;
-when that connection is lost, every bind of this receiver is closed (the ESMEs rebind).
+when that connection is lost, every bind of this receiver is closed (the ESMEs rebind), and a
+bind that finds it dead before the loss was noticed takes its slot on a new connection (it was
+answered ESME_RSYSERR: asyncpg fails a query on a connection the server has just ended).
 """
 
 from __future__ import annotations
@@ -101,29 +103,49 @@ class EsmeSlots:
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await self._connect()
-            self._conn.add_termination_listener(lambda _c: self._lost())
+            conn = await self._connect()
+            conn.add_termination_listener(self._terminated)
+            self._conn = conn
         return self._conn
 
+    def _terminated(self, conn: asyncpg.Connection) -> None:
+        if conn is self._conn:  # not one `_lost` already replaced
+            self._lost()
+
     def _lost(self) -> None:
+        """The connection is gone, and its locks with it: forget them and close every bind
+        here (another receiver may take their slots now)."""
         if self._closing:
             return  # our own close() at shutdown
         log.warning("esme_slots_connection_lost", hint="every ESME bind here is closed; the "
                                                         "ESMEs bind again")
-        self._conn = None
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()  # its locks must not outlive what we believe of them
         self._held.clear()
         self._on_lost()
 
     async def take(self, account_id: int, limit: int) -> int | None:
-        """A free slot of the account (held until `free`), or None when all are taken."""
+        """A free slot of the account (held until `free`), or None when all are taken. A
+        connection that turns out dead (the server ended it a moment ago, before its end was
+        read) is replaced and the slot taken on the new one: once, then the error stands."""
         async with self._lock:
             conn = await self._connection()
-            held = self._held.setdefault(account_id, set())
-            slot = await conn.fetchval(TAKE_SLOT, _classid(account_id), limit, sorted(held))
-            if slot is None:
-                return None
-            held.add(int(slot))
-            return int(slot)
+            try:
+                slot = await self._try_slot(conn, account_id, limit)
+            except CONNECTION_ERRORS:
+                if conn is self._conn:  # the termination listener may have been first
+                    self._lost()
+                slot = await self._try_slot(await self._connection(), account_id, limit)
+            if slot is not None:
+                self._held.setdefault(account_id, set()).add(slot)
+            return slot
+
+    async def _try_slot(self, conn: asyncpg.Connection, account_id: int,
+                        limit: int) -> int | None:
+        held = sorted(self._held.get(account_id, ()))
+        slot = await conn.fetchval(TAKE_SLOT, _classid(account_id), limit, held)
+        return None if slot is None else int(slot)
 
     async def free(self, account_id: int, slot: int) -> None:
         """Give a slot back (nothing to do when its connection is gone)."""
@@ -134,12 +156,14 @@ class EsmeSlots:
             held.discard(slot)
             if not held:
                 del self._held[account_id]
-            if self._conn is None or self._conn.is_closed():
+            conn = self._conn
+            if conn is None or conn.is_closed():
                 return
             try:
-                await self._conn.execute(FREE_SLOT, _classid(account_id), slot)
+                await conn.execute(FREE_SLOT, _classid(account_id), slot)
             except CONNECTION_ERRORS:
-                self._conn = None
+                if conn is self._conn:  # its locks are gone: so are this receiver's binds
+                    self._lost()
 
     async def close(self) -> None:
         """Close the connection (every slot it holds is freed)."""

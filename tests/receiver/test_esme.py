@@ -707,3 +707,35 @@ async def test_submit_whose_commit_fails(esme: EsmeService, pool: asyncpg.Pool,
     assert [r["body"] for r in await pool.fetch(
         "SELECT body FROM outbound WHERE account_id = $1", account_id)] == ["fine"]
     await raw.close()
+
+
+async def test_bind_right_after_the_slots_connection_died(esme: EsmeService, pool: asyncpg.Pool,
+                                                          account_factory: AccountFactory,
+                                                          unique: Any) -> None:
+    """The bind slots' connection is ended by the server (here pg_terminate_backend) and a
+    bind arrives before the receiver has read that end (asyncpg then fails the query with
+    "cannot switch to state" when its last statement freed a slot): the slot is taken on a
+    new connection — ESME_ROK, where it was ESME_RSYSERR — and the bind held before is
+    closed, its slot gone with the old connection. Three times: the race is the receiver's
+    to lose."""
+    name = unique("s")[:15]
+    _, password = await _account(pool, account_factory, name)
+    for _ in range(3):
+        before = await Raw.open(esme.port)
+        assert await before.bind(name, password) == P.SMPP_ESME_ROK
+        gone = await Raw.open(esme.port)  # a bind that ends: its slot is freed
+        assert await gone.bind(name, password) == P.SMPP_ESME_ROK
+        await gone.close()
+        await asyncio.sleep(0.1)
+        old = esme.slots._conn
+        assert old is not None
+        await pool.execute("SELECT pg_terminate_backend($1)", old.get_server_pid())
+        after = await Raw.open(esme.port)
+        assert await after.bind(name, password) == P.SMPP_ESME_ROK
+        assert esme.slots._conn is not None and esme.slots._conn is not old
+        with pytest.raises(ConnectionError):
+            await before.recv(timeout_s=2.0)
+        after.send(P.EnquireLink())
+        assert type(await after.recv()) is P.EnquireLinkResp  # the new bind stays
+        await before.close()
+        await after.close()
