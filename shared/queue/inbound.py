@@ -23,6 +23,7 @@ STATEMENTS: Final[dict[str, LiteralString]] = {f"inbound.{k}": v for k, v in _SQ
 """Statement label → SQL of every statement this module runs (the PREPARE test reads it)."""
 
 _INSERT: Final = _SQL["insert"]
+_INSERT_PLAIN: Final = _SQL["insert_plain"]
 _INSERT_ONE: Final = _SQL["insert_one"]
 
 
@@ -32,9 +33,13 @@ async def insert(conn: asyncpg.Connection, items: Sequence[InboundWrite], *, ttl
     seconds; returns (id drawn, inserted) per item in order (not inserted: its key is live).
 
     No two items may carry the same key (the statement claims a key once). `notify`: a channel
-    to wake, in the same statement, when a row was inserted (None: no NOTIFY).
+    to wake, in the same statement, when a row was inserted (None: no NOTIFY). Items without
+    a key (SMPP MO as a rule) go through `insert_plain`, which leaves dedupe_keys alone.
     """
-    rows = await conn.fetch(_INSERT, _document(items), ttl_s, notify)
+    if all(it.dedupe_key is None or it.dedupe_scope is None for it in items):
+        rows = await conn.fetch(_INSERT_PLAIN, _document(items), notify)
+    else:
+        rows = await conn.fetch(_INSERT, _document(items), ttl_s, notify)
     return [(r["id"], r["created"]) for r in rows]
 
 

@@ -168,3 +168,31 @@ async def test_whole_mo_batch_is_one_autocommitted_statement_with_its_notify(
         await listener.close()
     assert await pool.fetchval("SELECT count(*) FROM inbound") == 3
     assert await pool.fetchval("SELECT count(*) FROM mo_parts") == 1
+
+
+async def test_whole_mo_with_and_without_provider_ids(pool: asyncpg.Pool) -> None:
+    """1. three SMPP MO without a provider id (the keyless statement): ids in input order,
+    every field stored, no dedupe key; 2. a batch mixing a keyed MO, a keyless one and the
+    keyed one again: the repeat is a duplicate of the first, the keyless one stored."""
+    def smpp(text: str, **kw: object) -> InboundWrite:
+        return InboundWrite(channel="smpp", provider="c1", connector="c1",
+                            from_addr="+447700900123", to_addr="60060", body=text,
+                            raw=b"\x00\x01" if text == "b" else None, data_coding=8,
+                            meta={"esm_class": 0}, **kw)  # type: ignore[arg-type]
+
+    async with pool.acquire() as conn:
+        res = await flush_inbound(conn, [smpp("a"), smpp("b"), smpp("c")])
+        ids = [r.inbound_id for r in res]
+        assert ids == sorted(ids) and not any(r.duplicate for r in res)
+        rows = await conn.fetch("SELECT id, body, raw, data_coding, meta, status FROM inbound "
+                                "WHERE id = ANY($1) ORDER BY id", ids)
+        assert [(r["body"], r["raw"], r["data_coding"], r["meta"], r["status"]) for r in rows] \
+            == [("a", None, 8, {"esm_class": 0}, "queued"),
+                ("b", b"\x00\x01", 8, {"esm_class": 0}, "queued"),
+                ("c", None, 8, {"esm_class": 0}, "queued")]
+        assert await conn.fetchval("SELECT count(*) FROM dedupe_keys") == 0
+        keyed = {"dedupe_scope": "mo:smpp:c1", "dedupe_key": "id-1", "provider_message_id": "id-1"}
+        x, y, z = await flush_inbound(conn, [smpp("k", **keyed), smpp("plain"),
+                                             smpp("k", **keyed)])
+        assert (x.duplicate, y.duplicate, z.duplicate) == (False, False, True)
+        assert z.inbound_id == x.inbound_id and x.inbound_id < y.inbound_id

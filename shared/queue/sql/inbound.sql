@@ -44,6 +44,33 @@ SELECT n.ord, n.id, (i.id IS NOT NULL) AS created
                          THEN pg_notify($3::text, '') END) AS wake
  ORDER BY n.ord
 
+-- name: insert_plain
+-- insert whole MO messages that carry no provider id to dedupe (SMPP MO without an id TLV):
+-- `insert` without its dedupe_keys part, whose setup (that table, its indexes, their locks)
+-- every statement paid even for no key. Same input ($1, dedupe fields ignored), same result.
+WITH numbered AS MATERIALIZED (
+    -- one row per message, ids drawn in caller order
+    SELECT nextval('inbound_id_seq') AS id, t.*
+      FROM ROWS FROM (json_to_recordset($1::text::json) AS (
+                      channel text, provider text, connector text, from_addr text, to_addr text,
+                      body text, raw bytea, data_coding smallint, provider_message_id text,
+                      meta jsonb))
+        WITH ORDINALITY AS t(channel, provider, connector, from_addr, to_addr, body, raw,
+                             data_coding, provider_message_id, meta, ord)
+), ins AS (
+    INSERT INTO inbound (id, channel, provider, connector, from_addr, to_addr, body, raw,
+                         data_coding, provider_message_id, meta)
+    OVERRIDING SYSTEM VALUE
+    SELECT id, channel, provider, connector, from_addr, to_addr, body, raw, data_coding,
+           provider_message_id, meta
+      FROM numbered
+)
+-- one NOTIFY on channel $2 (NULL: none), delivered at commit
+SELECT n.ord, n.id, true AS created
+  FROM numbered n
+ CROSS JOIN (SELECT CASE WHEN $2::text IS NOT NULL THEN pg_notify($2::text, '') END) AS wake
+ ORDER BY n.ord
+
 -- name: insert_one
 -- one reassembled (or timed-out) message.
 INSERT INTO inbound (channel, provider, connector, from_addr, to_addr, body, raw, data_coding,
