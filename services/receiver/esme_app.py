@@ -2,9 +2,10 @@
 
 `start_esme(daemon)` builds the ESMEs' MT committer (the API's `flush_mt`, its key window
 `dedupe_window_s`), the bind gate with its slots connection, the listener (TLS when configured)
-and the delivery worker, and registers with the daemon: the worker, the drain (unbind every
-ESME after its in-flight requests are answered) and the periodic jobs (delivery housekeeping
-under an advisory lock, the queue gauges on every instance). Nothing here runs when
+and the delivery worker, and registers with the daemon: the worker (the daemon's `consume`
+loop on the queue's NOTIFY channel; a new receiver bind sets that channel's event), the drain
+(unbind every ESME after its in-flight requests are answered) and the periodic jobs (delivery
+housekeeping under an advisory lock, the queue gauges on every instance). Nothing here runs when
 `[receiver.smpp_server] enabled` is false.
 """
 
@@ -106,10 +107,12 @@ async def start_esme(daemon: Any, secret: bytes | None) -> EsmeService:
                     tls=opts.tls_cert_file is not None)
     deliverer, server = esme.deliverer, esme.server
 
+    listener = daemon.listener  # started before setup(); the channel is in listen_channels
+    assert listener is not None
+    deliverer.wake_hook = lambda: listener.event(CHANNEL).set()
+
     async def run() -> None:
-        async def wait_notify(timeout_s: float) -> Any:
-            return await daemon.wait_for_work(CHANNEL, timeout_s)
-        worker = asyncio.ensure_future(deliverer.run(daemon.stop, wait_notify))
+        worker = asyncio.ensure_future(daemon.consume(CHANNEL, deliverer.claim_pass))
         await daemon.stop.wait()
         await server.close(UNBIND_TIMEOUT_S)
         await worker

@@ -22,7 +22,7 @@ user data as received.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -31,9 +31,9 @@ import structlog
 from smsgw.services.receiver.esme_metrics import EsmeMetrics
 from smsgw.services.receiver.esme_server import EsmeServer
 from smsgw.services.receiver.options import SmppServerOptions
-from smsgw.shared.core.db import DATABASE_ERRORS
 from smsgw.shared.domain.apikeys import DisabledAccounts
 from smsgw.shared.queue import esme_deliveries as Q
+from smsgw.shared.queue.listener import Pass
 from smsgw.shared.smpp import pdu as P
 from smsgw.shared.smpp.receipts import format_receipt_text
 from smsgw.shared.smpp.text import encode_text, is_gsm
@@ -102,36 +102,23 @@ class EsmeDeliverer:
         self.owner = owner
         self.metrics = metrics
         self.daemon = daemon
-        self.kick = asyncio.Event()
+        self.wake_hook: Callable[[], None] | None = None
         for source in ("receipt", "mo"):
             for outcome in ("delivered", "retried", "dead", "expired"):
                 metrics.deliveries.labels(source=source, outcome=outcome)
 
     def wake(self, *_args: Any) -> None:
-        """A new receiver bind, or a NOTIFY: look for work now."""
-        self.kick.set()
+        """A new receiver bind: look for work now (`wake_hook`: the daemon sets the queue's
+        NOTIFY event, as a new row would)."""
+        if self.wake_hook is not None:
+            self.wake_hook()
 
-    async def run(self, stop: asyncio.Event,
-                  wait_for_notify: Callable[[float], Awaitable[Any]]) -> None:
-        """Deliver until `stop`; between passes wait for a NOTIFY, a new bind or `poll_s`."""
-        while not stop.is_set():
-            self.kick.clear()
-            try:
-                n = await self.deliver_pass()
-            except DATABASE_ERRORS:
-                log.exception("esme_delivery_pass_failed")
-                n = 0
-                await asyncio.sleep(1.0)
-            if n >= BATCH:
-                continue
-            waits = [asyncio.ensure_future(wait_for_notify(5.0)),
-                     asyncio.ensure_future(self.kick.wait()),
-                     asyncio.ensure_future(stop.wait())]
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
+    async def claim_pass(self) -> Pass:
+        """One pass for the daemon's `consume` loop (NOTIFY, adaptive linger while busy,
+        `poll_s` fallback for retries coming due, back-off on errors): a short batch means
+        nothing more is due now, so no empty claim follows it."""
+        rows = await self.deliver_pass()
+        return Pass(rows, rows >= BATCH)
 
     async def deliver_pass(self) -> int:
         """Claim one batch, deliver it, write the outcomes back; return how many rows."""
