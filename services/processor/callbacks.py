@@ -638,13 +638,16 @@ class CallbackDelivery:
                             headers=list(plan.denied))
 
     def _count(self, results: list[Result], dead: set[int]) -> None:
+        counts: dict[tuple[str, str], int] = {}  # one labels() lookup per kind and outcome
         for r in results:
             label = _label(r, dead)
-            if self.metrics:
-                self.metrics.callbacks.labels(kind=r.kind, outcome=label).inc()
+            counts[(r.kind, label)] = counts.get((r.kind, label), 0) + 1
             if label != "done":
                 log.warning("callback_failed", callback_id=r.id, outcome=label,
                             error=(r.error or "")[:200])
+        if self.metrics:
+            for (kind, label), n in counts.items():
+                self.metrics.callbacks.labels(kind=kind, outcome=label).inc(n)
 
 
 def _all(rows: list[Callback], outcome: str, error: str | None) -> list[Result]:
