@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -38,6 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,18 +57,6 @@ SYSTEM_ID = "kannel"
 WAIT_S = 30.0
 
 
-def find_binary(name: str) -> str | None:
-    """`bearerbox`/`smsbox` on PATH or in Debian's /usr/sbin (not on every user's PATH)."""
-    found = shutil.which(name)
-    if found:
-        return found
-    for folder in ("/usr/sbin", "/usr/local/sbin"):
-        path = Path(folder) / name
-        if path.is_file():
-            return str(path)
-    return None
-
-
 def conf_groups(groups: list[tuple[str, dict[str, Any]]]) -> str:
     """kannel.conf text: `group = NAME` then `key = value` lines (strings quoted)."""
     out = []
@@ -82,16 +72,33 @@ def conf_groups(groups: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(out)
 
 
-def _free_port() -> int:
+def find_binary(name: str) -> str | None:
+    """`bearerbox`/`smsbox` from `$KANNEL_BIN_DIR` when set (a Kannel built elsewhere),
+    else on PATH or in Debian's /usr/sbin (not on every user's PATH)."""
+    given = os.environ.get("KANNEL_BIN_DIR")
+    if given is None:
+        found = shutil.which(name)
+        if found:
+            return found
+    for folder in [given] if given is not None else ["/usr/sbin", "/usr/local/sbin", "/sbin"]:
+        path = Path(folder) / name
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    return None
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-async def _wait_port(port: int, what: str, procs: list[asyncio.subprocess.Process]) -> None:
-    deadline = time.monotonic() + WAIT_S
+async def wait_port(port: int, within_s: float, what: str,
+                    alive: Callable[[], bool] = lambda: True) -> None:
+    """Until something accepts on 127.0.0.1:port."""
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
-        if any(p.returncode is not None for p in procs):
+        if not alive():
             raise RuntimeError(f"{what} exited before listening on {port}")
         try:
             _r, w = await asyncio.open_connection("127.0.0.1", port)
@@ -102,7 +109,8 @@ async def _wait_port(port: int, what: str, procs: list[asyncio.subprocess.Proces
         with contextlib.suppress(OSError):
             await w.wait_closed()
         return
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {WAIT_S:.0f} s")
+    raise RuntimeError(f"{what} did not listen on {port} within {within_s}s")
+
 
 
 class KannelSide:
@@ -112,9 +120,9 @@ class KannelSide:
     def __init__(self, folder: Path, a: argparse.Namespace, sink_url: str | None) -> None:
         self.folder, self.a, self.sink_url = folder, a, sink_url
         self.api_key = secrets.token_hex(8)
-        self.smpp_port, self.control_port = _free_port(), _free_port()
-        self.admin_port, self.box_port, self.sendsms_port = (_free_port(), _free_port(),
-                                                             _free_port())
+        self.smpp_port, self.control_port = free_port(), free_port()
+        self.admin_port, self.box_port, self.sendsms_port = (free_port(), free_port(),
+                                                             free_port())
         self.sim_proc: asyncio.subprocess.Process | None = None
         self.procs: list[asyncio.subprocess.Process] = []
         self.session: aiohttp.ClientSession | None = None
@@ -166,14 +174,14 @@ class KannelSide:
             [sys.executable, "-m", "smsgw.services.bench.simctl", "--port",
              str(self.smpp_port), "--control-port", str(self.control_port),
              "--receipt-delay", str(self.a.receipt_delay)], "smsc-sim")
-        await _wait_port(self.control_port, "the SMSC simulator", [self.sim_proc])
+        await wait_port(self.control_port, WAIT_S, "the SMSC simulator", self._alive)
         conf = self.folder / "kannel.conf"
         conf.write_text(self.conf())
         conf.chmod(0o600)  # it holds the sendsms password
         self.procs.append(await self._spawn([bearerbox, str(conf)], "bearerbox"))
-        await _wait_port(self.box_port, "bearerbox", self.procs)
+        await wait_port(self.box_port, WAIT_S, "bearerbox", self._alive)
         self.procs.append(await self._spawn([smsbox, str(conf)], "smsbox"))
-        await _wait_port(self.sendsms_port, "smsbox", self.procs)
+        await wait_port(self.sendsms_port, WAIT_S, "smsbox", self._alive)
         deadline = time.monotonic() + WAIT_S
         while (await self.sim_stats())["counters"]["current_binds"] < 1:
             if time.monotonic() > deadline:
@@ -186,6 +194,10 @@ class KannelSide:
             return await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out,
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+
+    def _alive(self) -> bool:
+        procs = [*self.procs, *([self.sim_proc] if self.sim_proc else [])]
+        return all(p.returncode is None for p in procs)
 
     def cpu_s(self) -> dict[str, float]:
         """CPU seconds of bearerbox, smsbox and the simulator now."""

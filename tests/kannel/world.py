@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import shutil
 import signal
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +35,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from smsgw.services.bench.kannel_bench import conf_groups
+from smsgw.services.bench.kannel_bench import conf_groups, find_binary, free_port, wait_port
 from smsgw.services.bench.stack import BENCH_ACCOUNT, Stack, StackOptions
 from smsgw.services.smsc_sim.server import SimConfig, Simulator
 
@@ -52,46 +49,6 @@ SHORT_CODE = "12345"  # MO destination: the sms-service's / forward rule's numbe
 # (gw/smsc/smpp_pdu.c, smpp_pdu_pack → smpp_tlv_get_by_name); smsgw is given the same name.
 TLV_NAME, TLV_TAG, TLV_LEN = "my_tlv", 0x1400, 32
 WAIT_S = 20.0
-
-
-def find_binary(name: str) -> str | None:
-    """`bearerbox`/`smsbox` from `$KANNEL_BIN_DIR` when set (a Kannel built elsewhere),
-    else on PATH or in Debian's /usr/sbin (not on every user's PATH)."""
-    given = os.environ.get("KANNEL_BIN_DIR")
-    if given is None:
-        found = shutil.which(name)
-        if found:
-            return found
-    for folder in [given] if given is not None else ["/usr/sbin", "/usr/local/sbin", "/sbin"]:
-        path = Path(folder) / name
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-    return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_port(port: int, within_s: float, what: str,
-                    alive: Callable[[], bool] = lambda: True) -> None:
-    """Until something accepts on 127.0.0.1:port."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if not alive():
-            raise RuntimeError(f"{what} exited before listening on {port}")
-        try:
-            _r, w = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.1)
-            continue
-        w.close()
-        with contextlib.suppress(OSError):
-            await w.wait_closed()
-        return
-    raise RuntimeError(f"{what} did not listen on {port} within {within_s}s")
 
 
 async def wait_until(pred: Callable[[], bool], within_s: float, step: float = 0.05) -> bool:
