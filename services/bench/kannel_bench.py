@@ -224,18 +224,23 @@ class KannelSide:
             return dict(await r.json())
 
     async def stop(self) -> None:
-        for proc in [*reversed(self.procs), *([self.sim_proc] if self.sim_proc else [])]:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                    await proc.wait()
+        await terminate([*reversed(self.procs), *([self.sim_proc] if self.sim_proc else [])])
         if self.session is not None:
             await self.session.close()
+
+
+async def terminate(procs: list[asyncio.subprocess.Process], grace_s: float = 10.0) -> None:
+    """SIGTERM each process in turn (smsbox before bearerbox), SIGKILL after `grace_s`."""
+    for proc in procs:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), grace_s)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
 
 
 def kannel_version() -> str:

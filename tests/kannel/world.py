@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +34,13 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from smsgw.services.bench.kannel_bench import conf_groups, find_binary, free_port, wait_port
+from smsgw.services.bench.kannel_bench import (
+    conf_groups,
+    find_binary,
+    free_port,
+    terminate,
+    wait_port,
+)
 from smsgw.services.bench.stack import BENCH_ACCOUNT, Stack, StackOptions
 from smsgw.services.smsc_sim.server import SimConfig, Simulator
 
@@ -258,16 +263,7 @@ class KannelGateway:
         return "\n".join(parts)
 
     async def stop(self) -> None:
-        for proc in reversed(self.procs):  # smsbox first, then bearerbox
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                    await proc.wait()
+        await terminate(list(reversed(self.procs)))  # smsbox first, then bearerbox
 
 
 # --- smsgw -----------------------------------------------------------------------------------
