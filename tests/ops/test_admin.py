@@ -230,7 +230,10 @@ def test_status_watch_refreshes_until_ctrl_c(db_url: str, tmp_path: Path) -> Non
     proc = subprocess.Popen(
         [sys.executable, "-m", "smsgw.services.cli", "status", "--watch", "--interval", "0.2",
          "--metrics", "http://127.0.0.1:9/metrics", "--database-url", db_url],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C as in a terminal: a test run started as a background job of a shell inherits
+        # SIGINT ignored, and a Python started with it ignored never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
     seen = 0
     for line in proc.stdout:
