@@ -38,6 +38,19 @@ _STDERR = {"pipe": asyncio.subprocess.PIPE, "stdout": asyncio.subprocess.STDOUT,
            "devnull": asyncio.subprocess.DEVNULL}
 
 
+def query_rows(db_url: str, sql: str) -> list[dict[str, Any]]:
+    """`sql`'s rows as dicts, from a synchronous test (its own connection, closed after)."""
+    from smsgw.shared.core import db
+
+    async def run() -> list[dict[str, Any]]:
+        conn = await db.connect(db_url)
+        try:
+            return [dict(r) for r in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+    return asyncio.run(run())
+
+
 def clean_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
     """`os.environ` without SMSGW_*, NOTIFY_* and WATCHDOG_* variables, plus `extra`."""
     env = {k: v for k, v in (os.environ if base is None else base).items()

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 
 from smsgw.services.admin import accounts
-from smsgw.shared.core import db
 from smsgw.shared.domain.apikeys import hash_key
 
-
-def _query(db_url: str, sql: str) -> list[dict[str, object]]:
-    async def run() -> list[dict[str, object]]:
-        conn = await db.connect(db_url)
-        try:
-            return [dict(r) for r in await conn.fetch(sql)]
-        finally:
-            await conn.close()
-    return asyncio.run(run())
+from ..harness import query_rows
 
 
 def test_accounts_cli_lifecycle(db_url: str, monkeypatch: pytest.MonkeyPatch,
@@ -35,7 +25,7 @@ def test_accounts_cli_lifecycle(db_url: str, monkeypatch: pytest.MonkeyPatch,
                           "--allowed-sender", "Shop", "--json", *base]) == 0
     created = json.loads(capsys.readouterr().out)
     key = created["key"]
-    stored = _query(db_url, "SELECT key_hash, prefix FROM api_keys")
+    stored = query_rows(db_url, "SELECT key_hash, prefix FROM api_keys")
     assert stored[0]["key_hash"] == hash_key(b"cli-secret", key)
     assert key not in str(stored)
     assert accounts.main(["add-key", "shop", *base]) == 0
@@ -45,6 +35,6 @@ def test_accounts_cli_lifecycle(db_url: str, monkeypatch: pytest.MonkeyPatch,
     listed = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert listed[0]["valid_keys"] == 1 and listed[0]["allowed_senders"] == ["Shop"]
     assert accounts.main(["create", "shop", *base]) == 2  # the name is taken
-    actions = [r["action"] for r in _query(db_url, "SELECT action FROM audit_log ORDER BY id")]
+    actions = [r["action"] for r in query_rows(db_url, "SELECT action FROM audit_log ORDER BY id")]
     assert actions == ["account_created", "api_key_created", "api_key_created",
                        "api_key_revoked"]

@@ -35,6 +35,7 @@ from smsgw.shared.domain import esme as E
 from smsgw.shared.domain.apikeys import DisabledAccounts
 from smsgw.shared.smpp import pdu as P
 
+from ..harness import query_rows
 from .conftest import SERVER_SECRET, AccountFactory, ReceiverFactory
 
 
@@ -556,7 +557,6 @@ def test_accounts_cli_smpp_password_and_flags(db_url: str, monkeypatch: pytest.M
     `update --smpp-allowed-network/--smpp-max-binds/--smpp-bind-mode` set the policy, and
     `--smpp-any-network` / `default` clear it."""
     from smsgw.services.admin import accounts
-    from smsgw.shared.core import db
 
     monkeypatch.setenv("SMSGW_SECURITY__SERVER_SECRET_ENV", "ESME_TEST_SECRET")
     monkeypatch.setenv("ESME_TEST_SECRET", "esme-secret")
@@ -564,13 +564,8 @@ def test_accounts_cli_smpp_password_and_flags(db_url: str, monkeypatch: pytest.M
     base = ["--database-url", db_url]
 
     def query(sql: str) -> list[Any]:
-        async def run() -> list[Any]:
-            conn = await db.connect(db_url)
-            try:
-                return [dict(r) for r in await conn.fetch(sql)]
-            finally:
-                await conn.close()
-        return asyncio.run(run())
+        return query_rows(db_url, sql)
+
     assert accounts.main(["create", "shop", *base]) == 0
     assert accounts.main(["create", "a-very-long-account-name", *base]) == 0
     capsys.readouterr()
