@@ -175,6 +175,12 @@ class SessionCounters:
 DeliverHandler = Callable[[Any], Awaitable[int]]
 
 
+def _expire(fut: asyncio.Future[Any]) -> None:
+    """A submit's response timer: fail the future the submit awaits (if still waiting)."""
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 class _Lost(Exception):
     """Internal: set on pending futures when the connection goes away."""
 
@@ -421,14 +427,19 @@ class Session:
             except _Lost as exc:
                 return SubmitResult(SubmitOutcome.NOT_SENT, reason=str(exc))
             c.submits_sent += 1
+            # A plain timer that fails the future, not `asyncio.timeout`: 0.6 µs instead of
+            # 3.5 µs per submit (the context manager's bookkeeping, measured under uvloop).
+            timer = asyncio.get_running_loop().call_later(
+                self.config.response_timeout_s, _expire, fut)
             try:
-                async with asyncio.timeout(self.config.response_timeout_s):
-                    resp = await fut
+                resp = await fut
             except TimeoutError:
                 c.timeouts += 1
                 return SubmitResult(SubmitOutcome.UNKNOWN, reason="response timeout")
             except _Lost as exc:
                 return SubmitResult(SubmitOutcome.UNKNOWN, reason=f"connection lost: {exc}")
+            finally:
+                timer.cancel()
         finally:
             self._forget(seq)
             c.outstanding = len(self._pending)
