@@ -27,6 +27,15 @@ it all back):
   dlr-mask selects (part 1's only, or every part's with `kannel_dlr_parts = "each"`), until
   the part's first final receipt, as Kannel's `dlr_find` does.
 
+Most receipts need none of this: `ReceiptStore` is the sender's receipt flush (its intake's
+group committer), which first has the write-back write the outcomes of the parts its receipts
+name (`Flusher.write_through`), then stores the batch with `receipts.store`: a receipt whose part
+is written back, whose message is one part, still in `outbound` and owes no report (no
+callback_url, no Kannel dlr-url), and for whose SMSC id no earlier receipt still waits, is stored
+`matched`, its part updated and its message finalised in that one statement. The others are
+stored `queued` and matched here, as before (a receipt that raced its own write-back, a message
+with a callback or of several parts, a late receipt of a moved message).
+
 The statements are the queue owners' (`shared.queue.receipts.match` and `kannel_dlrs`,
 `shared.queue.outbound.finalize`, `shared.queue.callbacks.insert_status`); this module only
 decides what runs when.
@@ -35,7 +44,7 @@ decides what runs when.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +62,7 @@ from smsgw.shared.domain.status_callbacks import (
     receipt_rows,
 )
 from smsgw.shared.queue import outbound, receipts
-from smsgw.shared.queue.records import StatusChange
+from smsgw.shared.queue.records import ReceiptStored, ReceiptWrite, StatusChange
 from smsgw.shared.smpp.connector import ConnectorSettings
 
 log = structlog.get_logger("smsgw.dlr")
@@ -151,6 +160,36 @@ async def match_batch(conn: asyncpg.Connection, settings: MatchSettings) -> Matc
         n_callbacks = await insert_rows(conn, rows)
     return MatchResult(matched=row.matched, retried=row.retried, orphaned=row.orphaned,
                        finalized=finalized, callbacks=n_callbacks)
+
+
+class ReceiptStore:
+    """The sender's receipt flush (for its intake's `GroupCommitter`, `transactional=False`):
+    write back the outcomes the receipts need, then store them, matching the ones that need
+    nothing else in the same statement (module docstring).
+
+    `settings()` gives the current `MatchSettings` (SIGHUP swaps them); `write_through(ids)`
+    (the write-back `Flusher`'s, or None) is awaited first with the batch's SMSC ids;
+    `on_stored(ReceiptStored)` feeds the metrics. Returns the ids in input order.
+    """
+
+    def __init__(self, settings: Callable[[], MatchSettings], *,
+                 write_through: Callable[[list[str]], Awaitable[Any]] | None = None,
+                 on_stored: Callable[[ReceiptStored], None] | None = None) -> None:
+        self.settings = settings
+        self.write_through = write_through
+        self.on_stored = on_stored
+
+    async def __call__(self, conn: asyncpg.Connection,
+                       items: Sequence[ReceiptWrite]) -> list[int]:
+        if self.write_through is not None:
+            await self.write_through([r.smsc_id for r in items])
+        settings = self.settings()
+        names, groups = _operator_arrays(settings)
+        res = await receipts.store(conn, items, connectors=names, groups=groups,
+                                   window_s=settings.window_s)
+        if self.on_stored is not None:
+            self.on_stored(res)
+        return list(res.ids)
 
 
 async def run_matcher(pool: asyncpg.Pool, settings: MatchSettings, *, stop: asyncio.Event,

@@ -1,10 +1,11 @@
 """The `receipts` queue's owner: every statement that writes or claims `receipts` rows.
 
-Receipts are stored by the shared intake (any bind, any daemon) and matched by the sender
-(`services/sender/matching.py`) in transaction mode; the processor's periodic job orphans the
-ones that never matched (docs/ARCHITECTURE.md, guarantee 6). The SQL is `sql/receipts.sql`;
-the queue core (`shared.queue.store`) adds the generic statements every queue table shares
-(retention move, requeue).
+Receipts are stored by the shared intake (any bind, any daemon: `insert`; the sender's binds:
+`store`, which matches in the same statement the receipts that need nothing else) and matched
+by the sender (`services/sender/matching.py`) in transaction mode; the processor's periodic job
+orphans the ones that never matched (docs/ARCHITECTURE.md, guarantee 6). The SQL is
+`sql/receipts.sql`; the queue core (`shared.queue.store`) adds the generic statements every
+queue table shares (retention move, requeue).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncpg
 import orjson
 
 from smsgw.shared.queue.listener import CHANNELS
-from smsgw.shared.queue.records import ReceiptMatch, ReceiptWrite
+from smsgw.shared.queue.records import ReceiptMatch, ReceiptStored, ReceiptWrite
 from smsgw.shared.queue.sql import load
 
 _SQL: Final = load("receipts")
@@ -25,15 +26,15 @@ STATEMENTS: Final[dict[str, LiteralString]] = {f"receipts.{k}": v for k, v in _S
 """Statement label → SQL of every statement this module runs (the PREPARE test reads it)."""
 
 _INSERT: Final = _SQL["insert"]
+_STORE: Final = _SQL["store"]
 _MATCH: Final = _SQL["match"]
 _ORPHAN: Final = _SQL["orphan"]
 _KANNEL_DLRS: Final = _SQL["kannel_dlrs"]
 
 
-async def insert(conn: asyncpg.Connection, items: Sequence[ReceiptWrite]) -> list[int]:
-    """Store receipts and wake the matchers in one statement (autocommit: one round trip);
-    returns the ids in input order. Needs no surrounding transaction."""
-    doc = orjson.dumps([{
+def _document(items: Sequence[ReceiptWrite]) -> str:
+    """The receipts as the JSON array the statements read through the table's row type."""
+    return orjson.dumps([{
         "connector": r.connector, "smsc_id": r.smsc_id, "raw_id": r.raw_id, "stat": r.stat,
         "state": r.state, "final": r.final, "err": r.err,
         "done_date": None if r.done_date is None else (
@@ -41,8 +42,27 @@ async def insert(conn: asyncpg.Connection, items: Sequence[ReceiptWrite]) -> lis
         "body": r.body, "message_state": r.message_state,
         "network_error": None if r.network_error is None else "\\x" + r.network_error.hex(),
     } for r in items]).decode()
-    rows = await conn.fetch(_INSERT, doc, CHANNELS["receipts"])
+
+
+async def insert(conn: asyncpg.Connection, items: Sequence[ReceiptWrite]) -> list[int]:
+    """Store receipts and wake the matchers in one statement (autocommit: one round trip);
+    returns the ids in input order. Needs no surrounding transaction."""
+    rows = await conn.fetch(_INSERT, _document(items), CHANNELS["receipts"])
     return [int(r["id"]) for r in rows]
+
+
+async def store(conn: asyncpg.Connection, items: Sequence[ReceiptWrite], *,
+                connectors: Sequence[str], groups: Sequence[str],
+                window_s: float) -> ReceiptStored:
+    """Store receipts, matching in the same statement those whose part is written back and
+    whose one-part message owes no report (see `store` in sql/receipts.sql); the others are
+    stored `queued` for `match` and the matchers woken. One statement (autocommit: one round
+    trip); `connectors`/`groups`/`window_s` as for `match`."""
+    rows = await conn.fetch(_STORE, _document(items), CHANNELS["receipts"], connectors, groups,
+                            window_s)
+    return ReceiptStored(ids=[int(r["id"]) for r in rows],
+                         matched=sum(1 for r in rows if r["matched"]),
+                         finalized=int(rows[0]["finalized"]) if rows else 0)
 
 
 async def match(conn: asyncpg.Connection, *, limit: int, connectors: Sequence[str],

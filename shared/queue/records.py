@@ -580,6 +580,16 @@ class ReceiptMatch:
     reported: Sequence[int] = ()  # matched receipts of parts not final before (Kannel DLRs)
 
 
+@dataclass(frozen=True, slots=True)
+class ReceiptStored:
+    """What one `receipts.store` statement did: the ids of the stored receipts (input order),
+    how many it stored already `matched`, and how many messages it finalised."""
+
+    ids: Sequence[int]
+    matched: int
+    finalized: int
+
+
 # -- results of store functions -----------------------------------------------------------------
 
 

@@ -1,8 +1,8 @@
 """Sender test harness: the SMSC simulator on 127.0.0.1:0, real Postgres, the real sender parts.
 
 `sender_stack` builds what the daemon's composition root builds (bind managers, lanes, the
-submitter, the receipt matcher) from arguments, runs it as tasks, and stops it with the same
-drain as SIGTERM. Nothing of ours is mocked: the SMSC is the project's simulator.
+submitter, the receipt store and matcher) from arguments, runs it as tasks, and stops it with
+the same drain as SIGTERM. Nothing of ours is mocked: the SMSC is the project's simulator.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import asyncpg
 import pytest
 
 from smsgw.services.sender.lanes import Lane
-from smsgw.services.sender.matching import MatchSettings, run_matcher
+from smsgw.services.sender.matching import MatchSettings, ReceiptStore, run_matcher
 from smsgw.services.sender.routing import Router
 from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.sender.submitter import Submitter
 from smsgw.services.smsc_sim.server import SimConfig, Simulator
-from smsgw.shared.domain.intake import DeliverIntake, flush_inbound, flush_receipts
+from smsgw.shared.domain.intake import DeliverIntake, flush_inbound
 from smsgw.shared.domain.suppression import NumberHasher
 from smsgw.shared.queue import store
 from smsgw.shared.queue.groupcommit import GroupCommitter
@@ -105,8 +105,14 @@ async def start_stack(db_url: str, pool: asyncpg.Pool, connectors: Sequence[Conn
     """Build and start a sender on `connectors` (see module docstring). With `receipts`, the
     trx binds store deliver_sm through the shared intake and a matcher runs."""
     stop = asyncio.Event()
+    match = match or MatchSettings.from_config(
+        connectors, SenderSettings(receipt_retry_base_s=0.2, receipt_min_age_s=0.2))
+    holder: list[Submitter] = []
+    # the daemon's receipt flush: write-through, then store (matching what needs nothing else)
+    store_receipts = ReceiptStore(lambda: match, write_through=lambda ids: holder[0].flusher
+                                  .write_through(ids))
     committers = [GroupCommitter(pool, flush_inbound, name="inbound"),
-                  GroupCommitter(pool, flush_receipts, name="receipts")]
+                  GroupCommitter(pool, store_receipts, name="receipts", transactional=False)]
     for gc in committers:
         gc.start()
     intake = DeliverIntake(inbound=committers[0], receipts=committers[1])
@@ -120,6 +126,7 @@ async def start_stack(db_url: str, pool: asyncpg.Pool, connectors: Sequence[Conn
     sub = Submitter(pool, lanes, router, cfg, owner=owner,
                     wait_for_work=lambda: asyncio.sleep(0.1),
                     hasher=NumberHasher.from_secret("test-server-secret"))
+    holder.append(sub)
     stack = Stack(sub, managers, stop)
     manager_stop = asyncio.Event()
 
@@ -131,9 +138,8 @@ async def start_stack(db_url: str, pool: asyncpg.Pool, connectors: Sequence[Conn
 
     async def run_intake_and_matcher() -> None:
         if receipts:
-            await run_matcher(pool, match or MatchSettings.from_config(
-                connectors, SenderSettings(receipt_retry_base_s=0.2, receipt_min_age_s=0.2)),
-                              stop=stop, wait_for_work=lambda: asyncio.sleep(0.05))
+            await run_matcher(pool, match, stop=stop,
+                              wait_for_work=lambda: asyncio.sleep(0.05))
         await manager_stop.wait()
         for gc in committers:
             await gc.close()

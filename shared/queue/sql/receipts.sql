@@ -18,6 +18,105 @@ WITH ins AS (
 -- one NOTIFY for the statement (delivered at commit)
 SELECT ins.id FROM ins CROSS JOIN (SELECT pg_notify($2, '')) AS wake
 
+-- name: store
+-- The sender's receipt store: store a batch of receipts and match, in the same statement, the
+-- ones that need nothing else (autocommit: one round trip, durable when it returns, as
+-- `insert`). A receipt is stored `matched` with its part here when
+-- - its part is written back: the newest part with its normalised id on a sibling connector
+--   ($3 names, $4 operator groups, as `match`), created at most $5 seconds ago;
+-- - its message is one part (its state follows from this part alone: a message of several
+--   parts could have its other parts matched by a concurrent statement whose effects this
+--   one's snapshot does not see), is still in `outbound` (a late receipt of a moved message
+--   goes to the matcher), and owes no report: no callback_url, no Kannel dlr-url
+--   (kannel_dlr false; NULL, a part older than migration 0017, counts as maybe);
+-- - no earlier receipt with its SMSC id is still `queued` (receipts_queued_smsc_idx): the
+--   matcher would apply that older receipt after this one.
+-- Every other receipt is stored `queued`, exactly as `insert` stores it, and the matcher is
+-- woken (one NOTIFY, only then). The part is updated as `match` updates it (`winner`: a
+-- final receipt beats an intermediate one, then the newest), and a final state finalises
+-- the message as `outbound.finalize` does for one part (delivered → delivered, expired →
+-- expired, any other final state → undeliverable; from `submitted` only); the ESME receipt
+-- trigger on outbound fires as for any status change.
+-- Returns one row per receipt, in input order (ids follow the insert order): its id and
+-- whether it was matched; `finalized` (the same on every row) counts the messages finalised.
+WITH sib AS (
+    SELECT a.connector AS rc, b.connector AS pc
+      FROM unnest($3::text[], $4::text[]) AS a(connector, grp)
+      JOIN unnest($3::text[], $4::text[]) AS b(connector, grp) ON a.grp = b.grp
+), inp AS MATERIALIZED (
+    SELECT r.connector, r.smsc_id, r.raw_id, r.stat, r.state, r.final, r.err, r.done_date,
+           r.body, r.message_state, r.network_error, r.ordinality AS n
+      FROM json_populate_recordset(NULL::receipts, $1::text::json) WITH ORDINALITY AS r
+), hit AS MATERIALIZED (
+    -- the receipts matched here, with their part: one index probe on (smsc_id, connector),
+    -- one on the message's primary key and one on receipts_queued_smsc_idx per receipt
+    SELECT i.n, m.part_id
+      FROM inp i
+      CROSS JOIN LATERAL (
+          SELECT p.id AS part_id, p.outbound_id, p.parts_total, p.kannel_dlr
+            FROM outbound_part p
+           WHERE p.smsc_id = i.smsc_id
+             AND p.connector = ANY(coalesce(
+                     (SELECT array_agg(s.pc) FROM sib s WHERE s.rc = i.connector),
+                     ARRAY[i.connector]))
+             AND p.created_at >= now() - make_interval(secs => $5::float8)
+           ORDER BY p.id DESC
+           LIMIT 1) m
+     WHERE m.parts_total = 1 AND m.kannel_dlr IS FALSE
+       AND EXISTS (SELECT 1 FROM outbound o
+                    WHERE o.id = m.outbound_id AND o.callback_url IS NULL)
+       AND NOT EXISTS (SELECT 1 FROM receipts q
+                        WHERE q.smsc_id = i.smsc_id AND q.status = 'queued')
+), ins AS (
+    INSERT INTO receipts (connector, smsc_id, raw_id, stat, state, final, err, done_date, body,
+                          message_state, network_error, status, outbound_part_id)
+    SELECT i.connector, i.smsc_id, i.raw_id, i.stat, i.state, i.final, i.err, i.done_date,
+           i.body, i.message_state, i.network_error,
+           CASE WHEN h.part_id IS NULL THEN 'queued' ELSE 'matched' END, h.part_id
+      FROM inp i
+      LEFT JOIN hit h ON h.n = i.n
+     ORDER BY i.n
+    RETURNING id, status
+), winner AS (
+    SELECT DISTINCT ON (h.part_id) h.part_id, i.state, i.final, i.err
+      FROM hit h
+      JOIN inp i ON i.n = h.n
+     ORDER BY h.part_id, i.final DESC, i.n DESC
+), parts AS (
+    -- as `match`'s `parts` (heap-only: no indexed column changes)
+    UPDATE outbound_part AS p
+       SET status = CASE WHEN w.final AND w.state IN ('delivered', 'undeliverable', 'expired',
+                                                      'rejected', 'unknown_receipt')
+                         THEN w.state ELSE p.status END,
+           err = coalesce(w.err, p.err),
+           done_at = CASE WHEN w.final THEN now() ELSE p.done_at END,
+           updated_at = now()
+      FROM winner w
+     WHERE p.id = w.part_id
+    RETURNING p.outbound_id, p.status, p.err, w.final
+), done AS (
+    -- `outbound.finalize` for a one-part message
+    UPDATE outbound AS o
+       SET status = CASE p.status WHEN 'delivered' THEN 'delivered'
+                                  WHEN 'expired' THEN 'expired'
+                                  ELSE 'undeliverable' END,
+           done_at = now(), updated_at = now(),
+           last_error = CASE WHEN p.status = 'delivered' THEN o.last_error
+                             ELSE coalesce('receipt err ' || p.err, o.last_error) END
+      FROM parts p
+     WHERE o.id = p.outbound_id AND o.status = 'submitted' AND p.final
+       AND p.status IN ('delivered', 'undeliverable', 'expired', 'rejected', 'unknown_receipt')
+    RETURNING o.id
+), wake AS (
+    -- one NOTIFY for the statement (delivered at commit), only when the matcher has work
+    SELECT pg_notify($2, '') FROM (SELECT 1 FROM ins WHERE status = 'queued' LIMIT 1) q
+)
+SELECT ins.id, ins.status = 'matched' AS matched, f.finalized
+  FROM ins
+ CROSS JOIN (SELECT count(*) AS finalized FROM done) f
+ CROSS JOIN (SELECT count(*) AS woken FROM wake) w
+ ORDER BY ins.id
+
 -- name: match
 -- Match up to $1 due receipts in one statement (run inside the caller's transaction):
 -- - `sib`: receipt connector → connectors whose parts it may match (same operator group),

@@ -1,0 +1,158 @@
+"""Receipts matched in the statement that stores them (`receipts.store`, the sender's
+`ReceiptStore`), and everything else left to the matcher exactly as before."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from smsgw.services.sender import matching
+from smsgw.services.sender.settings import SenderSettings
+from smsgw.services.smsc_sim.server import SimConfig, Simulator
+from smsgw.shared.queue.listener import CHANNELS
+from smsgw.shared.queue.records import ReceiptStored, ReceiptWrite
+
+from .conftest import add_mt, all_final, connector, running, statuses, wait_until
+
+SETTINGS = replace(matching.MatchSettings.from_config([], SenderSettings(receipt_min_age_s=0)),
+                   operators={"a1": "opA", "a2": "opA", "b1": "b1"})
+
+
+async def _part(pool: asyncpg.Pool, conn_name: str, smsc_id: str, *, parts_total: int = 1,
+                kannel_dlr: bool | None = False, age_s: float = 0.0, **cols: Any) -> int:
+    """A message written back as the write-back writes it: `submitted`, its parts recorded."""
+    (mid,) = await add_mt(pool, 1, **cols)
+    await pool.execute("UPDATE outbound SET status='submitted', parts_total=$2, connector=$3"
+                       " WHERE id=$1", mid, parts_total, conn_name)
+    await pool.execute(
+        "INSERT INTO outbound_part (outbound_id, part_no, parts_total, connector, smsc_id,"
+        " command_status, status, submitted_at, kannel_dlr, created_at)"
+        " SELECT $1, n, $2, $3, CASE WHEN n = 1 THEN $4 ELSE $4 || '-' || n END, 0,"
+        " 'submitted', now(), $5, now() - make_interval(secs => $6)"
+        " FROM generate_series(1, $2::int) n", mid, parts_total, conn_name, smsc_id,
+        kannel_dlr, age_s)
+    return mid
+
+
+def _rcpt(conn_name: str, smsc_id: str, state: str = "delivered", *, final: bool = True,
+          err: str | None = "000") -> ReceiptWrite:
+    return ReceiptWrite(connector=conn_name, smsc_id=smsc_id, raw_id=smsc_id,
+                        stat=state.upper()[:7], state=state, final=final, err=err,
+                        done_date=datetime(2026, 1, 2, 3, 4, tzinfo=UTC), body="id:x stat:y",
+                        message_state=2, network_error=b"\x03\x00\x01")
+
+
+async def test_store_matches_what_needs_nothing_else(pool: asyncpg.Pool) -> None:
+    """1. written-back one-part messages without callback (one of them an ESME's asking for a
+    receipt), and the cases the matcher keeps: no part yet, a JSON callback_url, a Kannel
+    dlr-url, two parts, a part older than the window, a part from before migration 0017, a
+    message moved to outbound_history, an SMSC id with an earlier receipt still queued
+    2. one batch of receipts through the sender's `ReceiptStore`  3. right after the store
+    the plain ones are matched, their parts and messages final (the ESME's receipt queued by
+    the trigger), one NOTIFY wakes the matcher, every other receipt is queued untouched
+    4. the matcher then matches those, with their callbacks, as before."""
+    plain = await _part(pool, "a1", "p1")
+    sibling = await _part(pool, "a1", "s1")  # its receipt comes on a2, same operator
+    expired = await _part(pool, "b1", "e1")
+    inter = await _part(pool, "b1", "i1")
+    multi = await _part(pool, "b1", "m1")  # two receipts: the final one wins
+    esme = await _part(pool, "b1", "x1", source="smpp", account_id=1,
+                       meta={"esme_rd": 1, "esme_id": "abc"})
+    json_cb = await _part(pool, "b1", "j1", callback_url="http://127.0.0.1:9/cb")
+    kannel = await _part(pool, "b1", "k1", kannel_dlr=True,
+                         callback_url="http://127.0.0.1:9/dlr?t=%d", dlr_mask=1,
+                         meta={"callback_style": "kannel"})
+    two = await _part(pool, "b1", "t1", parts_total=2)
+    old = await _part(pool, "b1", "o1", age_s=4 * 86400)
+    legacy = await _part(pool, "b1", "l1", kannel_dlr=None)
+    moved = await _part(pool, "b1", "h1")
+    await pool.execute("WITH m AS (DELETE FROM outbound WHERE id=$1 RETURNING *) "
+                       "INSERT INTO outbound_history SELECT * FROM m", moved)
+    waiting = await _part(pool, "b1", "w1")
+    await pool.execute("INSERT INTO receipts (connector, smsc_id, stat, state, final)"
+                       " VALUES ('b1', 'w1', 'ENROUTE', 'enroute', false)")
+    batch = [_rcpt("a1", "p1"), _rcpt("a2", "s1"), _rcpt("b1", "e1", "expired", err="027"),
+             _rcpt("b1", "i1", "enroute", final=False, err="005"),
+             _rcpt("b1", "m1", "undeliverable"), _rcpt("b1", "m1", "enroute", final=False),
+             _rcpt("b1", "x1"), _rcpt("b1", "nopart"), _rcpt("b1", "j1"), _rcpt("b1", "k1"),
+             _rcpt("b1", "t1"), _rcpt("b1", "o1"), _rcpt("b1", "l1"), _rcpt("b1", "h1"),
+             _rcpt("b1", "w1")]
+    stored: list[ReceiptStored] = []
+    woken: list[str] = []
+
+    def heard(*args: Any) -> None:
+        woken.append(args[1])
+
+    async with pool.acquire() as listen:
+        await listen.add_listener(CHANNELS["receipts"], heard)
+        async with pool.acquire() as conn:
+            ids = await matching.ReceiptStore(lambda: SETTINGS, on_stored=stored.append)(
+                conn, batch)
+        await wait_until(lambda: woken, timeout=5)
+        await asyncio.sleep(0.1)
+        await listen.remove_listener(CHANNELS["receipts"], heard)
+    assert len(woken) == 1
+    rows = await pool.fetch("SELECT r.id, r.smsc_id, r.status, r.attempts, r.message_state,"
+                            " r.network_error, p.outbound_id FROM receipts r"
+                            " LEFT JOIN outbound_part p ON p.id = r.outbound_part_id"
+                            " WHERE r.id = ANY($1) ORDER BY r.id", ids)
+    assert [r["smsc_id"] for r in rows] == [r.smsc_id for r in batch]  # ids in input order
+    assert rows[0]["message_state"] == 2 and rows[0]["network_error"] == b"\x03\x00\x01"
+    got = {(r["smsc_id"], r["status"], r["outbound_id"]) for r in rows}
+    matched_now = {("p1", plain), ("s1", sibling), ("e1", expired), ("i1", inter),
+                   ("m1", multi), ("x1", esme)}
+    assert got == {(sid, "matched", mid) for sid, mid in matched_now} | {
+        (s, "queued", None) for s in ("nopart", "j1", "k1", "t1", "o1", "l1", "h1", "w1")}
+    assert (stored[0].matched, stored[0].finalized) == (7, 5)
+    assert await statuses(pool, [plain, sibling, expired, inter, multi, esme]) == {
+        plain: "delivered", sibling: "delivered", expired: "expired", inter: "submitted",
+        multi: "undeliverable", esme: "delivered"}
+    parts = {r["outbound_id"]: r for r in await pool.fetch("SELECT * FROM outbound_part")}
+    assert (parts[inter]["status"], parts[inter]["err"]) == ("submitted", "005")
+    assert parts[multi]["status"] == "undeliverable" and parts[multi]["done_at"] is not None
+    assert await pool.fetchval("SELECT last_error FROM outbound WHERE id=$1",
+                               expired) == "receipt err 027"
+    assert await pool.fetchval("SELECT stat FROM esme_deliveries WHERE outbound_id=$1",
+                               esme) == "DELIVRD"
+    assert await pool.fetchval("SELECT count(*) FROM callbacks") == 0
+
+    # the matcher takes the rest exactly as before (the part older than the window stays)
+    async with pool.acquire() as conn:
+        res = await matching.match_batch(conn, SETTINGS)
+    assert (res.matched, res.retried, res.finalized, res.callbacks) == (7, 2, 5, 2)
+    assert await statuses(pool, [json_cb, kannel, two, legacy, moved, waiting, old]) == {
+        json_cb: "delivered", kannel: "delivered", two: "submitted", legacy: "delivered",
+        moved: "delivered", waiting: "delivered", old: "submitted"}
+    cbs = {r["outbound_id"]: r["method"] for r in await pool.fetch("SELECT * FROM callbacks")}
+    assert cbs == {json_cb: "POST", kannel: "GET"}
+
+
+async def test_write_through_lets_receipts_match_at_store(db_url: str,
+                                                          pool: asyncpg.Pool) -> None:
+    """1. the SMSC sends each receipt at once, and the write-back waits 2 s for a batch, so
+    every receipt arrives before its part is written  2. 8 plain MTs, 2 with a JSON
+    callback_url, 1 of two parts  3. the plain ones are finalised by the receipt store (the
+    write-back writes their parts first): matched where stored, never retried; the others
+    go through the matcher and the callbacks are queued."""
+    async with Simulator(SimConfig(receipt_delay_s=0.0)) as sim:
+        plain = await add_mt(pool, 8)
+        cb = await add_mt(pool, 2, callback_url="http://127.0.0.1:9/cb")
+        long = await add_mt(pool, 1, body="y" * 300)
+        async with running(db_url, pool, [connector("c1", sim.port)], flush_s=2.0) as stack:
+            await stack.wait_bound()
+            await wait_until(lambda: all_final(pool, plain, {"delivered"}), timeout=1.5)
+            await wait_until(lambda: all_final(pool, plain + cb + long, {"delivered"}),
+                             timeout=15)
+    rows = await pool.fetch(
+        "SELECT p.outbound_id, r.updated_at = r.created_at AS at_store, r.attempts"
+        " FROM receipts r JOIN outbound_part p ON p.id = r.outbound_part_id"
+        " WHERE r.status = 'matched'")
+    assert len(rows) == await pool.fetchval("SELECT count(*) FROM outbound_part") == 12
+    assert {r["outbound_id"] for r in rows if r["at_store"]} == set(plain)
+    assert all(r["attempts"] == 0 for r in rows if r["at_store"])
+    assert {r["outbound_id"] for r in await pool.fetch("SELECT outbound_id FROM callbacks")} \
+        == set(cb)
