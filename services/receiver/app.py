@@ -28,7 +28,7 @@ from smsgw.services.receiver.esme_app import EsmeService, start_esme
 from smsgw.services.receiver.metrics import ReceiverMetrics
 from smsgw.services.receiver.settings import ReceiverSettings
 from smsgw.services.receiver.smpp_intake import SmppIntake
-from smsgw.services.receiver.web import create_api_app
+from smsgw.services.receiver.web import create_api_app, fast_front
 from smsgw.services.receiver.webhooks import routes_off
 from smsgw.shared.domain.reports import configured_range_days
 from smsgw.shared.queue.listener import CHANNELS
@@ -50,7 +50,7 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
     restart_only_keys = (*Daemon.restart_only_keys, "daemon.http_host", "daemon.http_port",
                          "daemon.smpp_binds", "daemon.smpp_server", "daemon.http_header_timeout_s",
                          "daemon.http_body_timeout_s", "daemon.http_keepalive_s",
-                         "daemon.http_max_connections")
+                         "daemon.http_max_connections", "daemon.http_fast_path")
     extra_sites = 1  # the API site (for the stop budget)
 
     ctx: ReceiverContext
@@ -83,9 +83,11 @@ class ReceiverDaemon(Daemon[ReceiverSettings]):
                           self.ctx.admission.read, locked=False)
         self.add_periodic("ratelimit_sync", lambda: self.settings.ratelimit_sync_s,
                           self.ctx.ratelimit.sync, locked=False)
+        front = fast_front(self.ctx) if self.settings.http_fast_path else None
         self.api_port = await self.add_site("api", self._api_app(), self.settings.http_host,
                                             self.settings.resolved_http_port(self.instance),
-                                            access_log=False, limits=self.settings.http_limits())
+                                            access_log=False, limits=self.settings.http_limits(),
+                                            front=front)
         if self.settings.smpp_binds:  # also without rx connectors: a SIGHUP may add one
             assert self.config.database.url is not None
             self.smpp = SmppIntake(self.config.connectors, self.config.database.url,

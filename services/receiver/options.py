@@ -125,6 +125,9 @@ class ReceiverOptions(BaseModel):
     http_body_timeout_s: float = Field(default=30.0, gt=0)
     http_keepalive_s: float = Field(default=15.0, gt=0)
     http_max_connections: int = Field(default=1000, ge=1)
+    # POST /v1/messages and /cgi-bin/sendsms served by a lean HTTP/1.1 front under the same
+    # limits (shared/runtime/fasthttp.py), every other request by aiohttp; false: all aiohttp
+    http_fast_path: bool = True
 
     def http_limits(self) -> HttpLimits:
         """The API site's `HttpLimits`."""

@@ -63,18 +63,28 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Turn aiohttp's HTTP errors into JSON and any unexpected exception into a bare 500."""
     try:
         return await handler(request)
-    except web.HTTPRequestEntityTooLarge:
-        return error(413, "too_large", "request body too large")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        return failure(exc, request.method, request.path)
+    except Exception as exc:  # noqa: BLE001 - request boundary: `failure` answers
+        return failure(exc, request.method, request.path)
+
+
+def failure(exc: Exception, method: str, path: str) -> web.Response:
+    """The JSON answer to an exception that reached the request boundary (the middleware's,
+    and the fast front's routes'): aiohttp's HTTP errors as JSON, 503 for an intake that
+    could not commit, anything else logged and answered a bare 500."""
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return error(413, "too_large", "request body too large")
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         return error(exc.status, code, exc.reason, headers=_allowed(exc))
-    except (DatabaseUnavailable, IntakeFull, IntakeClosed) as exc:
+    if isinstance(exc, DatabaseUnavailable | IntakeFull | IntakeClosed):
         return unavailable(unavailable_reason(exc), 2)
-    except Exception:  # request boundary: log it, tell the client nothing about internals
-        log.exception("request_failed", path=request.path, method=request.method)
-        return error(500, "internal_error", "internal error")
+    # request boundary: log it, tell the client nothing about internals
+    log.error("request_failed", path=path, method=method, exc_info=exc)
+    return error(500, "internal_error", "internal error")
 
 
 @web.middleware

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import codecs
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, unquote_to_bytes
 
 from aiohttp import web
@@ -60,6 +61,7 @@ from smsgw.shared.domain.apikeys import Account
 from smsgw.shared.domain.numbers import InvalidNumber, normalise_recipient
 from smsgw.shared.domain.urlguard import UnsafeUrl, check_url
 from smsgw.shared.queue.groupcommit import IntakeClosed, IntakeFull
+from smsgw.shared.runtime.fasthttp import FastRequest
 from smsgw.shared.smpp.fields import MAX_TLVS, parse_meta_data
 from smsgw.shared.smpp.text import Encoding
 
@@ -107,17 +109,38 @@ _UNSUPPORTED_TYPES = ("text/html", "text/vnd.wap.wml", "text/xml")
 _POSTED = "\x00posted"  # marks parameters read from X-Kannel headers (Kannel's texts differ)
 
 
-async def _params(request: web.Request, ctx: ReceiverContext) -> dict[str, bytes]:
+class SendsmsRequest(Protocol):
+    """What sendsms reads of a request's head: aiohttp's `web.Request` has it, and so has the
+    fast front's `FastRequest` (shared/runtime/fasthttp.py)."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+    @property
+    def charset(self) -> str | None: ...
+
+    @property
+    def body_exists(self) -> bool: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+async def _params(ctx: ReceiverContext, request: SendsmsRequest, query: str,
+                  read: Callable[[], Awaitable[bytes]]) -> dict[str, bytes]:
     """Every parameter as raw bytes (query first, then a form body; or Kannel's POST: the
     body and the X-Kannel headers), decoded later per field: `text` is in `charset`, the
     others in UTF-8."""
     params: dict[str, bytes] = {}
-    _add_pairs(params, request.rel_url.raw_query_string)
+    _add_pairs(params, query)
     if request.method == "POST" and request.content_type in (
             "application/x-www-form-urlencoded", ""):
-        _add_pairs(params, (await read_body(request, ctx)).decode("latin-1"))
+        _add_pairs(params, (await read()).decode("latin-1"))
     elif request.method == "POST" and request.body_exists:
-        return _posted_params(request, await read_body(request, ctx))
+        return _posted_params(request, await read())
     return params
 
 
@@ -136,7 +159,7 @@ def _add_pairs(params: dict[str, bytes], query: str) -> None:
                                 if "%" in value or "+" in value else value.encode("latin-1"))
 
 
-def _posted_params(request: web.Request, body: bytes) -> dict[str, bytes]:
+def _posted_params(request: SendsmsRequest, body: bytes) -> dict[str, bytes]:
     """Kannel's POST: the body is `text`, the X-Kannel headers the other parameters."""
     ctype = request.content_type
     if ctype in _UNSUPPORTED_TYPES:
@@ -409,9 +432,27 @@ def _kannel_meta(ctx: ReceiverContext, params: dict[str, bytes]) -> dict[str, st
 async def sendsms(request: web.Request) -> web.StreamResponse:
     """Kannel's sendsms interface (see the module docstring)."""
     ctx = request.app[CONTEXT]
+    return await answer(ctx, request, request.rel_url.raw_query_string,
+                        lambda: read_body(request, ctx))
+
+
+async def fast_sendsms(ctx: ReceiverContext, request: FastRequest) -> web.Response:
+    """`/cgi-bin/sendsms` served by the fast front (shared/runtime/fasthttp.py): the same
+    `answer`, the body already read (the front hands larger ones to aiohttp)."""
+    body = request.body
+
+    async def read() -> bytes:
+        return body
+
+    return await answer(ctx, request, request.query_string, read)
+
+
+async def answer(ctx: ReceiverContext, request: SendsmsRequest, query: str,
+                 read: Callable[[], Awaitable[bytes]]) -> web.Response:
+    """Kannel's answer to one sendsms request (both HTTP paths)."""
     started = time.perf_counter()
     try:
-        params = await _params(request, ctx)
+        params = await _params(ctx, request, query, read)
         account = await _account(ctx, params)
         _receiver(ctx, params)
         admit(ctx, "outbound")

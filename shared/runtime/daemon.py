@@ -62,6 +62,7 @@ from smsgw.shared.queue import store
 from smsgw.shared.queue.listener import Listener, Pass, consume
 from smsgw.shared.runtime import lifecycle, systemd
 from smsgw.shared.runtime.config import AppConfig, DaemonSection, load_config
+from smsgw.shared.runtime.fasthttp import FastFront
 from smsgw.shared.runtime.http import HttpLimits, HttpSite, health_app
 from smsgw.shared.runtime.metrics import RuntimeMetrics, create_registry
 from smsgw.shared.runtime.periodic import Job, run_periodic
@@ -192,14 +193,16 @@ class Daemon(Generic[S]):
         self._helpers.append((f"periodic.{name}", loop))
 
     async def add_site(self, name: str, app: web.Application, host: str, port: int, *,
-                       access_log: bool = True, limits: HttpLimits | None = None) -> int:
+                       access_log: bool = True, limits: HttpLimits | None = None,
+                       front: FastFront | None = None) -> int:
         """Serve `app` on host:port now (before READY=1); return the real port (port 0 = any).
 
         The site stops accepting as soon as the drain starts (in-flight requests finish).
         `limits`: header/body deadlines, keep-alive idle and connection cap (default
-        `HttpLimits()`: 10 s, 30 s, 15 s, 1,000), as on the health/metrics site.
+        `HttpLimits()`: 10 s, 30 s, 15 s, 1,000), as on the health/metrics site. `front`: the
+        routes a lean HTTP/1.1 protocol serves itself (shared/runtime/fasthttp.py).
         """
-        site = HttpSite(name, app, host, port, access_log=access_log, limits=limits)
+        site = HttpSite(name, app, host, port, access_log=access_log, limits=limits, front=front)
         real = await site.start()
         self._sites.append(site)
         self.log.info("http_site_started", site=name, host=host, port=real)

@@ -18,6 +18,10 @@ file descriptor) for as long as it likes, and nothing bounds the number of conne
 These are protocol-level timers (one `call_at` handle per phase, no task per connection); the
 request path is unchanged. A client that completes requests keeps its connection: the limits
 bound the time between them, not a connection's life.
+
+A site may put a `FastFront` (shared/runtime/fasthttp.py) before its app: its hottest routes
+are then served by a lean HTTP/1.1 protocol under the same limits, and every other request is
+handed to this server's handler at the request's first octet.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from smsgw.shared.core.logging import get_logger
+from smsgw.shared.runtime.fasthttp import FastFront, FastProtocol
 from smsgw.shared.runtime.lifecycle import SITE_CLOSE_TIMEOUT_S
 
 log = get_logger("smsgw.http")
@@ -63,27 +68,34 @@ class BodyTimeout(asyncio.TimeoutError):
 class GuardedAppRunner(web.AppRunner):
     """`web.AppRunner` whose server applies `HttpLimits` to every connection."""
 
-    def __init__(self, app: web.Application, *, limits: HttpLimits, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, *, limits: HttpLimits,
+                 front: FastFront | None = None, **kwargs: Any) -> None:
         kwargs["keepalive_timeout"] = limits.keepalive_s
         super().__init__(app, **kwargs)
         self.limits = limits
+        self.front = front
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _GuardedServer  # same state; only __call__ differs
         assert isinstance(server, _GuardedServer)
         server.limits = self.limits
+        server.front = self.front
         server.active = 0
+        server.fast_requests = 0
         server.refused = 0
         server.refusal_logged = 0.0
         return server
 
 
 class _GuardedServer(web.Server):
-    """Makes `_GuardedHandler`s; past `max_connections` a `_Refuse` instead."""
+    """Makes `_GuardedHandler`s (or `FastProtocol`s, with a front); past `max_connections`
+    a `_Refuse` instead."""
 
     limits: HttpLimits
+    front: FastFront | None
     active: int
+    fast_requests: int  # served by the front (the rest by aiohttp)
     refused: int
     refusal_logged: float
 
@@ -97,6 +109,12 @@ class _GuardedServer(web.Server):
                             refused_total=self.refused)
             return _Refuse()
         self.active += 1
+        if self.front is not None:
+            return FastProtocol(self, self.front, self._loop)
+        return self.make_handler()
+
+    def make_handler(self) -> _GuardedHandler:
+        """aiohttp's handler for one connection (already counted in `active`)."""
         return _GuardedHandler(self, loop=self._loop, **self._kwargs)
 
 
@@ -160,6 +178,11 @@ class _GuardedHandler(RequestHandler):
         self._cancel_header()
         self._guard_header = self._loop.call_later(self._limits.header_timeout_s,
                                                    self._header_expired)
+
+    def arm_header_until(self, deadline: float) -> None:
+        """Keep a header deadline already running (a connection handed over by a front)."""
+        self._cancel_header()
+        self._guard_header = self._loop.call_at(deadline, self._header_expired)
 
     def _cancel_header(self) -> None:
         if self._guard_header is not None:
@@ -262,7 +285,10 @@ class HttpSite:
     """One aiohttp app served on host:port; `port` is the real port (0 picks a free one)."""
 
     def __init__(self, name: str, app: web.Application, host: str, port: int, *,
-                 access_log: bool = False, limits: HttpLimits | None = None) -> None:
+                 access_log: bool = False, limits: HttpLimits | None = None,
+                 front: FastFront | None = None) -> None:
+        if front is not None and access_log:
+            raise ValueError("a fast front writes no access log: use one or the other")
         self.name = name
         self.host = host
         self.port = port
@@ -270,7 +296,7 @@ class HttpSite:
         extra: dict[str, Any] = ({"access_log_class": JsonAccessLogger} if access_log
                                  else {"access_log": None})
         # header/body deadlines, keep-alive idle timeout and a connection cap (httpguard)
-        self._runner = GuardedAppRunner(app, limits=limits or HttpLimits(),
+        self._runner = GuardedAppRunner(app, limits=limits or HttpLimits(), front=front,
                                         shutdown_timeout=SITE_SHUTDOWN_TIMEOUT_S, **extra)
         self._closed = False
 
@@ -281,6 +307,12 @@ class HttpSite:
         await site.start()
         self.port = int(self._runner.addresses[-1][1])  # the real port, also for port 0
         return self.port
+
+    @property
+    def fast_requests(self) -> int:
+        """Requests the site's fast front served itself (0 without a front)."""
+        server = self._runner.server
+        return server.fast_requests if isinstance(server, _GuardedServer) else 0
 
     async def close(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), release the socket."""

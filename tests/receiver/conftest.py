@@ -11,19 +11,19 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp import web
 from pydantic import SecretStr
 
 from smsgw.services.admin.accounts import create_account
 from smsgw.services.receiver.context import ReceiverContext, build_context
 from smsgw.services.receiver.options import ReceiverOptions
-from smsgw.services.receiver.web import create_api_app
+from smsgw.services.receiver.web import create_api_app, fast_front
 from smsgw.shared.runtime.config import (
     GenericSourceSettings,
     TwilioSettings,
     VonageSettings,
     WebhooksSettings,
 )
+from smsgw.shared.runtime.http import HttpSite
 
 SERVER_SECRET = b"test-server-secret"
 TWILIO_TOKEN = "12345678901234567890123456789012"
@@ -81,7 +81,7 @@ ReceiverFactory = Callable[..., Awaitable[Receiver]]
 @pytest.fixture
 async def receiver_factory(pool: asyncpg.Pool) -> AsyncIterator[ReceiverFactory]:
     """Start receiver APIs on 127.0.0.1:0 over the test pool; all closed at the end."""
-    started: list[tuple[web.AppRunner, ReceiverContext, aiohttp.ClientSession]] = []
+    started: list[tuple[HttpSite, ReceiverContext, aiohttp.ClientSession]] = []
 
     async def start(options: ReceiverOptions | None = None,
                     webhooks: WebhooksSettings | None = None,
@@ -90,19 +90,17 @@ async def receiver_factory(pool: asyncpg.Pool) -> AsyncIterator[ReceiverFactory]
         opts = options or ReceiverOptions(default_country="GB")
         ctx = build_context(db_pool or pool, opts, webhooks or webhook_settings(),
                             server_secret=SERVER_SECRET, clock=clock)
-        runner = web.AppRunner(create_api_app(ctx), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
+        # the daemon's site: the fast front serves the MT hot routes, aiohttp the others
+        site = HttpSite("api", create_api_app(ctx), "127.0.0.1", 0, front=fast_front(ctx))
+        port = await site.start()
         http = aiohttp.ClientSession()
-        started.append((runner, ctx, http))
+        started.append((site, ctx, http))
         return Receiver(ctx, f"http://127.0.0.1:{port}", http)
 
     yield start
-    for runner, ctx, http in reversed(started):
+    for site, ctx, http in reversed(started):
         await http.close()
-        await runner.cleanup()
+        await site.close()
         await ctx.close(timeout_s=2)
 
 
