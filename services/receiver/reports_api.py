@@ -79,8 +79,8 @@ def _parse(body: bytes, account: Account) -> dict[str, Any]:
     unknown = sorted(str(k)[:40] for k in data if k not in FIELDS)
     if unknown:
         raise Rejected(field_error(422, "validation_failed", unknown[0], "unknown field"))
-    kind = data.get("kind")
-    if kind in OPERATOR_KINDS and not account.operator:
+    kind = data.get("kind")  # any JSON value: `{}` is not hashable (parse_request says 422)
+    if isinstance(kind, str) and kind in OPERATOR_KINDS and not account.operator:
         raise Rejected(field_error(403, "forbidden", "kind",
                                    f"{kind} reports are for operator accounts only (their "
                                    "data carries no account)"))
