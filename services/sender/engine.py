@@ -113,9 +113,8 @@ class SenderEngine:
                            # one autocommitted statement (store, match what it can, NOTIFY
                            # the matcher for the rest): no BEGIN/COMMIT round trips
                            GroupCommitter(pool, ReceiptStore(
-                               lambda: self.match, on_stored=self._count_stored,
-                               write_through=lambda ids: self.submitter.flusher.write_through(
-                                   ids)), name="sender.receipts",
+                               lambda: self.match, on_stored=self._count_stored),
+                                          name="sender.receipts",
                                           max_batch=2000, transactional=False,
                                           adaptive_linger_s=linger)]
         self.intake = DeliverIntake(inbound=self.committers[0], receipts=self.committers[1],

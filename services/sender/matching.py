@@ -28,13 +28,13 @@ it all back):
   the part's first final receipt, as Kannel's `dlr_find` does.
 
 Most receipts need none of this: `ReceiptStore` is the sender's receipt flush (its intake's
-group committer), which first has the write-back write the outcomes of the parts its receipts
-name (`Flusher.write_through`), then stores the batch with `receipts.store`: a receipt whose part
-is written back, whose message is one part, still in `outbound` and owes no report (no
+group committer), which stores the batch with `receipts.store`: a receipt whose part is written
+back and still open, whose message is one part, still in `outbound` and owes no report (no
 callback_url, no Kannel dlr-url), and for whose SMSC id no earlier receipt still waits, is stored
 `matched`, its part updated and its message finalised in that one statement. The others are
 stored `queued` and matched here, as before (a receipt that raced its own write-back, a message
-with a callback or of several parts, a late receipt of a moved message).
+with a callback or of several parts, a second receipt for a part already final, a late receipt
+of a moved message).
 
 The statements are the queue owners' (`shared.queue.receipts.match` and `kannel_dlrs`,
 `shared.queue.outbound.finalize`, `shared.queue.callbacks.insert_status`); this module only
@@ -164,25 +164,20 @@ async def match_batch(conn: asyncpg.Connection, settings: MatchSettings) -> Matc
 
 class ReceiptStore:
     """The sender's receipt flush (for its intake's `GroupCommitter`, `transactional=False`):
-    write back the outcomes the receipts need, then store them, matching the ones that need
-    nothing else in the same statement (module docstring).
+    store receipts, matching the ones that need nothing else in the same statement (module
+    docstring); one autocommitted statement, as the plain insert.
 
-    `settings()` gives the current `MatchSettings` (SIGHUP swaps them); `write_through(ids)`
-    (the write-back `Flusher`'s, or None) is awaited first with the batch's SMSC ids;
+    `settings()` gives the current `MatchSettings` (SIGHUP swaps them);
     `on_stored(ReceiptStored)` feeds the metrics. Returns the ids in input order.
     """
 
     def __init__(self, settings: Callable[[], MatchSettings], *,
-                 write_through: Callable[[list[str]], Awaitable[Any]] | None = None,
                  on_stored: Callable[[ReceiptStored], None] | None = None) -> None:
         self.settings = settings
-        self.write_through = write_through
         self.on_stored = on_stored
 
     async def __call__(self, conn: asyncpg.Connection,
                        items: Sequence[ReceiptWrite]) -> list[int]:
-        if self.write_through is not None:
-            await self.write_through([r.smsc_id for r in items])
         settings = self.settings()
         names, groups = _operator_arrays(settings)
         res = await receipts.store(conn, items, connectors=names, groups=groups,

@@ -4,19 +4,12 @@ When every part of a message is answered, the submitter hands the policy's `Outc
 `Flusher`, which buffers outcomes and writes each batch in one transaction fenced by the lease
 owner (`outbound.write_back`): a row another instance has taken over is not touched. Status
 callbacks (`status_change`) and events for unusual outcomes go in the same transaction.
-
-Receipts come soon after their submit (the simulator's after 50 ms, many SMSCs' sooner), often
-while their part's outcome still waits here for its batch. The sender's receipt store asks
-`Flusher.write_through` first: when it holds the outcome of a part a receipt names, the buffer
-is written at once (the ordinary fenced write-back, just earlier), so the receipt finds its
-part and is matched in the statement that stores it (`services/sender/matching.py`). The
-outcome is committed before the receipt that depends on it, never after.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -142,23 +135,10 @@ class Flusher:
         self._idle = asyncio.Event()
         self._idle.set()
         self.flushed = 0
-        # write-through for receipts: SMSC id → the add count of its outcome (buffered, or
-        # being written), for one-part messages that owe no report (the ones a receipt can
-        # be matched for at once); `_written` wakes `write_through` after each flush
-        self._added = 0
-        self._sids: dict[str, int] = {}
-        self._written = asyncio.Event()
-        self._failures = 0
 
     def add(self, outcome: Outcome) -> None:
         """Queue one outcome (never blocks)."""
         self.buffer.append(outcome)
-        self._added += 1
-        if len(outcome.parts) == 1 and outcome.row is not None \
-                and not outcome.row.callback_url:
-            sid = outcome.parts[0][1]
-            if sid:
-                self._sids[sid] = self._added
         self._idle.clear()
         self._kick.set()
         if len(self.buffer) >= self.settings.flush_size:
@@ -190,18 +170,10 @@ class Flusher:
                 await write_back(conn, self.owner, batch, events=self.settings.events)
         except DATABASE_ERRORS:
             log.exception("writeback_failed", messages=len(batch))
-            self._failures += 1
-            self._signal_written()  # receipts waiting for it go to the matcher instead
             await asyncio.sleep(1.0)
             return
         del self.buffer[: len(batch)]
         self.flushed += len(batch)
-        for o in batch:
-            if len(o.parts) == 1:
-                sid = o.parts[0][1]
-                if sid and self._sids.get(sid, 0) <= self.flushed:
-                    self._sids.pop(sid, None)
-        self._signal_written()
         if self.metrics is not None:
             self.metrics.writeback_batch.observe(len(batch))
             for o in batch:
@@ -210,34 +182,6 @@ class Flusher:
     async def wait_idle(self) -> None:
         """Return once everything added so far has been written."""
         await self._idle.wait()
-
-    def _signal_written(self) -> None:
-        self._written.set()
-        self._written = asyncio.Event()
-
-    async def write_through(self, smsc_ids: Iterable[str], timeout_s: float = 1.0) -> bool:
-        """Write now the buffered outcomes of the parts with any of `smsc_ids` (and all
-        buffered before them); return once they are committed (True), or False when none was
-        buffered, a flush failed, or after `timeout_s`. Never raises: receipts whose parts
-        are still not written are matched later by the matcher, as before."""
-        sids = self._sids
-        target = max((sids.get(s, 0) for s in smsc_ids), default=0)
-        if target <= self.flushed:
-            return False
-        failures = self._failures
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while self.flushed < target:
-            if self._failures != failures:
-                return False
-            self._full.set()  # flush now, without waiting for flush_s
-            self._kick.set()
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await self._written.wait()
-            except TimeoutError:
-                return False
-        return True
 
 
 def _outcome_label(status: str) -> str:

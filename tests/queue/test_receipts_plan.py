@@ -49,3 +49,51 @@ async def test_kannel_dlr_lookup_reads_by_primary_key(pool: asyncpg.Pool) -> Non
         scans
     assert ("Index Scan", "receipts") in scans and ("Index Scan", "outbound_part") in scans
     assert [r["receipt_id"] for r in rows] == ids  # every one, in the order given
+
+
+async def test_receipt_store_stays_on_indexes_whatever_the_statistics(
+        pool: asyncpg.Pool) -> None:
+    """`receipts.store` runs as a cached generic plan, often first planned while the tables
+    are small. Planned so, its joins became hash joins over whole-table scans of
+    outbound_part and receipts, kept while the tables grew (~90 µs a receipt in `smsgw bench
+    mt`); and its question "is an earlier receipt of this SMSC id still queued", asked with
+    `status = 'queued'`, walked receipts_claim_idx (every queued receipt, per receipt). With
+    small analysed tables and many queued receipts since, every lookup must stay a probe of
+    an index per receipt."""
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO outbound (from_addr, to_addr, body, status, parts_total, connector)"
+            " SELECT 'X', '+4477', 'hi', 'submitted', 1, 'sim' FROM generate_series(1, 3000)")
+        await conn.execute(
+            "INSERT INTO outbound_part (outbound_id, part_no, parts_total, connector, smsc_id,"
+            " status, kannel_dlr) SELECT id, 1, 1, 'sim', 'p' || id, 'submitted', false"
+            " FROM outbound")
+        await conn.execute(
+            "INSERT INTO receipts (connector, smsc_id, status, outbound_part_id)"
+            " SELECT 'sim', 'm' || g, 'matched', g FROM generate_series(1, 1500) g")
+        await conn.execute("ANALYZE outbound; ANALYZE outbound_part; ANALYZE receipts")
+        await conn.execute(  # queued since the statistics were taken
+            "INSERT INTO receipts (connector, smsc_id) SELECT 'sim', 'q' || g"
+            " FROM generate_series(1, $1) g", ROWS)
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        doc = json.dumps([{"connector": "sim", "smsc_id": f"p{i}", "state": "delivered",
+                           "final": True} for i in range(1, 41)])
+        explained = await conn.fetchval(
+            "EXPLAIN (FORMAT JSON) " + STATEMENTS["receipts.store"], doc, "smsgw_receipts",
+            ["sim"], ["sim"], 3600.0)
+        await conn.execute("RESET plan_cache_mode")
+    plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
+    scans = _scans(plan)
+    tables = {"outbound", "outbound_part", "receipts"}
+    assert not [(n, r) for n, r in scans if r in tables and n != "Index Scan"
+                and n != "ModifyTable"], scans
+    names = _index_names(plan)
+    assert "receipts_unmatched_smsc_idx" in names and "receipts_claim_idx" not in names
+    assert {"outbound_part_smsc_idx", "outbound_part_pkey", "outbound_pkey"} <= names
+
+
+def _index_names(plan: dict) -> set[str]:
+    names = {plan["Index Name"]} if "Index Name" in plan else set()
+    for child in plan.get("Plans", []):
+        names |= _index_names(child)
+    return names

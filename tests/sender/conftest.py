@@ -107,10 +107,8 @@ async def start_stack(db_url: str, pool: asyncpg.Pool, connectors: Sequence[Conn
     stop = asyncio.Event()
     match = match or MatchSettings.from_config(
         connectors, SenderSettings(receipt_retry_base_s=0.2, receipt_min_age_s=0.2))
-    holder: list[Submitter] = []
-    # the daemon's receipt flush: write-through, then store (matching what needs nothing else)
-    store_receipts = ReceiptStore(lambda: match, write_through=lambda ids: holder[0].flusher
-                                  .write_through(ids))
+    # the daemon's receipt flush: store, matching at once what needs nothing else
+    store_receipts = ReceiptStore(lambda: match)
     committers = [GroupCommitter(pool, flush_inbound, name="inbound"),
                   GroupCommitter(pool, store_receipts, name="receipts", transactional=False)]
     for gc in committers:
@@ -126,7 +124,6 @@ async def start_stack(db_url: str, pool: asyncpg.Pool, connectors: Sequence[Conn
     sub = Submitter(pool, lanes, router, cfg, owner=owner,
                     wait_for_work=lambda: asyncio.sleep(0.1),
                     hasher=NumberHasher.from_secret("test-server-secret"))
-    holder.append(sub)
     stack = Stack(sub, managers, stop)
     manager_stop = asyncio.Event()
 

@@ -50,7 +50,8 @@ async def test_store_matches_what_needs_nothing_else(pool: asyncpg.Pool) -> None
     """1. written-back one-part messages without callback (one of them an ESME's asking for a
     receipt), and the cases the matcher keeps: no part yet, a JSON callback_url, a Kannel
     dlr-url, two parts, a part older than the window, a part from before migration 0017, a
-    message moved to outbound_history, an SMSC id with an earlier receipt still queued
+    message moved to outbound_history, an SMSC id with an earlier receipt still queued, a part
+    already final
     2. one batch of receipts through the sender's `ReceiptStore`  3. right after the store
     the plain ones are matched, their parts and messages final (the ESME's receipt queued by
     the trigger), one NOTIFY wakes the matcher, every other receipt is queued untouched
@@ -72,6 +73,9 @@ async def test_store_matches_what_needs_nothing_else(pool: asyncpg.Pool) -> None
     moved = await _part(pool, "b1", "h1")
     await pool.execute("WITH m AS (DELETE FROM outbound WHERE id=$1 RETURNING *) "
                        "INSERT INTO outbound_history SELECT * FROM m", moved)
+    final = await _part(pool, "b1", "f1")  # its part already has a final receipt
+    await pool.execute("UPDATE outbound_part SET status='delivered' WHERE outbound_id=$1", final)
+    await pool.execute("UPDATE outbound SET status='delivered' WHERE id=$1", final)
     waiting = await _part(pool, "b1", "w1")
     await pool.execute("INSERT INTO receipts (connector, smsc_id, stat, state, final)"
                        " VALUES ('b1', 'w1', 'ENROUTE', 'enroute', false)")
@@ -80,7 +84,7 @@ async def test_store_matches_what_needs_nothing_else(pool: asyncpg.Pool) -> None
              _rcpt("b1", "m1", "undeliverable"), _rcpt("b1", "m1", "enroute", final=False),
              _rcpt("b1", "x1"), _rcpt("b1", "nopart"), _rcpt("b1", "j1"), _rcpt("b1", "k1"),
              _rcpt("b1", "t1"), _rcpt("b1", "o1"), _rcpt("b1", "l1"), _rcpt("b1", "h1"),
-             _rcpt("b1", "w1")]
+             _rcpt("b1", "w1"), _rcpt("b1", "f1", "undeliverable")]
     stored: list[ReceiptStored] = []
     woken: list[str] = []
 
@@ -106,7 +110,7 @@ async def test_store_matches_what_needs_nothing_else(pool: asyncpg.Pool) -> None
     matched_now = {("p1", plain), ("s1", sibling), ("e1", expired), ("i1", inter),
                    ("m1", multi), ("x1", esme)}
     assert got == {(sid, "matched", mid) for sid, mid in matched_now} | {
-        (s, "queued", None) for s in ("nopart", "j1", "k1", "t1", "o1", "l1", "h1", "w1")}
+        (s, "queued", None) for s in ("nopart", "j1", "k1", "t1", "o1", "l1", "h1", "w1", "f1")}
     assert (stored[0].matched, stored[0].finalized) == (7, 5)
     assert await statuses(pool, [plain, sibling, expired, inter, multi, esme]) == {
         plain: "delivered", sibling: "delivered", expired: "expired", inter: "submitted",
@@ -123,28 +127,27 @@ async def test_store_matches_what_needs_nothing_else(pool: asyncpg.Pool) -> None
     # the matcher takes the rest exactly as before (the part older than the window stays)
     async with pool.acquire() as conn:
         res = await matching.match_batch(conn, SETTINGS)
-    assert (res.matched, res.retried, res.finalized, res.callbacks) == (7, 2, 5, 2)
-    assert await statuses(pool, [json_cb, kannel, two, legacy, moved, waiting, old]) == {
+    assert (res.matched, res.retried, res.finalized, res.callbacks) == (8, 2, 5, 2)
+    assert await statuses(pool, [json_cb, kannel, two, legacy, moved, waiting, old, final]) == {
         json_cb: "delivered", kannel: "delivered", two: "submitted", legacy: "delivered",
-        moved: "delivered", waiting: "delivered", old: "submitted"}
+        moved: "delivered", waiting: "delivered", old: "submitted", final: "delivered"}
     cbs = {r["outbound_id"]: r["method"] for r in await pool.fetch("SELECT * FROM callbacks")}
     assert cbs == {json_cb: "POST", kannel: "GET"}
 
 
-async def test_write_through_lets_receipts_match_at_store(db_url: str,
-                                                          pool: asyncpg.Pool) -> None:
-    """1. the SMSC sends each receipt at once, and the write-back waits 2 s for a batch, so
-    every receipt arrives before its part is written  2. 8 plain MTs, 2 with a JSON
-    callback_url, 1 of two parts  3. the plain ones are finalised by the receipt store (the
-    write-back writes their parts first): matched where stored, never retried; the others
-    go through the matcher and the callbacks are queued."""
-    async with Simulator(SimConfig(receipt_delay_s=0.0)) as sim:
+async def test_sender_matches_at_store_and_leaves_the_rest_to_the_matcher(
+        db_url: str, pool: asyncpg.Pool) -> None:
+    """1. a sender stack as the daemon builds it; the SMSC sends each receipt 0.3 s after the
+    submit (the part is written back by then)  2. 8 plain MTs, 2 with a JSON callback_url,
+    1 of two parts  3. the plain ones are matched in the statement that stored their receipt
+    (never tried by the matcher); the others are matched by the matcher, which queues the
+    callbacks; every message ends delivered."""
+    async with Simulator(SimConfig(receipt_delay_s=0.3)) as sim:
         plain = await add_mt(pool, 8)
         cb = await add_mt(pool, 2, callback_url="http://127.0.0.1:9/cb")
         long = await add_mt(pool, 1, body="y" * 300)
-        async with running(db_url, pool, [connector("c1", sim.port)], flush_s=2.0) as stack:
+        async with running(db_url, pool, [connector("c1", sim.port)]) as stack:
             await stack.wait_bound()
-            await wait_until(lambda: all_final(pool, plain, {"delivered"}), timeout=1.5)
             await wait_until(lambda: all_final(pool, plain + cb + long, {"delivered"}),
                              timeout=15)
     rows = await pool.fetch(
@@ -153,6 +156,6 @@ async def test_write_through_lets_receipts_match_at_store(db_url: str,
         " WHERE r.status = 'matched'")
     assert len(rows) == await pool.fetchval("SELECT count(*) FROM outbound_part") == 12
     assert {r["outbound_id"] for r in rows if r["at_store"]} == set(plain)
-    assert all(r["attempts"] == 0 for r in rows if r["at_store"])
+    assert all(r["attempts"] == 0 for r in rows)
     assert {r["outbound_id"] for r in await pool.fetch("SELECT outbound_id FROM callbacks")} \
         == set(cb)

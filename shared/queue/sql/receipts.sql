@@ -22,14 +22,17 @@ SELECT ins.id FROM ins CROSS JOIN (SELECT pg_notify($2, '')) AS wake
 -- The sender's receipt store: store a batch of receipts and match, in the same statement, the
 -- ones that need nothing else (autocommit: one round trip, durable when it returns, as
 -- `insert`). A receipt is stored `matched` with its part here when
--- - its part is written back: the newest part with its normalised id on a sibling connector
---   ($3 names, $4 operator groups, as `match`), created at most $5 seconds ago;
+-- - its part is written back and still open (`submitted`: a second receipt for a final part,
+--   or a receipt whose part is not written yet while an older part has its reused id, goes to
+--   the matcher, which tries it later, as before): the newest part with its normalised id on
+--   a sibling connector ($3 names, $4 operator groups, as `match`), created at most $5
+--   seconds ago;
 -- - its message is one part (its state follows from this part alone: a message of several
 --   parts could have its other parts matched by a concurrent statement whose effects this
 --   one's snapshot does not see), is still in `outbound` (a late receipt of a moved message
 --   goes to the matcher), and owes no report: no callback_url, no Kannel dlr-url
 --   (kannel_dlr false; NULL, a part older than migration 0017, counts as maybe);
--- - no earlier receipt with its SMSC id is still `queued` (receipts_queued_smsc_idx): the
+-- - no earlier receipt with its SMSC id is still `queued` (receipts_unmatched_smsc_idx): the
 --   matcher would apply that older receipt after this one.
 -- Every other receipt is stored `queued`, exactly as `insert` stores it, and the matcher is
 -- woken (one NOTIFY, only then). The part is updated as `match` updates it (`winner`: a
@@ -49,11 +52,14 @@ WITH sib AS (
       FROM json_populate_recordset(NULL::receipts, $1::text::json) WITH ORDINALITY AS r
 ), hit AS MATERIALIZED (
     -- the receipts matched here, with their part: one index probe on (smsc_id, connector),
-    -- one on the message's primary key and one on receipts_queued_smsc_idx per receipt
+    -- one on the message's primary key and one on receipts_unmatched_smsc_idx per receipt.
+    -- Every lookup is a LATERAL subquery with LIMIT 1, which the planner cannot flatten:
+    -- as joins, it planned them (and cached the generic plan) while the tables were small,
+    -- as hash joins over whole-table scans, and kept them while the tables grew
     SELECT i.n, m.part_id
       FROM inp i
       CROSS JOIN LATERAL (
-          SELECT p.id AS part_id, p.outbound_id, p.parts_total, p.kannel_dlr
+          SELECT p.id AS part_id, p.outbound_id, p.parts_total, p.kannel_dlr, p.status
             FROM outbound_part p
            WHERE p.smsc_id = i.smsc_id
              AND p.connector = ANY(coalesce(
@@ -62,11 +68,23 @@ WITH sib AS (
              AND p.created_at >= now() - make_interval(secs => $5::float8)
            ORDER BY p.id DESC
            LIMIT 1) m
-     WHERE m.parts_total = 1 AND m.kannel_dlr IS FALSE
-       AND EXISTS (SELECT 1 FROM outbound o
-                    WHERE o.id = m.outbound_id AND o.callback_url IS NULL)
-       AND NOT EXISTS (SELECT 1 FROM receipts q
-                        WHERE q.smsc_id = i.smsc_id AND q.status = 'queued')
+      CROSS JOIN LATERAL (
+          SELECT o.callback_url IS NULL AS quiet
+            FROM outbound o
+           WHERE o.id = m.outbound_id
+           LIMIT 1) o
+      -- an earlier receipt of this SMSC id still waiting (unmatched, not orphan), asked so
+      -- that only receipts_unmatched_smsc_idx can answer (with `status = 'queued'` the
+      -- planner, trusting statistics taken while none was queued, walked receipts_claim_idx:
+      -- every queued receipt, for every receipt stored)
+      LEFT JOIN LATERAL (
+          SELECT true AS waiting
+            FROM receipts q
+           WHERE q.smsc_id = i.smsc_id AND q.outbound_part_id IS NULL
+             AND q.status <> 'orphan'
+           LIMIT 1) q ON true
+     WHERE m.parts_total = 1 AND m.kannel_dlr IS FALSE AND m.status = 'submitted' AND o.quiet
+       AND q.waiting IS NULL
 ), ins AS (
     INSERT INTO receipts (connector, smsc_id, raw_id, stat, state, final, err, done_date, body,
                           message_state, network_error, status, outbound_part_id)
@@ -83,7 +101,10 @@ WITH sib AS (
       JOIN inp i ON i.n = h.n
      ORDER BY h.part_id, i.final DESC, i.n DESC
 ), parts AS (
-    -- as `match`'s `parts` (heap-only: no indexed column changes)
+    -- as `match`'s `parts` (heap-only: no indexed column changes). The join is written as a
+    -- range so that it cannot be a hash join: with it, the generic plan made while the table
+    -- was small scanned all of outbound_part for every batch; a range on the primary key
+    -- leaves only the index probe per part
     UPDATE outbound_part AS p
        SET status = CASE WHEN w.final AND w.state IN ('delivered', 'undeliverable', 'expired',
                                                       'rejected', 'unknown_receipt')
@@ -92,10 +113,10 @@ WITH sib AS (
            done_at = CASE WHEN w.final THEN now() ELSE p.done_at END,
            updated_at = now()
       FROM winner w
-     WHERE p.id = w.part_id
+     WHERE p.id BETWEEN w.part_id AND w.part_id
     RETURNING p.outbound_id, p.status, p.err, w.final
 ), done AS (
-    -- `outbound.finalize` for a one-part message
+    -- `outbound.finalize` for a one-part message (the join a range, as in `parts`)
     UPDATE outbound AS o
        SET status = CASE p.status WHEN 'delivered' THEN 'delivered'
                                   WHEN 'expired' THEN 'expired'
@@ -104,7 +125,7 @@ WITH sib AS (
            last_error = CASE WHEN p.status = 'delivered' THEN o.last_error
                              ELSE coalesce('receipt err ' || p.err, o.last_error) END
       FROM parts p
-     WHERE o.id = p.outbound_id AND o.status = 'submitted' AND p.final
+     WHERE o.id BETWEEN p.outbound_id AND p.outbound_id AND o.status = 'submitted' AND p.final
        AND p.status IN ('delivered', 'undeliverable', 'expired', 'rejected', 'unknown_receipt')
     RETURNING o.id
 ), wake AS (
