@@ -63,6 +63,8 @@ _CB = {c: _MSG for c in ("body", "headers", "kind", "last_error", "lease_owner",
 # Every text / varchar / json / jsonb / bytea / array column, by table.
 COVERAGE: Final[Mapping[str, Mapping[str, str]]] = {
     "outbound": _OUT, "outbound_history": _OUT,
+    # a queued or sending message's lane and lease (migration 0021), deleted with it
+    "outbound_queue": {"category": _MSG, "lease_owner": _MSG},
     "inbound": _IN, "inbound_history": _IN,
     "outbound_part": {c: _MSG for c in ("connector", "err", "last_error", "lease_owner",
                                         "smsc_id", "status")},
@@ -143,6 +145,7 @@ SQL_DELETES: list[tuple[str, str]] = [
     ("dedupe_keys", "DELETE FROM dedupe_keys WHERE (target_table = 'outbound'"
                     " AND target_id IN (SELECT id FROM erase_mt)) OR (target_table = 'inbound'"
                     " AND target_id IN (SELECT id FROM erase_mo))"),
+    ("outbound_queue", "DELETE FROM outbound_queue WHERE id IN (SELECT id FROM erase_mt)"),
     ("outbound", "DELETE FROM outbound WHERE id IN (SELECT id FROM erase_mt)"),
     ("outbound_history", "DELETE FROM outbound_history WHERE id IN (SELECT id FROM erase_mt)"),
     ("inbound", "DELETE FROM inbound WHERE id IN (SELECT id FROM erase_mo)"),

@@ -58,8 +58,9 @@ MT_FINAL = ("delivered", "undeliverable", "expired", "rejected", "suppressed", "
 INBOUND_FINAL = ("done", "failed", "dead")
 WEBHOOK_SECRET_ENV = "BENCH_WEBHOOK_SECRET"
 MESSAGE_TABLES = frozenset({
-    "inbound", "outbound", "outbound_part", "receipts", "callbacks", "mo_parts", "dedupe_keys",
-    "events", "inbound_history", "outbound_history", "receipts_history", "callbacks_history"})
+    "inbound", "outbound", "outbound_queue", "outbound_part", "receipts", "callbacks",
+    "mo_parts", "dedupe_keys", "events", "inbound_history", "outbound_history",
+    "receipts_history", "callbacks_history"})
 SHORT_CODE = "12345"
 
 
@@ -469,6 +470,9 @@ UNION ALL
 SELECT inbound_id, status, created_at, updated_at FROM callbacks_history WHERE inbound_id = ANY($1)
 """
 PENDING_MT = "SELECT count(*) FROM outbound WHERE body LIKE $1 AND NOT (status = ANY($2))"
+# Messages that left the queue (neither queued nor sending) but kept their queue row.
+STALE_QUEUE_ROWS = ("SELECT count(*) FROM outbound_queue q JOIN outbound o USING (id)"
+                    " WHERE o.body LIKE $1 AND o.status NOT IN ('queued', 'sending')")
 PENDING_IN = "SELECT count(*) FROM inbound WHERE body LIKE $1 AND NOT (status = ANY($2))"
 MATCHED_RECEIPTS = "SELECT count(*), max(updated_at) FROM receipts WHERE status = 'matched'"
 
@@ -535,8 +539,11 @@ def warm(run: Run, rows: list[Any]) -> list[Any]:
 
 
 async def check_mt(conn: asyncpg.Connection, run: Run) -> dict[str, Any]:
-    """Losses, duplicates, final states and stage latencies of the MT rows."""
+    """Losses, duplicates, final states and stage latencies of the MT rows, and whether the
+    queue table (outbound_queue, migration 0021) still holds any of them once they left the
+    queue (it must not)."""
     all_rows = await conn.fetch(MT_ROWS, mt_like(run))
+    stale_queue = await conn.fetchval(STALE_QUEUE_ROWS, mt_like(run))
     nums = [_num(r["body"]) for r in all_rows]
     found = {n for n in nums if n is not None}
     final = set(mt_final(run))
@@ -557,6 +564,7 @@ async def check_mt(conn: asyncpg.Connection, run: Run) -> dict[str, Any]:
         "lost": len(run.driver.acked - found) if run.scenario != "promo" else None,
         "duplicate_rows": len(rows) - len(found),
         "not_final": sum(1 for r in rows if r["status"] not in final),
+        "stale_queue_rows": int(stale_queue),
         "latency": {"created_to_submitted": stage(q), "submitted_to_receipt": stage(rc),
                     "created_to_final": stage(e2e)},
         "last_final_at": last.timestamp() if last else None,
@@ -891,6 +899,9 @@ def verify(run: Run, checks: dict[str, Any], sim1: dict[str, Any], sim_delta: di
             problems.append(f"{name}: {chk['lost']} acknowledged messages missing")
         if chk.get("not_final"):
             problems.append(f"{name}: {chk['not_final']} rows not final")
+        if chk.get("stale_queue_rows"):
+            problems.append(f"{name}: {chk['stale_queue_rows']} finished messages still in "
+                            "outbound_queue")
     if sim1["duplicates"] > possible_dups:
         problems.append(f"simulator saw {sim1['duplicates']} duplicate SMS, sender counted "
                         f"{possible_dups:.0f} possible duplicates")

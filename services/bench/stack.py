@@ -37,8 +37,8 @@ from smsgw.shared.runtime.config import split_url_password
 DATABASE_NAME = "smsgw"
 BENCH_ACCOUNT = "bench"
 # Hot tables a `--unlogged` run switches to UNLOGGED (then no figure is called durable).
-QUEUE_TABLES = ("inbound", "outbound", "outbound_part", "receipts", "callbacks", "mo_parts",
-                "dedupe_keys", "events")
+QUEUE_TABLES = ("inbound", "outbound", "outbound_queue", "outbound_part", "receipts",
+                "callbacks", "mo_parts", "dedupe_keys", "events")
 
 
 @dataclass(slots=True)

@@ -291,7 +291,19 @@ async def _apply(conn: asyncpg.Connection, mig: Migration) -> None:
 
 def _split_statements(sql: str) -> list[str]:
     body = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
-    return [s.strip() for s in body.split(";") if s.strip()]
+    # A ';' inside a $$-quoted body (a function's) does not end the statement.
+    out, current = [], ""
+    for i, piece in enumerate(body.split("$$")):
+        if i % 2:
+            current += "$$" + piece + "$$"
+            continue
+        head, *rest = piece.split(";")
+        current += head
+        for part in rest:
+            out.append(current)
+            current = part
+    out.append(current)
+    return [s.strip() for s in out if s.strip()]
 
 
 async def check_schema(conn: asyncpg.Connection, daemon: str) -> int:

@@ -13,6 +13,11 @@ their `outbound_part` rows.
 The SQL is `sql/outbound.sql`, each statement with the comment that says why it is shaped that
 way; the queue core (`shared.queue.store`) adds the generic statements every queue table
 shares (enqueue for the processor's replies, retention move, requeue, lookups).
+
+The queue's in-flight state (lanes, run_after, the lease) lives in `outbound_queue` (migration
+0021: one row per queued or sending message, created by a trigger for every inserted row), so
+that `outbound`'s own updates are heap-only. The claim and every fenced write-back lock and
+change the queue row first, then the message; `outbound.status` stays the visible state.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ STATEMENTS: Final[dict[str, LiteralString]] = {f"outbound.{k}": v for k, v in _S
 
 PURGE_PARTS: Final = _SQL["purge_parts"]
 """Delete `outbound_part` rows older than $1 seconds, up to $2 rows (the retention job)."""
+REQUEUE_DEAD: Final = _SQL["requeue_dead"]
+"""The queue core's `requeue_dead` for outbound: dead messages back to `queued` and into
+`outbound_queue` (ids $1, dead for more than $2 s, last_error LIKE $3; NULL: any)."""
 CHANNEL: Final = CHANNELS["outbound"]  # the channel the senders LISTEN on
 
 _INSERT: Final = _SQL["insert"]

@@ -57,7 +57,12 @@ Record: TypeAlias = InboundMessage | OutboundMessage | Receipt | Callback | MoPa
 QUEUE_TABLES: Final = ("inbound", "outbound", "receipts", "callbacks", "mo_parts")
 HISTORY_TABLES: Final = {t: f"{t}_history" for t in ("inbound", "outbound", "receipts",
                                                      "callbacks")}
-LEASE_TABLES: Final = ("outbound", "callbacks")
+# The generic claims and write-backs serve every queue table but `outbound`, whose queue state
+# lives in `outbound_queue` (migration 0021) and which only its owner's statements
+# (`shared.queue.outbound`) claim and write back; the generic enqueue, requeue and retention
+# serve it too (a trigger queues every inserted row).
+CLAIM_TABLES: Final = tuple(t for t in QUEUE_TABLES if t != "outbound")
+LEASE_TABLES: Final = ("callbacks",)
 RETENTION_LOCK_KEY: Final = 0x736D7367_0010  # 'smsg' + 0x10: the retention job's advisory lock
 STATS_LOCK_KEY: Final = 0x736D7367_0011      # 'smsg' + 0x11: the queue_stats refresh's lock
 
@@ -323,7 +328,7 @@ async def claim_transaction(conn: asyncpg.Connection) -> AsyncIterator[asyncpg.C
 def claim_tx_sql(table: str, hol_column: str | None = None) -> LiteralString:
     """The SQL of `claim_tx` ($1: the limit), for a consumer that claims inside a larger
     statement of its own (a CTE), in a `claim_transaction`."""
-    _table(table)
+    _table(table, CLAIM_TABLES)
     if hol_column is not None and hol_column not in HOL_COLUMNS[table]:
         raise ValueError(f"{table}: head-of-line column must be one of {HOL_COLUMNS[table]}")
     return _q("claim_tx", table, hol_column or "")
@@ -340,7 +345,7 @@ async def claim_tx(conn: asyncpg.Connection, table: str, *, limit: int,
     and `ack`/`retry`/`fail` the rows in the same transaction; a rollback returns them.
     `pinned`: the transaction is a `claim_transaction` (its plan is pinned already).
     """
-    spec = _table(table)
+    spec = _table(table, CLAIM_TABLES)
     if hol_column is not None and hol_column not in HOL_COLUMNS[table]:
         raise ValueError(f"{table}: head-of-line column must be one of {HOL_COLUMNS[table]}")
     if not conn.is_in_transaction():
@@ -400,7 +405,7 @@ async def ack(conn: Conn, table: str, ids: Sequence[int], *, owner: str | None =
     inbound done, outbound submitted, receipts matched, callbacks done, mo_parts done) and clear
     the lease. With `owner`, only rows still leased to it change. Returns how many changed.
     """
-    spec = _table(table)
+    spec = _table(table, CLAIM_TABLES)
     st = _check_status(spec, status or spec.ok)
     return _count(await conn.execute(_q("ack", table), list(ids), st, owner))
 
@@ -415,7 +420,7 @@ async def retry(conn: Conn, table: str, ids: Sequence[int], *, owner: str | None
     (full jitter above a floor, so a retry never comes back at once). `error` is kept in
     `last_error`. With `owner`, only rows still leased to it change.
     """
-    _table(table)
+    _table(table, CLAIM_TABLES)
     rows = await conn.fetch(_q("retry", table), list(ids), owner, error, max_attempts,
                             float(base_s), float(cap_s))
     retried = [r["id"] for r in rows if r["status"] != "dead"]
@@ -429,7 +434,7 @@ async def fail(conn: Conn, table: str, ids: Sequence[int], *, owner: str | None 
 
     With `owner`, only rows still leased to it change. Returns how many changed.
     """
-    spec = _table(table)
+    spec = _table(table, CLAIM_TABLES)
     st = _check_status(spec, status, terminal_only=True)
     return _count(await conn.execute(_q("fail", table), list(ids), st, error, owner))
 
@@ -442,7 +447,7 @@ async def update_many(conn: Conn, table: str,
     For a sender's window of mixed results (submitted / rejected / submit_unknown …). Fenced by
     `owner` like `ack`; returns the ids that changed (a missing id lost its lease).
     """
-    spec = _table(table)
+    spec = _table(table, CLAIM_TABLES)
     if not items:
         return []
     ids, statuses, errors = zip(*items, strict=True)
@@ -471,7 +476,9 @@ async def requeue_dead(conn: Conn, table: str, *, ids: Sequence[int] | None = No
             None if older_than_s is None else float(older_than_s), error_like)
     if dry_run:
         return int(await conn.fetchval(_q("count_dead", table), *args))
-    return _count(await conn.execute(_q("requeue_dead", table), *args))
+    # outbound's requeue also puts each message back into outbound_queue
+    sql = outbound.REQUEUE_DEAD if table == "outbound" else _q("requeue_dead", table)
+    return _count(await conn.execute(sql, *args))
 
 
 # -- notify, events, lookups -----------------------------------------------------------------------
@@ -593,22 +600,20 @@ _STATS: Final = (
 )
 
 
-# The oldest queued outbound row, read from outbound_claim_idx (priority DESC, id) WHERE
-# status = 'queued' by a skip scan: the first row of each priority (a handful of index probes),
-# then the oldest of those. `ORDER BY id LIMIT 1` has no index of its own and walked
-# outbound_pkey past every finished row still in the hot table (2.9 ms at 20,000 finished
-# rows, growing with the hour of retention — run twice a second).
-_OLDEST_QUEUED_OUTBOUND: Final = """(SELECT min(f.created_at) FROM (
-        WITH RECURSIVE pr(p) AS (
-            (SELECT priority FROM outbound WHERE status = 'queued'
-              ORDER BY priority DESC, id LIMIT 1)
-            UNION ALL
-            SELECT (SELECT o.priority FROM outbound o WHERE o.status = 'queued'
-                       AND o.priority < pr.p ORDER BY o.priority DESC, o.id LIMIT 1)
-              FROM pr WHERE pr.p IS NOT NULL)
-        SELECT (SELECT o.created_at FROM outbound o WHERE o.status = 'queued'
-                   AND o.priority = pr.p ORDER BY o.priority DESC, o.id LIMIT 1) AS created_at
-          FROM pr WHERE pr.p IS NOT NULL) f)"""
+# outbound's depth and oldest queued message come from its queue table (migration 0021): a
+# queue row without a lease is queued, one with a lease is sending. The oldest queued message
+# is the lowest id without a lease, found on outbound_queue_pkey (only the few in-flight rows
+# ahead of it are skipped: finished messages are not in the queue table), then its created_at.
+_OUTBOUND_STATS: Final = {
+    "queued": ("(SELECT count(*) FROM (SELECT 1 FROM outbound_queue "
+               "WHERE lease_owner IS NULL LIMIT $1) c)",
+               "(SELECT o.created_at FROM outbound o WHERE o.id = (SELECT q.id "
+               "FROM outbound_queue q WHERE q.lease_owner IS NULL ORDER BY q.id LIMIT 1))"),
+    "sending": ("(SELECT count(*) FROM (SELECT 1 FROM outbound_queue "
+                "WHERE lease_until IS NOT NULL LIMIT $1) c)",
+                "(SELECT min(o.created_at) FROM outbound o WHERE o.id IN (SELECT q.id "
+                "FROM outbound_queue q WHERE q.lease_until IS NOT NULL))"),
+}
 
 
 @lru_cache(maxsize=1)
@@ -617,8 +622,8 @@ def _stats_sql() -> LiteralString:
     for table, status, order in _STATS:
         depth = (f"(SELECT count(*) FROM (SELECT 1 FROM {table} "
                  f"WHERE status = '{status}' LIMIT $1) c)")
-        if (table, status) == ("outbound", "queued"):
-            oldest = _OLDEST_QUEUED_OUTBOUND
+        if table == "outbound":
+            depth, oldest = _OUTBOUND_STATS[status]
         elif order:
             oldest = (f"(SELECT min(created_at) FROM (SELECT created_at FROM {table} "
                       f"WHERE status = '{status}' ORDER BY {order} LIMIT 1) o)")
@@ -672,11 +677,14 @@ async def refresh_queue_stats(conn: Conn, *, cap: int = 100_000, analyze_min_dep
     depth: dict[str, int] = {}
     for r in rows:
         depth[r["queue"]] = max(depth.get(r["queue"], 0), int(r["depth"]))
+    # outbound's claims plan on its queue table: judged by the same depth
+    depth["outbound_queue"] = depth.get("outbound", 0)
     stale = [r["queue"] for r in await conn.fetch(_SQL["planner_stats"], list(depth),
                                                   float(analyze_every_s))
              if r["may_analyze"] and _stale(r, depth[r["queue"]], analyze_min_depth)]
     for table in stale:
-        await conn.execute(f"ANALYZE {_table(table).name}")  # whitelisted identifier
+        name = table if table == "outbound_queue" else _table(table).name
+        await conn.execute(f"ANALYZE {name}")  # whitelisted identifiers
     return stale
 
 
@@ -707,9 +715,13 @@ async def advisory_unlock(conn: asyncpg.Connection, key: int) -> None:
 
 def _statements() -> dict[str, LiteralString]:
     out: dict[str, LiteralString] = {}
-    per_table = ("claim_tx", "ack", "retry", "fail", "update_many", "requeue_dead", "count_dead")
+    per_table = ("claim_tx", "ack", "retry", "fail", "update_many")
     for table in QUEUE_TABLES:
         spec = TABLES[table]
+        out |= {f"{n}[{table}]": _q(n, table) for n in ("requeue_dead", "count_dead")
+                if (table, n) != ("outbound", "requeue_dead")}  # outbound.REQUEUE_DEAD
+        if table not in CLAIM_TABLES:
+            continue
         out |= {f"{n}[{table}]": _q(n, table) for n in per_table}
         out |= {f"claim_tx[{table},{c}]": _q("claim_tx", table, c) for c in HOL_COLUMNS[table]}
         cols = tuple(spec.columns)

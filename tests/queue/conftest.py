@@ -20,6 +20,12 @@ def inbound_row(from_addr: str = "+4915100000001", body: str = "hello",
             "body": body, **kw}
 
 
+def callback_row(url: str = "http://127.0.0.1:9/cb", **kw: Any) -> dict[str, Any]:
+    """One callback row (the generic lease claims' table: outbound's queue has its own
+    statements, shared/queue/outbound.py)."""
+    return {"kind": "mo", "url": url, **kw}
+
+
 def outbound_row(to_addr: str = "+4915100000002", body: str = "hi", **kw: Any) -> dict[str, Any]:
     """One outbound row as the API would enqueue it."""
     return {"from_addr": "SMSGW", "to_addr": to_addr, "body": body, **kw}

@@ -14,7 +14,7 @@ from smsgw.shared.queue import store
 from smsgw.shared.queue.groupcommit import GroupCommitter
 from smsgw.shared.queue.listener import CHANNELS, Listener, consume
 
-from .conftest import outbound_row
+from .conftest import callback_row
 
 
 async def _insert(conn: asyncpg.Connection, items: list[int]) -> list[int]:
@@ -66,28 +66,28 @@ async def test_claim_loop_lingers_only_while_busy(pool: asyncpg.Pool, db_url: st
     claimed_at: dict[int, float] = {}
 
     async def claim_pass() -> int:
-        rows = await store.claim_leased(pool, "outbound", limit=100, owner="t", lease_s=30)
+        rows = await store.claim_leased(pool, "callbacks", limit=100, owner="t", lease_s=30)
         if rows:
             passes.append(len(rows))
             for r in rows:
                 claimed_at[r.id] = time.perf_counter()
         return len(rows)
 
-    listener = Listener(db_url, [CHANNELS["outbound"]])
+    listener = Listener(db_url, [CHANNELS["callbacks"]])
     await listener.start()
     stop = asyncio.Event()
-    task = asyncio.create_task(consume(listener, CHANNELS["outbound"], claim_pass, stop=stop,
+    task = asyncio.create_task(consume(listener, CHANNELS["callbacks"], claim_pass, stop=stop,
                                        poll_s=5, adaptive_linger_s=0.25))
     try:
         for _ in range(150):
-            await store.enqueue(pool, "outbound", [outbound_row()])
+            await store.enqueue(pool, "callbacks", [callback_row()])
             await asyncio.sleep(0.002)
         await asyncio.sleep(0.3)
         assert sum(passes) == 150
         assert len(passes) <= 75, passes  # batched: at least two rows per pass on average
         await asyncio.sleep(2.0)  # quiet
         sent = time.perf_counter()
-        [lone] = await store.enqueue(pool, "outbound", [outbound_row()])
+        [lone] = await store.enqueue(pool, "callbacks", [callback_row()])
         for _ in range(100):
             if lone.id in claimed_at:
                 break

@@ -11,13 +11,13 @@ import pytest
 
 from smsgw.shared.queue import store
 
-from .conftest import Connect, inbound_row, outbound_row
+from .conftest import Connect, callback_row, inbound_row
 
 
 async def _fill(pool: asyncpg.Pool, table: str, n: int, chunk: int = 1000) -> None:
-    row = inbound_row if table == "inbound" else outbound_row
     for start in range(0, n, chunk):
-        rows = [row(body=str(i)) for i in range(start, min(n, start + chunk))]
+        rows = [inbound_row(body=str(i)) if table == "inbound" else callback_row(url=f"http://h/{i}")
+                for i in range(start, min(n, start + chunk))]
         await store.enqueue(pool, table, rows, notify=False)
 
 
@@ -44,26 +44,26 @@ async def test_tx_mode_no_row_claimed_twice(pool: asyncpg.Pool) -> None:
 
 
 async def test_leases_no_row_claimed_twice(pool: asyncpg.Pool) -> None:
-    """1. 3000 outbound rows; 6 workers lease batches of 25 and ack them, fenced by owner.
-    2. Every row is leased exactly once; every fenced ack succeeds; all end submitted."""
-    await _fill(pool, "outbound", 3000)
+    """1. 3000 callback rows (the generic lease table); 6 workers lease batches of 25 and ack
+       them, fenced by owner.
+    2. Every row is leased exactly once; every fenced ack succeeds; all end done."""
+    await _fill(pool, "callbacks", 3000)
     seen: list[int] = []
 
     async def worker(n: int) -> None:
         while True:
-            rows = await store.claim_leased(pool, "outbound", limit=25, owner=f"w{n}", lease_s=60)
+            rows = await store.claim_leased(pool, "callbacks", limit=25, owner=f"w{n}", lease_s=60)
             if not rows:
                 return
             assert all(r.lease_owner == f"w{n}" and r.status == "sending" for r in rows)
             seen.extend(r.id for r in rows)
-            acked = await store.ack(pool, "outbound", [r.id for r in rows], owner=f"w{n}")
+            acked = await store.ack(pool, "callbacks", [r.id for r in rows], owner=f"w{n}")
             assert acked == len(rows)
 
     await asyncio.gather(*(worker(n) for n in range(6)))
     assert len(seen) == 3000
     assert len(set(seen)) == 3000
-    assert await pool.fetchval("SELECT count(*) FROM outbound "
-                               "WHERE status = 'submitted' AND submitted_at IS NOT NULL") == 3000
+    assert await pool.fetchval("SELECT count(*) FROM callbacks WHERE status = 'done'") == 3000
 
 
 async def test_claim_never_exceeds_limit_under_8_claimers(
@@ -71,14 +71,14 @@ async def test_claim_never_exceeds_limit_under_8_claimers(
     """1. 2000 rows; 8 connections claim (lease, with reclaim) with limit 7, released together.
     2. 30 rounds: no claim returns more than 7 rows and no row goes to two claimers;
        same for transaction mode on inbound."""
-    await _fill(pool, "outbound", 2000)
+    await _fill(pool, "callbacks", 2000)
     await _fill(pool, "inbound", 2000)
     conns = [await connect() for _ in range(8)]
     leased: Counter[int] = Counter()
     locked: Counter[int] = Counter()
     for _ in range(30):
         results = await asyncio.gather(*(
-            store.claim_leased(c, "outbound", limit=7, owner=f"c{i}", lease_s=60)
+            store.claim_leased(c, "callbacks", limit=7, owner=f"c{i}", lease_s=60)
             for i, c in enumerate(conns)))
         assert all(len(r) <= 7 for r in results)
         leased.update(m.id for r in results for m in r)
@@ -103,20 +103,20 @@ async def test_killed_consumer_rows_reclaimed_after_lease(
     2. Another worker gets only the other 5 rows at once: the dead worker's rows are leased.
     3. After the lease expires the other worker reclaims them, marked reclaimed, with the lost
        attempt counted; a claim without reclaim would not have taken them."""
-    await _fill(pool, "outbound", 10)
+    await _fill(pool, "callbacks", 10)
     dying = await connect()
-    taken = await store.claim_leased(dying, "outbound", limit=5, owner="dead", lease_s=1.0)
+    taken = await store.claim_leased(dying, "callbacks", limit=5, owner="dead", lease_s=1.0)
     assert len(taken) == 5
     dying.terminate()
 
-    rest = await store.claim_leased(pool, "outbound", limit=10, owner="alive", lease_s=60)
+    rest = await store.claim_leased(pool, "callbacks", limit=10, owner="alive", lease_s=60)
     assert {r.id for r in rest}.isdisjoint(r.id for r in taken) and len(rest) == 5
-    assert await store.claim_leased(pool, "outbound", limit=10, owner="alive", lease_s=60) == []
+    assert await store.claim_leased(pool, "callbacks", limit=10, owner="alive", lease_s=60) == []
 
     await asyncio.sleep(1.1)
-    assert await store.claim_leased(pool, "outbound", limit=10, owner="alive", lease_s=60,
+    assert await store.claim_leased(pool, "callbacks", limit=10, owner="alive", lease_s=60,
                                     reclaim=False) == []
-    back = await store.claim_leased(pool, "outbound", limit=10, owner="alive", lease_s=60)
+    back = await store.claim_leased(pool, "callbacks", limit=10, owner="alive", lease_s=60)
     assert sorted(r.id for r in back) == sorted(r.id for r in taken)
     assert all(r.reclaimed and r.attempts == 1 and r.lease_owner == "alive" for r in back)
 
@@ -149,33 +149,33 @@ async def test_late_writeback_after_takeover_changes_nothing(pool: asyncpg.Pool)
     """1. Worker A leases 3 rows for 0.2 s and stalls; B reclaims them after expiry.
     2. Every write-back of A (ack, retry, fail, update_many, release, extend) changes nothing;
        the rows stay leased to B, and B's own write-backs work."""
-    await _fill(pool, "outbound", 3)
-    a = await store.claim_leased(pool, "outbound", limit=3, owner="A", lease_s=0.2)
+    await _fill(pool, "callbacks", 3)
+    a = await store.claim_leased(pool, "callbacks", limit=3, owner="A", lease_s=0.2)
     ids = [r.id for r in a]
     await asyncio.sleep(0.3)
-    b = await store.claim_leased(pool, "outbound", limit=3, owner="B", lease_s=60)
+    b = await store.claim_leased(pool, "callbacks", limit=3, owner="B", lease_s=60)
     assert sorted(r.id for r in b) == sorted(ids)
 
-    assert await store.ack(pool, "outbound", ids, owner="A") == 0
-    assert await store.retry(pool, "outbound", ids, owner="A", error="late", max_attempts=5,
+    assert await store.ack(pool, "callbacks", ids, owner="A") == 0
+    assert await store.retry(pool, "callbacks", ids, owner="A", error="late", max_attempts=5,
                              base_s=1, cap_s=2) == ([], [])
-    assert await store.fail(pool, "outbound", ids, owner="A", status="rejected", error="x") == 0
-    assert await store.update_many(pool, "outbound", [(i, "submit_unknown", "t") for i in ids],
+    assert await store.fail(pool, "callbacks", ids, owner="A", status="dead", error="x") == 0
+    assert await store.update_many(pool, "callbacks", [(i, "dead", "t") for i in ids],
                                    owner="A") == []
-    assert await store.release(pool, "outbound", "A") == 0
-    assert await store.extend_lease(pool, "outbound", ids, owner="A", lease_s=60) == 0
-    rows = await pool.fetch("SELECT status, lease_owner, last_error FROM outbound")
+    assert await store.release(pool, "callbacks", "A") == 0
+    assert await store.extend_lease(pool, "callbacks", ids, owner="A", lease_s=60) == 0
+    rows = await pool.fetch("SELECT status, lease_owner, last_error FROM callbacks")
     assert {tuple(r) for r in rows} == {("sending", "B", None)}
 
-    done = await store.update_many(pool, "outbound", [(ids[0], "submitted", None),
-                                                      (ids[1], "rejected", "ESME_RINVDSTADR"),
-                                                      (ids[2], "submit_unknown", "timeout")],
+    done = await store.update_many(pool, "callbacks", [(ids[0], "done", None),
+                                                       (ids[1], "dead", "HTTP 410"),
+                                                       (ids[2], "dead", "timeout")],
                                    owner="B")
     assert sorted(done) == sorted(ids)
     got = {r["id"]: (r["status"], r["last_error"], r["lease_owner"]) for r in
-           await pool.fetch("SELECT id, status, last_error, lease_owner FROM outbound")}
-    assert got == {ids[0]: ("submitted", None, None), ids[1]: ("rejected", "ESME_RINVDSTADR", None),
-                   ids[2]: ("submit_unknown", "timeout", None)}
+           await pool.fetch("SELECT id, status, last_error, lease_owner FROM callbacks")}
+    assert got == {ids[0]: ("done", None, None), ids[1]: ("dead", "HTTP 410", None),
+                   ids[2]: ("dead", "timeout", None)}
 
 
 async def test_retry_waits_backoff_then_dead_then_requeue(pool: asyncpg.Pool) -> None:
@@ -226,11 +226,11 @@ async def test_retry_waits_backoff_then_dead_then_requeue(pool: asyncpg.Pool) ->
 
 async def test_release_returns_rows_without_attempt(pool: asyncpg.Pool) -> None:
     """A drained worker releases its leases: rows queued again, attempts unchanged."""
-    await _fill(pool, "outbound", 4)
-    rows = await store.claim_leased(pool, "outbound", limit=4, owner="w", lease_s=60)
-    assert await store.release(pool, "outbound", "w", ids=[rows[0].id]) == 1
-    assert await store.release(pool, "outbound", "w") == 3
-    again = await store.claim_leased(pool, "outbound", limit=4, owner="v", lease_s=60)
+    await _fill(pool, "callbacks", 4)
+    rows = await store.claim_leased(pool, "callbacks", limit=4, owner="w", lease_s=60)
+    assert await store.release(pool, "callbacks", "w", ids=[rows[0].id]) == 1
+    assert await store.release(pool, "callbacks", "w") == 3
+    again = await store.claim_leased(pool, "callbacks", limit=4, owner="v", lease_s=60)
     assert len(again) == 4 and all(r.attempts == 0 and not r.reclaimed for r in again)
 
 
@@ -310,31 +310,37 @@ async def test_head_of_line_order_with_concurrent_processors(pool: asyncpg.Pool)
 
 async def test_write_backs_validate_and_never_leave_terminal_states(pool: asyncpg.Pool) -> None:
     """1. fail() refuses a non-terminal status, ack()/update_many() an unknown one, a lease
-       claim a table without leases.
-    2. A row failed as rejected keeps its error; a later ack or retry does not change it.
+       claim a table without leases; the generic claims and write-backs refuse outbound
+       (its queue lives in outbound_queue: only shared.queue.outbound's statements serve it).
+    2. A row failed as dead keeps its error; a later ack or retry does not change it.
     3. extend_lease moves the owner's lease forward."""
-    await _fill(pool, "outbound", 2)
-    a, b = await store.claim_leased(pool, "outbound", limit=2, owner="w", lease_s=5)
+    await _fill(pool, "callbacks", 2)
+    a, b = await store.claim_leased(pool, "callbacks", limit=2, owner="w", lease_s=5)
     with pytest.raises(ValueError, match="terminal"):
-        await store.fail(pool, "outbound", [a.id], owner="w", status="sending", error="x")
+        await store.fail(pool, "callbacks", [a.id], owner="w", status="sending", error="x")
     with pytest.raises(ValueError, match="status"):
-        await store.ack(pool, "outbound", [a.id], owner="w", status="sent")
+        await store.ack(pool, "callbacks", [a.id], owner="w", status="sent")
     with pytest.raises(ValueError, match="status"):
-        await store.update_many(pool, "outbound", [(a.id, "bogus", None)], owner="w")
+        await store.update_many(pool, "callbacks", [(a.id, "bogus", None)], owner="w")
     with pytest.raises(ValueError, match="not a queue table here"):
         await store.claim_leased(pool, "inbound", limit=1, owner="w", lease_s=5)
+    for call in (store.claim_leased(pool, "outbound", limit=1, owner="w", lease_s=5),
+                 store.ack(pool, "outbound", [a.id]),
+                 store.retry(pool, "outbound", [a.id], error="x", max_attempts=3, base_s=1,
+                             cap_s=1)):
+        with pytest.raises(ValueError, match="not a queue table here"):
+            await call
 
-    assert await store.fail(pool, "outbound", [a.id], owner="w", status="rejected",
-                            error="ESME_RINVDSTADR") == 1
-    assert await store.ack(pool, "outbound", [a.id]) == 0
-    assert await store.retry(pool, "outbound", [a.id], error="x", max_attempts=3, base_s=1,
+    assert await store.fail(pool, "callbacks", [a.id], owner="w", status="dead",
+                            error="HTTP 410") == 1
+    assert await store.ack(pool, "callbacks", [a.id]) == 0
+    assert await store.retry(pool, "callbacks", [a.id], error="x", max_attempts=3, base_s=1,
                              cap_s=1) == ([], [])
-    row = await pool.fetchrow("SELECT status, last_error, done_at IS NOT NULL AS done "
-                              "FROM outbound WHERE id = $1", a.id)
-    assert tuple(row) == ("rejected", "ESME_RINVDSTADR", True)
+    row = await pool.fetchrow("SELECT status, last_error FROM callbacks WHERE id = $1", a.id)
+    assert tuple(row) == ("dead", "HTTP 410")
 
-    assert await store.extend_lease(pool, "outbound", [b.id], owner="w", lease_s=120) == 1
+    assert await store.extend_lease(pool, "callbacks", [b.id], owner="w", lease_s=120) == 1
     # lease_until and updated_at come from the statement's one now(): exactly 120 s apart
     left = await pool.fetchval("SELECT extract(epoch FROM lease_until - updated_at)::float8 "
-                               "FROM outbound WHERE id = $1", b.id)
+                               "FROM callbacks WHERE id = $1", b.id)
     assert left == 120

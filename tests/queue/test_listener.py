@@ -9,9 +9,9 @@ import asyncpg
 from smsgw.shared.queue import store
 from smsgw.shared.queue.listener import CHANNELS, Listener, Pass, consume
 
-from .conftest import outbound_row
+from .conftest import callback_row
 
-CH = CHANNELS["outbound"]
+CH = CHANNELS["callbacks"]
 
 
 class Consumer:
@@ -27,8 +27,8 @@ class Consumer:
 
     async def claim_pass(self) -> int:
         self.passes += 1
-        rows = await store.claim_leased(self.pool, "outbound", limit=50, owner="c", lease_s=60)
-        await store.ack(self.pool, "outbound", [r.id for r in rows], owner="c")
+        rows = await store.claim_leased(self.pool, "callbacks", limit=50, owner="c", lease_s=60)
+        await store.ack(self.pool, "callbacks", [r.id for r in rows], owner="c")
         self.claimed.extend(r.id for r in rows)
         if rows:
             self.got_rows.set()
@@ -66,7 +66,7 @@ async def test_notify_wakes_idle_consumer_with_60s_fallback(pool: asyncpg.Pool,
     try:
         await asyncio.wait_for(c.idle.wait(), 5)
         passes_before = c.passes
-        res = await store.enqueue(pool, "outbound", [outbound_row() for _ in range(30)])
+        res = await store.enqueue(pool, "callbacks", [callback_row() for _ in range(30)])
         await asyncio.wait_for(c.got_rows.wait(), 5)
         assert sorted(c.claimed) == sorted(r.id for r in res)
         assert c.passes > passes_before and c.fallbacks == 0
@@ -81,9 +81,9 @@ async def test_fallback_timer_picks_up_due_retry(pool: asyncpg.Pool, db_url: str
     2. A consumer with a 0.5 s fallback timer claims it after its run_after, via the timer."""
     listener = Listener(db_url, [CH])
     await listener.start()
-    [r] = await store.enqueue(pool, "outbound", [outbound_row()], notify=False)
-    await store.claim_leased(pool, "outbound", limit=1, owner="x", lease_s=60)
-    await store.retry(pool, "outbound", [r.id], owner="x", error="t", max_attempts=5,
+    [r] = await store.enqueue(pool, "callbacks", [callback_row()], notify=False)
+    await store.claim_leased(pool, "callbacks", limit=1, owner="x", lease_s=60)
+    await store.retry(pool, "callbacks", [r.id], owner="x", error="t", max_attempts=5,
                       base_s=0.3, cap_s=0.3)
     c = Consumer(pool)
     stop = asyncio.Event()
@@ -114,7 +114,7 @@ async def test_killed_listener_reconnects_and_catches_up(pool: asyncpg.Pool, db_
                                        on_fallback=c.on_fallback))
     try:
         await asyncio.wait_for(c.idle.wait(), 5)
-        missed = await store.enqueue(pool, "outbound", [outbound_row() for _ in range(5)],
+        missed = await store.enqueue(pool, "callbacks", [callback_row() for _ in range(5)],
                                      notify=False)
         pid = await _listener_pid(pool)
         assert await pool.fetchval("SELECT pg_terminate_backend($1)", pid)
@@ -125,7 +125,7 @@ async def test_killed_listener_reconnects_and_catches_up(pool: asyncpg.Pool, db_
         assert sorted(c.claimed) == sorted(r.id for r in missed)
 
         c.got_rows.clear()
-        later = await store.enqueue(pool, "outbound", [outbound_row()])
+        later = await store.enqueue(pool, "callbacks", [callback_row()])
         await asyncio.wait_for(c.got_rows.wait(), 5)
         assert c.claimed[-1] == later[0].id and c.fallbacks == 0
     finally:

@@ -6,7 +6,7 @@ import asyncio
 
 import asyncpg
 
-from smsgw.shared.queue import store
+from smsgw.shared.queue import outbound, store
 from smsgw.shared.queue.records import DedupeKey
 from smsgw.shared.queue.sql import load
 
@@ -35,16 +35,20 @@ async def test_retention_keeps_hot_table_small_and_history_working(pool: asyncpg
         ids += [r.id for r in res]
     await store.log_events(pool, [("outbound", ids[0], "accepted", {"via": "api"}),
                                   ("outbound", ids[0], "submitted", None)], "test")
-    while rows := await store.claim_leased(pool, "outbound", limit=1000, owner="w", lease_s=60):
-        leased = [r.id for r in rows if r.id not in (ids[-1], ids[-2])]
-        await store.update_many(pool, "outbound",
-                                [(i, "delivered" if i % 7 else "rejected", None) for i in leased],
-                                owner="w")
-        await store.release(pool, "outbound", "w", ids=[ids[-1]])
-        await store.retry(pool, "outbound", [ids[-2]], owner="w", error="x", max_attempts=1,
-                          base_s=1, cap_s=1)
-        if len(rows) <= 2:
-            break
+    async with pool.acquire() as conn:
+        while rows := await outbound.claim(conn, owner="w", lease_s=60, limit=1000,
+                                           max_accounts=100):
+            done = [r.id for r in rows if r.id not in (ids[-1], ids[-2])]
+            done += [ids[-2]] if ids[-2] in {r.id for r in rows} else []
+            n = len(done)
+            await outbound.write_back(
+                conn, "w", done, ["dead" if i == ids[-2] else "delivered" if i % 7
+                                  else "rejected" for i in done],
+                [None] * n, [None] * n, [0.0] * n, [0] * n, [1] * n, ["c"] * n,
+                [], [], [], [], [], [], [], [])
+            await outbound.release(conn, "w", [ids[-1]])
+            if len(rows) <= 2:
+                break
 
     counts = await store.run_retention(
         pool, store.RetentionSettings(finished_after_s=0, dead_s=3600, batch=1000))
@@ -101,7 +105,8 @@ async def test_queue_stats_snapshot(pool: asyncpg.Pool) -> None:
        oldest queued row's age; empty queues report depth 0."""
     await store.enqueue(pool, "inbound", [inbound_row() for _ in range(30)])
     await store.enqueue(pool, "outbound", [outbound_row() for _ in range(12)])
-    await store.claim_leased(pool, "outbound", limit=5, owner="w", lease_s=60)
+    async with pool.acquire() as conn:
+        await outbound.claim(conn, owner="w", lease_s=60, limit=5, max_accounts=10)
     await store.refresh_queue_stats(pool, cap=20)
     stats = {(s.queue, s.status): s for s in await store.read_queue_stats(pool)}
     assert stats[("inbound", "queued")].depth == 20  # capped
@@ -119,11 +124,14 @@ async def test_oldest_queued_outbound_across_priorities_without_walking_finished
        5, 1 and 0, one priority-0 row the oldest (its created_at set an hour back).
     2. The snapshot's oldest queued outbound is that row's created_at (not the first of the
        highest priority, which the claim index lists first).
-    3. Its plan reads outbound_claim_idx, never outbound_pkey: walking the primary key went past
-       every finished row still in the hot table."""
+    3. Its plan reads the queue table (outbound_queue, migration 0021, which holds only queued
+       and sending messages) and probes outbound by primary key only: walking outbound_pkey went
+       past every finished row still in the hot table."""
     res = await store.enqueue(pool, "outbound", [outbound_row() for _ in range(20_000)],
                               notify=False)
     await pool.execute("UPDATE outbound SET status = 'delivered' WHERE id = ANY($1::bigint[])",
+                       [r.id for r in res])
+    await pool.execute("DELETE FROM outbound_queue WHERE id = ANY($1::bigint[])",
                        [r.id for r in res])
     [low] = await store.enqueue(pool, "outbound", [outbound_row(priority=0)])
     await store.enqueue(pool, "outbound", [outbound_row(priority=p % 3 * 2 + 1)
@@ -138,8 +146,11 @@ async def test_oldest_queued_outbound_across_priorities_without_walking_finished
         "SELECT created_at FROM outbound WHERE id = $1", low.id)
     plan = "\n".join(r[0] for r in await pool.fetch(
         "EXPLAIN " + store._stats_sql(), 100_000))
-    assert "outbound_claim_idx" in plan
-    assert "outbound_pkey" not in plan
+    assert "outbound_queue" in plan
+    assert "Seq Scan on outbound " not in plan
+    lines = plan.splitlines()
+    assert all("Index Cond: (id = " in lines[i + 1]
+               for i, line in enumerate(lines) if " on outbound o" in line), plan
 
 
 async def test_stats_refresh_reanalyzes_a_queue_the_planner_thinks_empty(

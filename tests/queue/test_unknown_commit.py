@@ -41,7 +41,8 @@ async def test_release_unknown_gives_back_exactly_the_lost_claims_rows(
         xid_c, ids_c = await _claim(conn, "s1", 2, commit=False)
         assert len(ids_a) == len(ids_b) == 3 and len(ids_c) == 2
         # one of A's rows was taken over by another sender (its lease expired there)
-        await conn.execute("UPDATE outbound SET lease_owner = 's2' WHERE id = $1", ids_a[0])
+        # (the lease lives in the message's queue row, migration 0021)
+        await conn.execute("UPDATE outbound_queue SET lease_owner = 's2' WHERE id = $1", ids_a[0])
         released = await outbound.release_unknown(conn, "s1", [xid_a, xid_c])
         assert sorted(released) == sorted(ids_a[1:])
         states = dict(await conn.fetch("SELECT id, status FROM outbound WHERE id = ANY($1)",

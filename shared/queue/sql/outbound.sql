@@ -77,18 +77,21 @@ SELECT n.ord, n.id, (i.id IS NOT NULL) AS created
  ORDER BY n.ord
 
 -- name: claim
--- Lease up to $3 messages to owner $1 for $2 seconds, in one statement:
--- - `stale`: rows whose lease expired (their sender died or lost its responses) are taken over
---   first, on the outbound_lease_idx branch (an OR in the claim would defeat the claim index);
---   they come back with reclaimed = true and count the lost attempt.
--- - `accts`: a loose index scan (recursive CTE) over outbound_lane_idx lists each
---   (category, account) with queued rows, at most $4 of them.
--- - `cand`: each account's oldest due rows (FIFO by run_after), ranked within the account;
+-- Lease up to $3 messages to owner $1 for $2 seconds, in one statement. The queue's in-flight
+-- state lives in `outbound_queue` (migration 0021: one row per queued or sending message, its
+-- lease NULL while queued); `outbound` keeps the visible state, updated heap-only here.
+-- - `stale`: messages whose lease expired (their sender died or lost its responses) are taken
+--   over first, on the outbound_queue_lease_idx branch (an OR in the claim would defeat the
+--   lane index); they come back with reclaimed = true and count the lost attempt.
+-- - `accts`: a loose index scan (recursive CTE) over outbound_queue_lane_idx lists each
+--   (category, account) with queued messages, at most $4 of them.
+-- - `cand`: each account's oldest due messages (FIFO by run_after), ranked within the account;
 --   a disabled account's lane is skipped (its messages are held until it is enabled: one
 --   primary-key probe per lane, never per row).
--- - `fresh`: transactional first, then round-robin across accounts by that rank; the ids are
---   materialised and locked with SKIP LOCKED, so concurrent claimers never exceed $3 in total
---   and never block each other.
+-- - `fresh`: transactional first, then round-robin across accounts by that rank; the queue
+--   rows are materialised and locked with SKIP LOCKED, so concurrent claimers never exceed $3
+--   in total and never block each other. Every statement that changes a queued or sending
+--   message locks its queue row first, then its `outbound` row: never the other way round.
 -- - `decided`: the claim is the authoritative check where messages leave: past valid_until →
 --   expired; a marketing MT to a suppressed number (global or for its sender id) → suppressed;
 --   a future send_at → back to queued with run_after = send_at, unless $5 (this sender has
@@ -99,12 +102,17 @@ SELECT n.ord, n.id, (i.id IS NOT NULL) AS created
 --   a legacy entry (keyed = false, not yet re-keyed) matches by sha256 of the number through
 --   the partial index suppressions_legacy_idx, which is empty once a daemon has re-keyed.
 --   `unhashed`: a leased marketing row written without to_hash (see hash_claimed).
+--   `resync`: a queue row that disagrees with its message (changed by a daemon of the previous
+--   release, by hand, or moved away) is set right instead of claimed: it follows `outbound`
+--   (queued with its run_after, sending with its lease, or gone when the message is neither).
+-- - `qlease` / `qgone`: the queue rows of leased and re-queued messages get their lease and
+--   run_after; those of messages finished here leave the queue.
 -- `done_parts` lists the parts an earlier attempt already got accepted (retries, takeovers).
 {queued_lanes}, stale AS MATERIALIZED (
-    SELECT id FROM outbound
-     WHERE status = 'sending' AND lease_until < now()
+    SELECT id FROM outbound_queue
+     WHERE lease_until < now()
        -- never our own: an outcome of ours may still be waiting for its write-back
-       AND lease_owner IS DISTINCT FROM $1::text
+       AND lease_owner <> $1::text
      ORDER BY lease_until
      LIMIT $3
        FOR UPDATE SKIP LOCKED
@@ -115,27 +123,31 @@ SELECT n.ord, n.id, (i.id IS NOT NULL) AS created
              WHERE NOT EXISTS (SELECT 1 FROM accounts x WHERE x.id = l.acct AND x.disabled)
              LIMIT $4) a
       CROSS JOIN LATERAL (
-          SELECT o.id, o.run_after
-            FROM outbound o
-           WHERE o.status = 'queued' AND o.category = a.category
-             AND coalesce(o.account_id, 0) = a.acct AND o.run_after <= now()
-           ORDER BY o.run_after, o.id
+          SELECT q.id, q.run_after
+            FROM outbound_queue q
+           WHERE q.lease_owner IS NULL AND q.category = a.category AND q.acct = a.acct
+             AND q.run_after <= now()
+           ORDER BY q.run_after, q.id
            LIMIT $3) c
 ), fresh AS MATERIALIZED (
-    SELECT id FROM outbound
+    SELECT id FROM outbound_queue
      WHERE id = ANY(ARRAY(
                SELECT id FROM cand
                 ORDER BY (category = 'transactional') DESC, rn, id
                 LIMIT greatest(0, $3 - (SELECT count(*) FROM stale))))
-       AND status = 'queued' AND run_after <= now()
+       AND lease_owner IS NULL AND run_after <= now()
        FOR UPDATE SKIP LOCKED
 ), picked AS (
     SELECT id, true AS reclaimed FROM stale
     UNION ALL
     SELECT id, false FROM fresh
 ), decided AS MATERIALIZED (
-    SELECT o.id, p.reclaimed,
-           CASE WHEN o.valid_until <= now() THEN 'expired'
+    SELECT p.id, p.reclaimed, o.status AS was, o.run_after, o.send_at, o.lease_owner,
+           o.lease_until,
+           CASE WHEN o.status IS DISTINCT FROM
+                     CASE WHEN p.reclaimed THEN 'sending' ELSE 'queued' END
+                     OR (NOT p.reclaimed AND o.run_after > now()) THEN 'resync'
+                WHEN o.valid_until <= now() THEN 'expired'
                 WHEN o.category = 'marketing' AND (EXISTS (
                          SELECT 1 FROM suppressions s
                           WHERE s.number_hash = o.to_hash
@@ -147,7 +159,28 @@ SELECT n.ord, n.id, (i.id IS NOT NULL) AS created
                             AND s.scope IN ('global', o.from_addr))) THEN 'suppressed'
                 WHEN o.send_at > now() AND NOT p.reclaimed AND NOT $5::bool THEN 'queued'
                 ELSE 'sending' END AS next_status
-      FROM picked p JOIN outbound o USING (id)
+      FROM picked p LEFT JOIN outbound o USING (id)
+), qlease AS (
+    UPDATE outbound_queue AS q
+       SET lease_owner = CASE WHEN d.next_status = 'sending' THEN $1::text
+                              WHEN d.was = 'sending'
+                                   THEN coalesce(d.lease_owner, '(resync)') END,
+           lease_until = CASE WHEN d.next_status = 'sending'
+                                   THEN now() + make_interval(secs => $2::float8)
+                              WHEN d.was = 'sending' THEN coalesce(d.lease_until, now()) END,
+           run_after = CASE WHEN d.next_status = 'queued' THEN d.send_at
+                            WHEN d.next_status = 'resync' THEN d.run_after
+                            ELSE q.run_after END
+      FROM decided d
+     WHERE q.id = d.id AND q.id = ANY(ARRAY(SELECT id FROM decided))
+       AND (d.next_status IN ('sending', 'queued')
+            OR (d.next_status = 'resync' AND d.was IN ('queued', 'sending')))
+), qgone AS (
+    DELETE FROM outbound_queue AS q
+     USING decided d
+     WHERE q.id = d.id AND q.id = ANY(ARRAY(SELECT id FROM decided))
+       AND (d.next_status IN ('expired', 'suppressed')
+            OR (d.next_status = 'resync' AND coalesce(d.was, '') NOT IN ('queued', 'sending')))
 )
 UPDATE outbound AS m
    SET status = d.next_status,
@@ -163,7 +196,7 @@ UPDATE outbound AS m
                                        ELSE m.last_error END,
        updated_at = now()
   FROM decided d
- WHERE m.id = d.id
+ WHERE m.id = d.id AND d.next_status <> 'resync'
 RETURNING m.id, m.account_id, m.source, m.from_addr, m.to_addr, m.body, m.category,
           m.priority, m.encoding, m.connector, m.route_hint, m.client_ref, m.callback_url,
           m.dlr_mask, m.meta, m.attempts, m.status, m.lease_until, m.valid_until, m.send_at,
@@ -178,7 +211,9 @@ RETURNING m.id, m.account_id, m.source, m.from_addr, m.to_addr, m.body, m.catego
 -- name: hash_claimed
 -- Rows the claim leased without a recipient hash (inserted by an earlier release or by hand):
 -- store the keyed hashes $2[i] the sender computed and finish a suppressed marketing MT the way
--- the claim would have. Fenced by owner $1; one statement per claim, only when such rows exist.
+-- the claim would have (its queue row leaves the queue). Fenced by owner $1 on the queue row,
+-- locked before the message (the claim's order); one statement per claim, only when such rows
+-- exist.
 WITH u AS (
     SELECT * FROM unnest($2::bigint[], $3::bytea[]) AS u(id, h)
 ), hit AS (
@@ -186,6 +221,16 @@ WITH u AS (
                           ON s.number_hash = u.h AND s.scope IN ('global', o.from_addr)
                          WHERE o.id = u.id AND o.category = 'marketing') AS suppressed
       FROM u
+), kept AS MATERIALIZED (
+    SELECT q.id FROM outbound_queue q JOIN hit USING (id)
+     WHERE q.lease_owner = $1::text AND NOT hit.suppressed AND q.id = ANY($2::bigint[])
+       FOR UPDATE OF q
+), gone AS (
+    DELETE FROM outbound_queue AS q
+     USING hit
+     WHERE q.id = hit.id AND q.lease_owner = $1::text AND hit.suppressed
+       AND q.id = ANY($2::bigint[])
+    RETURNING q.id
 )
 UPDATE outbound AS m
    SET to_hash = u.h,
@@ -196,15 +241,18 @@ UPDATE outbound AS m
        last_error = CASE WHEN hit.suppressed THEN 'recipient suppressed' ELSE m.last_error END,
        updated_at = now()
   FROM u JOIN hit USING (id)
- WHERE m.id = u.id AND m.lease_owner = $1::text AND m.status = 'sending'
+ WHERE m.id = u.id AND m.status = 'sending'
+   AND m.id IN (SELECT id FROM kept UNION ALL SELECT id FROM gone)
 RETURNING m.id, m.status
 
 -- name: write_back
 -- Record a batch of submit outcomes in one statement, fenced by lease owner $1:
 -- - `msg`: one row per finished message (all its parts answered, or given up).
--- - `owned`: update only the messages still leased to $1 and still sending, so a late response
---   can never overwrite a row another sender has taken over; retries go back to queued with
---   run_after = now + their backoff.
+-- - `qdone` / `qretry`: only messages whose queue row is still leased to $1 count as owned
+--   (a late response can never overwrite a message another sender has taken over: the
+--   takeover changed the queue row's owner). A finished message leaves the queue; a retry
+--   stays in it, queued again with run_after = now + its backoff.
+-- - `owned`: the owned messages' state in `outbound` (a heap-only update).
 -- - `parts`: insert each answered part (smsc id, command_status, whether its message asked for
 --   a Kannel dlr-url) of the owned messages; a resubmitted part replaces the earlier attempt's
 --   row.
@@ -215,6 +263,21 @@ WITH msg AS (
     SELECT * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::float8[],
                          $7::int[], $8::smallint[], $9::text[])
              AS u(id, status, error_code, error, delay_s, attempts_inc, parts_total, connector)
+), qdone AS (
+    -- the ids reach the queue as one array (evaluated once): probed on the primary key, where
+    -- a join with `msg` made the generic plan scan the whole queue table
+    DELETE FROM outbound_queue AS q
+     WHERE q.id = ANY(ARRAY(SELECT id FROM msg WHERE status <> 'queued'))
+       AND q.lease_owner = $1::text
+    RETURNING q.id
+), qretry AS (
+    UPDATE outbound_queue AS q
+       SET lease_owner = NULL, lease_until = NULL,
+           run_after = now() + make_interval(secs => msg.delay_s)
+      FROM msg
+     WHERE q.id = msg.id AND q.lease_owner = $1::text AND msg.status = 'queued'
+       AND q.id = ANY(ARRAY(SELECT id FROM msg WHERE status = 'queued'))
+    RETURNING q.id
 ), owned AS MATERIALIZED (
     UPDATE outbound AS m
        SET status = msg.status,
@@ -235,7 +298,8 @@ WITH msg AS (
                           THEN now() ELSE m.done_at END,
            lease_owner = NULL, lease_until = NULL, updated_at = now()
       FROM msg
-     WHERE m.id = msg.id AND m.lease_owner = $1::text AND m.status = 'sending'
+     WHERE m.id = msg.id AND m.status = 'sending'
+       AND m.id IN (SELECT id FROM qdone UNION ALL SELECT id FROM qretry)
     RETURNING m.id
 ), parts AS (
     INSERT INTO outbound_part AS p (outbound_id, part_no, parts_total, connector, smsc_id,
@@ -260,22 +324,40 @@ SELECT coalesce((SELECT array_agg(id) FROM owned), '{}') AS owned,
 
 -- name: defer
 -- Give claimed messages back to the queue until run_after = now + $3[i] seconds, without
--- counting an attempt (quiet hours, no bound connector on the route, drain); fenced by $1.
+-- counting an attempt (quiet hours, no bound connector on the route, drain); fenced by $1 on
+-- the queue row.
+WITH u AS (
+    SELECT * FROM unnest($2::bigint[], $3::float8[], $4::text[]) AS u(id, delay_s, reason)
+), q AS (
+    UPDATE outbound_queue AS q
+       SET lease_owner = NULL, lease_until = NULL,
+           run_after = now() + make_interval(secs => u.delay_s)
+      FROM u
+     WHERE q.id = u.id AND q.lease_owner = $1::text AND q.id = ANY($2::bigint[])
+    RETURNING q.id, q.run_after
+)
 UPDATE outbound AS m
-   SET status = 'queued', lease_owner = NULL, lease_until = NULL,
-       run_after = now() + make_interval(secs => u.delay_s),
+   SET status = 'queued', lease_owner = NULL, lease_until = NULL, run_after = q.run_after,
        last_error = coalesce(u.reason, m.last_error), updated_at = now()
-  FROM unnest($2::bigint[], $3::float8[], $4::text[]) AS u(id, delay_s, reason)
- WHERE m.id = u.id AND m.lease_owner = $1::text AND m.status = 'sending'
+  FROM q JOIN u USING (id)
+ WHERE m.id = q.id AND m.status = 'sending'
 RETURNING m.id
 
 -- name: release
--- Drain: give back every row still leased to owner $1 (claimed, never submitted).
-UPDATE outbound
+-- Drain: give back every message still leased to owner $1 (claimed, never submitted), or only
+-- those in $2.
+WITH q AS (
+    UPDATE outbound_queue
+       SET lease_owner = NULL, lease_until = NULL
+     WHERE lease_owner = $1::text
+       AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
+    RETURNING id
+)
+UPDATE outbound AS m
    SET status = 'queued', lease_owner = NULL, lease_until = NULL, updated_at = now()
- WHERE lease_owner = $1::text AND status = 'sending'
-   AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
-RETURNING id
+  FROM q
+ WHERE m.id = q.id AND m.status = 'sending'
+RETURNING m.id
 
 -- name: current_xid
 -- The claim transaction's id (64-bit): if its COMMIT's answer is lost (the primary crashed or
@@ -283,27 +365,41 @@ RETURNING id
 SELECT pg_current_xact_id()::text
 
 -- name: release_unknown
--- A claim whose commit outcome we never learnt: if it committed, its rows are leased to owner
--- $1, still `sending`, untouched since (xmin is still that transaction's 32-bit id), and were
--- never submitted (we never saw them): give them back. $2 = the claims' 32-bit xids as text.
--- Needed because the claim never takes over its own owner's expired leases.
-UPDATE outbound
+-- A claim whose commit outcome we never learnt: if it committed, its messages are leased to
+-- owner $1, their queue rows untouched since (xmin is still that transaction's 32-bit id), and
+-- were never submitted (we never saw them): give them back. $2 = the claims' 32-bit xids as
+-- text. Needed because the claim never takes over its own owner's expired leases.
+WITH q AS (
+    UPDATE outbound_queue
+       SET lease_owner = NULL, lease_until = NULL
+     WHERE lease_owner = $1::text AND xmin::text = ANY($2::text[])
+    RETURNING id
+)
+UPDATE outbound AS m
    SET status = 'queued', lease_owner = NULL, lease_until = NULL, updated_at = now()
- WHERE lease_owner = $1::text AND status = 'sending' AND xmin::text = ANY($2::text[])
-RETURNING id
+  FROM q
+ WHERE m.id = q.id AND m.status = 'sending'
+RETURNING m.id
 
 -- name: disown_orphans
--- Rows leased to owner $1, `sending`, whose lease ran out more than $3 s ago and that the owner
--- does not hold ($2: every id it has in flight or waiting for its write-back): their state was
--- lost (an asynchronous standby promoted without the write-back that finished them). Renamed
--- to another owner, the claim takes them over like any stale lease (counted as a possible
+-- Messages leased to owner $1 whose lease ran out more than $3 s ago and that the owner does
+-- not hold ($2: every id it has in flight or waiting for its write-back): their state was lost
+-- (an asynchronous standby promoted without the write-back that finished them). Renamed to
+-- another owner, the claim takes them over like any stale lease (counted as a possible
 -- duplicate: they may have been submitted).
-UPDATE outbound
-   SET lease_owner = $1::text || ' (orphaned)', updated_at = now()
- WHERE lease_owner = $1::text AND status = 'sending'
-   AND lease_until < now() - make_interval(secs => $3::float8)
-   AND NOT (id = ANY($2::bigint[]))
-RETURNING id
+WITH q AS (
+    UPDATE outbound_queue
+       SET lease_owner = $1::text || ' (orphaned)'
+     WHERE lease_owner = $1::text
+       AND lease_until < now() - make_interval(secs => $3::float8)
+       AND NOT (id = ANY($2::bigint[]))
+    RETURNING id, lease_owner
+)
+UPDATE outbound AS m
+   SET lease_owner = q.lease_owner, updated_at = now()
+  FROM q
+ WHERE m.id = q.id
+RETURNING m.id
 
 -- name: log_events
 -- Append message events (trace) in one INSERT.
@@ -366,9 +462,10 @@ SELECT id, status, account_id, from_addr, to_addr, client_ref, callback_url, dlr
 -- name: cancel_queued
 -- Cancel account $1's queued messages in one statement: all of them, or those in $2 (NULL:
 -- all), only those to $5 / from $6 when given, at most $7 (NULL: no limit), picked on
--- outbound_account_idx. Only `queued` rows: a row a sender has claimed is locked by the claim
--- (FOR UPDATE SKIP LOCKED); this UPDATE waits for that lock, re-reads the row, finds it
--- `sending` and leaves it alone, so a message is never both cancelled and submitted. Each
+-- outbound_account_idx. Only queued messages: a message a sender is claiming has its queue row
+-- locked by the claim (FOR UPDATE SKIP LOCKED); `dq` waits for that lock, re-reads the row,
+-- finds it leased and leaves it alone, so a message is never both cancelled and submitted
+-- (the queue row is locked before the message, as everywhere). Each
 -- cancelled row gets a `cancelled` event (reason $3, canceller $4) for the trace. Returns what a
 -- status callback needs; `connector` is the one forced on the message (or NULL): a queued
 -- message has not been routed yet.
@@ -380,12 +477,17 @@ WITH pick AS MATERIALIZED (
        AND ($6::text IS NULL OR from_addr = $6::text)
      ORDER BY id
      LIMIT $7::bigint
+), dq AS (
+    -- the queue rows still without a lease leave the queue
+    DELETE FROM outbound_queue AS q
+     WHERE q.id = ANY(ARRAY(SELECT id FROM pick)) AND q.lease_owner IS NULL
+    RETURNING q.id
 ), gone AS (
     UPDATE outbound AS m
        SET status = 'cancelled', done_at = now(), updated_at = now(), last_error = $3::text,
            lease_owner = NULL, lease_until = NULL
-      FROM pick
-     WHERE m.id = pick.id AND m.status = 'queued'
+      FROM dq
+     WHERE m.id = dq.id AND m.status = 'queued'
     RETURNING m.id, m.status, m.account_id, m.from_addr, m.to_addr, m.client_ref,
               m.callback_url, m.dlr_mask, m.meta, m.parts_total,
               coalesce(m.connector, m.route_hint) AS connector, m.error_code, m.last_error,
@@ -404,3 +506,21 @@ DELETE FROM outbound_part
  WHERE id IN (SELECT id FROM outbound_part
                WHERE created_at < now() - make_interval(secs => $1)
                ORDER BY id LIMIT $2)
+
+-- name: requeue_dead
+-- Give dead messages another run (attempts reset, last_error kept), filtered by ids $1, by age
+-- $2 seconds since they died, and by an error pattern $3 (LIKE); NULL filters match all. Each
+-- goes back into the queue (`outbound_queue`), due now.
+WITH back AS (
+    UPDATE outbound
+       SET status = 'queued', attempts = 0, run_after = now(), updated_at = now()
+     WHERE status = 'dead'
+       AND ($1::bigint[] IS NULL OR id = ANY($1::bigint[]))
+       AND ($2::float8 IS NULL OR updated_at < now() - make_interval(secs => $2::float8))
+       AND ($3::text IS NULL OR last_error LIKE $3::text)
+    RETURNING id, category, account_id, run_after
+)
+INSERT INTO outbound_queue (id, category, acct, run_after)
+SELECT id, category, coalesce(account_id, 0), run_after FROM back
+ON CONFLICT (id) DO UPDATE
+   SET lease_owner = NULL, lease_until = NULL, run_after = EXCLUDED.run_after

@@ -306,17 +306,17 @@ RETURNING queue, status, depth
 -- Snapshot each account's DUE queued MTs (run_after <= now(): scheduled rows and rows waiting
 -- out a retry backoff do not count) into outbound_account_depth, for per-account admission
 -- control; one statement per refresh, never a COUNT per request. A loose index scan over
--- outbound_lane_idx lists the (category, account) pairs with queued rows (at most $2), each
--- pair's due rows are counted on the same index up to $1 (a range: rows scheduled ahead are
--- not read); accounts with nothing due lose their row.
+-- outbound_queue_lane_idx lists the (category, account) pairs with queued messages (at most
+-- $2), each pair's due ones are counted on the same index up to $1 (a range: messages
+-- scheduled ahead are not read); accounts with nothing due lose their row.
 {queued_lanes}, snap AS MATERIALIZED (
     SELECT a.acct AS account_id, sum(d.n)::bigint AS due
       FROM (SELECT * FROM accts LIMIT $2) a
       CROSS JOIN LATERAL (
           SELECT count(*) AS n
-            FROM (SELECT 1 FROM outbound o
-                   WHERE o.status = 'queued' AND o.category = a.category
-                     AND coalesce(o.account_id, 0) = a.acct AND o.run_after <= now()
+            FROM (SELECT 1 FROM outbound_queue q
+                   WHERE q.lease_owner IS NULL AND q.category = a.category
+                     AND q.acct = a.acct AND q.run_after <= now()
                    LIMIT $1) c) d
      GROUP BY a.acct
     HAVING sum(d.n) > 0
