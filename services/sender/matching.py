@@ -175,12 +175,14 @@ class ReceiptStore:
                  on_stored: Callable[[ReceiptStored], None] | None = None) -> None:
         self.settings = settings
         self.on_stored = on_stored
+        self._siblings: tuple[MatchSettings, dict[str, tuple[str, ...]]] | None = None
 
     async def __call__(self, conn: asyncpg.Connection,
                        items: Sequence[ReceiptWrite]) -> list[int]:
         settings = self.settings()
-        names, groups = _operator_arrays(settings)
-        res = await receipts.store(conn, items, connectors=names, groups=groups,
+        if self._siblings is None or self._siblings[0] is not settings:  # SIGHUP swapped them
+            self._siblings = (settings, receipts.sibling_map(*_operator_arrays(settings)))
+        res = await receipts.store(conn, items, siblings=self._siblings[1],
                                    window_s=settings.window_s)
         if self.on_stored is not None:
             self.on_stored(res)

@@ -10,7 +10,7 @@ queue table shares (retention move, requeue).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC
 from typing import Final, LiteralString
 
@@ -32,16 +32,23 @@ _ORPHAN: Final = _SQL["orphan"]
 _KANNEL_DLRS: Final = _SQL["kannel_dlrs"]
 
 
-def _document(items: Sequence[ReceiptWrite]) -> str:
-    """The receipts as the JSON array the statements read through the table's row type."""
-    return orjson.dumps([{
+def _document(items: Sequence[ReceiptWrite],
+              siblings: Mapping[str, Sequence[str]] | None = None) -> str:
+    """The receipts as the JSON array the statements read (through the table's row type, or
+    json_to_recordset with each receipt's `siblings` and position `n` when a map is given)."""
+    docs = [{
         "connector": r.connector, "smsc_id": r.smsc_id, "raw_id": r.raw_id, "stat": r.stat,
         "state": r.state, "final": r.final, "err": r.err,
         "done_date": None if r.done_date is None else (
             r.done_date if r.done_date.tzinfo else r.done_date.replace(tzinfo=UTC)).isoformat(),
         "body": r.body, "message_state": r.message_state,
         "network_error": None if r.network_error is None else "\\x" + r.network_error.hex(),
-    } for r in items]).decode()
+    } for r in items]
+    if siblings is not None:
+        for n, (d, r) in enumerate(zip(docs, items, strict=True)):
+            d["siblings"] = siblings.get(r.connector) or (r.connector,)
+            d["n"] = n
+    return orjson.dumps(docs).decode()
 
 
 async def insert(conn: asyncpg.Connection, items: Sequence[ReceiptWrite]) -> list[int]:
@@ -51,15 +58,23 @@ async def insert(conn: asyncpg.Connection, items: Sequence[ReceiptWrite]) -> lis
     return [int(r["id"]) for r in rows]
 
 
+def sibling_map(connectors: Sequence[str], groups: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Connector → the connectors whose parts its receipts may match (its operator group,
+    itself included), from the arrays `match` takes; a connector not named matches only its
+    own parts."""
+    members: dict[str, list[str]] = {}
+    for name, group in zip(connectors, groups, strict=True):
+        members.setdefault(group, []).append(name)
+    return {name: tuple(members[group]) for name, group in zip(connectors, groups, strict=True)}
+
+
 async def store(conn: asyncpg.Connection, items: Sequence[ReceiptWrite], *,
-                connectors: Sequence[str], groups: Sequence[str],
-                window_s: float) -> ReceiptStored:
+                siblings: Mapping[str, Sequence[str]], window_s: float) -> ReceiptStored:
     """Store receipts, matching in the same statement those whose part is written back and
     whose one-part message owes no report (see `store` in sql/receipts.sql); the others are
     stored `queued` for `match` and the matchers woken. One statement (autocommit: one round
-    trip); `connectors`/`groups`/`window_s` as for `match`."""
-    rows = await conn.fetch(_STORE, _document(items), CHANNELS["receipts"], connectors, groups,
-                            window_s)
+    trip). `siblings` is `sibling_map`'s; `window_s` as for `match`."""
+    rows = await conn.fetch(_STORE, _document(items, siblings), CHANNELS["receipts"], window_s)
     return ReceiptStored(ids=[int(r["id"]) for r in rows],
                          matched=sum(1 for r in rows if r["matched"]),
                          finalized=int(rows[0]["finalized"]) if rows else 0)

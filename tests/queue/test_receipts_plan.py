@@ -77,10 +77,10 @@ async def test_receipt_store_stays_on_indexes_whatever_the_statistics(
             " FROM generate_series(1, $1) g", ROWS)
         await conn.execute("SET plan_cache_mode = force_generic_plan")
         doc = json.dumps([{"connector": "sim", "smsc_id": f"p{i}", "state": "delivered",
-                           "final": True} for i in range(1, 41)])
+                           "final": True, "siblings": ["sim"], "n": i} for i in range(1, 41)])
         explained = await conn.fetchval(
             "EXPLAIN (FORMAT JSON) " + STATEMENTS["receipts.store"], doc, "smsgw_receipts",
-            ["sim"], ["sim"], 3600.0)
+            3600.0)
         await conn.execute("RESET plan_cache_mode")
     plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
     scans = _scans(plan)

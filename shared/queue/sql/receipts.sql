@@ -25,8 +25,8 @@ SELECT ins.id FROM ins CROSS JOIN (SELECT pg_notify($2, '')) AS wake
 -- - its part is written back and still open (`submitted`: a second receipt for a final part,
 --   or a receipt whose part is not written yet while an older part has its reused id, goes to
 --   the matcher, which tries it later, as before): the newest part with its normalised id on
---   a sibling connector ($3 names, $4 operator groups, as `match`), created at most $5
---   seconds ago;
+--   one of the receipt's sibling connectors (its `siblings` in $1: the connectors of its
+--   operator group, as `match` reads them from its arrays), created at most $3 seconds ago;
 -- - its message is one part (its state follows from this part alone: a message of several
 --   parts could have its other parts matched by a concurrent statement whose effects this
 --   one's snapshot does not see), is still in `outbound` (a late receipt of a moved message
@@ -42,30 +42,32 @@ SELECT ins.id FROM ins CROSS JOIN (SELECT pg_notify($2, '')) AS wake
 -- trigger on outbound fires as for any status change.
 -- Returns one row per receipt, in input order (ids follow the insert order): its id and
 -- whether it was matched; `finalized` (the same on every row) counts the messages finalised.
-WITH sib AS (
-    SELECT a.connector AS rc, b.connector AS pc
-      FROM unnest($3::text[], $4::text[]) AS a(connector, grp)
-      JOIN unnest($3::text[], $4::text[]) AS b(connector, grp) ON a.grp = b.grp
-), inp AS MATERIALIZED (
+WITH inp AS MATERIALIZED (
+    -- json_to_recordset, not json_populate_recordset: a receipt also brings its siblings
+    -- and its position `n`
     SELECT r.connector, r.smsc_id, r.raw_id, r.stat, r.state, r.final, r.err, r.done_date,
-           r.body, r.message_state, r.network_error, r.ordinality AS n
-      FROM json_populate_recordset(NULL::receipts, $1::text::json) WITH ORDINALITY AS r
+           r.body, r.message_state, r.network_error, r.siblings, r.n
+      FROM json_to_recordset($1::text::json)
+           AS r(connector text, smsc_id text, raw_id text, stat text, state text,
+                final boolean, err text, done_date timestamptz, body text,
+                message_state smallint, network_error bytea, siblings text[], n int)
 ), hit AS MATERIALIZED (
     -- the receipts matched here, with their part: one index probe on (smsc_id, connector),
     -- one on the message's primary key and one on receipts_unmatched_smsc_idx per receipt.
     -- Every lookup is a LATERAL subquery with LIMIT 1, which the planner cannot flatten:
     -- as joins, it planned them (and cached the generic plan) while the tables were small,
-    -- as hash joins over whole-table scans, and kept them while the tables grew
+    -- as hash joins over whole-table scans, and kept them while the tables grew. (The
+    -- siblings come with each receipt and the cut-off is computed once so that the generic
+    -- plan costs no more than a custom one: else Postgres planned this statement anew at
+    -- every execution.)
     SELECT i.n, m.part_id
       FROM inp i
       CROSS JOIN LATERAL (
           SELECT p.id AS part_id, p.outbound_id, p.parts_total, p.kannel_dlr, p.status
             FROM outbound_part p
            WHERE p.smsc_id = i.smsc_id
-             AND p.connector = ANY(coalesce(
-                     (SELECT array_agg(s.pc) FROM sib s WHERE s.rc = i.connector),
-                     ARRAY[i.connector]))
-             AND p.created_at >= now() - make_interval(secs => $5::float8)
+             AND p.connector = ANY(i.siblings)
+             AND p.created_at >= (SELECT now() - make_interval(secs => $3::float8))
            ORDER BY p.id DESC
            LIMIT 1) m
       CROSS JOIN LATERAL (
@@ -101,10 +103,8 @@ WITH sib AS (
       JOIN inp i ON i.n = h.n
      ORDER BY h.part_id, i.final DESC, i.n DESC
 ), parts AS (
-    -- as `match`'s `parts` (heap-only: no indexed column changes). The join is written as a
-    -- range so that it cannot be a hash join: with it, the generic plan made while the table
-    -- was small scanned all of outbound_part for every batch; a range on the primary key
-    -- leaves only the index probe per part
+    -- as `match`'s `parts` (heap-only: no indexed column changes); one primary-key probe
+    -- per part (`hit` is estimated at a row or so, and a nested loop is the cheapest join)
     UPDATE outbound_part AS p
        SET status = CASE WHEN w.final AND w.state IN ('delivered', 'undeliverable', 'expired',
                                                       'rejected', 'unknown_receipt')
@@ -113,10 +113,10 @@ WITH sib AS (
            done_at = CASE WHEN w.final THEN now() ELSE p.done_at END,
            updated_at = now()
       FROM winner w
-     WHERE p.id BETWEEN w.part_id AND w.part_id
+     WHERE p.id = w.part_id
     RETURNING p.outbound_id, p.status, p.err, w.final
 ), done AS (
-    -- `outbound.finalize` for a one-part message (the join a range, as in `parts`)
+    -- `outbound.finalize` for a one-part message (one primary-key probe per message)
     UPDATE outbound AS o
        SET status = CASE p.status WHEN 'delivered' THEN 'delivered'
                                   WHEN 'expired' THEN 'expired'
@@ -125,7 +125,7 @@ WITH sib AS (
            last_error = CASE WHEN p.status = 'delivered' THEN o.last_error
                              ELSE coalesce('receipt err ' || p.err, o.last_error) END
       FROM parts p
-     WHERE o.id BETWEEN p.outbound_id AND p.outbound_id AND o.status = 'submitted' AND p.final
+     WHERE o.id = p.outbound_id AND o.status = 'submitted' AND p.final
        AND p.status IN ('delivered', 'undeliverable', 'expired', 'rejected', 'unknown_receipt')
     RETURNING o.id
 ), wake AS (
