@@ -22,7 +22,9 @@ The limits are the site's (`HttpLimits`): the header deadline from the connectio
 the first octet of a following request, the body deadline from the end of the head, the
 keep-alive idle timeout; the connection cap is counted by the server before this protocol is
 made. Requests on a connection are served one at a time, in order (pipelined ones wait in the
-buffer; reading pauses when it holds more than a head and a body). The answer is written as
+buffer; reading pauses when it holds more than a head and a body); a client that stops reading
+its answers (the transport pauses writing) is closed after the keep-alive idle timeout. The
+answer is written as
 aiohttp writes it (the route's `web.Response`: status line, its headers, `Content-Length`,
 `Date`, `Server`, `Connection: close` when closing), so a client cannot tell the paths apart.
 """
@@ -190,6 +192,7 @@ class FastProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         if not self._busy:
+            self._disarm()
             self._process()
 
     # -- aiohttp's Server calls these on shutdown ----------------------------------------------
@@ -320,7 +323,9 @@ class FastProtocol(asyncio.Protocol):
         if self._read_paused and len(self._buf) <= MAX_HEAD + self._front.max_body():
             self._read_paused = False
             transport.resume_reading()
-        if not self._write_paused:
+        if self._write_paused:  # a client that stops reading gets the idle timeout
+            self._arm(self._keepalive_s, _IDLE)
+        else:
             self._process()
 
     def _hand_off(self) -> None:
@@ -375,7 +380,13 @@ class FastProtocol(asyncio.Protocol):
             return
         if self._phase == _BODY:
             self._front.on_body_timeout()
-        self._close_now()
+        transport = self._transport
+        if transport.get_write_buffer_size():  # answers the client does not read: drop them
+            self._disarm()
+            self._closing = True
+            transport.abort()
+        else:
+            self._close_now()
 
     def _close_now(self) -> None:
         self._disarm()

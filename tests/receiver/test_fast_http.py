@@ -6,13 +6,16 @@ chunked, `Expect: 100-continue`, a non-ASCII header) is handed to aiohttp on the
 connection, which keeps it; ambiguous framing (Content-Length with Transfer-Encoding, two
 Content-Lengths, a signed length, bare LF) is aiohttp's 400 and a close, never a smuggled
 request; an oversized head or body is refused; `Connection: close` closes; the header, body and
-keep-alive deadlines close slow and idle connections; nothing answers 500.
+keep-alive deadlines close slow and idle connections, and one that never reads its answers;
+nothing answers 500.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import socket
 
 import asyncpg
 
@@ -172,6 +175,20 @@ async def test_fast_front_framing_limits_and_hand_off(pool: asyncpg.Pool,
         assert (await idle.response())[0].startswith(b"HTTP/1.1 202")
         assert all(await asyncio.gather(slow_head.closed(), slow_body.closed(), idle.closed()))
         assert site.fast_requests == 9  # the others went to aiohttp
+
+        # 9. a client that pipelines requests and never reads the answers: once the socket's
+        # buffers are full the server stops serving it and closes it after the idle timeout
+        served = site.fast_requests
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        _, deaf = await asyncio.open_connection(sock=sock, limit=4096)
+        deaf.write(post("not-a-key", b"{}") * 60_000)  # 401s: no database work
+        with contextlib.suppress(ConnectionError):  # the server's abort fails our writes
+            async with asyncio.timeout(BOUND_S):
+                await deaf.wait_closed()
+        assert site.fast_requests - served < 60_000
     finally:
         await site.close()
         await ctx.close(timeout_s=2)
