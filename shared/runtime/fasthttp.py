@@ -140,7 +140,6 @@ class FastProtocol(asyncio.Protocol):
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._task_handler: asyncio.Task[None] | None = None  # read by aiohttp's Server
-        self._done: asyncio.Future[None] | None = None
 
     # -- httptools callbacks -------------------------------------------------------------------
 
