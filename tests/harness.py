@@ -78,6 +78,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def closed_by_server(reader: asyncio.StreamReader, bound_s: float = 30.0) -> bool:
+    """Read until the server closes (EOF or reset); False if it is still open after
+    `bound_s`."""
+    try:
+        async with asyncio.timeout(bound_s):
+            while await reader.read(65536):
+                pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        pass
+    return True
+
+
 class NotifySocket:
     """An abstract Unix datagram socket standing in for systemd; records every datagram."""
 

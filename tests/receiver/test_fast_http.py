@@ -24,6 +24,7 @@ from smsgw.services.receiver.options import ReceiverOptions
 from smsgw.services.receiver.web import create_api_app, fast_front
 from smsgw.shared.runtime.http import HttpLimits, HttpSite
 
+from ..harness import closed_by_server
 from .conftest import SERVER_SECRET, AccountFactory, webhook_settings
 
 BOUND_S = 20.0
@@ -56,15 +57,7 @@ class Conn:
 
     async def closed(self) -> bool:
         """True once the server has closed (EOF or reset) within BOUND_S."""
-        try:
-            async with asyncio.timeout(BOUND_S):
-                while await self.reader.read(65536):
-                    pass
-        except TimeoutError:
-            return False
-        except ConnectionError:
-            pass
-        return True
+        return await closed_by_server(self.reader, BOUND_S)
 
 
 async def test_fast_front_framing_limits_and_hand_off(pool: asyncpg.Pool,

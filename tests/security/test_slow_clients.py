@@ -17,23 +17,12 @@ import contextlib
 from smsgw.services.smsc_sim.server import SimConfig, Simulator
 from smsgw.shared.smpp import pdu as P
 
+from ..harness import closed_by_server
+
 BOUND_S = 30.0  # far above every limit configured below; only a server that never closes hits it
 LIMITS = {"SMSGW_RECEIVER__HTTP_HEADER_TIMEOUT_S": "1", "SMSGW_RECEIVER__HTTP_BODY_TIMEOUT_S": "1",
           "SMSGW_RECEIVER__HTTP_KEEPALIVE_S": "1"}
 GET = b"GET /v1/openapi.json HTTP/1.1\r\nHost: t\r\n\r\n"
-
-
-async def closed_by_server(reader: asyncio.StreamReader) -> bool:
-    """Read until the server closes (EOF or reset); False if it is still open after BOUND_S."""
-    try:
-        async with asyncio.timeout(BOUND_S):
-            while await reader.read(65536):
-                pass
-    except TimeoutError:
-        return False
-    except ConnectionError:
-        pass
-    return True
 
 
 async def trickle(writer: asyncio.StreamWriter, data: bytes, every_s: float = 0.2) -> None:
