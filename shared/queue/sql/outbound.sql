@@ -159,7 +159,16 @@ SELECT n.ord, n.id, (i.id IS NOT NULL) AS created
                             AND s.scope IN ('global', o.from_addr))) THEN 'suppressed'
                 WHEN o.send_at > now() AND NOT p.reclaimed AND NOT $5::bool THEN 'queued'
                 ELSE 'sending' END AS next_status
-      FROM picked p LEFT JOIN outbound o USING (id)
+      -- each message by its primary key (the LATERAL with LIMIT is never flattened into a
+      -- join): a join let a generic plan cached while the tables were small hash a
+      -- sequential scan of outbound at every claim until the next ANALYZE (measured without
+      -- one: 2 ms per claim of 100, 13 ms after 40,000 messages). A picked queue row whose
+      -- message is gone is not decided here; `qgone` deletes it.
+      FROM picked p
+      CROSS JOIN LATERAL (
+          SELECT m.status, m.run_after, m.send_at, m.lease_owner, m.lease_until, m.valid_until,
+                 m.category, m.to_hash, m.from_addr, m.to_addr
+            FROM outbound m WHERE m.id = p.id LIMIT 1) o
 ), qlease AS (
     UPDATE outbound_queue AS q
        SET lease_owner = CASE WHEN d.next_status = 'sending' THEN $1::text
@@ -177,10 +186,10 @@ SELECT n.ord, n.id, (i.id IS NOT NULL) AS created
             OR (d.next_status = 'resync' AND d.was IN ('queued', 'sending')))
 ), qgone AS (
     DELETE FROM outbound_queue AS q
-     USING decided d
-     WHERE q.id = d.id AND q.id = ANY(ARRAY(SELECT id FROM decided))
-       AND (d.next_status IN ('expired', 'suppressed')
-            OR (d.next_status = 'resync' AND coalesce(d.was, '') NOT IN ('queued', 'sending')))
+     USING picked p LEFT JOIN decided d USING (id)
+     WHERE q.id = p.id AND q.id = ANY(ARRAY(SELECT id FROM picked))
+       AND (d.id IS NULL OR d.next_status IN ('expired', 'suppressed')
+            OR (d.next_status = 'resync' AND d.was NOT IN ('queued', 'sending')))
 )
 UPDATE outbound AS m
    SET status = d.next_status,
@@ -196,7 +205,11 @@ UPDATE outbound AS m
                                        ELSE m.last_error END,
        updated_at = now()
   FROM decided d
+ -- the ids as one array too, so the plan can probe outbound_pkey with them once (measured
+ -- with the daemons' statistics refresh: 16 µs per message instead of 42-74, whose cached
+ -- plans hashed a sequential scan of outbound)
  WHERE m.id = d.id AND d.next_status <> 'resync'
+   AND m.id = ANY(ARRAY(SELECT id FROM decided WHERE next_status <> 'resync'))
 RETURNING m.id, m.account_id, m.source, m.from_addr, m.to_addr, m.body, m.category,
           m.priority, m.encoding, m.connector, m.route_hint, m.client_ref, m.callback_url,
           m.dlr_mask, m.meta, m.attempts, m.status, m.lease_until, m.valid_until, m.send_at,
