@@ -47,6 +47,7 @@ from smsgw.services.sender.metrics import SenderMetrics
 from smsgw.services.sender.routing import Router
 from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.sender.submitter import Submitter
+from smsgw.shared.core import db
 from smsgw.shared.core.aio import race_stop, sleep_or_stop
 from smsgw.shared.core.db import DATABASE_ERRORS
 from smsgw.shared.domain.connector_state import ConnectorState, StateWatcher, state_of
@@ -88,6 +89,49 @@ class _IntakeMetrics:
             self.m.backpressure.labels(reason=reason).inc()
 
 
+class ReceiptPool:
+    """The receipt store's own two connections, planned generically.
+
+    `receipts.store` is one large statement run for every receipt batch. Postgres decides per
+    prepared statement between a plan made for the given values and a cached generic one by
+    comparing their estimated costs, averaged over the statement's history: the first
+    batches, stored while the tables were still empty, looked so cheap that it kept planning
+    anew for hundreds of batches afterwards (0.7 ms each: ~13 µs of server time per receipt
+    in `smsgw bench mt`). These connections start with `plan_cache_mode =
+    force_generic_plan` (a connection parameter: no extra round trip); the statement is
+    written so that its generic plan stays on indexes (tests/queue/test_receipts_plan.py).
+    Until `open` (and if it fails) the sender's pool serves.
+    """
+
+    def __init__(self, fallback: asyncpg.Pool) -> None:
+        self.pool: asyncpg.Pool = fallback
+        self._own: asyncpg.Pool | None = None
+
+    def acquire(self, **kwargs: Any) -> Any:
+        """A connection, as `asyncpg.Pool.acquire`."""
+        return self.pool.acquire(**kwargs)
+
+    async def open(self, dsn: str, config: AppConfig[SenderSettings]) -> None:
+        """Open the two connections (the receipt committer flushes at most two at once)."""
+        cfg = config.database
+        try:
+            self._own = await db.create_pool(
+                dsn, min_size=1, max_size=2, timeout=cfg.connect_timeout_s,
+                command_timeout=cfg.command_timeout_s,
+                server_settings={"plan_cache_mode": "force_generic_plan"},
+                **cfg.connect_kwargs())
+        except (*DATABASE_ERRORS, OSError):
+            log.warning("receipt_pool_unavailable")  # the sender's pool serves instead
+            return
+        self.pool = self._own
+
+    async def close(self) -> None:
+        """Close the own connections (after the receipt committer closed)."""
+        if self._own is not None:
+            await self._own.close()
+            self._own = None
+
+
 class SenderEngine:
     """Builds and runs the sender's parts (see the module docstring).
 
@@ -107,12 +151,13 @@ class SenderEngine:
         self.metrics = SenderMetrics.create(registry) if registry is not None else None
         self.manager_stop = asyncio.Event()
         linger = config.daemon.adaptive_linger_s
+        self.receipt_pool = ReceiptPool(pool)
         self.committers = [GroupCommitter(pool, flush_inbound, name="sender.inbound",
                                           transactional=False,  # see flush_inbound
                                           adaptive_linger_s=linger),
                            # one autocommitted statement (store, match what it can, NOTIFY
                            # the matcher for the rest): no BEGIN/COMMIT round trips
-                           GroupCommitter(pool, ReceiptStore(
+                           GroupCommitter(self.receipt_pool, ReceiptStore(
                                lambda: self.match, on_stored=self._count_stored),
                                           name="sender.receipts",
                                           max_batch=2000, transactional=False,
@@ -176,6 +221,7 @@ class SenderEngine:
     async def start(self) -> None:
         """Start the intake's committers, load account names and the connector states
         (before the workers: a stopped connector is never bound, even briefly)."""
+        await self.receipt_pool.open(self.dsn, self.config)
         for gc in self.committers:
             gc.start()
         await self.load_accounts()
@@ -317,6 +363,7 @@ class SenderEngine:
         self.manager_stop.set()
         for gc in self.committers:
             await gc.close()
+        await self.receipt_pool.close()
 
     def status_line(self) -> str:
         """`connector: bound/binds` for every configured connector, with its state when an
