@@ -155,7 +155,7 @@ async def test_erase_leaves_no_trace_of_the_number(
         await processor.wait()
     # every MT sent and its receipt matched (delivered), status callbacks queued
     await _wait(lambda: pool.fetchval(
-        "SELECT count(*) FILTER (WHERE status IN ('queued', 'sending')) = 0"
+        "SELECT count(*) FILTER (WHERE status IN ('queued', 'sending', 'submitted')) = 0"
         " AND count(*) FILTER (WHERE status = 'delivered') >= 4 FROM outbound"))
     await _wait(lambda: pool.fetchval(
         "SELECT count(*) > 0 FROM callbacks WHERE kind = 'status'"))
