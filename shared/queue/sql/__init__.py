@@ -7,7 +7,8 @@ by a description line (`-- ...`); the comments inside a statement stay part of i
 
 `dedupe.sql` and `lanes.sql` hold fragments, not statements: `{take_over_expired}` in any file
 is replaced at load time by the one dedupe rule (the ON CONFLICT clause of every key claim),
-`{queued_lanes}` by the loose index scan of outbound's (category, account) lanes. The core's
+`{queued_lanes}` by the loose index scan of outbound's (category, account) lanes,
+`{receipt_part_update}` by the one rule by which a receipt changes its part (`receipt_parts.sql`). The core's
 statements that serve several queue tables are also templates with `{t}` (the table) and a few
 other `{placeholders}` for SQL fragments; `shared.queue.store` fills them only with
 whitelisted identifiers and constant fragments it owns — never with caller data, which always
@@ -42,7 +43,7 @@ def _fragment(sql: str) -> str:
     return "\n".join(line for line in sql.splitlines() if not line.startswith("--"))
 
 
-FRAGMENTS: dict[str, str] = {k: _fragment(v) for owner in ("dedupe", "lanes")
+FRAGMENTS: dict[str, str] = {k: _fragment(v) for owner in ("dedupe", "lanes", "receipt_parts")
                              for k, v in _blocks(owner).items()}
 """Fragment name → SQL text (`{take_over_expired}`: the dedupe rule; `{queued_lanes}`)."""
 

@@ -105,15 +105,7 @@ WITH inp AS MATERIALIZED (
 ), parts AS (
     -- as `match`'s `parts` (heap-only: no indexed column changes); one primary-key probe
     -- per part (`hit` is estimated at a row or so, and a nested loop is the cheapest join)
-    UPDATE outbound_part AS p
-       SET status = CASE WHEN w.final AND w.state IN ('delivered', 'undeliverable', 'expired',
-                                                      'rejected', 'unknown_receipt')
-                         THEN w.state ELSE p.status END,
-           err = coalesce(w.err, p.err),
-           done_at = CASE WHEN w.final THEN now() ELSE p.done_at END,
-           updated_at = now()
-      FROM winner w
-     WHERE p.id = w.part_id
+    {receipt_part_update}
     RETURNING p.outbound_id, p.status, p.err, w.final
 ), done AS (
     -- `outbound.finalize` for a one-part message (one primary-key probe per message)
@@ -190,15 +182,7 @@ WITH sib AS (
      WHERE part_id IS NOT NULL
      ORDER BY part_id, final DESC, id DESC
 ), parts AS (
-    UPDATE outbound_part AS p
-       SET status = CASE WHEN w.final AND w.state IN ('delivered', 'undeliverable', 'expired',
-                                                      'rejected', 'unknown_receipt')
-                         THEN w.state ELSE p.status END,
-           err = coalesce(w.err, p.err),
-           done_at = CASE WHEN w.final THEN now() ELSE p.done_at END,
-           updated_at = now()
-      FROM winner w
-     WHERE p.id = w.part_id
+    {receipt_part_update}
     RETURNING p.outbound_id, w.final
 ), rcpt AS (
     UPDATE receipts AS r
