@@ -5,14 +5,14 @@ statements of the module that owns that queue table (`shared.queue.outbound`, `.
 `.receipts`, `.callbacks`, `.mo_parts`). Each block starts with `-- name: <statement>` followed
 by a description line (`-- ...`); the comments inside a statement stay part of it.
 
-`dedupe.sql` and `lanes.sql` hold fragments, not statements: `{take_over_expired}` in any file
-is replaced at load time by the one dedupe rule (the ON CONFLICT clause of every key claim),
-`{queued_lanes}` by the loose index scan of outbound's (category, account) lanes,
-`{receipt_part_update}` by the one rule by which a receipt changes its part (`receipt_parts.sql`). The core's
-statements that serve several queue tables are also templates with `{t}` (the table) and a few
-other `{placeholders}` for SQL fragments; `shared.queue.store` fills them only with
-whitelisted identifiers and constant fragments it owns — never with caller data, which always
-travels as `$n` parameters.
+`dedupe.sql`, `lanes.sql` and `receipt_parts.sql` hold fragments, not statements:
+`{take_over_expired}` in any file is replaced at load time by the one dedupe rule (the ON
+CONFLICT clause of every key claim), `{queued_lanes}` by the loose index scan of outbound's
+(category, account) lanes, `{receipt_part_update}` by the one rule by which a receipt changes
+its part. The core's statements that serve several queue tables are also templates with `{t}`
+(the table) and a few other `{placeholders}` for SQL fragments; `shared.queue.store` fills them
+only with whitelisted identifiers and constant fragments it owns — never with caller data,
+which always travels as `$n` parameters.
 """
 
 from __future__ import annotations
