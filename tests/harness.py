@@ -24,6 +24,7 @@ from pathlib import Path
 from signal import SIGTERM, Signals
 from typing import Any, Literal
 
+import asyncpg
 from aiohttp import web
 
 from smsgw.shared.runtime import systemd
@@ -49,6 +50,25 @@ def query_rows(db_url: str, sql: str) -> list[dict[str, Any]]:
         finally:
             await conn.close()
     return asyncio.run(run())
+
+
+@asynccontextmanager
+async def empty_database(admin_url: str, name: str) -> AsyncIterator[str]:
+    """An empty database `name` (no migrations) on `admin_url`'s server; yields its URL and
+    drops it afterwards (for tests that migrate step by step)."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield admin_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
 
 
 def clean_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:

@@ -13,6 +13,7 @@ from smsgw.shared.core import db
 from smsgw.shared.queue import outbound, store
 from smsgw.shared.queue.records import DedupeKey, MtItem
 
+from ..harness import empty_database
 from .conftest import outbound_row
 
 _QUEUE = ("SELECT id, category, acct, lease_owner, lease_until IS NOT NULL AS leased"
@@ -156,13 +157,7 @@ async def test_migration_backfills_a_live_queue(pg_server: dict, unique) -> None
     """A database at migration 0020 with queued, sending and finished MTs: 0021 gives the
     queued and sending ones their queue rows (the lease kept), drops the three indexes that
     named status, and the next claim takes the queued ones."""
-    admin = str(pg_server["url"])
-    name = unique("smsgw_m21_")
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    url = admin.rsplit("/", 1)[0] + "/" + name
-    try:
+    async with empty_database(str(pg_server["url"]), unique("smsgw_m21_")) as url:
         await db.migrate(url, target=20)
         c = await db.connect(url)
         try:
@@ -183,7 +178,3 @@ async def test_migration_backfills_a_live_queue(pg_server: dict, unique) -> None
             assert [r.body for r in got] == ["q"]
         finally:
             await c.close()
-    finally:
-        conn = await asyncpg.connect(admin)
-        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await conn.close()

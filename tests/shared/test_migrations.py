@@ -9,6 +9,8 @@ import pytest
 from smsgw.shared.core import db
 from smsgw.shared.core.errors import SchemaVersionError
 
+from ..harness import empty_database
+
 
 async def test_template_has_every_named_table(pool: asyncpg.Pool) -> None:
     names = {r["tablename"] for r in await pool.fetch(
@@ -23,13 +25,7 @@ async def test_template_has_every_named_table(pool: asyncpg.Pool) -> None:
 async def test_concurrent_migrate_applies_each_once(pg_server: dict, unique) -> None:
     """1. create an empty database; 2. run migrate() from 4 tasks at once;
     3. every migration is recorded once and exactly one caller applied it."""
-    admin = str(pg_server["url"])
-    name = unique("smsgw_mig_")
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    url = admin.rsplit("/", 1)[0] + "/" + name
-    try:
+    async with empty_database(str(pg_server["url"]), unique("smsgw_mig_")) as url:
         results = await asyncio.gather(*(db.migrate(url) for _ in range(4)))
         applied = [n for r in results for n in r]
         assert sorted(applied) == sorted(m.name for m in db.load_migrations())
@@ -40,10 +36,6 @@ async def test_concurrent_migrate_applies_each_once(pg_server: dict, unique) -> 
                 db.load_migrations())
         finally:
             await c.close()
-    finally:
-        conn = await asyncpg.connect(admin)
-        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await conn.close()
 
 
 async def test_check_schema_refuses_old_and_too_new(pool: asyncpg.Pool) -> None:
