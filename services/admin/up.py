@@ -488,6 +488,31 @@ class Child:
                 if "READY=1" in data.split("\n"):
                     self.ready.set()
 
+    def last_error(self, tail_bytes: int = 65536) -> str | None:
+        """The last error the child logged (event name and exception), for the operator's
+        terminal when it did not start; None when its log holds none. Logs hold no secrets."""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return None
+        for line in reversed(lines):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(event, dict) or event.get("level") not in ("error", "critical"):
+                continue
+            text = str(event.get("event", "error"))
+            if event.get("error"):
+                text += f": {event['error']}"
+            exc = event.get("exception")
+            if isinstance(exc, list) and exc and isinstance(exc[0], dict):
+                text += f": {exc[0].get('exc_type', '')}: {exc[0].get('exc_value', '')}"
+            return text[:500]
+        return None
+
     def open_log(self) -> Any:
         """The child's log file, opened for appending (stdout and stderr go there); 0600."""
         return open_private_log(self.log_path)
@@ -626,8 +651,9 @@ class Supervisor:
             assert child.proc is not None
             self.say(f"{child.name}: started (pid {child.proc.pid}), waiting until ready")
             if not await child.wait_ready(READY_TIMEOUT_S):
-                self.say(f"{child.name}: not ready (exit {child.proc.returncode}); see "
-                         f"{child.log_path}")
+                reason = child.last_error()
+                self.say(f"{child.name}: not ready (exit {child.proc.returncode})"
+                         + (f": {reason}" if reason else "") + f"; see {child.log_path}")
                 self.fatal = f"{child.name} did not start"
                 code = child.proc.returncode
                 self.exit_code = EXIT_CONFIG if code == EXIT_CONFIG else EXIT_FAILURE

@@ -38,9 +38,17 @@ def port_free(port: int) -> bool:
 
 
 def free_block(offsets: list[int]) -> int:
-    """A base port such that base + each offset is free now."""
+    """A base port such that base + each offset is free now.
+
+    Below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 by default):
+    a port in it can be taken by any outgoing connection (the other xdist worker's Postgres
+    clients) between this check and the child's bind, and the child then exits 1 at start."""
+    low, high = 10000, 32000
+    with contextlib.suppress(OSError, ValueError):
+        eph_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        high = min(high, eph_low - 200)
     for _ in range(200):
-        base = random.randrange(20000, 60000, 10)
+        base = random.randrange(low, high, 10)
         if all(port_free(base + o) for o in offsets):
             return base
     raise RuntimeError("no free port block")

@@ -11,6 +11,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -157,5 +158,23 @@ def test_bad_config_exits_78_without_restart_loop(up_factory: Any, tmp_path: Pat
     up = up_factory(extra=["--config", str(cfg), "--no-demo"])
     up.start()
     assert up.wait_exit(150) == 78, up.text()
+    assert "restarting" not in up.text()
+    assert not (up.data_dir / "pg" / "postmaster.pid").exists()
+
+
+def test_a_child_that_cannot_start_says_why(up_factory: Any, ops: Any) -> None:
+    """1. Hold the reporter's metrics port (another process has it).
+    2. up says which child did not start AND the error from its log (not only the log's
+       path), stops what it started and exits 1."""
+    metrics_base = ops.free_block([1, 2, 3, 4])
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", metrics_base + 4))  # METRICS_OFFSET["reporter"]
+        held.listen()
+        up = up_factory(extra=["--no-demo", "--metrics-port-base", str(metrics_base)])
+        up.start()
+        assert up.wait_exit(150) == 1, up.text()
+    said = [line for line in up.err if "reporter@1: not ready" in line]
+    assert said, up.text()
+    assert "daemon_crashed" in said[0] and "address already in use" in said[0].lower(), said[0]
     assert "restarting" not in up.text()
     assert not (up.data_dir / "pg" / "postmaster.pid").exists()
