@@ -21,7 +21,14 @@ from pydantic import ValidationError
 
 from smsgw.services.receiver.auth import bearer_key
 from smsgw.services.receiver.context import CONTEXT, ReceiverContext
-from smsgw.services.receiver.models import BatchIn, MessageIn, field_errors
+from smsgw.services.receiver.models import (
+    BatchIn,
+    MessageIn,
+    PlainMessage,
+    field_errors,
+    plain_batch,
+    plain_message,
+)
 from smsgw.services.receiver.ratelimit import window_limit
 from smsgw.services.receiver.responses import error, json_response, unavailable, unavailable_reason
 from smsgw.services.receiver.store import MtItem, MtOutcome, MtResult, find_message
@@ -31,7 +38,7 @@ from smsgw.shared.domain.apikeys import Account
 from smsgw.shared.domain.numbers import InvalidNumber, normalise_recipient, normalise_sender
 from smsgw.shared.domain.urlguard import UnsafeUrl, check_url
 from smsgw.shared.queue.groupcommit import IntakeClosed, IntakeFull
-from smsgw.shared.runtime.fasthttp import FastRequest
+from smsgw.shared.runtime.fasthttp import FastAnswer, FastRequest
 from smsgw.shared.runtime.http import BodyTimeout
 from smsgw.shared.smpp.text import TextTooLong, check_udh, estimate_content
 
@@ -153,32 +160,30 @@ def invalid(ctx: ReceiverContext, errors: list[dict[str, str]],
 async def post_messages(request: web.Request) -> web.StreamResponse:
     """Accept one MT or a batch; 202 when every new row is committed."""
     ctx = request.app[CONTEXT]
-    return await submit(ctx, request.headers.get("Authorization"),
-                        lambda: read_body(request, ctx))
+    answer = await submit(ctx, request.headers.get("Authorization"),
+                          lambda: read_body(request, ctx))
+    return answer.response() if isinstance(answer, FastAnswer) else answer
 
 
-async def fast_post_messages(ctx: ReceiverContext, request: FastRequest) -> web.Response:
+async def fast_post_messages(ctx: ReceiverContext,
+                             request: FastRequest) -> web.Response | FastAnswer:
     """`POST /v1/messages` served by the fast front (shared/runtime/fasthttp.py): the same
     `submit`, the body already read (the front hands larger ones to aiohttp, whose
     `read_body` answers 413)."""
-    body = request.body
-
-    async def read() -> bytes:
-        return body
-
-    return await submit(ctx, request.headers.get("Authorization"), read)
+    return await submit(ctx, request.headers.get("Authorization"), request.body)
 
 
 async def submit(ctx: ReceiverContext, authorization: str | None,
-                 read: Callable[[], Awaitable[bytes]]) -> web.Response:
+                 read: Callable[[], Awaitable[bytes]] | bytes) -> web.Response | FastAnswer:
     """The submit API's answer to one request (both HTTP paths): the checks in the order the
-    module docstring gives, then the group commit."""
+    module docstring gives, then the group commit. `read` reads the body, or is the body.
+    A 202 is a `FastAnswer` (its `response()` for aiohttp)."""
     started = time.perf_counter()
     try:
         account = await require_bearer(ctx, authorization)
         admit(ctx, "outbound")
         admit_account(ctx, account)
-        raw = await read()
+        raw = read if isinstance(read, bytes) else await read()
         messages, batch = _parse(ctx, raw)
         items, estimates = _build_items(ctx, account, messages, batch)
         _check_rate(ctx, account, len(items))
@@ -190,13 +195,14 @@ async def submit(ctx: ReceiverContext, authorization: str | None,
     finally:
         ctx.metrics.duration("api", time.perf_counter() - started)
     for r in results:
-        ctx.metrics.mt("api", _outcome_label(r))
+        ctx.metrics.mt("api", _OUTCOME_LABELS[r.outcome])
     if batch:
-        return json_response(_batch_answer(items, results, estimates), 202)
+        return FastAnswer(202, orjson.dumps(_batch_answer(items, results, estimates)))
     return _single_answer(items[0], results[0], estimates[0])
 
 
-def _parse(ctx: ReceiverContext, raw: bytes) -> tuple[list[MessageIn], bool]:
+def _parse(ctx: ReceiverContext,
+           raw: bytes) -> tuple[list[MessageIn] | list[PlainMessage], bool]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -206,20 +212,28 @@ def _parse(ctx: ReceiverContext, raw: bytes) -> tuple[list[MessageIn], bool]:
     if not isinstance(data, dict):
         raise invalid(ctx, [{"field": "body", "message": "expected a JSON object"}])
     batch = "messages" in data
-    try:
-        if batch:
-            messages = BatchIn.model_validate(data).messages
-        else:
-            messages = [MessageIn.model_validate(data)]
-    except ValidationError as exc:
-        raise invalid(ctx, field_errors(exc)) from exc
+    # the common shapes without pydantic (models.plain_message: what the model would accept
+    # unchanged); anything else through the model, which names every error
+    plain = plain_batch(data) if batch else plain_message(data)
+    messages: list[MessageIn] | list[PlainMessage]
+    if plain is None:
+        try:
+            if batch:
+                messages = BatchIn.model_validate(data).messages
+            else:
+                messages = [MessageIn.model_validate(data)]
+        except ValidationError as exc:
+            raise invalid(ctx, field_errors(exc)) from exc
+    else:
+        messages = plain if isinstance(plain, list) else [plain]
     if len(messages) > ctx.options.max_batch:
         raise invalid(ctx, [{"field": "messages",
                              "message": f"at most {ctx.options.max_batch} messages"}])
     return messages, batch
 
 
-def _build_items(ctx: ReceiverContext, account: Account, messages: list[MessageIn],
+def _build_items(ctx: ReceiverContext, account: Account,
+                 messages: list[MessageIn] | list[PlainMessage],
                  batch: bool) -> tuple[list[MtItem], list[tuple[str, int]]]:
     items: list[MtItem] = []
     estimates: list[tuple[str, int]] = []
@@ -248,7 +262,7 @@ class FieldInvalid(ValueError):
         self.message = message
 
 
-def mt_item(ctx: ReceiverContext, account: Account, msg: MessageIn,
+def mt_item(ctx: ReceiverContext, account: Account, msg: MessageIn | PlainMessage,
             now: datetime) -> tuple[MtItem, tuple[str, int]]:
     """Turn a validated `MessageIn` into a storable `MtItem` (+ encoding/parts estimate)."""
     opts = ctx.options
@@ -287,7 +301,7 @@ def mt_item(ctx: ReceiverContext, account: Account, msg: MessageIn,
     return item, (encoding, parts)
 
 
-def _check_content(msg: MessageIn) -> None:
+def _check_content(msg: MessageIn | PlainMessage) -> None:
     """The checks that span fields, each naming the field it blames."""
     if (msg.text is None) == (msg.binary is None):
         raise FieldInvalid("text", "give either text or binary")
@@ -301,7 +315,8 @@ def _check_content(msg: MessageIn) -> None:
         raise FieldInvalid("encoding", "a message class needs GSM 7-bit or UCS-2")
 
 
-def _smpp_fields(ctx: ReceiverContext, msg: MessageIn) -> dict[str, Any] | None:
+def _smpp_fields(ctx: ReceiverContext,
+                 msg: MessageIn | PlainMessage) -> dict[str, Any] | None:
     """The message's SMPP fields (shared/smpp/fields.py), None when it asks for none."""
     out: dict[str, Any] = {}
     mclass = 0 if msg.flash else msg.mclass
@@ -393,25 +408,27 @@ def _check_rate(ctx: ReceiverContext, account: Account, n: int) -> None:
                              headers={"Retry-After": str(int(wait))}))
 
 
-def _outcome_label(result: MtResult) -> str:
-    return {MtOutcome.CREATED: "accepted", MtOutcome.DUPLICATE: "duplicate",
-            MtOutcome.CONFLICT: "conflict"}[result.outcome]
+_OUTCOME_LABELS = {MtOutcome.CREATED: "accepted", MtOutcome.DUPLICATE: "duplicate",
+                   MtOutcome.CONFLICT: "conflict"}
+_STATUSES = {MtOutcome.CREATED: "queued", MtOutcome.DUPLICATE: "duplicate",
+             MtOutcome.CONFLICT: "conflict"}
 
 
 def _status(result: MtResult) -> str:
-    return {MtOutcome.CREATED: "queued", MtOutcome.DUPLICATE: "duplicate",
-            MtOutcome.CONFLICT: "conflict"}[result.outcome]
+    return _STATUSES[result.outcome]
 
 
-def _single_answer(item: MtItem, result: MtResult, est: tuple[str, int]) -> web.Response:
+def _single_answer(item: MtItem, result: MtResult,
+                   est: tuple[str, int]) -> web.Response | FastAnswer:
     if result.outcome is MtOutcome.CONFLICT:
         return error(409, "client_ref_conflict",
                      "client_ref was already used for a different message",
                      errors=[{"field": "client_ref",
                               "message": "already used for a different message"}],
                      id=result.id)
-    return json_response({"id": result.id, "status": _status(result), "parts": est[1],
-                          "encoding": est[0], "client_ref": item.client_ref}, 202)
+    return FastAnswer(202, orjson.dumps({"id": result.id, "status": _status(result),
+                                         "parts": est[1], "encoding": est[0],
+                                         "client_ref": item.client_ref}))
 
 
 def _batch_answer(items: list[MtItem], results: list[MtResult],

@@ -10,7 +10,7 @@ from aiohttp import web
 from smsgw.services.receiver import api, openapi, reports_api, sendsms, webhooks
 from smsgw.services.receiver.context import CONTEXT, ReceiverContext
 from smsgw.services.receiver.responses import error_middleware, failure, header_guard_middleware
-from smsgw.shared.runtime.fasthttp import FastFront, FastRequest, FastRoute
+from smsgw.shared.runtime.fasthttp import FastAnswer, FastFront, FastRequest, FastRoute
 
 
 def create_api_app(ctx: ReceiverContext) -> web.Application:
@@ -36,9 +36,9 @@ def fast_front(ctx: ReceiverContext) -> FastFront:
     middleware's answers (`failure`); every other request goes to `create_api_app`'s app.
     The header guard needs no twin: the front hands a head with any non-ASCII octet to aiohttp.
     """
-    def route(handler: Callable[[ReceiverContext, FastRequest], Awaitable[web.Response]],
-              ) -> FastRoute:
-        async def serve(request: FastRequest) -> web.Response:
+    def route(handler: Callable[[ReceiverContext, FastRequest],
+                               Awaitable[web.Response | FastAnswer]]) -> FastRoute:
+        async def serve(request: FastRequest) -> web.Response | FastAnswer:
             try:
                 return await handler(ctx, request)
             except Exception as exc:  # noqa: BLE001 - request boundary, as error_middleware

@@ -326,6 +326,12 @@ def estimate(
     """
     if translit:
         text = transliterate(text)
+    if allowed:
+        # the first choice holding the text in one part is the answer (nothing is cheaper, and
+        # ties go to it): a short text needs no comparison of the others
+        first = allowed[0]
+        if _can_encode(text, first) and _count_parts(_units(text, first), first, method) == 1:
+            return first, 1
     enc = choose_encoding(text, allowed, method)
     return enc, _count_parts(_units(text, enc), enc, method)
 

@@ -219,3 +219,21 @@ def test_decode_mo_concat_udh_and_sar():
            (Tag.SAR_SEGMENT_SEQNUM, b"\x01"))  # fmt: skip
     assert T.decode_message(b"hi", 0, tlvs=sar).concat == T.Concat(9, 2, 1)
     assert T.decode_message(b"hi", 0).concat is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=400),
+       st.lists(st.sampled_from(["gsm7", "latin1", "ascii", "ucs2"]), min_size=1, max_size=4,
+                unique=True),
+       st.sampled_from(["udh8", "udh16", "sar", "payload"]))
+def test_estimate_shortcut_agrees_with_the_comparison(text, allowed, method):
+    """`estimate` answers a text its first choice holds in one part without comparing the
+    others: the same answer as the full comparison (choose_encoding), or the same error."""
+    try:
+        enc = T.choose_encoding(text, allowed, method)
+    except ValueError:
+        with pytest.raises(ValueError):
+            T.estimate(text, allowed, method)
+        return
+    assert T.estimate(text, allowed, method) == (
+        enc, T._count_parts(T._units(text, enc), enc, method))
