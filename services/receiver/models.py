@@ -3,8 +3,9 @@
 Validation happens once, at the edge, with pydantic (`extra="forbid"`: an unknown field is an
 error naming it); the common MT body (`to`, `from`, `text`, maybe `client_ref`, every value a
 string within its limits) skips the model (`plain_message`): what the model would accept
-unchanged, at a sixth of the cost; anything else, valid or not, goes through the model. Errors become `{"error": ..., "errors": [{"field": ..., "message": ...}]}`
-where `field` is a dotted path (`messages[2].to`), never a stack trace.
+unchanged, at a sixth of the cost; anything else, valid or not, goes through the model.
+Errors become `{"error": ..., "errors": [{"field": ..., "message": ...}]}` where `field` is a
+dotted path (`messages[2].to`), never a stack trace.
 """
 
 from __future__ import annotations

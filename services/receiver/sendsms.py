@@ -61,7 +61,7 @@ from smsgw.shared.domain.apikeys import Account
 from smsgw.shared.domain.numbers import InvalidNumber, normalise_recipient
 from smsgw.shared.domain.urlguard import UnsafeUrl, check_url
 from smsgw.shared.queue.groupcommit import IntakeClosed, IntakeFull
-from smsgw.shared.runtime.fasthttp import FastRequest
+from smsgw.shared.runtime.fasthttp import FastAnswer, FastRequest
 from smsgw.shared.smpp.fields import MAX_TLVS, parse_meta_data
 from smsgw.shared.smpp.text import Encoding
 
@@ -76,6 +76,8 @@ AUTH_FAILED = "Authorization failed for sendsms"
 TEMPORAL_FAILURE = "Temporal failure, try again later."
 _CODING_ENCODING: dict[int, tuple[Encoding, ...]] = {0: ("gsm7", "ucs2"), 1: ("binary",),
                                                       2: ("ucs2",)}
+# the 202 (as `_text` writes it), built once
+_ACCEPTED = FastAnswer(202, ACCEPTED.encode(), "text/plain", "utf-8")
 
 
 def _text(status: int, body: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -130,7 +132,7 @@ class SendsmsRequest(Protocol):
 
 
 async def _params(ctx: ReceiverContext, request: SendsmsRequest, query: str,
-                  read: Callable[[], Awaitable[bytes]]) -> dict[str, bytes]:
+                  read: Callable[[], Awaitable[bytes]] | bytes) -> dict[str, bytes]:
     """Every parameter as raw bytes (query first, then a form body; or Kannel's POST: the
     body and the X-Kannel headers), decoded later per field: `text` is in `charset`, the
     others in UTF-8."""
@@ -138,10 +140,14 @@ async def _params(ctx: ReceiverContext, request: SendsmsRequest, query: str,
     _add_pairs(params, query)
     if request.method == "POST" and request.content_type in (
             "application/x-www-form-urlencoded", ""):
-        _add_pairs(params, (await read()).decode("latin-1"))
+        _add_pairs(params, (await _body(read)).decode("latin-1"))
     elif request.method == "POST" and request.body_exists:
-        return _posted_params(request, await read())
+        return _posted_params(request, await _body(read))
     return params
+
+
+async def _body(read: Callable[[], Awaitable[bytes]] | bytes) -> bytes:
+    return read if isinstance(read, bytes) else await read()
 
 
 def _add_pairs(params: dict[str, bytes], query: str) -> None:
@@ -432,24 +438,22 @@ def _kannel_meta(ctx: ReceiverContext, params: dict[str, bytes]) -> dict[str, st
 async def sendsms(request: web.Request) -> web.StreamResponse:
     """Kannel's sendsms interface (see the module docstring)."""
     ctx = request.app[CONTEXT]
-    return await answer(ctx, request, request.rel_url.raw_query_string,
-                        lambda: read_body(request, ctx))
+    reply = await answer(ctx, request, request.rel_url.raw_query_string,
+                         lambda: read_body(request, ctx))
+    return reply.response() if isinstance(reply, FastAnswer) else reply
 
 
-async def fast_sendsms(ctx: ReceiverContext, request: FastRequest) -> web.Response:
+async def fast_sendsms(ctx: ReceiverContext,
+                       request: FastRequest) -> web.Response | FastAnswer:
     """`/cgi-bin/sendsms` served by the fast front (shared/runtime/fasthttp.py): the same
     `answer`, the body already read (the front hands larger ones to aiohttp)."""
-    body = request.body
-
-    async def read() -> bytes:
-        return body
-
-    return await answer(ctx, request, request.query_string, read)
+    return await answer(ctx, request, request.query_string, request.body)
 
 
 async def answer(ctx: ReceiverContext, request: SendsmsRequest, query: str,
-                 read: Callable[[], Awaitable[bytes]]) -> web.Response:
-    """Kannel's answer to one sendsms request (both HTTP paths)."""
+                 read: Callable[[], Awaitable[bytes]] | bytes) -> web.Response | FastAnswer:
+    """Kannel's answer to one sendsms request (both HTTP paths; `read` reads the body, or is
+    the body). The 202 is a `FastAnswer` (its `response()` for aiohttp)."""
     started = time.perf_counter()
     try:
         params = await _params(ctx, request, query, read)
@@ -477,7 +481,7 @@ async def answer(ctx: ReceiverContext, request: SendsmsRequest, query: str,
     finally:
         ctx.metrics.duration("sendsms", time.perf_counter() - started)
     ctx.metrics.mt("sendsms", "accepted", len(items))
-    return _text(202, ACCEPTED)
+    return _ACCEPTED
 
 
 def add_routes(app: web.Application) -> None:
