@@ -41,12 +41,14 @@ from smsgw.services.sender.matching import (
     MatchResult,
     MatchSettings,
     ReceiptStore,
+    Siblings,
     run_matcher,
 )
 from smsgw.services.sender.metrics import SenderMetrics
 from smsgw.services.sender.routing import Router
 from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.sender.submitter import Submitter
+from smsgw.services.sender.writeback import ReceiptRace
 from smsgw.shared.core import db
 from smsgw.shared.core.aio import race_stop, sleep_or_stop
 from smsgw.shared.core.db import DATABASE_ERRORS
@@ -152,13 +154,15 @@ class SenderEngine:
         self.manager_stop = asyncio.Event()
         linger = config.daemon.adaptive_linger_s
         self.receipt_pool = ReceiptPool(pool)
+        self.receipt_race = ReceiptRace()  # a receipt's store vs its part's write-back
         self.committers = [GroupCommitter(pool, flush_inbound, name="sender.inbound",
                                           transactional=False,  # see flush_inbound
                                           adaptive_linger_s=linger),
                            # one autocommitted statement (store, match what it can, NOTIFY
                            # the matcher for the rest): no BEGIN/COMMIT round trips
                            GroupCommitter(self.receipt_pool, ReceiptStore(
-                               lambda: self.match, on_stored=self._count_stored),
+                               lambda: self.match, on_stored=self._count_stored,
+                               race=self.receipt_race),
                                           name="sender.receipts",
                                           max_batch=2000, transactional=False,
                                           adaptive_linger_s=linger)]
@@ -174,6 +178,9 @@ class SenderEngine:
             metrics=self.metrics, hasher=NumberHasher.from_config(config),
             wait_for_work=lambda: self.wait_for_work(CHANNELS["outbound"]))
         self.match = MatchSettings.from_config(config.connectors, config.daemon)
+        # the write-back matches the receipts that raced it (writeback.write_back)
+        self.submitter.flusher.siblings = Siblings(lambda: self.match)
+        self.submitter.flusher.race = self.receipt_race
         if self.metrics is not None:
             self.metrics.init_static()
             for c in connectors:

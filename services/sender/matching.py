@@ -52,6 +52,7 @@ import asyncpg
 import structlog
 
 from smsgw.services.sender.settings import SenderSettings
+from smsgw.services.sender.writeback import ReceiptRace
 from smsgw.shared.core.aio import race_stop, sleep_or_stop
 from smsgw.shared.core.db import DATABASE_ERRORS
 from smsgw.shared.domain.status_callbacks import (
@@ -162,6 +163,22 @@ async def match_batch(conn: asyncpg.Connection, settings: MatchSettings) -> Matc
                        finalized=finalized, callbacks=n_callbacks)
 
 
+class Siblings:
+    """Connector → the connectors whose parts its receipts may match (`receipts.sibling_map`
+    of the current `MatchSettings`; recomputed only when SIGHUP swapped them). The receipt
+    store and the write-back (`writeback.Flusher.siblings`) both ask it."""
+
+    def __init__(self, settings: Callable[[], MatchSettings]) -> None:
+        self.settings = settings
+        self._cached: tuple[MatchSettings, dict[str, tuple[str, ...]]] | None = None
+
+    def __call__(self) -> dict[str, tuple[str, ...]]:
+        settings = self.settings()
+        if self._cached is None or self._cached[0] is not settings:
+            self._cached = (settings, receipts.sibling_map(*_operator_arrays(settings)))
+        return self._cached[1]
+
+
 class ReceiptStore:
     """The sender's receipt flush (for its intake's `GroupCommitter`, `transactional=False`):
     store receipts, matching the ones that need nothing else in the same statement (module
@@ -172,18 +189,25 @@ class ReceiptStore:
     """
 
     def __init__(self, settings: Callable[[], MatchSettings], *,
-                 on_stored: Callable[[ReceiptStored], None] | None = None) -> None:
+                 on_stored: Callable[[ReceiptStored], None] | None = None,
+                 race: ReceiptRace | None = None) -> None:
         self.settings = settings
         self.on_stored = on_stored
-        self._siblings: tuple[MatchSettings, dict[str, tuple[str, ...]]] | None = None
+        self.siblings = Siblings(settings)
+        self.race = race  # orders a store after a running write-back of the same ids
 
     async def __call__(self, conn: asyncpg.Connection,
                        items: Sequence[ReceiptWrite]) -> list[int]:
-        settings = self.settings()
-        if self._siblings is None or self._siblings[0] is not settings:  # SIGHUP swapped them
-            self._siblings = (settings, receipts.sibling_map(*_operator_arrays(settings)))
-        res = await receipts.store(conn, items, siblings=self._siblings[1],
-                                   window_s=settings.window_s)
+        if self.race is None:
+            res = await receipts.store(conn, items, siblings=self.siblings(),
+                                       window_s=self.settings().window_s)
+        else:
+            token = await self.race.before_store(frozenset(r.smsc_id for r in items))
+            try:
+                res = await receipts.store(conn, items, siblings=self.siblings(),
+                                           window_s=self.settings().window_s)
+            finally:
+                self.race.after_store(token)
         if self.on_stored is not None:
             self.on_stored(res)
         return list(res.ids)

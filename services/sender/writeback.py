@@ -9,8 +9,9 @@ callbacks (`status_change`) and events for unusual outcomes go in the same trans
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import asyncpg
 import structlog
@@ -26,7 +27,7 @@ from smsgw.shared.domain.status_callbacks import (
     insert_rows,
     is_kannel,
 )
-from smsgw.shared.queue import outbound
+from smsgw.shared.queue import outbound, receipts
 from smsgw.shared.queue.records import ClaimedOutbound, OutboundStatus, StatusCallback
 
 log = structlog.get_logger("smsgw.sender")
@@ -93,15 +94,104 @@ def _write_back_args(owner: str, outcomes: Sequence[Outcome]) -> list[Any]:
             *pcols]
 
 
+_FINAL_PART_STATES = frozenset({"delivered", "undeliverable", "expired", "rejected",
+                                "unknown_receipt"})
+
+
+def _quiet_one_part(o: Outcome) -> bool:
+    """Whether a receipt for this outcome needs nothing but its part and message updated: an
+    accepted one-part message that owes no report — no status callback, no Kannel dlr-url, no
+    intermediate ESME receipt (the write-back takes it from sending to its final state in one
+    update) — the cases `receipts.store` matches itself."""
+    row = o.row
+    if (row is None or o.status != OutboundStatus.SUBMITTED or (o.parts_total or 1) != 1
+            or len(o.parts) != 1 or row.callback_url or not o.connector
+            or _kannel_dlr(o) is not False):
+        return False
+    meta = row.meta
+    return not (isinstance(meta, dict) and int(meta.get("esme_rd") or 0) & 16)
+
+
+async def _raced_receipts(conn: asyncpg.Connection, outcomes: Sequence[Outcome],
+                          siblings: Mapping[str, tuple[str, ...]],
+                          args: list[Any]) -> dict[int, list[int]]:
+    """The receipts that arrived before their part was recorded, for the quiet one-part
+    outcomes of this batch: read and locked (`receipts.waiting`), the winner of each part
+    picked as the matcher picks it (a final receipt beats an intermediate one, then the
+    newest), its outcome appended to `args` as the write-back's five receipt arrays. Returns
+    message id → the receipt ids to mark matched once the write-back owned the message."""
+    n_parts = len(args[9])
+    msg_final: list[str | None] = [None] * len(outcomes)
+    msg_err: list[str | None] = [None] * len(outcomes)
+    part_state: list[str | None] = [None] * n_parts
+    part_err: list[str | None] = [None] * n_parts
+    part_done: list[bool | None] = [None] * n_parts
+    args += [msg_final, msg_err, part_state, part_err, part_done]
+    # smsc id -> (message index, part index, connectors whose receipts may match)
+    cands: dict[str, tuple[int, int, tuple[str, ...]] | None] = {}
+    j = 0
+    for i, o in enumerate(outcomes):
+        if _quiet_one_part(o):
+            sid, st = o.parts[0][1], o.parts[0][3]
+            if sid and st == OutboundStatus.SUBMITTED:
+                assert o.connector is not None
+                # an id twice in one batch (reused): the matcher decides between the parts
+                cands[sid] = None if sid in cands else (
+                    i, j, siblings.get(o.connector) or (o.connector,))
+        j += len(o.parts)
+    wanted = [sid for sid, c in cands.items() if c is not None]
+    if not wanted:
+        return {}
+    found: dict[int, list[int]] = {}
+    best: dict[str, Any] = {}
+    for r in await receipts.waiting(conn, wanted):
+        cand = cands.get(r["smsc_id"])
+        if cand is None or r["connector"] not in cand[2]:
+            continue
+        i = cand[0]
+        found.setdefault(outcomes[i].msg_id, []).append(r["id"])
+        w = best.get(r["smsc_id"])
+        if w is None or (r["final"], r["id"]) > (w["final"], w["id"]):
+            best[r["smsc_id"]] = r
+    for sid, w in best.items():
+        i, j, _ = cands[sid]  # type: ignore[misc]
+        part_err[j], part_done[j] = w["err"], bool(w["final"])
+        if w["final"] and w["state"] in _FINAL_PART_STATES:
+            part_state[j] = w["state"]
+            msg_final[i] = w["state"] if w["state"] in ("delivered", "expired") \
+                else "undeliverable"
+            msg_err[i] = w["err"]
+    return found
+
+
+class WriteBackResult(NamedTuple):
+    """One write-back: the messages it still owned (and updated), and the receipts it matched
+    to the parts it recorded (the ones that had arrived before)."""
+
+    owned: set[int]
+    receipts_matched: int
+
+
 async def write_back(conn: asyncpg.Connection, owner: str, outcomes: Sequence[Outcome], *,
-                     events: bool = True, daemon: str = "sender") -> set[int]:
-    """Record outcomes in one transaction (fenced by `owner`); return the ids it owned.
+                     events: bool = True, daemon: str = "sender",
+                     siblings: Mapping[str, tuple[str, ...]] | None = None) -> WriteBackResult:
+    """Record outcomes in one transaction (fenced by `owner`); return the ids it owned and
+    the receipts it matched.
 
     Status callbacks for the owned messages and events for the unusual outcomes are written
-    in the same transaction.
+    in the same transaction. With `siblings` (`receipts.sibling_map`: connector → the
+    connectors whose receipts may match its parts), a receipt that arrived before its part
+    was recorded (a fast SMSC's receipt racing this write-back), of a message that owes no
+    report, is matched and its message finalised in the same transaction — else the matcher
+    does it later, in two more statements and a commit.
     """
     async with conn.transaction():
-        owned = set(await outbound.write_back(conn, *_write_back_args(owner, outcomes)))
+        args = _write_back_args(owner, outcomes)
+        raced = await _raced_receipts(conn, outcomes, siblings, args) if siblings else {}
+        owned = set(await outbound.write_back(conn, *args))
+        pairs = [(rid, mid) for mid, rids in raced.items() if mid in owned for rid in rids]
+        matched = await receipts.matched_to_parts(
+            conn, [p[0] for p in pairs], [p[1] for p in pairs]) if pairs else 0
         rows = [cb for o in outcomes if o.msg_id in owned
                 for cb in (outcome_callback(o),) if cb is not None]
         if rows:
@@ -112,7 +202,63 @@ async def write_back(conn: asyncpg.Connection, owner: str, outcomes: Sequence[Ou
                    for o in outcomes if o.msg_id in owned and o.status != "submitted"]
             if evs:
                 await outbound.log_events(conn, evs, daemon)
-    return owned
+    return WriteBackResult(owned, matched)
+
+
+class ReceiptRace:
+    """Orders, within this sender, a receipt's store and its part's write-back, so that a
+    fast SMSC's receipt is matched by one or the other instead of waiting for the matcher.
+
+    A receipt stored while the write-back of its part is running sees no part (the
+    write-back has not committed) and the write-back does not see the receipt (stored after
+    its snapshot): both miss it. So a write-back first waits for the receipt stores in
+    progress that carry one of its SMSC ids, and a receipt store first waits for a running
+    write-back that carries one of its ids; whichever runs second sees the other's commit.
+    Both waits are bounded (`bound_s`): past it, the work goes on and the matcher matches
+    what was missed, as it always can. Receipts that come on another sender's binds are not
+    ordered (the matcher's case)."""
+
+    def __init__(self, bound_s: float = 1.0) -> None:
+        self.bound_s = bound_s
+        self._flushing: frozenset[str] = frozenset()
+        self._flush_idle = asyncio.Event()
+        self._flush_idle.set()
+        self._stores: dict[int, frozenset[str]] = {}
+        self._store_done = asyncio.Event()
+        self._next = 0
+
+    async def before_flush(self, smsc_ids: frozenset[str]) -> None:
+        """Wait for the stores in progress of any of `smsc_ids`, then mark them flushing."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.bound_s
+        while any(not ids.isdisjoint(smsc_ids) for ids in self._stores.values()):
+            self._store_done.clear()
+            try:
+                await asyncio.wait_for(self._store_done.wait(), max(0.0, end - loop.time()))
+            except TimeoutError:
+                break
+        self._flushing = smsc_ids
+        self._flush_idle.clear()
+
+    def after_flush(self) -> None:
+        """The write-back committed (or failed)."""
+        self._flushing = frozenset()
+        self._flush_idle.set()
+
+    async def before_store(self, smsc_ids: frozenset[str]) -> int:
+        """Wait while a running write-back carries any of `smsc_ids`; register the store."""
+        if not self._flushing.isdisjoint(smsc_ids):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_idle.wait(), self.bound_s)
+        token = self._next
+        self._next += 1
+        self._stores[token] = smsc_ids
+        return token
+
+    def after_store(self, token: int) -> None:
+        """The store committed (or failed)."""
+        del self._stores[token]
+        self._store_done.set()
 
 
 class Flusher:
@@ -130,6 +276,10 @@ class Flusher:
         self.owner = owner  # the lease owner that fences every write-back
         self.metrics = metrics
         self.buffer: list[Outcome] = []
+        # connector → the connectors whose receipts may match its parts (None: the write-back
+        # matches no receipt; the engine sets it from its receipt-matching settings)
+        self.siblings: Callable[[], Mapping[str, tuple[str, ...]]] | None = None
+        self.race: ReceiptRace | None = None  # set with `siblings`
         self._kick = asyncio.Event()
         self._full = asyncio.Event()
         self._idle = asyncio.Event()
@@ -165,17 +315,27 @@ class Flusher:
         """Write the current buffer (up to 4 x flush_size) in one transaction."""
         self._full.clear()
         batch = self.buffer[: self.settings.flush_size * 4]
+        race = self.race
+        if race is not None:
+            await race.before_flush(frozenset(sid for o in batch for (_no, sid, _cs, _st)
+                                              in o.parts if sid))
         try:
             async with self.pool.acquire() as conn:
-                await write_back(conn, self.owner, batch, events=self.settings.events)
+                res = await write_back(conn, self.owner, batch, events=self.settings.events,
+                                       siblings=self.siblings() if self.siblings else None)
         except DATABASE_ERRORS:
             log.exception("writeback_failed", messages=len(batch))
             await asyncio.sleep(1.0)
             return
+        finally:
+            if race is not None:
+                race.after_flush()
         del self.buffer[: len(batch)]
         self.flushed += len(batch)
         if self.metrics is not None:
             self.metrics.writeback_batch.observe(len(batch))
+            if res.receipts_matched:
+                self.metrics.dlr_matched.labels(outcome="matched").inc(res.receipts_matched)
             for o in batch:
                 self.metrics.child(self.metrics.messages, _outcome_label(o.status)).inc()
 

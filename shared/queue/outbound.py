@@ -137,12 +137,19 @@ async def write_back(conn: asyncpg.Connection, owner: str, *columns: list[Any]) 
     """Record a batch of submit outcomes in one statement, fenced by lease owner `owner`;
     returns the ids of the messages it still owned (and so updated).
 
-    `columns` are 16 arrays: per message id, status, error_code, error, delay_s (a retry's
+    `columns` are 16 arrays — per message id, status, error_code, error, delay_s (a retry's
     backoff), attempts_inc, parts_total, connector; then per answered part outbound_id,
     part_no, parts_total, connector, smsc_id, command_status, status, kannel_dlr (whether its
     message asked for a Kannel dlr-url; None: unknown) — `outbound_part` rows; a resubmitted
-    part replaces the earlier attempt's row.
+    part replaces the earlier attempt's row — optionally followed by the 5 arrays of the
+    receipts that arrived before their part: per message the final state a receipt sets and
+    its err, per part its state, err and whether it was final (see `write_back` in
+    sql/outbound.sql; None throughout: no receipt).
     """
+    if len(columns) == 16:
+        n_msg, n_part = len(columns[0]), len(columns[8])
+        columns = (*columns, [None] * n_msg, [None] * n_msg, [None] * n_part,
+                   [None] * n_part, [None] * n_part)
     row = await conn.fetchrow(_WRITE_BACK, owner, *columns)
     assert row is not None
     return row["owned"]  # type: ignore[no-any-return]

@@ -30,6 +30,8 @@ _STORE: Final = _SQL["store"]
 _MATCH: Final = _SQL["match"]
 _ORPHAN: Final = _SQL["orphan"]
 _KANNEL_DLRS: Final = _SQL["kannel_dlrs"]
+_WAITING: Final = _SQL["waiting"]
+_MATCHED_TO_PARTS: Final = _SQL["matched_to_parts"]
 
 
 def _document(items: Sequence[ReceiptWrite],
@@ -78,6 +80,21 @@ async def store(conn: asyncpg.Connection, items: Sequence[ReceiptWrite], *,
     return ReceiptStored(ids=[int(r["id"]) for r in rows],
                          matched=sum(1 for r in rows if r["matched"]),
                          finalized=int(rows[0]["finalized"]) if rows else 0)
+
+
+async def waiting(conn: asyncpg.Connection, smsc_ids: Sequence[str]) -> list[asyncpg.Record]:
+    """The receipts still waiting for a part with one of `smsc_ids` (id, smsc_id, connector,
+    state, final, err; oldest first), locked for the caller's transaction, skipping those a
+    matcher holds. Run inside a transaction."""
+    return await conn.fetch(_WAITING, list(smsc_ids))  # type: ignore[no-any-return]
+
+
+async def matched_to_parts(conn: asyncpg.Connection, receipt_ids: Sequence[int],
+                           outbound_ids: Sequence[int]) -> int:
+    """Mark receipts `receipt_ids` matched to part 1 of messages `outbound_ids` (pairwise;
+    the caller recorded those parts with the receipts' state); returns how many."""
+    status = await conn.execute(_MATCHED_TO_PARTS, list(receipt_ids), list(outbound_ids))
+    return int(status.rsplit(" ", 1)[-1])
 
 
 async def match(conn: asyncpg.Connection, *, limit: int, connectors: Sequence[str],

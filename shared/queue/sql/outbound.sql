@@ -280,13 +280,18 @@ RETURNING m.id, m.status
 -- - `parts`: insert each answered part (smsc id, command_status, whether its message asked for
 --   a Kannel dlr-url) of the owned messages; a resubmitted part replaces the earlier attempt's
 --   row.
--- Receipts that arrived before their part was recorded are not woken here: the matcher tries
--- a receipt only after a short minimum age and retries unmatched ones with backoff, which
--- costs less than probing the receipts for every recorded part.
+-- A receipt that arrived before its part was recorded (a fast SMSC's receipt racing this
+-- write-back) comes with its message and part: the caller read and locked it in this
+-- transaction (`receipts.waiting`) and gives its outcome positionally — per message $18, the
+-- final state the receipt sets (NULL: none) and $19 its err; per part $20, the part's state
+-- from the receipt (NULL: none), $21 its err, $22 whether the receipt was final — and marks
+-- it matched afterwards (`receipts.matched_to_parts`). The message is finalised as
+-- `outbound.finalize` does for one part, the part updated as `receipt_part_update` does.
 WITH msg AS (
     SELECT * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::float8[],
-                         $7::int[], $8::smallint[], $9::text[])
-             AS u(id, status, error_code, error, delay_s, attempts_inc, parts_total, connector)
+                         $7::int[], $8::smallint[], $9::text[], $18::text[], $19::text[])
+             AS u(id, status, error_code, error, delay_s, attempts_inc, parts_total, connector,
+                  receipt_final, receipt_err)
 ), qdone AS (
     -- the ids reach the queue as one array (evaluated once): probed on the primary key, where
     -- a join with `msg` made the generic plan scan the whole queue table
@@ -304,9 +309,12 @@ WITH msg AS (
     RETURNING q.id
 ), owned AS MATERIALIZED (
     UPDATE outbound AS m
-       SET status = msg.status,
+       SET status = coalesce(msg.receipt_final, msg.status),
            error_code = coalesce(msg.error_code, m.error_code),
-           last_error = coalesce(msg.error, m.last_error),
+           last_error = CASE WHEN msg.receipt_final IN ('undeliverable', 'expired')
+                             THEN coalesce('receipt err ' || msg.receipt_err, msg.error,
+                                           m.last_error)
+                             ELSE coalesce(msg.error, m.last_error) END,
            attempts = m.attempts + msg.attempts_inc,
            run_after = CASE WHEN msg.status = 'queued'
                             THEN now() + make_interval(secs => msg.delay_s)
@@ -319,6 +327,7 @@ WITH msg AS (
            submitted_at = CASE WHEN msg.status = 'submitted' THEN now()
                                ELSE m.submitted_at END,
            done_at = CASE WHEN msg.status IN ('rejected', 'submit_unknown', 'dead', 'expired')
+                               OR msg.receipt_final IS NOT NULL
                           THEN now() ELSE m.done_at END,
            lease_owner = NULL, lease_until = NULL, updated_at = now()
       FROM msg
@@ -327,19 +336,24 @@ WITH msg AS (
     RETURNING m.id
 ), parts AS (
     INSERT INTO outbound_part AS p (outbound_id, part_no, parts_total, connector, smsc_id,
-                                    command_status, status, submitted_at, done_at, kannel_dlr)
+                                    command_status, status, submitted_at, done_at, kannel_dlr,
+                                    err)
     SELECT u.outbound_id, u.part_no, u.parts_total, u.connector, u.smsc_id, u.command_status,
-           u.status, now(), CASE WHEN u.status = 'rejected' THEN now() END, u.kannel_dlr
+           coalesce(u.receipt_status, u.status), now(),
+           CASE WHEN u.status = 'rejected' OR u.receipt_done THEN now() END, u.kannel_dlr,
+           u.receipt_err
       FROM unnest($10::bigint[], $11::smallint[], $12::smallint[], $13::text[], $14::text[],
-                  $15::int[], $16::text[], $17::boolean[])
+                  $15::int[], $16::text[], $17::boolean[], $20::text[], $21::text[],
+                  $22::boolean[])
            AS u(outbound_id, part_no, parts_total, connector, smsc_id, command_status, status,
-                kannel_dlr)
+                kannel_dlr, receipt_status, receipt_err, receipt_done)
      WHERE u.outbound_id IN (SELECT id FROM owned)
     ON CONFLICT (outbound_id, part_no) DO UPDATE
        SET smsc_id = EXCLUDED.smsc_id, connector = EXCLUDED.connector,
            parts_total = EXCLUDED.parts_total, command_status = EXCLUDED.command_status,
            status = EXCLUDED.status, submitted_at = EXCLUDED.submitted_at,
            done_at = EXCLUDED.done_at, kannel_dlr = EXCLUDED.kannel_dlr,
+           err = coalesce(EXCLUDED.err, p.err),
            attempts = p.attempts + 1, updated_at = now()
     RETURNING p.smsc_id
 )

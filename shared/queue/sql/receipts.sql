@@ -130,6 +130,29 @@ SELECT ins.id, ins.status = 'matched' AS matched, f.finalized
  CROSS JOIN (SELECT count(*) AS woken FROM wake) w
  ORDER BY ins.id
 
+-- name: waiting
+-- The receipts still waiting (queued, not orphan) for SMSC ids $1: the ones that arrived
+-- before the write-back recorded their part. Locked for the caller's transaction, skipping
+-- any a matcher holds (it matches those itself later). One probe of
+-- receipts_unmatched_smsc_idx per id (asked so that only it can answer, as in `store`).
+SELECT r.id, r.smsc_id, r.connector, r.state, r.final, r.err
+  FROM receipts r
+ WHERE r.smsc_id = ANY($1::text[]) AND r.outbound_part_id IS NULL AND r.status <> 'orphan'
+ ORDER BY r.id
+   FOR UPDATE SKIP LOCKED
+
+-- name: matched_to_parts
+-- Receipts $1 matched to part 1 of messages $2 (the write-back recorded those parts with the
+-- receipts' state, in the caller's transaction): one primary-key probe each way per receipt.
+UPDATE receipts AS r
+   SET status = 'matched', outbound_part_id = p.id, updated_at = now()
+  FROM unnest($1::bigint[], $2::bigint[]) AS u(id, outbound_id)
+  CROSS JOIN LATERAL (
+      SELECT p.id FROM outbound_part p
+       WHERE p.outbound_id = u.outbound_id AND p.part_no = 1
+       LIMIT 1) p
+ WHERE r.id = u.id AND r.outbound_part_id IS NULL
+
 -- name: match
 -- Match up to $1 due receipts in one statement (run inside the caller's transaction):
 -- - `sib`: receipt connector → connectors whose parts it may match (same operator group),
