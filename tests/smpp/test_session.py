@@ -133,6 +133,44 @@ async def test_deliver_sm_resp_only_after_handler_returns(sim, session_factory):
     assert await sim.send_mo(b"none") == P.SMPP_ESME_RX_T_APPN
 
 
+async def test_batch_handler_answers_each_pdu_after_its_batch(sim, session_factory):
+    """A handler with `many` gets the deliver_sm of one read together: 1. nothing is answered
+    before its batch returns; 2. with handler_concurrency 2, seven sent at once all get an
+    answer (a batch is handed over before the read loop waits for a slot) and never more than
+    two are held; 3. each gets its own status: an exception or a bad status → 0x64, counted."""
+    release = asyncio.Event()
+    batches: list[int] = []
+    held = [0, 0]  # now, most
+
+    class Handler:
+        async def __call__(self, pdu):
+            raise AssertionError("a batch handler gets every deliver_sm through many")
+
+        async def many(self, pdus):
+            batches.append(len(pdus))
+            held[0] += len(pdus)
+            held[1] = max(held)
+            await release.wait()
+            held[0] -= len(pdus)
+            return [RuntimeError("boom") if p.short_message == b"boom"
+                    else None if p.short_message == b"none" else P.SMPP_ESME_ROK
+                    for p in pdus]  # fmt: skip
+
+    session = await session_factory(Handler(), bind_mode=BindMode.RECEIVER,
+                                    handler_concurrency=2)
+    texts = [b"ok1", b"boom", b"none", b"ok2", b"ok3", b"ok4", b"ok5"]
+    sends = [asyncio.create_task(sim.send_mo(t)) for t in texts]
+    await wait_until(lambda: sum(batches) == 2)
+    assert sim.counters.deliver_resp_ok == 0 and not any(t.done() for t in sends)
+    release.set()
+    answers = await asyncio.gather(*sends)
+    assert answers == [P.SMPP_ESME_ROK, P.SMPP_ESME_RX_T_APPN, P.SMPP_ESME_RX_T_APPN,
+                       *[P.SMPP_ESME_ROK] * 4]  # fmt: skip
+    assert sum(batches) == 7 and held[1] <= 2
+    assert session.counters.deliver_handler_errors == 1
+    assert session.counters.deliver_received == 7
+
+
 async def test_receipts_reach_the_handler(sim, session_factory):
     sim.config.receipt_delay_s = 0.01
     receipts = []
