@@ -120,17 +120,20 @@ class Admission:
         if snap is None or self._clock() - self._fresh_at > STALE_AFTER_S:
             return None
         opts = self._options
-        watermark = {"outbound": opts.outbound_high_watermark,
-                     "inbound": opts.inbound_high_watermark,
-                     "receipts": opts.receipts_high_watermark}.get(queue)
         depth = snap.depth
-        if queue == "outbound" and self._due is not None:
-            depth = self._due_total  # rows scheduled ahead do not count
+        # Receipts wait for matching on purpose (run_after in the future): depth only.
+        if queue == "outbound":
+            watermark, max_age = opts.outbound_high_watermark, opts.outbound_max_queued_age_s
+            if self._due is not None:
+                depth = self._due_total  # rows scheduled ahead do not count
+        elif queue == "inbound":
+            watermark, max_age = opts.inbound_high_watermark, opts.inbound_max_queued_age_s
+        elif queue == "receipts":
+            watermark, max_age = opts.receipts_high_watermark, None
+        else:
+            watermark, max_age = None, None
         if watermark is not None and depth >= watermark:
             return f"{queue}_watermark"
-        # Receipts wait for matching on purpose (run_after in the future): depth only.
-        max_age = {"outbound": opts.outbound_max_queued_age_s,
-                   "inbound": opts.inbound_max_queued_age_s}.get(queue)
         if max_age is not None and snap.oldest_age_s > max_age:
             return f"{queue}_age"
         return None
