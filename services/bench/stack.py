@@ -14,10 +14,8 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -30,7 +28,7 @@ import aiohttp
 import asyncpg
 
 from smsgw.services.admin import up
-from smsgw.shared.core import db
+from smsgw.shared.core import db, ports
 from smsgw.shared.core.embedded_pg import EmbeddedPostgres
 from smsgw.shared.runtime.config import split_url_password
 
@@ -67,22 +65,10 @@ class StackOptions:
     say: Callable[[str], None] = field(default=lambda m: None)
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _port_block(needed: int) -> int:
-    """A base port where `base + k` for k in 0..needed-1 are all free right now."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - needed)
-        if all(_port_free(base + k) for k in range(needed)):
-            return base
-    raise RuntimeError("no free block of ports")
+    """A base port where `base + k` for k in 0..needed-1 are all free right now (below the
+    ephemeral range: `shared.core.ports`)."""
+    return ports.free_block(range(needed))
 
 
 class Stack:

@@ -129,6 +129,7 @@ class Daemon(Generic[S]):
         self.listener: Listener | None = None
         self.health_port: int | None = None
         self._signals = lifecycle.SignalEvents(stop=self.stop)
+        self._set_up = False  # setup() returned: release() has something to give back
         self._workers: list[tuple[str, WorkerFn]] = []
         self._helpers: list[tuple[str, WorkerFn]] = []
         self._sites: list[HttpSite] = []
@@ -340,6 +341,7 @@ class Daemon(Generic[S]):
         stack.push_async_callback(self._close_sites)
         self._add_queue_stats_jobs()
         await self.setup()
+        self._set_up = True
         return True
 
     def _add_queue_stats_jobs(self) -> None:
@@ -520,6 +522,8 @@ class Daemon(Generic[S]):
         return helpers
 
     async def _release(self) -> None:
+        if not self._set_up:  # start-up failed before setup(): nothing of it to release
+            return
         try:
             async with asyncio.timeout(lifecycle.RELEASE_TIMEOUT_S):
                 await self.release()

@@ -8,12 +8,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,31 +25,15 @@ from typing import Any
 
 import pytest
 
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+from smsgw.shared.core import ports
+from smsgw.shared.core.ports import port_free
 
 
 def free_block(offsets: list[int]) -> int:
-    """A base port such that base + each offset is free now.
-
-    Below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 by default):
-    a port in it can be taken by any outgoing connection (the other xdist worker's Postgres
-    clients) between this check and the child's bind, and the child then exits 1 at start."""
-    low, high = 10000, 32000
-    with contextlib.suppress(OSError, ValueError):
-        eph_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-        high = min(high, eph_low - 200)
-    for _ in range(200):
-        base = random.randrange(low, high, 10)
-        if all(port_free(base + o) for o in offsets):
-            return base
-    raise RuntimeError("no free port block")
+    """A base port (a multiple of 10) such that base + each offset is free now, below the
+    kernel's ephemeral range (`shared.core.ports`: a port in it could be taken by the other
+    xdist worker's Postgres clients before the child bound it)."""
+    return ports.free_block(offsets, step=10)
 
 
 def clean_env() -> dict[str, str]:

@@ -162,19 +162,23 @@ def test_bad_config_exits_78_without_restart_loop(up_factory: Any, tmp_path: Pat
     assert not (up.data_dir / "pg" / "postmaster.pid").exists()
 
 
-def test_a_child_that_cannot_start_says_why(up_factory: Any, ops: Any) -> None:
-    """1. Hold the reporter's metrics port (another process has it).
+@pytest.mark.parametrize(("child", "offset"), [("reporter", 4), ("sender", 3)])
+def test_a_child_that_cannot_start_says_why(up_factory: Any, ops: Any, child: str,
+                                            offset: int) -> None:
+    """1. Hold a child's metrics port (another process has it).
     2. up says which child did not start AND the error from its log (not only the log's
-       path), stops what it started and exits 1."""
+       path) — the bind error itself, not an error of the clean-up after it (the sender
+       released leases it never took: AttributeError) —, stops what it started and exits 1."""
     metrics_base = ops.free_block([1, 2, 3, 4])
     with socket.socket() as held:
-        held.bind(("127.0.0.1", metrics_base + 4))  # METRICS_OFFSET["reporter"]
+        held.bind(("127.0.0.1", metrics_base + offset))  # METRICS_OFFSET[child]
         held.listen()
         up = up_factory(extra=["--no-demo", "--metrics-port-base", str(metrics_base)])
         up.start()
         assert up.wait_exit(150) == 1, up.text()
-    said = [line for line in up.err if "reporter@1: not ready" in line]
+    said = [line for line in up.err if f"{child}@1: not ready" in line]
     assert said, up.text()
-    assert "daemon_crashed" in said[0] and "address already in use" in said[0].lower(), said[0]
+    assert "daemon_crashed: OSError" in said[0], said[0]
+    assert "address already in use" in said[0].lower(), said[0]
     assert "restarting" not in up.text()
     assert not (up.data_dir / "pg" / "postmaster.pid").exists()
