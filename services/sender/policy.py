@@ -34,6 +34,9 @@ from smsgw.shared.smpp import pdu as P
 from smsgw.shared.smpp.session import SubmitOutcome, SubmitResult
 
 THROTTLE = frozenset({P.SMPP_ESME_RTHROTTLED, P.SMPP_ESME_RMSGQFUL})
+# Outcome(msg_id, status, error_code, error, delay_s, attempts_inc, parts_total, connector,
+# parts, row, possible_duplicate) without the frozen __init__: one per submitted message
+_make_outcome = P.fast_constructor(Outcome)
 
 # --- quiet hours ---------------------------------------------------------------------------------
 
@@ -114,9 +117,11 @@ def decide(msg: InFlight, settings: SenderSettings, now: datetime) -> Outcome:
     if len(msg.results) == 1 and msg.parts_total == 1:
         (no, res), = msg.results.items()
         if res.outcome is SubmitOutcome.OK:  # the common case, without the general walk
-            return Outcome(msg_id=msg.row.id, status=OutboundStatus.SUBMITTED, parts_total=1,
-                           connector=msg.connector, row=msg.row,
-                           parts=((no, msg.smsc_ids.get(no), res.command_status, "submitted"),))
+            row = msg.row
+            return _make_outcome(row.id, OutboundStatus.SUBMITTED, None, None, 0.0, 0, 1,
+                                 msg.connector,
+                                 ((no, msg.smsc_ids.get(no), res.command_status, "submitted"),),
+                                 row, False)
     mk = partial(Outcome, msg_id=msg.row.id, parts_total=msg.parts_total,
                  connector=msg.connector, parts=_part_rows(msg), row=msg.row)
     results = list(msg.results.values())

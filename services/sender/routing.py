@@ -66,12 +66,16 @@ class Router:
     def __init__(self, routes: Iterable[Route], known_connectors: Iterable[str]) -> None:
         self.known = frozenset(known_connectors)
         self.routes = tuple(routes)
-        self._global: dict[str, Route] = {}
-        self._per_account: dict[str, dict[str, Route]] = {}
+        # prefix → the Choice its route gives (immutable, so built once, not per message)
+        self._global: dict[str, Choice] = {}
+        self._per_account: dict[str, dict[str, Choice]] = {}
         for route in self.routes:
             table = (self._global if route.account is None
                      else self._per_account.setdefault(route.account, {}))
-            table.setdefault(route.prefix, route)  # the first definition of a prefix wins
+            if route.prefix not in table:  # the first definition of a prefix wins
+                table[route.prefix] = Choice(route.connectors, route.weights,
+                                             "prefix" if route.account is None else "account",
+                                             route.when_stopped == "wait")
         self._lengths = sorted({len(p) for p in self._all_prefixes()}, reverse=True)
 
     @classmethod
@@ -96,12 +100,12 @@ class Router:
         """Connectors named by routes but not configured (a config error to report)."""
         return sorted({c for r in self.routes for c in r.connectors} - self.known)
 
-    def _longest(self, table: Mapping[str, Route], digits: str) -> Route | None:
+    def _longest(self, table: Mapping[str, Choice], digits: str) -> Choice | None:
         for n in self._lengths:
             if n <= len(digits):
-                route = table.get(digits[:n])
-                if route is not None:
-                    return route
+                choice = table.get(digits[:n])
+                if choice is not None:
+                    return choice
         return None
 
     def choose(self, to_addr: str, *, account: str | None = None, forced: str | None = None,
@@ -113,14 +117,10 @@ class Router:
             return Choice(tuple(ported), None, "ported")
         digits = _digits(to_addr)
         if account is not None and account in self._per_account:
-            route = self._longest(self._per_account[account], digits)
-            if route is not None:
-                return Choice(route.connectors, route.weights, "account",
-                              route.when_stopped == "wait")
-        route = self._longest(self._global, digits)
-        if route is None:
-            return None
-        return Choice(route.connectors, route.weights, "prefix", route.when_stopped == "wait")
+            choice = self._longest(self._per_account[account], digits)
+            if choice is not None:
+                return choice
+        return self._longest(self._global, digits)
 
 
 def pick(choice: Choice, is_up: Callable[[str], bool],

@@ -101,6 +101,8 @@ class Submitter:
         # xids of claims that failed with a connection error: maybe committed (release_unknown)
         self._unknown_claims: list[int] = []
         self._next_orphan_check = time.monotonic() + settings.lease_s
+        # connector → its (submits{ok}, submit_duration) metric children, read per answer
+        self._ok_metrics: dict[str, tuple[Any, Any]] = {}
         for lane in self.lanes.values():
             lane.on_result = self._on_result
 
@@ -275,23 +277,29 @@ class Submitter:
                         ported: Mapping[str, list[str]]) -> None:
         deferred: list[tuple[int, float, str, str]] = []
         now = datetime.now(UTC)
+        reclaimed = 0
         for row in rows:
-            self._count_claim(row)
+            if row.reclaimed:
+                reclaimed += 1
             if row.status != "sending":
+                self._count_finished(row)
                 continue
             deferral = self._prepare(row, ported.get(row.to_addr), now)
             if deferral is not None:
                 deferred.append((row.id, *deferral))
+        m = self.metrics
+        if m is not None and rows:  # once per claim, not per row
+            if len(rows) > reclaimed:
+                m.child(m.claimed, "fresh").inc(len(rows) - reclaimed)
+            if reclaimed:
+                m.child(m.claimed, "reclaimed").inc(reclaimed)
         if deferred:
             await self._defer(deferred)
 
-    def _count_claim(self, row: ClaimedOutbound) -> None:
-        if self.metrics is not None:
-            self.metrics.child(self.metrics.claimed,
-                              "reclaimed" if row.reclaimed else "fresh").inc()
-            if row.status in ("expired", "suppressed"):
-                self.metrics.child(self.metrics.messages, row.status).inc()
+    def _count_finished(self, row: ClaimedOutbound) -> None:
         if row.status in ("expired", "suppressed"):
+            if self.metrics is not None:
+                self.metrics.child(self.metrics.messages, row.status).inc()
             log.info("message_finished_at_claim", msg_id=row.id, outcome=row.status)
 
     def _prepare(self, row: ClaimedOutbound, ported: list[str] | None,
@@ -345,6 +353,13 @@ class Submitter:
                         and (lane.state in HELD or lane.usable()))
             if name is not None and lanes[name].paused:
                 return self.settings.no_bind_wait_s, f"connector {name} stopped", "stopped"
+        elif choice.weights is None:  # `pick` without weights, inline: the first usable one
+            name = None
+            for c in choice.connectors:
+                lane = lanes.get(c)
+                if lane is not None and lane.usable():
+                    name = c
+                    break
         else:
             name = pick(choice, lambda c: (lane := lanes.get(c)) is not None and lane.usable())
         if name is None:
@@ -415,9 +430,14 @@ class Submitter:
         if m is None:
             return
         if result.outcome is SubmitOutcome.OK:
-            label = "ok"
-            m.child(m.submit_duration, connector).observe(duration_s)
-        elif result.outcome is SubmitOutcome.REJECTED:
+            ok = self._ok_metrics.get(connector)
+            if ok is None:
+                ok = self._ok_metrics[connector] = (m.child(m.submits, connector, "ok"),
+                                                    m.child(m.submit_duration, connector))
+            ok[0].inc()
+            ok[1].observe(duration_s)
+            return
+        if result.outcome is SubmitOutcome.REJECTED:
             label = "throttled" if result.command_status in THROTTLE else "rejected"
         elif result.outcome is SubmitOutcome.UNKNOWN:
             label = "timeout"

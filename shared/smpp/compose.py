@@ -31,6 +31,7 @@ from smsgw.shared.smpp.text import (
     Part,
     choose_encoding,
     data_coding_for,
+    encode_text,
     split,
     split_bytes,
     split_udh,
@@ -124,6 +125,58 @@ def registered_delivery(row: Composable, connector: ConnectorSettings) -> int:
 _MORE_MESSAGES: Final = (P.Tag.MORE_MESSAGES_TO_SEND, b"\x01")
 
 
+def _identity_chars() -> str:
+    """The ASCII characters whose GSM 7-bit septet is their own code and that transliteration
+    leaves alone: a text of only these is its own unpacked GSM encoding."""
+    found = []
+    for c in map(chr, (*range(0x20, 0x7F), 0x0A, 0x0D)):
+        try:
+            if encode_text(c, "gsm7") == c.encode("ascii") and transliterate(c) == c:
+                found.append(c)
+        except UnicodeEncodeError:
+            continue
+    return "".join(found)
+
+
+# One part of such characters (the common MT): built without the general walk (`_plain`).
+_PLAIN_ASCII = re.compile(f"[{re.escape(_identity_chars())}]{{1,160}}")
+_PLAIN_CONNECTORS: dict[int, tuple[ConnectorSettings, bool]] = {}
+
+
+def _plain_connector(connector: ConnectorSettings) -> bool:
+    """Whether `connector` sends such a text as-is in one GSM 7-bit part with data_coding 0
+    and no fields of its own (cached per connector object: a reload makes new ones)."""
+    entry = _PLAIN_CONNECTORS.get(id(connector))
+    if entry is not None and entry[0] is connector:
+        return entry[1]
+    ok = (connector.encodings[0] == "gsm7" and not connector.gsm7_packed
+          and connector.data_coding_0 == "gsm7" and not connector.service_type)
+    if len(_PLAIN_CONNECTORS) >= 256:
+        _PLAIN_CONNECTORS.clear()
+    _PLAIN_CONNECTORS[id(connector)] = (connector, ok)
+    return ok
+
+
+def _plain(row: Composable, connector: ConnectorSettings) -> P.SubmitSm | None:
+    """The one submit_sm of a message `build_parts` would make the same way, cheaper: no
+    fields, times, binary content, UDH or parts done; text of at most 160 characters that
+    encode as themselves (`_PLAIN_ASCII`) and the message's encoding unset or gsm7, on a
+    connector that sends that as plain GSM 7-bit (`_plain_connector`). Else None."""
+    text = row.body
+    if (row.smpp or row.payload is not None or row.udh is not None or row.done_parts
+            or row.valid_until is not None or row.send_at is not None or text is None
+            or row.source == "sendsms" or (row.encoding is not None and row.encoding != "gsm7")
+            or not _PLAIN_ASCII.fullmatch(text) or not _plain_connector(connector)):
+        return None
+    ston, snpi, source = source_ton_npi(row.from_addr, connector)
+    return P.SubmitSm(
+        source_addr_ton=ston, source_addr_npi=snpi, source_addr=source,
+        dest_addr_ton=connector.dest_addr_ton, dest_addr_npi=connector.dest_addr_npi,
+        destination_addr=row.to_addr.lstrip("+"), esm_class=connector.esm_class_mode,
+        registered_delivery=connector.registered_delivery, data_coding=0,
+        short_message=text.encode("ascii"))
+
+
 def build_parts(row: Composable, connector: ConnectorSettings,
                 now: datetime | None = None) -> tuple[int, list[tuple[int, P.SubmitSm]]]:
     """Split a message for `connector`: (parts in total, [(part_no, submit_sm)]), skipping
@@ -133,6 +186,15 @@ def build_parts(row: Composable, connector: ConnectorSettings,
     Raises ValueError/TextTooLong/UnicodeEncodeError when the message cannot be sent (the
     caller rejects it).
     """
+    plain = _plain(row, connector)
+    if plain is not None:
+        return 1, [(1, plain)]
+    return _build_general(row, connector, now)
+
+
+def _build_general(row: Composable, connector: ConnectorSettings,
+                   now: datetime | None) -> tuple[int, list[tuple[int, P.SubmitSm]]]:
+    """`build_parts` for any message (the reference `_plain` must equal)."""
     fields = row.smpp or _NO_FIELDS
     dcs_fields = bool(fields) and any(k in fields for k in _DCS_KEYS)
     enc, empty, pieces = _pieces(row, connector, dcs_fields)

@@ -19,6 +19,7 @@ the daemons export.
 """
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -104,6 +105,11 @@ class SubmitResult:
     reason: str | None = None
 
 
+# SubmitResult(outcome, message_id, command_status, status_class, reason) without the frozen
+# __init__ (0.7 → 0.3 µs): one per answered submit
+_make_result = P.fast_constructor(SubmitResult)
+
+
 class SessionClosed(SmppError):
     """The connection ended (peer closed, unbind, dead peer, protocol error, or close())."""
 
@@ -176,12 +182,6 @@ class SessionCounters:
 DeliverHandler = Callable[[Any], Awaitable[int]]
 
 
-def _expire(fut: asyncio.Future[Any]) -> None:
-    """A submit's response timer: fail the future the submit awaits (if still waiting)."""
-    if not fut.done():
-        fut.set_exception(TimeoutError())
-
-
 class _Lost(Exception):
     """Internal: set on pending futures when the connection goes away."""
 
@@ -231,6 +231,11 @@ class Session:
         self._resume_handle: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()  # set when nothing is outstanding
         self._idle.set()
+        # (deadline, future) of each submit written, in send order (the timeout is fixed, so
+        # also deadline order), and one timer for the oldest still waiting (`_expire_due`)
+        self._deadlines: collections.deque[tuple[float, asyncio.Future[Any]]] = \
+            collections.deque()
+        self._deadline_timer: asyncio.TimerHandle | None = None
 
     # --- properties ------------------------------------------------------------------------
 
@@ -416,10 +421,27 @@ class Session:
         # Wait for the pause to end or the session to close, whichever comes first.
         await race_stop(self._not_throttled.wait(), self._closed)
 
+    def _expire_due(self) -> None:
+        """The timer of the oldest submit deadline: fail every submit whose response_timeout_s
+        has passed unanswered (→ UNKNOWN, counted as a timeout), then wait for the next."""
+        self._deadline_timer = None
+        deadlines = self._deadlines
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while deadlines:
+            deadline, fut = deadlines[0]
+            if not fut.done():
+                if deadline > now:
+                    self._deadline_timer = loop.call_at(deadline, self._expire_due)
+                    return
+                fut.set_exception(TimeoutError())
+            deadlines.popleft()
+
     async def _send_submit(self, pdu: Any) -> SubmitResult:
         c = self.counters
         seq = self._next_seq()
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         self._pending[seq] = fut
         self._idle.clear()
         n = len(self._pending)
@@ -433,10 +455,16 @@ class Session:
             except _Lost as exc:
                 return SubmitResult(SubmitOutcome.NOT_SENT, reason=str(exc))
             c.submits_sent += 1
-            # A plain timer that fails the future, not `asyncio.timeout`: 0.6 µs instead of
-            # 3.5 µs per submit (the context manager's bookkeeping, measured under uvloop).
-            timer = asyncio.get_running_loop().call_later(
-                self.config.response_timeout_s, _expire, fut)
+            # Not `asyncio.timeout` (3.5 µs per submit under uvloop) nor a timer per submit
+            # (1.3 µs with its cancel): one timer for the oldest deadline fails the futures
+            # whose response_timeout_s has passed (`_expire_due`).
+            deadlines = self._deadlines
+            while deadlines and deadlines[0][1].done():  # forget the answered oldest ones
+                deadlines.popleft()
+            deadline = loop.time() + self.config.response_timeout_s
+            deadlines.append((deadline, fut))
+            if self._deadline_timer is None:
+                self._deadline_timer = loop.call_at(deadline, self._expire_due)
             try:
                 resp = await fut
             except TimeoutError:
@@ -444,8 +472,6 @@ class Session:
                 return SubmitResult(SubmitOutcome.UNKNOWN, reason="response timeout")
             except _Lost as exc:
                 return SubmitResult(SubmitOutcome.UNKNOWN, reason=f"connection lost: {exc}")
-            finally:
-                timer.cancel()
         finally:
             self._forget(seq)
             c.outstanding = len(self._pending)
@@ -458,7 +484,7 @@ class Session:
         if isinstance(resp, P.GenericNack):
             return SubmitResult(SubmitOutcome.UNKNOWN, None, status, None, "generic_nack")
         if status == P.SMPP_ESME_ROK:
-            return SubmitResult(SubmitOutcome.OK, resp.message_id, status, "ok")
+            return _make_result(SubmitOutcome.OK, resp.message_id, status, "ok", None)
         if status in (P.SMPP_ESME_RTHROTTLED, P.SMPP_ESME_RMSGQFUL):
             self._throttle()
         return SubmitResult(
@@ -707,6 +733,10 @@ class Session:
         self._close_transport()
         if self._resume_handle is not None:
             self._resume_handle.cancel()
+        if self._deadline_timer is not None:  # every future it watches has failed above
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        self._deadlines.clear()
         self._not_throttled.set()
         self._closed.set()
         log.info("smpp_closed", extra={"connector": self.config.name, "reason": self.close_reason})

@@ -9,9 +9,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from smsgw.shared.smpp.compose import build_parts, concat_ref, source_ton_npi
+from smsgw.shared.smpp.compose import (
+    _build_general,
+    _plain,
+    build_parts,
+    concat_ref,
+    source_ton_npi,
+)
 from smsgw.shared.smpp.connector import ConnectorSettings
+from smsgw.shared.smpp.text import TextTooLong
 
 from .rows import Msg as Row
 
@@ -90,3 +99,43 @@ def test_packed_gsm_and_transliteration() -> None:
 def test_text_that_cannot_be_encoded_raises() -> None:
     with pytest.raises((ValueError, UnicodeError)):
         build_parts(Msg(body="привет"), conn(encodings=["gsm7"]))
+
+
+# plain ASCII, GSM but not as itself, extension, Latin-1, look-alikes
+_TEXT_CHARS = "aZ09 .,!?-:;\n\r@$_€[é\u2019\u00a0"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.one_of(st.none(), st.text(_TEXT_CHARS, max_size=170),
+                   st.text("abc 123", min_size=155, max_size=165)),
+    encoding=st.sampled_from([None, "gsm7", "ucs2", "latin1"]),
+    source=st.sampled_from(["api", "cli", "sendsms"]),
+    smpp=st.sampled_from([None, {}, {"pid": 1}, {"receipt": False}]),
+    done=st.sampled_from([(), (1,)]),
+    c=st.sampled_from([{}, {"encodings": ["ucs2", "gsm7"]}, {"gsm7_packed": True},
+                       {"transliterate": True}, {"data_coding_0": "latin1",
+                                                 "encodings": ["latin1", "ucs2"]},
+                       {"service_type": "CMT"}, {"esm_class_mode": 3, "registered_delivery": 0},
+                       {"long_message": "payload", "more_messages_to_send": False}]),
+)
+def test_plain_fast_path_equals_the_general_walk(body, encoding, source, smpp, done, c) -> None:
+    """`build_parts` takes a short cut for one part of ASCII that GSM encodes as itself; it
+    gives what the general walk gives for every message and connector (or the same error)."""
+    row, connector = Msg(body=body, encoding=encoding, source=source, smpp=smpp,
+                         done_parts=done), conn(**c)
+    try:
+        expected: Any = _build_general(row, connector, None)
+    except (ValueError, TextTooLong, UnicodeError) as exc:
+        expected = type(exc)
+    try:
+        got: Any = build_parts(row, connector)
+    except (ValueError, TextTooLong, UnicodeError) as exc:
+        got = type(exc)
+    assert got == expected
+
+
+def test_plain_fast_path_is_taken() -> None:
+    """Positive control for the property above: the common MT takes the short cut."""
+    assert _plain(Msg(body="Your code is 123456."), conn()) is not None
+    assert _plain(Msg(body="Price: 5$"), conn()) is None  # '$' is GSM 0x02: the general walk

@@ -265,6 +265,31 @@ async def test_timeout_is_unknown_not_failed(sim, session_factory):
     assert (await session.submit(SM)).outcome is SubmitOutcome.OK
 
 
+async def test_timeouts_of_several_submits_each_at_its_own_deadline(sim, session_factory):
+    """One timer serves every submit's response timeout: 1. A unanswered, B unanswered sent
+    0.15 s later, C answered; 2. C is OK at once; 3. A ends UNKNOWN after ~0.3 s and B
+    ~0.15 s after A (not with it, not at A's deadline re-armed from scratch)."""
+    session = await session_factory(response_timeout_s=0.3)
+    loop = asyncio.get_running_loop()
+    sim.inject(no_response_next=1)
+    started = loop.time()
+    a = asyncio.create_task(session.submit(SM))
+    await asyncio.sleep(0.15)
+    sim.inject(no_response_next=1)
+    b = asyncio.create_task(session.submit(SM))
+    await asyncio.sleep(0.01)
+    assert (await session.submit(SM)).outcome is SubmitOutcome.OK
+    assert not a.done()
+    ra = await a
+    a_at = loop.time() - started
+    rb = await b
+    b_at = loop.time() - started
+    assert ra.outcome is rb.outcome is SubmitOutcome.UNKNOWN
+    assert ra.reason == rb.reason == "response timeout"
+    assert 0.28 <= a_at < 0.45 and b_at - a_at >= 0.1, (a_at, b_at)
+    assert session.counters.timeouts == 2 and session.outstanding == 0
+
+
 async def test_connection_dropped_mid_window_loses_nothing(sim, session_factory):
     """1. window 10, slow answers; 2. 30 submits; 3. the SMSC drops the connection on the
     12th; 4. every submit ends: OK (answered), UNKNOWN (written, no answer) or NOT_SENT
