@@ -62,19 +62,30 @@ _HEAD, _BODY, _IDLE, _BUSY = 1, 2, 3, 0
 
 class FastRequest(HeadersMixin):
     """One request the front serves: method, path, raw query string, headers, whole body;
-    `content_type`, `charset`, `content_length` parsed as aiohttp parses them."""
+    `content_type`, `charset`, `content_length` parsed as aiohttp parses them. `headers` is
+    built from the raw header fields when first read; `authorization` (the first
+    Authorization header, as `headers` would give it) needs no `headers`."""
 
     def __init__(self, method: str, path: str, query_string: str,
-                 headers: CIMultiDict[str], body: bytes) -> None:
+                 fields: list[tuple[bytes, bytes]], body: bytes,
+                 authorization: str | None = None) -> None:
         self.method = method
         self.path = path
         self.query_string = query_string
-        self._headers = headers
+        self._fields = fields
+        self._multidict: CIMultiDict[str] | None = None
+        self.authorization = authorization
         self.body = body
 
     @property
     def headers(self) -> CIMultiDict[str]:
-        return self._headers
+        if self._multidict is None:
+            self._multidict = CIMultiDict([(n.decode(), v.decode()) for n, v in self._fields])
+        return self._multidict
+
+    @property
+    def _headers(self) -> CIMultiDict[str]:  # what aiohttp's HeadersMixin reads
+        return self.headers
 
     @property
     def body_exists(self) -> bool:
@@ -312,11 +323,11 @@ class FastProtocol(asyncio.Protocol):
         framing = _framing(self._fields)
         if framing is None:
             return None
-        body_len, close = framing
+        body_len, close, authorization = framing
         if body_len > self._front.max_body() or (body_len == 0 and not self._message_done):
             return None
-        headers = CIMultiDict([(n.decode(), v.decode()) for n, v in self._fields])
-        request = FastRequest(method.decode(), path.decode(), query.decode(), headers, b"")
+        request = FastRequest(method.decode(), path.decode(), query.decode(), self._fields, b"",
+                              None if authorization is None else authorization.decode())
         return route, request, len(head), body_len, close
 
     # -- serving -------------------------------------------------------------------------------
@@ -416,15 +427,19 @@ class FastProtocol(asyncio.Protocol):
             self._transport.close()
 
 
-def _framing(fields: list[tuple[bytes, bytes]]) -> tuple[int, bool] | None:
-    """(body length, close after) from the headers; None for any framing the front leaves to
-    aiohttp: a second or non-digit Content-Length, Transfer-Encoding, Expect, Upgrade, a
-    Connection other than keep-alive or close."""
+def _framing(fields: list[tuple[bytes, bytes]]) -> tuple[int, bool, bytes | None] | None:
+    """(body length, close after, the first Authorization value) from the headers; None for
+    any framing the front leaves to aiohttp: a second or non-digit Content-Length,
+    Transfer-Encoding, Expect, Upgrade, a Connection other than keep-alive or close."""
     body_len = -1
     close = False
+    authorization = None
     for name, value in fields:
         lower = name.lower()
-        if lower == b"content-length":
+        if lower == b"authorization":
+            if authorization is None:
+                authorization = value
+        elif lower == b"content-length":
             if body_len >= 0 or not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
                 return None
             body_len = int(value)
@@ -436,7 +451,7 @@ def _framing(fields: list[tuple[bytes, bytes]]) -> tuple[int, bool] | None:
                 close = True
             elif token != b"keep-alive":
                 return None
-    return max(body_len, 0), close
+    return max(body_len, 0), close, authorization
 
 
 # (status, content type, charset) → a FastAnswer's status line and Content-Type header

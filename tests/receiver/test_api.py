@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
+from smsgw.services.receiver.api import FieldInvalid, mt_item, plain_item
+from smsgw.services.receiver.models import MessageIn, plain_message
 from smsgw.services.receiver.options import ReceiverOptions
-from smsgw.shared.domain.apikeys import create_key, revoke_key
+from smsgw.shared.domain.apikeys import Account, create_key, revoke_key
 from smsgw.shared.queue import store
+from smsgw.shared.queue.records import MtItem
 
 from .conftest import SERVER_SECRET, AccountFactory, Receiver, ReceiverFactory, webhook_settings
 
@@ -253,3 +257,36 @@ async def test_nul_character_in_text_is_422(receiver: Receiver,
     assert status == 422, body
     assert body["errors"][0]["field"] == "text"
     assert await pool.fetchval("SELECT count(*) FROM outbound") == 0
+
+
+async def test_plain_item_is_mt_item_of_a_plain_message(receiver: Receiver) -> None:
+    """The plain-body shortcut (`api.plain_item`) builds the same item and estimate as the
+    general `mt_item`, and refuses with the same field and message, for valid and invalid
+    plain bodies: national and E.164 numbers, an alphanumeric sender, one not allowed, a
+    too long sender, Unicode, a text over the parts limit, a client_ref."""
+    now = datetime.now(UTC)
+    accounts = [Account(id=5, name="a", default_category="marketing", rate_per_s=None,
+                        allowed_senders=None, transliterate=False, key_id=1),
+                Account(id=6, name="b", default_category="transactional", rate_per_s=None,
+                        allowed_senders=("+447700900999",), transliterate=False, key_id=2)]
+    bodies = [MSG, {**MSG, "to": "+447700900123", "client_ref": "r-1"},
+              {**MSG, "from": "07700900999"}, {**MSG, "to": "12ab"}, {**MSG, "to": "60060"},
+              {**MSG, "from": "ABCDEFGHIJKLM"}, {**MSG, "text": "Grüße, 東京 😀"},
+              {**MSG, "text": "x" * 1531}, {**MSG, "text": "€" * 700}]
+    outcomes = set()
+    for account in accounts:
+        for data in bodies:
+            plain = plain_message(data)
+            assert plain is not None
+            try:
+                fast: object = plain_item(receiver.ctx, account, plain)
+            except FieldInvalid as exc:
+                fast = (exc.field, exc.message)
+            try:
+                slow: object = mt_item(receiver.ctx, account, MessageIn.model_validate(data),
+                                       now)
+            except FieldInvalid as exc:
+                slow = (exc.field, exc.message)
+            assert fast == slow, data
+            outcomes.add("item" if isinstance(fast[0], MtItem) else "error")  # type: ignore[index]
+    assert outcomes == {"item", "error"}  # both kinds were compared
