@@ -97,3 +97,40 @@ def _index_names(plan: dict) -> set[str]:
     for child in plan.get("Plans", []):
         names |= _index_names(child)
     return names
+
+
+async def test_write_back_receipt_lookups_stay_on_indexes(pool: asyncpg.Pool) -> None:
+    """The write-back's two receipt statements (`receipts.waiting`: the receipts that raced
+    their part; `receipts.matched_to_parts`) run as generic plans on the sender's pool: with
+    small analysed tables and many queued receipts since, each stays a probe of an index per
+    SMSC id / receipt — receipts_unmatched_smsc_idx, never receipts_claim_idx (every queued
+    receipt) nor a scan."""
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO outbound (from_addr, to_addr, body, status, parts_total, connector)"
+            " SELECT 'X', '+4477', 'hi', 'submitted', 1, 'sim' FROM generate_series(1, 3000)")
+        await conn.execute(
+            "INSERT INTO outbound_part (outbound_id, part_no, parts_total, connector, smsc_id,"
+            " status) SELECT id, 1, 1, 'sim', 'p' || id, 'submitted' FROM outbound")
+        await conn.execute("ANALYZE outbound; ANALYZE outbound_part; ANALYZE receipts")
+        await conn.execute(  # queued since the statistics were taken
+            "INSERT INTO receipts (connector, smsc_id) SELECT 'sim', 'q' || g"
+            " FROM generate_series(1, $1) g", ROWS)
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        plans = []
+        async with conn.transaction():
+            for name, args in (("receipts.waiting", ([f"q{i}" for i in range(1, 301)],)),
+                               ("receipts.matched_to_parts", (list(range(1, 301)),
+                                                              list(range(1, 301))))):
+                explained = await conn.fetchval("EXPLAIN (FORMAT JSON) " + STATEMENTS[name],
+                                                *args)
+                plans.append((json.loads(explained) if isinstance(explained, str)
+                              else explained)[0]["Plan"])
+        await conn.execute("RESET plan_cache_mode")
+    for plan in plans:
+        scans = _scans(plan)
+        assert not [(n, r) for n, r in scans if r in {"outbound_part", "receipts"}
+                    and n not in ("Index Scan", "Tid Scan", "ModifyTable")], scans
+        assert "receipts_claim_idx" not in _index_names(plan)
+    assert "receipts_unmatched_smsc_idx" in _index_names(plans[0])
+    assert {"receipts_pkey", "outbound_part_outbound_id_part_no_key"} == _index_names(plans[1])

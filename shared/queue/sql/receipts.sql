@@ -134,24 +134,36 @@ SELECT ins.id, ins.status = 'matched' AS matched, f.finalized
 -- The receipts still waiting (queued, not orphan) for SMSC ids $1: the ones that arrived
 -- before the write-back recorded their part. Locked for the caller's transaction, skipping
 -- any a matcher holds (it matches those itself later). One probe of
--- receipts_unmatched_smsc_idx per id (asked so that only it can answer, as in `store`).
+-- receipts_unmatched_smsc_idx per id (asked so that only it can answer, as in `store`), a
+-- LATERAL subquery the planner cannot flatten: as `smsc_id = ANY($1)` a generic plan cached
+-- while the table was empty scanned it whole.
 SELECT r.id, r.smsc_id, r.connector, r.state, r.final, r.err
-  FROM receipts r
- WHERE r.smsc_id = ANY($1::text[]) AND r.outbound_part_id IS NULL AND r.status <> 'orphan'
- ORDER BY r.id
-   FOR UPDATE SKIP LOCKED
+  FROM unnest($1::text[]) AS s(smsc_id)
+  CROSS JOIN LATERAL (
+      SELECT r.id, r.smsc_id, r.connector, r.state, r.final, r.err
+        FROM receipts r
+       WHERE r.smsc_id = s.smsc_id AND r.outbound_part_id IS NULL AND r.status <> 'orphan'
+         FOR UPDATE SKIP LOCKED) r
 
 -- name: matched_to_parts
--- Receipts $1 matched to part 1 of messages $2 (the write-back recorded those parts with the
--- receipts' state, in the caller's transaction): one primary-key probe each way per receipt.
+-- Receipts $1 matched to part 1 of messages $2 (pairwise; the write-back recorded those parts
+-- with the receipts' state, in the caller's transaction, which holds the receipts' locks since
+-- `waiting` read them). Each receipt is found by one primary-key probe, in a LATERAL subquery
+-- the planner cannot flatten, and updated by its ctid (a TID scan per receipt: the row cannot
+-- move, its lock is ours); its part by one probe of (outbound_id, part_no). Asked as `id =
+-- ANY($1)` or as a join with the arrays, a generic plan cached while the table was small read
+-- the whole table, or a bitmap of receipts_unmatched_smsc_idx: every waiting receipt.
 UPDATE receipts AS r
-   SET status = 'matched', outbound_part_id = p.id, updated_at = now()
-  FROM unnest($1::bigint[], $2::bigint[]) AS u(id, outbound_id)
-  CROSS JOIN LATERAL (
-      SELECT p.id FROM outbound_part p
-       WHERE p.outbound_id = u.outbound_id AND p.part_no = 1
-       LIMIT 1) p
- WHERE r.id = u.id AND r.outbound_part_id IS NULL
+   SET status = 'matched', outbound_part_id = u.part_id, updated_at = now()
+  FROM (SELECT x.tid, p.id AS part_id
+          FROM unnest($1::bigint[], $2::bigint[]) AS u(id, outbound_id)
+          CROSS JOIN LATERAL (
+              SELECT q.ctid AS tid FROM receipts q WHERE q.id = u.id LIMIT 1) x
+          CROSS JOIN LATERAL (
+              SELECT p.id FROM outbound_part p
+               WHERE p.outbound_id = u.outbound_id AND p.part_no = 1
+               LIMIT 1) p) u
+ WHERE r.ctid = u.tid
 
 -- name: match
 -- Match up to $1 due receipts in one statement (run inside the caller's transaction):
