@@ -277,8 +277,7 @@ def _receiver(ctx: ReceiverContext, params: dict[str, bytes]) -> str:
     return to
 
 
-def _recipients(ctx: ReceiverContext, params: dict[str, bytes]) -> list[str]:
-    to = _receiver(ctx, params)
+def _recipients(ctx: ReceiverContext, to: str) -> list[str]:
     numbers = to.split()
     if len(numbers) > ctx.options.max_recipients:
         raise _bad(ctx, "to", f"at most {ctx.options.max_recipients} recipients")
@@ -293,7 +292,9 @@ def _recipients(ctx: ReceiverContext, params: dict[str, bytes]) -> list[str]:
     return out
 
 
-def _items(ctx: ReceiverContext, account: Account, params: dict[str, bytes]) -> list[MtItem]:
+def _items(ctx: ReceiverContext, account: Account, params: dict[str, bytes],
+           to: str) -> list[MtItem]:
+    """The request's MTs, one per recipient in `to` (`_receiver`'s)."""
     udh = params.get("udh") or None
     # Kannel's "compatibility mode" (smsbox_req_handle): no coding → 8-bit with a UDH, else
     # 7-bit. 8-bit `text` is the data itself: its URL-decoded octets, whatever `charset` says
@@ -349,13 +350,15 @@ def _items(ctx: ReceiverContext, account: Account, params: dict[str, bytes]) -> 
                    dlr_mask=dlr_mask, send_at=send_at, valid_until=valid_until,
                    route_hint=route_hint, meta=meta, payload=payload, udh=udh,
                    smpp=fields or None, due_now=due_now(ctx, send_at, now, route_hint))
-            for to in _recipients(ctx, params)]
+            for to in _recipients(ctx, to)]
 
 
 def _times(ctx: ReceiverContext,
            params: dict[str, bytes]) -> tuple[datetime | None, datetime | None]:
     """(send_at, valid_until) from `deferred` and `validity`, minutes from now as Kannel
     counts both (smsbox_req_handle: `validity * 60 + time(NULL)`)."""
+    if "validity" not in params and "deferred" not in params:
+        return None, None
     validity = _int(ctx, params, "validity", 1, 7 * 24 * 60)
     deferred = _int(ctx, params, "deferred", 0, 30 * 24 * 60)
     now = datetime.now(UTC)
@@ -370,6 +373,11 @@ def _times(ctx: ReceiverContext,
 # and their ranges there; stored as `outbound.smpp` (shared/smpp/fields.py).
 _SMPP_INTS = (("mclass", "mclass", 0, 3), ("mwi", "mwi", 0, 7), ("pid", "pid", 0, 255),
               ("alt-dcs", "alt_dcs", 0, 1), ("rpi", "rpi", 0, 2))
+# every parameter `_smpp_params` reads: a request with none of them has no SMPP fields
+_SMPP_PARAMS = frozenset([*(name for name, *_ in _SMPP_INTS), "compress", "binfo",
+                          "meta-data"])
+# every parameter `_kannel_meta` reads
+_META_PARAMS = (("account", "account"), ("binfo", "binfo"), ("meta-data", "meta_data"))
 
 
 def _smpp_params(ctx: ReceiverContext, params: dict[str, bytes],
@@ -377,6 +385,8 @@ def _smpp_params(ctx: ReceiverContext, params: dict[str, bytes],
     """The message's SMPP fields from Kannel's parameters; 400 naming a parameter smsgw
     cannot honour (never dropped)."""
     fields: dict[str, Any] = {}
+    if params.keys().isdisjoint(_SMPP_PARAMS):
+        return fields
     for name, key, lo, hi in _SMPP_INTS:
         value = _int(ctx, params, name, lo, hi)
         if value is not None and (key != "rpi" or value > 0):
@@ -422,8 +432,10 @@ def _meta_data_tlvs(ctx: ReceiverContext, meta_data: str) -> dict[str, str]:
 def _kannel_meta(ctx: ReceiverContext, params: dict[str, bytes]) -> dict[str, str]:
     """What Kannel keeps with a message for its dlr-url escapes: `account` (Kannel: up to 64
     characters, none of `[]` or a line break), `binfo` and the `meta-data` text."""
-    out = {}
-    for name, key in (("account", "account"), ("binfo", "binfo"), ("meta-data", "meta_data")):
+    out: dict[str, str] = {}
+    for name, key in _META_PARAMS:
+        if name not in params:
+            continue
         value = _str(params, name)
         if not value:
             continue
@@ -458,10 +470,10 @@ async def answer(ctx: ReceiverContext, request: SendsmsRequest, query: str,
     try:
         params = await _params(ctx, request, query, read)
         account = await _account(ctx, params)
-        _receiver(ctx, params)
+        to = _receiver(ctx, params)
         admit(ctx, "outbound")
         admit_account(ctx, account)
-        items = _items(ctx, account, params)
+        items = _items(ctx, account, params, to)
         wait = ctx.ratelimit.try_acquire(account.id, account_rate(ctx, account), len(items))
         if wait is not None:
             ctx.metrics.requests_rejected.labels(reason="rate_limited").inc()
