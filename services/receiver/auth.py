@@ -7,11 +7,14 @@ seconds, keyed by the presented key itself, so a busy client costs one dict look
 working within `cache_s`. The cache lives in this process's memory only, which already holds
 the server secret (a key is worth less), and an entry is dropped `cache_s` after it was read
 from the database; keys are never logged. Failures are cached for one second so a client
-retrying a bad key cannot turn into a query per request.
+retrying a bad key cannot turn into a query per request. Concurrent requests that miss the
+cache for the same key share one lookup (a busy client's 64 requests in flight when its entry
+expires cost one HMAC and one query, not 64).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -37,6 +40,7 @@ class Authenticator:
         self._cache_s = cache_s
         self._clock = clock
         self._cache: dict[str, tuple[Account | None, float]] = {}
+        self._lookups: dict[str, asyncio.Future[Account | None]] = {}  # misses being looked up
 
     async def authenticate(self, key: str) -> Account | None:
         """The account the key belongs to, or None (unknown, revoked, disabled account; or no
@@ -48,9 +52,39 @@ class Authenticator:
         if not key or len(key) > MAX_KEY_LENGTH or self._secret is None or not key.isascii():
             # keys are ASCII (shared.domain.apikeys.generate_key); anything else is wrong
             return None
+        while (pending := self._lookups.get(key)) is not None:
+            # another request is looking this key up: share its answer
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling() or not pending.cancelled():
+                    raise  # this request is being cancelled
+                # the request looking it up was cancelled (shutdown): look it up here
+        pending = asyncio.get_running_loop().create_future()
+        self._lookups[key] = pending
+        try:
+            account = await self._lookup(key)
+        except asyncio.CancelledError:
+            pending.cancel()
+            raise
+        except BaseException as exc:
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        finally:
+            if self._lookups.get(key) is pending:
+                del self._lookups[key]
+        pending.set_result(account)
+        return account
+
+    async def _lookup(self, key: str) -> Account | None:
+        """One key's account from the database, cached (see the module docstring)."""
+        assert self._secret is not None
         digest = hash_key(self._secret.get_secret_value(), key)
         rec = await self._pool.fetchrow(LOOKUP_ACCOUNT_BY_KEY_HASH, digest)
         account = Account.from_record(rec) if rec is not None else None
+        now = self._clock()
         if len(self._cache) >= MAX_CACHE_ENTRIES:
             self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
             if len(self._cache) >= MAX_CACHE_ENTRIES:

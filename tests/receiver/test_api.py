@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from smsgw.services.receiver.api import FieldInvalid, mt_item, plain_item
+from smsgw.services.receiver.auth import Authenticator
 from smsgw.services.receiver.models import MessageIn, plain_message
 from smsgw.services.receiver.options import ReceiverOptions
 from smsgw.shared.domain.apikeys import Account, create_key, revoke_key
@@ -290,3 +291,42 @@ async def test_plain_item_is_mt_item_of_a_plain_message(receiver: Receiver) -> N
             assert fast == slow, data
             outcomes.add("item" if isinstance(fast[0], MtItem) else "error")  # type: ignore[index]
     assert outcomes == {"item", "error"}  # both kinds were compared
+
+
+class _CountingPool:
+    """The real pool, counting the key lookups that reach it."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.lookups = 0
+
+    async def fetchrow(self, query: str, *args: object) -> asyncpg.Record | None:
+        self.lookups += 1
+        await asyncio.sleep(0.01)  # a lookup that takes a while: the others arrive meanwhile
+        return await self.pool.fetchrow(query, *args)
+
+
+async def test_concurrent_misses_of_one_key_share_one_lookup(
+        pool: asyncpg.Pool, account_factory: AccountFactory) -> None:
+    """50 requests with the same key and an empty cache make one lookup and all get the
+    account; an unknown key likewise (one lookup, None for all); a later miss after the
+    cache entry expired looks it up again; a cancelled lookup does not fail the others."""
+    account_id, key = await account_factory()
+    counting = _CountingPool(pool)
+    now = [0.0]
+    auth = Authenticator(counting, SERVER_SECRET, cache_s=5.0,  # type: ignore[arg-type]
+                         clock=lambda: now[0])
+    accounts = await asyncio.gather(*(auth.authenticate(key) for _ in range(50)))
+    assert counting.lookups == 1 and {a.id for a in accounts if a} == {account_id}
+    assert await asyncio.gather(*(auth.authenticate("smsgw_unknown") for _ in range(20))) \
+        == [None] * 20
+    assert counting.lookups == 2
+    now[0] = 10.0  # both entries expired
+    first = asyncio.create_task(auth.authenticate(key))
+    await asyncio.sleep(0)  # first is now looking it up
+    others = [asyncio.create_task(auth.authenticate(key)) for _ in range(5)]
+    await asyncio.sleep(0)
+    first.cancel()
+    results = await asyncio.gather(*others)
+    assert {a.id for a in results if a} == {account_id} and None not in results
+    assert counting.lookups == 4  # the cancelled one, then one shared by the five
