@@ -147,18 +147,25 @@ def pick(choice: Choice, is_up: Callable[[str], bool],
 
 # -- ported numbers ------------------------------------------------------------------------------
 
-# name: ported_lookup
-# The override routes of ported numbers among $1 (E.164).
-PORTED_LOOKUP: Final[LiteralString] = """
-SELECT number, connectors FROM ported_numbers WHERE number = ANY($1::text[])
+# name: xid_and_ported
+# In a claim's transaction, after the claim: the transaction's id — the expression of
+# `outbound.current_xid`, which `outbound.release_unknown` reads — and the override routes of
+# the ported numbers among $1, in one round trip. At least one row (number NULL: none ported).
+XID_AND_PORTED: Final[LiteralString] = """
+SELECT pg_current_xact_id()::text AS xid, p.number, p.connectors
+  FROM (SELECT 1) AS one
+  LEFT JOIN ported_numbers AS p ON p.number = ANY($1::text[])
 """
 
-STATEMENTS: Final[dict[str, LiteralString]] = {"routing.ported_lookup": PORTED_LOOKUP}
+STATEMENTS: Final[dict[str, LiteralString]] = {"routing.xid_and_ported": XID_AND_PORTED}
 """Statement label → SQL of every statement this module runs (the PREPARE test reads it)."""
 
 
-async def ported_routes(conn: asyncpg.Connection,
-                        numbers: Sequence[str]) -> dict[str, list[str]]:
-    """The override connectors of the ported numbers among `numbers` (one lookup)."""
-    found = await conn.fetch(PORTED_LOOKUP, list(numbers))
-    return {r["number"]: list(r["connectors"]) for r in found}
+async def xid_and_ported(conn: asyncpg.Connection,
+                         numbers: Sequence[str]) -> tuple[int, dict[str, list[str]]]:
+    """(the open transaction's id as `outbound.current_xid` gives it, the override routes
+    of the ported numbers among `numbers`) in one statement: a claim needs both once it
+    has claimed."""
+    found = await conn.fetch(XID_AND_PORTED, list(numbers))
+    return int(found[0]["xid"]), {r["number"]: list(r["connectors"]) for r in found
+                                  if r["number"] is not None}

@@ -40,7 +40,7 @@ from smsgw.services.sender.lanes import MAX_LANE_QUEUE, Lane
 from smsgw.services.sender.metrics import SenderMetrics
 from smsgw.services.sender.policy import THROTTLE, decide, quiet_delay_s, recipient_zone
 from smsgw.services.sender.records import InFlight, Outcome, PartJob
-from smsgw.services.sender.routing import Router, pick, ported_routes
+from smsgw.services.sender.routing import Router, pick, xid_and_ported
 from smsgw.services.sender.settings import SenderSettings
 from smsgw.services.sender.writeback import Flusher, claim_change
 from smsgw.shared.core.aio import race_stop, sleep_or_stop
@@ -200,7 +200,6 @@ class Submitter:
         xid: int | None = None
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                xid = await outbound.current_xid(conn)
                 rows = await outbound.claim(conn, owner=self.owner,
                                             lease_s=self.settings.lease_s, limit=limit,
                                             max_accounts=self.settings.max_accounts,
@@ -212,7 +211,14 @@ class Submitter:
                     await insert_callbacks(conn, changes)
                 if self.settings.events:
                     await self._claim_events(conn, rows)
-                ported = await self._ported(conn, rows)
+                # the transaction's id, last: only a COMMIT whose answer is lost needs it, and
+                # a claim that leased nothing leaves nothing to give back
+                ported: Mapping[str, list[str]] = {}
+                if rows and self.ported_enabled:  # with the ported lookup: one round trip
+                    xid, ported = await xid_and_ported(
+                        conn, [r.to_addr for r in rows if r.status == OutboundStatus.SENDING])
+                elif rows:
+                    xid = await outbound.current_xid(conn)
         except CONNECTION_ERRORS:
             # the COMMIT may have happened with its answer lost (a failover): the rows would
             # stay leased to us and unknown, and the claim never takes over our own leases
@@ -264,14 +270,6 @@ class Submitter:
                for r in rows if r.reclaimed or r.status in ("expired", "suppressed")]
         if evs:
             await outbound.log_events(conn, evs, "sender")
-
-    async def _ported(self, conn: asyncpg.Connection,
-                      rows: Sequence[ClaimedOutbound]) -> dict[str, list[str]]:
-        # One lookup per batch; skipped entirely while the table is empty (the common case).
-        if not rows or not self.ported_enabled:
-            return {}
-        return await ported_routes(
-            conn, [r.to_addr for r in rows if r.status == OutboundStatus.SENDING])
 
     async def _dispatch(self, rows: Sequence[ClaimedOutbound],
                         ported: Mapping[str, list[str]]) -> None:

@@ -51,6 +51,7 @@ from smsgw.shared.queue.records import (
     ReceiptWrite,
 )
 from smsgw.shared.smpp.connector import ConnectorSettings
+from smsgw.shared.smpp.pdu import fast_constructor
 from smsgw.shared.smpp.receipts import is_receipt, receipt_core
 from smsgw.shared.smpp.text import decode_message
 
@@ -450,6 +451,10 @@ def _tlv_text(tlvs: Any, tag: int | None) -> str | None:
     return None
 
 
+# ReceiptWrite(...) without the frozen dataclass __init__ (every field named): one per receipt
+_make_receipt = fast_constructor(ReceiptWrite)
+
+
 def _receipt_item(connector: Any, pdu: Any) -> ReceiptWrite:
     short_message = getattr(pdu, "short_message", b"")
     (message_id, smsc_id, stat, state, final, err, nec, message_state, done_date), has_id, \
@@ -462,9 +467,9 @@ def _receipt_item(connector: Any, pdu: Any) -> ReceiptWrite:
     # handle_dlr `respstr`); the message_state TLV counts, for a Kannel DLR's type, only with
     # receipted_message_id (handle_dlr's SMPP 3.4 branch)
     text = short_message or payload
-    return ReceiptWrite(connector=connector.name, smsc_id=smsc_id, raw_id=message_id, stat=stat,
-                        state=state, final=final, err=err, done_date=done_date,
-                        body=text.decode("latin-1") if text else None,
-                        message_state=message_state if has_id else None,
-                        network_error=None if nec is None else bytes(
-                            (nec[0] & 0xFF, (nec[1] >> 8) & 0xFF, nec[1] & 0xFF)))
+    return _make_receipt(connector=connector.name, smsc_id=smsc_id, raw_id=message_id,
+                         stat=stat, state=state, final=final, err=err, done_date=done_date,
+                         body=text.decode("latin-1") if text else None,
+                         message_state=message_state if has_id else None,
+                         network_error=None if nec is None else bytes(
+                             (nec[0] & 0xFF, (nec[1] >> 8) & 0xFF, nec[1] & 0xFF)))

@@ -63,6 +63,7 @@ __all__ = [
     "classify_status",
     "decode_frame",
     "encode",
+    "encode_deliver_resp",
     "encode_submit_sm",
     "error_response",
     "fast_constructor",
@@ -1035,6 +1036,14 @@ def encode(pdu: Any, sequence_number: int | None = None) -> bytes:
         return _HDR_PACK(16 + len(body), pdu.command_id, pdu.command_status, seq) + body
     except (struct.error, OverflowError, UnicodeEncodeError, TypeError) as exc:
         raise SmppEncodeError(f"cannot encode {type(pdu).__name__}: {exc}") from exc
+
+
+def encode_deliver_resp(request: Any, command_status: int) -> bytes:
+    """`encode(response_for(request, command_status))` for a deliver_sm or data_sm (its
+    response has an empty message_id and no TLVs) without building the response: what an
+    ESME sends per receipt. `command_status` must be a valid 32-bit status."""
+    return _HDR_PACK(17, request.command_id | 0x80000000, command_status,
+                     request.sequence_number) + _NUL
 
 
 def encode_submit_sm(pdu: SubmitSm, sequence_number: int) -> bytes:

@@ -678,6 +678,7 @@ class Session:
         finally:
             for _ in pdus:
                 self._handler_slots.release()
+        answers = []
         for pdu, status in zip(pdus, results, strict=True):
             if isinstance(status, BaseException):
                 self.counters.deliver_handler_errors += 1
@@ -690,7 +691,9 @@ class Session:
                     extra={"connector": self.config.name, "status": repr(status)},
                 )
                 status = transient
-            self._send_quiet(P.response_for(pdu, status))
+            answers.append(P.encode_deliver_resp(pdu, status))
+        with contextlib.suppress(_Lost):  # the connection went away: the SMSC redelivers
+            self._write(b"".join(answers))
 
     # --- keep-alive ------------------------------------------------------------------------
 

@@ -133,6 +133,16 @@ def test_response_for():
     assert P.response_for(P.Outbind(4)) == P.GenericNack(4, P.SMPP_ESME_RINVCMDID)
 
 
+@given(st.sampled_from([P.DeliverSm, P.DataSm]), st.integers(0, 0x7FFFFFFF),
+       st.integers(0, 0xFFFFFFFF))
+def test_encode_deliver_resp_is_the_encoded_response(cls, seq, status):
+    """The receipt answer's short cut gives the bytes of the response PDU, decoding to it."""
+    req = cls(seq, source_addr="1", esm_class=4)
+    wire = P.encode_deliver_resp(req, status)
+    assert wire == P.encode(P.response_for(req, status))
+    assert P.decode_frame(wire) == P.response_for(req, status)
+
+
 def _mutations(rng: random.Random, seeds: list[bytes]) -> bytes:
     base = bytearray(rng.choice(seeds))
     for _ in range(rng.randint(1, 6)):
