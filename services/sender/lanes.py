@@ -122,7 +122,12 @@ class Lane:
             self.in_flight += 1
             started = time.monotonic()
             try:
-                result = await self._submit(job)
+                # `_submit` inline when running (one coroutine less to resume per answer)
+                session = None if self.draining or self.paused else self._pick_session()
+                if session is not None:
+                    result = await session.client.submit(job.pdu)
+                else:
+                    result = await self._submit(job)
             except asyncio.CancelledError:
                 self.on_result(job, SubmitResult(SubmitOutcome.NOT_SENT, reason="cancelled"),
                                0.0)

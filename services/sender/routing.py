@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Final, LiteralString
 
 import asyncpg
+import orjson
 
 from smsgw.shared.runtime.config import RouteSettings
 from smsgw.shared.smpp.connector import ConnectorSettings
@@ -150,11 +151,15 @@ def pick(choice: Choice, is_up: Callable[[str], bool],
 # name: xid_and_ported
 # In a claim's transaction, after the claim: the transaction's id — the expression of
 # `outbound.current_xid`, which `outbound.release_unknown` reads — and the override routes of
-# the ported numbers among $1, in one round trip. At least one row (number NULL: none ported).
+# the ported numbers among $1 (a JSON array: asyncpg checks each element of a text[] against
+# three ABCs, ~0.5 µs a number), in one round trip. At least one row (number NULL: none ported).
 XID_AND_PORTED: Final[LiteralString] = """
 SELECT pg_current_xact_id()::text AS xid, p.number, p.connectors
   FROM (SELECT 1) AS one
-  LEFT JOIN ported_numbers AS p ON p.number = ANY($1::text[])
+  LEFT JOIN LATERAL (
+      SELECT number, connectors FROM ported_numbers
+       WHERE number = ANY (ARRAY(SELECT json_array_elements_text($1::text::json)))
+  ) AS p ON true
 """
 
 STATEMENTS: Final[dict[str, LiteralString]] = {"routing.xid_and_ported": XID_AND_PORTED}
@@ -166,6 +171,6 @@ async def xid_and_ported(conn: asyncpg.Connection,
     """(the open transaction's id as `outbound.current_xid` gives it, the override routes
     of the ported numbers among `numbers`) in one statement: a claim needs both once it
     has claimed."""
-    found = await conn.fetch(XID_AND_PORTED, list(numbers))
+    found = await conn.fetch(XID_AND_PORTED, orjson.dumps(list(numbers)).decode())
     return int(found[0]["xid"]), {r["number"]: list(r["connectors"]) for r in found
                                   if r["number"] is not None}
