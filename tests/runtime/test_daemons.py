@@ -201,3 +201,29 @@ async def test_help_explains_itself(spawn: Any) -> None:
     for needle in ("--config", "--instance", "--log-level", "SMSGW_DATABASE_URL",
                    "SMSGW_SENDER__DRAIN_S", "78"):
         assert needle in text
+
+
+async def test_queue_snapshot_stretches_its_interval_under_a_deep_backlog(
+        db_url: str, spawn: Any, notify_socket: NotifySocket, pool: asyncpg.Pool) -> None:
+    """The depth snapshot counts the queued rows; under a deep backlog one takes tens of
+    milliseconds, so its interval stretches past `queue_stats_s` to keep it near 1 % of a
+    core: 1. 60,000 queued MTs  2. a processor with queue_stats_s = 0.05  3. over 3 s it
+    refreshes the snapshot a few times (each with the full depth), not every 50 ms."""
+    await pool.execute(
+        "INSERT INTO outbound (from_addr, to_addr, body, source)"
+        " SELECT 'X', '+447700900001', 'hi', 'api' FROM generate_series(1, 60000)")
+    env = daemon_env("processor", db_url, notify_socket, SMSGW_PROCESSOR__QUEUE_STATS_S="0.05")
+    proc = await spawn("processor", env=env)
+    await notify_socket.expect("READY")
+    seen: set[Any] = set()
+    end = time.monotonic() + 3.0
+    while time.monotonic() < end:
+        row = await pool.fetchrow("SELECT depth, updated_at FROM queue_stats"
+                                  " WHERE queue = 'outbound' AND status = 'queued'")
+        if row is not None:
+            assert row["depth"] == 60000
+            seen.add(row["updated_at"])
+        await asyncio.sleep(0.01)
+    proc.signal(signal.SIGTERM)
+    assert await proc.exit_code() == 0
+    assert 1 <= len(seen) <= 12, len(seen)  # every 50 ms would be ~60
