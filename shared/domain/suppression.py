@@ -51,6 +51,12 @@ class NumberHasher:
     """The keyed hash of a number: `HMAC-SHA256(K, sha256(number))` (see the module doc)."""
 
     key: bytes = field(repr=False)
+    # the HMAC keyed once (its key schedule computed here); each call copies it: 1.4 instead
+    # of 1.8 µs per number with `hmac.digest(key, …)`, once per MT in the receiver's flush
+    _keyed: Any = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_keyed", hmac.new(self.key, digestmod="sha256"))
 
     @classmethod
     def from_secret(cls, server_secret: bytes | str) -> NumberHasher:
@@ -65,12 +71,16 @@ class NumberHasher:
         return None if secret is None else cls.from_secret(secret.get_secret_value())
 
     def __call__(self, number: str) -> bytes:
-        """The keyed hash of an E.164 number (about 1 µs)."""
-        return hmac.digest(self.key, hashlib.sha256(number.encode("utf-8")).digest(), "sha256")
+        """The keyed hash of an E.164 number (about 1.4 µs)."""
+        h = self._keyed.copy()
+        h.update(hashlib.sha256(number.encode("utf-8")).digest())
+        return h.digest()  # type: ignore[no-any-return]
 
     def rekey(self, legacy_hash: bytes) -> bytes:
         """The keyed hash of the number whose unkeyed sha256 is `legacy_hash`."""
-        return hmac.digest(self.key, bytes(legacy_hash), "sha256")
+        h = self._keyed.copy()
+        h.update(bytes(legacy_hash))
+        return h.digest()  # type: ignore[no-any-return]
 
 
 MISSING_SECRET: Final = (
