@@ -114,7 +114,8 @@ async def start_stack(db_url: str, pool: asyncpg.Pool, connectors: Sequence[Conn
     for gc in committers:
         gc.start()
     intake = DeliverIntake(inbound=committers[0], receipts=committers[1])
-    managers = {c.name: BindManager(c, c.bind_mode, db_url, handler=intake.handler_for(c),
+    managers = {c.name: BindManager(c, c.bind_mode, db_url,
+                                    handler=intake.handler_for(c, batch=True),  # as the daemon
                                     grace_s=grace_s, retry_s=0.2, check_s=0.5)
                 for c in connectors}
     lanes = {c.name: Lane(c, managers[c.name].sessions, lambda *a: None) for c in connectors}

@@ -159,3 +159,66 @@ async def test_sender_matches_at_store_and_leaves_the_rest_to_the_matcher(
     assert all(r["attempts"] == 0 for r in rows)
     assert {r["outbound_id"] for r in await pool.fetch("SELECT outbound_id FROM callbacks")} \
         == set(cb)
+
+
+class _Counts:
+    """An intake observer that records what it is told."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, ...]] = []
+
+    def mo(self, channel: str, provider: str, outcome: str) -> None:
+        self.seen.append(("mo", outcome))
+
+    def receipt(self, connector: str, state: str) -> None:
+        self.seen.append(("receipt", connector, state))
+
+    def rejected(self, reason: str) -> None:
+        self.seen.append(("rejected", reason))
+
+
+async def test_handle_many_stores_a_read_and_answers_each_pdu(pool: asyncpg.Pool) -> None:
+    """The sender's batch intake (`handle_many`): the receipts and the MO of one read are
+    stored (one committer wait for the receipts), each PDU answered ESME_ROK and counted;
+    `handle` (the receiver's way, one PDU at a time) stores and counts the same way."""
+    from smsgw.shared.domain.intake import DeliverIntake, flush_inbound, flush_receipts
+    from smsgw.shared.queue.groupcommit import GroupCommitter
+    from smsgw.shared.smpp import pdu as P
+    from smsgw.shared.smpp.receipts import format_receipt_text
+
+    now = datetime.now(UTC)
+    c = connector("hm1", 2775)
+
+    def receipt(smsc_id: str, stat: str) -> P.DeliverSm:
+        text = format_receipt_text(smsc_id, stat, now, now).encode()
+        return P.DeliverSm(source_addr="447700900001", destination_addr="SMSGW", esm_class=4,
+                           short_message=text)
+
+    pdus = [receipt("hm-a", "DELIVRD"), receipt("hm-b", "DELIVRD"), receipt("hm-c", "UNDELIV"),
+            P.DeliverSm(source_addr="447700900002", destination_addr="12345",
+                        short_message=b"hello from a handset")]
+    committers = [GroupCommitter(pool, flush_inbound, name="inbound"),
+                  GroupCommitter(pool, flush_receipts, name="receipts", transactional=False)]
+    for gc in committers:
+        gc.start()
+    try:
+        counts = _Counts()
+        intake = DeliverIntake(inbound=committers[0], receipts=committers[1], observer=counts)
+        handler = intake.handler_for(c, batch=True)
+        assert await handler.many(pdus) == [0, 0, 0, 0]
+        assert sorted(counts.seen) == [("mo", "accepted"), ("receipt", "hm1", "delivered"),
+                                       ("receipt", "hm1", "delivered"),
+                                       ("receipt", "hm1", "undeliverable")]
+        stored = await pool.fetch("SELECT smsc_id, state FROM receipts WHERE connector = 'hm1'"
+                                  " ORDER BY smsc_id")
+        assert [tuple(r) for r in stored] == [("hm-a", "delivered"), ("hm-b", "delivered"),
+                                              ("hm-c", "undeliverable")]
+        assert await pool.fetchval("SELECT count(*) FROM inbound WHERE connector = 'hm1'") == 1
+        one = DeliverIntake(inbound=committers[0], receipts=committers[1],
+                            observer=counts).handler_for(c)  # the receiver's way
+        counts.seen.clear()
+        assert await one(receipt("hm-d", "DELIVRD")) == 0
+        assert counts.seen == [("receipt", "hm1", "delivered")]
+    finally:
+        for gc in committers:
+            await gc.close()
