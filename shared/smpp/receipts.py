@@ -375,6 +375,18 @@ def parse_receipt(
     Hot path (every receipt the sender gets): one pass over the TLVs, one match of the spec
     layout; text in any other layout goes to the general parser, with identical results.
     """
+    m, rid, state_tlv, nec, _payload = _scan(short_message, tlvs, data_coding)
+    if m is None:
+        return _parse_receipt_general(short_message, tlvs, esm_class, data_coding=data_coding,
+                                      tz=tz, stat_map=stat_map, id_mode=id_mode)  # fmt: skip
+    return _build(*m.groups(), rid, state_tlv, nec, esm_class, tz, stat_map, id_mode)
+
+
+def _scan(short_message: bytes, tlvs: Tlvs, data_coding: int) -> tuple[
+        re.Match[str] | None, bytes | None, bytes | None, bytes | None, bytes | None]:
+    """One pass over the TLVs (the first of each tag wins, as in the general path) and one
+    match of the spec layout: (match or None, receipted_message_id, message_state,
+    network_error_code, message_payload)."""
     rid = state_tlv = nec = payload = None
     for tag, value in tlvs:  # first occurrence of a tag wins, as in the general path
         if tag == _TAG_RECEIPTED_ID:
@@ -388,10 +400,7 @@ def parse_receipt(
     raw = short_message or payload or b""
     m = _SPEC_RE.match(raw.decode("utf-16-be", "replace") if data_coding == 8 else
                        raw.decode("latin-1"))  # fmt: skip
-    if m is None:
-        return _parse_receipt_general(short_message, tlvs, esm_class, data_coding=data_coding,
-                                      tz=tz, stat_map=stat_map, id_mode=id_mode)  # fmt: skip
-    return _build(*m.groups(), rid, state_tlv, nec, esm_class, tz, stat_map, id_mode)
+    return m, rid, state_tlv, nec, payload
 
 
 def receipt_core(
@@ -408,19 +417,7 @@ def receipt_core(
     to the ParsedReceipt's, see `ReceiptCore` —, whether a receipted_message_id TLV came,
     the first message_payload TLV). Skips what nothing stores (submit date, sub, dlvrd, text)
     and the ParsedReceipt object: a third of a receipt's parse."""
-    rid = state_tlv = nec = payload = None
-    for tag, value in tlvs:  # first occurrence of a tag wins, as in parse_receipt
-        if tag == _TAG_RECEIPTED_ID:
-            rid = value if rid is None else rid
-        elif tag == _TAG_MESSAGE_STATE:
-            state_tlv = value if state_tlv is None else state_tlv
-        elif tag == _TAG_NETWORK_ERROR:
-            nec = value if nec is None else nec
-        elif tag == _TAG_PAYLOAD:
-            payload = value if payload is None else payload
-    raw = short_message or payload or b""
-    m = _SPEC_RE.match(raw.decode("utf-16-be", "replace") if data_coding == 8 else
-                       raw.decode("latin-1"))  # fmt: skip
+    m, rid, state_tlv, nec, payload = _scan(short_message, tlvs, data_coding)
     if m is None:
         p = _parse_receipt_general(short_message, tlvs, esm_class, data_coding=data_coding,
                                    tz=tz, stat_map=stat_map, id_mode=id_mode)  # fmt: skip
