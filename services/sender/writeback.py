@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import asyncpg
+import orjson
 import structlog
 
 from smsgw.services.sender.metrics import SenderMetrics
@@ -81,17 +82,18 @@ def _kannel_dlr(o: Outcome) -> bool | None:
     return bool(row.callback_url and row.dlr_mask and is_kannel(row.meta))
 
 
-def _write_back_args(owner: str, outcomes: Sequence[Outcome]) -> list[Any]:
-    parts = [(o.msg_id, no, o.parts_total or 1, o.connector or "", sid, cs, st, dlr)
+def _write_back_docs(outcomes: Sequence[Outcome]) -> tuple[list[dict[str, Any]],
+                                                          list[dict[str, Any]]]:
+    """The write-back's messages and parts as `outbound.write_back_docs` reads them (the
+    parts in outcome order, each outcome's parts together)."""
+    msgs = [{"id": o.msg_id, "status": o.status, "error_code": o.error_code, "error": o.error,
+             "delay_s": o.delay_s, "attempts_inc": o.attempts_inc,
+             "parts_total": o.parts_total, "connector": o.connector} for o in outcomes]
+    parts = [{"outbound_id": o.msg_id, "part_no": no, "parts_total": o.parts_total or 1,
+              "connector": o.connector or "", "smsc_id": sid, "command_status": cs,
+              "status": st, "kannel_dlr": dlr}
              for o in outcomes for dlr in (_kannel_dlr(o),) for (no, sid, cs, st) in o.parts]
-    pcols: list[list[Any]] = [list(c) for c in zip(*parts, strict=True)] if parts else \
-        [[] for _ in range(8)]
-    return [owner,
-            [o.msg_id for o in outcomes], [o.status for o in outcomes],
-            [o.error_code for o in outcomes], [o.error for o in outcomes],
-            [o.delay_s for o in outcomes], [o.attempts_inc for o in outcomes],
-            [o.parts_total for o in outcomes], [o.connector for o in outcomes],
-            *pcols]
+    return msgs, parts
 
 
 _FINAL_PART_STATES = frozenset({"delivered", "undeliverable", "expired", "rejected",
@@ -113,20 +115,13 @@ def _quiet_one_part(o: Outcome) -> bool:
 
 
 async def _raced_receipts(conn: asyncpg.Connection, outcomes: Sequence[Outcome],
-                          siblings: Mapping[str, tuple[str, ...]],
-                          args: list[Any]) -> dict[int, list[int]]:
+                          siblings: Mapping[str, tuple[str, ...]], msgs: list[dict[str, Any]],
+                          parts: list[dict[str, Any]]) -> dict[int, list[int]]:
     """The receipts that arrived before their part was recorded, for the quiet one-part
     outcomes of this batch: read and locked (`receipts.waiting`), the winner of each part
     picked as the matcher picks it (a final receipt beats an intermediate one, then the
-    newest), its outcome appended to `args` as the write-back's five receipt arrays. Returns
-    message id → the receipt ids to mark matched once the write-back owned the message."""
-    n_parts = len(args[9])
-    msg_final: list[str | None] = [None] * len(outcomes)
-    msg_err: list[str | None] = [None] * len(outcomes)
-    part_state: list[str | None] = [None] * n_parts
-    part_err: list[str | None] = [None] * n_parts
-    part_done: list[bool | None] = [None] * n_parts
-    args += [msg_final, msg_err, part_state, part_err, part_done]
+    newest), its outcome added to the message's and the part's document. Returns message id
+    → the receipt ids to mark matched once the write-back owned the message."""
     # smsc id -> (message index, part index, connectors whose receipts may match)
     cands: dict[str, tuple[int, int, tuple[str, ...]] | None] = {}
     j = 0
@@ -148,19 +143,19 @@ async def _raced_receipts(conn: asyncpg.Connection, outcomes: Sequence[Outcome],
         cand = cands.get(r["smsc_id"])
         if cand is None or r["connector"] not in cand[2]:
             continue
-        i = cand[0]
-        found.setdefault(outcomes[i].msg_id, []).append(r["id"])
+        found.setdefault(outcomes[cand[0]].msg_id, []).append(r["id"])
         w = best.get(r["smsc_id"])
         if w is None or (r["final"], r["id"]) > (w["final"], w["id"]):
             best[r["smsc_id"]] = r
     for sid, w in best.items():
         i, j, _ = cands[sid]  # type: ignore[misc]
-        part_err[j], part_done[j] = w["err"], bool(w["final"])
+        part = parts[j]
+        part["receipt_err"], part["receipt_done"] = w["err"], bool(w["final"])
         if w["final"] and w["state"] in _FINAL_PART_STATES:
-            part_state[j] = w["state"]
-            msg_final[i] = w["state"] if w["state"] in ("delivered", "expired") \
+            part["receipt_status"] = w["state"]
+            msgs[i]["receipt_final"] = w["state"] if w["state"] in ("delivered", "expired") \
                 else "undeliverable"
-            msg_err[i] = w["err"]
+            msgs[i]["receipt_err"] = w["err"]
     return found
 
 
@@ -186,9 +181,11 @@ async def write_back(conn: asyncpg.Connection, owner: str, outcomes: Sequence[Ou
     does it later, in two more statements and a commit.
     """
     async with conn.transaction():
-        args = _write_back_args(owner, outcomes)
-        raced = await _raced_receipts(conn, outcomes, siblings, args) if siblings else {}
-        owned = set(await outbound.write_back(conn, *args))
+        msgs, parts = _write_back_docs(outcomes)
+        raced = await _raced_receipts(conn, outcomes, siblings, msgs, parts) if siblings \
+            else {}
+        owned = set(await outbound.write_back_docs(conn, owner, orjson.dumps(msgs).decode(),
+                                                   orjson.dumps(parts).decode()))
         pairs = [(rid, mid) for mid, rids in raced.items() if mid in owned for rid in rids]
         matched = await receipts.matched_to_parts(
             conn, [p[0] for p in pairs], [p[1] for p in pairs]) if pairs else 0

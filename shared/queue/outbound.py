@@ -165,6 +165,13 @@ async def hash_claimed(conn: asyncpg.Connection, *, owner: str, ids: Sequence[in
             for r in await conn.fetch(_HASH_CLAIMED, owner, list(ids), list(hashes))]
 
 
+_MSG_KEYS: Final = ("id", "status", "error_code", "error", "delay_s", "attempts_inc",
+                    "parts_total", "connector", "receipt_final", "receipt_err")
+_PART_KEYS: Final = ("outbound_id", "part_no", "parts_total", "connector", "smsc_id",
+                     "command_status", "status", "kannel_dlr", "receipt_status", "receipt_err",
+                     "receipt_done")
+
+
 async def write_back(conn: asyncpg.Connection, owner: str, *columns: list[Any]) -> list[int]:
     """Record a batch of submit outcomes in one statement, fenced by lease owner `owner`;
     returns the ids of the messages it still owned (and so updated).
@@ -173,16 +180,23 @@ async def write_back(conn: asyncpg.Connection, owner: str, *columns: list[Any]) 
     backoff), attempts_inc, parts_total, connector; then per answered part outbound_id,
     part_no, parts_total, connector, smsc_id, command_status, status, kannel_dlr (whether its
     message asked for a Kannel dlr-url; None: unknown) — `outbound_part` rows; a resubmitted
-    part replaces the earlier attempt's row — optionally followed by the 5 arrays of the
-    receipts that arrived before their part: per message the final state a receipt sets and
-    its err, per part its state, err and whether it was final (see `write_back` in
-    sql/outbound.sql; None throughout: no receipt).
+    part replaces the earlier attempt's row. The sender passes documents instead
+    (`write_back_docs`); this form serves the tools and tests.
     """
-    if len(columns) == 16:
-        n_msg, n_part = len(columns[0]), len(columns[8])
-        columns = (*columns, [None] * n_msg, [None] * n_msg, [None] * n_part,
-                   [None] * n_part, [None] * n_part)
-    row = await conn.fetchrow(_WRITE_BACK, owner, *columns)
+    msgs = [dict(zip(_MSG_KEYS, row, strict=False)) for row in zip(*columns[:8], strict=True)]
+    parts = [dict(zip(_PART_KEYS, row, strict=False)) for row in zip(*columns[8:16], strict=True)]
+    return await write_back_docs(conn, owner, orjson.dumps(msgs).decode(),
+                                 orjson.dumps(parts).decode())
+
+
+async def write_back_docs(conn: asyncpg.Connection, owner: str, msgs: str,
+                          parts: str) -> list[int]:
+    """`write_back` with the batch as two JSON arrays of objects: `msgs` (keys: id, status,
+    error_code, error, delay_s, attempts_inc, parts_total, connector, and for a receipt that
+    arrived first receipt_final, receipt_err) and `parts` (outbound_id, part_no, parts_total,
+    connector, smsc_id, command_status, status, kannel_dlr; receipt_status, receipt_err,
+    receipt_done); a missing key is NULL (see `write_back` in sql/outbound.sql)."""
+    row = await conn.fetchrow(_WRITE_BACK, owner, msgs, parts)
     assert row is not None
     return row["owned"]  # type: ignore[no-any-return]
 

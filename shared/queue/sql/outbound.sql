@@ -280,18 +280,21 @@ RETURNING m.id, m.status
 -- - `parts`: insert each answered part (smsc id, command_status, whether its message asked for
 --   a Kannel dlr-url) of the owned messages; a resubmitted part replaces the earlier attempt's
 --   row.
+-- The messages come as one JSON array $2, the parts as one JSON array $3 (one parameter each:
+-- asyncpg checks every element of an array parameter, ~24 checks per message as 16 arrays);
+-- a missing key reads as NULL.
 -- A receipt that arrived before its part was recorded (a fast SMSC's receipt racing this
 -- write-back) comes with its message and part: the caller read and locked it in this
--- transaction (`receipts.waiting`) and gives its outcome positionally — per message $18, the
--- final state the receipt sets (NULL: none) and $19 its err; per part $20, the part's state
--- from the receipt (NULL: none), $21 its err, $22 whether the receipt was final — and marks
--- it matched afterwards (`receipts.matched_to_parts`). The message is finalised as
+-- transaction (`receipts.waiting`) and gives its outcome — the message's `receipt_final` (the
+-- final state the receipt sets) and `receipt_err`; the part's `receipt_status` (its state from
+-- the receipt), `receipt_err` and `receipt_done` (the receipt was final) — and marks it
+-- matched afterwards (`receipts.matched_to_parts`). The message is finalised as
 -- `outbound.finalize` does for one part, the part updated as `receipt_part_update` does.
 WITH msg AS (
-    SELECT * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::float8[],
-                         $7::int[], $8::smallint[], $9::text[], $18::text[], $19::text[])
-             AS u(id, status, error_code, error, delay_s, attempts_inc, parts_total, connector,
-                  receipt_final, receipt_err)
+    SELECT * FROM json_to_recordset($2::text::json)
+             AS u(id bigint, status text, error_code int, error text, delay_s float8,
+                  attempts_inc int, parts_total smallint, connector text, receipt_final text,
+                  receipt_err text)
 ), qdone AS (
     -- the ids reach the queue as one array (evaluated once): probed on the primary key, where
     -- a join with `msg` made the generic plan scan the whole queue table
@@ -342,11 +345,10 @@ WITH msg AS (
            coalesce(u.receipt_status, u.status), now(),
            CASE WHEN u.status = 'rejected' OR u.receipt_done THEN now() END, u.kannel_dlr,
            u.receipt_err
-      FROM unnest($10::bigint[], $11::smallint[], $12::smallint[], $13::text[], $14::text[],
-                  $15::int[], $16::text[], $17::boolean[], $20::text[], $21::text[],
-                  $22::boolean[])
-           AS u(outbound_id, part_no, parts_total, connector, smsc_id, command_status, status,
-                kannel_dlr, receipt_status, receipt_err, receipt_done)
+      FROM json_to_recordset($3::text::json)
+           AS u(outbound_id bigint, part_no smallint, parts_total smallint, connector text,
+                smsc_id text, command_status int, status text, kannel_dlr boolean,
+                receipt_status text, receipt_err text, receipt_done boolean)
      WHERE u.outbound_id IN (SELECT id FROM owned)
     ON CONFLICT (outbound_id, part_no) DO UPDATE
        SET smsc_id = EXCLUDED.smsc_id, connector = EXCLUDED.connector,
