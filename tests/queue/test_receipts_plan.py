@@ -61,21 +61,7 @@ async def test_receipt_store_stays_on_indexes_whatever_the_statistics(
     small analysed tables and many queued receipts since, every lookup must stay a probe of
     an index per receipt."""
     async with pool.acquire() as conn:
-        await conn.execute(
-            "INSERT INTO outbound (from_addr, to_addr, body, status, parts_total, connector)"
-            " SELECT 'X', '+4477', 'hi', 'submitted', 1, 'sim' FROM generate_series(1, 3000)")
-        await conn.execute(
-            "INSERT INTO outbound_part (outbound_id, part_no, parts_total, connector, smsc_id,"
-            " status, kannel_dlr) SELECT id, 1, 1, 'sim', 'p' || id, 'submitted', false"
-            " FROM outbound")
-        await conn.execute(
-            "INSERT INTO receipts (connector, smsc_id, status, outbound_part_id)"
-            " SELECT 'sim', 'm' || g, 'matched', g FROM generate_series(1, 1500) g")
-        await conn.execute("ANALYZE outbound; ANALYZE outbound_part; ANALYZE receipts")
-        await conn.execute(  # queued since the statistics were taken
-            "INSERT INTO receipts (connector, smsc_id) SELECT 'sim', 'q' || g"
-            " FROM generate_series(1, $1) g", ROWS)
-        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await _small_analysed_then_queued(conn, matched=1500)
         doc = json.dumps([{"connector": "sim", "smsc_id": f"p{i}", "state": "delivered",
                            "final": True, "siblings": ["sim"], "n": i} for i in range(1, 41)])
         explained = await conn.fetchval(
@@ -92,6 +78,26 @@ async def test_receipt_store_stays_on_indexes_whatever_the_statistics(
     assert {"outbound_part_smsc_idx", "outbound_part_pkey", "outbound_pkey"} <= names
 
 
+async def _small_analysed_then_queued(conn: asyncpg.Connection, *, matched: int) -> None:
+    """3,000 written-back one-part messages, `matched` matched receipts, statistics taken,
+    then ROWS receipts queued (the planner believes them absent); generic plans from here."""
+    await conn.execute(
+        "INSERT INTO outbound (from_addr, to_addr, body, status, parts_total, connector)"
+        " SELECT 'X', '+4477', 'hi', 'submitted', 1, 'sim' FROM generate_series(1, 3000)")
+    await conn.execute(
+        "INSERT INTO outbound_part (outbound_id, part_no, parts_total, connector, smsc_id,"
+        " status, kannel_dlr) SELECT id, 1, 1, 'sim', 'p' || id, 'submitted', false"
+        " FROM outbound")
+    await conn.execute(
+        "INSERT INTO receipts (connector, smsc_id, status, outbound_part_id)"
+        " SELECT 'sim', 'm' || g, 'matched', g FROM generate_series(1, $1::int) g", matched)
+    await conn.execute("ANALYZE outbound; ANALYZE outbound_part; ANALYZE receipts")
+    await conn.execute(  # queued since the statistics were taken
+        "INSERT INTO receipts (connector, smsc_id) SELECT 'sim', 'q' || g"
+        " FROM generate_series(1, $1) g", ROWS)
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+
+
 def _index_names(plan: dict) -> set[str]:
     names = {plan["Index Name"]} if "Index Name" in plan else set()
     for child in plan.get("Plans", []):
@@ -106,17 +112,7 @@ async def test_write_back_receipt_lookups_stay_on_indexes(pool: asyncpg.Pool) ->
     SMSC id / receipt — receipts_unmatched_smsc_idx, never receipts_claim_idx (every queued
     receipt) nor a scan."""
     async with pool.acquire() as conn:
-        await conn.execute(
-            "INSERT INTO outbound (from_addr, to_addr, body, status, parts_total, connector)"
-            " SELECT 'X', '+4477', 'hi', 'submitted', 1, 'sim' FROM generate_series(1, 3000)")
-        await conn.execute(
-            "INSERT INTO outbound_part (outbound_id, part_no, parts_total, connector, smsc_id,"
-            " status) SELECT id, 1, 1, 'sim', 'p' || id, 'submitted' FROM outbound")
-        await conn.execute("ANALYZE outbound; ANALYZE outbound_part; ANALYZE receipts")
-        await conn.execute(  # queued since the statistics were taken
-            "INSERT INTO receipts (connector, smsc_id) SELECT 'sim', 'q' || g"
-            " FROM generate_series(1, $1) g", ROWS)
-        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await _small_analysed_then_queued(conn, matched=0)
         plans = []
         async with conn.transaction():
             for name, args in (("receipts.waiting", ([f"q{i}" for i in range(1, 301)],)),
