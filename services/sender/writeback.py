@@ -105,10 +105,9 @@ def _quiet_one_part(o: Outcome) -> bool:
     accepted one-part message that owes no report — no status callback, no Kannel dlr-url, no
     intermediate ESME receipt (the write-back takes it from sending to its final state in one
     update) — the cases `receipts.store` matches itself."""
-    row = o.row
+    row = o.row  # no callback_url: then no Kannel dlr-url either (`_kannel_dlr` is False)
     if (row is None or o.status != OutboundStatus.SUBMITTED or (o.parts_total or 1) != 1
-            or len(o.parts) != 1 or row.callback_url or not o.connector
-            or _kannel_dlr(o) is not False):
+            or len(o.parts) != 1 or row.callback_url or not o.connector):
         return False
     meta = row.meta
     return not (isinstance(meta, dict) and int(meta.get("esme_rd") or 0) & 16)
