@@ -161,3 +161,21 @@ async def test_listener_reconnect_is_counted_and_daemon_keeps_running(
     await proc.named("inbound_processed", count=1)
     proc.signal(signal.SIGTERM)
     assert await proc.exit_code() == 0
+
+
+async def test_gc_is_tuned_once_started(db_url: str, spawn: Any, notify_socket: Any) -> None:
+    """Once start-up is over, the runtime freezes what it made and raises the young
+    generation's threshold (`daemon.GC_THRESHOLDS`; CPython's default is 700): a running
+    worker sees both, and the daemon says so in `gc_tuned`."""
+    from smsgw.shared.runtime.daemon import GC_THRESHOLDS
+
+    env = env_for(db_url, notify_socket, STUB_MODE="gc", SMSGW_STUB__METRICS_PORT="0")
+    proc = await spawn(env=env, python=STUB)
+    await notify_socket.expect("READY")
+    state = await proc.named("gc_state")
+    assert state["thresholds"] == list(GC_THRESHOLDS)
+    assert state["frozen"] > 1000  # the modules, config and caches start-up made
+    tuned = await proc.named("gc_tuned")
+    assert tuned["thresholds"] == list(GC_THRESHOLDS) and tuned["frozen"] > 1000
+    proc.signal(signal.SIGTERM)
+    assert await proc.exit_code() == 0
