@@ -255,7 +255,7 @@ class SenderEngine:
             elif lane.connector != c:
                 lane.connector = c
                 if self.submitter.running:
-                    lane.start()  # more workers for a larger window or more binds
+                    lane.start()  # pump: a larger window or more binds may take more now
             state = state_of(self.watcher.states, name)
             lane.set_state(state.value)
             if self.metrics is not None:

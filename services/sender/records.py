@@ -22,13 +22,15 @@ class InFlight:
     smsc_ids: dict[int, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class PartJob:
-    """One submit_sm to send: which message, which part, the PDU."""
+    """One submit_sm to send: which message, which part, the PDU; `started` is set when it is
+    written at once (`Lane.offer`), for the submit duration."""
 
     msg: InFlight
     part_no: int
     pdu: P.SubmitSm
+    started: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,11 @@ Flow, with the bounds that keep memory flat and the SMSC window full:
    schedule_delivery_time, or is deferred to its `send_at` for any other;
    `shared.smpp.compose.build_parts` splits the content into submit_sm PDUs with the
    message's SMPP fields (parts an earlier attempt already got accepted are skipped).
-3. **Submit** (`lanes.Lane`): one bounded queue per connector, drained by `window x binds`
-   workers; each worker submits on the least busy bound session (the session enforces window,
-   per-slot TPS and throttling pauses).
+3. **Submit** (`lanes.Lane`): one bounded backlog per connector, pumped in order onto the
+   least busy bound session: a part is written at once while the session can take it (its
+   answer comes back as a call and pumps the next one into the freed slot); a part that must
+   wait for the rate or a throttling pause waits in a task of its own (the session enforces
+   window, per-slot TPS and throttling pauses either way).
 4. **Decide and write back**: when every part of a message is answered, `policy.decide` turns
    the answers into an `Outcome` (the rules are in `policy.py`), which joins the
    `writeback.Flusher`'s buffer, flushed in one fenced statement on size or time
@@ -382,7 +384,7 @@ class Submitter:
                                      error=f"cannot encode: {exc}", connector=lane.name,
                                      error_code=P.SMPP_ESME_RINVMSGLEN, attempts_inc=1))
             return True
-        if lane.queue.qsize() + len(parts) > MAX_LANE_QUEUE:
+        if len(lane.backlog) + len(parts) > MAX_LANE_QUEUE:
             return False
         msg = InFlight(row=row, connector=lane.name, parts_total=total, pending=len(parts))
         if not parts:  # every part was accepted by an earlier attempt
@@ -391,7 +393,7 @@ class Submitter:
         self.in_flight[row.id] = msg
         for no, pdu in parts:
             self.queued_parts += 1
-            lane.queue.put_nowait(PartJob(msg, no, pdu))
+            lane.offer(PartJob(msg, no, pdu))
         return True
 
     async def _defer(self, deferred: list[tuple[int, float, str, str]]) -> None:

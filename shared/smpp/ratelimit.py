@@ -3,9 +3,9 @@
 It is the generic cell rate algorithm (GCRA): the bucket keeps one number, the theoretical
 arrival time `tat` of the next send. `reserve()` takes a token and returns the delay after
 which the caller may send, so nobody sleeps in a loop; `acquire()` lets async callers take
-turns at 1/rate intervals. In any window of length t at most
-`rate * t + capacity` sends are allowed, where capacity is `burst` (burst 0 means 1: strictly
-spaced sends).
+turns at 1/rate intervals; `try_acquire()` takes a token only when one is free at once. In
+any window of length t at most `rate * t + capacity` sends are allowed, where capacity is
+`burst` (burst 0 means 1: strictly spaced sends).
 
 The clock is injected (`time.monotonic` in production) so tests can drive it; `set_rate()`
 changes rate and burst in place for SIGHUP reloads; `pause()` pushes the next send out (used
@@ -68,6 +68,20 @@ class TokenBucket:
         self._tat = tat + self._interval
         delay = allowed_at - now
         return delay if delay > 0.0 else 0.0
+
+    def try_acquire(self) -> bool:
+        """Take a token only if one is free now and no `acquire` is waiting for one (so a
+        caller that cannot wait never overtakes one that does); False changes nothing."""
+        if self.rate is None:
+            return True
+        if self._lock is not None and self._lock.locked():
+            return False
+        now = self._clock()
+        tat = self._tat if self._tat > now else now
+        if tat - self._tau > now:
+            return False
+        self._tat = tat + self._interval
+        return True
 
     def refund(self) -> None:
         """Give back a token reserved but not used (e.g. the waiter was cancelled)."""

@@ -73,3 +73,30 @@ def test_set_rate_and_pause_and_unlimited():
     assert bucket.reserve() == pytest.approx(3.0)
     bucket.refund()
     assert bucket.reserve() == pytest.approx(3.0)
+
+
+def test_try_acquire_takes_only_a_free_token():
+    """burst 2 at 10/s: two at once, the third is refused and changes nothing (a reserve
+    right after still waits 0.1 s, not 0.2); 0.1 s later one is free again; unlimited always
+    gives one."""
+    clock = FakeClock()
+    bucket = TokenBucket(10, burst=2, clock=clock)
+    assert bucket.try_acquire() and bucket.try_acquire()
+    assert bucket.try_acquire() is False
+    assert bucket.reserve() == pytest.approx(0.1)
+    clock.now += 0.2
+    assert bucket.try_acquire()
+    assert bucket.try_acquire() is False
+    assert all(TokenBucket(None, clock=clock).try_acquire() for _ in range(1000))
+
+
+async def test_try_acquire_never_overtakes_a_waiting_acquire():
+    """While an `acquire` waits for its token, try_acquire is refused even once one is due."""
+    import asyncio
+
+    bucket = TokenBucket(20, burst=1)
+    assert await bucket.acquire()
+    waiter = asyncio.create_task(bucket.acquire())
+    await asyncio.sleep(0)
+    assert bucket.try_acquire() is False
+    assert await waiter
