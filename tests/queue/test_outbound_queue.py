@@ -178,3 +178,47 @@ async def test_migration_backfills_a_live_queue(pg_server: dict, unique) -> None
             assert [r.body for r in got] == ["q"]
         finally:
             await c.close()
+
+
+async def test_write_back_inserts_first_parts_and_replaces_a_resubmitted_one(
+        pool: asyncpg.Pool) -> None:
+    """1. a two-part MT: part 1 accepted, part 2 rejected transiently → retry (queued), two
+       part rows; 2. claimed again, part 2 accepted: its row is replaced (new smsc id, status,
+       attempts 1), part 1 untouched, still two rows; 3. an operator requeue of a dead
+       message keeps its rows, and the next write-back replaces them instead of failing on
+       their key."""
+    async with pool.acquire() as conn:
+        [m] = await outbound.insert(conn, [_mt("two parts")], [None])
+
+        async def claim_and_write(status: str, parts: list[tuple[int, str | None, int, str]],
+                                  attempts_inc: int = 0) -> None:
+            [row] = await outbound.claim(conn, owner="s1", lease_s=60, limit=5, max_accounts=5)
+            assert row.id == m
+            n = len(parts)
+            owned = await outbound.write_back(
+                conn, "s1", [m], [status], [None], [None], [0.0], [attempts_inc], [2], ["c1"],
+                [m] * n, [p[0] for p in parts], [2] * n, ["c1"] * n, [p[1] for p in parts],
+                [p[2] for p in parts], [p[3] for p in parts], [False] * n)
+            assert owned == [m]
+
+        await claim_and_write("queued", [(1, "id-1", 0, "submitted"), (2, None, 88, "rejected")],
+                              attempts_inc=1)
+        await conn.execute("UPDATE outbound_queue SET run_after = now() WHERE id = $1", m)
+        await conn.execute("UPDATE outbound SET run_after = now() WHERE id = $1", m)
+        await claim_and_write("submitted", [(2, "id-2", 0, "submitted")])
+        parts = {r["part_no"]: dict(r) for r in await conn.fetch(
+            "SELECT part_no, smsc_id, status, command_status, attempts FROM outbound_part"
+            " WHERE outbound_id = $1", m)}
+        assert parts == {
+            1: {"part_no": 1, "smsc_id": "id-1", "status": "submitted", "command_status": 0,
+                "attempts": 0},
+            2: {"part_no": 2, "smsc_id": "id-2", "status": "submitted", "command_status": 0,
+                "attempts": 1}}
+
+        await conn.execute("UPDATE outbound SET status = 'dead' WHERE id = $1", m)
+        assert await store.requeue_dead(conn, "outbound", ids=[m]) == 1
+        await claim_and_write("submitted", [(1, "id-1b", 0, "submitted"),
+                                            (2, "id-2b", 0, "submitted")])
+        rows = await conn.fetch("SELECT part_no, smsc_id, attempts FROM outbound_part"
+                                " WHERE outbound_id = $1 ORDER BY part_no", m)
+        assert [tuple(r) for r in rows] == [(1, "id-1b", 1), (2, "id-2b", 2)]

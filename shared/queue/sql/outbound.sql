@@ -277,9 +277,9 @@ RETURNING m.id, m.status
 --   takeover changed the queue row's owner). A finished message leaves the queue; a retry
 --   stays in it, queued again with run_after = now + its backoff.
 -- - `owned`: the owned messages' state in `outbound` (a heap-only update).
--- - `parts`: insert each answered part (smsc id, command_status, whether its message asked for
---   a Kannel dlr-url) of the owned messages; a resubmitted part replaces the earlier attempt's
---   row.
+-- - `parts_new` / `parts_again`: insert each answered part (smsc id, command_status, whether
+--   its message asked for a Kannel dlr-url) of the owned messages; a resubmitted part replaces
+--   the earlier attempt's row.
 -- The messages come as one JSON array $2, the parts as one JSON array $3 (one parameter each:
 -- asyncpg checks every element of an array parameter, ~24 checks per message as 16 arrays);
 -- a missing key reads as NULL.
@@ -337,7 +337,32 @@ WITH msg AS (
      WHERE m.id = msg.id AND m.status = 'sending'
        AND m.id IN (SELECT id FROM qdone UNION ALL SELECT id FROM qretry)
     RETURNING m.id
-), parts AS (
+), part AS MATERIALIZED (
+    -- the owned messages' answered parts, and whether an earlier attempt left a row for it
+    -- (one probe of the (outbound_id, part_no) key each)
+    SELECT u.*, EXISTS (SELECT 1 FROM outbound_part x
+                         WHERE x.outbound_id = u.outbound_id AND x.part_no = u.part_no) AS again
+      FROM json_to_recordset($3::text::json)
+           AS u(outbound_id bigint, part_no smallint, parts_total smallint, connector text,
+                smsc_id text, command_status int, status text, kannel_dlr boolean,
+                receipt_status text, receipt_err text, receipt_done boolean)
+     WHERE u.outbound_id IN (SELECT id FROM owned)
+), parts_new AS (
+    -- a first attempt's parts (nearly all): a plain insert. Not ON CONFLICT: a speculative
+    -- insertion writes one more WAL record per row (its confirmation). No other transaction
+    -- can add a part of an owned message meanwhile: parts are written only here, by the
+    -- lease owner, and the fence above holds the lease row.
+    INSERT INTO outbound_part (outbound_id, part_no, parts_total, connector, smsc_id,
+                               command_status, status, submitted_at, done_at, kannel_dlr, err)
+    SELECT u.outbound_id, u.part_no, u.parts_total, u.connector, u.smsc_id, u.command_status,
+           coalesce(u.receipt_status, u.status), now(),
+           CASE WHEN u.status = 'rejected' OR u.receipt_done THEN now() END, u.kannel_dlr,
+           u.receipt_err
+      FROM part u
+     WHERE NOT u.again
+    RETURNING 1
+), parts_again AS (
+    -- a resubmitted part replaces the earlier attempt's row
     INSERT INTO outbound_part AS p (outbound_id, part_no, parts_total, connector, smsc_id,
                                     command_status, status, submitted_at, done_at, kannel_dlr,
                                     err)
@@ -345,11 +370,8 @@ WITH msg AS (
            coalesce(u.receipt_status, u.status), now(),
            CASE WHEN u.status = 'rejected' OR u.receipt_done THEN now() END, u.kannel_dlr,
            u.receipt_err
-      FROM json_to_recordset($3::text::json)
-           AS u(outbound_id bigint, part_no smallint, parts_total smallint, connector text,
-                smsc_id text, command_status int, status text, kannel_dlr boolean,
-                receipt_status text, receipt_err text, receipt_done boolean)
-     WHERE u.outbound_id IN (SELECT id FROM owned)
+      FROM part u
+     WHERE u.again
     ON CONFLICT (outbound_id, part_no) DO UPDATE
        SET smsc_id = EXCLUDED.smsc_id, connector = EXCLUDED.connector,
            parts_total = EXCLUDED.parts_total, command_status = EXCLUDED.command_status,
@@ -357,10 +379,10 @@ WITH msg AS (
            done_at = EXCLUDED.done_at, kannel_dlr = EXCLUDED.kannel_dlr,
            err = coalesce(EXCLUDED.err, p.err),
            attempts = p.attempts + 1, updated_at = now()
-    RETURNING p.smsc_id
+    RETURNING 1
 )
 SELECT coalesce((SELECT array_agg(id) FROM owned), '{}') AS owned,
-       (SELECT count(*) FROM parts) AS parts
+       (SELECT count(*) FROM parts_new) + (SELECT count(*) FROM parts_again) AS parts
 
 -- name: defer
 -- Give claimed messages back to the queue until run_after = now + $3[i] seconds, without
