@@ -55,8 +55,9 @@ async def flush_mt(conn: asyncpg.Connection, items: Sequence[MtItem], *,
     trip). Otherwise it runs in one transaction; within it only the first item with a given
     client_ref is inserted, later ones are answered from the first (ON CONFLICT cannot touch
     the same key twice in one statement).
-    Each row carries `to_hash`, its recipient's keyed hash (`hasher`; NULL without one, and
-    the sender then hashes it at its claim), for the sender's suppression check.
+    A marketing row carries `to_hash`, its recipient's keyed hash (`hasher`; NULL without one,
+    and the sender then hashes it at its claim), for the sender's suppression check; a
+    transactional one, which that check skips, stores NULL.
     """
     if all(it.client_ref is None for it in items):
         ids = await outbound.insert(conn, items, _hashes(items, hasher))
@@ -66,7 +67,11 @@ async def flush_mt(conn: asyncpg.Connection, items: Sequence[MtItem], *,
 
 
 def _hashes(items: Sequence[MtItem], hasher: NumberHasher | None) -> list[bytes | None]:
-    return [hasher(it.to_addr) if hasher is not None else None for it in items]
+    # Only marketing is checked against the suppressions (the claim), so only a marketing MT
+    # needs its recipient's hash: a transactional one skips the HMAC (~1.5 µs) and stores NULL.
+    if hasher is None:
+        return [None] * len(items)
+    return [hasher(it.to_addr) if it.category == "marketing" else None for it in items]
 
 
 async def _flush_mt_keyed(conn: asyncpg.Connection, items: Sequence[MtItem],

@@ -7,8 +7,9 @@ and never sits in the database, so a copy of the database cannot be brute-forced
 numbers (a plain sha256 over the ~10^10 numbers of a country falls in seconds). The hash is
 what every lookup uses, so erasing a number (setting `number` to NULL) keeps it suppressed.
 Postgres cannot compute it (no `hmac()` without pgcrypto): the daemons compute it, and every
-MT carries its recipient's keyed hash in `outbound.to_hash`, which the sender's claim compares
-(`shared/queue/sql/outbound.sql`, `claim`).
+marketing MT carries its recipient's keyed hash in `outbound.to_hash`, which the sender's claim
+compares (`shared/queue/sql/outbound.sql`, `claim`; transactional MTs are never suppressed, and
+the receiver leaves their hash out).
 
 Legacy entries: rows written before migration 0009 (or by a daemon of an earlier release)
 hold the unkeyed `sha256(number)` and have `keyed = false`. Every check also matches them by

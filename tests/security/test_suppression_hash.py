@@ -121,6 +121,12 @@ async def test_stop_is_stored_under_a_keyed_hash_and_still_suppresses(
             "to": to, "from": "Acme", "text": text, "category": category})
         assert status == 202, body
         ids[name] = body["id"]
+    # the receiver hashes a marketing MT's recipient with the key; a transactional one, which
+    # suppressions never stop, is stored without the hash
+    hashes = dict(await pool.fetch("SELECT id, to_hash FROM outbound WHERE id = ANY($1)",
+                                   list(ids.values())))
+    assert hashes[ids["m_stopped"]] == HASHER(STOPPED) and hashes[ids["m_free"]] == HASHER(FREE)
+    assert hashes[ids["t_stopped"]] is None
     # as an earlier release's receiver (or a hand-written INSERT) stores it: no to_hash; the
     # sender hashes it after its claim
     ids["m_unhashed"] = await pool.fetchval(
