@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from smsgw.shared.runtime.metrics import Tally
+
 # Rows per group commit: 1, 2, 4 … 2048 (a mean near 1 under load means no coalescing).
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -37,10 +39,13 @@ class ReceiverMetrics:
     # pre-resolved children for the hot path (labels() costs a lock and a dict lookup)
     mt_children: dict[tuple[str, str], Counter]
     duration_children: dict[str, Histogram]
+    # the per-request updates (MT outcome, request duration), applied at each scrape
+    tally: Tally
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ReceiverMetrics:
         """Register the receiver's metrics on `registry` and initialise the known labels."""
+        tally = Tally(registry)  # first: it flushes before the metrics below are collected
         m = cls(
             # MTs taken by the API or sendsms: outcome accepted|duplicate|conflict
             mt_messages=Counter("smsgw_receiver_mt_messages_total",
@@ -83,7 +88,7 @@ class ReceiverMetrics:
             connector_state=Gauge("smsgw_connector_state",
                                   "Connector run-time state (1 = current).",
                                   ["connector", "state"], registry=registry),
-            mt_children={}, duration_children={},
+            mt_children={}, duration_children={}, tally=tally,
         )
         for reason in REASONS:
             m.backpressure_rejections.labels(reason=reason)
@@ -107,11 +112,11 @@ class ReceiverMetrics:
 
     def mt(self, source: str, outcome: str, n: int = 1) -> None:
         """Count MTs taken by `source` with `outcome`."""
-        self.mt_children[(source, outcome)].inc(n)
+        self.tally.inc(self.mt_children[(source, outcome)], n)
 
     def duration(self, source: str, seconds: float) -> None:
         """Observe one intake request's duration."""
-        self.duration_children[source].observe(seconds)
+        self.tally.observe(self.duration_children[source], seconds)
 
     def commit_observer(self, queue: str):  # type: ignore[no-untyped-def]
         """An `on_commit(rows, seconds)` callback for the group committer of `queue`."""

@@ -84,7 +84,7 @@ class _IntakeMetrics:
 
     def receipt(self, connector: str, state: str) -> None:
         if self.m is not None:
-            self.m.child(self.m.dlr_received, connector, state).inc()
+            self.m.tally.inc(self.m.child(self.m.dlr_received, connector, state))
 
     def rejected(self, reason: str) -> None:
         if self.m is not None:

@@ -13,6 +13,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from smsgw.shared.runtime.metrics import Tally
+
 SUBMIT_OUTCOMES = ("ok", "throttled", "rejected", "timeout", "not_sent", "retry")
 MESSAGE_OUTCOMES = ("submitted", "rejected", "retry", "dead", "submit_unknown", "expired",
                     "suppressed")
@@ -39,6 +41,9 @@ class SenderMetrics:
     inbound: Counter
     backpressure: Counter
     connector_state: Gauge
+    # the per-message updates (submit results and durations, receipts, outcomes), applied at
+    # each scrape (`Tally`)
+    tally: Tally
     # labels() children by (metric, label values): labels() validates its arguments and takes a
     # lock on every call (~1.5 µs), and the hot path used it several times per message.
     children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
@@ -54,7 +59,9 @@ class SenderMetrics:
     @classmethod
     def create(cls, registry: CollectorRegistry) -> SenderMetrics:
         """Register the sender's metrics on `registry`."""
+        tally = Tally(registry)  # first: it flushes before the metrics below are collected
         return cls(
+            tally=tally,
             # One per submit_sm answered or given up, by outcome (ok, throttled, rejected, ...).
             submits=Counter("smsgw_sender_submits_total", "submit_sm results by outcome.",
                             ["connector", "outcome"], registry=registry),

@@ -434,8 +434,8 @@ class Submitter:
             if ok is None:
                 ok = self._ok_metrics[connector] = (m.child(m.submits, connector, "ok"),
                                                     m.child(m.submit_duration, connector))
-            ok[0].inc()
-            ok[1].observe(duration_s)
+            m.tally.inc(ok[0])
+            m.tally.observe(ok[1], duration_s)
             return
         if result.outcome is SubmitOutcome.REJECTED:
             label = "throttled" if result.command_status in THROTTLE else "rejected"

@@ -332,8 +332,12 @@ class Flusher:
             self.metrics.writeback_batch.observe(len(batch))
             if res.receipts_matched:
                 self.metrics.dlr_matched.labels(outcome="matched").inc(res.receipts_matched)
+            outcomes: dict[str, int] = {}
             for o in batch:
-                self.metrics.child(self.metrics.messages, _outcome_label(o.status)).inc()
+                label = _outcome_label(o.status)
+                outcomes[label] = outcomes.get(label, 0) + 1
+            for label, n in outcomes.items():  # one update per outcome, not per message
+                self.metrics.child(self.metrics.messages, label).inc(n)
 
     async def wait_idle(self) -> None:
         """Return once everything added so far has been written."""
