@@ -142,14 +142,14 @@ class Lane:
                 best = self._pick_session()
                 session = best.client.session if best is not None else None
             if session is not None:
+                if session.outstanding >= session.config.window:
+                    return  # the least busy session is full: an answer comes back and pumps
                 job.started = time.monotonic()
                 self.in_flight += 1
                 if session.try_submit(job.pdu, self._answered, job):
                     backlog.popleft()
                     continue
                 self.in_flight -= 1
-                if session.outstanding >= session.config.window:
-                    return  # the least busy session is full: an answer comes back and pumps
             if len(self._waiting) >= min(MAX_LANE_WORKERS, self._workers()):
                 return  # as many parts wait as the lane had workers: one ending pumps
             backlog.popleft()
@@ -204,8 +204,11 @@ class Lane:
         return self._cached
 
     def _pick_session(self) -> Any | None:
+        bound = self._bound()
+        if len(bound) == 1:  # one bind (the usual case): nothing to compare
+            return bound[0]
         best, best_load = None, None
-        for s in self._bound():
+        for s in bound:
             session = s.client.session
             load = session.outstanding if session is not None else 0
             if best_load is None or load < best_load:
