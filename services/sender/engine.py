@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 import structlog
@@ -91,22 +91,38 @@ class _IntakeMetrics:
             self.m.backpressure.labels(reason=reason).inc()
 
 
-class ReceiptPool:
-    """The receipt store's own two connections, planned generically.
+# The connections that run the sender's hot statements (the receipt store, the claim and the
+# write-back with its raced-receipt lookups). Each of them reaches its tables by index probes,
+# and each is planned once and cached (a generic plan). Postgres plans a generic plan from the
+# statistics of the moment — at start-up, tables of a few rows — and keeps it while the tables
+# grow: seen in `smsgw bench mt`, a claim planned so hashed a sequential scan of the whole
+# outbound table at every call (12 ms a claim, growing; one run in four, its Postgres CPU 130
+# µs a message instead of 112), the write-back's "does this part have a row" and the store's
+# "is an earlier receipt still queued" became a sequential scan per row (the store's 1 ms a
+# batch grew to 40 ms over 15,000 receipts in a test). These settings take those plans off the
+# table whatever the statistics: no sequential scan where an index serves (`PLANNED`), and for
+# the claim, whose every join meets a table, no hash or merge join either (`PLANNED_CLAIM`;
+# the write-back and the store join their own row sets by hashing: a nested loop there is
+# quadratic in the batch, measured 120 µs a message). `force_generic_plan` skips the planning
+# of the first executions (0.7 ms each for the store). tests/sender/test_planned_pool.py
+# checks the plans.
+PLANNED: Final[dict[str, str]] = {"plan_cache_mode": "force_generic_plan",
+                                  "enable_seqscan": "off"}
+PLANNED_CLAIM: Final[dict[str, str]] = {**PLANNED, "enable_hashjoin": "off",
+                                        "enable_mergejoin": "off"}
 
-    `receipts.store` is one large statement run for every receipt batch. Postgres decides per
-    prepared statement between a plan made for the given values and a cached generic one by
-    comparing their estimated costs, averaged over the statement's history: the first
-    batches, stored while the tables were still empty, looked so cheap that it kept planning
-    anew for hundreds of batches afterwards (0.7 ms each: ~13 µs of server time per receipt
-    in `smsgw bench mt`). These connections start with `plan_cache_mode =
-    force_generic_plan` (a connection parameter: no extra round trip); the statement is
-    written so that its generic plan stays on indexes (tests/queue/test_receipts_plan.py).
-    Until `open` (and if it fails) the sender's pool serves.
-    """
 
-    def __init__(self, fallback: asyncpg.Pool) -> None:
+class PlannedPool:
+    """A few connections of the sender's own with planner `settings` (`PLANNED`,
+    `PLANNED_CLAIM`; connection parameters: no extra round trip), for one kind of hot
+    statement. Until `open` (and if it fails) the sender's pool serves."""
+
+    def __init__(self, fallback: asyncpg.Pool, name: str, size: int,
+                 settings: dict[str, str]) -> None:
         self.pool: asyncpg.Pool = fallback
+        self.name = name
+        self.size = size
+        self.settings = settings
         self._own: asyncpg.Pool | None = None
 
     def acquire(self, **kwargs: Any) -> Any:
@@ -114,21 +130,20 @@ class ReceiptPool:
         return self.pool.acquire(**kwargs)
 
     async def open(self, dsn: str, config: AppConfig[SenderSettings]) -> None:
-        """Open the two connections (the receipt committer flushes at most two at once)."""
+        """Open the connections."""
         cfg = config.database
         try:
             self._own = await db.create_pool(
-                dsn, min_size=1, max_size=2, timeout=cfg.connect_timeout_s,
-                command_timeout=cfg.command_timeout_s,
-                server_settings={"plan_cache_mode": "force_generic_plan"},
+                dsn, min_size=1, max_size=self.size, timeout=cfg.connect_timeout_s,
+                command_timeout=cfg.command_timeout_s, server_settings=dict(self.settings),
                 **cfg.connect_kwargs())
         except (*DATABASE_ERRORS, OSError):
-            log.warning("receipt_pool_unavailable")  # the sender's pool serves instead
+            log.warning("planned_pool_unavailable", pool=self.name)  # the sender's pool serves
             return
         self.pool = self._own
 
     async def close(self) -> None:
-        """Close the own connections (after the receipt committer closed)."""
+        """Close the own connections (after their users stopped)."""
         if self._own is not None:
             await self._own.close()
             self._own = None
@@ -153,7 +168,11 @@ class SenderEngine:
         self.metrics = SenderMetrics.create(registry) if registry is not None else None
         self.manager_stop = asyncio.Event()
         linger = config.daemon.adaptive_linger_s
-        self.receipt_pool = ReceiptPool(pool)
+        # the receipt committer flushes at most two batches at once; the claim loop and the
+        # write-back one statement each
+        self.receipt_pool = PlannedPool(pool, "receipt store", 2, PLANNED)
+        self.claim_pool = PlannedPool(pool, "claim", 1, PLANNED_CLAIM)
+        self.writeback_pool = PlannedPool(pool, "write-back", 1, PLANNED)
         self.receipt_race = ReceiptRace()  # a receipt's store vs its part's write-back
         self.committers = [GroupCommitter(pool, flush_inbound, name="sender.inbound",
                                           transactional=False,  # see flush_inbound
@@ -175,6 +194,7 @@ class SenderEngine:
         self.lanes = {c.name: self._lane(c) for c in connectors}
         self.submitter = Submitter(
             pool, self.lanes, self._router(config), config.daemon, owner=owner,
+            claim_pool=self.claim_pool, writeback_pool=self.writeback_pool,
             metrics=self.metrics, hasher=NumberHasher.from_config(config),
             wait_for_work=lambda: self.wait_for_work(CHANNELS["outbound"]))
         self.match = MatchSettings.from_config(config.connectors, config.daemon)
@@ -230,6 +250,8 @@ class SenderEngine:
         """Start the intake's committers, load account names and the connector states
         (before the workers: a stopped connector is never bound, even briefly)."""
         await self.receipt_pool.open(self.dsn, self.config)
+        await self.claim_pool.open(self.dsn, self.config)
+        await self.writeback_pool.open(self.dsn, self.config)
         for gc in self.committers:
             gc.start()
         await self.load_accounts()
@@ -372,6 +394,8 @@ class SenderEngine:
         for gc in self.committers:
             await gc.close()
         await self.receipt_pool.close()
+        await self.claim_pool.close()
+        await self.writeback_pool.close()
 
     def status_line(self) -> str:
         """`connector: bound/binds` for every configured connector, with its state when an

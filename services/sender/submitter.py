@@ -76,8 +76,12 @@ class Submitter:
                  settings: SenderSettings, *, owner: str, metrics: SenderMetrics | None = None,
                  wait_for_work: Callable[[], Awaitable[Any]] | None = None,
                  account_names: Mapping[int, str] | None = None,
-                 hasher: NumberHasher | None = None) -> None:
+                 hasher: NumberHasher | None = None, claim_pool: Any = None,
+                 writeback_pool: Any = None) -> None:
         self.pool = pool
+        # the claim and the write-back run on connections planned for index probes
+        # (`engine.PlannedPool`); the sender's pool when none is given (tests, benchmarks)
+        self.claim_pool = claim_pool if claim_pool is not None else pool
         self.lanes = dict(lanes)
         self.router = router
         self.settings = settings
@@ -87,7 +91,8 @@ class Submitter:
         self.metrics = metrics
         self.wait_for_work = wait_for_work or (lambda: asyncio.sleep(1.0))
         self.account_names = dict(account_names or {})
-        self.flusher = Flusher(pool, settings, owner, metrics)
+        self.flusher = Flusher(writeback_pool if writeback_pool is not None else pool,
+                               settings, owner, metrics)
         self.queued_parts = 0  # parts in lane queues or outstanding
         self.in_flight: dict[int, InFlight] = {}
         self.results_ok = 0  # parts accepted by an SMSC (benchmarks and status)
@@ -201,7 +206,7 @@ class Submitter:
         limit = max(1, min(budget, self.settings.batch * 10))
         xid: int | None = None
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
+            async with self.claim_pool.acquire() as conn, conn.transaction():
                 rows = await outbound.claim(conn, owner=self.owner,
                                             lease_s=self.settings.lease_s, limit=limit,
                                             max_accounts=self.settings.max_accounts,
