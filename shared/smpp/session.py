@@ -258,12 +258,19 @@ class _Callback:
     def exception(self) -> None:
         return None
 
-    def set_result(self, resp: Any) -> None:
+    def _settle(self) -> "Session | None":
+        """The first settlement frees the sequence number and the slot; later ones (a late
+        answer after the timeout) do nothing."""
         if self._done:
-            return
+            return None
         self._done = True
-        s = self._session
-        s._settle(self._seq)
+        self._session._settle(self._seq)
+        return self._session
+
+    def set_result(self, resp: Any) -> None:
+        s = self._settle()
+        if s is None:
+            return
         result = s._result_from(resp)
         if (result.outcome is SubmitOutcome.REJECTED and result.command_status in _THROTTLED
                 and s.config.throttle_retries > 0):
@@ -272,11 +279,9 @@ class _Callback:
         s._finish(result, self._on_done, self._token)
 
     def set_exception(self, exc: BaseException) -> None:
-        if self._done:
+        s = self._settle()
+        if s is None:
             return
-        self._done = True
-        s = self._session
-        s._settle(self._seq)
         if isinstance(exc, TimeoutError):
             s.counters.timeouts += 1
             result = SubmitResult(SubmitOutcome.UNKNOWN, reason="response timeout")
