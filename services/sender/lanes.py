@@ -127,8 +127,7 @@ class Lane:
     def offer(self, job: PartJob) -> None:
         """Queue `job` behind the backlog and pump."""
         self.backlog.append(job)
-        if self.running:
-            self.pump()
+        self.pump()
 
     def pump(self) -> None:
         """Write parts from the head of the backlog while a session takes them at once; stop
@@ -150,16 +149,14 @@ class Lane:
                     backlog.popleft()
                     continue
                 self.in_flight -= 1
-            if len(self._waiting) >= min(MAX_LANE_WORKERS, self._workers()):
+            limit = int(self.connector.window) * int(self.connector.binds)
+            if len(self._waiting) >= min(MAX_LANE_WORKERS, limit):
                 return  # as many parts wait as the lane had workers: one ending pumps
             backlog.popleft()
             task = asyncio.get_running_loop().create_task(
                 self._wait_and_submit(job), name=f"sender.lane.{self.name}")
             self._waiting.add(task)
             task.add_done_callback(self._waiting.discard)
-
-    def _workers(self) -> int:
-        return int(self.connector.window) * int(self.connector.binds)
 
     def _answered(self, job: PartJob, result: SubmitResult) -> None:
         """The outcome of a part the pump wrote (called from the session's read loop, its
